@@ -1,0 +1,266 @@
+//! One channel's log: epoch, seq and the ring of recent encoded messages.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use crate::model::{Category, UnixNanos};
+
+/// One routed message, encoded once, shared by every reader.
+#[derive(Debug)]
+pub struct Message {
+    pub seq: u64,
+    /// For the gateway's per-user category test, without parsing `json`.
+    pub category: Category,
+    pub ingest_ts: UnixNanos,
+    pub routed_ts: UnixNanos,
+    pub sent_ts: Option<UnixNanos>,
+    /// The complete SIGNAL_UPDATE text.
+    pub json: Box<[u8]>,
+}
+
+/// A log's identity: random at creation, so a seq from another log (or an earlier run)
+/// is never mistaken for one of this log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Epoch(pub u64);
+
+impl Epoch {
+    /// A random epoch. std's `RandomState` is seeded from the OS per process and
+    /// perturbed per instance, which is all the randomness an epoch needs.
+    pub fn random() -> Self {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(UnixNanos::now().0 as u128);
+        Self(h.finish())
+    }
+}
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl FromStr for Epoch {
+    type Err = std::num::ParseIntError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        u64::from_str_radix(s, 16).map(Self)
+    }
+}
+
+/// Where a resuming subscriber left off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Resume {
+    pub since: u64,
+    pub epoch: Epoch,
+}
+
+/// The answer to a subscribe: what to tell the client, what to replay, where to go on.
+#[derive(Debug)]
+pub struct Subscription {
+    pub epoch: Epoch,
+    /// The last published seq when the subscription was taken (0 if none).
+    pub head: u64,
+    /// `None` without a resume request; otherwise whether the gap could be replayed.
+    pub recovered: Option<bool>,
+    /// `since+1 ..= head`, in order, when recovered; empty otherwise.
+    pub replay: Vec<Arc<Message>>,
+    /// Read live messages with `read_after(cursor)`; no message is missed or repeated
+    /// between the replay and live reading.
+    pub cursor: u64,
+}
+
+/// A reader asked for messages that the ring no longer holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("reader fell behind: messages after {after} up to {lost_through} are gone")]
+pub struct ReadError {
+    pub after: u64,
+    pub lost_through: u64,
+}
+
+/// The log of one channel: a single writer (the pipeline stage) and many readers.
+///
+/// The ring sits behind a mutex that the writer takes once per message and a reader
+/// once per batch it reads; readers are hub shards (a handful), never connections.
+#[derive(Debug)]
+pub struct ChannelLog {
+    name: String,
+    epoch: Epoch,
+    capacity: usize,
+    /// Last published seq, readable without the lock.
+    head: AtomicU64,
+    ring: Mutex<Ring>,
+}
+
+#[derive(Debug)]
+struct Ring {
+    msgs: VecDeque<Arc<Message>>,
+    /// Highest seq that is not in the ring any more (evicted or never released).
+    lost_through: u64,
+}
+
+impl ChannelLog {
+    pub fn new(name: String, epoch: Epoch, capacity: usize) -> Self {
+        let capacity = capacity.max(1);
+        Self {
+            name,
+            epoch,
+            capacity,
+            head: AtomicU64::new(0),
+            ring: Mutex::new(Ring { msgs: VecDeque::with_capacity(capacity), lost_through: 0 }),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    /// Last published seq (0 if none).
+    pub fn head(&self) -> u64 {
+        self.head.load(Ordering::Acquire)
+    }
+
+    /// Number of messages the ring keeps.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    fn ring(&self) -> MutexGuard<'_, Ring> {
+        // The ring is consistent after every statement, so a panic elsewhere while
+        // holding the lock leaves nothing half-done.
+        self.ring.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Appends `msg`, whose seq must be above the head (the writer's contract; a live
+    /// log appends `head + 1`, a delayed view may skip seqs it lost).
+    pub(crate) fn append(&self, msg: Arc<Message>) {
+        let seq = msg.seq;
+        debug_assert!(seq > self.head(), "{}: seq {seq} not above head", self.name);
+        let mut ring = self.ring();
+        if ring.msgs.len() == self.capacity
+            && let Some(old) = ring.msgs.pop_front()
+        {
+            ring.lost_through = ring.lost_through.max(old.seq);
+        }
+        ring.msgs.push_back(msg);
+        drop(ring);
+        self.head.store(seq, Ordering::Release);
+    }
+
+    /// Records that `seq` will never be in this log (a delayed view that overflowed):
+    /// readers and resumes across it are told they lost data instead of skipping it.
+    pub(crate) fn mark_lost(&self, seq: u64) {
+        let mut ring = self.ring();
+        ring.lost_through = ring.lost_through.max(seq);
+        drop(ring);
+        self.head.fetch_max(seq, Ordering::AcqRel);
+    }
+
+    /// Subscribes, replaying `since+1 ..= head` when `resume` asks for it and the ring
+    /// still holds all of it under the same epoch.
+    pub fn subscribe(&self, resume: Option<Resume>) -> Subscription {
+        let ring = self.ring();
+        let head = ring.msgs.back().map_or(0, |m| m.seq).max(ring.lost_through);
+        let mut sub =
+            Subscription { epoch: self.epoch, head, recovered: None, replay: Vec::new(), cursor: head };
+        if let Some(r) = resume {
+            let ok = r.epoch == self.epoch && r.since <= head && r.since >= ring.lost_through;
+            sub.recovered = Some(ok);
+            if ok {
+                let start = ring.msgs.partition_point(|m| m.seq <= r.since);
+                sub.replay.extend(ring.msgs.range(start..).cloned());
+            }
+        }
+        sub
+    }
+
+    /// Appends to `out` up to `max` messages with seq above `after`, in order, and
+    /// returns the seq to pass next time.
+    pub fn read_after(
+        &self,
+        after: u64,
+        out: &mut Vec<Arc<Message>>,
+        max: usize,
+    ) -> Result<u64, ReadError> {
+        let ring = self.ring();
+        if after < ring.lost_through {
+            return Err(ReadError { after, lost_through: ring.lost_through });
+        }
+        let start = ring.msgs.partition_point(|m| m.seq <= after);
+        let mut next = after;
+        for m in ring.msgs.range(start..).take(max) {
+            next = m.seq;
+            out.push(Arc::clone(m));
+        }
+        Ok(next)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(seq: u64) -> Arc<Message> {
+        Arc::new(Message {
+            seq,
+            category: Category::Equity,
+            ingest_ts: UnixNanos(0),
+            routed_ts: UnixNanos(0),
+            sent_ts: None,
+            json: format!("m{seq}").into_bytes().into(),
+        })
+    }
+
+    fn seqs(v: &[Arc<Message>]) -> Vec<u64> {
+        v.iter().map(|m| m.seq).collect()
+    }
+
+    #[test]
+    fn resume_inside_ring_replays_exact_gap() {
+        let log = ChannelLog::new("t".into(), Epoch(7), 4);
+        for s in 1..=6 {
+            log.append(msg(s));
+        }
+        // Ring holds 3..=6.
+        let sub = log.subscribe(Some(Resume { since: 2, epoch: Epoch(7) }));
+        assert_eq!((sub.head, sub.recovered), (6, Some(true)));
+        assert_eq!(seqs(&sub.replay), vec![3, 4, 5, 6]);
+        let sub = log.subscribe(Some(Resume { since: 6, epoch: Epoch(7) }));
+        assert_eq!((sub.recovered, sub.replay.len()), (Some(true), 0));
+        for (since, epoch) in [(1, 7), (7, 7), (4, 8)] {
+            let sub = log.subscribe(Some(Resume { since, epoch: Epoch(epoch) }));
+            assert_eq!(sub.recovered, Some(false), "since {since} epoch {epoch}");
+            assert!(sub.replay.is_empty());
+            assert_eq!(sub.cursor, 6);
+        }
+        assert_eq!(log.subscribe(None).recovered, None);
+    }
+
+    #[test]
+    fn readers_continue_from_cursor_and_learn_of_loss() {
+        let log = ChannelLog::new("t".into(), Epoch(1), 3);
+        let sub = log.subscribe(None);
+        log.append(msg(1));
+        log.append(msg(2));
+        let mut out = Vec::new();
+        let next = log.read_after(sub.cursor, &mut out, 1).unwrap();
+        assert_eq!((next, seqs(&out)), (1, vec![1]));
+        let next = log.read_after(next, &mut out, 10).unwrap();
+        assert_eq!((next, seqs(&out)), (2, vec![1, 2]));
+        for s in 3..=6 {
+            log.append(msg(s));
+        }
+        assert_eq!(log.read_after(next, &mut out, 10), Err(ReadError { after: 2, lost_through: 3 }));
+        log.mark_lost(7);
+        log.append(msg(8));
+        assert!(log.read_after(6, &mut out, 10).is_err());
+        assert_eq!(log.subscribe(Some(Resume { since: 6, epoch: Epoch(1) })).recovered, Some(false));
+        assert_eq!(log.subscribe(Some(Resume { since: 7, epoch: Epoch(1) })).recovered, Some(true));
+    }
+}

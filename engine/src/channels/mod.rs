@@ -1,0 +1,63 @@
+//! Channels: where routed messages wait for the gateway.
+//!
+//! Every `signals_<tier>` channel has a [`ChannelLog`]: an epoch, a gap-free seq and a
+//! ring of the last N encoded messages. Tiers whose users get a delayed feed also have a
+//! delayed view: the same messages with the same seq, released later (see
+//! `pipeline::delay`). The gateway reads both through [`ChannelLog::subscribe`] and
+//! [`ChannelLog::read_after`].
+
+mod log;
+mod name;
+
+pub use log::{ChannelLog, Epoch, Message, ReadError, Resume, Subscription};
+pub use name::{ChannelName, ChannelNameError};
+
+use tokio::sync::watch;
+
+use crate::model::Tier;
+use crate::policy::TierPolicy;
+
+/// All signal channel logs of one engine, and the bell rung after each batch.
+#[derive(Debug)]
+pub struct ChannelSet {
+    live: [ChannelLog; 4],
+    delayed: [Option<ChannelLog>; 4],
+    changed: watch::Sender<u64>,
+}
+
+impl ChannelSet {
+    /// One live log per tier, and a delayed view where the policy calls for one. Each
+    /// delayed view shares its live log's epoch, since seq means the same in both.
+    pub fn new(policy: &TierPolicy, ring_capacity: usize) -> Self {
+        let live = Tier::ALL.map(|t| {
+            ChannelLog::new(ChannelName::Signals(t).to_string(), Epoch::random(), ring_capacity)
+        });
+        let delayed = Tier::ALL.map(|t| {
+            (!policy.delayed_view(t).is_zero()).then(|| {
+                let name = format!("{} (delayed)", ChannelName::Signals(t));
+                ChannelLog::new(name, live[t.index()].epoch(), ring_capacity)
+            })
+        });
+        Self { live, delayed, changed: watch::Sender::new(0) }
+    }
+
+    /// The live log of `signals_<tier>`.
+    pub fn live(&self, tier: Tier) -> &ChannelLog {
+        &self.live[tier.index()]
+    }
+
+    /// The delayed view of `signals_<tier>`, if the policy has any delay for it.
+    pub fn delayed(&self, tier: Tier) -> Option<&ChannelLog> {
+        self.delayed[tier.index()].as_ref()
+    }
+
+    /// A receiver that changes after every batch that appended to any log.
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Rung by the stage once per batch, not per message.
+    pub(crate) fn notify(&self) {
+        self.changed.send_modify(|g| *g = g.wrapping_add(1));
+    }
+}

@@ -1,0 +1,99 @@
+//! Engine settings. Every field has a default (listed in docs/configuration.md); the
+//! gateway's `signalcast.toml` embeds these tables as `[engine]` and `[feed]`.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// What enrichment does with a signal whose symbol has no tick yet.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MissingTick {
+    /// Route it with `"market": null`.
+    #[default]
+    Pass,
+    /// Drop it (counted as `missing_tick`).
+    Drop,
+}
+
+/// The pipeline and channel logs.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Items (signals and ticks) waiting between ingest and the stage. When full,
+    /// producers' sockets stop being read: back-pressure, nothing dropped.
+    pub ingest_queue: usize,
+    /// Encoded messages kept per channel for resume.
+    pub ring_capacity: usize,
+    /// Signal ids remembered for de-duplication; a duplicate older than this many
+    /// signals is not recognised.
+    pub dedup_window: usize,
+    /// Distinct (symbol, exchange) pairs the tick book holds; ticks for further new
+    /// symbols are dropped and counted.
+    pub max_symbols: usize,
+    /// Messages waiting in one delayed view; past it the oldest is dropped from that
+    /// view (counted; delayed readers are told they lost data).
+    pub delay_capacity: usize,
+    /// Largest `analysis` JSON accepted, in bytes.
+    pub max_analysis_bytes: usize,
+    pub missing_tick: MissingTick,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            ingest_queue: 65_536,
+            ring_capacity: 10_000,
+            dedup_window: 262_144,
+            max_symbols: 65_536,
+            delay_capacity: 65_536,
+            max_analysis_bytes: 4_096,
+            missing_tick: MissingTick::Pass,
+        }
+    }
+}
+
+/// The producers' TCP feed.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FeedConfig {
+    /// Time allowed between connect and a valid HELLO.
+    #[serde(with = "millis", rename = "handshake_timeout_ms")]
+    pub handshake_timeout: Duration,
+    /// A producer that sends nothing (not even HEARTBEAT) for this long is closed.
+    #[serde(with = "millis", rename = "idle_timeout_ms")]
+    pub idle_timeout: Duration,
+    /// Time allowed for one write to a producer (WELCOME, ACK, ERROR).
+    #[serde(with = "millis", rename = "write_timeout_ms")]
+    pub write_timeout: Duration,
+    /// Producer connections at once; more get ERROR `too_many_connections`.
+    pub max_connections: usize,
+    /// An ACK goes out at most this often, unless `ack_every` signals are waiting.
+    #[serde(with = "millis", rename = "ack_interval_ms")]
+    pub ack_interval: Duration,
+    pub ack_every: u64,
+}
+
+impl Default for FeedConfig {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(5),
+            max_connections: 1_024,
+            ack_interval: Duration::from_millis(1),
+            ack_every: 256,
+        }
+    }
+}
+
+/// Durations as integer milliseconds in config files.
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}

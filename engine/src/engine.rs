@@ -1,0 +1,71 @@
+//! Wiring: the queue, the stage thread, the tick book, the channel logs.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::channels::ChannelSet;
+use crate::config::{EngineConfig, FeedConfig};
+use crate::feed::{FeedContext, FeedStats, ProducerAuth, ProducerRegistry};
+use crate::pipeline::{IngestSender, PipelineStats, Stage, spawn_stage};
+use crate::policy::TierPolicy;
+use crate::ticks::TickBook;
+
+/// A running engine: what ingest writes into and what the gateway reads from.
+///
+/// The stage thread ends when the last [`IngestSender`] (this engine's and every
+/// clone handed to ingest) is dropped.
+#[derive(Debug)]
+pub struct Engine {
+    ingest: IngestSender,
+    pub channels: Arc<ChannelSet>,
+    pub ticks: Arc<TickBook>,
+    pub producers: Arc<ProducerRegistry>,
+    pub stats: Arc<PipelineStats>,
+    pub policy: Arc<TierPolicy>,
+    pub config: EngineConfig,
+}
+
+impl Engine {
+    /// Builds the parts and starts the stage thread.
+    pub fn start(config: EngineConfig, policy: TierPolicy) -> std::io::Result<Self> {
+        let policy = Arc::new(policy);
+        let (ticks, writer) = TickBook::new(config.max_symbols);
+        let channels = Arc::new(ChannelSet::new(&policy, config.ring_capacity));
+        let producers = Arc::new(ProducerRegistry::default());
+        let stats = Arc::new(PipelineStats::default());
+        let (tx, rx) = mpsc::channel(config.ingest_queue.max(1));
+        let stage = Stage::new(
+            &config,
+            Arc::clone(&policy),
+            writer,
+            Arc::clone(&channels),
+            Arc::clone(&producers),
+            Arc::clone(&stats),
+        );
+        spawn_stage(stage, rx)?;
+        Ok(Self { ingest: tx, channels, ticks, producers, stats, policy, config })
+    }
+
+    /// A sender into the ingest queue.
+    pub fn ingest(&self) -> IngestSender {
+        self.ingest.clone()
+    }
+
+    /// Items waiting in the ingest queue.
+    pub fn queue_depth(&self) -> usize {
+        self.ingest.max_capacity() - self.ingest.capacity()
+    }
+
+    /// What the TCP feed server needs from this engine.
+    pub fn feed_context(&self, auth: Arc<dyn ProducerAuth>, config: FeedConfig) -> FeedContext {
+        FeedContext {
+            ingest: self.ingest(),
+            producers: Arc::clone(&self.producers),
+            auth,
+            max_analysis_bytes: self.config.max_analysis_bytes,
+            config,
+            stats: Arc::new(FeedStats::default()),
+        }
+    }
+}

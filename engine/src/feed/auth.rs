@@ -1,0 +1,112 @@
+//! Producer API keys.
+//!
+//! The embedded default reads `fixtures/producers.toml` (dev-only keys); the accounts
+//! sidecar provides another [`ProducerAuth`] later. Keys are compared in constant time
+//! and never logged.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// Decides whether a HELLO's key is valid for its producer id.
+pub trait ProducerAuth: Send + Sync + fmt::Debug {
+    fn verify(&self, producer_id: &str, api_key: &str) -> bool;
+}
+
+/// A fixed table of producer ids and keys.
+pub struct StaticKeys {
+    keys: HashMap<String, String>,
+}
+
+impl fmt::Debug for StaticKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StaticKeys").field("producers", &self.keys.keys().collect::<Vec<_>>()).finish()
+    }
+}
+
+/// Why a keys file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum KeysError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("invalid producer keys file: {0}")]
+    Parse(#[from] toml::de::Error),
+    #[error("producer {0:?} is listed twice")]
+    Duplicate(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeysFile {
+    #[serde(default)]
+    producer: Vec<KeyEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyEntry {
+    id: String,
+    api_key: String,
+}
+
+impl StaticKeys {
+    pub fn new<I: IntoIterator<Item = (String, String)>>(entries: I) -> Self {
+        Self { keys: entries.into_iter().collect() }
+    }
+
+    /// `[[producer]] id = "…" api_key = "…"` entries.
+    pub fn from_toml(text: &str) -> Result<Self, KeysError> {
+        let file: KeysFile = toml::from_str(text)?;
+        let mut keys = HashMap::new();
+        for e in file.producer {
+            if keys.insert(e.id.clone(), e.api_key).is_some() {
+                return Err(KeysError::Duplicate(e.id));
+            }
+        }
+        Ok(Self { keys })
+    }
+
+    pub fn load(path: &Path) -> Result<Self, KeysError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| KeysError::Read { path: path.display().to_string(), source })?;
+        Self::from_toml(&text)
+    }
+
+    /// Producer ids known to this table.
+    pub fn producer_ids(&self) -> impl Iterator<Item = &str> {
+        self.keys.keys().map(String::as_str)
+    }
+}
+
+impl ProducerAuth for StaticKeys {
+    fn verify(&self, producer_id: &str, api_key: &str) -> bool {
+        self.keys.get(producer_id).is_some_and(|k| constant_time_eq(k.as_bytes(), api_key.as_bytes()))
+    }
+}
+
+/// Compares without an early exit, so timing tells nothing about where keys differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixture_keys_load_and_verify() {
+        let keys = StaticKeys::from_toml(include_str!("../../../fixtures/producers.toml")).unwrap();
+        let id = keys.producer_ids().next().unwrap().to_owned();
+        assert!(!keys.verify(&id, "wrong"));
+        assert!(!keys.verify("nobody", ""));
+        assert!(StaticKeys::from_toml("[[producer]]\nid='a'\napi_key='k'\n[[producer]]\nid='a'\napi_key='j'").is_err());
+        let k = StaticKeys::new([("a".to_owned(), "k".to_owned())]);
+        assert!(k.verify("a", "k") && !k.verify("a", "kk"));
+        assert!(!format!("{k:?}").contains("\"k\""));
+    }
+}

@@ -1,0 +1,327 @@
+//! The TCP ingest server: one task per producer connection.
+//!
+//! A session is: HELLO (within `handshake_timeout`) → WELCOME with the producer's last
+//! acked seq → SIGNAL / TICK / HEARTBEAT frames into the pipeline queue, with cumulative
+//! ACKs going back as the stage takes the signals. Anything wrong gets one ERROR frame
+//! and a close for that producer alone.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::BytesMut;
+use rkyv::util::AlignedVec;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tokio::time::{Instant, sleep_until, timeout};
+
+use super::codec::{CodecError, EngineMessage, PROTOCOL_VERSION, ProducerMessage, next_frame};
+use super::{ProducerAuth, ProducerRegistry, ProducerSlot};
+use crate::config::FeedConfig;
+use crate::model::UnixNanos;
+use crate::pipeline::{IngestItem, IngestSender, Origin, SignalItem};
+
+/// What the feed server needs.
+#[derive(Clone, Debug)]
+pub struct FeedContext {
+    pub ingest: IngestSender,
+    pub producers: Arc<ProducerRegistry>,
+    pub auth: Arc<dyn ProducerAuth>,
+    pub max_analysis_bytes: usize,
+    pub config: FeedConfig,
+    pub stats: Arc<FeedStats>,
+}
+
+/// Feed counters for /metrics.
+#[derive(Debug, Default)]
+pub struct FeedStats {
+    connected: AtomicU64,
+    sessions: AtomicU64,
+    signals: AtomicU64,
+    ticks: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl FeedStats {
+    /// Producers with an authenticated session now.
+    pub fn connected(&self) -> u64 {
+        self.connected.load(Ordering::Relaxed)
+    }
+    /// Authenticated sessions since start.
+    pub fn sessions(&self) -> u64 {
+        self.sessions.load(Ordering::Relaxed)
+    }
+    pub fn signals(&self) -> u64 {
+        self.signals.load(Ordering::Relaxed)
+    }
+    pub fn ticks(&self) -> u64 {
+        self.ticks.load(Ordering::Relaxed)
+    }
+    /// Connections closed with an ERROR frame.
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+}
+
+/// Accepts producers on `listener` until `shutdown` resolves; then tells every session
+/// (ERROR `shutting_down`) and waits for them to finish.
+pub async fn run(listener: TcpListener, ctx: FeedContext, shutdown: impl Future<Output = ()>) {
+    let limit = Arc::new(Semaphore::new(ctx.config.max_connections));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut sessions = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let permit = Arc::clone(&limit).try_acquire_owned().ok();
+                    let ctx = ctx.clone();
+                    let stop = stop_rx.clone();
+                    sessions.spawn(async move {
+                        let _permit = permit.as_ref();
+                        session(stream, peer, ctx, permit.is_some(), stop).await;
+                    });
+                }
+                Err(e) => {
+                    // Out of descriptors or similar: back off instead of spinning.
+                    tracing::warn!(error = %e, "feed accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+        }
+    }
+    let _ = stop_tx.send(true);
+    while sessions.join_next().await.is_some() {}
+}
+
+/// Why a session ended.
+#[derive(Debug)]
+enum End {
+    /// The producer closed cleanly (between frames).
+    Closed,
+    /// Tell the producer, then close.
+    Refuse { code: &'static str, message: String },
+    /// The socket failed; nothing more can be said.
+    Io(std::io::Error),
+}
+
+impl From<CodecError> for End {
+    fn from(e: CodecError) -> Self {
+        Self::Refuse { code: e.code(), message: e.to_string() }
+    }
+}
+
+fn refuse(code: &'static str, message: impl Into<String>) -> End {
+    End::Refuse { code, message: message.into() }
+}
+
+struct Session {
+    rd: OwnedReadHalf,
+    wr: OwnedWriteHalf,
+    buf: BytesMut,
+    out: Vec<u8>,
+    scratch: AlignedVec,
+    ctx: FeedContext,
+}
+
+async fn session(stream: TcpStream, peer: SocketAddr, ctx: FeedContext, admitted: bool, stop: watch::Receiver<bool>) {
+    let _ = stream.set_nodelay(true);
+    let (rd, wr) = stream.into_split();
+    let mut s = Session {
+        rd,
+        wr,
+        buf: BytesMut::with_capacity(16 * 1024),
+        out: Vec::with_capacity(256),
+        scratch: AlignedVec::new(),
+        ctx,
+    };
+    let end = if admitted {
+        s.run(peer, stop).await
+    } else {
+        refuse("too_many_connections", "producer connection limit reached")
+    };
+    match end {
+        End::Closed => {}
+        End::Io(e) => tracing::debug!(%peer, error = %e, "producer connection failed"),
+        End::Refuse { code, message } => {
+            tracing::warn!(%peer, code, %message, "closing producer connection");
+            s.ctx.stats.errors.fetch_add(1, Ordering::Relaxed);
+            s.refuse(code, message).await;
+        }
+    }
+}
+
+/// Decrements the connected gauge however the session ends.
+struct Connected(Arc<FeedStats>);
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        self.0.connected.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Session {
+    async fn run(&mut self, peer: SocketAddr, mut stop: watch::Receiver<bool>) -> End {
+        let cfg = self.ctx.config.clone();
+        let hello = match timeout(cfg.handshake_timeout, self.next_message()).await {
+            Err(_) => return refuse("handshake_timeout", "no HELLO within the handshake timeout"),
+            Ok(Err(end)) => return end,
+            Ok(Ok(ProducerMessage::Hello(h))) => h,
+            Ok(Ok(_)) => return refuse("unexpected_frame", "the first frame must be HELLO"),
+        };
+        if hello.version != PROTOCOL_VERSION {
+            return refuse(
+                "unsupported_version",
+                format!("protocol version {} is not supported (expected {PROTOCOL_VERSION})", hello.version),
+            );
+        }
+        if !self.ctx.auth.verify(&hello.producer_id, &hello.api_key.0) {
+            return refuse("auth_failed", "unknown producer id or wrong API key");
+        }
+        let (slot, session) = self.ctx.producers.attach(&hello.producer_id);
+        self.ctx.stats.connected.fetch_add(1, Ordering::Relaxed);
+        self.ctx.stats.sessions.fetch_add(1, Ordering::Relaxed);
+        let _connected = Connected(Arc::clone(&self.ctx.stats));
+        tracing::info!(%peer, producer = %slot.id, last_acked = slot.acked(), "producer connected");
+        if let Err(e) = self.send(&EngineMessage::Welcome { last_acked_seq: slot.acked() }).await {
+            return End::Io(e);
+        }
+        let end = self.stream(&slot, session, &mut stop).await;
+        tracing::info!(%peer, producer = %slot.id, acked = slot.acked(), "producer disconnected");
+        end
+    }
+
+    /// The steady state: frames in, ACKs out.
+    async fn stream(&mut self, slot: &ProducerSlot, session: u64, stop: &mut watch::Receiver<bool>) -> End {
+        let cfg = self.ctx.config.clone();
+        let mut acks = AckPacer { sent: slot.acked(), last_at: Instant::now() - cfg.ack_interval, due: None };
+        let mut last_read = Instant::now();
+        loop {
+            if let Err(end) = self.drain_frames(slot.index).await {
+                return end;
+            }
+            if let Some(up_to) = acks.poll(slot.acked(), Instant::now(), &cfg)
+                && let Err(e) = self.send(&EngineMessage::Ack { up_to_seq: up_to }).await
+            {
+                return End::Io(e);
+            }
+            tokio::select! {
+                read = self.rd.read_buf(&mut self.buf) => match read {
+                    Ok(0) if self.buf.is_empty() => return End::Closed,
+                    Ok(0) => return End::Io(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, CodecError::Truncated)),
+                    Ok(_) => last_read = Instant::now(),
+                    Err(e) => return End::Io(e),
+                },
+                () = slot.acked_changed() => {}
+                () = sleep_until(acks.due.unwrap_or_else(Instant::now)), if acks.due.is_some() => acks.due = None,
+                () = sleep_until(last_read + cfg.idle_timeout) => {
+                    return refuse("idle_timeout", "no frame (not even HEARTBEAT) within the idle timeout");
+                }
+                () = slot.replaced(session) => {
+                    return refuse("replaced", "a newer connection of this producer took over");
+                }
+                _ = stop.changed() => return refuse("shutting_down", "the engine is shutting down"),
+            }
+        }
+    }
+
+    /// Decodes every whole frame in the buffer and hands it to the pipeline.
+    async fn drain_frames(&mut self, slot: u32) -> Result<(), End> {
+        while let Some((kind, payload)) = next_frame(&mut self.buf)? {
+            let msg = ProducerMessage::decode(kind, &payload, &mut self.scratch, self.ctx.max_analysis_bytes)?;
+            let item = match msg {
+                ProducerMessage::Signal { producer_seq, sent_at, signal } => {
+                    self.ctx.stats.signals.fetch_add(1, Ordering::Relaxed);
+                    IngestItem::Signal(SignalItem {
+                        origin: Origin::Producer { slot, seq: producer_seq },
+                        signal,
+                        ingest_ts: UnixNanos::now(),
+                        sent_ts: sent_at,
+                    })
+                }
+                ProducerMessage::Tick(t) => {
+                    self.ctx.stats.ticks.fetch_add(1, Ordering::Relaxed);
+                    IngestItem::Tick(t)
+                }
+                ProducerMessage::Heartbeat => continue,
+                ProducerMessage::Hello(_) => return Err(refuse("unexpected_frame", "HELLO was already sent")),
+            };
+            // Waits while the queue is full, which stops reading this socket: the
+            // producer feels back-pressure through TCP, nothing is dropped.
+            if self.ctx.ingest.send(item).await.is_err() {
+                return Err(refuse("shutting_down", "the engine is shutting down"));
+            }
+        }
+        Ok(())
+    }
+
+    async fn next_message(&mut self) -> Result<ProducerMessage, End> {
+        loop {
+            if let Some((kind, payload)) = next_frame(&mut self.buf)? {
+                return Ok(ProducerMessage::decode(kind, &payload, &mut self.scratch, self.ctx.max_analysis_bytes)?);
+            }
+            match self.rd.read_buf(&mut self.buf).await {
+                Ok(0) => return Err(End::Closed),
+                Ok(_) => {}
+                Err(e) => return Err(End::Io(e)),
+            }
+        }
+    }
+
+    async fn send(&mut self, msg: &EngineMessage) -> std::io::Result<()> {
+        self.out.clear();
+        msg.encode(&mut self.out);
+        match timeout(self.ctx.config.write_timeout, self.wr.write_all(&self.out)).await {
+            Ok(r) => r,
+            Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "write to producer timed out")),
+        }
+    }
+
+    /// Sends ERROR and closes so that the producer can read it: half-close, then read
+    /// and discard what the producer still sends for a moment. Closing with unread
+    /// input would make the kernel answer with a reset that can destroy the ERROR.
+    async fn refuse(&mut self, code: &'static str, message: String) {
+        if self.send(&EngineMessage::Error { code: code.to_owned(), message }).await.is_err() {
+            return;
+        }
+        let _ = self.wr.shutdown().await;
+        let mut sink = [0u8; 4096];
+        let linger = Instant::now() + std::time::Duration::from_millis(500);
+        while let Ok(Ok(n)) = tokio::time::timeout_at(linger, self.rd.read(&mut sink)).await {
+            if n == 0 {
+                break;
+            }
+        }
+    }
+}
+
+/// Cumulative ACK pacing: at most one ACK per `ack_interval`, unless `ack_every`
+/// signals are waiting, and never more than `ack_interval` late.
+struct AckPacer {
+    sent: u64,
+    last_at: Instant,
+    due: Option<Instant>,
+}
+
+impl AckPacer {
+    /// The seq to ACK now, if any; otherwise arms `due` for the latest time to send.
+    fn poll(&mut self, acked: u64, now: Instant, cfg: &FeedConfig) -> Option<u64> {
+        if acked <= self.sent {
+            return None;
+        }
+        if acked - self.sent >= cfg.ack_every || now >= self.last_at + cfg.ack_interval {
+            self.sent = acked;
+            self.last_at = now;
+            self.due = None;
+            return Some(acked);
+        }
+        self.due.get_or_insert(self.last_at + cfg.ack_interval);
+        None
+    }
+}

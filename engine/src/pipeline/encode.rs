@@ -1,0 +1,209 @@
+//! The JSON that trading clients receive, written by hand on the hot path.
+//!
+//! A signal's `data` object is written once; each channel's SIGNAL_UPDATE is then the
+//! envelope (`type`, `channel`, `seq`) around a copy of those bytes. Symbols and
+//! exchanges are restricted to characters that need no escaping (see `InlineStr`), and
+//! `analysis` is validated JSON copied verbatim, so nothing here escapes strings. The
+//! tests check the output against the serde model (`EnrichedSignal`).
+
+use crate::model::{MarketSnapshot, Price, Signal, Tick, UnixNanos};
+
+fn int(out: &mut Vec<u8>, v: impl itoa::Integer) {
+    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+}
+
+fn price(out: &mut Vec<u8>, p: Price) {
+    out.push(b'"');
+    out.extend_from_slice(p.format(&mut [0; 24]).as_bytes());
+    out.push(b'"');
+}
+
+fn micros(out: &mut Vec<u8>, t: UnixNanos) {
+    int(out, t.as_micros());
+}
+
+fn key(out: &mut Vec<u8>, k: &str) {
+    out.extend_from_slice(k.as_bytes());
+}
+
+/// Writes the `data` object of a SIGNAL_UPDATE.
+pub fn signal_data(
+    out: &mut Vec<u8>,
+    s: &Signal,
+    market: Option<&MarketSnapshot>,
+    ingest_ts: UnixNanos,
+    routed_ts: UnixNanos,
+    sent_ts: Option<UnixNanos>,
+) {
+    let mut uuid = uuid::Uuid::encode_buffer();
+    key(out, "{\"id\":\"");
+    key(out, s.id.hyphenated().encode_lower(&mut uuid));
+    key(out, "\",\"source_id\":\"");
+    key(out, s.source_id.hyphenated().encode_lower(&mut uuid));
+    key(out, "\",\"source_type\":\"");
+    key(out, s.source_type.as_str());
+    key(out, "\",\"symbol\":\"");
+    out.extend_from_slice(s.symbol.as_bytes());
+    key(out, "\",\"exchange\":\"");
+    out.extend_from_slice(s.exchange.as_bytes());
+    key(out, "\",\"category\":\"");
+    key(out, s.category.as_str());
+    key(out, "\",\"signal_type\":\"");
+    key(out, s.signal_type.as_str());
+    key(out, "\",\"entry_price\":");
+    price(out, s.entry_price);
+    key(out, ",\"target_price\":");
+    price(out, s.target_price);
+    key(out, ",\"stop_loss\":");
+    price(out, s.stop_loss);
+    key(out, ",\"quantity_recommended\":");
+    match s.quantity_recommended {
+        Some(q) => int(out, q),
+        None => key(out, "null"),
+    }
+    key(out, ",\"confidence\":");
+    key(out, s.confidence.format(&mut [0; 8]));
+    key(out, ",\"generated_at\":");
+    micros(out, s.generated_at);
+    key(out, ",\"expires_at\":");
+    micros(out, s.expires_at);
+    key(out, ",\"market\":");
+    match market {
+        Some(m) => {
+            key(out, "{\"bid\":");
+            price(out, m.bid);
+            key(out, ",\"ask\":");
+            price(out, m.ask);
+            key(out, ",\"last\":");
+            price(out, m.last);
+            key(out, ",\"volume\":");
+            int(out, m.volume);
+            key(out, ",\"tick_ts\":");
+            micros(out, m.tick_ts);
+            key(out, ",\"tick_age_ms\":");
+            int(out, m.tick_age_ms);
+            out.push(b'}');
+        }
+        None => key(out, "null"),
+    }
+    key(out, ",\"ingest_ts\":");
+    micros(out, ingest_ts);
+    key(out, ",\"routed_ts\":");
+    micros(out, routed_ts);
+    key(out, ",\"sent_ts\":");
+    match sent_ts {
+        Some(t) => micros(out, t),
+        None => key(out, "null"),
+    }
+    key(out, ",\"analysis\":");
+    match &s.analysis {
+        Some(a) => key(out, a.as_str()),
+        None => key(out, "null"),
+    }
+    out.push(b'}');
+}
+
+/// The full SIGNAL_UPDATE for one channel, around an already written `data` object.
+pub fn signal_update(channel: &str, seq: u64, data: &[u8]) -> Box<[u8]> {
+    const HEAD: &str = "{\"type\":\"SIGNAL_UPDATE\",\"channel\":\"";
+    let mut out = Vec::with_capacity(HEAD.len() + channel.len() + 30 + data.len());
+    key(&mut out, HEAD);
+    key(&mut out, channel);
+    key(&mut out, "\",\"seq\":");
+    int(&mut out, seq);
+    key(&mut out, ",\"data\":");
+    out.extend_from_slice(data);
+    out.push(b'}');
+    out.into_boxed_slice()
+}
+
+/// A PRICE_UPDATE for `prices_general`.
+pub fn price_update(out: &mut Vec<u8>, t: &Tick) {
+    key(out, "{\"type\":\"PRICE_UPDATE\",\"channel\":\"prices_general\",\"data\":{\"symbol\":\"");
+    out.extend_from_slice(t.symbol.as_bytes());
+    key(out, "\",\"exchange\":\"");
+    out.extend_from_slice(t.exchange.as_bytes());
+    key(out, "\",\"bid\":");
+    price(out, t.bid);
+    key(out, ",\"ask\":");
+    price(out, t.ask);
+    key(out, ",\"last\":");
+    price(out, t.last);
+    key(out, ",\"volume\":");
+    int(out, t.volume);
+    key(out, ",\"ts\":");
+    micros(out, t.ts);
+    key(out, "}}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{EnrichedSignal, Tick};
+
+    fn signal(analysis: bool) -> Signal {
+        let mut v = serde_json::json!({
+            "id":"6f1c2a0e-5b7d-4c1e-9a43-2f0d9e8b7c61","source_id":"3b9d0c52-7a4e-4f0a-8d5e-1c2b3a4d5e6f",
+            "source_type":"ai_model","symbol":"M&M","exchange":"NSE","category":"equity","signal_type":"buy",
+            "entry_price":"2456.7500","target_price":"2520.0000","stop_loss":"2420.0000",
+            "confidence":90.0,"generated_at":1795400000123456_i64,"expires_at":1795403600000000_i64});
+        if analysis {
+            v["analysis"] = serde_json::json!({"z": [1, "two", {"three": null}], "a": "é\"q"});
+            v["quantity_recommended"] = 50.into();
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn data_matches_the_serde_model_exactly() {
+        let market = MarketSnapshot {
+            bid: "2456.5".parse().unwrap(),
+            ask: "2457".parse().unwrap(),
+            last: "2456.8".parse().unwrap(),
+            volume: 1_250_000,
+            tick_ts: UnixNanos(1_795_400_000_100_000_000),
+            tick_age_ms: 23,
+        };
+        for (s, m, sent) in [
+            (signal(true), Some(market), Some(UnixNanos(1_795_400_000_123_999_999))),
+            (signal(false), None, None),
+        ] {
+            let mut out = Vec::new();
+            signal_data(&mut out, &s, m.as_ref(), UnixNanos(1_795_400_000_124_000_000), UnixNanos(1_795_400_000_124_100_000), sent);
+            let parsed: EnrichedSignal = serde_json::from_slice(&out).unwrap();
+            let expected = EnrichedSignal {
+                signal: s.clone(),
+                market: m,
+                ingest_ts: UnixNanos(1_795_400_000_124_000_000),
+                routed_ts: UnixNanos(1_795_400_000_124_100_000),
+                sent_ts: sent.map(|t| UnixNanos(t.as_micros() * 1000)),
+            };
+            assert_eq!(parsed, expected);
+            let text = std::str::from_utf8(&out).unwrap();
+            assert!(text.contains("\"confidence\":90.00,"), "{text}");
+            assert!(text.contains("\"entry_price\":\"2456.7500\""));
+            let env = signal_update("signals_free", 42, &out);
+            let v: serde_json::Value = serde_json::from_slice(&env).unwrap();
+            assert_eq!((v["type"].as_str(), v["channel"].as_str(), v["seq"].as_u64()), (Some("SIGNAL_UPDATE"), Some("signals_free"), Some(42)));
+            assert_eq!(v["data"], serde_json::from_slice::<serde_json::Value>(&out).unwrap());
+        }
+    }
+
+    #[test]
+    fn price_update_is_the_tick() {
+        let t = Tick {
+            symbol: crate::model::Symbol::new("BTC-USDT").unwrap(),
+            exchange: crate::model::Exchange::new("BINANCE").unwrap(),
+            bid: "1".parse().unwrap(),
+            ask: "2".parse().unwrap(),
+            last: "1.5".parse().unwrap(),
+            volume: 7,
+            ts: UnixNanos(5_000),
+        };
+        let mut out = Vec::new();
+        price_update(&mut out, &t);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["type"], "PRICE_UPDATE");
+        assert_eq!(serde_json::from_value::<Tick>(v["data"].clone()).unwrap(), t);
+    }
+}

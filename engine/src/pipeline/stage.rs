@@ -1,0 +1,187 @@
+//! The stage: the one writer of ticks, seqs and channel logs.
+
+use std::sync::Arc;
+
+use super::delay::DelayLine;
+use super::dedup::{ProducerSeqs, RecentIds};
+use super::{DropReason, IngestItem, Origin, PipelineStats, SignalItem, encode, enrich, filter, route};
+use crate::channels::{ChannelName, ChannelSet, Message};
+use crate::config::{EngineConfig, MissingTick};
+use crate::feed::{ProducerRegistry, ProducerSlot};
+use crate::model::{Tick, Tier, UnixNanos};
+use crate::policy::TierPolicy;
+use crate::ticks::{TickUpdate, TickWriter};
+
+/// De-duplicate, filter, enrich, route, encode, append; see the module docs of
+/// [`crate::pipeline`].
+#[derive(Debug)]
+pub struct Stage {
+    policy: Arc<TierPolicy>,
+    missing_tick: MissingTick,
+    ticks: TickWriter,
+    channels: Arc<ChannelSet>,
+    producers: Arc<ProducerRegistry>,
+    stats: Arc<PipelineStats>,
+    seqs: ProducerSeqs,
+    ids: RecentIds,
+    delays: [Option<DelayLine>; 4],
+    channel_names: [String; 4],
+    /// Producer slots whose seq advanced in this batch; acked at the batch's end.
+    touched: Vec<u32>,
+    slots: Vec<Option<Arc<ProducerSlot>>>,
+    /// Reused buffer for the `data` object of the signal being routed.
+    data: Vec<u8>,
+    appended: bool,
+}
+
+impl Stage {
+    pub fn new(
+        config: &EngineConfig,
+        policy: Arc<TierPolicy>,
+        ticks: TickWriter,
+        channels: Arc<ChannelSet>,
+        producers: Arc<ProducerRegistry>,
+        stats: Arc<PipelineStats>,
+    ) -> Self {
+        let delays = Tier::ALL.map(|t| {
+            channels.delayed(t).map(|_| DelayLine::new(policy.delayed_view(t), config.delay_capacity))
+        });
+        Self {
+            missing_tick: config.missing_tick,
+            ticks,
+            seqs: ProducerSeqs::default(),
+            ids: RecentIds::new(config.dedup_window),
+            delays,
+            channel_names: Tier::ALL.map(|t| ChannelName::Signals(t).to_string()),
+            touched: Vec::new(),
+            slots: Vec::new(),
+            data: Vec::with_capacity(1024),
+            appended: false,
+            policy,
+            channels,
+            producers,
+            stats,
+        }
+    }
+
+    /// Takes one item; `now` is the routing time.
+    pub fn handle(&mut self, item: IngestItem, now: UnixNanos) {
+        match item {
+            IngestItem::Signal(s) => self.on_signal(s, now),
+            IngestItem::Tick(t) => self.on_tick(&t),
+        }
+    }
+
+    fn on_tick(&mut self, t: &Tick) {
+        self.stats.tick_in();
+        match self.ticks.update(t) {
+            TickUpdate::Applied(_) => {}
+            TickUpdate::Stale(_) => self.stats.dropped(DropReason::StaleTick),
+            TickUpdate::BookFull => self.stats.dropped(DropReason::TickBookFull),
+        }
+    }
+
+    fn on_signal(&mut self, item: SignalItem, now: UnixNanos) {
+        self.stats.signal_in();
+        if let Origin::Producer { slot, seq } = item.origin {
+            if !self.seqs.accept(slot, seq) {
+                self.stats.dropped(DropReason::DuplicateSeq);
+                return;
+            }
+            self.touched.push(slot);
+        }
+        let s = &item.signal;
+        if !self.ids.insert(s.id) {
+            self.stats.dropped(DropReason::DuplicateId);
+            return;
+        }
+        if let Err(reason) = filter::check(&self.policy, s, now) {
+            self.stats.dropped(reason);
+            return;
+        }
+        let market = self.ticks.latest(&s.symbol, &s.exchange).map(|t| enrich::snapshot(&t, now));
+        if market.is_none() && self.missing_tick == MissingTick::Drop {
+            self.stats.dropped(DropReason::MissingTick);
+            return;
+        }
+        let mut tiers = route::tiers(&self.policy, s.confidence).peekable();
+        if tiers.peek().is_none() {
+            self.stats.dropped(DropReason::NoTier);
+            return;
+        }
+        self.data.clear();
+        encode::signal_data(&mut self.data, s, market.as_ref(), item.ingest_ts, now, item.sent_ts);
+        for tier in tiers {
+            let log = self.channels.live(tier);
+            let seq = log.head() + 1;
+            let msg = Arc::new(Message {
+                seq,
+                category: s.category,
+                ingest_ts: item.ingest_ts,
+                routed_ts: now,
+                sent_ts: item.sent_ts,
+                json: encode::signal_update(&self.channel_names[tier.index()], seq, &self.data),
+            });
+            log.append(Arc::clone(&msg));
+            self.stats.routed_to(tier);
+            if let Some(line) = &mut self.delays[tier.index()]
+                && let Some(lost) = line.push(item.ingest_ts, msg)
+            {
+                if let Some(view) = self.channels.delayed(tier) {
+                    view.mark_lost(lost.seq);
+                }
+                self.stats.dropped(DropReason::DelayOverflow);
+            }
+        }
+        self.appended = true;
+    }
+
+    /// Moves every delayed message that is due at `now` into its delayed view.
+    pub fn release_due(&mut self, now: UnixNanos) {
+        for tier in Tier::ALL {
+            let (Some(line), Some(view)) = (&mut self.delays[tier.index()], self.channels.delayed(tier)) else {
+                continue;
+            };
+            while let Some(msg) = line.pop_due(now) {
+                view.append(msg);
+                self.appended = true;
+            }
+        }
+    }
+
+    /// The earliest pending delayed release.
+    pub fn next_release(&self) -> Option<UnixNanos> {
+        self.delays.iter().flatten().filter_map(DelayLine::next_release).min()
+    }
+
+    /// Ends a batch: acknowledges producers and rings the channel bell once.
+    pub fn finish_batch(&mut self) {
+        self.touched.sort_unstable();
+        self.touched.dedup();
+        for i in 0..self.touched.len() {
+            let index = self.touched[i];
+            let seq = self.seqs.last(index);
+            if let Some(slot) = self.slot(index) {
+                slot.set_acked(seq);
+            }
+        }
+        self.touched.clear();
+        if std::mem::take(&mut self.appended) {
+            self.channels.notify();
+        }
+    }
+
+    fn slot(&mut self, index: u32) -> Option<Arc<ProducerSlot>> {
+        let i = index as usize;
+        if self.slots.len() <= i {
+            self.slots.resize(i + 1, None);
+        }
+        if self.slots[i].is_none() {
+            self.slots[i] = self.producers.slot(index);
+        }
+        self.slots[i].clone()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,230 @@
+//! The stage driven by hand: items in, channel logs out, no threads, no clock.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use super::*;
+use crate::channels::ChannelSet;
+use crate::config::{EngineConfig, MissingTick};
+use crate::feed::ProducerRegistry;
+use crate::model::{Confidence, EnrichedSignal, Exchange, Price, Signal, Symbol, Tick};
+use crate::ticks::TickBook;
+
+const T0: UnixNanos = UnixNanos(1_795_400_000_000_000_000);
+const SEC: i64 = 1_000_000_000;
+
+struct Harness {
+    stage: Stage,
+    channels: Arc<ChannelSet>,
+    producers: Arc<ProducerRegistry>,
+    stats: Arc<PipelineStats>,
+}
+
+fn harness(config: EngineConfig) -> Harness {
+    let policy = Arc::new(TierPolicy::default());
+    let (_book, writer) = TickBook::new(config.max_symbols);
+    let channels = Arc::new(ChannelSet::new(&policy, config.ring_capacity));
+    let producers = Arc::new(ProducerRegistry::default());
+    let stats = Arc::new(PipelineStats::default());
+    let stage = Stage::new(
+        &config,
+        policy,
+        writer,
+        Arc::clone(&channels),
+        Arc::clone(&producers),
+        Arc::clone(&stats),
+    );
+    Harness { stage, channels, producers, stats }
+}
+
+fn signal(n: u128, confidence: u16) -> Signal {
+    Signal {
+        id: Uuid::from_u128(n),
+        source_id: Uuid::from_u128(7),
+        source_type: crate::model::SourceType::Algorithm,
+        symbol: Symbol::new("RELIANCE").unwrap(),
+        exchange: Exchange::new("NSE").unwrap(),
+        category: crate::model::Category::Equity,
+        signal_type: crate::model::SignalType::Buy,
+        entry_price: Price::from_raw(24_567_500).unwrap(),
+        target_price: Price::from_raw(25_200_000).unwrap(),
+        stop_loss: Price::from_raw(24_200_000).unwrap(),
+        quantity_recommended: Some(50),
+        confidence: Confidence::new(confidence).unwrap(),
+        generated_at: T0,
+        expires_at: T0.plus_nanos(3600 * SEC),
+        analysis: None,
+    }
+}
+
+fn local(s: Signal) -> IngestItem {
+    IngestItem::Signal(SignalItem { origin: Origin::Local, signal: s, ingest_ts: T0, sent_ts: None })
+}
+
+fn from_producer(slot: u32, seq: u64, s: Signal) -> IngestItem {
+    IngestItem::Signal(SignalItem { origin: Origin::Producer { slot, seq }, signal: s, ingest_ts: T0, sent_ts: None })
+}
+
+fn tick(last: i64, ts: UnixNanos) -> Tick {
+    Tick {
+        symbol: Symbol::new("RELIANCE").unwrap(),
+        exchange: Exchange::new("NSE").unwrap(),
+        bid: Price::from_raw(last - 500).unwrap(),
+        ask: Price::from_raw(last + 500).unwrap(),
+        last: Price::from_raw(last).unwrap(),
+        volume: 1_250_000,
+        ts,
+    }
+}
+
+fn read_all(log: &crate::channels::ChannelLog) -> Vec<Arc<Message>> {
+    let mut out = Vec::new();
+    let _ = log.read_after(0, &mut out, usize::MAX);
+    out
+}
+
+fn data(m: &Message) -> EnrichedSignal {
+    let v: serde_json::Value = serde_json::from_slice(&m.json).unwrap();
+    assert_eq!(v["seq"].as_u64(), Some(m.seq));
+    serde_json::from_value(v["data"].clone()).unwrap()
+}
+
+#[test]
+fn routes_by_the_tier_table_and_drops_below_the_bar() {
+    let mut h = harness(EngineConfig::default());
+    // (confidence in hundredths, tiers expected: free, basic, premium, enterprise)
+    let cases = [
+        (9_900, [true, true, true, true]),
+        (9_000, [true, true, true, true]),
+        (8_999, [false, true, true, true]),
+        (8_500, [false, true, true, true]),
+        (8_499, [false, false, true, true]),
+        (7_501, [false, false, true, true]),
+        (7_500, [false, false, false, false]),
+        (4_000, [false, false, false, false]),
+    ];
+    for (i, (c, _)) in cases.iter().enumerate() {
+        h.stage.handle(local(signal(i as u128 + 1, *c)), T0);
+    }
+    h.stage.finish_batch();
+    for tier in Tier::ALL {
+        let got: Vec<u16> = read_all(h.channels.live(tier)).iter().map(|m| data(m).signal.confidence.hundredths()).collect();
+        let want: Vec<u16> = cases.iter().filter(|(_, t)| t[tier.index()]).map(|(c, _)| *c).collect();
+        assert_eq!(got, want, "{tier}");
+        assert_eq!(h.stats.routed(tier), want.len() as u64);
+    }
+    assert_eq!(h.stats.drops(DropReason::BelowConfidence), 2);
+}
+
+#[test]
+fn seq_is_gap_free_per_channel_and_in_the_json() {
+    let mut h = harness(EngineConfig::default());
+    for i in 0..500u128 {
+        h.stage.handle(local(signal(i + 1, 7_600 + ((i * 37) % 2_400) as u16)), T0);
+    }
+    for tier in Tier::ALL {
+        let msgs = read_all(h.channels.live(tier));
+        assert!(!msgs.is_empty());
+        for (k, m) in msgs.iter().enumerate() {
+            assert_eq!(m.seq, k as u64 + 1, "{tier}");
+            assert!(data(m).signal.confidence >= TierPolicy::default().rule(tier).min_confidence);
+        }
+        assert_eq!(h.channels.live(tier).head(), msgs.len() as u64);
+    }
+}
+
+#[test]
+fn expired_signals_are_dropped() {
+    let mut h = harness(EngineConfig::default());
+    let mut s = signal(1, 9_500);
+    s.expires_at = T0.plus_nanos(SEC);
+    h.stage.handle(local(s), T0.plus_nanos(SEC));
+    assert_eq!(h.stats.drops(DropReason::Expired), 1);
+    assert_eq!(h.channels.live(Tier::Enterprise).head(), 0);
+}
+
+#[test]
+fn enriches_with_the_latest_tick_or_null() {
+    let mut h = harness(EngineConfig::default());
+    h.stage.handle(local(signal(1, 9_500)), T0);
+    h.stage.handle(IngestItem::Tick(tick(24_568_000, T0.plus_nanos(SEC))), T0);
+    h.stage.handle(IngestItem::Tick(tick(24_569_000, T0.plus_nanos(2 * SEC))), T0);
+    // Out of order: older than what the book holds, ignored.
+    h.stage.handle(IngestItem::Tick(tick(1_0000, T0.plus_nanos(SEC + 1))), T0);
+    let now = T0.plus_nanos(2 * SEC + 23_500_000);
+    h.stage.handle(local(signal(2, 9_500)), now);
+    let msgs = read_all(h.channels.live(Tier::Premium));
+    assert_eq!(data(&msgs[0]).market, None);
+    let m = data(&msgs[1]).market.unwrap();
+    assert_eq!((m.last.raw(), m.bid.raw(), m.ask.raw()), (24_569_000, 24_568_500, 24_569_500));
+    assert_eq!((m.tick_ts, m.tick_age_ms, m.volume), (T0.plus_nanos(2 * SEC), 23, 1_250_000));
+    assert_eq!(data(&msgs[1]).routed_ts, now);
+    assert_eq!(h.stats.drops(DropReason::StaleTick), 1);
+
+    let mut h = harness(EngineConfig { missing_tick: MissingTick::Drop, ..EngineConfig::default() });
+    h.stage.handle(local(signal(1, 9_500)), T0);
+    assert_eq!(h.stats.drops(DropReason::MissingTick), 1);
+    assert_eq!(h.channels.live(Tier::Premium).head(), 0);
+}
+
+#[test]
+fn duplicates_by_producer_seq_and_by_id_are_dropped_and_acked() {
+    let mut h = harness(EngineConfig::default());
+    let (slot, _) = h.producers.attach("p");
+    h.stage.handle(from_producer(slot.index, 1, signal(1, 9_500)), T0);
+    h.stage.handle(from_producer(slot.index, 2, signal(2, 9_500)), T0);
+    h.stage.handle(from_producer(slot.index, 2, signal(2, 9_500)), T0); // resend
+    h.stage.handle(from_producer(slot.index, 3, signal(1, 9_500)), T0); // same id, new seq
+    h.stage.handle(from_producer(slot.index, 4, signal(4, 1_000)), T0); // filtered
+    assert_eq!(slot.acked(), 0, "acks go out at the end of the batch");
+    h.stage.finish_batch();
+    assert_eq!(slot.acked(), 4, "every taken seq is acknowledged, routed or not");
+    assert_eq!(h.stats.drops(DropReason::DuplicateSeq), 1);
+    assert_eq!(h.stats.drops(DropReason::DuplicateId), 1);
+    assert_eq!(h.channels.live(Tier::Enterprise).head(), 2);
+}
+
+#[test]
+fn delayed_view_releases_the_same_messages_after_the_delay() {
+    let mut h = harness(EngineConfig::default());
+    let mut rx = h.channels.watch();
+    h.stage.handle(local(signal(1, 9_500)), T0);
+    h.stage.handle(local(signal(2, 9_600)), T0.plus_nanos(SEC));
+    h.stage.finish_batch();
+    assert!(rx.has_changed().unwrap());
+    rx.mark_unchanged();
+    let view = h.channels.delayed(Tier::Free).unwrap();
+    assert_eq!(view.epoch(), h.channels.live(Tier::Free).epoch());
+    assert_eq!(h.stage.next_release(), Some(T0.plus_nanos(30 * SEC)));
+    h.stage.release_due(T0.plus_nanos(30 * SEC - 1));
+    h.stage.finish_batch();
+    assert_eq!(view.head(), 0);
+    assert!(!rx.has_changed().unwrap(), "no bell without news");
+    h.stage.release_due(T0.plus_nanos(30 * SEC));
+    h.stage.finish_batch();
+    let delayed = read_all(view);
+    let live = read_all(h.channels.live(Tier::Free));
+    assert_eq!(delayed.len(), 2, "both were ingested at T0, so both are due");
+    assert!(Arc::ptr_eq(&delayed[0], &live[0]), "the very same encoded bytes");
+    assert!(rx.has_changed().unwrap());
+    // Premium's real-time users read live; its delayed view serves rt=false users.
+    assert_eq!(TierPolicy::default().delayed_view(Tier::Premium), Duration::from_secs(30));
+    assert_eq!(h.stage.next_release(), None);
+}
+
+#[test]
+fn a_full_delay_line_drops_its_oldest_and_says_so() {
+    let mut h = harness(EngineConfig { delay_capacity: 2, ..EngineConfig::default() });
+    for i in 1..=3 {
+        h.stage.handle(local(signal(i, 9_500)), T0);
+    }
+    assert_eq!(h.stats.drops(DropReason::DelayOverflow), 4, "one per delayed view (4 tiers)");
+    h.stage.release_due(T0.plus_nanos(31 * SEC));
+    let view = h.channels.delayed(Tier::Free).unwrap();
+    let mut out = Vec::new();
+    assert!(view.read_after(0, &mut out, 10).is_err(), "a reader from the start lost seq 1");
+    assert_eq!(view.read_after(1, &mut out, 10), Ok(3));
+    assert_eq!(out.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![2, 3]);
+}

@@ -1,0 +1,102 @@
+//! Counters of the pipeline, read by the gateway's /metrics.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::model::Tier;
+
+/// Why a signal (or tick) did not reach a channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// Confidence at or below the global bar.
+    BelowConfidence,
+    /// `expires_at` already past when the stage saw it.
+    Expired,
+    /// A producer seq already taken (a resend after reconnect).
+    DuplicateSeq,
+    /// A signal id already routed (within the de-duplication window).
+    DuplicateId,
+    /// No tick for the symbol and `missing_tick = "drop"`.
+    MissingTick,
+    /// Passed the global filter but no tier admits it (a policy with a tier bar above
+    /// the global one everywhere).
+    NoTier,
+    /// A tick older than the one already held (ticks only).
+    StaleTick,
+    /// A tick for a new symbol with the tick book full (ticks only).
+    TickBookFull,
+    /// A delayed view overflowed and lost its oldest message (per channel message).
+    DelayOverflow,
+}
+
+impl DropReason {
+    pub const ALL: [Self; 9] = [
+        Self::BelowConfidence,
+        Self::Expired,
+        Self::DuplicateSeq,
+        Self::DuplicateId,
+        Self::MissingTick,
+        Self::NoTier,
+        Self::StaleTick,
+        Self::TickBookFull,
+        Self::DelayOverflow,
+    ];
+
+    /// The metric label.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::BelowConfidence => "below_confidence",
+            Self::Expired => "expired",
+            Self::DuplicateSeq => "duplicate_seq",
+            Self::DuplicateId => "duplicate_id",
+            Self::MissingTick => "missing_tick",
+            Self::NoTier => "no_tier",
+            Self::StaleTick => "stale_tick",
+            Self::TickBookFull => "tick_book_full",
+            Self::DelayOverflow => "delay_overflow",
+        }
+    }
+}
+
+/// Monotonic counters; the stage is their only writer.
+#[derive(Debug, Default)]
+pub struct PipelineStats {
+    signals_in: AtomicU64,
+    ticks_in: AtomicU64,
+    routed: [AtomicU64; 4],
+    drops: [AtomicU64; DropReason::ALL.len()],
+}
+
+impl PipelineStats {
+    pub(crate) fn signal_in(&self) {
+        self.signals_in.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn tick_in(&self) {
+        self.ticks_in.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn routed_to(&self, tier: Tier) {
+        self.routed[tier.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn dropped(&self, reason: DropReason) {
+        self.drops[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn signals_in(&self) -> u64 {
+        self.signals_in.load(Ordering::Relaxed)
+    }
+
+    pub fn ticks_in(&self) -> u64 {
+        self.ticks_in.load(Ordering::Relaxed)
+    }
+
+    /// Messages appended to `signals_<tier>`.
+    pub fn routed(&self, tier: Tier) -> u64 {
+        self.routed[tier.index()].load(Ordering::Relaxed)
+    }
+
+    pub fn drops(&self, reason: DropReason) -> u64 {
+        self.drops[reason as usize].load(Ordering::Relaxed)
+    }
+}
