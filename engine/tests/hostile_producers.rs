@@ -1,0 +1,138 @@
+//! A producer that sends garbage is cut off; everyone else carries on.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use common::*;
+use engine::config::{EngineConfig, FeedConfig};
+use engine::feed::codec::{ApiKey, EngineMessage, Hello, PROTOCOL_VERSION, ProducerMessage, next_frame};
+use engine::feed::{Producer, ProducerError};
+use engine::model::Tier;
+use rkyv::util::AlignedVec;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn hello(id: &str, key: &str, version: u16) -> Vec<u8> {
+    let mut out = Vec::new();
+    ProducerMessage::Hello(Hello { producer_id: id.into(), api_key: ApiKey(key.into()), version }).encode(&mut out);
+    out
+}
+
+/// Writes `bytes` and returns every frame the engine sends until it closes.
+async fn exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> Vec<EngineMessage> {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let _ = s.write_all(bytes).await;
+    let mut buf = BytesMut::new();
+    let mut scratch = AlignedVec::new();
+    let mut got = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), s.read_buf(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(_)) => {}
+            Err(_) => panic!("the engine neither answered nor closed; got {got:?}"),
+        }
+        while let Some((kind, payload)) = next_frame(&mut buf).unwrap() {
+            got.push(EngineMessage::decode(kind, &payload, &mut scratch).unwrap());
+        }
+    }
+    got
+}
+
+fn error_code(msgs: &[EngineMessage]) -> &str {
+    match msgs.last() {
+        Some(EngineMessage::Error { code, .. }) => code,
+        other => panic!("expected an ERROR last, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_is_refused_per_connection_while_a_good_producer_loses_nothing() {
+    let feed = FeedConfig { handshake_timeout: Duration::from_millis(300), ..FeedConfig::default() };
+    let t = start_with(EngineConfig::default(), feed).await;
+    let good = producer(t.feed_addr, "alpha").await;
+    const N: u128 = 2_000;
+    let sender = tokio::spawn(async move {
+        for n in 1..=N {
+            good.send_signal(&equity(n, 9_500)).await.unwrap();
+            if n % 100 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        good.flush().await.unwrap();
+        good
+    });
+
+    let addr = t.feed_addr;
+    let mut authed_garbage = hello("beta", "key-beta", PROTOCOL_VERSION);
+    authed_garbage.extend_from_slice(&[7, 0, 0, 0, 2, 0xde, 0xad, 0xbe, 0xef, 0x00, 0x01]);
+    let got = exchange(addr, &authed_garbage).await;
+    assert!(matches!(got[0], EngineMessage::Welcome { .. }));
+    assert_eq!(error_code(&got), "invalid_archive");
+
+    let mut huge = hello("gamma", "key-gamma", PROTOCOL_VERSION);
+    huge.extend_from_slice(&u32::MAX.to_le_bytes());
+    assert_eq!(error_code(&exchange(addr, &huge).await), "frame_too_large");
+
+    let mut unknown = hello("gamma", "key-gamma", PROTOCOL_VERSION);
+    unknown.extend_from_slice(&[1, 0, 0, 0, 0x7f]);
+    assert_eq!(error_code(&exchange(addr, &unknown).await), "unknown_kind");
+
+    assert_eq!(error_code(&exchange(addr, b"GET / HTTP/1.1\r\n\r\n").await), "frame_too_large");
+    assert_eq!(error_code(&exchange(addr, &[3, 0, 0, 0, 4, 1, 2]).await), "bad_frame");
+    assert_eq!(error_code(&exchange(addr, &hello("beta", "stolen", PROTOCOL_VERSION)).await), "auth_failed");
+    assert_eq!(error_code(&exchange(addr, &hello("beta", "key-beta", 99)).await), "unsupported_version");
+    assert_eq!(error_code(&exchange(addr, &[]).await), "handshake_timeout");
+    let mut twice = hello("gamma", "key-gamma", PROTOCOL_VERSION);
+    twice.extend(hello("gamma", "key-gamma", PROTOCOL_VERSION));
+    assert_eq!(error_code(&exchange(addr, &twice).await), "unexpected_frame");
+
+    let good = sender.await.unwrap();
+    assert_eq!(good.reconnects(), 0, "the good producer was never disturbed");
+    let msgs = wait_for(&t.engine, t.engine.channels.live(Tier::Premium), N as usize).await;
+    assert_eq!(msgs.len(), N as usize);
+    assert!(msgs.iter().zip(1..=N).all(|(m, n)| id_of(m) == n), "every good signal, in order");
+    assert!(t.feed_stats.errors() >= 9);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_reports_refusals_instead_of_reconnecting_forever() {
+    let t = start(EngineConfig::default()).await;
+    let mut cfg = producer_config(t.feed_addr, "alpha");
+    cfg.api_key = "nope".into();
+    match Producer::connect(cfg).await {
+        Err(ProducerError::Refused { code, .. }) => assert_eq!(code, "auth_failed"),
+        other => panic!("{other:?}"),
+    }
+    // An invalid signal is refused at the caller and the connection stays up.
+    let p = producer(t.feed_addr, "alpha").await;
+    let mut bad = equity(1, 9_000);
+    bad.expires_at = bad.generated_at;
+    assert!(matches!(p.send_signal(&bad).await, Err(ProducerError::Invalid(_))));
+    p.send_signal(&equity(2, 9_000)).await.unwrap();
+    p.flush().await.unwrap();
+    // Nobody listens here: connect fails fast.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    assert!(matches!(Producer::connect(producer_config(dead, "alpha")).await, Err(ProducerError::Io(_))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_connection_of_the_same_producer_replaces_the_first() {
+    let t = start(EngineConfig::default()).await;
+    let first = producer(t.feed_addr, "alpha").await;
+    first.send_signal(&equity(1, 9_000)).await.unwrap();
+    first.flush().await.unwrap();
+    let second = producer(t.feed_addr, "alpha").await;
+    assert_eq!(second.acked(), 1, "the new session starts from the old one's ACK");
+    second.send_signal(&equity(2, 9_000)).await.unwrap();
+    second.flush().await.unwrap();
+    eventually("the ghost session is gone", || t.feed_stats.connected() == 1).await;
+    match first.flush().await {
+        Ok(()) => {}
+        Err(e) => assert_eq!(e, ProducerError::Refused { code: "replaced".into(), message: "a newer connection of this producer took over".into() }),
+    }
+    let msgs = wait_for(&t.engine, t.engine.channels.live(Tier::Basic), 2).await;
+    assert_eq!(msgs.iter().map(|m| id_of(m)).collect::<Vec<_>>(), vec![1, 2]);
+}
