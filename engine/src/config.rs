@@ -44,7 +44,7 @@ impl Default for EngineConfig {
         Self {
             ingest_queue: 65_536,
             ring_capacity: 10_000,
-            dedup_window: 262_144,
+            dedup_window: 65_536,
             max_symbols: 65_536,
             delay_capacity: 65_536,
             max_analysis_bytes: 4_096,

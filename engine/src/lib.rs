@@ -29,5 +29,6 @@ pub mod policy;
 pub mod ticks;
 
 mod engine;
+mod hash;
 
 pub use engine::Engine;

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering, fence};
 use std::sync::{Arc, OnceLock};
 
+use crate::hash::FastHash;
 use crate::model::{Exchange, Price, Symbol, Tick, UnixNanos};
 
 /// Index of a symbol's slot in the book.
@@ -59,7 +60,7 @@ impl TickBook {
     /// The book and its one writer.
     pub fn new(max_symbols: usize) -> (Arc<Self>, TickWriter) {
         let book = Arc::new(Self::with_capacity(max_symbols));
-        let writer = TickWriter { book: Arc::clone(&book), index: HashMap::new() };
+        let writer = TickWriter { book: Arc::clone(&book), index: HashMap::default() };
         (book, writer)
     }
 
@@ -156,7 +157,7 @@ impl Slot {
 pub struct TickWriter {
     book: Arc<TickBook>,
     /// Only the writer assigns slots, so the directory needs no sharing at all.
-    index: HashMap<(Symbol, Exchange), SymbolId>,
+    index: HashMap<(Symbol, Exchange), SymbolId, FastHash>,
 }
 
 impl TickWriter {

@@ -63,7 +63,7 @@ async fn two_producers_are_enriched_filtered_routed_and_sequenced() {
         assert_eq!(got, expected, "{tier}: exactly the signals the table admits");
         let mut last_per_producer = HashMap::new();
         for (i, m) in msgs.iter().enumerate() {
-            assert_eq!(m.seq, i as u64 + 1, "{tier}: gap-free seq");
+            assert_eq!(m.seq(), i as u64 + 1, "{tier}: gap-free seq");
             let d = data(m);
             let id = id_of(m);
             let s = &sent[&id];

@@ -5,22 +5,10 @@ use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use crate::model::{Category, UnixNanos};
-
-/// One routed message, encoded once, shared by every reader.
-#[derive(Debug)]
-pub struct Message {
-    pub seq: u64,
-    /// For the gateway's per-user category test, without parsing `json`.
-    pub category: Category,
-    pub ingest_ts: UnixNanos,
-    pub routed_ts: UnixNanos,
-    pub sent_ts: Option<UnixNanos>,
-    /// The complete SIGNAL_UPDATE text.
-    pub json: Box<[u8]>,
-}
+use super::Message;
+use crate::model::UnixNanos;
 
 /// A log's identity: random at creation, so a seq from another log (or an earlier run)
 /// is never mistaken for one of this log.
@@ -66,7 +54,7 @@ pub struct Subscription {
     /// `None` without a resume request; otherwise whether the gap could be replayed.
     pub recovered: Option<bool>,
     /// `since+1 ..= head`, in order, when recovered; empty otherwise.
-    pub replay: Vec<Arc<Message>>,
+    pub replay: Vec<Message>,
     /// Read live messages with `read_after(cursor)`; no message is missed or repeated
     /// between the replay and live reading.
     pub cursor: u64,
@@ -96,7 +84,7 @@ pub struct ChannelLog {
 
 #[derive(Debug)]
 struct Ring {
-    msgs: VecDeque<Arc<Message>>,
+    msgs: VecDeque<Message>,
     /// Highest seq that is not in the ring any more (evicted or never released).
     lost_through: u64,
 }
@@ -139,14 +127,14 @@ impl ChannelLog {
 
     /// Appends `msg`, whose seq must be above the head (the writer's contract; a live
     /// log appends `head + 1`, a delayed view may skip seqs it lost).
-    pub(crate) fn append(&self, msg: Arc<Message>) {
-        let seq = msg.seq;
+    pub(crate) fn append(&self, msg: Message) {
+        let seq = msg.seq();
         debug_assert!(seq > self.head(), "{}: seq {seq} not above head", self.name);
         let mut ring = self.ring();
         if ring.msgs.len() == self.capacity
             && let Some(old) = ring.msgs.pop_front()
         {
-            ring.lost_through = ring.lost_through.max(old.seq);
+            ring.lost_through = ring.lost_through.max(old.seq());
         }
         ring.msgs.push_back(msg);
         drop(ring);
@@ -166,14 +154,14 @@ impl ChannelLog {
     /// still holds all of it under the same epoch.
     pub fn subscribe(&self, resume: Option<Resume>) -> Subscription {
         let ring = self.ring();
-        let head = ring.msgs.back().map_or(0, |m| m.seq).max(ring.lost_through);
+        let head = ring.msgs.back().map_or(0, Message::seq).max(ring.lost_through);
         let mut sub =
             Subscription { epoch: self.epoch, head, recovered: None, replay: Vec::new(), cursor: head };
         if let Some(r) = resume {
             let ok = r.epoch == self.epoch && r.since <= head && r.since >= ring.lost_through;
             sub.recovered = Some(ok);
             if ok {
-                let start = ring.msgs.partition_point(|m| m.seq <= r.since);
+                let start = ring.msgs.partition_point(|m| m.seq() <= r.since);
                 sub.replay.extend(ring.msgs.range(start..).cloned());
             }
         }
@@ -185,18 +173,18 @@ impl ChannelLog {
     pub fn read_after(
         &self,
         after: u64,
-        out: &mut Vec<Arc<Message>>,
+        out: &mut Vec<Message>,
         max: usize,
     ) -> Result<u64, ReadError> {
         let ring = self.ring();
         if after < ring.lost_through {
             return Err(ReadError { after, lost_through: ring.lost_through });
         }
-        let start = ring.msgs.partition_point(|m| m.seq <= after);
+        let start = ring.msgs.partition_point(|m| m.seq() <= after);
         let mut next = after;
         for m in ring.msgs.range(start..).take(max) {
-            next = m.seq;
-            out.push(Arc::clone(m));
+            next = m.seq();
+            out.push(m.clone());
         }
         Ok(next)
     }
@@ -206,19 +194,21 @@ impl ChannelLog {
 mod tests {
     use super::*;
 
-    fn msg(seq: u64) -> Arc<Message> {
-        Arc::new(Message {
+    use crate::model::Category;
+
+    fn msg(seq: u64) -> Message {
+        let meta = super::super::MessageMeta {
             seq,
             category: Category::Equity,
             ingest_ts: UnixNanos(0),
             routed_ts: UnixNanos(0),
             sent_ts: None,
-            json: format!("m{seq}").into_bytes().into(),
-        })
+        };
+        Message::new(&meta, format!("m{seq}").as_bytes(), &mut Vec::new())
     }
 
-    fn seqs(v: &[Arc<Message>]) -> Vec<u64> {
-        v.iter().map(|m| m.seq).collect()
+    fn seqs(v: &[Message]) -> Vec<u64> {
+        v.iter().map(Message::seq).collect()
     }
 
     #[test]

@@ -7,9 +7,11 @@
 //! [`ChannelLog::read_after`].
 
 mod log;
+mod message;
 mod name;
 
-pub use log::{ChannelLog, Epoch, Message, ReadError, Resume, Subscription};
+pub use log::{ChannelLog, Epoch, ReadError, Resume, Subscription};
+pub use message::{Message, MessageMeta};
 pub use name::{ChannelName, ChannelNameError};
 
 use tokio::sync::watch;

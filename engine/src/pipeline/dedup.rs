@@ -1,9 +1,10 @@
 //! At-least-once in, exactly-once out: the two de-duplication checks.
 
 use std::collections::{HashSet, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
 
 use uuid::Uuid;
+
+use crate::hash::FastHash;
 
 /// The highest seq taken per producer slot. Producers number their signals with
 /// increasing seqs and resend from their last ACK after a reconnect, so anything at or
@@ -35,7 +36,7 @@ impl ProducerSeqs {
 /// The last `capacity` signal ids, oldest forgotten first.
 #[derive(Debug)]
 pub(crate) struct RecentIds {
-    set: HashSet<u128, BuildHasherDefault<IdHasher>>,
+    set: HashSet<u128, FastHash>,
     order: VecDeque<u128>,
     capacity: usize,
 }
@@ -44,7 +45,7 @@ impl RecentIds {
     pub(crate) fn new(capacity: usize) -> Self {
         let capacity = capacity.max(1);
         Self {
-            set: HashSet::with_capacity_and_hasher(capacity, BuildHasherDefault::default()),
+            set: HashSet::with_capacity_and_hasher(capacity, FastHash::default()),
             order: VecDeque::with_capacity(capacity),
             capacity,
         }
@@ -63,28 +64,6 @@ impl RecentIds {
         }
         self.order.push_back(id);
         true
-    }
-}
-
-/// Ids are UUIDs from authenticated producers: a multiply-fold of the two halves
-/// spreads them well at a fraction of SipHash's cost.
-#[derive(Default)]
-pub(crate) struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-        }
-    }
-
-    fn write_u128(&mut self, v: u128) {
-        let folded = (v as u64) ^ ((v >> 64) as u64).rotate_left(29);
-        self.0 = (folded ^ (folded >> 32)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }
 }
 

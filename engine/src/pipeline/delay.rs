@@ -5,15 +5,13 @@
 //! earliest release instead of a sleep per signal.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
-
 use crate::channels::Message;
 use crate::model::UnixNanos;
 
 #[derive(Debug)]
 pub(crate) struct DelayLine {
     delay_ns: i64,
-    queue: VecDeque<(UnixNanos, Arc<Message>)>,
+    queue: VecDeque<(UnixNanos, Message)>,
     capacity: usize,
 }
 
@@ -28,7 +26,7 @@ impl DelayLine {
 
     /// Queues `msg` for release at `ingest_ts + delay`. Returns the oldest message when
     /// the line was full: it is dropped from the delayed view, never released early.
-    pub(crate) fn push(&mut self, ingest_ts: UnixNanos, msg: Arc<Message>) -> Option<Arc<Message>> {
+    pub(crate) fn push(&mut self, ingest_ts: UnixNanos, msg: Message) -> Option<Message> {
         let evicted = if self.queue.len() == self.capacity { self.queue.pop_front().map(|(_, m)| m) } else { None };
         // Release times follow arrival order even if ingest clocks disagree slightly,
         // so the view stays in seq order.
@@ -41,7 +39,7 @@ impl DelayLine {
     }
 
     /// The next message due at `now`, if any.
-    pub(crate) fn pop_due(&mut self, now: UnixNanos) -> Option<Arc<Message>> {
+    pub(crate) fn pop_due(&mut self, now: UnixNanos) -> Option<Message> {
         match self.queue.front() {
             Some((at, _)) if *at <= now => self.queue.pop_front().map(|(_, m)| m),
             _ => None,

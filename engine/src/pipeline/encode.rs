@@ -103,18 +103,20 @@ pub fn signal_data(
     out.push(b'}');
 }
 
-/// The full SIGNAL_UPDATE for one channel, around an already written `data` object.
-pub fn signal_update(channel: &str, seq: u64, data: &[u8]) -> Box<[u8]> {
+/// Writes the full SIGNAL_UPDATE for one channel into `out`, around an already
+/// written `data` object.
+pub fn signal_update(out: &mut Vec<u8>, channel: &str, seq: u64, data: &[u8]) {
     const HEAD: &str = "{\"type\":\"SIGNAL_UPDATE\",\"channel\":\"";
-    let mut out = Vec::with_capacity(HEAD.len() + channel.len() + 30 + data.len());
-    key(&mut out, HEAD);
-    key(&mut out, channel);
-    key(&mut out, "\",\"seq\":");
-    int(&mut out, seq);
-    key(&mut out, ",\"data\":");
+    const SEQ: &str = "\",\"seq\":";
+    const DATA: &str = ",\"data\":";
+    out.clear();
+    key(out, HEAD);
+    key(out, channel);
+    key(out, SEQ);
+    int(out, seq);
+    key(out, DATA);
     out.extend_from_slice(data);
     out.push(b'}');
-    out.into_boxed_slice()
 }
 
 /// A PRICE_UPDATE for `prices_general`.
@@ -182,7 +184,8 @@ mod tests {
             let text = std::str::from_utf8(&out).unwrap();
             assert!(text.contains("\"confidence\":90.00,"), "{text}");
             assert!(text.contains("\"entry_price\":\"2456.7500\""));
-            let env = signal_update("signals_free", 42, &out);
+            let mut env = Vec::new();
+            signal_update(&mut env, "signals_free", 42, &out);
             let v: serde_json::Value = serde_json::from_slice(&env).unwrap();
             assert_eq!((v["type"].as_str(), v["channel"].as_str(), v["seq"].as_u64()), (Some("SIGNAL_UPDATE"), Some("signals_free"), Some(42)));
             assert_eq!(v["data"], serde_json::from_slice::<serde_json::Value>(&out).unwrap());

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use super::delay::DelayLine;
 use super::dedup::{ProducerSeqs, RecentIds};
 use super::{DropReason, IngestItem, Origin, PipelineStats, SignalItem, encode, enrich, filter, route};
-use crate::channels::{ChannelName, ChannelSet, Message};
+use crate::channels::{ChannelName, ChannelSet, Message, MessageMeta};
 use crate::config::{EngineConfig, MissingTick};
 use crate::feed::{ProducerRegistry, ProducerSlot};
 use crate::model::{Tick, Tier, UnixNanos};
@@ -29,8 +29,11 @@ pub struct Stage {
     /// Producer slots whose seq advanced in this batch; acked at the batch's end.
     touched: Vec<u32>,
     slots: Vec<Option<Arc<ProducerSlot>>>,
-    /// Reused buffer for the `data` object of the signal being routed.
+    /// Reused buffers: the `data` object of the signal being routed, one channel's
+    /// SIGNAL_UPDATE, and the message being assembled.
     data: Vec<u8>,
+    text: Vec<u8>,
+    scratch: Vec<u8>,
     appended: bool,
 }
 
@@ -56,6 +59,8 @@ impl Stage {
             touched: Vec::new(),
             slots: Vec::new(),
             data: Vec::with_capacity(1024),
+            text: Vec::with_capacity(1024),
+            scratch: Vec::with_capacity(1024),
             appended: false,
             policy,
             channels,
@@ -114,21 +119,17 @@ impl Stage {
         for tier in tiers {
             let log = self.channels.live(tier);
             let seq = log.head() + 1;
-            let msg = Arc::new(Message {
-                seq,
-                category: s.category,
-                ingest_ts: item.ingest_ts,
-                routed_ts: now,
-                sent_ts: item.sent_ts,
-                json: encode::signal_update(&self.channel_names[tier.index()], seq, &self.data),
-            });
-            log.append(Arc::clone(&msg));
+            encode::signal_update(&mut self.text, &self.channel_names[tier.index()], seq, &self.data);
+            let meta =
+                MessageMeta { seq, category: s.category, ingest_ts: item.ingest_ts, routed_ts: now, sent_ts: item.sent_ts };
+            let msg = Message::new(&meta, &self.text, &mut self.scratch);
+            log.append(msg.clone());
             self.stats.routed_to(tier);
             if let Some(line) = &mut self.delays[tier.index()]
                 && let Some(lost) = line.push(item.ingest_ts, msg)
             {
                 if let Some(view) = self.channels.delayed(tier) {
-                    view.mark_lost(lost.seq);
+                    view.mark_lost(lost.seq());
                 }
                 self.stats.dropped(DropReason::DelayOverflow);
             }

@@ -93,7 +93,7 @@ pub fn tick(symbol: &str, exchange: &str, last: &str) -> Tick {
 }
 
 /// Waits (at most 10 s) until `log` holds `n` messages and returns them from seq 1.
-pub async fn wait_for(engine: &Engine, log: &ChannelLog, n: usize) -> Vec<Arc<Message>> {
+pub async fn wait_for(engine: &Engine, log: &ChannelLog, n: usize) -> Vec<Message> {
     let mut bell = engine.channels.watch();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -120,8 +120,8 @@ pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 pub fn data(m: &Message) -> serde_json::Value {
-    let v: serde_json::Value = serde_json::from_slice(&m.json).unwrap();
-    assert_eq!(v["seq"].as_u64(), Some(m.seq));
+    let v: serde_json::Value = serde_json::from_slice(m.json()).unwrap();
+    assert_eq!(v["seq"].as_u64(), Some(m.seq()));
     v["data"].clone()
 }
 

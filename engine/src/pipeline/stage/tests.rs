@@ -79,15 +79,15 @@ fn tick(last: i64, ts: UnixNanos) -> Tick {
     }
 }
 
-fn read_all(log: &crate::channels::ChannelLog) -> Vec<Arc<Message>> {
+fn read_all(log: &crate::channels::ChannelLog) -> Vec<Message> {
     let mut out = Vec::new();
     let _ = log.read_after(0, &mut out, usize::MAX);
     out
 }
 
 fn data(m: &Message) -> EnrichedSignal {
-    let v: serde_json::Value = serde_json::from_slice(&m.json).unwrap();
-    assert_eq!(v["seq"].as_u64(), Some(m.seq));
+    let v: serde_json::Value = serde_json::from_slice(m.json()).unwrap();
+    assert_eq!(v["seq"].as_u64(), Some(m.seq()));
     serde_json::from_value(v["data"].clone()).unwrap()
 }
 
@@ -128,7 +128,7 @@ fn seq_is_gap_free_per_channel_and_in_the_json() {
         let msgs = read_all(h.channels.live(tier));
         assert!(!msgs.is_empty());
         for (k, m) in msgs.iter().enumerate() {
-            assert_eq!(m.seq, k as u64 + 1, "{tier}");
+            assert_eq!(m.seq(), k as u64 + 1, "{tier}");
             assert!(data(m).signal.confidence >= TierPolicy::default().rule(tier).min_confidence);
         }
         assert_eq!(h.channels.live(tier).head(), msgs.len() as u64);
@@ -207,7 +207,7 @@ fn delayed_view_releases_the_same_messages_after_the_delay() {
     let delayed = read_all(view);
     let live = read_all(h.channels.live(Tier::Free));
     assert_eq!(delayed.len(), 2, "both were ingested at T0, so both are due");
-    assert!(Arc::ptr_eq(&delayed[0], &live[0]), "the very same encoded bytes");
+    assert_eq!(delayed[0].frame().as_ptr(), live[0].frame().as_ptr(), "the very same encoded bytes");
     assert!(rx.has_changed().unwrap());
     // Premium's real-time users read live; its delayed view serves rt=false users.
     assert_eq!(TierPolicy::default().delayed_view(Tier::Premium), Duration::from_secs(30));
@@ -226,5 +226,5 @@ fn a_full_delay_line_drops_its_oldest_and_says_so() {
     let mut out = Vec::new();
     assert!(view.read_after(0, &mut out, 10).is_err(), "a reader from the start lost seq 1");
     assert_eq!(view.read_after(1, &mut out, 10), Ok(3));
-    assert_eq!(out.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![2, 3]);
+    assert_eq!(out.iter().map(Message::seq).collect::<Vec<_>>(), vec![2, 3]);
 }
