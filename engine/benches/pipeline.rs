@@ -50,7 +50,9 @@ fn decode(c: &mut Criterion) {
         let (kind, payload) = next_frame(&mut buf).unwrap().unwrap();
         let mut scratch = AlignedVec::new();
         g.bench_function(name, |b| {
-            b.iter(|| ProducerMessage::decode(kind, std::hint::black_box(&payload), &mut scratch, 4096).unwrap())
+            b.iter(|| {
+                ProducerMessage::decode(kind, std::hint::black_box(&payload), &mut scratch, 4096).unwrap()
+            })
         });
     }
     g.finish();
@@ -95,7 +97,8 @@ fn stage(c: &mut Criterion) {
                     s.generated_at = now;
                     s.expires_at = UnixNanos(now.0 + ttl);
                     next_id += 1;
-                    let item = SignalItem { origin: Origin::Local, signal: s, ingest_ts: now, sent_ts: Some(now) };
+                    let item =
+                        SignalItem { origin: Origin::Local, signal: s, ingest_ts: now, sent_ts: Some(now) };
                     stage.handle(IngestItem::Signal(item), now);
                     if k % 256 == 255 {
                         stage.release_due(now);

@@ -37,7 +37,10 @@ impl Rng {
     }
     fn uuid(&mut self) -> Uuid {
         // A random (version 4) UUID from our own bits.
-        uuid::Builder::from_random_bytes(((u128::from(self.next()) << 64) | u128::from(self.next())).to_le_bytes()).into_uuid()
+        uuid::Builder::from_random_bytes(
+            ((u128::from(self.next()) << 64) | u128::from(self.next())).to_le_bytes(),
+        )
+        .into_uuid()
     }
 }
 
@@ -96,7 +99,8 @@ pub fn signals() -> Vec<Signal> {
     .collect();
     (0..SIGNALS)
         .map(|i| {
-            let (symbol, exchange, category, base, step) = INSTRUMENTS[rng.below(INSTRUMENTS.len() as u64) as usize];
+            let (symbol, exchange, category, base, step) =
+                INSTRUMENTS[rng.below(INSTRUMENTS.len() as u64) as usize];
             let (source_id, source_type, model) = sources[rng.below(sources.len() as u64) as usize];
             let signal_type = match rng.below(10) {
                 0..=4 => SignalType::Buy,

@@ -136,11 +136,7 @@ impl TierPolicy {
     /// signal sooner than their rule allows. Zero means no delayed view.
     pub fn delayed_view(&self, tier: Tier) -> Duration {
         let own = self.rule(tier).delay;
-        if own.is_zero() && self.delayed_feed.is_zero() {
-            Duration::ZERO
-        } else {
-            own.max(self.delayed_feed)
-        }
+        if own.is_zero() && self.delayed_feed.is_zero() { Duration::ZERO } else { own.max(self.delayed_feed) }
     }
 }
 

@@ -51,10 +51,7 @@ pub enum TickUpdate {
 
 impl TickBook {
     fn with_capacity(max_symbols: usize) -> Self {
-        Self {
-            slots: (0..max_symbols).map(|_| Slot::default()).collect(),
-            len: AtomicUsize::new(0),
-        }
+        Self { slots: (0..max_symbols).map(|_| Slot::default()).collect(), len: AtomicUsize::new(0) }
     }
 
     /// The book and its one writer.
@@ -222,7 +219,10 @@ mod tests {
         assert!(matches!(w.update(&tick("A", 100, 5)), TickUpdate::Applied(_)));
         assert!(matches!(w.update(&tick("A", 200, 6)), TickUpdate::Applied(_)));
         assert!(matches!(w.update(&tick("A", 300, 4)), TickUpdate::Stale(_)));
-        assert_eq!(w.latest(&Symbol::new("A").unwrap(), &Exchange::new("NSE").unwrap()).unwrap().last.raw(), 200);
+        assert_eq!(
+            w.latest(&Symbol::new("A").unwrap(), &Exchange::new("NSE").unwrap()).unwrap().last.raw(),
+            200
+        );
         assert!(matches!(w.update(&tick("B", 1, 1)), TickUpdate::Applied(_)));
         assert_eq!(w.update(&tick("C", 1, 1)), TickUpdate::BookFull);
         assert_eq!(book.len(), 2);

@@ -9,7 +9,9 @@ use std::time::Duration;
 use bytes::BytesMut;
 use common::*;
 use engine::config::EngineConfig;
-use engine::feed::codec::{ApiKey, EngineMessage, Hello, PROTOCOL_VERSION, ProducerMessage, encode_signal, next_frame};
+use engine::feed::codec::{
+    ApiKey, EngineMessage, Hello, PROTOCOL_VERSION, ProducerMessage, encode_signal, next_frame,
+};
 use engine::model::Tier;
 use engine::pipeline::DropReason;
 use rkyv::util::AlignedVec;
@@ -119,7 +121,7 @@ async fn resends_after_reconnect_are_dropped_by_producer_seq() {
         }
     }
     let msgs = wait_for(&t.engine, t.engine.channels.live(Tier::Premium), 12).await;
-    assert_eq!(msgs.iter().map(|m| id_of(m)).collect::<Vec<_>>(), (1..=12).collect::<Vec<_>>());
+    assert_eq!(msgs.iter().map(id_of).collect::<Vec<_>>(), (1..=12).collect::<Vec<_>>());
     assert_eq!(t.engine.stats.drops(DropReason::DuplicateSeq), 6);
 }
 
@@ -138,6 +140,6 @@ async fn a_signal_id_sent_twice_is_routed_once() {
     a.flush().await.unwrap();
     b.flush().await.unwrap();
     let msgs = wait_for(&t.engine, t.engine.channels.live(Tier::Free), 2).await;
-    assert_eq!(msgs.iter().map(|m| id_of(m)).collect::<Vec<_>>(), vec![77, 78]);
+    assert_eq!(msgs.iter().map(id_of).collect::<Vec<_>>(), vec![77, 78]);
     assert_eq!(t.engine.stats.drops(DropReason::DuplicateId), 2);
 }

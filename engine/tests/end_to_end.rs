@@ -59,7 +59,7 @@ async fn two_producers_are_enriched_filtered_routed_and_sequenced() {
         let log = t.engine.channels.live(tier);
         let msgs = wait_for(&t.engine, log, expected.len()).await;
         assert_eq!(msgs.len(), expected.len(), "{tier}: nothing extra");
-        let got: BTreeSet<u128> = msgs.iter().map(|m| id_of(m)).collect();
+        let got: BTreeSet<u128> = msgs.iter().map(id_of).collect();
         assert_eq!(got, expected, "{tier}: exactly the signals the table admits");
         let mut last_per_producer = HashMap::new();
         for (i, m) in msgs.iter().enumerate() {

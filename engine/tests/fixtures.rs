@@ -16,13 +16,18 @@ fn fixture(name: &str) -> String {
 
 #[test]
 fn committed_fixtures_match_the_seeded_generator() {
-    assert_eq!(fixture("signals.jsonl"), generator::jsonl(&generator::signals()), "run: cargo run -p signalcast-engine --example gen_fixtures");
+    assert_eq!(
+        fixture("signals.jsonl"),
+        generator::jsonl(&generator::signals()),
+        "run: cargo run -p signalcast-engine --example gen_fixtures"
+    );
     assert_eq!(fixture("ticks.jsonl"), generator::jsonl(&generator::ticks()));
 }
 
 #[test]
 fn signals_cover_the_categories_and_the_confidence_spread() {
-    let signals: Vec<Signal> = fixture("signals.jsonl").lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let signals: Vec<Signal> =
+        fixture("signals.jsonl").lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert!(signals.len() >= 1_000);
     for s in &signals {
         s.validate(4096).unwrap();
@@ -36,11 +41,17 @@ fn signals_cover_the_categories_and_the_confidence_spread() {
     // Every tier gets a share, and some are dropped by the global bar.
     let p = TierPolicy::default();
     for t in engine::model::Tier::ALL {
-        assert!(signals.iter().filter(|s| p.passes_global(s.confidence) && p.admits(t, s.confidence)).count() > 50);
+        assert!(
+            signals.iter().filter(|s| p.passes_global(s.confidence) && p.admits(t, s.confidence)).count()
+                > 50
+        );
     }
     assert!(signals.iter().filter(|s| !p.passes_global(s.confidence)).count() > 300);
 
     let ticks: Vec<Tick> = fixture("ticks.jsonl").lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let symbols: HashSet<_> = ticks.iter().map(|t| (t.symbol, t.exchange)).collect();
-    assert!(signals.iter().all(|s| symbols.contains(&(s.symbol, s.exchange))), "every signal's symbol has ticks");
+    assert!(
+        signals.iter().all(|s| symbols.contains(&(s.symbol, s.exchange))),
+        "every signal's symbol has ticks"
+    );
 }

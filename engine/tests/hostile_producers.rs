@@ -17,7 +17,8 @@ use tokio::net::TcpStream;
 
 fn hello(id: &str, key: &str, version: u16) -> Vec<u8> {
     let mut out = Vec::new();
-    ProducerMessage::Hello(Hello { producer_id: id.into(), api_key: ApiKey(key.into()), version }).encode(&mut out);
+    ProducerMessage::Hello(Hello { producer_id: id.into(), api_key: ApiKey(key.into()), version })
+        .encode(&mut out);
     out
 }
 
@@ -131,8 +132,14 @@ async fn a_second_connection_of_the_same_producer_replaces_the_first() {
     eventually("the ghost session is gone", || t.feed_stats.connected() == 1).await;
     match first.flush().await {
         Ok(()) => {}
-        Err(e) => assert_eq!(e, ProducerError::Refused { code: "replaced".into(), message: "a newer connection of this producer took over".into() }),
+        Err(e) => assert_eq!(
+            e,
+            ProducerError::Refused {
+                code: "replaced".into(),
+                message: "a newer connection of this producer took over".into()
+            }
+        ),
     }
     let msgs = wait_for(&t.engine, t.engine.channels.live(Tier::Basic), 2).await;
-    assert_eq!(msgs.iter().map(|m| id_of(m)).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(msgs.iter().map(id_of).collect::<Vec<_>>(), vec![1, 2]);
 }

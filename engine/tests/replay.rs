@@ -24,7 +24,7 @@ async fn resume_inside_the_ring_replays_the_gap_then_goes_live() {
     let sub = log.subscribe(Some(Resume { since: 15, epoch }));
     assert_eq!((sub.epoch, sub.head, sub.recovered), (epoch, 30, Some(true)));
     assert_eq!(sub.replay.iter().map(|m| m.seq()).collect::<Vec<_>>(), (16..=30).collect::<Vec<_>>());
-    assert_eq!(sub.replay.iter().map(|m| id_of(m)).collect::<Vec<_>>(), (16..=30).collect::<Vec<_>>());
+    assert_eq!(sub.replay.iter().map(id_of).collect::<Vec<_>>(), (16..=30).collect::<Vec<_>>());
 
     for n in 31..=35 {
         p.send_signal(&equity(n, 9_100)).await.unwrap();
@@ -39,7 +39,11 @@ async fn resume_inside_the_ring_replays_the_gap_then_goes_live() {
             bell.changed().await.unwrap();
         }
     }
-    assert_eq!(live.iter().map(|m| m.seq()).collect::<Vec<_>>(), vec![31, 32, 33, 34, 35], "live follows the replay with no gap");
+    assert_eq!(
+        live.iter().map(|m| m.seq()).collect::<Vec<_>>(),
+        vec![31, 32, 33, 34, 35],
+        "live follows the replay with no gap"
+    );
 
     // Older than the ring (which holds 16..=35, so since 15 still works), a wrong
     // epoch, or ahead of the head.

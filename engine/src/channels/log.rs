@@ -84,7 +84,9 @@ pub struct ChannelLog {
 
 #[derive(Debug)]
 struct Ring {
-    msgs: VecDeque<Message>,
+    /// Seqs beside the messages: eviction and the binary searches of `subscribe` and
+    /// `read_after` then never touch the (cold) message buffers themselves.
+    msgs: VecDeque<(u64, Message)>,
     /// Highest seq that is not in the ring any more (evicted or never released).
     lost_through: u64,
 }
@@ -131,14 +133,16 @@ impl ChannelLog {
         let seq = msg.seq();
         debug_assert!(seq > self.head(), "{}: seq {seq} not above head", self.name);
         let mut ring = self.ring();
-        if ring.msgs.len() == self.capacity
-            && let Some(old) = ring.msgs.pop_front()
-        {
-            ring.lost_through = ring.lost_through.max(old.seq());
+        let evicted = if ring.msgs.len() == self.capacity { ring.msgs.pop_front() } else { None };
+        if let Some((old, _)) = &evicted {
+            ring.lost_through = ring.lost_through.max(*old);
         }
-        ring.msgs.push_back(msg);
+        ring.msgs.push_back((seq, msg));
         drop(ring);
         self.head.store(seq, Ordering::Release);
+        // The last reference to an old message is usually this one: free it outside
+        // the lock.
+        drop(evicted);
     }
 
     /// Records that `seq` will never be in this log (a delayed view that overflowed):
@@ -154,15 +158,15 @@ impl ChannelLog {
     /// still holds all of it under the same epoch.
     pub fn subscribe(&self, resume: Option<Resume>) -> Subscription {
         let ring = self.ring();
-        let head = ring.msgs.back().map_or(0, Message::seq).max(ring.lost_through);
+        let head = ring.msgs.back().map_or(0, |(seq, _)| *seq).max(ring.lost_through);
         let mut sub =
             Subscription { epoch: self.epoch, head, recovered: None, replay: Vec::new(), cursor: head };
         if let Some(r) = resume {
             let ok = r.epoch == self.epoch && r.since <= head && r.since >= ring.lost_through;
             sub.recovered = Some(ok);
             if ok {
-                let start = ring.msgs.partition_point(|m| m.seq() <= r.since);
-                sub.replay.extend(ring.msgs.range(start..).cloned());
+                let start = ring.msgs.partition_point(|(seq, _)| *seq <= r.since);
+                sub.replay.extend(ring.msgs.range(start..).map(|(_, m)| m.clone()));
             }
         }
         sub
@@ -170,20 +174,15 @@ impl ChannelLog {
 
     /// Appends to `out` up to `max` messages with seq above `after`, in order, and
     /// returns the seq to pass next time.
-    pub fn read_after(
-        &self,
-        after: u64,
-        out: &mut Vec<Message>,
-        max: usize,
-    ) -> Result<u64, ReadError> {
+    pub fn read_after(&self, after: u64, out: &mut Vec<Message>, max: usize) -> Result<u64, ReadError> {
         let ring = self.ring();
         if after < ring.lost_through {
             return Err(ReadError { after, lost_through: ring.lost_through });
         }
-        let start = ring.msgs.partition_point(|m| m.seq() <= after);
+        let start = ring.msgs.partition_point(|(seq, _)| *seq <= after);
         let mut next = after;
-        for m in ring.msgs.range(start..).take(max) {
-            next = m.seq();
+        for (seq, m) in ring.msgs.range(start..).take(max) {
+            next = *seq;
             out.push(m.clone());
         }
         Ok(next)

@@ -115,7 +115,10 @@ impl Message {
 
 impl std::fmt::Debug for Message {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Message").field("meta", &self.meta()).field("json", &String::from_utf8_lossy(self.json())).finish()
+        f.debug_struct("Message")
+            .field("meta", &self.meta())
+            .field("json", &String::from_utf8_lossy(self.json()))
+            .finish()
     }
 }
 

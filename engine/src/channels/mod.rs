@@ -31,9 +31,8 @@ impl ChannelSet {
     /// One live log per tier, and a delayed view where the policy calls for one. Each
     /// delayed view shares its live log's epoch, since seq means the same in both.
     pub fn new(policy: &TierPolicy, ring_capacity: usize) -> Self {
-        let live = Tier::ALL.map(|t| {
-            ChannelLog::new(ChannelName::Signals(t).to_string(), Epoch::random(), ring_capacity)
-        });
+        let live = Tier::ALL
+            .map(|t| ChannelLog::new(ChannelName::Signals(t).to_string(), Epoch::random(), ring_capacity));
         let delayed = Tier::ALL.map(|t| {
             (!policy.delayed_view(t).is_zero()).then(|| {
                 let name = format!("{} (delayed)", ChannelName::Signals(t));

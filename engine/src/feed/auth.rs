@@ -104,7 +104,10 @@ mod tests {
         let id = keys.producer_ids().next().unwrap().to_owned();
         assert!(!keys.verify(&id, "wrong"));
         assert!(!keys.verify("nobody", ""));
-        assert!(StaticKeys::from_toml("[[producer]]\nid='a'\napi_key='k'\n[[producer]]\nid='a'\napi_key='j'").is_err());
+        assert!(
+            StaticKeys::from_toml("[[producer]]\nid='a'\napi_key='k'\n[[producer]]\nid='a'\napi_key='j'")
+                .is_err()
+        );
         let k = StaticKeys::new([("a".to_owned(), "k".to_owned())]);
         assert!(k.verify("a", "k") && !k.verify("a", "kk"));
         assert!(!format!("{k:?}").contains("\"k\""));

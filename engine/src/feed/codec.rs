@@ -18,8 +18,7 @@ use super::wire::{
     ErrorWire, HelloWire, SeqWire, SignalFrameWire, SignalWire, TickWire,
 };
 use crate::model::{
-    Analysis, Category, Confidence, Exchange, Price, Signal, SignalType, SourceType, Symbol, Tick,
-    UnixNanos,
+    Analysis, Category, Confidence, Exchange, Price, Signal, SignalType, SourceType, Symbol, Tick, UnixNanos,
 };
 
 /// Largest value of the length field (kind byte + payload): 64 KiB.
@@ -146,11 +145,7 @@ where
 
 /// Copies `payload` into `scratch` (rkyv needs aligned bytes and the archive root at
 /// the very end) and validates it as `T`.
-fn access<'a, T>(
-    kind: FrameKind,
-    payload: &[u8],
-    scratch: &'a mut AlignedVec,
-) -> Result<&'a T, CodecError>
+fn access<'a, T>(kind: FrameKind, payload: &[u8], scratch: &'a mut AlignedVec) -> Result<&'a T, CodecError>
 where
     T: rkyv::Portable
         + for<'b> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'b, rancor::Error>>,
@@ -339,7 +334,10 @@ fn text<const N: usize>(
     crate::model::InlineStr::new(s).map_err(|e| bad(format!("{field}: {e}")))
 }
 
-fn signal_from_archived(a: &super::wire::ArchivedSignalWire, max_analysis: usize) -> Result<Signal, CodecError> {
+fn signal_from_archived(
+    a: &super::wire::ArchivedSignalWire,
+    max_analysis: usize,
+) -> Result<Signal, CodecError> {
     let bad = CodecError::InvalidSignal;
     let code_err = |e: crate::model::UnknownVariant| bad(e.to_string());
     let confidence = a.confidence.to_native();

@@ -19,7 +19,9 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::timeout;
 
-use super::codec::{ApiKey, EngineMessage, Hello, PROTOCOL_VERSION, ProducerMessage, encode_signal, next_frame};
+use super::codec::{
+    ApiKey, EngineMessage, Hello, PROTOCOL_VERSION, ProducerMessage, encode_signal, next_frame,
+};
 use crate::model::{Signal, Tick, UnixNanos};
 
 /// How to reach the engine and how patient to be.

@@ -130,7 +130,13 @@ struct Session {
     ctx: FeedContext,
 }
 
-async fn session(stream: TcpStream, peer: SocketAddr, ctx: FeedContext, admitted: bool, stop: watch::Receiver<bool>) {
+async fn session(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: FeedContext,
+    admitted: bool,
+    stop: watch::Receiver<bool>,
+) {
     let _ = stream.set_nodelay(true);
     let (rd, wr) = stream.into_split();
     let mut s = Session {
@@ -234,7 +240,8 @@ impl Session {
     /// Decodes every whole frame in the buffer and hands it to the pipeline.
     async fn drain_frames(&mut self, slot: u32) -> Result<(), End> {
         while let Some((kind, payload)) = next_frame(&mut self.buf)? {
-            let msg = ProducerMessage::decode(kind, &payload, &mut self.scratch, self.ctx.max_analysis_bytes)?;
+            let msg =
+                ProducerMessage::decode(kind, &payload, &mut self.scratch, self.ctx.max_analysis_bytes)?;
             let item = match msg {
                 ProducerMessage::Signal { producer_seq, sent_at, signal } => {
                     self.ctx.stats.signals.fetch_add(1, Ordering::Relaxed);
@@ -250,7 +257,9 @@ impl Session {
                     IngestItem::Tick(t)
                 }
                 ProducerMessage::Heartbeat => continue,
-                ProducerMessage::Hello(_) => return Err(refuse("unexpected_frame", "HELLO was already sent")),
+                ProducerMessage::Hello(_) => {
+                    return Err(refuse("unexpected_frame", "HELLO was already sent"));
+                }
             };
             // Waits while the queue is full, which stops reading this socket: the
             // producer feels back-pressure through TCP, nothing is dropped.
@@ -264,7 +273,12 @@ impl Session {
     async fn next_message(&mut self) -> Result<ProducerMessage, End> {
         loop {
             if let Some((kind, payload)) = next_frame(&mut self.buf)? {
-                return Ok(ProducerMessage::decode(kind, &payload, &mut self.scratch, self.ctx.max_analysis_bytes)?);
+                return Ok(ProducerMessage::decode(
+                    kind,
+                    &payload,
+                    &mut self.scratch,
+                    self.ctx.max_analysis_bytes,
+                )?);
             }
             match self.rd.read_buf(&mut self.buf).await {
                 Ok(0) => return Err(End::Closed),

@@ -22,11 +22,7 @@ impl Confidence {
 
     /// From hundredths; `None` above 100.00.
     pub const fn new(hundredths: u16) -> Option<Self> {
-        if hundredths > 10_000 {
-            None
-        } else {
-            Some(Self(hundredths))
-        }
+        if hundredths > 10_000 { None } else { Some(Self(hundredths)) }
     }
 
     /// Hundredths.

@@ -33,11 +33,7 @@ impl Price {
 
     /// A price from ten-thousandths, or `None` when outside DECIMAL(15,4).
     pub const fn from_raw(raw: i64) -> Option<Self> {
-        if raw > Self::MAX_RAW || raw < -Self::MAX_RAW {
-            None
-        } else {
-            Some(Self(raw))
-        }
+        if raw > Self::MAX_RAW || raw < -Self::MAX_RAW { None } else { Some(Self(raw)) }
     }
 
     /// Ten-thousandths.

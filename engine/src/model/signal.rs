@@ -87,9 +87,7 @@ pub struct Analysis(Box<RawValue>);
 impl Analysis {
     /// Validates `json` and keeps its bytes as they are.
     pub fn from_json(json: String) -> Result<Self, SignalError> {
-        RawValue::from_string(json)
-            .map(Self)
-            .map_err(|e| SignalError::InvalidAnalysis(e.to_string()))
+        RawValue::from_string(json).map(Self).map_err(|e| SignalError::InvalidAnalysis(e.to_string()))
     }
 
     pub fn as_str(&self) -> &str {

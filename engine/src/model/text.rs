@@ -41,10 +41,7 @@ impl<const N: usize> InlineStr<N> {
         if b.len() > N || b.len() > usize::from(u8::MAX) {
             return Err(TextError::TooLong { len: b.len(), max: N });
         }
-        if let Some(at) = b
-            .iter()
-            .position(|&c| !(0x20..=0x7e).contains(&c) || c == b'"' || c == b'\\')
-        {
+        if let Some(at) = b.iter().position(|&c| !(0x20..=0x7e).contains(&c) || c == b'"' || c == b'\\') {
             return Err(TextError::BadByte { byte: b[at], at });
         }
         let mut bytes = [0; N];

@@ -4,9 +4,9 @@
 //! FIFO per channel is the whole timer: O(1) per message, and one wake-up for the
 //! earliest release instead of a sleep per signal.
 
-use std::collections::VecDeque;
 use crate::channels::Message;
 use crate::model::UnixNanos;
+use std::collections::VecDeque;
 
 #[derive(Debug)]
 pub(crate) struct DelayLine {
@@ -27,7 +27,8 @@ impl DelayLine {
     /// Queues `msg` for release at `ingest_ts + delay`. Returns the oldest message when
     /// the line was full: it is dropped from the delayed view, never released early.
     pub(crate) fn push(&mut self, ingest_ts: UnixNanos, msg: Message) -> Option<Message> {
-        let evicted = if self.queue.len() == self.capacity { self.queue.pop_front().map(|(_, m)| m) } else { None };
+        let evicted =
+            if self.queue.len() == self.capacity { self.queue.pop_front().map(|(_, m)| m) } else { None };
         // Release times follow arrival order even if ingest clocks disagree slightly,
         // so the view stays in seq order.
         let mut at = ingest_ts.plus_nanos(self.delay_ns);

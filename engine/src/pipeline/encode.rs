@@ -171,7 +171,14 @@ mod tests {
             (signal(false), None, None),
         ] {
             let mut out = Vec::new();
-            signal_data(&mut out, &s, m.as_ref(), UnixNanos(1_795_400_000_124_000_000), UnixNanos(1_795_400_000_124_100_000), sent);
+            signal_data(
+                &mut out,
+                &s,
+                m.as_ref(),
+                UnixNanos(1_795_400_000_124_000_000),
+                UnixNanos(1_795_400_000_124_100_000),
+                sent,
+            );
             let parsed: EnrichedSignal = serde_json::from_slice(&out).unwrap();
             let expected = EnrichedSignal {
                 signal: s.clone(),
@@ -187,7 +194,10 @@ mod tests {
             let mut env = Vec::new();
             signal_update(&mut env, "signals_free", 42, &out);
             let v: serde_json::Value = serde_json::from_slice(&env).unwrap();
-            assert_eq!((v["type"].as_str(), v["channel"].as_str(), v["seq"].as_u64()), (Some("SIGNAL_UPDATE"), Some("signals_free"), Some(42)));
+            assert_eq!(
+                (v["type"].as_str(), v["channel"].as_str(), v["seq"].as_u64()),
+                (Some("SIGNAL_UPDATE"), Some("signals_free"), Some(42))
+            );
             assert_eq!(v["data"], serde_json::from_slice::<serde_json::Value>(&out).unwrap());
         }
     }

@@ -83,9 +83,9 @@ pub fn spawn_stage(
         rt.block_on(async move {
             let mut batch = Vec::with_capacity(BATCH);
             loop {
-                let wait = stage.next_release().map(|at| {
-                    Duration::from_nanos(at.0.saturating_sub(UnixNanos::now().0).max(0) as u64)
-                });
+                let wait = stage
+                    .next_release()
+                    .map(|at| Duration::from_nanos(at.0.saturating_sub(UnixNanos::now().0).max(0) as u64));
                 let received = match wait {
                     Some(d) => tokio::select! {
                         n = rx.recv_many(&mut batch, BATCH) => Some(n),

@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use super::delay::DelayLine;
 use super::dedup::{ProducerSeqs, RecentIds};
+use super::delay::DelayLine;
 use super::{DropReason, IngestItem, Origin, PipelineStats, SignalItem, encode, enrich, filter, route};
 use crate::channels::{ChannelName, ChannelSet, Message, MessageMeta};
 use crate::config::{EngineConfig, MissingTick};
@@ -120,8 +120,13 @@ impl Stage {
             let log = self.channels.live(tier);
             let seq = log.head() + 1;
             encode::signal_update(&mut self.text, &self.channel_names[tier.index()], seq, &self.data);
-            let meta =
-                MessageMeta { seq, category: s.category, ingest_ts: item.ingest_ts, routed_ts: now, sent_ts: item.sent_ts };
+            let meta = MessageMeta {
+                seq,
+                category: s.category,
+                ingest_ts: item.ingest_ts,
+                routed_ts: now,
+                sent_ts: item.sent_ts,
+            };
             let msg = Message::new(&meta, &self.text, &mut self.scratch);
             log.append(msg.clone());
             self.stats.routed_to(tier);
@@ -140,7 +145,8 @@ impl Stage {
     /// Moves every delayed message that is due at `now` into its delayed view.
     pub fn release_due(&mut self, now: UnixNanos) {
         for tier in Tier::ALL {
-            let (Some(line), Some(view)) = (&mut self.delays[tier.index()], self.channels.delayed(tier)) else {
+            let (Some(line), Some(view)) = (&mut self.delays[tier.index()], self.channels.delayed(tier))
+            else {
                 continue;
             };
             while let Some(msg) = line.pop_due(now) {

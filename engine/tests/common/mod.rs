@@ -10,7 +10,9 @@ use std::time::Duration;
 use engine::channels::{ChannelLog, Message};
 use engine::config::{EngineConfig, FeedConfig};
 use engine::feed::{FeedStats, Producer, ProducerConfig, StaticKeys};
-use engine::model::{Category, Confidence, Exchange, Price, Signal, SignalType, SourceType, Symbol, Tick, UnixNanos};
+use engine::model::{
+    Category, Confidence, Exchange, Price, Signal, SignalType, SourceType, Symbol, Tick, UnixNanos,
+};
 use engine::policy::TierPolicy;
 use engine::{Engine, feed};
 use tokio::net::{TcpListener, TcpStream};

@@ -4,7 +4,9 @@ use rkyv::util::AlignedVec;
 use uuid::Uuid;
 
 use super::*;
-use crate::model::{Analysis, Category, Confidence, Exchange, Price, Signal, SignalType, SourceType, Symbol, Tick};
+use crate::model::{
+    Analysis, Category, Confidence, Exchange, Price, Signal, SignalType, SourceType, Symbol, Tick,
+};
 
 const MAX_ANALYSIS: usize = 4096;
 

@@ -64,7 +64,12 @@ fn local(s: Signal) -> IngestItem {
 }
 
 fn from_producer(slot: u32, seq: u64, s: Signal) -> IngestItem {
-    IngestItem::Signal(SignalItem { origin: Origin::Producer { slot, seq }, signal: s, ingest_ts: T0, sent_ts: None })
+    IngestItem::Signal(SignalItem {
+        origin: Origin::Producer { slot, seq },
+        signal: s,
+        ingest_ts: T0,
+        sent_ts: None,
+    })
 }
 
 fn tick(last: i64, ts: UnixNanos) -> Tick {
@@ -110,7 +115,8 @@ fn routes_by_the_tier_table_and_drops_below_the_bar() {
     }
     h.stage.finish_batch();
     for tier in Tier::ALL {
-        let got: Vec<u16> = read_all(h.channels.live(tier)).iter().map(|m| data(m).signal.confidence.hundredths()).collect();
+        let got: Vec<u16> =
+            read_all(h.channels.live(tier)).iter().map(|m| data(m).signal.confidence.hundredths()).collect();
         let want: Vec<u16> = cases.iter().filter(|(_, t)| t[tier.index()]).map(|(c, _)| *c).collect();
         assert_eq!(got, want, "{tier}");
         assert_eq!(h.stats.routed(tier), want.len() as u64);
