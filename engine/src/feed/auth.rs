@@ -74,6 +74,11 @@ impl StaticKeys {
         Self::from_toml(&text)
     }
 
+    /// The key of `producer_id` (the dev tools use it to connect their own producer).
+    pub fn key_of(&self, producer_id: &str) -> Option<&str> {
+        self.keys.get(producer_id).map(String::as_str)
+    }
+
     /// Producer ids known to this table.
     pub fn producer_ids(&self) -> impl Iterator<Item = &str> {
         self.keys.keys().map(String::as_str)

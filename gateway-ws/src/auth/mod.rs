@@ -1,0 +1,81 @@
+//! Who is connecting and what they may receive.
+//!
+//! Every WebSocket connection carries a JWT. [`Authenticator`] is the one seam between
+//! the gateway and wherever accounts live: the embedded default ([`DevAuth`]: HS256
+//! tokens with a dev secret, users from `fixtures/accounts.toml`) now, the accounts
+//! sidecar (EdDSA, JWKS, change feed) later.
+
+mod accounts;
+mod dev;
+
+pub use accounts::{Account, Accounts, AccountsError};
+pub use dev::DevAuth;
+
+use engine::model::{Category, CategoryMask, Tier};
+use serde::{Deserialize, Serialize};
+
+/// The audience every signalcast token must name.
+pub const AUDIENCE: &str = "signalcast";
+
+/// Token claims (DESIGN.md, "Access tokens").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub tier: Tier,
+    pub categories: Vec<Category>,
+    /// Real-time access; `false` means the delayed feed on every tier.
+    pub rt: bool,
+    /// Overrides the tier's signals per day when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_signals_per_day: Option<u32>,
+    pub exp: i64,
+    pub iat: i64,
+    pub jti: String,
+    pub aud: String,
+}
+
+/// An authenticated connection's rights.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Session {
+    pub user_id: String,
+    pub tier: Tier,
+    pub categories: CategoryMask,
+    pub real_time: bool,
+    pub max_signals_per_day: Option<u32>,
+    /// Unix seconds; the connection lives past it only with a REFRESH.
+    pub expires_at: i64,
+}
+
+impl From<Claims> for Session {
+    fn from(c: Claims) -> Self {
+        Self {
+            user_id: c.sub,
+            tier: c.tier,
+            categories: c.categories.into_iter().collect(),
+            real_time: c.rt,
+            max_signals_per_day: c.max_signals_per_day,
+            expires_at: c.exp,
+        }
+    }
+}
+
+/// Why a token was refused (the HTTP 401 body says which).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("no token: use ?token= or Authorization: Bearer")]
+    Missing,
+    #[error("invalid token: {0}")]
+    Invalid(String),
+    #[error("token expired")]
+    Expired,
+    #[error("unknown user")]
+    UnknownUser,
+    #[error("account suspended")]
+    Suspended,
+}
+
+/// Verifies tokens into sessions. Called once per connection and per REFRESH, never
+/// per message; implementations verify locally (no network call).
+pub trait Authenticator: Send + Sync + std::fmt::Debug + 'static {
+    fn authenticate(&self, token: &str) -> Result<Session, AuthError>;
+}

@@ -1,0 +1,160 @@
+//! `signalcast.toml` with `SIGNALCAST_*` environment overrides. Every key has a default
+//! (docs/configuration.md), so no file at all is the embedded default.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use engine::config::{EngineConfig, FeedConfig};
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::Deserialize;
+
+use crate::conn::ConnConfig;
+use crate::hub::HubConfig;
+
+/// The whole configuration of `signalcast serve`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// HTTP and WebSocket (WSS with `[tls]`).
+    pub listen: String,
+    /// The producers' TCP feed.
+    pub feed_listen: String,
+    pub tls: Option<TlsConfig>,
+    /// Hub shards; 0 = one per core.
+    pub shards: usize,
+    /// Tokio worker threads; 0 = one per core.
+    pub workers: usize,
+    pub outbound_buffer_bytes: usize,
+    pub max_message_bytes: usize,
+    pub write_timeout_ms: u64,
+    pub heartbeat_timeout_secs: u64,
+    pub max_subscriptions: usize,
+    pub max_messages_per_sec: u32,
+    pub price_interval_ms: u64,
+    /// On shutdown, how long connections get to close after the drain notice.
+    pub drain_timeout_secs: u64,
+    /// SO_SNDBUF for client sockets; unset = the kernel's default (autotuned).
+    pub socket_send_buffer: Option<usize>,
+    /// Tier table; unset = the embedded fixtures/tiers.toml.
+    pub policy_file: Option<PathBuf>,
+    /// Producer keys; unset = the embedded fixtures/producers.toml (dev keys).
+    pub producers_file: Option<PathBuf>,
+    /// Accounts; unset = the embedded fixtures/accounts.toml.
+    pub accounts_file: Option<PathBuf>,
+    pub auth: AuthConfig,
+    pub demo: DemoConfig,
+    pub engine: EngineConfig,
+    pub feed: FeedConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HS256 secret of the embedded default. Public: dev only.
+    pub dev_secret: String,
+    /// Lifetime of tokens minted by `signalcast token` and printed at start.
+    pub token_ttl_secs: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DemoConfig {
+    /// Replay the fixtures through the TCP feed so that signals flow at once.
+    pub enabled: bool,
+    /// Signals per second (ticks ride along).
+    pub rate: f64,
+    pub producer_id: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            feed_listen: "127.0.0.1:7000".into(),
+            tls: None,
+            shards: 0,
+            workers: 0,
+            outbound_buffer_bytes: 1 << 20,
+            max_message_bytes: 4_096,
+            write_timeout_ms: 10_000,
+            heartbeat_timeout_secs: 60,
+            max_subscriptions: 16,
+            max_messages_per_sec: 50,
+            price_interval_ms: 20,
+            drain_timeout_secs: 5,
+            socket_send_buffer: None,
+            policy_file: None,
+            producers_file: None,
+            accounts_file: None,
+            auth: AuthConfig::default(),
+            demo: DemoConfig::default(),
+            engine: EngineConfig::default(),
+            feed: FeedConfig::default(),
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self { dev_secret: "signalcast-dev-secret-not-for-production".into(), token_ttl_secs: 24 * 3600 }
+    }
+}
+
+impl Default for DemoConfig {
+    fn default() -> Self {
+        Self { enabled: true, rate: 20.0, producer_id: "demo".into() }
+    }
+}
+
+impl Config {
+    /// Defaults, then the file (if any), then `SIGNALCAST_*` variables (`__` separates
+    /// tables: `SIGNALCAST_ENGINE__RING_CAPACITY=50000`).
+    pub fn load(file: Option<&Path>) -> Result<Self, Box<figment::Error>> {
+        let mut f = Figment::new();
+        if let Some(path) = file {
+            f = f.merge(Toml::file_exact(path));
+        }
+        f.merge(Env::prefixed("SIGNALCAST_").split("__").ignore(&["config", "log"]))
+            .extract()
+            .map_err(Box::new)
+    }
+
+    pub fn hub(&self) -> HubConfig {
+        HubConfig {
+            shards: self.shards,
+            max_subscriptions: self.max_subscriptions,
+            heartbeat_timeout: Duration::from_secs(self.heartbeat_timeout_secs),
+            expiry_warning: Duration::from_secs(60),
+            price_interval: Duration::from_millis(self.price_interval_ms.max(1)),
+        }
+    }
+
+    pub fn conn(&self) -> ConnConfig {
+        ConnConfig {
+            max_message: self.max_message_bytes,
+            outbound_limit: self.outbound_buffer_bytes,
+            write_timeout: Duration::from_millis(self.write_timeout_ms),
+            max_messages_per_sec: self.max_messages_per_sec,
+        }
+    }
+}
+
+/// The fixtures compiled into the binary, so that the embedded default runs from any
+/// directory.
+pub mod fixtures {
+    pub const TIERS: &str = include_str!("../../fixtures/tiers.toml");
+    pub const PRODUCERS: &str = include_str!("../../fixtures/producers.toml");
+    pub const ACCOUNTS: &str = include_str!("../../fixtures/accounts.toml");
+    pub const SIGNALS: &str = include_str!("../../fixtures/signals.jsonl");
+    pub const TICKS: &str = include_str!("../../fixtures/ticks.jsonl");
+}

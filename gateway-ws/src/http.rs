@@ -1,0 +1,174 @@
+//! HTTP on the gateway port: `/ws` (upgrade), `/health/live`, `/health/ready`,
+//! `/metrics`, and `/`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::json;
+
+use crate::auth::AuthError;
+use crate::conn;
+use crate::server::App;
+
+type Body = Full<Bytes>;
+
+fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn json_error(status: StatusCode, error: &str, message: &str) -> Response<Body> {
+    let body = json!({"error": error, "message": message}).to_string();
+    respond(status, "application/json", body)
+}
+
+/// Serves one HTTP/1.1 connection (plain or TLS), with upgrades.
+pub(crate) async fn serve<I>(io: I, app: Arc<App>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| {
+        let app = Arc::clone(&app);
+        async move { Ok::<_, Infallible>(route(req, app)) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        // A client that trickles its request headers (slowloris) is cut off.
+        .header_read_timeout(Duration::from_secs(10))
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades();
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "http connection ended with an error");
+    }
+}
+
+fn route(req: Request<Incoming>, app: Arc<App>) -> Response<Body> {
+    if req.method() != Method::GET {
+        return json_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "only GET is served");
+    }
+    match req.uri().path() {
+        "/ws" => websocket(req, app),
+        "/health/live" => respond(StatusCode::OK, "text/plain", "ok\n"),
+        "/health/ready" if app.is_draining() => {
+            respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n")
+        }
+        "/health/ready" => respond(StatusCode::OK, "text/plain", "ready\n"),
+        "/metrics" => respond(StatusCode::OK, "text/plain; version=0.0.4", app.metrics()),
+        "/" => respond(StatusCode::OK, "text/html; charset=utf-8", INDEX),
+        _ => json_error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
+    }
+}
+
+fn websocket(mut req: Request<Incoming>, app: Arc<App>) -> Response<Body> {
+    if !fastwebsockets::upgrade::is_upgrade_request(&req) {
+        return json_error(
+            StatusCode::UPGRADE_REQUIRED,
+            "upgrade_required",
+            "connect with a WebSocket client",
+        );
+    }
+    let token = query_token(req.uri().query()).or_else(|| bearer(req.headers().get(AUTHORIZATION)));
+    // The token is checked before the upgrade: a bad one never gets a WebSocket.
+    let session = match token.ok_or(AuthError::Missing).and_then(|t| app.auth.authenticate(&t)) {
+        Ok(s) => s,
+        Err(e) => {
+            app.stats.auth_failed();
+            return json_error(StatusCode::UNAUTHORIZED, "unauthorized", &e.to_string());
+        }
+    };
+    if app.is_draining() {
+        return json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "server shutting down; connect elsewhere",
+        );
+    }
+    let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
+        Ok(pair) => pair,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, "bad_upgrade", &e.to_string()),
+    };
+    app.stats.upgraded();
+    let link = app.hub.link();
+    let ctx = app.conn.clone();
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(ws) => conn::run(ws.into_inner(), session, link, ctx).await,
+            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+        }
+    });
+    response.map(|_| Full::new(Bytes::new()))
+}
+
+/// `token=` from the query string, percent-decoded.
+fn query_token(query: Option<&str>) -> Option<String> {
+    query?.split('&').find_map(|kv| kv.strip_prefix("token=")).map(percent_decode).filter(|t| !t.is_empty())
+}
+
+fn bearer(v: Option<&HeaderValue>) -> Option<String> {
+    let v = v?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match b[i] {
+            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+const INDEX: &str = r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>signalcast</title></head>
+<body style="font-family: system-ui, sans-serif; max-width: 40rem; margin: 2rem auto">
+<h1>signalcast</h1>
+<p>Trading-signal distribution engine. Endpoints on this port:</p>
+<ul>
+<li><code>GET /ws?token=&lt;JWT&gt;</code> &mdash; WebSocket (see docs/protocol.md)</li>
+<li><a href="/health/live"><code>/health/live</code></a>, <a href="/health/ready"><code>/health/ready</code></a></li>
+<li><a href="/metrics"><code>/metrics</code></a> &mdash; Prometheus</li>
+</ul>
+</body></html>
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_from_query_and_header() {
+        assert_eq!(query_token(Some("a=1&token=abc.def-g_h&b=2")).as_deref(), Some("abc.def-g_h"));
+        assert_eq!(query_token(Some("token=a%2Eb")).as_deref(), Some("a.b"));
+        assert_eq!(query_token(Some("token=")), None);
+        assert_eq!(query_token(None), None);
+        assert_eq!(bearer(Some(&HeaderValue::from_static("Bearer xyz"))).as_deref(), Some("xyz"));
+        assert_eq!(bearer(Some(&HeaderValue::from_static("Basic xyz"))), None);
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+    }
+}

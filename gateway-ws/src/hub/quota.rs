@@ -1,0 +1,89 @@
+//! Daily signal quotas, per user across all their connections.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// Today's count for one user (UTC days).
+#[derive(Debug, Default)]
+pub struct UserQuota {
+    day: AtomicU32,
+    used: AtomicU32,
+    notified: AtomicBool,
+    /// Highest seq counted per log, so that a message delivered to two connections of
+    /// the same user counts once.
+    counted: [AtomicU64; 8],
+}
+
+/// What a delivery may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Take {
+    Deliver,
+    /// Over the limit; `notify` is true the first time today.
+    Exhausted {
+        notify: bool,
+    },
+}
+
+impl UserQuota {
+    /// Counts the delivery of `seq` from log `log` against `limit` on `day`.
+    pub fn take(&self, log: usize, seq: u64, limit: u32, day: u32) -> Take {
+        if self.day.swap(day, Ordering::AcqRel) != day {
+            // A new UTC day: start over. (Two shards racing here at midnight can at
+            // worst count one delivery twice.)
+            self.used.store(0, Ordering::Release);
+            self.notified.store(false, Ordering::Release);
+            for c in &self.counted {
+                c.store(0, Ordering::Release);
+            }
+        }
+        if self.counted[log].fetch_max(seq, Ordering::AcqRel) >= seq {
+            return Take::Deliver; // already counted for another connection
+        }
+        if self.used.fetch_add(1, Ordering::AcqRel) < limit {
+            return Take::Deliver;
+        }
+        self.used.fetch_sub(1, Ordering::AcqRel);
+        Take::Exhausted { notify: !self.notified.swap(true, Ordering::AcqRel) }
+    }
+
+    pub fn used(&self) -> u32 {
+        self.used.load(Ordering::Acquire)
+    }
+}
+
+/// Quotas by user id. Kept for the process's life (a reconnect must not reset a quota);
+/// one small entry per user that ever connected.
+#[derive(Debug, Default)]
+pub struct QuotaBook {
+    users: Mutex<HashMap<String, Arc<UserQuota>>>,
+}
+
+impl QuotaBook {
+    pub fn user(&self, id: &str) -> Arc<UserQuota> {
+        let mut users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(users.entry(id.to_owned()).or_default())
+    }
+}
+
+/// Days since the Unix epoch, UTC.
+pub fn utc_day(unix_ns: i64) -> u32 {
+    (unix_ns / 86_400_000_000_000) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_once_per_message_and_resets_daily() {
+        let q = UserQuota::default();
+        assert_eq!(q.take(0, 1, 2, 100), Take::Deliver);
+        assert_eq!(q.take(0, 1, 2, 100), Take::Deliver, "same message, second connection");
+        assert_eq!(q.take(0, 2, 2, 100), Take::Deliver);
+        assert_eq!(q.take(0, 3, 2, 100), Take::Exhausted { notify: true });
+        assert_eq!(q.take(0, 4, 2, 100), Take::Exhausted { notify: false });
+        assert_eq!(q.used(), 2);
+        assert_eq!(q.take(0, 5, 2, 101), Take::Deliver, "a new day");
+    }
+}

@@ -1,0 +1,34 @@
+//! signalcast gateway: trading clients over WebSocket.
+//!
+//! The path of a message from the engine's channel logs to a socket:
+//!
+//! ```text
+//! engine::channels (bell) --> hub (shards: subscriptions, category, quota)
+//!     --> conn::Outbox (bounded, per connection) --> conn writer (writev) --> socket
+//! socket --> conn reader (ws::inbound, protocol) --> hub shard (SUBSCRIBE, ...)
+//! ```
+//!
+//! - [`server`]: starts everything ([`server::start`]) and drains it.
+//! - [`http`]: `/ws` (token checked before the upgrade), health, metrics.
+//! - [`auth`]: tokens to sessions; the one seam to wherever accounts live.
+//! - [`hub`]: shards that own subscriptions and fan messages out.
+//! - [`conn`]: a connection's reader, writer and outbox.
+//! - [`protocol`]: client messages and replies (JSON).
+//! - [`ws`]: WebSocket frames, sans-IO.
+//! - [`metrics`]: Prometheus exposition.
+//! - [`config`]: `signalcast.toml` and its defaults.
+
+pub mod auth;
+pub mod config;
+pub mod conn;
+pub mod demo;
+pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod protocol;
+pub mod server;
+pub mod tls;
+pub mod ws;
+
+pub use config::Config;
+pub use server::{Running, StartError, start, start_on};

@@ -1,0 +1,214 @@
+//! `signalcast`: the one binary. `serve` (default), `token`, `produce`, `version`.
+#![allow(clippy::print_stdout)]
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use engine::feed::{Producer, ProducerConfig};
+use engine::model::{Signal, Tick, Tier, UnixNanos};
+use gateway::Config;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Low-latency trading-signal distribution: producers in over TCP, trading clients out
+/// over WebSocket, each seeing what their tier entitles them to.
+#[derive(Parser, Debug)]
+#[command(name = "signalcast", version, about, long_about = None)]
+struct Cli {
+    /// Configuration file (TOML). Without one, every default applies: the embedded
+    /// default (127.0.0.1, fixtures, demo producer).
+    #[arg(long, short, env = "SIGNALCAST_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Mint a dev token (HS256, embedded default) for a fixture user.
+    Token {
+        /// User id from the accounts file, e.g. u-premium-1.
+        #[arg(long, short)]
+        user: String,
+        /// Lifetime in seconds (default: auth.token_ttl_secs, 24 h).
+        #[arg(long)]
+        ttl: Option<u64>,
+    },
+    /// Replay a file of signals (JSON lines) into a TCP feed at a given rate.
+    Produce {
+        /// The feed address.
+        #[arg(long, default_value = "127.0.0.1:7000")]
+        addr: String,
+        #[arg(long, default_value = "demo")]
+        producer: String,
+        /// API key (default: the dev key of --producer from fixtures/producers.toml).
+        #[arg(long, env = "SIGNALCAST_PRODUCER_KEY")]
+        key: Option<String>,
+        /// Signals file (JSON lines); default: the embedded fixtures, with their ticks.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Signals per second (0 = as fast as acknowledgements allow).
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        /// Stop after this many signals (default: the whole file once).
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// Print the version.
+    Version,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SIGNALCAST_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = Config::load(cli.config.as_deref()).context("configuration")?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Version => {
+            println!("signalcast {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Command::Token { user, ttl } => {
+            let auth = gateway::server::dev_auth(&config)?;
+            let ttl = Duration::from_secs(ttl.unwrap_or(config.auth.token_ttl_secs));
+            println!("{}", auth.mint(&user, ttl).with_context(|| format!("user {user}"))?);
+            Ok(())
+        }
+        Command::Serve => runtime(config.workers)?.block_on(serve(config)),
+        Command::Produce { addr, producer, key, file, rate, count } => {
+            runtime(1)?.block_on(produce(addr, producer, key, file, rate, count))
+        }
+    }
+}
+
+fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if workers > 0 {
+        b.worker_threads(workers);
+    }
+    Ok(b.enable_all().build()?)
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let running = gateway::start(config.clone()).await?;
+    let scheme = if running.tls { "wss" } else { "ws" };
+    println!(
+        "\nsignalcast {} on http://{}  (feed: tcp://{})",
+        env!("CARGO_PKG_VERSION"),
+        running.http_addr,
+        running.feed_addr
+    );
+    println!("metrics: http://{}/metrics\n", running.http_addr);
+    let ttl = Duration::from_secs(config.auth.token_ttl_secs);
+    for tier in Tier::ALL {
+        let user =
+            running.dev_auth.accounts().iter().find(|a| a.tier == tier && !a.suspended && a.real_time_access);
+        if let Some(user) = user {
+            let token = running.dev_auth.mint(&user.id, ttl)?;
+            println!("{tier:<10} {}: {scheme}://{}/ws?token={token}", user.id, running.http_addr);
+        }
+    }
+    println!("\nthen send: {{\"type\":\"SUBSCRIBE\",\"channel\":\"signals_premium\"}}\n");
+    shutdown_signal().await;
+    tracing::info!("shutting down: draining connections");
+    running.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn produce(
+    addr: String,
+    producer_id: String,
+    key: Option<String>,
+    file: Option<PathBuf>,
+    rate: f64,
+    count: Option<u64>,
+) -> anyhow::Result<()> {
+    let key = match key {
+        Some(k) => k,
+        None => engine::feed::StaticKeys::from_toml(gateway::config::fixtures::PRODUCERS)?
+            .key_of(&producer_id)
+            .map(str::to_owned)
+            .with_context(|| format!("no dev key for producer {producer_id}; pass --key"))?,
+    };
+    let events: Vec<Result<Tick, Signal>> = match &file {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(i, l)| {
+                serde_json::from_str(l).map(Err).with_context(|| format!("{}:{}", path.display(), i + 1))
+            })
+            .collect::<anyhow::Result<_>>()?,
+        None => gateway::demo::events(),
+    };
+    let total = count.unwrap_or(events.iter().filter(|e| e.is_err()).count() as u64);
+    let p = Producer::connect(ProducerConfig::new(addr.clone(), producer_id, key)).await?;
+    println!(
+        "producing {total} signals to {addr} at {} signals/s",
+        if rate > 0.0 { rate.to_string() } else { "max".into() }
+    );
+    let started = Instant::now();
+    let mut sent = 0u64;
+    let mut last_report = Instant::now();
+    'outer: for round in 0u128.. {
+        for e in &events {
+            let now = UnixNanos::now();
+            match e {
+                Ok(t) => p.send_tick(&Tick { ts: now, ..*t }).await?,
+                Err(s) => {
+                    if sent == total {
+                        break 'outer;
+                    }
+                    let mut s = s.restamped(now);
+                    s.id =
+                        uuid::Uuid::from_u128(s.id.as_u128() ^ (round << 64) ^ started.elapsed().as_nanos());
+                    p.send_signal(&s).await?;
+                    sent += 1;
+                    if rate > 0.0 {
+                        let due = started + Duration::from_secs_f64(sent as f64 / rate);
+                        tokio::time::sleep_until(due.into()).await;
+                    }
+                    if last_report.elapsed() >= Duration::from_secs(1) || sent == total {
+                        last_report = Instant::now();
+                        println!("  {sent}/{total} sent, {} acknowledged", p.acked());
+                    }
+                }
+            }
+        }
+    }
+    p.flush().await?;
+    let took = started.elapsed();
+    println!(
+        "done: {sent} signals in {took:.2?} ({:.0}/s), all acknowledged",
+        sent as f64 / took.as_secs_f64()
+    );
+    p.close().await?;
+    Ok(())
+}

@@ -1,0 +1,225 @@
+//! Counters of the gateway and their Prometheus text exposition.
+//!
+//! Plain atomics, rendered on scrape: no metrics registry and nothing per message
+//! beyond an increment. The delivery-latency histogram has fixed buckets so that
+//! Prometheus can aggregate it across gateways.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use engine::Engine;
+use engine::feed::FeedStats;
+use engine::model::Tier;
+use engine::pipeline::DropReason;
+
+/// Bucket upper bounds of the delivery-latency histogram, in microseconds.
+pub const LATENCY_BUCKETS_US: [u64; 18] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+    2_500_000, 5_000_000, 10_000_000, 30_000_000,
+];
+
+/// Ingest-to-socket-write latency of delivered signals.
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl LatencyHistogram {
+    pub fn record(&self, ns: i64) {
+        let us = (ns.max(0) / 1_000) as u64;
+        let i = LATENCY_BUCKETS_US.partition_point(|&b| b < us);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// (upper bound in µs or None for +Inf, count in that bucket alone)
+    pub fn snapshot(&self) -> (Vec<(Option<u64>, u64)>, u64) {
+        let mut v: Vec<(Option<u64>, u64)> = LATENCY_BUCKETS_US
+            .iter()
+            .zip(&self.buckets)
+            .map(|(b, c)| (Some(*b), c.load(Ordering::Relaxed)))
+            .collect();
+        v.push((None, self.buckets[LATENCY_BUCKETS_US.len()].load(Ordering::Relaxed)));
+        (v, self.sum_us.load(Ordering::Relaxed))
+    }
+}
+
+/// Gateway counters.
+#[derive(Debug, Default)]
+pub struct GatewayStats {
+    connections: [AtomicI64; 4],
+    delivered: [AtomicU64; 4],
+    slow_consumer_closes: AtomicU64,
+    upgrades: AtomicU64,
+    auth_failures: AtomicU64,
+    pub latency: LatencyHistogram,
+}
+
+impl GatewayStats {
+    pub fn connected(&self, tier: Tier, delta: i64) {
+        self.connections[tier.index()].fetch_add(delta, Ordering::Relaxed);
+    }
+
+    pub fn connections(&self, tier: Tier) -> i64 {
+        self.connections[tier.index()].load(Ordering::Relaxed)
+    }
+
+    /// A signal of `signals_<tier>` was written to a socket, `latency_ns` after ingest.
+    pub fn delivered(&self, tier: Tier, latency_ns: i64) {
+        self.delivered[tier.index()].fetch_add(1, Ordering::Relaxed);
+        self.latency.record(latency_ns);
+    }
+
+    pub fn delivered_count(&self, tier: Tier) -> u64 {
+        self.delivered[tier.index()].load(Ordering::Relaxed)
+    }
+
+    pub fn slow_consumer(&self) {
+        self.slow_consumer_closes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn slow_consumer_closes(&self) -> u64 {
+        self.slow_consumer_closes.load(Ordering::Relaxed)
+    }
+
+    pub fn upgraded(&self) {
+        self.upgrades.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn auth_failed(&self) {
+        self.auth_failures.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The whole process's metrics in the Prometheus text format.
+pub fn render(gw: &GatewayStats, engine: &Engine, feed: &FeedStats) -> String {
+    let mut o = String::with_capacity(4096);
+    let section = |o: &mut String, name: &str, kind: &str, help: &str, rows: Vec<(String, String)>| {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, v) in rows {
+            let _ = writeln!(o, "{name}{labels} {v}");
+        }
+    };
+    let per_tier = |f: &dyn Fn(Tier) -> String| -> Vec<(String, String)> {
+        Tier::ALL.iter().map(|t| (format!("{{tier=\"{t}\"}}"), f(*t))).collect()
+    };
+    section(
+        &mut o,
+        "signalcast_connections",
+        "gauge",
+        "Open WebSocket connections by the user's tier.",
+        per_tier(&|t| gw.connections(t).to_string()),
+    );
+    section(
+        &mut o,
+        "signalcast_signals_delivered_total",
+        "counter",
+        "Signal messages written to client sockets, by channel tier.",
+        per_tier(&|t| gw.delivered_count(t).to_string()),
+    );
+    section(
+        &mut o,
+        "signalcast_signals_routed_total",
+        "counter",
+        "Messages appended to signals_<tier> by the pipeline.",
+        per_tier(&|t| engine.stats.routed(t).to_string()),
+    );
+    section(
+        &mut o,
+        "signalcast_channel_head_seq",
+        "gauge",
+        "Last published seq of each live tier channel.",
+        per_tier(&|t| engine.channels.live(t).head().to_string()),
+    );
+    section(
+        &mut o,
+        "signalcast_drops_total",
+        "counter",
+        "Signals (and ticks) that did not reach a channel, by reason.",
+        DropReason::ALL
+            .iter()
+            .map(|r| (format!("{{reason=\"{}\"}}", r.as_str()), engine.stats.drops(*r).to_string()))
+            .collect(),
+    );
+    let single = |o: &mut String, name: &str, kind: &str, help: &str, v: String| {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+    };
+    single(
+        &mut o,
+        "signalcast_signals_received_total",
+        "counter",
+        "Signals taken by the pipeline stage.",
+        engine.stats.signals_in().to_string(),
+    );
+    single(
+        &mut o,
+        "signalcast_ticks_received_total",
+        "counter",
+        "Ticks taken by the pipeline stage.",
+        engine.stats.ticks_in().to_string(),
+    );
+    single(
+        &mut o,
+        "signalcast_ingest_queue_depth",
+        "gauge",
+        "Items waiting between ingest and the stage.",
+        engine.queue_depth().to_string(),
+    );
+    single(
+        &mut o,
+        "signalcast_feed_producers_connected",
+        "gauge",
+        "Producers with an authenticated feed session.",
+        feed.connected().to_string(),
+    );
+    single(
+        &mut o,
+        "signalcast_feed_errors_total",
+        "counter",
+        "Producer connections closed with an ERROR frame.",
+        feed.errors().to_string(),
+    );
+    single(
+        &mut o,
+        "signalcast_slow_consumer_closes_total",
+        "counter",
+        "Connections closed with 4008 (outbound buffer full).",
+        gw.slow_consumer_closes().to_string(),
+    );
+    single(
+        &mut o,
+        "signalcast_ws_upgrades_total",
+        "counter",
+        "WebSocket upgrades accepted.",
+        gw.upgrades.load(Ordering::Relaxed).to_string(),
+    );
+    single(
+        &mut o,
+        "signalcast_auth_failures_total",
+        "counter",
+        "Connections refused with 401.",
+        gw.auth_failures.load(Ordering::Relaxed).to_string(),
+    );
+
+    let name = "signalcast_delivery_latency_seconds";
+    let _ = writeln!(
+        o,
+        "# HELP {name} Ingest to socket write of each delivered signal.\n# TYPE {name} histogram"
+    );
+    let (buckets, sum_us) = gw.latency.snapshot();
+    let mut cumulative = 0;
+    for (le, count) in buckets {
+        cumulative += count;
+        match le {
+            Some(us) => {
+                let _ = writeln!(o, "{name}_bucket{{le=\"{}\"}} {cumulative}", us as f64 / 1e6);
+            }
+            None => {
+                let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+            }
+        }
+    }
+    let _ = writeln!(o, "{name}_sum {}\n{name}_count {cumulative}", sum_us as f64 / 1e6);
+    o
+}

@@ -1,0 +1,236 @@
+//! The client protocol of DESIGN.md: JSON text messages both ways.
+//!
+//! Parsing what clients send and writing the replies; the signal and price updates
+//! themselves are encoded by the engine, once per channel.
+
+use serde::Deserialize;
+use serde_json::json;
+
+use engine::channels::{ChannelName, Epoch, Resume};
+
+/// ERROR `code` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    BadRequest,
+    UnknownType,
+    UnknownChannel,
+    Forbidden,
+    RateLimited,
+    TooManySubscriptions,
+    QuotaExhausted,
+    Internal,
+}
+
+impl ErrorCode {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::BadRequest => "bad_request",
+            Self::UnknownType => "unknown_type",
+            Self::UnknownChannel => "unknown_channel",
+            Self::Forbidden => "forbidden",
+            Self::RateLimited => "rate_limited",
+            Self::TooManySubscriptions => "too_many_subscriptions",
+            Self::QuotaExhausted => "quota_exhausted",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+/// A refusal to send back as ERROR.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: ErrorCode,
+    pub message: String,
+    pub channel: Option<String>,
+}
+
+impl Refusal {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into(), channel: None }
+    }
+
+    #[must_use]
+    pub fn on(mut self, channel: impl Into<String>) -> Self {
+        self.channel = Some(channel.into());
+        self
+    }
+}
+
+/// What a client may send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientMessage {
+    Subscribe { channel: ChannelName, resume: Option<Resume> },
+    Unsubscribe { channel: ChannelName },
+    Ping,
+    Refresh { token: String },
+}
+
+#[derive(Deserialize)]
+struct Raw {
+    #[serde(rename = "type")]
+    kind: String,
+    channel: Option<String>,
+    since: Option<u64>,
+    epoch: Option<String>,
+    token: Option<String>,
+}
+
+/// Parses one client message. Unknown fields are ignored (clients may add their own,
+/// such as a request id); missing or mistyped ones are `bad_request`.
+pub fn parse(text: &str) -> Result<ClientMessage, Refusal> {
+    let raw: Raw = serde_json::from_str(text)
+        .map_err(|e| Refusal::new(ErrorCode::BadRequest, format!("malformed message: {e}")))?;
+    let channel = |raw: &Raw| -> Result<ChannelName, Refusal> {
+        let name = raw
+            .channel
+            .as_deref()
+            .ok_or_else(|| Refusal::new(ErrorCode::BadRequest, format!("{} needs a channel", raw.kind)))?;
+        name.parse().map_err(|e: engine::channels::ChannelNameError| {
+            Refusal::new(ErrorCode::UnknownChannel, e.to_string())
+                .on(name.chars().take(64).collect::<String>())
+        })
+    };
+    match raw.kind.as_str() {
+        "SUBSCRIBE" => {
+            let ch = channel(&raw)?;
+            let resume = match (raw.since, raw.epoch.as_deref()) {
+                (None, None) => None,
+                (Some(since), Some(e)) => {
+                    let epoch = e.parse::<Epoch>().map_err(|_| {
+                        Refusal::new(ErrorCode::BadRequest, "epoch must be 16 hex digits").on(ch.to_string())
+                    })?;
+                    Some(Resume { since, epoch })
+                }
+                _ => {
+                    return Err(
+                        Refusal::new(ErrorCode::BadRequest, "since and epoch go together").on(ch.to_string())
+                    );
+                }
+            };
+            Ok(ClientMessage::Subscribe { channel: ch, resume })
+        }
+        "UNSUBSCRIBE" => Ok(ClientMessage::Unsubscribe { channel: channel(&raw)? }),
+        "PING" => Ok(ClientMessage::Ping),
+        "REFRESH" => raw
+            .token
+            .map(|token| ClientMessage::Refresh { token })
+            .ok_or_else(|| Refusal::new(ErrorCode::BadRequest, "REFRESH needs a token")),
+        other => {
+            Err(Refusal::new(ErrorCode::UnknownType, format!("unknown message type {:?}", truncate(other))))
+        }
+    }
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(32).collect()
+}
+
+fn text(v: &serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+pub fn error(r: &Refusal) -> Vec<u8> {
+    let mut v = json!({"type": "ERROR", "code": r.code.as_str(), "message": r.message});
+    if let Some(c) = &r.channel {
+        v["channel"] = json!(c);
+    }
+    text(&v)
+}
+
+/// SUBSCRIBED for a signal channel (with epoch and head seq).
+pub fn subscribed_signals(
+    channel: &ChannelName,
+    epoch: Epoch,
+    head: u64,
+    recovered: Option<bool>,
+) -> Vec<u8> {
+    let mut v = json!({"type": "SUBSCRIBED", "channel": channel.to_string(), "epoch": epoch.to_string(), "seq": head});
+    if let Some(r) = recovered {
+        v["recovered"] = json!(r);
+    }
+    text(&v)
+}
+
+/// SUBSCRIBED for a channel without seq; a resume request cannot be honoured there.
+pub fn subscribed_plain(channel: &ChannelName, resume_asked: bool) -> Vec<u8> {
+    let mut v = json!({"type": "SUBSCRIBED", "channel": channel.to_string()});
+    if resume_asked {
+        v["recovered"] = json!(false);
+    }
+    text(&v)
+}
+
+/// UNSUBSCRIBED, `reason` is `client` or `entitlement`.
+pub fn unsubscribed(channel: &ChannelName, reason: &str) -> Vec<u8> {
+    text(&json!({"type": "UNSUBSCRIBED", "channel": channel.to_string(), "reason": reason}))
+}
+
+pub const PONG: &[u8] = br#"{"type":"PONG"}"#;
+
+pub fn system(data: serde_json::Value) -> Vec<u8> {
+    text(&json!({"type": "SYSTEM_MESSAGE", "data": data}))
+}
+
+/// A NOTIFICATION on `user_<id>`.
+pub fn notification(user: &str, data: serde_json::Value) -> Vec<u8> {
+    text(&json!({"type": "NOTIFICATION", "channel": format!("user_{user}"), "data": data}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use engine::model::Tier;
+
+    #[test]
+    fn parses_every_client_message() {
+        assert_eq!(
+            parse(
+                r#"{"type":"SUBSCRIBE","channel":"signals_premium","since":41,"epoch":"00000000000000ff","id":7}"#
+            ),
+            Ok(ClientMessage::Subscribe {
+                channel: ChannelName::Signals(Tier::Premium),
+                resume: Some(Resume { since: 41, epoch: Epoch(255) })
+            })
+        );
+        assert_eq!(
+            parse(r#"{"type":"SUBSCRIBE","channel":"prices_general"}"#),
+            Ok(ClientMessage::Subscribe { channel: ChannelName::Prices, resume: None })
+        );
+        assert_eq!(
+            parse(r#"{"type":"UNSUBSCRIBE","channel":"user_u1"}"#),
+            Ok(ClientMessage::Unsubscribe { channel: ChannelName::User("u1".into()) })
+        );
+        assert_eq!(parse(r#"{"type":"PING"}"#), Ok(ClientMessage::Ping));
+        assert_eq!(
+            parse(r#"{"type":"REFRESH","token":"t"}"#),
+            Ok(ClientMessage::Refresh { token: "t".into() })
+        );
+    }
+
+    #[test]
+    fn refusals_carry_the_right_code() {
+        let code = |s: &str| parse(s).unwrap_err().code;
+        assert_eq!(code("{"), ErrorCode::BadRequest);
+        assert_eq!(code("[]"), ErrorCode::BadRequest);
+        assert_eq!(code(r#"{"channel":"x"}"#), ErrorCode::BadRequest);
+        assert_eq!(code(r#"{"type":"SUBSCRIBE"}"#), ErrorCode::BadRequest);
+        assert_eq!(
+            code(r#"{"type":"SUBSCRIBE","channel":"signals_premium","since":4}"#),
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            code(r#"{"type":"SUBSCRIBE","channel":"signals_premium","since":-1,"epoch":"0"}"#),
+            ErrorCode::BadRequest
+        );
+        assert_eq!(code(r#"{"type":"SUBSCRIBE","channel":"signals_gold"}"#), ErrorCode::UnknownChannel);
+        assert_eq!(code(r#"{"type":"DANCE"}"#), ErrorCode::UnknownType);
+        assert_eq!(code(r#"{"type":"REFRESH"}"#), ErrorCode::BadRequest);
+        let e: serde_json::Value =
+            serde_json::from_slice(&error(&parse(r#"{"type":"SUBSCRIBE","channel":"nope"}"#).unwrap_err()))
+                .unwrap();
+        assert_eq!(
+            (e["type"].as_str(), e["code"].as_str(), e["channel"].as_str()),
+            (Some("ERROR"), Some("unknown_channel"), Some("nope"))
+        );
+    }
+}

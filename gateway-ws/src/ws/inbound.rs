@@ -1,0 +1,241 @@
+//! Client-to-server frames, parsed incrementally from a read buffer.
+//!
+//! Clients send small JSON text messages, so the limits are tight: a message (all its
+//! fragments together) is at most `max_message` bytes, and anything else is a close
+//! with the code DESIGN.md gives. Pings are answered, a client close is echoed.
+
+use bytes::{Buf, BytesMut};
+
+use super::CloseCode;
+
+/// What the connection should do next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Inbound {
+    /// A complete text message, valid UTF-8, within the size limit.
+    Text(String),
+    /// Answer with a pong carrying this payload.
+    Ping(Vec<u8>),
+    /// A pong from the client (counts as liveness only).
+    Pong,
+    /// The client closed; echo this code (or 1000) and end.
+    Close(Option<u16>),
+}
+
+/// A violation: close the connection with this code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("closing with {0:?}")]
+pub struct Violation(pub CloseCode);
+
+/// Reassembles client messages; one per connection.
+#[derive(Debug)]
+pub struct FrameReader {
+    max_message: usize,
+    /// Payload of a fragmented text message so far.
+    partial: Option<Vec<u8>>,
+}
+
+const OP_CONT: u8 = 0x0;
+const OP_TEXT: u8 = 0x1;
+const OP_BINARY: u8 = 0x2;
+const OP_CLOSE: u8 = 0x8;
+const OP_PING: u8 = 0x9;
+const OP_PONG: u8 = 0xA;
+
+impl FrameReader {
+    pub fn new(max_message: usize) -> Self {
+        Self { max_message, partial: None }
+    }
+
+    /// Takes the next whole frame from `buf` and returns what it means, `Ok(None)` when
+    /// more bytes are needed (or a fragment was absorbed).
+    pub fn next(&mut self, buf: &mut BytesMut) -> Result<Option<Inbound>, Violation> {
+        loop {
+            let Some((fin, opcode, payload)) = self.frame(buf)? else { return Ok(None) };
+            match opcode {
+                OP_TEXT | OP_CONT => {
+                    let mut msg = match (opcode, self.partial.take()) {
+                        (OP_TEXT, None) => payload,
+                        (OP_CONT, Some(mut p)) => {
+                            p.extend_from_slice(&payload);
+                            p
+                        }
+                        // A new message inside a fragmented one, or a continuation of nothing.
+                        _ => return Err(Violation(CloseCode::Protocol)),
+                    };
+                    if msg.len() > self.max_message {
+                        return Err(Violation(CloseCode::TooBig));
+                    }
+                    if !fin {
+                        self.partial = Some(std::mem::take(&mut msg));
+                        continue;
+                    }
+                    return String::from_utf8(msg)
+                        .map(|s| Some(Inbound::Text(s)))
+                        .map_err(|_| Violation(CloseCode::InvalidPayload));
+                }
+                OP_BINARY => return Err(Violation(CloseCode::Unsupported)),
+                OP_PING => return Ok(Some(Inbound::Ping(payload))),
+                OP_PONG => return Ok(Some(Inbound::Pong)),
+                OP_CLOSE => {
+                    return match payload.len() {
+                        0 => Ok(Some(Inbound::Close(None))),
+                        1 => Err(Violation(CloseCode::Protocol)),
+                        _ => {
+                            if std::str::from_utf8(&payload[2..]).is_err() {
+                                return Err(Violation(CloseCode::InvalidPayload));
+                            }
+                            Ok(Some(Inbound::Close(Some(u16::from_be_bytes([payload[0], payload[1]])))))
+                        }
+                    };
+                }
+                _ => return Err(Violation(CloseCode::Protocol)),
+            }
+        }
+    }
+
+    /// Cuts one frame off `buf`: (fin, opcode, unmasked payload).
+    fn frame(&self, buf: &mut BytesMut) -> Result<Option<(bool, u8, Vec<u8>)>, Violation> {
+        if buf.len() < 2 {
+            return Ok(None);
+        }
+        let (b0, b1) = (buf[0], buf[1]);
+        let fin = b0 & 0x80 != 0;
+        if b0 & 0x70 != 0 {
+            return Err(Violation(CloseCode::Protocol)); // no extension was negotiated
+        }
+        let opcode = b0 & 0x0f;
+        if b1 & 0x80 == 0 {
+            return Err(Violation(CloseCode::Protocol)); // clients must mask (RFC 6455 §5.1)
+        }
+        let control = opcode & 0x8 != 0;
+        let (len, at) = match b1 & 0x7f {
+            126 => {
+                if buf.len() < 4 {
+                    return Ok(None);
+                }
+                (u64::from(u16::from_be_bytes([buf[2], buf[3]])), 4)
+            }
+            127 => {
+                if buf.len() < 10 {
+                    return Ok(None);
+                }
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&buf[2..10]);
+                (u64::from_be_bytes(b), 10)
+            }
+            n => (u64::from(n), 2),
+        };
+        if control && (!fin || len > 125) {
+            return Err(Violation(CloseCode::Protocol));
+        }
+        // Refuse on the header alone: nothing is buffered for an oversize claim.
+        let already = self.partial.as_ref().map_or(0, Vec::len) as u64;
+        if !control && already + len > self.max_message as u64 {
+            return Err(Violation(CloseCode::TooBig));
+        }
+        let len = len as usize;
+        if buf.len() < at + 4 + len {
+            buf.reserve(at + 4 + len - buf.len());
+            return Ok(None);
+        }
+        let mask = [buf[at], buf[at + 1], buf[at + 2], buf[at + 3]];
+        buf.advance(at + 4);
+        let mut payload = buf.split_to(len).to_vec();
+        for (i, b) in payload.iter_mut().enumerate() {
+            *b ^= mask[i & 3];
+        }
+        Ok(Some((fin, opcode, payload)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client frame, masked as clients must.
+    pub(crate) fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [0x37, 0xfa, 0x21, 0x3d];
+        let mut f = vec![(u8::from(fin) << 7) | opcode];
+        match payload.len() {
+            n if n < 126 => f.push(0x80 | n as u8),
+            n if n <= 65_535 => {
+                f.push(0x80 | 126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(0x80 | 127);
+                f.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        f.extend_from_slice(&mask);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+        f
+    }
+
+    fn read(bytes: &[u8]) -> Result<Vec<Inbound>, Violation> {
+        let mut r = FrameReader::new(4096);
+        let mut buf = BytesMut::from(bytes);
+        let mut out = Vec::new();
+        while let Some(m) = r.next(&mut buf)? {
+            out.push(m);
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn text_ping_close_and_fragments() {
+        let mut b = client_frame(true, OP_TEXT, b"{\"type\":\"PING\"}");
+        b.extend(client_frame(true, OP_PING, b"hi"));
+        b.extend(client_frame(false, OP_TEXT, "caf".as_bytes()));
+        b.extend(client_frame(true, OP_PING, b""));
+        b.extend(client_frame(true, OP_CONT, "é".as_bytes()));
+        b.extend(client_frame(true, OP_CLOSE, &[0x03, 0xe8, b'o', b'k']));
+        assert_eq!(
+            read(&b).unwrap(),
+            vec![
+                Inbound::Text("{\"type\":\"PING\"}".into()),
+                Inbound::Ping(b"hi".to_vec()),
+                Inbound::Ping(vec![]),
+                Inbound::Text("café".into()),
+                Inbound::Close(Some(1000)),
+            ]
+        );
+    }
+
+    #[test]
+    fn every_byte_boundary_waits_for_more() {
+        let f = client_frame(true, OP_TEXT, &[b'x'; 300]);
+        let mut r = FrameReader::new(4096);
+        let mut buf = BytesMut::new();
+        for (i, b) in f.iter().enumerate() {
+            buf.extend_from_slice(&[*b]);
+            let got = r.next(&mut buf).unwrap();
+            assert_eq!(got.is_some(), i == f.len() - 1);
+        }
+    }
+
+    #[test]
+    fn limits_map_to_close_codes() {
+        let v = |b: &[u8]| read(b).unwrap_err().0;
+        assert_eq!(read(&client_frame(true, OP_TEXT, &[b'a'; 4096])).unwrap().len(), 1, "4,096 is allowed");
+        assert_eq!(v(&client_frame(true, OP_TEXT, &[b'a'; 4097])), CloseCode::TooBig);
+        // Fragments add up: 3 × 1,500 is over the limit even though each frame is not.
+        let mut b = client_frame(false, OP_TEXT, &[b'a'; 1500]);
+        b.extend(client_frame(false, OP_CONT, &[b'a'; 1500]));
+        b.extend(client_frame(true, OP_CONT, &[b'a'; 1500]));
+        assert_eq!(v(&b), CloseCode::TooBig);
+        // A header claiming 2^63 bytes is refused before anything is buffered.
+        assert_eq!(v(&[0x81, 0xff, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]), CloseCode::TooBig);
+        assert_eq!(v(&client_frame(true, OP_BINARY, b"\x00")), CloseCode::Unsupported);
+        assert_eq!(v(&client_frame(true, OP_TEXT, &[0xc3, 0x28])), CloseCode::InvalidPayload);
+        assert_eq!(v(&[0x81, 0x02, b'h', b'i']), CloseCode::Protocol, "unmasked");
+        assert_eq!(v(&client_frame(true, 0x3, b"")), CloseCode::Protocol, "reserved opcode");
+        assert_eq!(v(&client_frame(false, OP_PING, b"")), CloseCode::Protocol, "fragmented control");
+        assert_eq!(v(&client_frame(true, OP_PING, &[0; 126])), CloseCode::Protocol);
+        assert_eq!(v(&client_frame(true, OP_CONT, b"x")), CloseCode::Protocol);
+        let mut rsv = client_frame(true, OP_TEXT, b"x");
+        rsv[0] |= 0x40;
+        assert_eq!(v(&rsv), CloseCode::Protocol);
+        assert_eq!(v(&client_frame(true, OP_CLOSE, &[3])), CloseCode::Protocol);
+    }
+}
