@@ -15,6 +15,13 @@ for component in rustfmt clippy; do
   fi
 done
 
+step "test dependencies"
+# The interop test drives the server with a client nobody here wrote: Python websockets.
+if ! python3 -c 'import websockets' >/dev/null 2>&1; then
+  python3 -m pip install --quiet --disable-pip-version-check websockets
+fi
+python3 -c 'import websockets; print("python websockets", websockets.__version__)'
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

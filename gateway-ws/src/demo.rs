@@ -10,12 +10,21 @@ use tokio::sync::watch;
 
 use crate::config::{DemoConfig, fixtures};
 
-/// Ticks and signals in recorded order.
-pub fn events() -> Vec<Result<Tick, Signal>> {
+/// One recorded event of the fixtures.
+#[derive(Clone, Debug)]
+pub enum Event {
+    Tick(Tick),
+    Signal(Box<Signal>),
+}
+
+/// Ticks and signals of the embedded fixtures, in recorded order.
+pub fn events() -> Vec<Event> {
     let signals = fixtures::SIGNALS.lines().filter_map(|l| serde_json::from_str::<Signal>(l).ok());
     let ticks = fixtures::TICKS.lines().filter_map(|l| serde_json::from_str::<Tick>(l).ok());
-    let mut all: Vec<(i64, Result<Tick, Signal>)> =
-        ticks.map(|t| (t.ts.0, Ok(t))).chain(signals.map(|s| (s.generated_at.0, Err(s)))).collect();
+    let mut all: Vec<(i64, Event)> = ticks
+        .map(|t| (t.ts.0, Event::Tick(t)))
+        .chain(signals.map(|s| (s.generated_at.0, Event::Signal(Box::new(s)))))
+        .collect();
     all.sort_by_key(|(at, _)| *at);
     all.into_iter().map(|(_, e)| e).collect()
 }
@@ -49,8 +58,8 @@ pub(crate) async fn run(
         for e in &events {
             let now = UnixNanos::now();
             let sent = match e {
-                Ok(t) => producer.send_tick(&Tick { ts: now, ..*t }).await,
-                Err(s) => {
+                Event::Tick(t) => producer.send_tick(&Tick { ts: now, ..*t }).await,
+                Event::Signal(s) => {
                     let mut s = s.restamped(now);
                     // A fresh id each round: the engine routes each id once.
                     s.id = uuid_for_round(s.id, round);

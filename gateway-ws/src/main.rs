@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use engine::feed::{Producer, ProducerConfig};
-use engine::model::{Signal, Tick, Tier, UnixNanos};
+use engine::model::{Tick, Tier, UnixNanos};
 use gateway::Config;
+use gateway::demo::Event;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -156,19 +157,21 @@ async fn produce(
             .map(str::to_owned)
             .with_context(|| format!("no dev key for producer {producer_id}; pass --key"))?,
     };
-    let events: Vec<Result<Tick, Signal>> = match &file {
+    let events: Vec<Event> = match &file {
         Some(path) => std::fs::read_to_string(path)
             .with_context(|| format!("reading {}", path.display()))?
             .lines()
             .enumerate()
             .filter(|(_, l)| !l.trim().is_empty())
             .map(|(i, l)| {
-                serde_json::from_str(l).map(Err).with_context(|| format!("{}:{}", path.display(), i + 1))
+                serde_json::from_str(l)
+                    .map(|s| Event::Signal(Box::new(s)))
+                    .with_context(|| format!("{}:{}", path.display(), i + 1))
             })
             .collect::<anyhow::Result<_>>()?,
         None => gateway::demo::events(),
     };
-    let total = count.unwrap_or(events.iter().filter(|e| e.is_err()).count() as u64);
+    let total = count.unwrap_or(events.iter().filter(|e| matches!(e, Event::Signal(_))).count() as u64);
     let p = Producer::connect(ProducerConfig::new(addr.clone(), producer_id, key)).await?;
     println!(
         "producing {total} signals to {addr} at {} signals/s",
@@ -181,8 +184,8 @@ async fn produce(
         for e in &events {
             let now = UnixNanos::now();
             match e {
-                Ok(t) => p.send_tick(&Tick { ts: now, ..*t }).await?,
-                Err(s) => {
+                Event::Tick(t) => p.send_tick(&Tick { ts: now, ..*t }).await?,
+                Event::Signal(s) => {
                     if sent == total {
                         break 'outer;
                     }

@@ -279,8 +279,10 @@ impl Shard {
         let (outbox, categories) = (Arc::clone(&c.outbox), c.session.categories);
         let (quota, limit) = (Arc::clone(&c.quota), self.limit_for(&c.session));
         outbox.push_text(&protocol::subscribed_signals(channel, sub.epoch, sub.head, sub.recovered));
+        // The replay holds `since+1 ..= head`; live reading then goes on after head.
+        let since = resume.filter(|_| sub.recovered == Some(true)).map_or(sub.head, |r| r.since);
         let mut entry =
-            Sub { conn: id, outbox, categories, quota, limit, skip_until: sub.head, last_seq: sub.head };
+            Sub { conn: id, outbox, categories, quota, limit, skip_until: since, last_seq: since };
         let today = utc_day(UnixNanos::now().0);
         for m in &sub.replay {
             if deliver(&mut entry, idx, m, tier, today) == Delivery::Overflow {
@@ -288,6 +290,8 @@ impl Shard {
                 break;
             }
         }
+        entry.skip_until = sub.head;
+        entry.last_seq = entry.last_seq.max(sub.head);
         if self.subs[idx].is_empty() {
             // Nobody on this shard read this log: start from the subscription's head.
             self.cursors[idx] = sub.cursor;
@@ -372,19 +376,22 @@ impl Shard {
             let channels = Arc::clone(&self.channels);
             let Some(log) = log_of(&channels, idx) else { continue };
             let sub = log.subscribe(Some(Resume { since: old.last_seq, epoch: log.epoch() }));
+            let seen = old.last_seq;
             let mut entry = Sub {
                 categories: session.categories,
                 limit: self.limit_for(&session),
-                skip_until: sub.head.max(old.last_seq),
-                last_seq: sub.head.max(old.last_seq),
+                skip_until: seen,
                 ..old
             };
             let today = utc_day(UnixNanos::now().0);
             for m in &sub.replay {
                 if deliver(&mut entry, idx, m, tier, today) == Delivery::Overflow {
                     self.overflowed.push(id);
+                    break;
                 }
             }
+            entry.skip_until = sub.head.max(seen);
+            entry.last_seq = entry.last_seq.max(entry.skip_until);
             if self.subs[idx].is_empty() {
                 self.cursors[idx] = sub.cursor;
             }

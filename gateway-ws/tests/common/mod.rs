@@ -1,0 +1,329 @@
+//! Shared pieces of the gateway's integration tests: the real server on 127.0.0.1:0, a
+//! real producer on its TCP feed, WebSocket clients (tokio-tungstenite, and a raw one
+//! for what a well-behaved library refuses to send).
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use engine::feed::{Producer, ProducerConfig};
+use engine::model::{
+    Category, Confidence, Exchange, Price, Signal, SignalType, SourceType, Symbol, Tick, UnixNanos,
+};
+use futures_util::{SinkExt, StreamExt};
+use gateway::{Config, Running};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const PRODUCER: (&str, &str) = ("model-alpha", "dev-alpha-0c1d2e3f4a5b6c7d");
+
+/// A tier table like the default one, with delays of one second instead of thirty.
+pub const FAST_TIERS: &str = r#"
+min_confidence = 75.00
+delayed_feed_secs = 1
+[free]
+min_confidence = 90.00
+delay_secs = 1
+signals_per_day = 20
+[basic]
+min_confidence = 85.00
+signals_per_day = 200
+[premium]
+min_confidence = 75.00
+signals_per_day = 2000
+[enterprise]
+min_confidence = 75.00
+"#;
+
+pub fn temp_file(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("signalcast-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{name}-{}", UnixNanos::now().0));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Test defaults: no demo producer, fast delays, one-second heartbeat margins left alone.
+pub fn config() -> Config {
+    let mut c = Config::default();
+    c.demo.enabled = false;
+    c.policy_file = Some(temp_file("tiers.toml", FAST_TIERS));
+    c.shards = 2;
+    c.drain_timeout_secs = 1;
+    c
+}
+
+pub async fn start(config: Config) -> Running {
+    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let feed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    gateway::start_on(config, http, feed).await.unwrap()
+}
+
+pub async fn producer(server: &Running) -> Producer {
+    Producer::connect(ProducerConfig::new(server.feed_addr.to_string(), PRODUCER.0, PRODUCER.1))
+        .await
+        .unwrap()
+}
+
+pub fn token(server: &Running, user: &str) -> String {
+    server.dev_auth.mint(user, Duration::from_secs(3600)).unwrap()
+}
+
+pub fn url(server: &Running, token: &str) -> String {
+    format!("ws://{}/ws?token={token}", server.http_addr)
+}
+
+/// A valid signal; `n` makes the id.
+pub fn signal(n: u128, confidence: u16, category: Category) -> Signal {
+    let (symbol, exchange) = match category {
+        Category::Equity => ("RELIANCE", "NSE"),
+        Category::Crypto => ("BTC-USDT", "BINANCE"),
+        Category::Forex => ("EUR/USD", "OANDA"),
+        Category::Commodity => ("GOLD", "MCX"),
+    };
+    let now = UnixNanos::now();
+    Signal {
+        id: uuid::Uuid::from_u128(n),
+        source_id: uuid::Uuid::from_u128(0xfeed),
+        source_type: SourceType::AiModel,
+        symbol: Symbol::new(symbol).unwrap(),
+        exchange: Exchange::new(exchange).unwrap(),
+        category,
+        signal_type: SignalType::Buy,
+        entry_price: "2456.75".parse().unwrap(),
+        target_price: "2520".parse().unwrap(),
+        stop_loss: "2420".parse().unwrap(),
+        quantity_recommended: Some(50),
+        confidence: Confidence::new(confidence).unwrap(),
+        generated_at: now,
+        expires_at: now.plus_nanos(3_600_000_000_000),
+        analysis: None,
+    }
+}
+
+pub fn tick(symbol: &str, exchange: &str, last: &str) -> Tick {
+    let last: Price = last.parse().unwrap();
+    Tick {
+        symbol: Symbol::new(symbol).unwrap(),
+        exchange: Exchange::new(exchange).unwrap(),
+        bid: Price::from_raw(last.raw() - 500).unwrap(),
+        ask: Price::from_raw(last.raw() + 500).unwrap(),
+        last,
+        volume: 1_250_000,
+        ts: UnixNanos::now(),
+    }
+}
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A JSON WebSocket client on tokio-tungstenite.
+pub struct Client {
+    pub ws: Ws,
+}
+
+impl Client {
+    pub async fn connect(url: &str) -> Self {
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let mut c = Self { ws };
+        let welcome = c.next().await;
+        assert_eq!(welcome["data"]["event"], "welcome", "{welcome}");
+        c
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.ws.send(WsMessage::text(v.to_string())).await.unwrap();
+    }
+
+    pub async fn subscribe(&mut self, channel: &str) -> Value {
+        self.send(json!({"type": "SUBSCRIBE", "channel": channel})).await;
+        self.next_of(&["SUBSCRIBED", "ERROR"]).await
+    }
+
+    /// The next JSON message (10 s at most); panics on close.
+    pub async fn next(&mut self) -> Value {
+        match self.try_next(Duration::from_secs(10)).await {
+            Some(v) => v,
+            None => panic!("no message within 10 s"),
+        }
+    }
+
+    /// The next JSON message, or None after `wait`.
+    pub async fn try_next(&mut self, wait: Duration) -> Option<Value> {
+        loop {
+            let msg = match tokio::time::timeout(wait, self.ws.next()).await {
+                Err(_) => return None,
+                Ok(None) => panic!("connection ended"),
+                Ok(Some(m)) => m.unwrap(),
+            };
+            match msg {
+                WsMessage::Text(t) => {
+                    if std::env::var("WS_DEBUG").is_ok() {
+                        eprintln!("RECV {}", &t.as_str()[..t.len().min(120)]);
+                    }
+                    return Some(serde_json::from_str(t.as_str()).unwrap());
+                }
+                WsMessage::Close(c) => panic!("closed: {c:?}"),
+                _ => {}
+            }
+        }
+    }
+
+    /// The next message whose type is one of `types` (others are skipped).
+    pub async fn next_of(&mut self, types: &[&str]) -> Value {
+        loop {
+            let v = self.next().await;
+            if types.iter().any(|t| v["type"] == *t) {
+                return v;
+            }
+        }
+    }
+
+    /// Collects `n` SIGNAL_UPDATEs.
+    pub async fn signals(&mut self, n: usize) -> Vec<Value> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            out.push(self.next_of(&["SIGNAL_UPDATE"]).await);
+        }
+        out
+    }
+
+    /// Asserts no SIGNAL_UPDATE arrives within `wait`.
+    pub async fn no_signal_within(&mut self, wait: Duration) {
+        let deadline = tokio::time::Instant::now() + wait;
+        while let Some(v) =
+            self.try_next(deadline.saturating_duration_since(tokio::time::Instant::now())).await
+        {
+            assert_ne!(v["type"], "SIGNAL_UPDATE", "unexpected {v}");
+        }
+    }
+
+    /// Reads until the server closes; returns the close code.
+    pub async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(15), self.ws.next()).await.unwrap() {
+                Some(Ok(WsMessage::Close(Some(f)))) => return Some(f.code.into()),
+                Some(Ok(WsMessage::Close(None))) | None | Some(Err(_)) => return None,
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+}
+
+pub fn id_of(v: &Value) -> u128 {
+    uuid::Uuid::parse_str(v["data"]["id"].as_str().unwrap()).unwrap().as_u128()
+}
+
+/// A WebSocket client written by hand: it can send what libraries will not (unmasked
+/// or invalid frames) and stop reading at will, with a small receive buffer.
+pub struct RawClient {
+    pub stream: TcpStream,
+    pub buf: BytesMut,
+}
+
+impl RawClient {
+    pub async fn connect(addr: SocketAddr, token: &str, recv_buffer: Option<u32>) -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        if let Some(size) = recv_buffer {
+            socket.set_recv_buffer_size(size).unwrap();
+        }
+        let mut stream = socket.connect(addr).await.unwrap();
+        let req = format!(
+            "GET /ws?token={token} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        stream.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = BytesMut::new();
+        let end = loop {
+            stream.read_buf(&mut buf).await.unwrap();
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        buf.advance(end);
+        Self { stream, buf }
+    }
+
+    /// Sends a frame; `mask: false` breaks RFC 6455 on purpose.
+    pub async fn send_frame(&mut self, opcode: u8, payload: &[u8], mask: bool) {
+        let key = [1u8, 2, 3, 4];
+        let mut f = vec![0x80 | opcode];
+        let m = if mask { 0x80 } else { 0 };
+        match payload.len() {
+            n if n < 126 => f.push(m | n as u8),
+            n => {
+                f.push(m | 126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+        }
+        if mask {
+            f.extend_from_slice(&key);
+            f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        } else {
+            f.extend_from_slice(payload);
+        }
+        self.stream.write_all(&f).await.unwrap();
+    }
+
+    pub async fn send_text(&mut self, s: &str) {
+        self.send_frame(0x1, s.as_bytes(), true).await;
+    }
+
+    /// The next server frame: (opcode, payload).
+    pub async fn frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        loop {
+            if self.buf.len() >= 2 {
+                let op = self.buf[0] & 0x0f;
+                let (len, at) = match self.buf[1] & 0x7f {
+                    126 if self.buf.len() >= 4 => {
+                        (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4)
+                    }
+                    127 if self.buf.len() >= 10 => {
+                        (u64::from_be_bytes(self.buf[2..10].try_into().unwrap()) as usize, 10)
+                    }
+                    126 | 127 => (usize::MAX, 0),
+                    n => (n as usize, 2),
+                };
+                if len != usize::MAX && self.buf.len() >= at + len {
+                    self.buf.advance(at);
+                    return Some((op, self.buf.split_to(len).to_vec()));
+                }
+            }
+            match tokio::time::timeout(Duration::from_secs(15), self.stream.read_buf(&mut self.buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return None,
+                Ok(Ok(_)) => {}
+                Err(_) => panic!("no frame within 15 s"),
+            }
+        }
+    }
+
+    /// Reads until a close frame; returns its code.
+    pub async fn close_code(&mut self) -> Option<u16> {
+        while let Some((op, payload)) = self.frame().await {
+            if op == 0x8 {
+                return (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+            }
+        }
+        None
+    }
+}
+
+/// Minimal base64url without padding, to forge tokens by hand.
+pub fn base64url(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..=chunk.len() {
+            out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}

@@ -1,0 +1,232 @@
+//! Bounds and refusals: slow consumers, bad tokens, bad frames, silence, expiry.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use engine::model::{Analysis, Category};
+use futures_util::SinkExt;
+use gateway::auth::{Accounts, DevAuth};
+use serde_json::json;
+use tokio_tungstenite::tungstenite;
+
+/// Reads `n` SIGNAL_UPDATEs as cheaply as a client can (no JSON parsing: the test
+/// clients share two cores with the server) and checks their seqs are 1..=n.
+async fn read_seqs(mut ws: Ws, n: u64) {
+    let mut expect = 1;
+    while expect <= n {
+        let msg = tokio::time::timeout(Duration::from_secs(30), futures_util::StreamExt::next(&mut ws))
+            .await
+            .expect("a fast client stalled")
+            .expect("connection ended")
+            .unwrap();
+        let tungstenite::Message::Text(t) = msg else {
+            assert!(!msg.is_close(), "fast client closed: {msg:?}");
+            continue;
+        };
+        let t = t.as_str();
+        if !t.starts_with(r#"{"type":"SIGNAL_UPDATE""#) {
+            continue;
+        }
+        let at = t.find(r#""seq":"#).unwrap() + 6;
+        let seq: u64 = t[at..].split(',').next().unwrap().parse().unwrap();
+        assert_eq!(seq, expect, "every signal, in order");
+        expect += 1;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_client_is_closed_4008_while_100_fast_clients_on_its_shard_get_everything() {
+    let mut cfg = config();
+    cfg.shards = 1;
+    cfg.outbound_buffer_bytes = 256 * 1024;
+    cfg.socket_send_buffer = Some(8 * 1024);
+    cfg.write_timeout_ms = 120_000;
+    let server = start(cfg).await;
+    let tok = token(&server, "u-premium-1");
+
+    let mut slow = RawClient::connect(server.http_addr, &tok, Some(4096)).await;
+    slow.send_text(r#"{"type":"SUBSCRIBE","channel":"signals_premium"}"#).await;
+    let mut readers = Vec::new();
+    const N: u64 = 400;
+    for _ in 0..100 {
+        let mut c = Client::connect(&url(&server, &tok)).await;
+        c.subscribe("signals_premium").await;
+        readers.push(tokio::spawn(read_seqs(c.ws, N)));
+    }
+    // From here on the slow client reads nothing. 400 signals of ~2.7 KB are about
+    // 1 MB: four times its outbound bound.
+    let p = producer(&server).await;
+    let pad = Analysis::from_json(json!({"notes": "x".repeat(2_000)}).to_string()).unwrap();
+    for n in 1..=N {
+        let mut s = signal(u128::from(n), 9_000, Category::Equity);
+        s.analysis = Some(pad.clone());
+        p.send_signal(&s).await.unwrap();
+        if n % 20 == 0 {
+            // About 1,000 signals/s: the fast clients keep up, the slow one cannot.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    p.flush().await.unwrap();
+    for r in readers {
+        r.await.unwrap();
+    }
+    assert_eq!(slow.close_code().await, Some(4008), "the stalled client learns why it was closed");
+    assert_eq!(server.app.stats.slow_consumer_closes(), 1, "only the stalled client");
+    server.shutdown().await;
+}
+
+async fn refused_with(server: &gateway::Running, token: &str) -> u16 {
+    match tokio_tungstenite::connect_async(url(server, token)).await {
+        Err(tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+        Err(e) => panic!("{e}"),
+        Ok(_) => 101,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens_get_401_before_any_upgrade() {
+    let server = start(config()).await;
+    let accounts = Accounts::from_toml(gateway::config::fixtures::ACCOUNTS).unwrap();
+    let premium = accounts.get("u-premium-1").unwrap().clone();
+    let now = engine::model::UnixNanos::now().0 / 1_000_000_000;
+
+    let mut expired = DevAuth::claims_for(&premium, now - 7_200, Duration::from_secs(3_600));
+    expired.iat = now - 7_200;
+    let expired = server.dev_auth.sign(&expired).unwrap();
+    let wrong_key = DevAuth::new(b"not-the-secret", accounts.clone())
+        .mint("u-premium-1", Duration::from_secs(60))
+        .unwrap();
+    let claims = serde_json::to_vec(&DevAuth::claims_for(&premium, now, Duration::from_secs(60))).unwrap();
+    let alg_none = format!("{}.{}.", base64url(br#"{"alg":"none","typ":"JWT"}"#), base64url(&claims));
+    let mut tampered = server.dev_auth.mint("u-basic-1", Duration::from_secs(60)).unwrap();
+    // Swap in an enterprise payload under the basic user's signature.
+    let mut ent = DevAuth::claims_for(accounts.get("u-basic-1").unwrap(), now, Duration::from_secs(60));
+    ent.tier = engine::model::Tier::Enterprise;
+    let parts: Vec<&str> = tampered.split('.').collect();
+    tampered = format!("{}.{}.{}", parts[0], base64url(&serde_json::to_vec(&ent).unwrap()), parts[2]);
+    let suspended = server
+        .dev_auth
+        .sign(&DevAuth::claims_for(accounts.get("u-suspended").unwrap(), now, Duration::from_secs(60)))
+        .unwrap();
+
+    for (what, t) in [
+        ("expired", expired.as_str()),
+        ("wrong key", &wrong_key),
+        ("alg none", &alg_none),
+        ("tampered tier", &tampered),
+        ("suspended", &suspended),
+        ("garbage", "not-a-jwt"),
+        ("missing", ""),
+    ] {
+        assert_eq!(refused_with(&server, t).await, 401, "{what}");
+    }
+    assert_eq!(refused_with(&server, &token(&server, "u-premium-1")).await, 101);
+    // Authorization: Bearer works as well as ?token=.
+    let mut req =
+        tungstenite::client::IntoClientRequest::into_client_request(format!("ws://{}/ws", server.http_addr))
+            .unwrap();
+    req.headers_mut()
+        .insert("Authorization", format!("Bearer {}", token(&server, "u-free-1")).parse().unwrap());
+    assert!(tokio_tungstenite::connect_async(req).await.is_ok());
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_messages_get_errors_and_bad_frames_the_right_close_code() {
+    let server = start(config()).await;
+    let tok = token(&server, "u-premium-1");
+
+    let mut c = Client::connect(&url(&server, &tok)).await;
+    for (text, code) in [
+        ("{", "bad_request"),
+        ("[1,2]", "bad_request"),
+        (r#"{"type":"DANCE"}"#, "unknown_type"),
+        (r#"{"type":"SUBSCRIBE","channel":"signals_premium","since":3}"#, "bad_request"),
+    ] {
+        c.ws.send(tungstenite::Message::text(text)).await.unwrap();
+        let e = c.next_of(&["ERROR"]).await;
+        assert_eq!(e["code"], code, "{text}");
+    }
+    // Exactly 4,096 bytes is allowed.
+    let mut ping = json!({"type": "PING", "pad": ""}).to_string();
+    ping.insert_str(ping.len() - 2, &"x".repeat(4_096 - ping.len()));
+    assert_eq!(ping.len(), 4_096);
+    c.ws.send(tungstenite::Message::text(ping)).await.unwrap();
+    assert_eq!(c.next_of(&["PONG"]).await["type"], "PONG", "the connection survived the errors");
+    c.ws.send(tungstenite::Message::text("x".repeat(4_097))).await.unwrap();
+    assert_eq!(c.close_code().await, Some(1009));
+
+    let mut c = Client::connect(&url(&server, &tok)).await;
+    c.ws.send(tungstenite::Message::binary(vec![1, 2, 3])).await.unwrap();
+    assert_eq!(c.close_code().await, Some(1003));
+
+    let mut c = Client::connect(&url(&server, &tok)).await;
+    for _ in 0..11 {
+        c.ws.send(tungstenite::Message::text("nope")).await.unwrap();
+    }
+    assert_eq!(c.close_code().await, Some(1008), "more than 10 ERRORs in 10 s");
+
+    let mut raw = RawClient::connect(server.http_addr, &tok, None).await;
+    raw.send_frame(0x1, &[b'"', 0xc3, 0x28, b'"'], true).await;
+    assert_eq!(raw.close_code().await, Some(1007));
+    let mut raw = RawClient::connect(server.http_addr, &tok, None).await;
+    raw.send_frame(0x1, br#"{"type":"PING"}"#, false).await;
+    assert_eq!(raw.close_code().await, Some(1002), "unmasked client frame");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_expire_unless_refreshed_and_silent_clients_time_out() {
+    let mut cfg = config();
+    cfg.heartbeat_timeout_secs = 2;
+    let server = start(cfg).await;
+    let accounts = Accounts::from_toml(gateway::config::fixtures::ACCOUNTS).unwrap();
+    let user = accounts.get("u-premium-1").unwrap();
+    let now = engine::model::UnixNanos::now().0 / 1_000_000_000;
+    let short = server.dev_auth.sign(&DevAuth::claims_for(user, now, Duration::from_secs(3))).unwrap();
+
+    // Refreshed in time: lives on.
+    let mut kept = Client::connect(&url(&server, &short)).await;
+    let warn = kept.next_of(&["SYSTEM_MESSAGE"]).await;
+    assert_eq!(warn["data"]["event"], "token_expiring");
+    kept.send(json!({"type": "REFRESH", "token": token(&server, "u-premium-1")})).await;
+    assert_eq!(kept.next_of(&["SYSTEM_MESSAGE"]).await["data"]["event"], "token_refreshed");
+    // A token of another user is refused.
+    kept.send(json!({"type": "REFRESH", "token": token(&server, "u-basic-1")})).await;
+    assert_eq!(kept.next_of(&["ERROR"]).await["code"], "forbidden");
+
+    // Not refreshed: 4001 at exp (both clients keep pinging, so the heartbeat rule
+    // does not close them first).
+    let mut lapsed = Client::connect(&url(&server, &short)).await;
+    let keepalive = tokio::spawn(async move {
+        for _ in 0..5 {
+            kept.send(json!({"type": "PING"})).await;
+            assert_eq!(
+                kept.next_of(&["PONG"]).await["type"],
+                "PONG",
+                "the refreshed connection outlives its first token"
+            );
+            tokio::time::sleep(Duration::from_millis(900)).await;
+        }
+    });
+    let code = loop {
+        let _ = lapsed.ws.send(tungstenite::Message::text(r#"{"type":"PING"}"#)).await;
+        match tokio::time::timeout(Duration::from_millis(700), futures_util::StreamExt::next(&mut lapsed.ws))
+            .await
+        {
+            Ok(Some(Ok(tungstenite::Message::Close(Some(f))))) => break Some(u16::from(f.code)),
+            Ok(Some(Ok(_))) | Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+            Ok(None) | Ok(Some(Err(_))) => break None,
+        }
+    };
+    assert_eq!(code, Some(4001));
+    keepalive.await.unwrap();
+
+    // Silent for more than the heartbeat timeout: 4004.
+    let mut silent = RawClient::connect(server.http_addr, &token(&server, "u-basic-1"), None).await;
+    assert_eq!(silent.close_code().await, Some(4004));
+    server.shutdown().await;
+}

@@ -1,0 +1,67 @@
+//! Disconnect, let signals pass, reconnect with `since` + `epoch`.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use engine::model::Category;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gap_is_replayed_inside_the_ring_and_refused_beyond_it() {
+    let mut cfg = config();
+    cfg.engine.ring_capacity = 20;
+    let server = start(cfg).await;
+    let tok = token(&server, "u-premium-1");
+    let p = producer(&server).await;
+
+    let mut c = Client::connect(&url(&server, &tok)).await;
+    let sub = c.subscribe("signals_premium").await;
+    let epoch = sub["epoch"].as_str().unwrap().to_owned();
+    for n in 1..=5 {
+        p.send_signal(&signal(n, 9_000, Category::Equity)).await.unwrap();
+    }
+    let seen = c.signals(5).await;
+    let last = seen[4]["seq"].as_u64().unwrap();
+    drop(c);
+
+    for n in 6..=15 {
+        p.send_signal(&signal(n, 9_000, Category::Equity)).await.unwrap();
+    }
+    p.flush().await.unwrap();
+    let mut c = Client::connect(&url(&server, &tok)).await;
+    c.send(json!({"type": "SUBSCRIBE", "channel": "signals_premium", "since": last, "epoch": epoch})).await;
+    let sub = c.next_of(&["SUBSCRIBED"]).await;
+    assert_eq!(
+        (sub["recovered"].as_bool(), sub["seq"].as_u64(), sub["epoch"].as_str()),
+        (Some(true), Some(15), Some(epoch.as_str()))
+    );
+    let replay = c.signals(10).await;
+    assert_eq!(
+        replay.iter().map(|m| m["seq"].as_u64().unwrap()).collect::<Vec<_>>(),
+        (6..=15).collect::<Vec<_>>()
+    );
+    assert_eq!(replay.iter().map(id_of).collect::<Vec<_>>(), (6..=15).collect::<Vec<_>>());
+    p.send_signal(&signal(16, 9_000, Category::Equity)).await.unwrap();
+    assert_eq!(c.signals(1).await[0]["seq"], 16, "live follows the replay without a gap");
+    drop(c);
+
+    // 30 more while away: the ring (20) no longer holds seq 17.
+    for n in 17..=46 {
+        p.send_signal(&signal(n, 9_000, Category::Equity)).await.unwrap();
+    }
+    p.flush().await.unwrap();
+    let mut c = Client::connect(&url(&server, &tok)).await;
+    c.send(json!({"type": "SUBSCRIBE", "channel": "signals_premium", "since": 16, "epoch": epoch})).await;
+    let sub = c.next_of(&["SUBSCRIBED"]).await;
+    assert_eq!((sub["recovered"].as_bool(), sub["seq"].as_u64()), (Some(false), Some(46)));
+    p.send_signal(&signal(47, 9_000, Category::Equity)).await.unwrap();
+    assert_eq!(c.signals(1).await[0]["seq"], 47, "only live messages follow");
+
+    // A stale epoch (an earlier run of the log) is never trusted.
+    c.send(json!({"type": "SUBSCRIBE", "channel": "signals_basic", "since": 1, "epoch": "0123456789abcdef"}))
+        .await;
+    let r = c.next_of(&["SUBSCRIBED", "ERROR"]).await;
+    assert_eq!(r["recovered"], false, "{r}");
+    server.shutdown().await;
+}

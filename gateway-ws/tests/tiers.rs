@@ -1,0 +1,163 @@
+//! Producer -> engine -> WebSocket clients of every tier: each gets exactly its tier's
+//! signals, enriched, in seq order; category masks and delays hold; refusals send no data.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::*;
+use engine::model::{Category, Tier, UnixNanos};
+use engine::policy::TierPolicy;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_tier_receives_exactly_its_signals_enriched_and_in_order() {
+    let server = start(config()).await;
+    let users = [
+        ("u-free-1", Tier::Free),
+        ("u-basic-1", Tier::Basic),
+        ("u-premium-1", Tier::Premium),
+        ("u-enterprise-1", Tier::Enterprise),
+    ];
+    let mut clients = Vec::new();
+    for (user, tier) in users {
+        let mut c = Client::connect(&url(&server, &token(&server, user))).await;
+        let sub = c.subscribe(&format!("signals_{tier}")).await;
+        assert_eq!(sub["type"], "SUBSCRIBED", "{sub}");
+        assert_eq!(sub["seq"], 0);
+        assert!(sub["epoch"].as_str().unwrap().len() == 16);
+        clients.push((c, tier));
+    }
+    // A basic user who only trades crypto, and a premium user without real-time access.
+    let mut crypto = Client::connect(&url(&server, &token(&server, "u-basic-crypto"))).await;
+    crypto.subscribe("signals_basic").await;
+    let mut delayed = Client::connect(&url(&server, &token(&server, "u-premium-delayed"))).await;
+    delayed.subscribe("signals_premium").await;
+
+    let p = producer(&server).await;
+    p.send_tick(&tick("RELIANCE", "NSE", "2456.80")).await.unwrap();
+    let confidences = [9_900, 9_000, 8_999, 8_500, 8_499, 7_600, 7_501, 7_500, 5_000, 9_300];
+    let categories = [Category::Equity, Category::Crypto, Category::Forex, Category::Commodity];
+    let mut sent = Vec::new();
+    for n in 0..40u128 {
+        let s = signal(n + 1, confidences[n as usize % 10], categories[n as usize % 4]);
+        p.send_signal(&s).await.unwrap();
+        sent.push(s);
+    }
+    p.flush().await.unwrap();
+    let policy = TierPolicy::from_toml(FAST_TIERS).unwrap();
+
+    for (c, tier) in &mut clients {
+        let expected: Vec<u128> = sent
+            .iter()
+            .filter(|s| policy.passes_global(s.confidence) && policy.admits(*tier, s.confidence))
+            .map(|s| s.id.as_u128())
+            .collect();
+        let got = c.signals(expected.len()).await;
+        assert_eq!(
+            got.iter().map(id_of).collect::<Vec<_>>(),
+            expected,
+            "{tier}: exactly its signals, in order"
+        );
+        for (i, m) in got.iter().enumerate() {
+            assert_eq!(m["channel"], format!("signals_{tier}"));
+            assert_eq!(m["seq"], i as u64 + 1, "{tier}: gap-free seq");
+            let s = sent.iter().find(|s| s.id.as_u128() == id_of(m)).unwrap();
+            assert_eq!(m["data"]["generated_at"], s.generated_at.as_micros(), "generated_at intact");
+            assert_eq!(m["data"]["entry_price"], "2456.7500");
+            if s.category == Category::Equity {
+                assert_eq!(m["data"]["market"]["last"], "2456.8000", "enriched with the RELIANCE tick");
+            } else {
+                assert!(m["data"]["market"].is_null());
+            }
+        }
+        c.no_signal_within(Duration::from_millis(300)).await;
+    }
+
+    // Category mask: crypto only, seq increasing but not contiguous.
+    let expected: Vec<u128> = sent
+        .iter()
+        .filter(|s| {
+            s.category == Category::Crypto
+                && policy.passes_global(s.confidence)
+                && policy.admits(Tier::Basic, s.confidence)
+        })
+        .map(|s| s.id.as_u128())
+        .collect();
+    let got = crypto.signals(expected.len()).await;
+    assert_eq!(got.iter().map(id_of).collect::<Vec<_>>(), expected);
+    assert!(got.windows(2).all(|w| w[0]["seq"].as_u64() < w[1]["seq"].as_u64()));
+    assert!(got.iter().all(|m| m["data"]["category"] == "crypto"));
+    crypto.no_signal_within(Duration::from_millis(200)).await;
+
+    // No real-time access: the delayed view, same seq, at least 1 s after ingest.
+    let got = delayed.signals(1).await;
+    let lag_us = UnixNanos::now().as_micros() - got[0]["data"]["ingest_ts"].as_i64().unwrap();
+    assert!(lag_us >= 1_000_000, "delivered {lag_us} µs after ingest");
+    assert_eq!(got[0]["seq"], 1);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_subscriptions_get_an_error_and_never_a_byte_of_data() {
+    let server = start(config()).await;
+    let mut c = Client::connect(&url(&server, &token(&server, "u-basic-1"))).await;
+    for (channel, code) in [
+        ("signals_premium", "forbidden"),
+        ("signals_enterprise", "forbidden"),
+        ("user_u-premium-1", "forbidden"),
+        ("signals_gold", "unknown_channel"),
+    ] {
+        let r = c.subscribe(channel).await;
+        assert_eq!((r["type"].as_str(), r["code"].as_str()), (Some("ERROR"), Some(code)), "{channel}: {r}");
+        assert_eq!(r["channel"], channel);
+    }
+    assert_eq!(c.subscribe("user_u-basic-1").await["type"], "SUBSCRIBED");
+    let p = producer(&server).await;
+    for n in 1..=10 {
+        // 80.00: premium and enterprise only.
+        p.send_signal(&signal(n, 8_000, Category::Equity)).await.unwrap();
+    }
+    p.flush().await.unwrap();
+    c.no_signal_within(Duration::from_millis(500)).await;
+
+    // The connection stays usable after ERRORs, and unsubscribing works.
+    c.send(json!({"type": "PING"})).await;
+    assert_eq!(c.next_of(&["PONG"]).await["type"], "PONG");
+    c.send(json!({"type": "UNSUBSCRIBE", "channel": "user_u-basic-1"})).await;
+    let u = c.next_of(&["UNSUBSCRIBED"]).await;
+    assert_eq!((u["channel"].as_str(), u["reason"].as_str()), (Some("user_u-basic-1"), Some("client")));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daily_quota_stops_deliveries_and_tells_the_user() {
+    let server = start(config()).await;
+    // u-premium-capped: 5 signals a day.
+    let mut c = Client::connect(&url(&server, &token(&server, "u-premium-capped"))).await;
+    c.subscribe("user_u-premium-capped").await;
+    c.subscribe("signals_premium").await;
+    let p = producer(&server).await;
+    for n in 1..=8 {
+        p.send_signal(&signal(n, 9_500, Category::Forex)).await.unwrap();
+    }
+    p.flush().await.unwrap();
+    let mut got = BTreeSet::new();
+    let mut notice = None;
+    while got.len() < 5 || notice.is_none() {
+        let m = c.next_of(&["SIGNAL_UPDATE", "NOTIFICATION"]).await;
+        if m["type"] == "NOTIFICATION" {
+            notice = Some(m);
+        } else {
+            got.insert(id_of(&m));
+        }
+    }
+    assert_eq!(got, (1..=5).collect());
+    let notice = notice.unwrap();
+    assert_eq!(notice["channel"], "user_u-premium-capped");
+    assert_eq!(notice["data"]["event"], "quota_exhausted");
+    c.no_signal_within(Duration::from_millis(300)).await;
+    server.shutdown().await;
+}
