@@ -161,3 +161,80 @@ async fn daily_quota_stops_deliveries_and_tells_the_user() {
     c.no_signal_within(Duration::from_millis(300)).await;
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prices_are_conflated_per_symbol_and_end_on_the_latest_tick() {
+    let server = start(config()).await;
+    let p = producer(&server).await;
+    p.send_tick(&tick("GOLD", "MCX", "72000")).await.unwrap();
+    p.send_signal(&signal(1, 9_000, Category::Commodity)).await.unwrap();
+    p.flush().await.unwrap();
+    let mut c = Client::connect(&url(&server, &token(&server, "u-free-1"))).await;
+    assert_eq!(c.subscribe("prices_general").await["type"], "SUBSCRIBED");
+    let first = c.next_of(&["PRICE_UPDATE"]).await;
+    assert_eq!(
+        (first["data"]["symbol"].as_str(), first["data"]["last"].as_str()),
+        (Some("GOLD"), Some("72000.0000")),
+        "the latest price first"
+    );
+
+    // A burst of 500 ticks for one symbol: the client gets the latest, not a backlog.
+    for i in 1..=500 {
+        p.send_tick(&tick("GOLD", "MCX", &format!("{}", 72_000 + i))).await.unwrap();
+    }
+    p.send_signal(&signal(2, 9_000, Category::Commodity)).await.unwrap();
+    p.flush().await.unwrap();
+    let mut updates = 0;
+    loop {
+        let m = c.next_of(&["PRICE_UPDATE"]).await;
+        updates += 1;
+        if m["data"]["last"] == "72500.0000" {
+            break;
+        }
+    }
+    assert!(updates < 100, "{updates} updates for 500 ticks: conflated");
+    assert!(
+        c.try_next(std::time::Duration::from_millis(200)).await.is_none(),
+        "nothing after the latest price"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_metrics_endpoints_answer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = start(config()).await;
+    let get = |path: &'static str| {
+        let addr = server.http_addr;
+        async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.unwrap();
+            out
+        }
+    };
+    assert!(get("/health/live").await.starts_with("HTTP/1.1 200"));
+    assert!(get("/health/ready").await.starts_with("HTTP/1.1 200"));
+    assert!(get("/ws").await.starts_with("HTTP/1.1 426"), "a plain GET on /ws is told to upgrade");
+    assert!(get("/nope").await.starts_with("HTTP/1.1 404"));
+    let mut c = Client::connect(&url(&server, &token(&server, "u-premium-1"))).await;
+    c.subscribe("signals_premium").await;
+    let p = producer(&server).await;
+    p.send_signal(&signal(1, 9_000, Category::Equity)).await.unwrap();
+    c.signals(1).await;
+    let metrics = get("/metrics").await;
+    for line in [
+        "signalcast_connections{tier=\"premium\"} 1",
+        "signalcast_signals_delivered_total{tier=\"premium\"} 1",
+        "signalcast_drops_total{reason=\"below_confidence\"} 0",
+        "signalcast_feed_producers_connected 1",
+        "signalcast_slow_consumer_closes_total 0",
+        "signalcast_delivery_latency_seconds_count 1",
+    ] {
+        assert!(metrics.contains(line), "missing {line:?} in\n{metrics}");
+    }
+    server.shutdown().await;
+}
