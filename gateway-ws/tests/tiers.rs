@@ -238,3 +238,40 @@ async fn health_and_metrics_endpoints_answer() {
     }
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_with_fewer_rights_applies_at_once() {
+    let server = start(config()).await;
+    let accounts = gateway::auth::Accounts::from_toml(gateway::config::fixtures::ACCOUNTS).unwrap();
+    let user = accounts.get("u-premium-1").unwrap();
+    let mut c = Client::connect(&url(&server, &token(&server, "u-premium-1"))).await;
+    c.subscribe("signals_premium").await;
+    c.subscribe("signals_basic").await;
+    let p = producer(&server).await;
+    p.send_signal(&signal(1, 9_000, Category::Equity)).await.unwrap();
+    assert_eq!(c.signals(2).await.iter().map(id_of).collect::<Vec<_>>(), vec![1, 1]);
+
+    // Downgraded to basic, and no more real-time access.
+    let now = UnixNanos::now().0 / 1_000_000_000;
+    let mut claims = gateway::auth::DevAuth::claims_for(user, now, Duration::from_secs(3600));
+    claims.tier = Tier::Basic;
+    claims.rt = false;
+    c.send(json!({"type": "REFRESH", "token": server.dev_auth.sign(&claims).unwrap()})).await;
+    let e = c.next_of(&["ERROR"]).await;
+    assert_eq!((e["code"].as_str(), e["channel"].as_str()), (Some("forbidden"), Some("signals_premium")));
+    let u = c.next_of(&["UNSUBSCRIBED"]).await;
+    assert_eq!((u["channel"].as_str(), u["reason"].as_str()), (Some("signals_premium"), Some("entitlement")));
+
+    p.send_signal(&signal(2, 9_000, Category::Equity)).await.unwrap();
+    let got = c.signals(1).await;
+    assert_eq!(
+        (got[0]["channel"].as_str(), id_of(&got[0])),
+        (Some("signals_basic"), 2),
+        "premium is gone, basic goes on"
+    );
+    let lag_us = UnixNanos::now().as_micros() - got[0]["data"]["ingest_ts"].as_i64().unwrap();
+    assert!(lag_us >= 1_000_000, "now served from the delayed view ({lag_us} µs)");
+    assert_eq!(got[0]["seq"], 2, "same seq numbering, nothing repeated");
+    c.no_signal_within(Duration::from_millis(1_500)).await;
+    server.shutdown().await;
+}

@@ -46,19 +46,7 @@ impl Message {
         scratch.push(meta.category.code());
         let header_at = FRAME;
         scratch.resize(FRAME, 0);
-        // FIN + text opcode, then the payload length in the shortest form.
-        scratch.push(0x81);
-        match json.len() {
-            n if n < 126 => scratch.push(n as u8),
-            n if n <= usize::from(u16::MAX) => {
-                scratch.push(126);
-                scratch.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                scratch.push(127);
-                scratch.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
+        frame_header(scratch, 0x1, json.len());
         scratch[JSON_AT] = (scratch.len() - header_at) as u8;
         scratch.extend_from_slice(json);
         Self(Arc::from(&scratch[..]))
@@ -110,6 +98,23 @@ impl Message {
     /// The JSON text (the frame's payload).
     pub fn json(&self) -> &[u8] {
         &self.0[FRAME + usize::from(self.0[JSON_AT])..]
+    }
+}
+
+/// Appends a server frame header (RFC 6455 §5.2): FIN, `opcode`, no mask, and the
+/// payload length in its shortest form.
+pub fn frame_header(out: &mut Vec<u8>, opcode: u8, len: usize) {
+    out.push(0x80 | opcode);
+    match len {
+        n if n < 126 => out.push(n as u8),
+        n if n <= usize::from(u16::MAX) => {
+            out.push(126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
     }
 }
 

@@ -11,7 +11,7 @@ mod message;
 mod name;
 
 pub use log::{ChannelLog, Epoch, ReadError, Resume, Subscription};
-pub use message::{Message, MessageMeta};
+pub use message::{Message, MessageMeta, frame_header};
 pub use name::{ChannelName, ChannelNameError};
 
 use tokio::sync::watch;

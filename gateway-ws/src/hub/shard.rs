@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use engine::Engine;
-use engine::channels::{ChannelLog, ChannelName, ChannelSet, Message, Resume};
+use engine::channels::{ChannelLog, ChannelName, ChannelSet, Message, Resume, Subscription};
 use engine::model::{CategoryMask, Tier, UnixNanos};
 use engine::policy::TierPolicy;
 use engine::ticks::TickBook;
@@ -281,8 +281,14 @@ impl Shard {
         outbox.push_text(&protocol::subscribed_signals(channel, sub.epoch, sub.head, sub.recovered));
         // The replay holds `since+1 ..= head`; live reading then goes on after head.
         let since = resume.filter(|_| sub.recovered == Some(true)).map_or(sub.head, |r| r.since);
-        let mut entry =
-            Sub { conn: id, outbox, categories, quota, limit, skip_until: since, last_seq: since };
+        let entry = Sub { conn: id, outbox, categories, quota, limit, skip_until: since, last_seq: since };
+        self.install(id, idx, tier, entry, &sub);
+        self.remove_overflowed();
+    }
+
+    /// Replays `sub` to `entry` (which skips what it has seen), then makes it a live
+    /// subscriber of log `idx` after the subscription's head.
+    fn install(&mut self, id: ConnId, idx: usize, tier: Tier, mut entry: Sub, sub: &Subscription) {
         let today = utc_day(UnixNanos::now().0);
         for m in &sub.replay {
             if deliver(&mut entry, idx, m, tier, today) == Delivery::Overflow {
@@ -290,8 +296,8 @@ impl Shard {
                 break;
             }
         }
-        entry.skip_until = sub.head;
-        entry.last_seq = entry.last_seq.max(sub.head);
+        entry.skip_until = entry.skip_until.max(sub.head);
+        entry.last_seq = entry.last_seq.max(entry.skip_until);
         if self.subs[idx].is_empty() {
             // Nobody on this shard read this log: start from the subscription's head.
             self.cursors[idx] = sub.cursor;
@@ -300,7 +306,6 @@ impl Shard {
         if let Some(c) = self.conns.get_mut(&id) {
             c.signals.insert(tier, idx);
         }
-        self.remove_overflowed();
     }
 
     fn remove_signal_sub(&mut self, id: ConnId, tier: Tier) -> Option<Sub> {
@@ -377,28 +382,13 @@ impl Shard {
             let Some(log) = log_of(&channels, idx) else { continue };
             let sub = log.subscribe(Some(Resume { since: old.last_seq, epoch: log.epoch() }));
             let seen = old.last_seq;
-            let mut entry = Sub {
+            let entry = Sub {
                 categories: session.categories,
                 limit: self.limit_for(&session),
                 skip_until: seen,
                 ..old
             };
-            let today = utc_day(UnixNanos::now().0);
-            for m in &sub.replay {
-                if deliver(&mut entry, idx, m, tier, today) == Delivery::Overflow {
-                    self.overflowed.push(id);
-                    break;
-                }
-            }
-            entry.skip_until = sub.head.max(seen);
-            entry.last_seq = entry.last_seq.max(entry.skip_until);
-            if self.subs[idx].is_empty() {
-                self.cursors[idx] = sub.cursor;
-            }
-            self.subs[idx].push(entry);
-            if let Some(c) = self.conns.get_mut(&id) {
-                c.signals.insert(tier, idx);
-            }
+            self.install(id, idx, tier, entry, &sub);
         }
         self.remove_overflowed();
     }

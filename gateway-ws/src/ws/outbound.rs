@@ -2,20 +2,7 @@
 
 use super::CloseCode;
 
-fn header(out: &mut Vec<u8>, opcode: u8, len: usize) {
-    out.push(0x80 | opcode);
-    match len {
-        n if n < 126 => out.push(n as u8),
-        n if n <= usize::from(u16::MAX) => {
-            out.push(126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-}
+use engine::channels::frame_header as header;
 
 /// A text frame around `text`.
 pub fn text(text: &[u8]) -> Vec<u8> {
