@@ -245,6 +245,7 @@ async fn a_refresh_with_fewer_rights_applies_at_once() {
     let accounts = gateway::auth::Accounts::from_toml(gateway::config::fixtures::ACCOUNTS).unwrap();
     let user = accounts.get("u-premium-1").unwrap();
     let mut c = Client::connect(&url(&server, &token(&server, "u-premium-1"))).await;
+    c.subscribe("user_u-premium-1").await;
     c.subscribe("signals_premium").await;
     c.subscribe("signals_basic").await;
     let p = producer(&server).await;
@@ -257,6 +258,12 @@ async fn a_refresh_with_fewer_rights_applies_at_once() {
     claims.tier = Tier::Basic;
     claims.rt = false;
     c.send(json!({"type": "REFRESH", "token": server.dev_auth.sign(&claims).unwrap()})).await;
+    let upd = c.next_of(&["USER_UPDATE"]).await;
+    assert_eq!(
+        (upd["channel"].as_str(), upd["data"]["tier"].as_str()),
+        (Some("user_u-premium-1"), Some("basic"))
+    );
+    assert_eq!(upd["data"]["real_time"], false);
     let e = c.next_of(&["ERROR"]).await;
     assert_eq!((e["code"].as_str(), e["channel"].as_str()), (Some("forbidden"), Some("signals_premium")));
     let u = c.next_of(&["UNSUBSCRIBED"]).await;

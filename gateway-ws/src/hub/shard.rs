@@ -362,6 +362,22 @@ impl Shard {
         outbox.push_text(&protocol::system(
             json!({"event": "token_refreshed", "token_expires_at": session.expires_at}),
         ));
+        if c.user_channel {
+            let categories: Vec<&str> = engine::model::Category::ALL
+                .iter()
+                .filter(|k| session.categories.contains(**k))
+                .map(|k| k.as_str())
+                .collect();
+            outbox.push_text(&protocol::user_update(
+                &session.user_id,
+                json!({
+                    "tier": session.tier.as_str(),
+                    "categories": categories,
+                    "real_time": session.real_time,
+                    "max_signals_per_day": self.limit_for(&session),
+                }),
+            ));
+        }
         for tier in tiers {
             let channel = ChannelName::Signals(tier);
             let Some(old) = self.remove_signal_sub(id, tier) else { continue };

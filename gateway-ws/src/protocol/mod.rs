@@ -171,6 +171,11 @@ pub fn system(data: serde_json::Value) -> Vec<u8> {
     text(&json!({"type": "SYSTEM_MESSAGE", "data": data}))
 }
 
+/// A USER_UPDATE on `user_<id>`: the entitlements now in force.
+pub fn user_update(user: &str, data: serde_json::Value) -> Vec<u8> {
+    text(&json!({"type": "USER_UPDATE", "channel": format!("user_{user}"), "data": data}))
+}
+
 /// A NOTIFICATION on `user_<id>`.
 pub fn notification(user: &str, data: serde_json::Value) -> Vec<u8> {
     text(&json!({"type": "NOTIFICATION", "channel": format!("user_{user}"), "data": data}))
