@@ -57,7 +57,7 @@ pub struct TlsConfig {
     pub key: PathBuf,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// HS256 secret of the embedded default. Public: dev only.
@@ -101,6 +101,15 @@ impl Default for Config {
             engine: EngineConfig::default(),
             feed: FeedConfig::default(),
         }
+    }
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("dev_secret", &"<redacted>")
+            .field("token_ttl_secs", &self.token_ttl_secs)
+            .finish()
     }
 }
 

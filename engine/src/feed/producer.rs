@@ -25,7 +25,7 @@ use super::codec::{
 use crate::model::{Signal, Tick, UnixNanos};
 
 /// How to reach the engine and how patient to be.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ProducerConfig {
     /// `host:port` of the engine's feed.
     pub addr: String,
@@ -40,6 +40,17 @@ pub struct ProducerConfig {
     /// Signals are checked before sending with this `analysis` limit, so that a bad
     /// signal is refused at the caller instead of closing the connection.
     pub max_analysis_bytes: usize,
+}
+
+impl std::fmt::Debug for ProducerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("ProducerConfig")
+            .field("addr", &self.addr)
+            .field("producer_id", &self.producer_id)
+            .field("max_in_flight", &self.max_in_flight)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ProducerConfig {
