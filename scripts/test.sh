@@ -21,6 +21,9 @@ if ! python3 -c 'import websockets' >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check websockets
 fi
 python3 -c 'import websockets; print("python websockets", websockets.__version__)'
+# The bench's peer smoke test runs against NATS, nginx + nchan and Node ws.
+bash bench/peers/peers.sh install
+bash bench/peers/peers.sh status
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -1,0 +1,18 @@
+//! signalcast-bench: signalcast against the servers people would pick instead, on the
+//! same machine, in the same run.
+//!
+//! - [`targets`]: the servers (signalcast, the raw reference, Node ws, NATS, nchan):
+//!   start, subscribe, publish.
+//! - [`worker`]: a client process holding thousands of subscribers and recording
+//!   producer-send to client-receive latency in an HDR histogram.
+//! - [`run`]: measured windows: publish at a rate, count every delivery, CPU and RSS.
+//! - [`reference`]: the pre-framed broadcast server that sits on the kernel's floor.
+//! - [`report`]: tables, JSON, SVG charts, docs/PERFORMANCE.md.
+
+pub mod proto;
+pub mod reference;
+pub mod report;
+pub mod run;
+pub mod stats;
+pub mod targets;
+pub mod worker;

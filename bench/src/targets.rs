@@ -1,0 +1,383 @@
+//! The servers under test: how to start them, how a client subscribes, how to publish.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use engine::feed::{Producer, ProducerConfig};
+use engine::model::{
+    Analysis, Category, Confidence, Exchange, Price, Signal, SignalType, SourceType, Symbol, UnixNanos,
+};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::process::{Child, Command};
+
+/// A server under test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Target {
+    /// signalcast: TCP feed in, JWT-authenticated WebSocket clients out, tiers on.
+    Signalcast,
+    /// The raw pre-framed broadcast reference (the floor).
+    Reference,
+    /// Node.js 20 + npm ws 8.23.
+    NodeWs,
+    /// nats-server with its websocket listener.
+    Nats,
+    /// nginx with the nchan module.
+    Nchan,
+}
+
+impl Target {
+    pub const ALL: [Self; 5] = [Self::Signalcast, Self::Reference, Self::NodeWs, Self::Nats, Self::Nchan];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Signalcast => "signalcast",
+            Self::Reference => "reference",
+            Self::NodeWs => "node-ws",
+            Self::Nats => "nats",
+            Self::Nchan => "nchan",
+        }
+    }
+
+    fn peer(self) -> Option<&'static str> {
+        match self {
+            Self::NodeWs => Some("node-ws"),
+            Self::Nats => Some("nats"),
+            Self::Nchan => Some("nchan"),
+            Self::Signalcast | Self::Reference => None,
+        }
+    }
+}
+
+/// Where and how a client subscribes (passed to worker processes as JSON).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub target: Target,
+    pub addr: SocketAddr,
+    pub path: String,
+}
+
+/// A running server under test.
+#[derive(Debug)]
+pub struct Server {
+    pub target: Target,
+    pub endpoint: Endpoint,
+    /// Where publishers connect.
+    pub publish: SocketAddr,
+    /// Root of the server's process tree (for CPU and RSS).
+    pub pid: u32,
+    child: Option<Child>,
+}
+
+static EXE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// The `signalcast-bench` binary that runs servers and workers. Tests, whose own
+/// executable is the test harness, point this at `CARGO_BIN_EXE_signalcast-bench`.
+pub fn set_exe(path: impl Into<PathBuf>) {
+    let _ = EXE.set(path.into());
+}
+
+pub fn exe() -> std::io::Result<PathBuf> {
+    match EXE.get() {
+        Some(p) => Ok(p.clone()),
+        None => std::env::current_exe(),
+    }
+}
+
+/// The folder of the peers' configs and script.
+pub fn peers_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers")
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+async fn wait_port(addr: SocketAddr) -> anyhow::Result<()> {
+    for _ in 0..200 {
+        if TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("{addr} did not open")
+}
+
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// A premium dev token (quota 2,000 a day, categories on): signalcast serves its bench
+/// clients with every tier feature in force.
+pub fn bench_token() -> anyhow::Result<String> {
+    let auth = gateway::server::dev_auth(&gateway::Config::default())?;
+    Ok(auth.mint("u-premium-1", Duration::from_secs(24 * 3600))?)
+}
+
+impl Server {
+    /// Starts `target` (signalcast and the reference as child processes of this
+    /// binary, peers through `peers/peers.sh`).
+    pub async fn start(target: Target) -> anyhow::Result<Self> {
+        let exe = exe()?;
+        let (endpoint, publish, child, pid) = match target {
+            Target::Signalcast | Target::Reference => {
+                let (ws, publish) = (free_port()?, free_port()?);
+                let sub = if target == Target::Signalcast { "serve-signalcast" } else { "serve-reference" };
+                let child = Command::new(exe)
+                    .args([sub, "--ws", &local(ws).to_string(), "--publish", &local(publish).to_string()])
+                    .stdout(std::process::Stdio::null())
+                    .kill_on_drop(true)
+                    .spawn()?;
+                let pid = child.id().context("child pid")?;
+                wait_port(local(ws)).await?;
+                wait_port(local(publish)).await?;
+                let path = if target == Target::Signalcast {
+                    format!("/ws?token={}", bench_token()?)
+                } else {
+                    "/".into()
+                };
+                (Endpoint { target, addr: local(ws), path }, local(publish), Some(child), pid)
+            }
+            peer => {
+                let name = peer.peer().context("peer")?;
+                let ok = Command::new("bash")
+                    .arg(peers_dir().join("peers.sh"))
+                    .args(["start", name])
+                    .status()
+                    .await?;
+                if !ok.success() {
+                    bail!("{name} is not available (bench/peers/peers.sh install)");
+                }
+                let pid: u32 =
+                    std::fs::read_to_string(peers_dir().join(name).join("run/pid"))?.trim().parse()?;
+                let (ws, path, publish) = match peer {
+                    Target::NodeWs => (8084, "/bench".to_owned(), 9084),
+                    Target::Nats => (8081, "/".to_owned(), 4222),
+                    _ => (8082, "/sub/bench".to_owned(), 8082),
+                };
+                (Endpoint { target, addr: local(ws), path }, local(publish), None, pid)
+            }
+        };
+        Ok(Self { target, endpoint, publish, pid, child })
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill().await;
+        } else if let Some(name) = self.target.peer() {
+            let _ =
+                Command::new("bash").arg(peers_dir().join("peers.sh")).args(["stop", name]).status().await;
+        }
+    }
+
+    /// Waits until the server has registered `n` subscribers, where it can tell
+    /// (nchan registers WebSocket subscribers asynchronously).
+    pub async fn settle(&self, n: usize) {
+        if self.target != Target::Nchan {
+            return;
+        }
+        for _ in 0..300 {
+            if nchan_subscribers().await.unwrap_or(0) >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+async fn nchan_subscribers() -> anyhow::Result<usize> {
+    let mut s = TcpStream::connect(local(8082)).await?;
+    s.write_all(b"GET /nchan_status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await?;
+    let line = out.lines().find(|l| l.starts_with("subscribers:")).context("no subscribers line")?;
+    Ok(line.trim_start_matches("subscribers:").trim().parse()?)
+}
+
+/// A peer message of `size` bytes that carries its send time like signalcast's does.
+pub fn peer_payload(seq: u64, size: usize) -> Vec<u8> {
+    let head = format!(
+        r#"{{"type":"SIGNAL_UPDATE","channel":"signals_premium","seq":{seq},"data":{{"sent_ts":{},"pad":""#,
+        crate::proto::now_us()
+    );
+    let tail = "\"}}";
+    let pad = size.saturating_sub(head.len() + tail.len());
+    let mut v = Vec::with_capacity(size);
+    v.extend_from_slice(head.as_bytes());
+    v.resize(v.len() + pad, b'x');
+    v.extend_from_slice(tail.as_bytes());
+    v
+}
+
+/// Publishes messages into a target.
+#[derive(Debug)]
+pub enum Publisher {
+    Signalcast {
+        producer: Producer,
+        template: Box<Signal>,
+        nonce: u128,
+    },
+    Lines {
+        stream: TcpStream,
+        prefix: &'static [u8],
+    },
+    /// NATS and nchan answer the publisher (INFO and PONG; HTTP responses): a task
+    /// reads and discards that so the server never blocks on us.
+    Nats {
+        stream: OwnedWriteHalf,
+        _drain: Drain,
+    },
+    Nchan {
+        stream: OwnedWriteHalf,
+        _drain: Drain,
+    },
+}
+
+/// The signal the bench publishes into signalcast: passes every tier, equity (in the
+/// bench user's categories), with `analysis` padding so the SIGNAL_UPDATE is about
+/// `size` bytes. Returns the signal and the size clients will actually see.
+pub fn bench_signal(size: usize) -> (Signal, usize) {
+    let now = UnixNanos::now();
+    let mut s = Signal {
+        id: uuid::Uuid::nil(),
+        source_id: uuid::Uuid::from_u128(0xbe7c4),
+        source_type: SourceType::Algorithm,
+        symbol: Symbol::new("RELIANCE").unwrap_or_else(|_| unreachable!()),
+        exchange: Exchange::new("NSE").unwrap_or_else(|_| unreachable!()),
+        category: Category::Equity,
+        signal_type: SignalType::Buy,
+        entry_price: Price::from_raw(24_567_500).unwrap_or_default(),
+        target_price: Price::from_raw(25_200_000).unwrap_or_default(),
+        stop_loss: Price::from_raw(24_200_000).unwrap_or_default(),
+        quantity_recommended: Some(50),
+        confidence: Confidence::new(9_500).unwrap_or(Confidence::MAX),
+        generated_at: now,
+        expires_at: now.plus_nanos(24 * 3_600_000_000_000),
+        analysis: None,
+    };
+    let mut data = Vec::new();
+    engine::pipeline::encode::signal_data(&mut data, &s, None, now, now, Some(now));
+    let mut text = Vec::new();
+    engine::pipeline::encode::signal_update(&mut text, "signals_premium", 1_000_000, &data);
+    let base = text.len();
+    if size > base + 2 {
+        // `null` becomes `"xxx…"`: 2 quotes + k bytes instead of 4.
+        let k = size - base + 2;
+        s.analysis = Analysis::from_json(format!("\"{}\"", "x".repeat(k))).ok();
+        return (s, size);
+    }
+    (s, base)
+}
+
+/// Aborts its task when dropped.
+#[derive(Debug)]
+pub struct Drain(tokio::task::JoinHandle<()>);
+
+impl Drop for Drain {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn drained(addr: SocketAddr) -> anyhow::Result<(OwnedWriteHalf, Drain)> {
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (mut rd, wr) = stream.into_split();
+    let task = tokio::spawn(async move {
+        let mut sink = vec![0u8; 64 * 1024];
+        while matches!(rd.read(&mut sink).await, Ok(n) if n > 0) {}
+    });
+    Ok((wr, Drain(task)))
+}
+
+impl Publisher {
+    pub async fn connect(server: &Server, size: usize) -> anyhow::Result<Self> {
+        Ok(match server.target {
+            Target::Signalcast => {
+                let cfg =
+                    ProducerConfig::new(server.publish.to_string(), "bench", "dev-bench-1234567890abcdef");
+                let producer = Producer::connect(cfg).await?;
+                producer
+                    .send_tick(&engine::model::Tick {
+                        symbol: Symbol::new("RELIANCE")?,
+                        exchange: Exchange::new("NSE")?,
+                        bid: Price::from_raw(24_567_000).unwrap_or_default(),
+                        ask: Price::from_raw(24_568_000).unwrap_or_default(),
+                        last: Price::from_raw(24_567_500).unwrap_or_default(),
+                        volume: 1_000,
+                        ts: UnixNanos::now(),
+                    })
+                    .await?;
+                let nonce = u128::from(UnixNanos::now().0 as u64) << 64;
+                Self::Signalcast { producer, template: Box::new(bench_signal(size).0), nonce }
+            }
+            Target::Reference => {
+                Self::Lines { stream: TcpStream::connect(server.publish).await?, prefix: b"" }
+            }
+            Target::NodeWs => {
+                Self::Lines { stream: TcpStream::connect(server.publish).await?, prefix: b"bench " }
+            }
+            Target::Nats => {
+                let (stream, drain) = drained(server.publish).await?;
+                let mut p = Self::Nats { stream, _drain: drain };
+                if let Self::Nats { stream, .. } = &mut p {
+                    stream.write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\n").await?;
+                }
+                p
+            }
+            Target::Nchan => {
+                let (stream, drain) = drained(server.publish).await?;
+                Self::Nchan { stream, _drain: drain }
+            }
+        })
+    }
+
+    /// Publishes message `seq` of `size` bytes, stamped now.
+    pub async fn publish(&mut self, seq: u64, size: usize) -> anyhow::Result<()> {
+        match self {
+            Self::Signalcast { producer, template, nonce } => {
+                let mut s = (**template).clone();
+                s.id = uuid::Uuid::from_u128(*nonce | u128::from(seq));
+                // The producer stamps its send time when it writes the frame.
+                producer.send_signal(&s).await?;
+            }
+            Self::Lines { stream, prefix } => {
+                let mut line = prefix.to_vec();
+                line.extend_from_slice(&peer_payload(seq, size));
+                line.push(b'\n');
+                stream.write_all(&line).await?;
+            }
+            Self::Nats { stream, .. } => {
+                let p = peer_payload(seq, size);
+                let mut msg = format!("PUB bench.ch1 {}\r\n", p.len()).into_bytes();
+                msg.extend_from_slice(&p);
+                msg.extend_from_slice(b"\r\n");
+                stream.write_all(&msg).await?;
+            }
+            Self::Nchan { stream, .. } => {
+                let p = peer_payload(seq, size);
+                let mut req = format!(
+                    "POST /pub/bench HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                    p.len()
+                )
+                .into_bytes();
+                req.extend_from_slice(&p);
+                stream.write_all(&req).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until everything published is in the server (signalcast: acknowledged).
+    pub async fn flush(&mut self) -> anyhow::Result<()> {
+        if let Self::Signalcast { producer, .. } = self {
+            producer.flush().await?;
+        }
+        Ok(())
+    }
+}

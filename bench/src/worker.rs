@@ -1,0 +1,251 @@
+//! A client worker process: holds many subscriber connections and records, for every
+//! message, now minus the send time the message carries.
+//!
+//! The orchestrator (`run`) talks to it over stdin/stdout, one line each way:
+//! `READY {…}` once connected, then `RESET` (forget what was recorded), `REPORT`
+//! (print `REPORT {…}` and reset) and `STOP` (report and exit).
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+
+use crate::proto::{client_frame, next_frame, now_us, sent_us, ws_connect};
+use crate::targets::{Endpoint, Target};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WorkerSpec {
+    pub endpoint: Endpoint,
+    pub conns: usize,
+    /// Connection attempts in flight at once.
+    pub concurrency: usize,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Ready {
+    pub connected: usize,
+    pub failed: usize,
+    pub connect_secs: f64,
+    pub first_error: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Report {
+    pub received: u64,
+    /// Connections that ended during the window (closed by the server or failed).
+    pub lost_conns: usize,
+    /// (latency µs, count) pairs of the window's HDR histogram.
+    pub hist: Vec<(u64, u64)>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    hist: Histogram<u64>,
+    received: u64,
+    lost: usize,
+}
+
+/// Latencies from 1 µs to 60 s at 3 significant digits.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|_| unreachable!("valid bounds"))
+}
+
+pub fn run(spec: WorkerSpec) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let shared = Rc::new(RefCell::new(Shared { hist: histogram(), received: 0, lost: 0 }));
+        let started = Instant::now();
+        let sem = Rc::new(tokio::sync::Semaphore::new(spec.concurrency.max(1)));
+        let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel::<Result<(), String>>();
+        for _ in 0..spec.conns {
+            let (ep, shared, sem, ready) =
+                (spec.endpoint.clone(), Rc::clone(&shared), Rc::clone(&sem), ready_tx.clone());
+            tokio::task::spawn_local(async move {
+                let permit = sem.acquire().await;
+                let conn = subscribe(&ep).await;
+                drop(permit);
+                match conn {
+                    Ok(c) => {
+                        let _ = ready.send(Ok(()));
+                        c.read_loop(&ep, &shared).await;
+                        shared.borrow_mut().lost += 1;
+                    }
+                    Err(e) => {
+                        let _ = ready.send(Err(e.to_string()));
+                    }
+                }
+            });
+        }
+        let mut ready = Ready::default();
+        while ready.connected + ready.failed < spec.conns {
+            match ready_rx.recv().await {
+                Some(Ok(())) => ready.connected += 1,
+                Some(Err(e)) => {
+                    ready.failed += 1;
+                    ready.first_error.get_or_insert(e);
+                }
+                None => break,
+            }
+        }
+        ready.connect_secs = started.elapsed().as_secs_f64();
+        say(&format!("READY {}", serde_json::to_string(&ready)?));
+        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+        while let Some(line) = lines.next_line().await? {
+            let mut s = shared.borrow_mut();
+            match line.trim() {
+                "RESET" => {
+                    s.hist.reset();
+                    s.received = 0;
+                    s.lost = 0;
+                }
+                cmd @ ("REPORT" | "STOP") => {
+                    let report = Report {
+                        received: s.received,
+                        lost_conns: s.lost,
+                        hist: s
+                            .hist
+                            .iter_recorded()
+                            .map(|v| (v.value_iterated_to(), v.count_at_value()))
+                            .collect(),
+                    };
+                    s.hist.reset();
+                    s.received = 0;
+                    s.lost = 0;
+                    say(&format!("REPORT {}", serde_json::to_string(&report)?));
+                    if cmd == "STOP" {
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    })
+}
+
+#[allow(clippy::print_stdout)]
+fn say(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+struct Conn {
+    stream: tokio::net::TcpStream,
+    buf: BytesMut,
+}
+
+/// Reads whole frames until `done` says a frame completes the subscribe step.
+async fn read_until(c: &mut Conn, mut done: impl FnMut(u8, &[u8]) -> bool) -> std::io::Result<()> {
+    loop {
+        while let Some((op, start, end)) = next_frame(&c.buf) {
+            let hit = done(op, &c.buf[start..end]);
+            c.buf.advance(end);
+            if hit {
+                return Ok(());
+            }
+        }
+        if tokio::time::timeout(Duration::from_secs(30), c.stream.read_buf(&mut c.buf)).await?? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+}
+
+async fn subscribe(ep: &Endpoint) -> std::io::Result<Conn> {
+    let protocol = None;
+    let (stream, buf) = ws_connect(ep.addr, &ep.path, protocol).await?;
+    let mut c = Conn { stream, buf };
+    match ep.target {
+        Target::Signalcast => {
+            c.stream
+                .write_all(&client_frame(0x1, br#"{"type":"SUBSCRIBE","channel":"signals_premium"}"#))
+                .await?;
+            read_until(&mut c, |_, p| p.windows(12).any(|w| w == b"\"SUBSCRIBED\"")).await?;
+        }
+        Target::Reference | Target::NodeWs => read_until(&mut c, |_, p| p.starts_with(b"subscribed")).await?,
+        Target::Nats => {
+            read_until(&mut c, |_, p| p.starts_with(b"INFO")).await?;
+            let hello = b"CONNECT {\"verbose\":false,\"pedantic\":false,\"protocol\":1}\r\nSUB bench.ch1 1\r\nPING\r\n";
+            c.stream.write_all(&client_frame(0x2, hello)).await?;
+            read_until(&mut c, |_, p| p.windows(4).any(|w| w == b"PONG")).await?;
+        }
+        Target::Nchan => {}
+    }
+    Ok(c)
+}
+
+impl Conn {
+    async fn read_loop(mut self, ep: &Endpoint, shared: &RefCell<Shared>) {
+        let mut nats = BytesMut::new();
+        // signalcast closes clients that say nothing for 60 s: a PING every 20 s.
+        let mut ping = tokio::time::interval(Duration::from_secs(20));
+        ping.reset();
+        loop {
+            while let Some((op, start, end)) = next_frame(&self.buf) {
+                if op == 0x8 {
+                    return;
+                }
+                let payload = &self.buf[start..end];
+                if ep.target == Target::Nats {
+                    nats.extend_from_slice(payload);
+                } else if op == 0x1 {
+                    record(shared, payload);
+                }
+                self.buf.advance(end);
+            }
+            if ep.target == Target::Nats && self.nats_messages(&mut nats, shared).await.is_err() {
+                return;
+            }
+            tokio::select! {
+                r = self.stream.read_buf(&mut self.buf) => match r {
+                    Ok(n) if n > 0 => {}
+                    _ => return,
+                },
+                _ = ping.tick(), if ep.target == Target::Signalcast => {
+                    if self.stream.write_all(&client_frame(0x1, br#"{"type":"PING"}"#)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The NATS protocol inside the frames: `MSG <subject> <sid> <n>\r\n<payload>\r\n`,
+    /// and `PING\r\n`, which must be answered.
+    async fn nats_messages(&mut self, nats: &mut BytesMut, shared: &RefCell<Shared>) -> std::io::Result<()> {
+        loop {
+            let Some(eol) = nats.windows(2).position(|w| w == b"\r\n") else { return Ok(()) };
+            let line = &nats[..eol];
+            if line.starts_with(b"MSG ") {
+                let n: usize = std::str::from_utf8(line)
+                    .ok()
+                    .and_then(|l| l.rsplit(' ').next())
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+                if nats.len() < eol + 2 + n + 2 {
+                    return Ok(());
+                }
+                record(shared, &nats[eol + 2..eol + 2 + n]);
+                nats.advance(eol + 2 + n + 2);
+            } else {
+                if line == b"PING" {
+                    self.stream.write_all(&client_frame(0x2, b"PONG\r\n")).await?;
+                }
+                nats.advance(eol + 2);
+            }
+        }
+    }
+}
+
+fn record(shared: &RefCell<Shared>, payload: &[u8]) {
+    let Some(sent) = sent_us(payload) else { return };
+    let mut s = shared.borrow_mut();
+    s.received += 1;
+    let _ = s.hist.record((now_us() - sent).max(1) as u64);
+}
