@@ -92,6 +92,16 @@ enum Cmd {
         #[arg(long, default_value = "docs")]
         docs: PathBuf,
     },
+    /// Rewrite docs/PERFORMANCE.md and docs/perf/ charts from a saved results file.
+    Report {
+        /// A results JSON written by `compare`.
+        #[arg(long, default_value = "docs/perf/results.json")]
+        from: PathBuf,
+        #[arg(long, default_value = "full")]
+        suite: String,
+        #[arg(long, default_value = "docs")]
+        docs: PathBuf,
+    },
     /// (internal) signalcast on the given addresses, embedded default, no demo.
     #[command(hide = true)]
     ServeSignalcast {
@@ -118,6 +128,10 @@ enum Cmd {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Worker { spec } => bench::worker::run(serde_json::from_str(&spec)?),
+        Cmd::Report { from, suite, docs } => {
+            let results: Results = serde_json::from_str(&std::fs::read_to_string(&from)?)?;
+            write_docs(&results, &docs, &suite)
+        }
         Cmd::ServeReference { ws, publish, shards } => {
             bench::reference::serve(
                 std::net::TcpListener::bind(ws)?,
@@ -172,6 +186,7 @@ async fn orchestrate(cmd: Cmd) -> anyhow::Result<()> {
             for t in &common.targets {
                 fanout_steps(&mut results, *t, subscribers, &rates, size, duration, common.processes).await;
             }
+            println!("{}", report::fanout_summary(&results.windows));
             println!("{}", report::windows_table(&results.windows));
             common.json
         }
@@ -420,7 +435,12 @@ fn write_docs(results: &Results, docs: &std::path::Path, suite: &str) -> anyhow:
         let _ = writeln!(body, "![latency {n}x{rate}](perf/{name})\n");
     }
     if !fanout.is_empty() {
-        let _ = writeln!(body, "### Fan-out\n\n{}", report::windows_table(&fanout));
+        let _ = writeln!(
+            body,
+            "### Fan-out\n\n{}\n{}",
+            report::fanout_summary(&fanout),
+            report::windows_table(&fanout)
+        );
         report::fanout_chart(
             &perf.join("fanout-deliveries.svg"),
             "deliveries per second",

@@ -95,9 +95,13 @@ pub fn ratios(rows: &[Row]) -> String {
     let mut t = String::from(
         "| window | p99: signalcast ÷ best peer | p99: signalcast ÷ reference | µs/delivery: signalcast ÷ best peer | µs/delivery: signalcast ÷ reference |\n|---|---:|---:|---:|---:|\n",
     );
-    let mut keys: Vec<(String, usize, u64, usize)> =
-        rows.iter().map(|r| (r.scenario.clone(), r.subscribers, r.rate as u64, r.size)).collect();
-    keys.dedup();
+    let mut keys: Vec<(String, usize, u64, usize)> = Vec::new();
+    for r in rows {
+        let k = (r.scenario.clone(), r.subscribers, r.rate as u64, r.size);
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
     for (sc, subs, rate, size) in keys {
         let same: Vec<&Row> = rows
             .iter()
@@ -106,7 +110,8 @@ pub fn ratios(rows: &[Row]) -> String {
         let Some(sig) = same.iter().find(|r| r.target == Target::Signalcast) else { continue };
         let peers = same.iter().filter(|r| !matches!(r.target, Target::Signalcast | Target::Reference));
         let best_p99 = peers.clone().filter(|r| r.loss == 0).map(|r| r.latency_us.p99).min();
-        let best_cpu = peers.map(|r| r.server_us_per_delivery).fold(f64::INFINITY, f64::min);
+        let best_cpu =
+            peers.filter(|r| r.loss == 0).map(|r| r.server_us_per_delivery).fold(f64::INFINITY, f64::min);
         let reference = same.iter().find(|r| r.target == Target::Reference);
         let ratio = |a: f64, b: Option<f64>| {
             b.filter(|b| *b > 0.0).map_or("–".to_owned(), |b| format!("{:.2}", a / b))
@@ -119,6 +124,43 @@ pub fn ratios(rows: &[Row]) -> String {
             ratio(sig.server_us_per_delivery, best_cpu.is_finite().then_some(best_cpu)),
             ratio(sig.server_us_per_delivery, reference.map(|r| r.server_us_per_delivery)),
         );
+    }
+    t
+}
+
+/// Per target: the highest fan-out step with no loss, and p99 at the lowest and that step.
+pub fn fanout_summary(rows: &[Row]) -> String {
+    let mut t = String::from(
+        "| target | subscribers | highest loss-free msgs/s | deliveries/s there | p99 ms at the lowest step | p99 ms there | server µs/delivery there |\n|---|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for target in Target::ALL {
+        let mine: Vec<&Row> = rows.iter().filter(|r| r.target == target).collect();
+        let Some(first) = mine.first() else { continue };
+        let best = mine.iter().filter(|r| r.loss == 0).max_by(|a, b| a.rate.total_cmp(&b.rate));
+        match best {
+            Some(b) => {
+                let _ = writeln!(
+                    t,
+                    "| {} | {} | {} | {:.0} | {} | {} | {:.2} |",
+                    target.name(),
+                    b.subscribers,
+                    b.rate,
+                    b.deliveries_per_sec,
+                    ms(first.latency_us.p99),
+                    ms(b.latency_us.p99),
+                    b.server_us_per_delivery
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    t,
+                    "| {} | {} | none | – | {} | – | – |",
+                    target.name(),
+                    first.subscribers,
+                    ms(first.latency_us.p99)
+                );
+            }
+        }
     }
     t
 }

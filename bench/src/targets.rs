@@ -112,11 +112,16 @@ fn local(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-/// A premium dev token (quota 2,000 a day, categories on): signalcast serves its bench
-/// clients with every tier feature in force.
+/// A premium dev token with every tier feature in force: JWT verified, category mask
+/// checked, and a daily quota counted on every delivery, set high enough (all bench
+/// clients are one user) that a run never exhausts it.
 pub fn bench_token() -> anyhow::Result<String> {
     let auth = gateway::server::dev_auth(&gateway::Config::default())?;
-    Ok(auth.mint("u-premium-1", Duration::from_secs(24 * 3600))?)
+    let account = auth.accounts().get("u-premium-1").context("fixture user u-premium-1")?;
+    let now = UnixNanos::now().0 / 1_000_000_000;
+    let mut claims = gateway::auth::DevAuth::claims_for(account, now, Duration::from_secs(24 * 3600));
+    claims.max_signals_per_day = Some(u32::MAX);
+    Ok(auth.sign(&claims)?)
 }
 
 impl Server {
@@ -284,9 +289,14 @@ impl Drop for Drain {
     }
 }
 
-async fn drained(addr: SocketAddr) -> anyhow::Result<(OwnedWriteHalf, Drain)> {
+async fn nodelay(addr: SocketAddr) -> anyhow::Result<TcpStream> {
     let stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+async fn drained(addr: SocketAddr) -> anyhow::Result<(OwnedWriteHalf, Drain)> {
+    let stream = nodelay(addr).await?;
     let (mut rd, wr) = stream.into_split();
     let task = tokio::spawn(async move {
         let mut sink = vec![0u8; 64 * 1024];

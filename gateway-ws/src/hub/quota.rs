@@ -37,14 +37,20 @@ impl UserQuota {
                 c.store(0, Ordering::Release);
             }
         }
-        if self.counted[log].fetch_max(seq, Ordering::AcqRel) >= seq {
-            return Take::Deliver; // already counted for another connection
+        if seq <= self.counted[log].load(Ordering::Acquire) {
+            return Take::Deliver; // admitted already, for another connection of this user
         }
-        if self.used.fetch_add(1, Ordering::AcqRel) < limit {
-            return Take::Deliver;
+        // Exhausted: refused on every connection of the user, not only the first to
+        // see the message.
+        if self.used.load(Ordering::Acquire) >= limit {
+            return Take::Exhausted { notify: !self.notified.swap(true, Ordering::AcqRel) };
         }
-        self.used.fetch_sub(1, Ordering::AcqRel);
-        Take::Exhausted { notify: !self.notified.swap(true, Ordering::AcqRel) }
+        if self.counted[log].fetch_max(seq, Ordering::AcqRel) < seq {
+            // Two shards admitting different messages at the same instant may both
+            // pass the check above: the limit can be passed by at most one per shard.
+            self.used.fetch_add(1, Ordering::AcqRel);
+        }
+        Take::Deliver
     }
 
     pub fn used(&self) -> u32 {
@@ -82,7 +88,17 @@ mod tests {
         assert_eq!(q.take(0, 1, 2, 100), Take::Deliver, "same message, second connection");
         assert_eq!(q.take(0, 2, 2, 100), Take::Deliver);
         assert_eq!(q.take(0, 3, 2, 100), Take::Exhausted { notify: true });
+        assert_eq!(
+            q.take(0, 3, 2, 100),
+            Take::Exhausted { notify: false },
+            "refused on the user's other connections too"
+        );
         assert_eq!(q.take(0, 4, 2, 100), Take::Exhausted { notify: false });
+        assert_eq!(
+            q.take(0, 2, 2, 100),
+            Take::Deliver,
+            "an admitted message still reaches a late connection"
+        );
         assert_eq!(q.used(), 2);
         assert_eq!(q.take(0, 5, 2, 101), Take::Deliver, "a new day");
     }
