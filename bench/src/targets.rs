@@ -326,12 +326,8 @@ impl Publisher {
                 let nonce = u128::from(UnixNanos::now().0 as u64) << 64;
                 Self::Signalcast { producer, template: Box::new(bench_signal(size).0), nonce }
             }
-            Target::Reference => {
-                Self::Lines { stream: TcpStream::connect(server.publish).await?, prefix: b"" }
-            }
-            Target::NodeWs => {
-                Self::Lines { stream: TcpStream::connect(server.publish).await?, prefix: b"bench " }
-            }
+            Target::Reference => Self::Lines { stream: nodelay(server.publish).await?, prefix: b"" },
+            Target::NodeWs => Self::Lines { stream: nodelay(server.publish).await?, prefix: b"bench " },
             Target::Nats => {
                 let (stream, drain) = drained(server.publish).await?;
                 let mut p = Self::Nats { stream, _drain: drain };
