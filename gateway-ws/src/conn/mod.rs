@@ -126,7 +126,8 @@ enum Flow {
 
 impl Reader {
     async fn run<R: AsyncRead + Unpin>(&mut self, mut r: R) {
-        let mut buf = BytesMut::with_capacity(1024);
+        // Empty until the client says something: most clients send a few small messages.
+        let mut buf = BytesMut::new();
         let mut frames = FrameReader::new(self.ctx.config.max_message);
         loop {
             loop {
@@ -219,7 +220,9 @@ impl Reader {
 /// so that unread input does not make the kernel reset the connection and destroy the
 /// close frame on its way.
 async fn linger<R: AsyncRead + Unpin>(r: &mut R) {
-    let mut sink = [0u8; 4096];
+    // On the heap, and only while lingering: an array here would sit in every
+    // connection's reader future for its whole life (4 KiB per idle connection).
+    let mut sink = vec![0u8; 4096];
     let until = tokio::time::Instant::now() + Duration::from_secs(2);
     let mut budget = 256 * 1024;
     while budget > 0 {
@@ -236,7 +239,8 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     stats: Arc<GatewayStats>,
     write_timeout: Duration,
 ) {
-    let mut batch = Vec::with_capacity(64);
+    // Grows with the first burst only; an idle connection holds no batch memory.
+    let mut batch = Vec::new();
     loop {
         match outbox.next(&mut batch).await {
             Next::Frames => {
@@ -272,13 +276,17 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     }
 }
 
-/// Writes every frame, up to 64 per `writev`.
+/// Frames per `writev`: the slices live in the writer's future, so this is memory per
+/// connection as well as coalescing; the floor design coalesced about 8.
+const IOVECS: usize = 32;
+
+/// Writes every frame, up to [`IOVECS`] per `writev`.
 async fn write_frames<W: AsyncWrite + Unpin>(w: &mut W, frames: &[Out]) -> std::io::Result<()> {
     let (mut i, mut off) = (0, 0);
     while i < frames.len() {
-        let mut slices = [IoSlice::new(&[]); 64];
+        let mut slices = [IoSlice::new(&[]); IOVECS];
         let mut n = 0;
-        for (k, f) in frames[i..].iter().take(64).enumerate() {
+        for (k, f) in frames[i..].iter().take(IOVECS).enumerate() {
             slices[k] = IoSlice::new(if k == 0 { &f.bytes()[off..] } else { f.bytes() });
             n += 1;
         }
