@@ -384,7 +384,14 @@ async fn versions() -> Vec<(String, String)> {
             v.push((name.to_owned(), s));
         }
     }
-    v.push(("npm ws".to_owned(), "8.23.0 (bench/peers/node-ws/package-lock.json)".to_owned()));
+    let ws = bench::targets::peers_dir().join("node-ws/node_modules/ws/package.json");
+    if let Some(version) = std::fs::read_to_string(ws)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|p| p["version"].as_str().map(str::to_owned))
+    {
+        v.push(("npm ws".to_owned(), version));
+    }
     v
 }
 
