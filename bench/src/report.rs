@@ -175,22 +175,23 @@ fn colour(t: Target) -> RGBColor {
     }
 }
 
-/// Grouped bars: p50, p99, p99.9 (ms) per target for one window configuration.
-pub fn latency_chart(path: &Path, title: &str, rows: &[&Row]) -> anyhow::Result<()> {
+/// A bar chart with one group of bars per target: `groups` is (target, values), and
+/// the k-th value of a group is drawn in a lighter or darker shade of its colour.
+fn bar_chart(path: &Path, title: &str, y_desc: &str, groups: &[(Target, Vec<f64>)]) -> anyhow::Result<()> {
     let root = SVGBackend::new(path, (820, 420)).into_drawing_area();
     root.fill(&WHITE)?;
-    let top = rows.iter().map(|r| r.latency_us.p999).max().unwrap_or(1) as f64 / 1000.0 * 1.15;
+    let top = groups.iter().flat_map(|(_, v)| v.iter().copied()).fold(0.01, f64::max) * 1.15;
+    let names: Vec<&str> = groups.iter().map(|(t, _)| t.name()).collect();
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(0.0..rows.len() as f64, 0.0..top.max(0.01))?;
-    let names: Vec<&str> = rows.iter().map(|r| r.target.name()).collect();
+        .build_cartesian_2d(0.0..groups.len() as f64, 0.0..top)?;
     chart
         .configure_mesh()
         .disable_x_mesh()
-        .x_labels(rows.len() * 2 + 1)
+        .x_labels(groups.len() * 2 + 1)
         .x_label_formatter(&|x| {
             let i = x.floor() as usize;
             if (x - x.floor() - 0.5).abs() < 0.01 {
@@ -199,21 +200,33 @@ pub fn latency_chart(path: &Path, title: &str, rows: &[&Row]) -> anyhow::Result<
                 String::new()
             }
         })
-        .y_desc("latency ms (p50, p99, p99.9)")
+        .y_desc(y_desc)
         .draw()?;
-    for (i, r) in rows.iter().enumerate() {
-        let c = colour(r.target);
-        for (k, v) in [r.latency_us.p50, r.latency_us.p99, r.latency_us.p999].into_iter().enumerate() {
-            let x0 = i as f64 + 0.15 + k as f64 * 0.24;
-            let style = c.mix(0.45 + 0.25 * k as f64).filled();
-            chart.draw_series(std::iter::once(Rectangle::new(
-                [(x0, 0.0), (x0 + 0.22, v as f64 / 1000.0)],
-                style,
-            )))?;
+    for (i, (target, values)) in groups.iter().enumerate() {
+        let width = 0.7 / values.len().max(1) as f64;
+        for (k, v) in values.iter().enumerate() {
+            let x0 = i as f64 + 0.15 + k as f64 * width;
+            let shade =
+                if values.len() > 1 { 0.45 + 0.55 * k as f64 / (values.len() - 1) as f64 } else { 1.0 };
+            let style = colour(*target).mix(shade).filled();
+            chart
+                .draw_series(std::iter::once(Rectangle::new([(x0, 0.0), (x0 + width * 0.92, *v)], style)))?;
         }
     }
     root.present()?;
     Ok(())
+}
+
+/// Grouped bars: p50, p99, p99.9 (ms) per target for one window configuration.
+pub fn latency_chart(path: &Path, title: &str, rows: &[&Row]) -> anyhow::Result<()> {
+    let groups: Vec<(Target, Vec<f64>)> = rows
+        .iter()
+        .map(|r| {
+            let l = r.latency_us;
+            (r.target, [l.p50, l.p99, l.p999].iter().map(|v| *v as f64 / 1000.0).collect())
+        })
+        .collect();
+    bar_chart(path, title, "latency ms (p50, p99, p99.9)", &groups)
 }
 
 /// Lines over the rate steps of a fan-out run: one value per target and rate.
@@ -255,40 +268,14 @@ pub fn fanout_chart(
 /// Bars of KiB per idle connection, per target, at the largest count measured.
 pub fn memory_chart(path: &Path, rows: &[MemoryRow]) -> anyhow::Result<()> {
     let Some(n) = rows.iter().map(|r| r.connections).max() else { return Ok(()) };
-    let at: Vec<&MemoryRow> = rows.iter().filter(|r| r.connections == n).collect();
-    let root = SVGBackend::new(path, (820, 420)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let top = at.iter().map(|r| r.kib_per_connection).fold(0.1, f64::max) * 1.15;
-    let names: Vec<&str> = at.iter().map(|r| r.target.name()).collect();
-    let mut chart = ChartBuilder::on(&root)
-        .caption(format!("server RSS per idle connection at {n} connections"), ("sans-serif", 20))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0.0..at.len() as f64, 0.0..top)?;
-    chart
-        .configure_mesh()
-        .disable_x_mesh()
-        .x_labels(at.len() * 2 + 1)
-        .x_label_formatter(&|x| {
-            let i = x.floor() as usize;
-            if (x - x.floor() - 0.5).abs() < 0.01 {
-                names.get(i).copied().unwrap_or("").to_owned()
-            } else {
-                String::new()
-            }
-        })
-        .y_desc("KiB per connection")
-        .draw()?;
-    for (i, r) in at.iter().enumerate() {
-        let x0 = i as f64 + 0.2;
-        chart.draw_series(std::iter::once(Rectangle::new(
-            [(x0, 0.0), (x0 + 0.6, r.kib_per_connection)],
-            colour(r.target).filled(),
-        )))?;
-    }
-    root.present()?;
-    Ok(())
+    let groups: Vec<(Target, Vec<f64>)> =
+        rows.iter().filter(|r| r.connections == n).map(|r| (r.target, vec![r.kib_per_connection])).collect();
+    bar_chart(
+        path,
+        &format!("server RSS per idle connection at {n} connections"),
+        "KiB per connection",
+        &groups,
+    )
 }
 
 /// Replaces the text between `<!-- bench:begin -->` and `<!-- bench:end -->` (appends
