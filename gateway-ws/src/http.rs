@@ -5,18 +5,22 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
+use hyper::upgrade::Upgraded;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
 
 use crate::auth::AuthError;
-use crate::conn;
+use crate::conn::Io;
+use crate::hub::Attach;
 use crate::server::App;
 
 type Body = Full<Bytes>;
@@ -99,15 +103,40 @@ fn websocket(mut req: Request<Incoming>, app: Arc<App>) -> Response<Body> {
         Err(e) => return json_error(StatusCode::BAD_REQUEST, "bad_upgrade", &e.to_string()),
     };
     app.stats.upgraded();
-    let link = app.hub.link();
-    let ctx = app.conn.clone();
     tokio::spawn(async move {
-        match upgrade.await {
-            Ok(ws) => conn::run(ws.into_inner(), session, link, ctx).await,
+        let attach = match upgrade.await {
+            Ok(ws) => into_io(ws.into_inner().into_inner()),
+            Err(e) => Err(std::io::Error::other(e)),
+        };
+        match attach {
+            Ok((io, input)) => {
+                if let Err(e) = app.hub.attach(Attach { io, input, session }) {
+                    tracing::warn!(error = %e, "websocket dropped after the upgrade");
+                }
+            }
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }
     });
     response.map(|_| Full::new(Bytes::new()))
+}
+
+/// Takes the socket (and TLS state) back from hyper for a hub shard to own, with the
+/// bytes hyper read past the request.
+fn into_io(upgraded: Upgraded) -> std::io::Result<(Io, BytesMut)> {
+    let to_mio = |s: TcpStream| s.into_std().map(mio::net::TcpStream::from_std);
+    let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => {
+            return Ok((Io::plain(to_mio(parts.io.into_inner())?), BytesMut::from(&parts.read_buf[..])));
+        }
+        Err(u) => u,
+    };
+    match upgraded.downcast::<TokioIo<TlsStream<TcpStream>>>() {
+        Ok(parts) => {
+            let (sock, tls) = parts.io.into_inner().into_inner();
+            Ok((Io::tls(to_mio(sock)?, tls), BytesMut::from(&parts.read_buf[..])))
+        }
+        Err(_) => Err(std::io::Error::other("upgraded connection of an unknown kind")),
+    }
 }
 
 /// `token=` from the query string, percent-decoded.

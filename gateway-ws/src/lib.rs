@@ -3,16 +3,16 @@
 //! The path of a message from the engine's channel logs to a socket:
 //!
 //! ```text
-//! engine::channels (bell) --> hub (shards: subscriptions, category, quota)
-//!     --> conn::Outbox (bounded, per connection) --> conn writer (writev) --> socket
-//! socket --> conn reader (ws::inbound, protocol) --> hub shard (SUBSCRIBE, ...)
+//! engine::channels (bell) --> hub shard thread (subscriptions, category, quota)
+//!     --> conn::Outbox (bounded, per connection) --> writev by the shard --> socket
+//! socket --> the same shard (ws::inbound, protocol, hub::client: SUBSCRIBE, ...)
 //! ```
 //!
 //! - [`server`]: starts everything ([`server::start`]) and drains it.
 //! - [`http`]: `/ws` (token checked before the upgrade), health, metrics.
 //! - [`auth`]: tokens to sessions; the one seam to wherever accounts live.
-//! - [`hub`]: shards that own subscriptions and fan messages out.
-//! - [`conn`]: a connection's reader, writer and outbox.
+//! - [`hub`]: shard threads that own connections, subscriptions and sockets.
+//! - [`conn`]: a connection: socket (plain or TLS), outbox, input state.
 //! - [`protocol`]: client messages and replies (JSON).
 //! - [`ws`]: WebSocket frames, sans-IO.
 //! - [`metrics`]: Prometheus exposition.

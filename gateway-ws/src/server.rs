@@ -17,7 +17,6 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::auth::{Accounts, Authenticator, DevAuth};
 use crate::config::{Config, fixtures};
-use crate::conn::ConnContext;
 use crate::hub::Hub;
 use crate::metrics::{self, GatewayStats};
 use crate::{demo, http, tls};
@@ -28,7 +27,6 @@ pub struct App {
     pub auth: Arc<dyn Authenticator>,
     pub hub: Hub,
     pub stats: Arc<GatewayStats>,
-    pub conn: ConnContext,
     engine: Arc<Engine>,
     feed: Arc<FeedStats>,
     draining: AtomicBool,
@@ -60,6 +58,8 @@ pub enum StartError {
     Accounts(#[from] crate::auth::AccountsError),
     #[error("cannot read {path}: {source}")]
     Read { path: String, source: std::io::Error },
+    #[error("cannot start the hub: {0}")]
+    Hub(std::io::Error),
     #[error("cannot start the engine: {0}")]
     Engine(std::io::Error),
 }
@@ -142,11 +142,11 @@ pub async fn start_on(
     })));
 
     let stats = Arc::new(GatewayStats::default());
-    let (hub, shard_tasks) = Hub::start(&engine, Arc::clone(&stats), config.hub(), stop_rx.clone());
-    tasks.extend(shard_tasks);
     let auth: Arc<dyn Authenticator> = dev_auth.clone();
+    let hub =
+        Hub::start(Arc::clone(&engine), Arc::clone(&auth), Arc::clone(&stats), config.hub(), config.conn())
+            .map_err(StartError::Hub)?;
     let app = Arc::new(App {
-        conn: ConnContext { auth: Arc::clone(&auth), stats: Arc::clone(&stats), config: config.conn() },
         auth,
         hub,
         stats,
@@ -225,6 +225,7 @@ impl Running {
     pub async fn shutdown(self) {
         self.app.draining.store(true, Ordering::Release);
         let _ = self.stop.send(true);
+        self.app.hub.drain();
         let deadline = tokio::time::Instant::now() + self.drain_timeout;
         while Tier::ALL.iter().map(|t| self.app.stats.connections(*t)).sum::<i64>() > 0
             && tokio::time::Instant::now() < deadline
@@ -234,6 +235,8 @@ impl Running {
         for t in self.tasks {
             t.abort();
         }
+        let app = Arc::clone(&self.app);
+        let _ = tokio::task::spawn_blocking(move || app.hub.stop()).await;
         tracing::info!("signalcast stopped");
     }
 }

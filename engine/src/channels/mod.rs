@@ -14,17 +14,34 @@ pub use log::{ChannelLog, Epoch, ReadError, Resume, Subscription};
 pub use message::{Message, MessageMeta, frame_header};
 pub use name::{ChannelName, ChannelNameError};
 
+use std::sync::{Arc, Mutex, PoisonError};
+
 use tokio::sync::watch;
 
 use crate::model::Tier;
 use crate::policy::TierPolicy;
 
 /// All signal channel logs of one engine, and the bell rung after each batch.
-#[derive(Debug)]
 pub struct ChannelSet {
     live: [ChannelLog; 4],
     delayed: [Option<ChannelLog>; 4],
     changed: watch::Sender<u64>,
+    /// Called after each batch too: gateway shard threads are woken this way, without
+    /// an async task in between.
+    listeners: Mutex<Vec<Listener>>,
+}
+
+/// Called by [`ChannelSet`] after every batch that appended to a log; it must be quick
+/// and must not block (e.g. an eventfd write).
+pub type Listener = Arc<dyn Fn() + Send + Sync>;
+
+impl std::fmt::Debug for ChannelSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChannelSet")
+            .field("live", &self.live)
+            .field("delayed", &self.delayed)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ChannelSet {
@@ -39,7 +56,7 @@ impl ChannelSet {
                 ChannelLog::new(name, live[t.index()].epoch(), ring_capacity)
             })
         });
-        Self { live, delayed, changed: watch::Sender::new(0) }
+        Self { live, delayed, changed: watch::Sender::new(0), listeners: Mutex::new(Vec::new()) }
     }
 
     /// The live log of `signals_<tier>`.
@@ -57,8 +74,16 @@ impl ChannelSet {
         self.changed.subscribe()
     }
 
+    /// Calls `f` after every batch that appended to any log, from the stage's thread.
+    pub fn listen(&self, f: Listener) {
+        self.listeners.lock().unwrap_or_else(PoisonError::into_inner).push(f);
+    }
+
     /// Rung by the stage once per batch, not per message.
     pub(crate) fn notify(&self) {
         self.changed.send_modify(|g| *g = g.wrapping_add(1));
+        for f in self.listeners.lock().unwrap_or_else(PoisonError::into_inner).iter() {
+            f();
+        }
     }
 }

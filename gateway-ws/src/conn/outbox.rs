@@ -1,28 +1,30 @@
-//! A connection's outbound buffer: bounded, shared by the hub shard (signals, prices,
-//! notices), the reader (replies) and the writer (drains it).
+//! A connection's outbound queue: owned by its shard, bounded, no I/O.
 //!
 //! Signal messages are reference-counted frames made once by the engine; queueing one
-//! is a pointer push and a count increment. Price updates are conflated per symbol: a
-//! slow client gets the latest price, never a backlog. Past `limit` bytes of signals
-//! and replies the connection is closed with 4008 (it can resume with `since`).
+//! is a pointer push and a count increment. Price updates are conflated per symbol
+//! until the socket can take them: a slow client gets the latest price, never a
+//! backlog. Past `limit` bytes the queue is dropped and a 4008 close goes out instead
+//! (the client can resume with `since`).
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::sync::Arc;
 
 use engine::channels::Message;
 use engine::model::Tier;
-use tokio::sync::Notify;
 
 use crate::ws::{CloseCode, outbound};
+
+/// Frames per `writev`. The floor design coalesced about 8 frames per call at
+/// saturation; 32 leaves room for bursts.
+pub const IOVECS: usize = 32;
 
 /// One queued frame.
 #[derive(Clone, Debug)]
 pub enum Out {
     /// A signal from a tier channel, framed by the engine.
     Signal(Message, Tier),
-    /// A reply, notice or price update framed here.
+    /// A reply, notice, price update or close, framed here.
     Frame(Arc<[u8]>),
 }
 
@@ -35,18 +37,7 @@ impl Out {
     }
 }
 
-/// What the writer should do next.
-#[derive(Debug)]
-pub enum Next {
-    /// Write these frames (moved into the caller's vector).
-    Frames,
-    /// Write this close frame, then shut the socket.
-    Close(Vec<u8>),
-    /// Shut the socket.
-    End,
-}
-
-/// The result of queueing a signal.
+/// The result of queueing a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pushed {
     Queued,
@@ -57,200 +48,119 @@ pub enum Pushed {
 }
 
 #[derive(Debug, Default)]
-struct State {
-    frames: VecDeque<Out>,
-    bytes: usize,
-    /// Latest price frame per symbol id, and the order symbols first became pending.
-    prices: HashMap<u32, Arc<[u8]>>,
-    price_order: VecDeque<u32>,
-    close: Option<Vec<u8>>,
-    closing: bool,
-    done: bool,
-    errors: VecDeque<Instant>,
-}
-
-#[derive(Debug)]
 pub struct Outbox {
-    state: Mutex<State>,
-    wake: Notify,
-    closed: Notify,
-    limit: usize,
-    /// Wall-clock ns of the last frame from the client (heartbeat).
-    last_seen: AtomicI64,
+    frames: VecDeque<Out>,
+    /// Bytes of `frames`, and how much of the first one is already written.
+    bytes: usize,
+    written: usize,
+    /// Pending price frames, the latest per symbol id, in the order symbols became
+    /// pending. Few symbols per connection: a vector beats a map here.
+    prices: Vec<(u32, Arc<[u8]>)>,
+    /// A close frame is queued (last); nothing is accepted after it.
+    closing: bool,
 }
-
-/// More than this many ERRORs within [`ERROR_WINDOW`] closes with 1008.
-pub const MAX_ERRORS: usize = 10;
-pub const ERROR_WINDOW: Duration = Duration::from_secs(10);
 
 impl Outbox {
-    pub fn new(limit: usize) -> Self {
-        Self {
-            state: Mutex::new(State::default()),
-            wake: Notify::new(),
-            closed: Notify::new(),
-            limit,
-            last_seen: AtomicI64::new(engine::model::UnixNanos::now().0),
-        }
-    }
-
-    fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn push(&self, out: Out) -> Pushed {
-        let mut s = self.state();
-        if s.closing {
+    /// Queues a frame, or at `limit` bytes drops the queue and closes with 4008.
+    pub fn push(&mut self, out: Out, limit: usize) -> Pushed {
+        if self.closing {
             return Pushed::Closed;
         }
         let len = out.bytes().len();
-        if s.bytes + len > self.limit {
-            s.frames.clear();
-            s.bytes = 0;
-            s.prices.clear();
-            s.price_order.clear();
-            Self::start_close(&mut s, outbound::close(CloseCode::SlowConsumer));
-            drop(s);
-            self.wake.notify_one();
-            self.closed.notify_waiters();
+        if self.bytes + len > limit {
+            // A frame partly written must be finished, or the stream is corrupt.
+            let keep = usize::from(self.written > 0);
+            self.frames.truncate(keep);
+            self.bytes = self.frames.front().map_or(0, |f| f.bytes().len());
+            self.prices.clear();
+            self.close(outbound::close(CloseCode::SlowConsumer));
             return Pushed::Overflow;
         }
-        let was_idle = s.frames.is_empty() && s.price_order.is_empty();
-        s.bytes += len;
-        s.frames.push_back(out);
-        drop(s);
-        if was_idle {
-            self.wake.notify_one();
-        }
+        self.bytes += len;
+        self.frames.push_back(out);
         Pushed::Queued
     }
 
-    /// Queues a signal message.
-    pub fn push_signal(&self, msg: Message, tier: Tier) -> Pushed {
-        self.push(Out::Signal(msg, tier))
-    }
-
-    /// Queues a frame made here (reply, notice).
-    pub fn push_frame(&self, frame: Arc<[u8]>) -> Pushed {
-        self.push(Out::Frame(frame))
-    }
-
     /// Queues a text message, framing it.
-    pub fn push_text(&self, json: &[u8]) -> Pushed {
-        self.push_frame(outbound::text(json).into())
+    pub fn push_text(&mut self, json: &[u8], limit: usize) -> Pushed {
+        self.push(Out::Frame(outbound::text(json).into()), limit)
     }
 
     /// Replaces any pending price of `symbol` with `frame` (conflation).
-    pub fn push_price(&self, symbol: u32, frame: Arc<[u8]>) {
-        let mut s = self.state();
-        if s.closing {
+    pub fn push_price(&mut self, symbol: u32, frame: Arc<[u8]>) {
+        if self.closing {
             return;
         }
-        let was_idle = s.frames.is_empty() && s.price_order.is_empty();
-        if s.prices.insert(symbol, frame).is_none() {
-            s.price_order.push_back(symbol);
-        }
-        drop(s);
-        if was_idle {
-            self.wake.notify_one();
+        match self.prices.iter_mut().find(|(s, _)| *s == symbol) {
+            Some(p) => p.1 = frame,
+            None => self.prices.push((symbol, frame)),
         }
     }
 
-    fn start_close(s: &mut State, frame: Vec<u8>) {
-        if !s.closing {
-            s.closing = true;
-            s.close = Some(frame);
+    /// Sends what is queued, then `frame` (a close frame); nothing is accepted after.
+    pub fn close(&mut self, frame: Vec<u8>) {
+        if self.closing {
+            return;
         }
-    }
-
-    /// Sends what is queued, then this close frame; nothing is accepted after it.
-    pub fn close(&self, code: CloseCode) {
-        self.close_with(outbound::close(code));
-    }
-
-    pub fn close_with(&self, frame: Vec<u8>) {
-        let mut s = self.state();
-        Self::start_close(&mut s, frame);
-        drop(s);
-        self.wake.notify_one();
-        self.closed.notify_waiters();
-    }
-
-    /// Ends the connection without a close frame (the socket failed or the reader ended).
-    pub fn finish(&self) {
-        let mut s = self.state();
-        s.closing = true;
-        s.done = true;
-        drop(s);
-        self.wake.notify_one();
-        self.closed.notify_waiters();
+        self.settle();
+        self.bytes += frame.len();
+        self.frames.push_back(Out::Frame(frame.into()));
+        self.closing = true;
     }
 
     pub fn is_closing(&self) -> bool {
-        self.state().closing
+        self.closing
     }
 
-    /// Resolves once a close has been requested.
-    pub async fn closing(&self) {
-        loop {
-            let n = self.closed.notified();
-            if self.is_closing() {
+    /// Nothing left to write (prices included).
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty() && self.prices.is_empty()
+    }
+
+    /// The close frame has been written in full.
+    pub fn close_sent(&self) -> bool {
+        self.closing && self.frames.is_empty()
+    }
+
+    /// Commits pending prices to the write queue (they are about to be written).
+    pub fn settle(&mut self) {
+        for (_, f) in self.prices.drain(..) {
+            self.bytes += f.len();
+            self.frames.push_back(Out::Frame(f));
+        }
+    }
+
+    /// Fills `slices` with the unwritten bytes, first frame first; returns how many.
+    pub fn fill<'a>(&'a self, slices: &mut [IoSlice<'a>; IOVECS]) -> usize {
+        let mut n = 0;
+        for (k, f) in self.frames.iter().take(IOVECS).enumerate() {
+            slices[k] = IoSlice::new(if k == 0 { &f.bytes()[self.written..] } else { f.bytes() });
+            n += 1;
+        }
+        n
+    }
+
+    /// Marks `n` bytes written; `delivered` is called for each signal written in full.
+    pub fn advance(&mut self, mut n: usize, mut delivered: impl FnMut(&Message, Tier)) {
+        while n > 0 {
+            let Some(front) = self.frames.front() else { return };
+            let left = front.bytes().len() - self.written;
+            if n < left {
+                self.written += n;
                 return;
             }
-            n.await;
-        }
-    }
-
-    /// Records an ERROR sent to the client; true when that makes more than
-    /// [`MAX_ERRORS`] within [`ERROR_WINDOW`] (the caller then closes with 1008).
-    pub fn record_error(&self) -> bool {
-        let now = Instant::now();
-        let mut s = self.state();
-        while s.errors.front().is_some_and(|t| now.duration_since(*t) > ERROR_WINDOW) {
-            s.errors.pop_front();
-        }
-        s.errors.push_back(now);
-        s.errors.len() > MAX_ERRORS
-    }
-
-    pub fn touch(&self) {
-        self.last_seen.store(engine::model::UnixNanos::now().0, Ordering::Relaxed);
-    }
-
-    pub fn last_seen(&self) -> i64 {
-        self.last_seen.load(Ordering::Relaxed)
-    }
-
-    /// Waits for work and moves it into `out`.
-    pub async fn next(&self, out: &mut Vec<Out>) -> Next {
-        loop {
-            let woken = self.wake.notified();
-            {
-                let mut s = self.state();
-                if !s.frames.is_empty() || !s.price_order.is_empty() {
-                    out.extend(s.frames.drain(..));
-                    s.bytes = 0;
-                    while let Some(sym) = s.price_order.pop_front() {
-                        if let Some(f) = s.prices.remove(&sym) {
-                            out.push(Out::Frame(f));
-                        }
-                    }
-                    return Next::Frames;
-                }
-                if let Some(c) = s.close.take() {
-                    return Next::Close(c);
-                }
-                if s.done || s.closing {
-                    return Next::End;
-                }
+            n -= left;
+            self.bytes -= front.bytes().len();
+            self.written = 0;
+            if let Some(Out::Signal(m, tier)) = self.frames.pop_front() {
+                delivered(&m, tier);
             }
-            woken.await;
         }
     }
 
-    /// Bytes of signals and replies waiting.
+    /// Bytes queued (prices not counted until settled).
     pub fn queued_bytes(&self) -> usize {
-        self.state().bytes
+        self.bytes
     }
 }
 
@@ -258,42 +168,86 @@ impl Outbox {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn overflow_drops_the_queue_and_closes_with_4008() {
-        let o = Outbox::new(100);
-        assert_eq!(o.push_text(&[b'a'; 40]), Pushed::Queued);
-        assert_eq!(o.push_text(&[b'a'; 40]), Pushed::Queued);
-        assert_eq!(o.push_text(&[b'a'; 40]), Pushed::Overflow);
-        assert_eq!(o.push_text(b"late"), Pushed::Closed);
-        let mut v = Vec::new();
-        match o.next(&mut v).await {
-            Next::Close(f) => assert_eq!(&f[2..4], &4008u16.to_be_bytes()),
-            other => panic!("{other:?}"),
+    fn written(o: &mut Outbox) -> Vec<Vec<u8>> {
+        o.settle();
+        let mut out = Vec::new();
+        while !o.is_empty() {
+            let mut sl = [IoSlice::new(&[]); IOVECS];
+            let n = o.fill(&mut sl);
+            let chunk: Vec<u8> = sl[..n].iter().flat_map(|s| s.iter().copied()).collect();
+            // Write in 3-byte pieces to exercise partial writes.
+            let take = chunk.len().min(3);
+            out.push(chunk[..take].to_vec());
+            o.advance(take, |_, _| {});
         }
-        assert!(v.is_empty(), "nothing of the dropped backlog is written");
-        assert!(matches!(o.next(&mut v).await, Next::End));
+        out
     }
 
-    #[tokio::test]
-    async fn prices_conflate_per_symbol_and_a_close_comes_after_the_queue() {
-        let o = Outbox::new(1 << 20);
-        o.push_price(1, Arc::from(&b"p1-old"[..]));
-        o.push_price(2, Arc::from(&b"p2"[..]));
-        o.push_price(1, Arc::from(&b"p1-new"[..]));
-        o.push_text(b"hello");
-        o.close(CloseCode::GoingAway);
-        let mut v = Vec::new();
-        assert!(matches!(o.next(&mut v).await, Next::Frames));
-        let got: Vec<&[u8]> = v.iter().map(Out::bytes).collect();
-        assert_eq!(got.len(), 3);
-        assert_eq!(&got[1..], &[&b"p1-new"[..], &b"p2"[..]]);
-        assert!(matches!(o.next(&mut v).await, Next::Close(_)));
+    fn stream(o: &mut Outbox) -> Vec<u8> {
+        written(o).concat()
     }
 
     #[test]
-    fn the_eleventh_error_in_ten_seconds_trips_the_policy() {
-        let o = Outbox::new(100);
-        assert!((0..MAX_ERRORS).all(|_| !o.record_error()));
-        assert!(o.record_error());
+    fn overflow_drops_the_queue_and_closes_with_4008() {
+        let mut o = Outbox::default();
+        assert_eq!(o.push_text(&[b'a'; 40], 100), Pushed::Queued);
+        assert_eq!(o.push_text(&[b'a'; 40], 100), Pushed::Queued);
+        assert_eq!(o.push_text(&[b'a'; 40], 100), Pushed::Overflow);
+        assert_eq!(o.push_text(b"late", 100), Pushed::Closed);
+        let s = stream(&mut o);
+        assert_eq!(s.len(), 2 + 2 + CloseCode::SlowConsumer.reason().len());
+        assert_eq!(&s[2..4], &4008u16.to_be_bytes(), "only the close frame is written");
+        assert!(o.close_sent());
+    }
+
+    #[test]
+    fn a_frame_partly_written_is_finished_before_the_overflow_close() {
+        let mut o = Outbox::default();
+        o.push_text(&[b'a'; 40], 100);
+        o.advance(5, |_, _| {});
+        o.push_text(&[b'b'; 40], 100);
+        assert_eq!(o.push_text(&[b'c'; 40], 100), Pushed::Overflow);
+        let s = stream(&mut o);
+        assert_eq!(s.len(), 42 - 5 + 4 + CloseCode::SlowConsumer.reason().len());
+        assert!(s[..37].iter().all(|b| *b == b'a'));
+    }
+
+    #[test]
+    fn prices_conflate_per_symbol_and_a_close_comes_after_the_queue() {
+        let mut o = Outbox::default();
+        o.push_price(1, Arc::from(&b"p1-old"[..]));
+        o.push_price(2, Arc::from(&b"p2"[..]));
+        o.push_price(1, Arc::from(&b"p1-new"[..]));
+        o.push_text(b"hello", 1 << 20);
+        o.close(outbound::close(CloseCode::GoingAway));
+        o.push_price(3, Arc::from(&b"p3"[..]));
+        let s = stream(&mut o);
+        let hello = outbound::text(b"hello");
+        let close = outbound::close(CloseCode::GoingAway);
+        assert_eq!(s, [&hello[..], b"p1-new", b"p2", &close[..]].concat());
+    }
+
+    #[test]
+    fn signals_are_reported_once_written_in_full() {
+        let meta = engine::channels::MessageMeta {
+            seq: 1,
+            category: engine::model::Category::Crypto,
+            ingest_ts: engine::model::UnixNanos(0),
+            routed_ts: engine::model::UnixNanos(0),
+            sent_ts: None,
+        };
+        let msg = Message::new(&meta, b"{\"x\":1}", &mut Vec::new());
+        let mut o = Outbox::default();
+        o.push(Out::Signal(msg.clone(), Tier::Free), 1 << 20);
+        let len = msg.frame().len();
+        let mut seen = 0;
+        o.advance(len - 1, |_, _| seen += 1);
+        assert_eq!(seen, 0);
+        o.advance(1, |m, t| {
+            assert_eq!((m.seq(), t), (1, Tier::Free));
+            seen += 1;
+        });
+        assert_eq!(seen, 1);
+        assert!(o.is_empty() && o.queued_bytes() == 0);
     }
 }

@@ -1,62 +1,42 @@
 //! Tier hubs: where channel messages meet connections.
 //!
-//! The hub is split into shards (one per worker thread by default). A shard owns its
-//! connections' subscriptions outright: no lock is shared between shards, and each
-//! message is handled by a shard once, then handed to each subscribed connection's
-//! outbox as a reference-counted frame (no re-encoding, no allocation per recipient).
-//! Shards read the engine's channel logs by cursor when the engine's bell rings.
+//! The hub is a few shard threads (one per core by default). A shard owns its
+//! connections outright — sockets, subscriptions, outbound queues — and drives them
+//! with one edge-triggered poller: no task per connection, no lock, no wake per
+//! recipient. When the engine rings its bell a shard reads the channel logs by cursor,
+//! queues each message on every subscribed connection as a reference-counted frame,
+//! and sweeps the sockets that have something to write, one `writev` each, picking up
+//! newer messages every few dozen sockets (../shared/research/fanout-floor.md).
+//!
+//! - [`shard`]: the thread's loop: poller, attach, read, write, timers, drain.
+//! - `client`: what a client's messages do (SUBSCRIBE, REFRESH, ...).
+//! - `fanout`: channel logs and prices to outboxes; subscriptions.
+//! - [`quota`]: daily quotas shared by a user's connections across shards.
 
+mod client;
+mod fanout;
 mod quota;
 mod shard;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use engine::Engine;
-use engine::channels::{ChannelName, Resume};
-use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
 
-use crate::auth::Session;
-use crate::conn::Outbox;
+use crate::auth::{Authenticator, Session};
+use crate::conn::{ConnConfig, Io};
 use crate::metrics::GatewayStats;
 
 pub use quota::{QuotaBook, UserQuota};
 
-/// Identifies a connection within the process.
-pub type ConnId = u64;
-
-/// What connections ask of their shard.
-#[derive(Debug)]
-pub enum Cmd {
-    Attach {
-        id: ConnId,
-        session: Session,
-        outbox: Arc<Outbox>,
-    },
-    Detach {
-        id: ConnId,
-    },
-    Subscribe {
-        id: ConnId,
-        channel: ChannelName,
-        resume: Option<Resume>,
-    },
-    Unsubscribe {
-        id: ConnId,
-        channel: ChannelName,
-    },
-    /// A verified REFRESH: new expiry and entitlements for the same user.
-    Refresh {
-        id: ConnId,
-        session: Session,
-    },
-}
-
 /// Hub settings.
 #[derive(Clone, Debug)]
 pub struct HubConfig {
+    /// Shard threads; 0 = one per core.
     pub shards: usize,
     pub max_subscriptions: usize,
     /// Nothing from a client for this long closes it with 4004.
@@ -79,67 +59,143 @@ impl Default for HubConfig {
     }
 }
 
-/// Sends connections to shards.
-#[derive(Clone, Debug)]
-pub struct Hub {
-    shards: Arc<[mpsc::Sender<Cmd>]>,
-    next_shard: Arc<AtomicUsize>,
-    next_id: Arc<AtomicU64>,
+/// A connection handed to the hub after its upgrade.
+#[derive(Debug)]
+pub struct Attach {
+    pub io: Io,
+    /// Bytes the client sent right after the upgrade request.
+    pub input: BytesMut,
+    pub session: Session,
 }
 
-/// A connection's place in the hub.
-#[derive(Clone, Debug)]
-pub struct ShardLink {
-    pub id: ConnId,
-    tx: mpsc::Sender<Cmd>,
+enum Cmd {
+    Attach(Box<Attach>),
+    /// Tell every client to go (SYSTEM_MESSAGE drain, then 1001).
+    Drain,
+    Stop,
 }
 
-impl ShardLink {
-    /// Sends a command; false if the shard is gone (shutting down).
-    pub async fn send(&self, cmd: Cmd) -> bool {
-        self.tx.send(cmd).await.is_ok()
+/// What every shard shares.
+#[derive(Clone)]
+pub(crate) struct Context {
+    pub engine: Arc<Engine>,
+    pub auth: Arc<dyn Authenticator>,
+    pub stats: Arc<GatewayStats>,
+    pub quotas: Arc<QuotaBook>,
+    pub hub: HubConfig,
+    pub conn: ConnConfig,
+}
+
+struct ShardHandle {
+    tx: SyncSender<Cmd>,
+    waker: Arc<mio::Waker>,
+}
+
+impl ShardHandle {
+    fn send(&self, cmd: Cmd) -> Result<(), TrySendError<Cmd>> {
+        self.tx.try_send(cmd)?;
+        let _ = self.waker.wake();
+        Ok(())
     }
+}
+
+/// The running shards. Dropping it stops them.
+pub struct Hub {
+    shards: Vec<ShardHandle>,
+    threads: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    next: AtomicUsize,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").field("shards", &self.shards.len()).finish_non_exhaustive()
+    }
+}
+
+/// Why a connection could not be attached.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error("hub shard is full of pending connections")]
+    Busy,
+    #[error("hub is stopped")]
+    Stopped,
 }
 
 impl Hub {
-    /// Starts the shards; they drain (notice + 1001) when `drain` turns true.
+    /// Starts the shard threads and hooks them to the engine's bell.
     pub fn start(
-        engine: &Engine,
+        engine: Arc<Engine>,
+        auth: Arc<dyn Authenticator>,
         stats: Arc<GatewayStats>,
-        config: HubConfig,
-        drain: watch::Receiver<bool>,
-    ) -> (Self, Vec<JoinHandle<()>>) {
-        let n = if config.shards == 0 {
+        hub: HubConfig,
+        conn: ConnConfig,
+    ) -> std::io::Result<Self> {
+        let n = if hub.shards == 0 {
             std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
         } else {
-            config.shards
+            hub.shards
         };
-        let quotas = Arc::new(QuotaBook::default());
-        let mut senders = Vec::with_capacity(n);
-        let mut tasks = Vec::with_capacity(n);
+        let ctx = Context { engine, auth, stats, quotas: Arc::new(QuotaBook::default()), hub, conn };
+        let mut shards = Vec::with_capacity(n);
+        let mut threads = Vec::with_capacity(n);
         for i in 0..n {
-            // Commands are rare (subscribe, unsubscribe, connect); 1,024 absorbs a
-            // reconnect storm without making senders wait long.
-            let (tx, rx) = mpsc::channel(1_024);
-            senders.push(tx);
-            let shard = shard::Shard::new(i, engine, Arc::clone(&stats), Arc::clone(&quotas), config.clone());
-            tasks.push(tokio::spawn(shard.run(rx, drain.clone())));
+            // Connections arrive at handshake speed, which a shard outpaces; 1,024
+            // absorbs a reconnect storm. When full, the upgrade is dropped (the client
+            // sees the connection close and retries with backoff).
+            let (tx, rx) = std::sync::mpsc::sync_channel(1_024);
+            let shard = shard::Shard::new(i, ctx.clone(), rx)?;
+            shards.push(ShardHandle { tx, waker: shard.waker() });
+            threads
+                .push(std::thread::Builder::new().name(format!("hub-shard-{i}")).spawn(move || shard.run())?);
         }
-        let hub = Self {
-            shards: senders.into(),
-            next_shard: Arc::new(AtomicUsize::new(0)),
-            next_id: Arc::new(AtomicU64::new(1)),
-        };
-        (hub, tasks)
+        let wakers: Vec<Arc<mio::Waker>> = shards.iter().map(|s| Arc::clone(&s.waker)).collect();
+        ctx.engine.channels.listen(Arc::new(move || {
+            for w in &wakers {
+                let _ = w.wake();
+            }
+        }));
+        Ok(Self { shards, threads: std::sync::Mutex::new(threads), next: AtomicUsize::new(0) })
     }
 
-    /// Places a new connection on the next shard (round robin).
-    pub fn link(&self) -> ShardLink {
-        let i = self.next_shard.fetch_add(1, Ordering::Relaxed) % self.shards.len();
-        ShardLink { id: self.next_id.fetch_add(1, Ordering::Relaxed), tx: self.shards[i].clone() }
+    /// Places a connection on the next shard (round robin).
+    pub fn attach(&self, a: Attach) -> Result<(), AttachError> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.shards.len();
+        self.shards[i].send(Cmd::Attach(Box::new(a))).map_err(|e| match e {
+            TrySendError::Full(_) => AttachError::Busy,
+            TrySendError::Disconnected(_) => AttachError::Stopped,
+        })
+    }
+
+    /// Tells every client to reconnect elsewhere (SYSTEM_MESSAGE drain, close 1001).
+    pub fn drain(&self) {
+        for s in &self.shards {
+            let _ = s.send(Cmd::Drain);
+        }
+    }
+
+    /// Stops the shards (their connections are dropped) and waits for them.
+    pub fn stop(&self) {
+        for s in &self.shards {
+            // A full queue cannot block Stop: the shard also stops when this sender
+            // is dropped, and `Drop` gets there.
+            let _ = s.send(Cmd::Stop);
+        }
+        let threads =
+            std::mem::take(&mut *self.threads.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        for t in threads {
+            let _ = t.join();
+        }
     }
 
     pub fn shards(&self) -> usize {
         self.shards.len()
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        for s in &self.shards {
+            let _ = s.send(Cmd::Stop);
+        }
     }
 }

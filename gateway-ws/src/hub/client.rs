@@ -1,0 +1,190 @@
+//! What a client's frames and messages do: PING, SUBSCRIBE, UNSUBSCRIBE, REFRESH, and
+//! the WebSocket control frames.
+
+use std::sync::Arc;
+
+use engine::channels::{ChannelName, Resume};
+use engine::model::Tier;
+use serde_json::json;
+
+use super::fanout::log_of;
+use super::shard::{Shard, Sub};
+use crate::auth::Session;
+use crate::protocol::{self, ClientMessage, ErrorCode, Refusal};
+use crate::ws::inbound::Inbound;
+use crate::ws::outbound;
+
+impl Shard {
+    pub(super) fn on_frame(&mut self, i: usize, frame: Inbound) {
+        match frame {
+            Inbound::Text(text) => self.on_message(i, &text),
+            Inbound::Ping(p) => {
+                let limit = self.ctx.conn.outbound_limit;
+                if let Some(c) = self.conns[i].as_mut() {
+                    c.outbox.push(crate::conn::Out::Frame(outbound::pong(&p).into()), limit);
+                }
+                self.mark_dirty(i);
+            }
+            Inbound::Pong => {}
+            // Echo the client's code (RFC 6455 §5.5.1), then end.
+            Inbound::Close(code) => self.close(i, outbound::close_raw(code.unwrap_or(1000), "")),
+        }
+    }
+
+    fn on_message(&mut self, i: usize, text: &str) {
+        let per_sec = self.ctx.conn.max_messages_per_sec;
+        let Some(c) = self.conns[i].as_mut() else { return };
+        if !c.admit_message(per_sec) {
+            let msg = format!("more than {per_sec} messages per second");
+            return self.refuse(i, &Refusal::new(ErrorCode::RateLimited, msg));
+        }
+        match protocol::parse(text) {
+            Ok(ClientMessage::Ping) => self.reply(i, protocol::PONG),
+            Ok(ClientMessage::Subscribe { channel, resume }) => self.subscribe(i, channel, resume),
+            Ok(ClientMessage::Unsubscribe { channel }) => self.unsubscribe(i, &channel),
+            Ok(ClientMessage::Refresh { token }) => {
+                let user = c.session.user_id.clone();
+                match self.ctx.auth.authenticate(&token) {
+                    Ok(s) if s.user_id == user => self.refresh(i, s),
+                    Ok(_) => self
+                        .refuse(i, &Refusal::new(ErrorCode::Forbidden, "REFRESH token is for another user")),
+                    Err(e) => {
+                        self.refuse(i, &Refusal::new(ErrorCode::Forbidden, format!("REFRESH refused: {e}")))
+                    }
+                }
+            }
+            Err(r) => self.refuse(i, &r),
+        }
+    }
+
+    fn subscribe(&mut self, i: usize, channel: ChannelName, resume: Option<Resume>) {
+        let Some(c) = self.conns[i].as_ref() else { return };
+        let name = channel.to_string();
+        let already = match &channel {
+            ChannelName::Signals(t) => c.signals[t.index()].is_some(),
+            ChannelName::Prices => c.prices,
+            ChannelName::User(_) => c.user_channel,
+        };
+        if !already && c.subscriptions() >= self.ctx.hub.max_subscriptions {
+            let msg = format!("at most {} subscriptions per connection", self.ctx.hub.max_subscriptions);
+            return self.refuse(i, &Refusal::new(ErrorCode::TooManySubscriptions, msg).on(name));
+        }
+        match channel {
+            ChannelName::Signals(tier) => {
+                if tier > c.session.tier {
+                    let msg = format!("{name} is above your tier ({})", c.session.tier);
+                    return self.refuse(i, &Refusal::new(ErrorCode::Forbidden, msg).on(name));
+                }
+                if already {
+                    self.remove_signal_sub(i, tier);
+                }
+                self.add_signal_sub(i, &channel, tier, resume);
+            }
+            ChannelName::Prices => {
+                self.reply(i, &protocol::subscribed_plain(&channel, resume.is_some()));
+                if !already {
+                    self.add_price_sub(i);
+                }
+            }
+            ChannelName::User(ref user) => {
+                if *user != c.session.user_id {
+                    let r =
+                        Refusal::new(ErrorCode::Forbidden, "user channels are for their own user").on(name);
+                    return self.refuse(i, &r);
+                }
+                self.reply(i, &protocol::subscribed_plain(&channel, resume.is_some()));
+                if let Some(c) = self.conns[i].as_mut() {
+                    c.user_channel = true;
+                }
+            }
+        }
+    }
+
+    fn unsubscribe(&mut self, i: usize, channel: &ChannelName) {
+        let Some(c) = self.conns[i].as_mut() else { return };
+        let subscribed = match channel {
+            ChannelName::Signals(t) => c.signals[t.index()].is_some(),
+            ChannelName::Prices => c.prices,
+            ChannelName::User(_) => c.user_channel,
+        };
+        if !subscribed {
+            let r = Refusal::new(ErrorCode::BadRequest, "not subscribed").on(channel.to_string());
+            return self.refuse(i, &r);
+        }
+        match channel {
+            ChannelName::Signals(t) => {
+                self.remove_signal_sub(i, *t);
+            }
+            ChannelName::Prices => {
+                c.prices = false;
+                self.price_subs.retain(|c| *c != i);
+            }
+            ChannelName::User(_) => c.user_channel = false,
+        }
+        self.reply(i, &protocol::unsubscribed(channel, "client"));
+    }
+
+    /// New entitlements for a live connection: channels above the new tier are closed
+    /// (ERROR + UNSUBSCRIBED), the others follow the new categories, limit and view.
+    pub(super) fn refresh(&mut self, i: usize, session: Session) {
+        let Some(c) = self.conns[i].as_mut() else { return };
+        if c.session.tier != session.tier {
+            self.ctx.stats.connected(c.session.tier, -1);
+            self.ctx.stats.connected(session.tier, 1);
+        }
+        c.session = session.clone();
+        c.warned_expiry = false;
+        let user_channel = c.user_channel;
+        let tiers: Vec<Tier> = Tier::ALL.into_iter().filter(|t| c.signals[t.index()].is_some()).collect();
+        self.reply(
+            i,
+            &protocol::system(json!({"event": "token_refreshed", "token_expires_at": session.expires_at})),
+        );
+        if user_channel {
+            let categories: Vec<&str> = engine::model::Category::ALL
+                .iter()
+                .filter(|k| session.categories.contains(**k))
+                .map(|k| k.as_str())
+                .collect();
+            let update = protocol::user_update(
+                &session.user_id,
+                json!({
+                    "tier": session.tier.as_str(),
+                    "categories": categories,
+                    "real_time": session.real_time,
+                    "max_signals_per_day": self.limit_for(&session),
+                }),
+            );
+            self.reply(i, &update);
+        }
+        for tier in tiers {
+            let channel = ChannelName::Signals(tier);
+            let Some(old) = self.remove_signal_sub(i, tier) else { continue };
+            if tier > session.tier {
+                let r = Refusal::new(
+                    ErrorCode::Forbidden,
+                    format!("{channel} is above your tier ({})", session.tier),
+                )
+                .on(channel.to_string());
+                self.reply(i, &protocol::error(&r));
+                self.reply(i, &protocol::unsubscribed(&channel, "entitlement"));
+                continue;
+            }
+            // Same channel, maybe another view: continue after the last seq seen, so
+            // nothing is repeated and (live to delayed) nothing is seen early.
+            let idx = self.view_for(&session, tier);
+            let engine = Arc::clone(&self.ctx.engine);
+            let Some(log) = log_of(&engine.channels, idx) else { continue };
+            let sub = log.subscribe(Some(Resume { since: old.last_seq, epoch: log.epoch() }));
+            let seen = old.last_seq;
+            let entry = Sub {
+                categories: session.categories,
+                limit: self.limit_for(&session),
+                skip_until: seen,
+                ..old
+            };
+            self.install(i, idx, tier, entry, &sub);
+        }
+        self.remove_overflowed();
+    }
+}

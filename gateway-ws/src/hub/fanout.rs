@@ -1,0 +1,301 @@
+//! Channel logs and prices to outboxes, and the subscriptions that decide who gets what.
+
+use std::sync::Arc;
+
+use engine::channels::{ChannelLog, ChannelName, ChannelSet, Message, Resume, Subscription};
+use engine::model::{Tier, UnixNanos};
+use serde_json::json;
+
+use super::quota::{Take, utc_day};
+use super::shard::{LOGS, Shard, Sub};
+use crate::auth::Session;
+use crate::conn::{Conn, Out, Pushed};
+use crate::protocol::{self, Refusal};
+use crate::ws::{CloseCode, outbound};
+
+pub(super) fn log_index(tier: Tier, delayed: bool) -> usize {
+    tier.index() * 2 + usize::from(delayed)
+}
+
+pub(super) fn log_of(channels: &ChannelSet, idx: usize) -> Option<&ChannelLog> {
+    let tier = Tier::ALL[idx / 2];
+    if idx % 2 == 0 { Some(channels.live(tier)) } else { channels.delayed(tier) }
+}
+
+impl Shard {
+    /// The log a user reads `signals_<tier>` from: the delayed view when their own
+    /// tier has a delay or they have no real-time access.
+    pub(super) fn view_for(&self, session: &Session, tier: Tier) -> usize {
+        let policy = &self.ctx.engine.policy;
+        let delayed = !session.real_time || !policy.rule(session.tier).delay.is_zero();
+        if delayed && self.ctx.engine.channels.delayed(tier).is_some() {
+            log_index(tier, true)
+        } else {
+            log_index(tier, false)
+        }
+    }
+
+    pub(super) fn limit_for(&self, session: &Session) -> Option<u32> {
+        session.max_signals_per_day.or(self.ctx.engine.policy.rule(session.tier).signals_per_day)
+    }
+
+    /// Queues a reply or notice on connection `i`.
+    pub(super) fn reply(&mut self, i: usize, json: &[u8]) {
+        let limit = self.ctx.conn.outbound_limit;
+        let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) else { return };
+        if c.outbox.push_text(json, limit) == Pushed::Overflow {
+            self.overflowed.push(i);
+        }
+        self.mark_dirty(i);
+    }
+
+    /// Sends ERROR; too many of them close the connection with 1008.
+    pub(super) fn refuse(&mut self, i: usize, r: &Refusal) {
+        self.reply(i, &protocol::error(r));
+        let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) else { return };
+        if c.record_error() {
+            self.close(i, outbound::close(CloseCode::Policy));
+        }
+    }
+
+    /// Stops every delivery to connection `i`.
+    pub(super) fn forget_subscriptions(&mut self, i: usize) {
+        let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) else { return };
+        for idx in c.signals.iter_mut().filter_map(Option::take) {
+            self.subs[usize::from(idx)].retain(|s| s.conn != i);
+        }
+        if std::mem::take(&mut c.prices) {
+            self.price_subs.retain(|c| *c != i);
+        }
+        c.user_channel = false;
+    }
+
+    /// Subscribes connection `i` to `signals_<tier>`, replaying from `resume`.
+    pub(super) fn add_signal_sub(
+        &mut self,
+        i: usize,
+        channel: &ChannelName,
+        tier: Tier,
+        resume: Option<Resume>,
+    ) {
+        let Some(c) = self.conns.get(i).and_then(Option::as_ref) else { return };
+        let idx = self.view_for(&c.session, tier);
+        let engine = Arc::clone(&self.ctx.engine);
+        let Some(log) = log_of(&engine.channels, idx) else { return };
+        let sub = log.subscribe(resume);
+        let (categories, quota, limit) =
+            (c.session.categories, Arc::clone(&c.quota), self.limit_for(&c.session));
+        self.reply(i, &protocol::subscribed_signals(channel, sub.epoch, sub.head, sub.recovered));
+        // The replay holds `since+1 ..= head`; live reading then goes on after head.
+        let since = resume.filter(|_| sub.recovered == Some(true)).map_or(sub.head, |r| r.since);
+        let entry = Sub { conn: i, categories, quota, limit, skip_until: since, last_seq: since };
+        self.install(i, idx, tier, entry, &sub);
+        self.remove_overflowed();
+    }
+
+    /// Replays `sub` to `entry` (which skips what it has seen), then makes it a live
+    /// subscriber of log `idx` after the subscription's head.
+    pub(super) fn install(&mut self, i: usize, idx: usize, tier: Tier, mut entry: Sub, sub: &Subscription) {
+        let today = utc_day(UnixNanos::now().0);
+        let limit = self.ctx.conn.outbound_limit;
+        let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) else { return };
+        for m in &sub.replay {
+            if deliver(&mut entry, c, idx, m, tier, today, limit) == Delivery::Overflow {
+                self.overflowed.push(i);
+                break;
+            }
+        }
+        entry.skip_until = entry.skip_until.max(sub.head);
+        entry.last_seq = entry.last_seq.max(entry.skip_until);
+        c.signals[tier.index()] = Some(idx as u8);
+        if self.subs[idx].is_empty() {
+            // Nobody on this shard read this log: start from the subscription's head.
+            self.cursors[idx] = sub.cursor;
+        }
+        self.subs[idx].push(entry);
+        self.mark_dirty(i);
+    }
+
+    pub(super) fn remove_signal_sub(&mut self, i: usize, tier: Tier) -> Option<Sub> {
+        let c = self.conns.get_mut(i)?.as_mut()?;
+        let idx = usize::from(c.signals[tier.index()].take()?);
+        let pos = self.subs[idx].iter().position(|s| s.conn == i)?;
+        Some(self.subs[idx].swap_remove(pos))
+    }
+
+    /// Subscribes connection `i` to the conflated price stream: the latest price of
+    /// every symbol first, then changes.
+    pub(super) fn add_price_sub(&mut self, i: usize) {
+        let ticks = Arc::clone(&self.ctx.engine.ticks);
+        let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) else { return };
+        for (sym, tick, _) in ticks.iter() {
+            c.outbox.push_price(sym.0, price_frame(&tick));
+        }
+        c.prices = true;
+        self.price_subs.push(i);
+        self.mark_dirty(i);
+    }
+
+    /// Queues new messages of every log on their subscribers.
+    pub(super) fn fan_out(&mut self) {
+        let today = utc_day(UnixNanos::now().0);
+        let limit = self.ctx.conn.outbound_limit;
+        let engine = Arc::clone(&self.ctx.engine);
+        for idx in 0..LOGS {
+            let Some(log) = log_of(&engine.channels, idx) else { continue };
+            if self.subs[idx].is_empty() {
+                self.cursors[idx] = log.head();
+                continue;
+            }
+            let tier = Tier::ALL[idx / 2];
+            loop {
+                self.batch.clear();
+                match log.read_after(self.cursors[idx], &mut self.batch, 256) {
+                    Ok(next) => {
+                        if self.batch.is_empty() {
+                            break;
+                        }
+                        self.cursors[idx] = next;
+                        for m in &self.batch {
+                            for sub in &mut self.subs[idx] {
+                                let Some(c) = self.conns[sub.conn].as_mut() else { continue };
+                                match deliver(sub, c, idx, m, tier, today, limit) {
+                                    Delivery::Queued => {
+                                        if !c.dirty {
+                                            c.dirty = true;
+                                            self.dirty.push_back(sub.conn);
+                                        }
+                                    }
+                                    Delivery::Overflow => self.overflowed.push(sub.conn),
+                                    Delivery::Exhausted => self.exhausted.push(sub.conn),
+                                    Delivery::Skipped => {}
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        // This shard fell more than a ring behind: its subscribers
+                        // missed messages. They are closed as slow consumers and can
+                        // resume (and will be told whether it recovered).
+                        tracing::warn!(shard = self.index, log = log.name(), error = %e, "hub shard lagged");
+                        let lagged: Vec<usize> = self.subs[idx].iter().map(|s| s.conn).collect();
+                        for i in lagged {
+                            self.ctx.stats.slow_consumer();
+                            self.close(i, outbound::close(CloseCode::SlowConsumer));
+                        }
+                        self.cursors[idx] = log.head();
+                        break;
+                    }
+                }
+            }
+        }
+        self.batch.clear();
+        self.notify_exhausted();
+        self.remove_overflowed();
+    }
+
+    fn notify_exhausted(&mut self) {
+        for i in std::mem::take(&mut self.exhausted) {
+            let Some(user) = self.conns.get(i).and_then(Option::as_ref).map(|c| c.session.user_id.clone())
+            else {
+                continue;
+            };
+            let note = protocol::notification(
+                &user,
+                json!({"event": "quota_exhausted", "message": "daily signal quota used up; deliveries resume at 00:00 UTC"}),
+            );
+            let theirs: Vec<usize> = (0..self.conns.len())
+                .filter(|&k| {
+                    self.conns[k].as_ref().is_some_and(|c| c.session.user_id == user && c.user_channel)
+                })
+                .collect();
+            for k in theirs {
+                self.reply(k, &note);
+            }
+        }
+    }
+
+    /// Connections whose outbox overflowed: closed with 4008 already; stop delivering.
+    pub(super) fn remove_overflowed(&mut self) {
+        let mut ids = std::mem::take(&mut self.overflowed);
+        ids.sort_unstable();
+        ids.dedup();
+        for i in ids {
+            let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) else { continue };
+            if c.is_open() {
+                c.phase = crate::conn::Phase::Closing;
+            }
+            self.ctx.stats.slow_consumer();
+            self.forget_subscriptions(i);
+            self.mark_dirty(i);
+        }
+    }
+
+    pub(super) fn fan_out_prices(&mut self) {
+        let ticks = Arc::clone(&self.ctx.engine.ticks);
+        let n = ticks.len();
+        if self.price_versions.len() < n {
+            self.price_versions.resize(n, 0);
+        }
+        for (sym, tick, version) in ticks.iter() {
+            let seen = &mut self.price_versions[sym.0 as usize];
+            if version <= *seen {
+                continue;
+            }
+            *seen = version;
+            let frame = price_frame(&tick);
+            for &i in &self.price_subs {
+                let Some(c) = self.conns[i].as_mut() else { continue };
+                c.outbox.push_price(sym.0, Arc::clone(&frame));
+                if !c.dirty {
+                    c.dirty = true;
+                    self.dirty.push_back(i);
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Delivery {
+    Queued,
+    Skipped,
+    Overflow,
+    Exhausted,
+}
+
+/// The per-recipient step: seq, category and quota checks, then a pointer push.
+pub(super) fn deliver(
+    sub: &mut Sub,
+    c: &mut Conn,
+    log: usize,
+    m: &Message,
+    tier: Tier,
+    today: u32,
+    limit: usize,
+) -> Delivery {
+    let seq = m.seq();
+    if seq <= sub.skip_until {
+        return Delivery::Skipped;
+    }
+    sub.last_seq = seq;
+    if !sub.categories.contains(m.category()) {
+        return Delivery::Skipped;
+    }
+    if let Some(max) = sub.limit
+        && let Take::Exhausted { notify } = sub.quota.take(log, seq, max, today)
+    {
+        return if notify { Delivery::Exhausted } else { Delivery::Skipped };
+    }
+    match c.outbox.push(Out::Signal(m.clone(), tier), limit) {
+        Pushed::Queued => Delivery::Queued,
+        Pushed::Overflow => Delivery::Overflow,
+        Pushed::Closed => Delivery::Skipped,
+    }
+}
+
+pub(super) fn price_frame(tick: &engine::model::Tick) -> Arc<[u8]> {
+    let mut json = Vec::with_capacity(200);
+    engine::pipeline::encode::price_update(&mut json, tick);
+    outbound::text(&json).into()
+}
