@@ -102,7 +102,8 @@ enum Cmd {
         #[arg(long, default_value = "docs")]
         docs: PathBuf,
     },
-    /// (internal) signalcast on the given addresses, embedded default, no demo.
+    /// (internal) signalcast on the given addresses, embedded default (plus any
+    /// SIGNALCAST_* variables), no demo.
     #[command(hide = true)]
     ServeSignalcast {
         #[arg(long)]
@@ -142,11 +143,10 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::ServeSignalcast { ws, publish } => {
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async {
-                let mut config = gateway::Config {
-                    listen: ws.to_string(),
-                    feed_listen: publish.to_string(),
-                    ..Default::default()
-                };
+                // SIGNALCAST_* variables apply (e.g. SIGNALCAST_SHARDS=1 to compare).
+                let mut config = gateway::Config::load(None).map_err(|e| anyhow::anyhow!("{e}"))?;
+                config.listen = ws.to_string();
+                config.feed_listen = publish.to_string();
                 config.demo.enabled = false;
                 let _running = gateway::start(config).await?;
                 std::future::pending::<()>().await;

@@ -329,6 +329,8 @@ impl Shard {
             match result {
                 Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
+                    // The write timeout counts from the last progress, not the first stall.
+                    c.blocked_since = None;
                     let now = UnixNanos::now().0;
                     let local = &mut self.local;
                     c.outbox.advance(n, |m, tier| local.delivered(tier, now - m.ingest_ts().0));
