@@ -72,6 +72,9 @@ pub struct ReadError {
 ///
 /// The ring sits behind a mutex that the writer takes once per message and a reader
 /// once per batch it reads; readers are hub shards (a handful), never connections.
+/// How many appends ahead of its eviction a message is prefetched.
+const EVICT_AHEAD: usize = 8;
+
 #[derive(Debug)]
 pub struct ChannelLog {
     name: String,
@@ -134,6 +137,9 @@ impl ChannelLog {
         debug_assert!(seq > self.head(), "{}: seq {seq} not above head", self.name);
         let mut ring = self.ring();
         let evicted = if ring.msgs.len() == self.capacity { ring.msgs.pop_front() } else { None };
+        if let Some((_, soon)) = ring.msgs.get(EVICT_AHEAD) {
+            soon.prefetch(); // evicted EVICT_AHEAD appends from now
+        }
         if let Some((old, _)) = &evicted {
             ring.lost_through = ring.lost_through.max(*old);
         }

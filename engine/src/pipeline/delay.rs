@@ -42,7 +42,12 @@ impl DelayLine {
     /// The next message due at `now`, if any.
     pub(crate) fn pop_due(&mut self, now: UnixNanos) -> Option<Message> {
         match self.queue.front() {
-            Some((at, _)) if *at <= now => self.queue.pop_front().map(|(_, m)| m),
+            Some((at, _)) if *at <= now => {
+                if let Some((_, soon)) = self.queue.get(8) {
+                    soon.prefetch(); // released (and read) a few pops from now
+                }
+                self.queue.pop_front().map(|(_, m)| m)
+            }
             _ => None,
         }
     }
