@@ -1,4 +1,5 @@
-//! Bounds and refusals: slow consumers, bad tokens, bad frames, silence, expiry.
+//! Bounds, refusals and frame handling: slow consumers, bad tokens, bad frames, silence,
+//! expiry, early frames.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -228,5 +229,27 @@ async fn tokens_expire_unless_refreshed_and_silent_clients_time_out() {
     // Silent for more than the heartbeat timeout: 4004.
     let mut silent = RawClient::connect(server.http_addr, &token(&server, "u-basic-1"), None).await;
     assert_eq!(silent.close_code().await, Some(4004));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_sent_with_the_upgrade_request_are_answered_in_the_order_sent() {
+    let server = start(config()).await;
+    let token = token(&server, "u-premium-1");
+    let mut early = client_frame(0x1, br#"{"type":"SUBSCRIBE","channel":"signals_premium"}"#, true);
+    early.extend(client_frame(0x1, br#"{"type":"PING"}"#, true));
+    early.extend(client_frame(0x9, b"hi", true));
+    let mut c = RawClient::connect_with(server.http_addr, &token, None, &early).await;
+    let mut types = Vec::new();
+    loop {
+        let (op, payload) = c.frame().await.expect("the server answered every early frame");
+        if op == 0xA {
+            assert_eq!(payload, b"hi", "the control ping is echoed");
+            break;
+        }
+        let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        types.push(v["type"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(types, ["SYSTEM_MESSAGE", "SUBSCRIBED", "PONG"], "welcome, then replies in order");
     server.shutdown().await;
 }

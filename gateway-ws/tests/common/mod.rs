@@ -220,6 +220,27 @@ pub fn id_of(v: &Value) -> u128 {
 
 /// A WebSocket client written by hand: it can send what libraries will not (unmasked
 /// or invalid frames) and stop reading at will, with a small receive buffer.
+/// A client frame (masked unless `mask` is false).
+pub fn client_frame(opcode: u8, payload: &[u8], mask: bool) -> Vec<u8> {
+    let key = [1u8, 2, 3, 4];
+    let mut f = vec![0x80 | opcode];
+    let m = if mask { 0x80 } else { 0 };
+    match payload.len() {
+        n if n < 126 => f.push(m | n as u8),
+        n => {
+            f.push(m | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+    if mask {
+        f.extend_from_slice(&key);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    } else {
+        f.extend_from_slice(payload);
+    }
+    f
+}
+
 pub struct RawClient {
     pub stream: TcpStream,
     pub buf: BytesMut,
@@ -227,16 +248,24 @@ pub struct RawClient {
 
 impl RawClient {
     pub async fn connect(addr: SocketAddr, token: &str, recv_buffer: Option<u32>) -> Self {
+        Self::connect_with(addr, token, recv_buffer, &[]).await
+    }
+
+    /// Connects, sending `early` (client frames) in the same write as the upgrade
+    /// request, as a client that does not wait for the 101 may.
+    pub async fn connect_with(addr: SocketAddr, token: &str, recv_buffer: Option<u32>, early: &[u8]) -> Self {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         if let Some(size) = recv_buffer {
             socket.set_recv_buffer_size(size).unwrap();
         }
         let mut stream = socket.connect(addr).await.unwrap();
-        let req = format!(
+        let mut req = format!(
             "GET /ws?token={token} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        );
-        stream.write_all(req.as_bytes()).await.unwrap();
+        )
+        .into_bytes();
+        req.extend_from_slice(early);
+        stream.write_all(&req).await.unwrap();
         let mut buf = BytesMut::new();
         let end = loop {
             stream.read_buf(&mut buf).await.unwrap();
@@ -252,23 +281,7 @@ impl RawClient {
 
     /// Sends a frame; `mask: false` breaks RFC 6455 on purpose.
     pub async fn send_frame(&mut self, opcode: u8, payload: &[u8], mask: bool) {
-        let key = [1u8, 2, 3, 4];
-        let mut f = vec![0x80 | opcode];
-        let m = if mask { 0x80 } else { 0 };
-        match payload.len() {
-            n if n < 126 => f.push(m | n as u8),
-            n => {
-                f.push(m | 126);
-                f.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-        }
-        if mask {
-            f.extend_from_slice(&key);
-            f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-        } else {
-            f.extend_from_slice(payload);
-        }
-        self.stream.write_all(&f).await.unwrap();
+        self.stream.write_all(&client_frame(opcode, payload, mask)).await.unwrap();
     }
 
     pub async fn send_text(&mut self, s: &str) {
