@@ -1,0 +1,286 @@
+//! Admin endpoints, behind the admin token. Every change to a user's tier, categories,
+//! limits or status is written by the database triggers to the change log and
+//! NOTIFY'd in the same transaction (migrations/V1__init.sql).
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiError, Shared, require};
+use crate::entitlements::{self, Entitlements};
+
+fn admin(app: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
+    require(headers, &app.config.admin_token)
+}
+
+#[derive(Deserialize)]
+pub(crate) struct NewUser {
+    id: String,
+    email: String,
+    password: String,
+    /// A plan to subscribe to at once.
+    plan: Option<String>,
+    categories: Option<Vec<String>>,
+    real_time_access: Option<bool>,
+    max_signals_per_day: Option<i32>,
+}
+
+fn check_categories(c: &[String]) -> Result<(), ApiError> {
+    match c.iter().find(|k| k.parse::<engine::model::Category>().is_err()) {
+        Some(bad) => Err(ApiError::bad_request(format!("unknown category {bad:?}"))),
+        None => Ok(()),
+    }
+}
+
+pub(crate) async fn create_user(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    Json(u): Json<NewUser>,
+) -> Result<(StatusCode, Json<Entitlements>), ApiError> {
+    admin(&app, &headers)?;
+    if u.password.len() < 8 {
+        return Err(ApiError::bad_request("password: at least 8 characters"));
+    }
+    let categories = u
+        .categories
+        .unwrap_or_else(|| engine::model::Category::ALL.iter().map(|c| c.as_str().to_owned()).collect());
+    check_categories(&categories)?;
+    let password = u.password;
+    let hash = tokio::task::spawn_blocking(move || crate::password::hash(&password))
+        .await
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "hashing failed"))?
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "hashing failed"))?;
+    let mut client = app.pool.get().await?;
+    let tx = client.transaction().await?;
+    tx.execute(
+        "INSERT INTO user_management.users (id, email, password_hash) VALUES ($1, $2, $3)",
+        &[&u.id, &u.email, &hash],
+    )
+    .await?;
+    tx.execute(
+        "INSERT INTO signals.signal_subscriptions (user_id, categories, max_signals_per_day, real_time_access)
+         VALUES ($1, $2, $3, $4)",
+        &[&u.id, &categories, &u.max_signals_per_day, &u.real_time_access.unwrap_or(true)],
+    )
+    .await?;
+    if let Some(plan) = &u.plan {
+        tx.execute(
+            "INSERT INTO finance.user_subscriptions (user_id, plan_id) VALUES ($1, $2)",
+            &[&u.id, plan],
+        )
+        .await?;
+    }
+    let e = entitlements::of(&tx, &u.id).await?.ok_or_else(|| ApiError::not_found("user"))?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(e)))
+}
+
+pub(crate) async fn get_user(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Entitlements>, ApiError> {
+    admin(&app, &headers)?;
+    let client = app.pool.get().await?;
+    entitlements::of(&client, &id).await?.map(Json).ok_or_else(|| ApiError::not_found("user"))
+}
+
+async fn set_status(app: &Shared, id: &str, status: &str) -> Result<Json<Entitlements>, ApiError> {
+    let mut client = app.pool.get().await?;
+    let tx = client.transaction().await?;
+    let n = tx
+        .execute(
+            "UPDATE user_management.users SET status = $2, updated_at = now() WHERE id = $1",
+            &[&id, &status],
+        )
+        .await?;
+    if n == 0 {
+        return Err(ApiError::not_found("user"));
+    }
+    if status == "suspended" {
+        // A suspended user cannot refresh their way back in.
+        tx.execute(
+            "UPDATE auth.refresh_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL",
+            &[&id],
+        )
+        .await?;
+    }
+    let e = entitlements::of(&tx, id).await?.ok_or_else(|| ApiError::not_found("user"))?;
+    tx.commit().await?;
+    Ok(Json(e))
+}
+
+pub(crate) async fn suspend(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Entitlements>, ApiError> {
+    admin(&app, &headers)?;
+    set_status(&app, &id, "suspended").await
+}
+
+pub(crate) async fn reactivate(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Entitlements>, ApiError> {
+    admin(&app, &headers)?;
+    set_status(&app, &id, "active").await
+}
+
+#[derive(Deserialize)]
+pub(crate) struct SignalSubscription {
+    categories: Vec<String>,
+    real_time_access: bool,
+    max_signals_per_day: Option<i32>,
+}
+
+pub(crate) async fn set_signal_subscription(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(s): Json<SignalSubscription>,
+) -> Result<Json<Entitlements>, ApiError> {
+    admin(&app, &headers)?;
+    check_categories(&s.categories)?;
+    let client = app.pool.get().await?;
+    client
+        .execute(
+            "INSERT INTO signals.signal_subscriptions (user_id, categories, max_signals_per_day, real_time_access)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (user_id) DO UPDATE SET categories = $2, max_signals_per_day = $3,
+                 real_time_access = $4, updated_at = now()",
+            &[&id, &s.categories, &s.max_signals_per_day, &s.real_time_access],
+        )
+        .await?;
+    entitlements::of(&client, &id).await?.map(Json).ok_or_else(|| ApiError::not_found("user"))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct NewPlan {
+    id: String,
+    name: String,
+    tier: String,
+    #[serde(default)]
+    price_cents: i64,
+}
+
+pub(crate) async fn create_plan(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    Json(p): Json<NewPlan>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    admin(&app, &headers)?;
+    if p.tier.parse::<engine::model::Tier>().is_err() {
+        return Err(ApiError::bad_request(format!("unknown tier {:?}", p.tier)));
+    }
+    app.pool
+        .get()
+        .await?
+        .execute(
+            "INSERT INTO finance.subscription_plans (id, name, tier, price_cents) VALUES ($1, $2, $3, $4)",
+            &[&p.id, &p.name, &p.tier, &p.price_cents],
+        )
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"id": p.id, "name": p.name, "tier": p.tier, "price_cents": p.price_cents})),
+    ))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct NewSubscription {
+    user_id: String,
+    plan_id: String,
+}
+
+/// Moves a user to a plan (upgrade or downgrade): the active subscription ends and the
+/// new one starts in one transaction.
+pub(crate) async fn subscribe(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    Json(s): Json<NewSubscription>,
+) -> Result<Json<Entitlements>, ApiError> {
+    admin(&app, &headers)?;
+    let mut client = app.pool.get().await?;
+    let tx = client.transaction().await?;
+    tx.execute(
+        "UPDATE finance.user_subscriptions SET status = 'cancelled', ended_at = now()
+         WHERE user_id = $1 AND status = 'active'",
+        &[&s.user_id],
+    )
+    .await?;
+    tx.execute(
+        "INSERT INTO finance.user_subscriptions (user_id, plan_id) VALUES ($1, $2)",
+        &[&s.user_id, &s.plan_id],
+    )
+    .await?;
+    let e = entitlements::of(&tx, &s.user_id).await?.ok_or_else(|| ApiError::not_found("user"))?;
+    tx.commit().await?;
+    Ok(Json(e))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct NewProducerKey {
+    producer_id: String,
+}
+
+/// Issues a producer API key; the key is in this response only (stored hashed).
+pub(crate) async fn issue_producer_key(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    Json(k): Json<NewProducerKey>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    admin(&app, &headers)?;
+    let mut raw = [0u8; 24];
+    aws_lc_rs::rand::SecureRandom::fill(&aws_lc_rs::rand::SystemRandom::new(), &mut raw)
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no randomness"))?;
+    let key = format!("sk-{}", URL_SAFE_NO_PAD.encode(raw));
+    let hash = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key.as_bytes()).as_ref().to_vec();
+    let row = app
+        .pool
+        .get()
+        .await?
+        .query_one(
+            "INSERT INTO auth.producer_keys (producer_id, key_hash) VALUES ($1, $2) RETURNING id",
+            &[&k.producer_id, &hash],
+        )
+        .await?;
+    let id: i64 = row.get(0);
+    Ok((StatusCode::CREATED, Json(json!({"id": id, "producer_id": k.producer_id, "key": key}))))
+}
+
+pub(crate) async fn revoke_producer_key(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Result<StatusCode, ApiError> {
+    admin(&app, &headers)?;
+    let n = app
+        .pool
+        .get()
+        .await?
+        .execute(
+            "UPDATE auth.producer_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
+            &[&id],
+        )
+        .await?;
+    if n == 0 { Err(ApiError::not_found("active producer key")) } else { Ok(StatusCode::NO_CONTENT) }
+}
+
+/// A new signing key signs from now on; older ones keep verifying (still in the JWKS).
+pub(crate) async fn rotate_signing_key(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    admin(&app, &headers)?;
+    crate::keys::rotate(&app.pool).await?;
+    let keys = crate::keys::load(&app.pool).await?;
+    let kid = keys.kid().to_owned();
+    *app.keys.write().await = keys;
+    Ok(Json(json!({"kid": kid})))
+}

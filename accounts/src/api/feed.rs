@@ -1,0 +1,132 @@
+//! For gateways: producer keys and the entitlement change stream (server-sent events).
+//!
+//! `GET /v1/gateway/changes?after=N` streams every change after position N, oldest
+//! first, as SSE events whose `id` is the position: a gateway that reconnects passes
+//! the last id it saw and misses nothing (the log is durable; NOTIFY only wakes the
+//! stream). Each event carries the user's current entitlements (or the producer's
+//! active key hashes), not a diff: applying an event twice is harmless.
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::stream::{self, Stream, StreamExt};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiError, App, Shared, require};
+use crate::entitlements;
+
+/// Events read from the log per query.
+const BATCH: i64 = 256;
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+async fn active_keys(
+    client: &impl deadpool_postgres::GenericClient,
+    producer: Option<&str>,
+) -> Result<Vec<Value>, ApiError> {
+    let rows = client
+        .query(
+            "SELECT producer_id, key_hash FROM auth.producer_keys
+             WHERE revoked_at IS NULL AND ($1::text IS NULL OR producer_id = $1) ORDER BY id",
+            &[&producer],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| json!({"producer_id": r.get::<_, String>(0), "key_sha256": hex(&r.get::<_, Vec<u8>>(1))}))
+        .collect())
+}
+
+/// Every active producer key (SHA-256 only), and the change log position it is as of.
+pub(crate) async fn producer_keys(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    require(&headers, &app.config.gateway_token)?;
+    let mut client = app.pool.get().await?;
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .start()
+        .await?;
+    let position: i64 =
+        tx.query_one("SELECT COALESCE(MAX(position), 0) FROM auth.entitlement_changes", &[]).await?.get(0);
+    let keys = active_keys(&tx, None).await?;
+    tx.commit().await?;
+    Ok(Json(json!({"position": position, "keys": keys})))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct After {
+    #[serde(default)]
+    after: i64,
+}
+
+pub(crate) async fn changes(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    Query(q): Query<After>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    require(&headers, &app.config.gateway_token)?;
+    app.counters.feed_streams.fetch_add(1, Ordering::Relaxed);
+    let head = app.head.clone();
+    let events = stream::unfold((app, q.after, head), |(app, mut after, mut head)| async move {
+        loop {
+            match read(&app, after).await {
+                Ok(batch) if !batch.is_empty() => {
+                    after = batch.last().map_or(after, |(p, _)| *p);
+                    let events: Vec<Result<Event, Infallible>> = batch
+                        .into_iter()
+                        .map(|(p, data)| {
+                            Ok(Event::default().id(p.to_string()).event("change").data(data.to_string()))
+                        })
+                        .collect();
+                    return Some((stream::iter(events), (app, after, head)));
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = ?e, "change stream read failed; retrying"),
+            }
+            // Wait for NOTIFY, and look again now and then in case one was missed.
+            let _ = tokio::time::timeout(Duration::from_secs(5), head.changed()).await;
+        }
+    })
+    .flatten();
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(10))))
+}
+
+async fn read(app: &App, after: i64) -> Result<Vec<(i64, Value)>, ApiError> {
+    let client = app.pool.get().await?;
+    let rows = client
+        .query(
+            "SELECT position, user_id, producer_id FROM auth.entitlement_changes
+             WHERE position > $1 ORDER BY position LIMIT $2",
+            &[&after, &BATCH],
+        )
+        .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let position: i64 = r.get(0);
+        let (user, producer): (Option<String>, Option<String>) = (r.get(1), r.get(2));
+        let data = match (user, producer) {
+            (Some(u), _) => {
+                let e = entitlements::of(&client, &u).await?;
+                json!({"position": position, "kind": "user", "user_id": u, "user": e})
+            }
+            (None, Some(p)) => {
+                let keys = active_keys(&client, Some(&p)).await?;
+                json!({"position": position, "kind": "producer", "producer_id": p, "keys": keys})
+            }
+            (None, None) => continue,
+        };
+        out.push((position, data));
+    }
+    Ok(out)
+}

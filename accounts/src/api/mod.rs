@@ -1,0 +1,274 @@
+//! The sidecar's HTTP API (docs/openapi.yaml).
+//!
+//! - `auth`: login, refresh (rotating), logout, `/v1/me`.
+//! - `admin`: users, plans, subscriptions, signal subscriptions, suspension, producer
+//!   keys, signing key rotation; behind the admin token.
+//! - `feed`: the entitlement change stream and producer keys, for gateways; behind the
+//!   gateway token.
+//! - here: state, errors, the JWKS, health and metrics.
+
+mod admin;
+mod auth;
+mod feed;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use serde_json::json;
+use tokio::sync::{RwLock, watch};
+
+use crate::keys::{self, Keys};
+
+/// Sidecar settings.
+#[derive(Clone)]
+pub struct Config {
+    pub database_url: String,
+    pub pool_size: usize,
+    /// Bearer token of the admin endpoints.
+    pub admin_token: String,
+    /// Bearer token gateways present to read the change feed and producer keys.
+    pub gateway_token: String,
+    pub access_ttl: Duration,
+    pub refresh_ttl: Duration,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("pool_size", &self.pool_size)
+            .field("access_ttl", &self.access_ttl)
+            .field("refresh_ttl", &self.refresh_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    pub fn new(
+        database_url: impl Into<String>,
+        admin_token: impl Into<String>,
+        gateway_token: impl Into<String>,
+    ) -> Self {
+        Self {
+            database_url: database_url.into(),
+            pool_size: 16,
+            admin_token: admin_token.into(),
+            gateway_token: gateway_token.into(),
+            access_ttl: Duration::from_secs(15 * 60),
+            refresh_ttl: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    logins: AtomicU64,
+    login_failures: AtomicU64,
+    refreshes: AtomicU64,
+    refresh_failures: AtomicU64,
+    reuse_detected: AtomicU64,
+    feed_streams: AtomicU64,
+}
+
+pub(crate) struct App {
+    pool: deadpool_postgres::Pool,
+    keys: RwLock<Keys>,
+    config: Config,
+    head: watch::Receiver<i64>,
+    counters: Counters,
+}
+
+type Shared = Arc<App>;
+
+/// An API error: status, a stable code and a message (never a secret, never SQL).
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    fn not_found(what: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", format!("no such {what}"))
+    }
+
+    fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(json!({"error": self.code, "message": self.message}))).into_response()
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> ApiError {
+    tracing::warn!(error = %e, "database unavailable");
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "accounts database unavailable")
+}
+
+impl From<deadpool_postgres::PoolError> for ApiError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        unavailable(e)
+    }
+}
+
+impl From<tokio_postgres::Error> for ApiError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        use tokio_postgres::error::SqlState;
+        match e.code() {
+            Some(c) if *c == SqlState::UNIQUE_VIOLATION => ApiError::conflict("already exists"),
+            Some(c) if *c == SqlState::FOREIGN_KEY_VIOLATION => ApiError::not_found("referenced record"),
+            Some(c) if *c == SqlState::CHECK_VIOLATION => ApiError::bad_request("a field is out of range"),
+            _ => unavailable(e),
+        }
+    }
+}
+
+impl From<crate::keys::KeyError> for ApiError {
+    fn from(e: crate::keys::KeyError) -> Self {
+        tracing::error!(error = %e, "signing keys");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "signing failed")
+    }
+}
+
+/// The bearer token of a request, if any.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Compares secrets in time independent of where they differ.
+fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn require(headers: &HeaderMap, secret: &str) -> Result<(), ApiError> {
+    match bearer(headers) {
+        Some(t) if !secret.is_empty() && same_secret(t, secret) => Ok(()),
+        _ => Err(ApiError::unauthorized("a valid bearer token is required")),
+    }
+}
+
+/// Why the sidecar could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Db(#[from] crate::db::DbError),
+    #[error(transparent)]
+    Keys(#[from] crate::keys::KeyError),
+}
+
+/// Connects, migrates, loads keys; returns the router.
+pub async fn app(config: Config) -> Result<Router, StartError> {
+    let pool = crate::db::pool(&config.database_url, config.pool_size)?;
+    crate::db::migrate(&pool).await?;
+    let keys = keys::load(&pool).await?;
+    let pg: tokio_postgres::Config =
+        config.database_url.parse().map_err(|e| StartError::Db(crate::db::DbError::Url(e)))?;
+    let head = crate::changes::follow(pg);
+    let app = Arc::new(App { pool, keys: RwLock::new(keys), config, head, counters: Counters::default() });
+    Ok(Router::new()
+        .route("/v1/auth/login", post(auth::login))
+        .route("/v1/auth/refresh", post(auth::refresh))
+        .route("/v1/auth/logout", post(auth::logout))
+        .route("/v1/me", get(auth::me))
+        .route("/v1/admin/users", post(admin::create_user))
+        .route("/v1/admin/users/{id}", get(admin::get_user))
+        .route("/v1/admin/users/{id}/suspend", post(admin::suspend))
+        .route("/v1/admin/users/{id}/reactivate", post(admin::reactivate))
+        .route("/v1/admin/users/{id}/signal-subscription", put(admin::set_signal_subscription))
+        .route("/v1/admin/plans", post(admin::create_plan))
+        .route("/v1/admin/subscriptions", post(admin::subscribe))
+        .route("/v1/admin/producer-keys", post(admin::issue_producer_key))
+        .route("/v1/admin/producer-keys/{id}", delete(admin::revoke_producer_key))
+        .route("/v1/admin/signing-keys/rotate", post(admin::rotate_signing_key))
+        .route("/v1/gateway/producer-keys", get(feed::producer_keys))
+        .route("/v1/gateway/changes", get(feed::changes))
+        .route("/.well-known/jwks.json", get(jwks))
+        .route("/health/live", get(|| async { "ok\n" }))
+        .route("/health/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::not_found("endpoint") })
+        .with_state(app))
+}
+
+/// Serves until `shutdown` resolves.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let router = app(config).await?;
+    if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(shutdown).await {
+        tracing::error!(error = %e, "accounts server failed");
+    }
+    Ok(())
+}
+
+async fn jwks(State(app): State<Shared>) -> Response {
+    let jwks = app.keys.read().await.jwks().clone();
+    ([(header::CACHE_CONTROL, "max-age=60")], axum::Json(jwks)).into_response()
+}
+
+async fn ready(State(app): State<Shared>) -> Response {
+    let check = async { app.pool.get().await.ok()?.query_one("SELECT 1", &[]).await.ok() };
+    match tokio::time::timeout(Duration::from_secs(1), check).await {
+        Ok(Some(_)) => (StatusCode::OK, "ready\n").into_response(),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n").into_response(),
+    }
+}
+
+async fn metrics(State(app): State<Shared>) -> Response {
+    let c = &app.counters;
+    let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let status = app.pool.status();
+    let body = format!(
+        "# TYPE signalcast_accounts_logins_total counter\n\
+         signalcast_accounts_logins_total{{result=\"ok\"}} {}\n\
+         signalcast_accounts_logins_total{{result=\"refused\"}} {}\n\
+         # TYPE signalcast_accounts_refreshes_total counter\n\
+         signalcast_accounts_refreshes_total{{result=\"ok\"}} {}\n\
+         signalcast_accounts_refreshes_total{{result=\"refused\"}} {}\n\
+         # TYPE signalcast_accounts_refresh_reuse_total counter\n\
+         signalcast_accounts_refresh_reuse_total {}\n\
+         # TYPE signalcast_accounts_change_streams_total counter\n\
+         signalcast_accounts_change_streams_total {}\n\
+         # TYPE signalcast_accounts_change_position gauge\n\
+         signalcast_accounts_change_position {}\n\
+         # TYPE signalcast_accounts_db_connections gauge\n\
+         signalcast_accounts_db_connections{{state=\"open\"}} {}\n\
+         signalcast_accounts_db_connections{{state=\"idle\"}} {}\n",
+        get(&c.logins),
+        get(&c.login_failures),
+        get(&c.refreshes),
+        get(&c.refresh_failures),
+        get(&c.reuse_detected),
+        get(&c.feed_streams),
+        *app.head.borrow(),
+        status.size,
+        status.available,
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}

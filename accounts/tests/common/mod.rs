@@ -1,0 +1,227 @@
+//! Real parts for the accounts tests: a throwaway PostgreSQL cluster (initdb + pg_ctl
+//! on a free port, removed on drop) and the real `signalcast-accounts` binary.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const ADMIN: &str = "admin-token-for-tests-0123456789";
+pub const GATEWAY: &str = "gateway-token-for-tests-0123456789";
+
+fn pg_bin(name: &str) -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| d.flatten().map(|e| e.path().join("bin")).collect())
+        .unwrap_or_default();
+    dirs.sort();
+    dirs.into_iter().rev().map(|d| d.join(name)).find(|p| p.exists()).unwrap_or_else(|| PathBuf::from(name))
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false)
+}
+
+/// Runs a PostgreSQL tool, as the `postgres` user when we are root (the server refuses
+/// to run as root).
+fn pg(tool: &str, args: &[&str]) -> Command {
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(pg_bin(tool)).args(args);
+        c
+    } else {
+        let mut c = Command::new(pg_bin(tool));
+        c.args(args);
+        c
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub struct Postgres {
+    dir: PathBuf,
+    pub port: u16,
+}
+
+impl Postgres {
+    pub fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!("signalcast-pg-{}-{}", std::process::id(), free_port()));
+        std::fs::create_dir_all(&dir).unwrap();
+        if is_root() {
+            let st = Command::new("chown").args(["postgres:postgres"]).arg(&dir).status().unwrap();
+            assert!(st.success());
+        }
+        let data = dir.join("data");
+        let d = data.to_str().unwrap();
+        let out = pg("initdb", &["-D", d, "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"])
+            .stdout(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+        let port = free_port();
+        let opts = format!("-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", dir.display());
+        let log = dir.join("log").display().to_string();
+        let st = pg("pg_ctl", &["-D", d, "-o", &opts, "-l", &log, "-w", "-t", "30", "start"])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(
+            st.success(),
+            "pg_ctl start failed: {}",
+            std::fs::read_to_string(dir.join("log")).unwrap_or_default()
+        );
+        Self { dir, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn data(&self) -> String {
+        self.dir.join("data").display().to_string()
+    }
+
+    pub fn stop(&self) {
+        let _ = pg("pg_ctl", &["-D", &self.data(), "-m", "immediate", "-w", "stop"])
+            .stdout(Stdio::null())
+            .status();
+    }
+
+    pub fn restart(&self) {
+        let opts =
+            format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", self.port, self.dir.display());
+        let log = self.dir.join("log").display().to_string();
+        let st = pg("pg_ctl", &["-D", &self.data(), "-o", &opts, "-l", &log, "-w", "start"])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The real sidecar binary on a free port.
+pub struct Sidecar {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Sidecar {
+    pub fn start(db: &Postgres) -> Self {
+        Self::start_on(db, free_port())
+    }
+
+    pub fn start_on(db: &Postgres, port: u16) -> Self {
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_signalcast-accounts"))
+            .args(["serve", "--listen", &addr.to_string(), "--access-ttl-secs", "900"])
+            .env("SIGNALCAST_ACCOUNTS_DATABASE_URL", db.url())
+            .env("SIGNALCAST_ACCOUNTS_ADMIN_TOKEN", ADMIN)
+            .env("SIGNALCAST_ACCOUNTS_GATEWAY_TOKEN", GATEWAY)
+            .env("SIGNALCAST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let s = Self { child, addr };
+        let until = Instant::now() + Duration::from_secs(30);
+        while http(s.addr, "GET", "/health/live", None, None).0 != 200 {
+            assert!(Instant::now() < until, "sidecar did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        s
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One HTTP/1.1 request (Connection: close); returns (status, JSON body or Null).
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+        return (0, Value::Null);
+    };
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let auth = bearer.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    if s.write_all(req.as_bytes()).is_err() {
+        return (0, Value::Null);
+    }
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out);
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+/// Reads server-sent events from a stream opened with `GET path`.
+pub struct Events {
+    s: TcpStream,
+    buf: String,
+}
+
+impl Events {
+    pub fn open(addr: SocketAddr, path: &str, bearer: &str) -> Self {
+        let mut s = TcpStream::connect(addr).unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {bearer}\r\n\r\n");
+        s.write_all(req.as_bytes()).unwrap();
+        Self { s, buf: String::new() }
+    }
+
+    /// The next event's data as JSON, or None after `wait`.
+    pub fn next(&mut self, wait: Duration) -> Option<Value> {
+        let until = Instant::now() + wait;
+        loop {
+            if let Some(at) = self.buf.find("data: ") {
+                if let Some(end) = self.buf[at..].find('\n') {
+                    let line = self.buf[at + 6..at + end].trim().to_owned();
+                    self.buf.drain(..at + end);
+                    return serde_json::from_str(&line).ok();
+                }
+            }
+            let left = until.checked_duration_since(Instant::now())?;
+            self.s.set_read_timeout(Some(left.max(Duration::from_millis(1)))).unwrap();
+            let mut chunk = [0u8; 4096];
+            match self.s.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.push_str(&String::from_utf8_lossy(&chunk[..n])),
+                Err(_) => return None,
+            }
+        }
+    }
+}
+
+pub fn repo_file(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
+}
