@@ -21,6 +21,12 @@ if ! python3 -c 'import websockets' >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check websockets
 fi
 python3 -c 'import websockets; print("python websockets", websockets.__version__)'
+# The accounts tests start a throwaway PostgreSQL cluster (initdb + pg_ctl).
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql
+  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; fi
+fi
+ls -d /usr/lib/postgresql/*/bin/initdb
 # The bench's peer smoke test runs against NATS, nginx + nchan and Node ws.
 bash bench/peers/peers.sh install
 bash bench/peers/peers.sh status

@@ -64,6 +64,11 @@ pub struct AuthConfig {
     pub dev_secret: String,
     /// Lifetime of tokens minted by `signalcast token` and printed at start.
     pub token_ttl_secs: u64,
+    /// The accounts sidecar (`http://host:port`): EdDSA tokens checked against its
+    /// JWKS, live entitlements from its change feed. Unset: the embedded default.
+    pub accounts_url: Option<String>,
+    /// The bearer token the sidecar expects from gateways (its `--gateway-token`).
+    pub accounts_gateway_token: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -109,13 +114,20 @@ impl std::fmt::Debug for AuthConfig {
         f.debug_struct("AuthConfig")
             .field("dev_secret", &"<redacted>")
             .field("token_ttl_secs", &self.token_ttl_secs)
+            .field("accounts_url", &self.accounts_url)
+            .field("accounts_gateway_token", &"<redacted>")
             .finish()
     }
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        Self { dev_secret: "signalcast-dev-secret-not-for-production".into(), token_ttl_secs: 24 * 3600 }
+        Self {
+            dev_secret: "signalcast-dev-secret-not-for-production".into(),
+            token_ttl_secs: 24 * 3600,
+            accounts_url: None,
+            accounts_gateway_token: String::new(),
+        }
     }
 }
 

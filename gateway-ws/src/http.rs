@@ -67,6 +67,9 @@ fn route(req: Request<Incoming>, app: Arc<App>) -> Response<Body> {
         "/health/ready" if app.is_draining() => {
             respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n")
         }
+        "/health/ready" if !app.accounts_ready() => {
+            respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "accounts feed down\n")
+        }
         "/health/ready" => respond(StatusCode::OK, "text/plain", "ready\n"),
         "/metrics" => respond(StatusCode::OK, "text/plain; version=0.0.4", app.metrics()),
         "/" => respond(StatusCode::OK, "text/html; charset=utf-8", INDEX),

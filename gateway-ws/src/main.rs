@@ -30,7 +30,15 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the server (the default).
-    Serve,
+    Serve {
+        /// Take tokens and live entitlements from the accounts sidecar at this URL
+        /// (http://host:port) instead of the fixture accounts.
+        #[arg(long, env = "SIGNALCAST_AUTH__ACCOUNTS_URL")]
+        accounts_url: Option<String>,
+        /// The bearer token the sidecar expects from gateways.
+        #[arg(long, env = "SIGNALCAST_AUTH__ACCOUNTS_GATEWAY_TOKEN", hide_env_values = true)]
+        accounts_gateway_token: Option<String>,
+    },
     /// Mint a dev token (HS256, embedded default) for a fixture user.
     Token {
         /// User id from the accounts file, e.g. u-premium-1.
@@ -74,8 +82,8 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let config = Config::load(cli.config.as_deref()).context("configuration")?;
-    match cli.command.unwrap_or(Command::Serve) {
+    let mut config = Config::load(cli.config.as_deref()).context("configuration")?;
+    match cli.command.unwrap_or(Command::Serve { accounts_url: None, accounts_gateway_token: None }) {
         Command::Version => {
             println!("signalcast {}", env!("CARGO_PKG_VERSION"));
             Ok(())
@@ -86,7 +94,15 @@ fn main() -> anyhow::Result<()> {
             println!("{}", auth.mint(&user, ttl).with_context(|| format!("user {user}"))?);
             Ok(())
         }
-        Command::Serve => runtime(config.workers)?.block_on(serve(config)),
+        Command::Serve { accounts_url, accounts_gateway_token } => {
+            if accounts_url.is_some() {
+                config.auth.accounts_url = accounts_url;
+            }
+            if let Some(t) = accounts_gateway_token {
+                config.auth.accounts_gateway_token = t;
+            }
+            runtime(config.workers)?.block_on(serve(config))
+        }
         Command::Produce { addr, producer, key, file, rate, count } => {
             runtime(1)?.block_on(produce(addr, producer, key, file, rate, count))
         }

@@ -2,8 +2,8 @@
 //! producer; started by [`start`] and stopped (drained) by [`Running::shutdown`].
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use engine::Engine;
@@ -15,9 +15,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
-use crate::auth::{Accounts, Authenticator, DevAuth};
+use crate::auth::{Accounts, Authenticator, DevAuth, OnChange, SidecarAuth};
 use crate::config::{Config, fixtures};
-use crate::hub::Hub;
+use crate::hub::{Hub, RightsSender};
 use crate::metrics::{self, GatewayStats};
 use crate::{demo, http, tls};
 
@@ -30,12 +30,20 @@ pub struct App {
     engine: Arc<Engine>,
     feed: Arc<FeedStats>,
     draining: AtomicBool,
+    /// The accounts sidecar, when tokens come from it.
+    sidecar: Option<Arc<SidecarAuth>>,
     socket_send_buffer: Option<usize>,
 }
 
 impl App {
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
+    }
+
+    /// False while the accounts change feed is down (new logins cannot be checked
+    /// against live rights); connected clients are not affected.
+    pub fn accounts_ready(&self) -> bool {
+        self.sidecar.as_ref().is_none_or(|s| s.is_ready())
     }
 
     pub fn metrics(&self) -> String {
@@ -58,6 +66,8 @@ pub enum StartError {
     Accounts(#[from] crate::auth::AccountsError),
     #[error("cannot read {path}: {source}")]
     Read { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Sidecar(#[from] crate::auth::SidecarError),
     #[error("cannot start the hub: {0}")]
     Hub(std::io::Error),
     #[error("cannot start the engine: {0}")]
@@ -142,11 +152,27 @@ pub async fn start_on(
     })));
 
     let stats = Arc::new(GatewayStats::default());
-    let auth: Arc<dyn Authenticator> = dev_auth.clone();
+    // Rights changes from the accounts feed go to the hub, which starts after auth.
+    let rights: Arc<OnceLock<RightsSender>> = Arc::new(OnceLock::new());
+    let (auth, sidecar): (Arc<dyn Authenticator>, _) = match &config.auth.accounts_url {
+        Some(url) => {
+            let to_hub = Arc::clone(&rights);
+            let on_change: OnChange = Arc::new(move |e| {
+                if let Some(hub) = to_hub.get() {
+                    hub.send(e);
+                }
+            });
+            let s = SidecarAuth::start(url, &config.auth.accounts_gateway_token, on_change)?;
+            (s.clone() as Arc<dyn Authenticator>, Some(s))
+        }
+        None => (dev_auth.clone() as Arc<dyn Authenticator>, None),
+    };
     let hub =
         Hub::start(Arc::clone(&engine), Arc::clone(&auth), Arc::clone(&stats), config.hub(), config.conn())
             .map_err(StartError::Hub)?;
+    let _ = rights.set(hub.rights());
     let app = Arc::new(App {
+        sidecar,
         auth,
         hub,
         stats,

@@ -2,14 +2,16 @@
 //!
 //! Every WebSocket connection carries a JWT. [`Authenticator`] is the one seam between
 //! the gateway and wherever accounts live: the embedded default ([`DevAuth`]: HS256
-//! tokens with a dev secret, users from `fixtures/accounts.toml`) now, the accounts
-//! sidecar (EdDSA, JWKS, change feed) later.
+//! tokens with a dev secret, users from `fixtures/accounts.toml`), or the accounts
+//! sidecar ([`SidecarAuth`]: EdDSA, JWKS, change feed).
 
 mod accounts;
 mod dev;
+mod sidecar;
 
 pub use accounts::{Account, Accounts, AccountsError};
 pub use dev::DevAuth;
+pub use sidecar::{Entitlements, OnChange, SidecarAuth, SidecarError};
 
 use engine::model::{Category, CategoryMask, Tier};
 use serde::{Deserialize, Serialize};

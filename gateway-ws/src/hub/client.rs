@@ -45,7 +45,12 @@ impl Shard {
             Ok(ClientMessage::Refresh { token }) => {
                 let user = c.session.user_id.clone();
                 match self.ctx.auth.authenticate(&token) {
-                    Ok(s) if s.user_id == user => self.refresh(i, s),
+                    Ok(s) if s.user_id == user => {
+                        let note = protocol::system(
+                            json!({"event": "token_refreshed", "token_expires_at": s.expires_at}),
+                        );
+                        self.change_rights(i, s, &note);
+                    }
                     Ok(_) => self
                         .refuse(i, &Refusal::new(ErrorCode::Forbidden, "REFRESH token is for another user")),
                     Err(e) => {
@@ -124,9 +129,35 @@ impl Shard {
         self.reply(i, &protocol::unsubscribed(channel, "client"));
     }
 
+    /// A rights change from the accounts feed for every connection of the user.
+    pub(super) fn rights(&mut self, e: &crate::auth::Entitlements) {
+        let theirs: Vec<usize> = (0..self.conns.len())
+            .filter(|&k| self.conns[k].as_ref().is_some_and(|c| c.is_open() && c.session.user_id == e.id))
+            .collect();
+        for i in theirs {
+            if e.status != "active" {
+                self.reply(i, &protocol::system(json!({"event": "suspended", "message": "account suspended"})));
+                self.close(i, outbound::close(crate::ws::CloseCode::Suspended));
+                continue;
+            }
+            let Some(c) = self.conns[i].as_ref() else { continue };
+            let session = Session {
+                tier: e.tier,
+                categories: e.categories.iter().copied().collect(),
+                real_time: e.real_time,
+                max_signals_per_day: e.max_signals_per_day,
+                ..c.session.clone()
+            };
+            if session != c.session {
+                let note = protocol::system(json!({"event": "entitlements_changed", "tier": e.tier.as_str()}));
+                self.change_rights(i, session, &note);
+            }
+        }
+    }
+
     /// New entitlements for a live connection: channels above the new tier are closed
     /// (ERROR + UNSUBSCRIBED), the others follow the new categories, limit and view.
-    pub(super) fn refresh(&mut self, i: usize, session: Session) {
+    pub(super) fn change_rights(&mut self, i: usize, session: Session, notice: &[u8]) {
         let Some(c) = self.conns[i].as_mut() else { return };
         if c.session.tier != session.tier {
             self.ctx.stats.connected(c.session.tier, -1);
@@ -136,10 +167,7 @@ impl Shard {
         c.warned_expiry = false;
         let user_channel = c.user_channel;
         let tiers: Vec<Tier> = Tier::ALL.into_iter().filter(|t| c.signals[t.index()].is_some()).collect();
-        self.reply(
-            i,
-            &protocol::system(json!({"event": "token_refreshed", "token_expires_at": session.expires_at})),
-        );
+        self.reply(i, notice);
         if user_channel {
             let categories: Vec<&str> = engine::model::Category::ALL
                 .iter()

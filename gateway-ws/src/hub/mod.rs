@@ -27,7 +27,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use engine::Engine;
 
-use crate::auth::{Authenticator, Session};
+use crate::auth::{Authenticator, Entitlements, Session};
 use crate::conn::{ConnConfig, Io};
 use crate::metrics::GatewayStats;
 
@@ -70,6 +70,8 @@ pub struct Attach {
 
 enum Cmd {
     Attach(Box<Attach>),
+    /// A user's rights changed (accounts change feed).
+    Rights(Arc<Entitlements>),
     /// Tell every client to go (SYSTEM_MESSAGE drain, then 1001).
     Drain,
     Stop,
@@ -189,6 +191,38 @@ impl Hub {
 
     pub fn shards(&self) -> usize {
         self.shards.len()
+    }
+
+    /// A handle that tells every shard about rights changes.
+    pub fn rights(&self) -> RightsSender {
+        RightsSender { shards: self.shards.iter().map(|s| (s.tx.clone(), Arc::clone(&s.waker))).collect() }
+    }
+}
+
+/// Sends rights changes to every shard (cloneable, for the accounts change feed).
+#[derive(Clone)]
+pub struct RightsSender {
+    shards: Vec<(SyncSender<Cmd>, Arc<mio::Waker>)>,
+}
+
+impl std::fmt::Debug for RightsSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RightsSender").field("shards", &self.shards.len()).finish()
+    }
+}
+
+impl RightsSender {
+    /// Applies `e` to the user's live connections on every shard: new tier, categories,
+    /// limit and view at once, or close 4003 on suspension.
+    pub fn send(&self, e: &Entitlements) {
+        let e = Arc::new(e.clone());
+        for (tx, waker) in &self.shards {
+            // Changes are rare; a shard whose queue is full (a connection storm) gets
+            // this one late rather than never: send waits.
+            if tx.send(Cmd::Rights(Arc::clone(&e))).is_ok() {
+                let _ = waker.wake();
+            }
+        }
     }
 }
 

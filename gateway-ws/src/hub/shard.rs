@@ -186,6 +186,7 @@ impl Shard {
         loop {
             match self.cmds.try_recv() {
                 Ok(Cmd::Attach(a)) => self.attach(*a),
+                Ok(Cmd::Rights(e)) => self.rights(&e),
                 Ok(Cmd::Drain) => self.drain(),
                 Ok(Cmd::Stop) | Err(TryRecvError::Disconnected) => return false,
                 Err(TryRecvError::Empty) => return true,

@@ -1,0 +1,325 @@
+//! Tokens and live entitlements from the accounts sidecar (`signalcast-accounts`).
+//!
+//! Access tokens are EdDSA JWTs verified here against the sidecar's JWKS (fetched at
+//! start, refreshed every minute and when a token names an unknown key, so a key
+//! rotation needs no restart). The sidecar's change feed (server-sent events with a
+//! resumable position) is followed in the background: each change goes to the hub
+//! (upgrade, downgrade, suspension of live connections) and suspended users are
+//! refused at once. If the sidecar or its database is down, connections keep
+//! streaming, issued tokens keep verifying, and readiness reports the feed as down.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::Notify;
+
+use super::{AUDIENCE, AuthError, Authenticator, Claims, Session};
+use engine::model::{Category, Tier};
+
+/// A user's rights as the change feed reports them.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct Entitlements {
+    pub id: String,
+    pub status: String,
+    pub tier: Tier,
+    pub categories: Vec<Category>,
+    pub real_time: bool,
+    pub max_signals_per_day: Option<u32>,
+}
+
+/// Where changes go (the hub).
+pub type OnChange = Arc<dyn Fn(&Entitlements) + Send + Sync>;
+
+pub struct SidecarAuth {
+    /// host:port of the sidecar.
+    addr: String,
+    gateway_token: String,
+    keys: RwLock<HashMap<String, DecodingKey>>,
+    suspended: RwLock<HashSet<String>>,
+    validation: Validation,
+    refetch: Notify,
+    feed_up: AtomicBool,
+}
+
+impl std::fmt::Debug for SidecarAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SidecarAuth").field("addr", &self.addr).finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SidecarError {
+    #[error("accounts url must look like http://host:port, got {0:?}")]
+    Url(String),
+}
+
+impl SidecarAuth {
+    /// Starts following the sidecar at `url` (http://host:port). Returns at once; keys
+    /// arrive in the background (tokens are refused until they do).
+    pub fn start(url: &str, gateway_token: &str, on_change: OnChange) -> Result<Arc<Self>, SidecarError> {
+        let addr = url
+            .strip_prefix("http://")
+            .map(|a| a.trim_end_matches('/').to_owned())
+            .filter(|a| a.contains(':') && !a.contains('/'))
+            .ok_or_else(|| SidecarError::Url(url.to_owned()))?;
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_audience(&[AUDIENCE]);
+        validation.set_required_spec_claims(&["exp", "sub", "aud"]);
+        validation.leeway = 5;
+        validation.validate_nbf = true;
+        let me = Arc::new(Self {
+            addr,
+            gateway_token: gateway_token.to_owned(),
+            keys: RwLock::new(HashMap::new()),
+            suspended: RwLock::new(HashSet::new()),
+            validation,
+            refetch: Notify::new(),
+            feed_up: AtomicBool::new(false),
+        });
+        tokio::spawn(Arc::clone(&me).keep_keys());
+        tokio::spawn(Arc::clone(&me).follow(on_change));
+        Ok(me)
+    }
+
+    /// True while the change feed is connected.
+    pub fn is_ready(&self) -> bool {
+        self.feed_up.load(Ordering::Acquire) && !self.read_keys().is_empty()
+    }
+
+    fn read_keys(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, DecodingKey>> {
+        self.keys.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn keep_keys(self: Arc<Self>) {
+        loop {
+            match get_json(&self.addr, "/.well-known/jwks.json", None).await {
+                Ok(jwks) => {
+                    let keys = parse_jwks(&jwks);
+                    if !keys.is_empty() {
+                        *self.keys.write().unwrap_or_else(std::sync::PoisonError::into_inner) = keys;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot fetch the accounts JWKS; keeping the keys we have"),
+            }
+            let wait = if self.read_keys().is_empty() { Duration::from_millis(500) } else { Duration::from_secs(60) };
+            let _ = tokio::time::timeout(wait, self.refetch.notified()).await;
+        }
+    }
+
+    async fn follow(self: Arc<Self>, on_change: OnChange) {
+        let mut after: i64 = 0;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let path = format!("/v1/gateway/changes?after={after}");
+            let result = stream_events(&self.addr, &path, &self.gateway_token, &self.feed_up, |data| {
+                let Ok(v) = serde_json::from_str::<Value>(data) else { return };
+                if let Some(p) = v["position"].as_i64() {
+                    after = after.max(p);
+                }
+                if v["kind"] == "user"
+                    && let Ok(e) = serde_json::from_value::<Entitlements>(v["user"].clone())
+                {
+                    let mut suspended = self.suspended.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if e.status == "active" {
+                        suspended.remove(&e.id);
+                    } else {
+                        suspended.insert(e.id.clone());
+                    }
+                    drop(suspended);
+                    on_change(&e);
+                }
+            })
+            .await;
+            self.feed_up.store(false, Ordering::Release);
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "accounts change feed lost; reconnecting");
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
+fn parse_jwks(jwks: &Value) -> HashMap<String, DecodingKey> {
+    let mut keys = HashMap::new();
+    for k in jwks["keys"].as_array().into_iter().flatten() {
+        if k["kty"] != "OKP" || k["crv"] != "Ed25519" {
+            continue;
+        }
+        if let (Some(kid), Some(x)) = (k["kid"].as_str(), k["x"].as_str())
+            && let Ok(key) = DecodingKey::from_ed_components(x)
+        {
+            keys.insert(kid.to_owned(), key);
+        }
+    }
+    keys
+}
+
+impl Authenticator for SidecarAuth {
+    fn authenticate(&self, token: &str) -> Result<Session, AuthError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(AuthError::Invalid("only EdDSA tokens are accepted".into()));
+        }
+        let kid = header.kid.ok_or_else(|| AuthError::Invalid("no key id".into()))?;
+        let claims = {
+            let keys = self.read_keys();
+            let Some(key) = keys.get(&kid) else {
+                // Maybe a rotation: look again soon (this token is refused now).
+                self.refetch.notify_one();
+                return Err(AuthError::Invalid("unknown signing key".into()));
+            };
+            jsonwebtoken::decode::<Claims>(token, key, &self.validation)
+                .map_err(|e| match e.kind() {
+                    ErrorKind::ExpiredSignature => AuthError::Expired,
+                    _ => AuthError::Invalid(e.to_string()),
+                })?
+                .claims
+        };
+        if self.suspended.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&claims.sub) {
+            return Err(AuthError::Suspended);
+        }
+        Ok(Session::from(claims))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum HttpError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("HTTP {0}")]
+    Status(String),
+    #[error("bad response: {0}")]
+    Body(String),
+}
+
+async fn request(addr: &str, path: &str, bearer: Option<&str>) -> Result<BufReader<tokio::net::TcpStream>, HttpError> {
+    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    let auth = bearer.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n").as_bytes()).await?;
+    let mut r = BufReader::new(s);
+    let mut status = String::new();
+    r.read_line(&mut status).await?;
+    if status.split(' ').nth(1) != Some("200") {
+        return Err(HttpError::Status(status.trim().to_owned()));
+    }
+    Ok(r)
+}
+
+/// Reads the response headers; true if the body is chunked.
+async fn headers(r: &mut BufReader<tokio::net::TcpStream>) -> Result<bool, HttpError> {
+    let mut chunked = false;
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).await? == 0 {
+            return Err(HttpError::Body("headers cut short".into()));
+        }
+        if line.trim().is_empty() {
+            return Ok(chunked);
+        }
+        let l = line.to_ascii_lowercase();
+        chunked |= l.starts_with("transfer-encoding:") && l.contains("chunked");
+    }
+}
+
+/// A stream that sends nothing (not even the sidecar's keep-alive) for this long is
+/// taken as dead.
+const IDLE: Duration = Duration::from_secs(30);
+
+async fn within<T>(f: impl std::future::Future<Output = std::io::Result<T>>) -> Result<T, HttpError> {
+    match tokio::time::timeout(IDLE, f).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(HttpError::Body("no data for 30 s".into())),
+    }
+}
+
+/// The body, de-chunked, until `f` has what it needs or the stream ends. Lines of at
+/// most 64 KiB; a longer one is a protocol error.
+async fn body_lines(
+    r: &mut BufReader<tokio::net::TcpStream>,
+    chunked: bool,
+    mut on_line: impl FnMut(&str),
+) -> Result<(), HttpError> {
+    let mut pending = Vec::new();
+    loop {
+        let mut data = Vec::new();
+        if chunked {
+            let mut size = String::new();
+            if within(r.read_line(&mut size)).await? == 0 {
+                return Ok(());
+            }
+            let n = usize::from_str_radix(size.trim(), 16).map_err(|_| HttpError::Body("bad chunk size".into()))?;
+            if n == 0 {
+                return Ok(());
+            }
+            if n > 1 << 20 {
+                return Err(HttpError::Body("chunk over 1 MiB".into()));
+            }
+            data.resize(n + 2, 0);
+            within(r.read_exact(&mut data)).await?;
+            data.truncate(n);
+        } else {
+            let mut buf = [0u8; 4096];
+            let n = within(r.read(&mut buf)).await?;
+            if n == 0 {
+                if !pending.is_empty() {
+                    on_line(&String::from_utf8_lossy(&pending));
+                }
+                return Ok(());
+            }
+            data.extend_from_slice(&buf[..n]);
+        }
+        for b in data {
+            if b == b'\n' {
+                on_line(String::from_utf8_lossy(&pending).trim_end_matches('\r'));
+                pending.clear();
+            } else {
+                if pending.len() >= 64 * 1024 {
+                    return Err(HttpError::Body("line over 64 KiB".into()));
+                }
+                pending.push(b);
+            }
+        }
+    }
+}
+
+async fn get_json(addr: &str, path: &str, bearer: Option<&str>) -> Result<Value, HttpError> {
+    let mut r = request(addr, path, bearer).await?;
+    let chunked = headers(&mut r).await?;
+    let mut text = String::new();
+    body_lines(&mut r, chunked, |l| {
+        text.push_str(l);
+        text.push('\n');
+    })
+    .await?;
+    serde_json::from_str(&text).map_err(|e| HttpError::Body(e.to_string()))
+}
+
+/// Follows a server-sent event stream, calling `on_data` with each event's data.
+async fn stream_events(
+    addr: &str,
+    path: &str,
+    bearer: &str,
+    up: &AtomicBool,
+    mut on_data: impl FnMut(&str),
+) -> Result<(), HttpError> {
+    let mut r = request(addr, path, Some(bearer)).await?;
+    let chunked = headers(&mut r).await?;
+    up.store(true, Ordering::Release);
+    tracing::info!(%addr, "following the accounts change feed");
+    body_lines(&mut r, chunked, |line| {
+        if let Some(data) = line.strip_prefix("data:") {
+            on_data(data.trim_start());
+        }
+    })
+    .await
+}
