@@ -106,9 +106,15 @@ impl SidecarAuth {
                         *self.keys.write().unwrap_or_else(std::sync::PoisonError::into_inner) = keys;
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot fetch the accounts JWKS; keeping the keys we have"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot fetch the accounts JWKS; keeping the keys we have")
+                }
             }
-            let wait = if self.read_keys().is_empty() { Duration::from_millis(500) } else { Duration::from_secs(60) };
+            let wait = if self.read_keys().is_empty() {
+                Duration::from_millis(500)
+            } else {
+                Duration::from_secs(60)
+            };
             let _ = tokio::time::timeout(wait, self.refetch.notified()).await;
         }
     }
@@ -126,7 +132,8 @@ impl SidecarAuth {
                 if v["kind"] == "user"
                     && let Ok(e) = serde_json::from_value::<Entitlements>(v["user"].clone())
                 {
-                    let mut suspended = self.suspended.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let mut suspended =
+                        self.suspended.write().unwrap_or_else(std::sync::PoisonError::into_inner);
                     if e.status == "active" {
                         suspended.remove(&e.id);
                     } else {
@@ -200,12 +207,17 @@ enum HttpError {
     Body(String),
 }
 
-async fn request(addr: &str, path: &str, bearer: Option<&str>) -> Result<BufReader<tokio::net::TcpStream>, HttpError> {
+async fn request(
+    addr: &str,
+    path: &str,
+    bearer: Option<&str>,
+) -> Result<BufReader<tokio::net::TcpStream>, HttpError> {
     let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
         .await
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
     let auth = bearer.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n").as_bytes()).await?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n").as_bytes())
+        .await?;
     let mut r = BufReader::new(s);
     let mut status = String::new();
     r.read_line(&mut status).await?;
@@ -257,7 +269,8 @@ async fn body_lines(
             if within(r.read_line(&mut size)).await? == 0 {
                 return Ok(());
             }
-            let n = usize::from_str_radix(size.trim(), 16).map_err(|_| HttpError::Body("bad chunk size".into()))?;
+            let n = usize::from_str_radix(size.trim(), 16)
+                .map_err(|_| HttpError::Body("bad chunk size".into()))?;
             if n == 0 {
                 return Ok(());
             }

@@ -136,7 +136,10 @@ impl Shard {
             .collect();
         for i in theirs {
             if e.status != "active" {
-                self.reply(i, &protocol::system(json!({"event": "suspended", "message": "account suspended"})));
+                self.reply(
+                    i,
+                    &protocol::system(json!({"event": "suspended", "message": "account suspended"})),
+                );
                 self.close(i, outbound::close(crate::ws::CloseCode::Suspended));
                 continue;
             }
@@ -149,7 +152,8 @@ impl Shard {
                 ..c.session.clone()
             };
             if session != c.session {
-                let note = protocol::system(json!({"event": "entitlements_changed", "tier": e.tier.as_str()}));
+                let note =
+                    protocol::system(json!({"event": "entitlements_changed", "tier": e.tier.as_str()}));
                 self.change_rights(i, session, &note);
             }
         }
