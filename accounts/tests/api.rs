@@ -143,6 +143,23 @@ fn injection_attempts_are_data_and_nobody_reads_anyone_else() {
         // A login with the injection as the password of someone else gets nothing.
         assert_eq!(login(&s, &email, "' OR '1'='1").0, 401);
     }
+    // Every other string field: plan id and name, producer id, categories.
+    let plan = json!({"id": evil[0], "name": evil[3], "tier": "premium"});
+    assert_eq!(admin(&s, "POST", "/v1/admin/plans", Some(plan)).0, 201);
+    let (st, sub) = admin(
+        &s,
+        "POST",
+        "/v1/admin/subscriptions",
+        Some(json!({"user_id": format!("{}1", evil[1]), "plan_id": evil[0]})),
+    );
+    assert_eq!((st, sub["tier"].as_str()), (200, Some("premium")), "{sub}");
+    let (st, key) = admin(&s, "POST", "/v1/admin/producer-keys", Some(json!({"producer_id": evil[2]})));
+    assert_eq!((st, key["producer_id"].as_str()), (201, Some(evil[2])));
+    let (_, snap) = http(s.addr, "GET", "/v1/gateway/snapshot", Some(GATEWAY), None);
+    assert!(snap["keys"].as_array().unwrap().iter().any(|k| k["producer_id"] == evil[2]));
+    let bad = json!({"categories": [evil[1]], "real_time_access": true});
+    let path = format!("/v1/admin/users/{}/signal-subscription", urlencode(&format!("{}1", evil[1])));
+    assert_eq!(admin(&s, "PUT", &path, Some(bad)).0, 400, "an unknown category is refused");
     // An unknown plan or category is a clear error, not a crash.
     let (st, _) =
         admin(&s, "POST", "/v1/admin/plans", Some(json!({"id": "p", "name": "p", "tier": "platinum"})));
@@ -157,7 +174,7 @@ fn injection_attempts_are_data_and_nobody_reads_anyone_else() {
     // Admin and gateway endpoints refuse without their tokens (and with each other's).
     assert_eq!(http(s.addr, "GET", "/v1/admin/users/x", None, None).0, 401);
     assert_eq!(http(s.addr, "GET", "/v1/admin/users/x", Some(GATEWAY), None).0, 401);
-    assert_eq!(http(s.addr, "GET", "/v1/gateway/producer-keys", Some(ADMIN), None).0, 401);
+    assert_eq!(http(s.addr, "GET", "/v1/gateway/snapshot", Some(ADMIN), None).0, 401);
     // The table is still there.
     let first = format!("/v1/admin/users/{}", urlencode(&format!("{}0", evil[0])));
     assert_eq!(admin(&s, "GET", &first, None).0, 200);
@@ -186,7 +203,7 @@ fn the_change_feed_streams_upgrades_and_producer_keys_and_survives_a_database_re
         "/v1/admin/users",
         Some(json!({"id": "u-2", "email": "two@example.com", "password": "pass-word-2", "plan": "basic"})),
     );
-    let (_, keys) = http(s.addr, "GET", "/v1/gateway/producer-keys", Some(GATEWAY), None);
+    let (_, keys) = http(s.addr, "GET", "/v1/gateway/snapshot", Some(GATEWAY), None);
     let after = keys["position"].as_i64().unwrap();
     let mut feed = Events::open(s.addr, &format!("/v1/gateway/changes?after={after}"), GATEWAY);
 

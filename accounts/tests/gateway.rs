@@ -1,6 +1,7 @@
-//! The gateway on the sidecar: EdDSA tokens from a real login, and live rights changes
-//! (upgrade, downgrade, suspension) reaching a connected client within a second, with
-//! the sidecar killed and restarted in between.
+//! The gateway on the sidecar: EdDSA tokens from a real login, producer keys issued and
+//! revoked by the sidecar, and live rights changes (upgrade, downgrade, suspension)
+//! reaching a connected client within a second, with signals flowing and the sidecar
+//! killed and restarted in between.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -59,6 +60,36 @@ fn admin(s: &Sidecar, method: &str, path: &str, body: Value) -> u16 {
     http(s.addr, method, path, Some(ADMIN), Some(&body)).0
 }
 
+/// A fixture signal made current, with a fresh id and the given confidence (hundredths).
+fn signal(n: u128, confidence: u16) -> engine::model::Signal {
+    let mut s = gateway::demo::events()
+        .into_iter()
+        .find_map(|e| match e {
+            gateway::demo::Event::Signal(s) => Some(*s),
+            gateway::demo::Event::Tick(_) => None,
+        })
+        .unwrap();
+    let now = engine::model::UnixNanos::now();
+    s.id = uuid::Uuid::from_u128(n);
+    s.confidence = engine::model::Confidence::new(confidence).unwrap();
+    s.generated_at = now;
+    s.expires_at = now.plus_nanos(3_600_000_000_000);
+    s
+}
+
+/// The next SIGNAL_UPDATE (skipping anything else), or None within `wait`.
+async fn next_signal(ws: &mut Ws, wait: Duration) -> Option<Value> {
+    let end = Instant::now() + wait;
+    loop {
+        let left = end.checked_duration_since(Instant::now())?;
+        match next(ws, left).await? {
+            Ok(v) if v["type"] == "SIGNAL_UPDATE" => return Some(v),
+            Ok(_) => {}
+            Err(code) => panic!("closed {code:?} while waiting for a signal"),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rights_change_on_a_live_connection_within_a_second() {
     let db = Postgres::start();
@@ -101,6 +132,37 @@ async fn rights_change_on_a_live_connection_within_a_second() {
     assert_eq!(subscribe(&mut ws, "signals_premium").await["type"], "SUBSCRIBED");
     assert_eq!(subscribe(&mut ws, "signals_enterprise").await["type"], "ERROR");
 
+    // A producer key issued by the sidecar opens the feed (once the gateway has it).
+    let (st, key) = http(
+        sidecar.addr,
+        "POST",
+        "/v1/admin/producer-keys",
+        Some(ADMIN),
+        Some(&json!({"producer_id": "model-live"})),
+    );
+    assert_eq!(st, 201);
+    let key = key["key"].as_str().unwrap().to_owned();
+    let feed = gw.feed_addr.to_string();
+    let until_key = Instant::now() + Duration::from_secs(5);
+    let producer = loop {
+        match engine::feed::Producer::connect(engine::feed::ProducerConfig::new(
+            feed.clone(),
+            "model-live",
+            key.clone(),
+        ))
+        .await
+        {
+            Ok(p) => break p,
+            Err(e) => {
+                assert!(Instant::now() < until_key, "the sidecar's producer key never opened the feed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    producer.send_signal(&signal(1, 8_000)).await.unwrap();
+    let got = next_signal(&mut ws, Duration::from_secs(5)).await.expect("a premium signal");
+    assert_eq!(got["channel"], "signals_premium");
+
     // Upgrade: the higher channel opens on the same connection.
     assert_eq!(
         admin(
@@ -132,11 +194,24 @@ async fn rights_change_on_a_live_connection_within_a_second() {
     }
     unsubscribed.sort();
     assert_eq!(unsubscribed, ["signals_enterprise", "signals_premium"]);
+    // Nothing more from the lost channels: a premium-only signal (80.00 < basic's 85.00)
+    // never arrives, a signal for every tier arrives on signals_basic only.
+    assert_eq!(subscribe(&mut ws, "signals_basic").await["type"], "SUBSCRIBED");
+    producer.send_signal(&signal(2, 8_000)).await.unwrap();
+    producer.send_signal(&signal(3, 9_500)).await.unwrap();
+    let got = next_signal(&mut ws, Duration::from_secs(5)).await.expect("the all-tier signal");
+    assert_eq!(
+        (got["channel"].as_str(), got["data"]["id"].as_str()),
+        (Some("signals_basic"), Some(uuid::Uuid::from_u128(3).to_string().as_str())),
+        "{got}"
+    );
+    assert!(next_signal(&mut ws, Duration::from_millis(300)).await.is_none(), "no data from a lost channel");
 
-    // The sidecar dies: the connection lives on (PING answered), readiness drops.
+    // The sidecar dies: signals keep flowing to the connection, readiness drops.
     sidecar.kill();
-    ws.send(Message::text(r#"{"type":"PING"}"#)).await.unwrap();
-    assert_eq!(until(&mut ws, "PONG", Duration::from_secs(2)).await.last().unwrap()["type"], "PONG");
+    producer.send_signal(&signal(4, 9_600)).await.unwrap();
+    let got = next_signal(&mut ws, Duration::from_secs(5)).await.expect("signals flow with the sidecar down");
+    assert_eq!(got["data"]["id"], uuid::Uuid::from_u128(4).to_string());
     let until_down = Instant::now() + Duration::from_secs(5);
     while ready() != 503 {
         assert!(Instant::now() < until_down, "readiness still says ready with the sidecar gone");
@@ -149,7 +224,7 @@ async fn rights_change_on_a_live_connection_within_a_second() {
         .execute("UPDATE user_management.users SET status = 'suspended' WHERE id = 'u-live'", &[])
         .await
         .unwrap();
-    let _sidecar = Sidecar::start_on(&db, port);
+    let sidecar = Sidecar::start_on(&db, port);
     let end = Instant::now() + Duration::from_secs(8);
     let code = loop {
         let left = end
@@ -165,5 +240,73 @@ async fn rights_change_on_a_live_connection_within_a_second() {
     // And the old token no longer opens a connection.
     let refused = tokio_tungstenite::connect_async(&url).await;
     assert!(refused.is_err(), "a suspended user's token is refused");
+
+    // Revoking the producer's key cuts its live connection.
+    let (_, snap) = http(sidecar.addr, "GET", "/v1/gateway/snapshot", Some(GATEWAY), None);
+    assert_eq!(snap["keys"].as_array().unwrap().len(), 1);
+    let id = {
+        let (client, conn) = tokio_postgres::connect(&db.url(), tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        let row = client
+            .query_one("SELECT id FROM auth.producer_keys WHERE producer_id = 'model-live'", &[])
+            .await
+            .unwrap();
+        row.get::<_, i64>(0)
+    };
+    assert_eq!(
+        http(sidecar.addr, "DELETE", &format!("/v1/admin/producer-keys/{id}"), Some(ADMIN), None).0,
+        204
+    );
+    let until_cut = Instant::now() + Duration::from_secs(2);
+    let mut n = 10;
+    loop {
+        n += 1;
+        match producer.send_signal(&signal(n, 9_500)).await {
+            Err(engine::feed::ProducerError::Refused { code, .. }) => {
+                assert_eq!(code, "key_revoked");
+                break;
+            }
+            Err(e) => panic!("unexpected {e}"),
+            Ok(()) => {
+                assert!(Instant::now() < until_cut, "the revoked producer is still connected");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    // Reactivated, the user logs in again; suspended through the admin API, the new
+    // connection is closed with 4003 within a second.
+    assert_eq!(http(sidecar.addr, "POST", "/v1/admin/users/u-live/reactivate", Some(ADMIN), None).0, 200);
+    let (st, tokens) = http(
+        sidecar.addr,
+        "POST",
+        "/v1/auth/login",
+        None,
+        Some(&json!({"email": "live@example.com", "password": "pass-word-9"})),
+    );
+    assert_eq!(st, 200);
+    let url = format!("ws://{}/ws?token={}", gw.http_addr, tokens["access_token"].as_str().unwrap());
+    let until_back = Instant::now() + Duration::from_secs(2);
+    let mut ws = loop {
+        // The gateway learns of the reactivation from the feed.
+        match tokio_tungstenite::connect_async(&url).await {
+            Ok((ws, _)) => break ws,
+            Err(_) => {
+                assert!(Instant::now() < until_back, "reactivated user still refused");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    next(&mut ws, Duration::from_secs(2)).await.unwrap().unwrap();
+    assert_eq!(http(sidecar.addr, "POST", "/v1/admin/users/u-live/suspend", Some(ADMIN), None).0, 200);
+    let end = Instant::now() + Duration::from_secs(1);
+    let code = loop {
+        let left = end.checked_duration_since(Instant::now()).expect("4003 within 1 s of the admin call");
+        match next(&mut ws, left).await {
+            Some(Ok(_)) => {}
+            Some(Err(code)) => break code,
+            None => panic!("no close within 1 s"),
+        }
+    };
+    assert_eq!(code, Some(4003));
     gw.shutdown().await;
 }

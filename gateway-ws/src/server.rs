@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use engine::Engine;
-use engine::feed::{FeedStats, StaticKeys};
+use engine::feed::{FeedStats, ProducerAuth, StaticKeys};
 use engine::model::Tier;
 use engine::policy::TierPolicy;
 use tokio::net::TcpListener;
@@ -144,14 +144,6 @@ pub async fn start_on(
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
 
-    let feed_ctx = engine.feed_context(Arc::new(keys), config.feed.clone());
-    let feed_stats = Arc::clone(&feed_ctx.stats);
-    let mut feed_stop = stop_rx.clone();
-    tasks.push(tokio::spawn(engine::feed::run(feed_listener, feed_ctx, async move {
-        until_set(&mut feed_stop).await;
-    })));
-
-    let stats = Arc::new(GatewayStats::default());
     // Rights changes from the accounts feed go to the hub, which starts after auth.
     let rights: Arc<OnceLock<RightsSender>> = Arc::new(OnceLock::new());
     let (auth, sidecar): (Arc<dyn Authenticator>, _) = match &config.auth.accounts_url {
@@ -167,6 +159,20 @@ pub async fn start_on(
         }
         None => (dev_auth.clone() as Arc<dyn Authenticator>, None),
     };
+    // With the sidecar, producer keys come from it (and revocations cut producers).
+    let producer_auth: Arc<dyn ProducerAuth> = match &sidecar {
+        Some(s) => s.clone(),
+        None => Arc::new(keys),
+    };
+    let demo = config.demo.enabled && sidecar.is_none();
+    let feed_ctx = engine.feed_context(producer_auth, config.feed.clone());
+    let feed_stats = Arc::clone(&feed_ctx.stats);
+    let mut feed_stop = stop_rx.clone();
+    tasks.push(tokio::spawn(engine::feed::run(feed_listener, feed_ctx, async move {
+        until_set(&mut feed_stop).await;
+    })));
+
+    let stats = Arc::new(GatewayStats::default());
     let hub =
         Hub::start(Arc::clone(&engine), Arc::clone(&auth), Arc::clone(&stats), config.hub(), config.conn())
             .map_err(StartError::Hub)?;
@@ -183,7 +189,8 @@ pub async fn start_on(
     });
     tasks.push(tokio::spawn(accept_loop(http_listener, tls.clone(), Arc::clone(&app), stop_rx.clone())));
 
-    if config.demo.enabled {
+    // The demo producer's key is a fixture key, which a sidecar does not know.
+    if demo {
         let keys = StaticKeys::from_toml(fixtures::PRODUCERS)?;
         tasks.push(tokio::spawn(demo::run(feed_addr, config.demo.clone(), keys, stop_rx)));
     }

@@ -1,4 +1,4 @@
-//! For gateways: producer keys and the entitlement change stream (server-sent events).
+//! For gateways: a snapshot (producer keys, suspended users) and the entitlement change stream (server-sent events).
 //!
 //! `GET /v1/gateway/changes?after=N` streams every change after position N, oldest
 //! first, as SSE events whose `id` is the position: a gateway that reconnects passes
@@ -45,23 +45,28 @@ async fn active_keys(
         .collect())
 }
 
-/// Every active producer key (SHA-256 only), and the change log position it is as of.
-pub(crate) async fn producer_keys(
-    State(app): State<Shared>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+/// What a gateway needs besides the stream: every active producer key (SHA-256 only),
+/// the suspended users, and the change-log position both are as of.
+pub(crate) async fn snapshot(State(app): State<Shared>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     require(&headers, &app.config.gateway_token)?;
     let mut client = app.pool.get().await?;
     let tx = client
         .build_transaction()
         .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
         .start()
         .await?;
     let position: i64 =
         tx.query_one("SELECT COALESCE(MAX(position), 0) FROM auth.entitlement_changes", &[]).await?.get(0);
     let keys = active_keys(&tx, None).await?;
+    let suspended: Vec<String> = tx
+        .query("SELECT id FROM user_management.users WHERE status <> 'active' ORDER BY id", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     tx.commit().await?;
-    Ok(Json(json!({"position": position, "keys": keys})))
+    Ok(Json(json!({"position": position, "keys": keys, "suspended": suspended})))
 }
 
 #[derive(Deserialize)]

@@ -3,7 +3,8 @@
 //! - `auth`: login, refresh (rotating), logout, `/v1/me`.
 //! - `admin`: users, plans, subscriptions, signal subscriptions, suspension, producer
 //!   keys, signing key rotation; behind the admin token.
-//! - `feed`: the entitlement change stream and producer keys, for gateways; behind the
+//! - `feed`: the snapshot (producer keys, suspended users) and the entitlement change
+//!   stream, for gateways; behind the
 //!   gateway token.
 //! - here: state, errors, the JWKS, health and metrics.
 
@@ -204,7 +205,7 @@ pub async fn app(config: Config) -> Result<Router, StartError> {
         .route("/v1/admin/producer-keys", post(admin::issue_producer_key))
         .route("/v1/admin/producer-keys/{id}", delete(admin::revoke_producer_key))
         .route("/v1/admin/signing-keys/rotate", post(admin::rotate_signing_key))
-        .route("/v1/gateway/producer-keys", get(feed::producer_keys))
+        .route("/v1/gateway/snapshot", get(feed::snapshot))
         .route("/v1/gateway/changes", get(feed::changes))
         .route("/.well-known/jwks.json", get(jwks))
         .route("/health/live", get(|| async { "ok\n" }))

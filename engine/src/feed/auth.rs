@@ -13,6 +13,12 @@ use serde::Deserialize;
 /// Decides whether a HELLO's key is valid for its producer id.
 pub trait ProducerAuth: Send + Sync + fmt::Debug {
     fn verify(&self, producer_id: &str, api_key: &str) -> bool;
+
+    /// Changes whenever keys may have been revoked: connected producers are verified
+    /// again then, and cut if their key no longer holds. `None`: keys never change.
+    fn revisions(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }
 
 /// A fixed table of producer ids and keys.

@@ -172,6 +172,17 @@ impl Drop for Connected {
     }
 }
 
+/// Resolves when the key revision changes; never when there are no revisions.
+async fn changed(revisions: &mut Option<watch::Receiver<u64>>) -> Option<()> {
+    match revisions {
+        Some(r) => match r.changed().await {
+            Ok(()) => Some(()),
+            Err(_) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
 impl Session {
     async fn run(&mut self, peer: SocketAddr, mut stop: watch::Receiver<bool>) -> End {
         let cfg = self.ctx.config.clone();
@@ -198,14 +209,21 @@ impl Session {
         if let Err(e) = self.send(&EngineMessage::Welcome { last_acked_seq: slot.acked() }).await {
             return End::Io(e);
         }
-        let end = self.stream(&slot, session, &mut stop).await;
+        let end = self.stream(&slot, session, &hello.api_key.0, &mut stop).await;
         tracing::info!(%peer, producer = %slot.id, acked = slot.acked(), "producer disconnected");
         end
     }
 
     /// The steady state: frames in, ACKs out.
-    async fn stream(&mut self, slot: &ProducerSlot, session: u64, stop: &mut watch::Receiver<bool>) -> End {
+    async fn stream(
+        &mut self,
+        slot: &ProducerSlot,
+        session: u64,
+        api_key: &str,
+        stop: &mut watch::Receiver<bool>,
+    ) -> End {
         let cfg = self.ctx.config.clone();
+        let mut revisions = self.ctx.auth.revisions();
         let mut acks = AckPacer { sent: slot.acked(), last_at: Instant::now() - cfg.ack_interval, due: None };
         let mut last_read = Instant::now();
         loop {
@@ -231,6 +249,11 @@ impl Session {
                 }
                 () = slot.replaced(session) => {
                     return refuse("replaced", "a newer connection of this producer took over");
+                }
+                Some(()) = changed(&mut revisions) => {
+                    if !self.ctx.auth.verify(&slot.id, api_key) {
+                        return refuse("key_revoked", "this producer's API key was revoked");
+                    }
                 }
                 _ = stop.changed() => return refuse("shutting_down", "the engine is shutting down"),
             }

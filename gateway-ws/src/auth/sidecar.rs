@@ -5,7 +5,8 @@
 //! rotation needs no restart). The sidecar's change feed (server-sent events with a
 //! resumable position) is followed in the background: each change goes to the hub
 //! (upgrade, downgrade, suspension of live connections) and suspended users are
-//! refused at once. If the sidecar or its database is down, connections keep
+//! refused at once. Producer API keys for the TCP feed come from it too (SHA-256
+//! only); a revocation cuts the producer's live connection. If the sidecar or its database is down, connections keep
 //! streaming, issued tokens keep verifying, and readiness reports the feed as down.
 
 use std::collections::{HashMap, HashSet};
@@ -46,6 +47,10 @@ pub struct SidecarAuth {
     validation: Validation,
     refetch: Notify,
     feed_up: AtomicBool,
+    /// Producer id -> SHA-256 (hex) of each active API key.
+    producers: RwLock<HashMap<String, HashSet<String>>>,
+    /// Bumped when producer keys change: connected producers are verified again.
+    revision: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for SidecarAuth {
@@ -82,6 +87,8 @@ impl SidecarAuth {
             validation,
             refetch: Notify::new(),
             feed_up: AtomicBool::new(false),
+            producers: RwLock::new(HashMap::new()),
+            revision: tokio::sync::watch::Sender::new(0),
         });
         tokio::spawn(Arc::clone(&me).keep_keys());
         tokio::spawn(Arc::clone(&me).follow(on_change));
@@ -103,7 +110,7 @@ impl SidecarAuth {
                 Ok(jwks) => {
                     let keys = parse_jwks(&jwks);
                     if !keys.is_empty() {
-                        *self.keys.write().unwrap_or_else(std::sync::PoisonError::into_inner) = keys;
+                        *write(&self.keys) = keys;
                     }
                 }
                 Err(e) => {
@@ -123,17 +130,47 @@ impl SidecarAuth {
         let mut after: i64 = 0;
         let mut backoff = Duration::from_millis(100);
         loop {
-            let path = format!("/v1/gateway/changes?after={after}");
-            let result = stream_events(&self.addr, &path, &self.gateway_token, &self.feed_up, |data| {
-                let Ok(v) = serde_json::from_str::<Value>(data) else { return };
-                if let Some(p) = v["position"].as_i64() {
-                    after = after.max(p);
-                }
-                if v["kind"] == "user"
-                    && let Ok(e) = serde_json::from_value::<Entitlements>(v["user"].clone())
-                {
-                    let mut suspended =
-                        self.suspended.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let result = self.follow_once(&mut after, &on_change).await;
+            self.feed_up.store(false, Ordering::Release);
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "accounts change feed lost; reconnecting");
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Loads the snapshot (producer keys, suspended users), then follows the stream
+    /// from `after` (the snapshot's position the first time) until it breaks.
+    async fn follow_once(&self, after: &mut i64, on_change: &OnChange) -> Result<(), HttpError> {
+        let snap = get_json(&self.addr, "/v1/gateway/snapshot", Some(&self.gateway_token)).await?;
+        let mut producers: HashMap<String, HashSet<String>> = HashMap::new();
+        for k in snap["keys"].as_array().into_iter().flatten() {
+            if let (Some(p), Some(h)) = (k["producer_id"].as_str(), k["key_sha256"].as_str()) {
+                producers.entry(p.to_owned()).or_default().insert(h.to_owned());
+            }
+        }
+        *write(&self.producers) = producers;
+        *write(&self.suspended) = snap["suspended"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|u| u.as_str().map(str::to_owned))
+            .collect();
+        self.revision.send_modify(|r| *r += 1);
+        if *after == 0 {
+            *after = snap["position"].as_i64().unwrap_or(0);
+        }
+        let path = format!("/v1/gateway/changes?after={after}");
+        stream_events(&self.addr, &path, &self.gateway_token, &self.feed_up, |data| {
+            let Ok(v) = serde_json::from_str::<Value>(data) else { return };
+            if let Some(p) = v["position"].as_i64() {
+                *after = (*after).max(p);
+            }
+            match v["kind"].as_str() {
+                Some("user") => {
+                    let Ok(e) = serde_json::from_value::<Entitlements>(v["user"].clone()) else { return };
+                    let mut suspended = write(&self.suspended);
                     if e.status == "active" {
                         suspended.remove(&e.id);
                     } else {
@@ -142,15 +179,41 @@ impl SidecarAuth {
                     drop(suspended);
                     on_change(&e);
                 }
-            })
-            .await;
-            self.feed_up.store(false, Ordering::Release);
-            if let Err(e) = result {
-                tracing::warn!(error = %e, "accounts change feed lost; reconnecting");
+                Some("producer") => {
+                    let Some(p) = v["producer_id"].as_str() else { return };
+                    let keys: HashSet<String> = v["keys"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|k| k["key_sha256"].as_str().map(str::to_owned))
+                        .collect();
+                    write(&self.producers).insert(p.to_owned(), keys);
+                    self.revision.send_modify(|r| *r += 1);
+                }
+                _ => {}
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-        }
+        })
+        .await
+    }
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl engine::feed::ProducerAuth for SidecarAuth {
+    fn verify(&self, producer_id: &str, api_key: &str) -> bool {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, api_key.as_bytes());
+        let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        self.producers
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(producer_id)
+            .is_some_and(|keys| keys.contains(&hex))
+    }
+
+    fn revisions(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.revision.subscribe())
     }
 }
 
