@@ -273,6 +273,23 @@ async fn rights_change_on_a_live_connection_within_a_second() {
             }
         }
     }
+    // A signing key rotation: tokens of the new key open connections at once, tokens of
+    // the old one still do.
+    let (st, _) = http(sidecar.addr, "POST", "/v1/admin/signing-keys/rotate", Some(ADMIN), None);
+    assert_eq!(st, 200);
+    assert_eq!(http(sidecar.addr, "POST", "/v1/admin/users/u-live/reactivate", Some(ADMIN), None).0, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, fresh) = http(
+        sidecar.addr,
+        "POST",
+        "/v1/auth/login",
+        None,
+        Some(&json!({"email": "live@example.com", "password": "pass-word-9"})),
+    );
+    let fresh_url = format!("ws://{}/ws?token={}", gw.http_addr, fresh["access_token"].as_str().unwrap());
+    assert!(tokio_tungstenite::connect_async(&fresh_url).await.is_ok(), "a token of the new key is accepted");
+    assert!(tokio_tungstenite::connect_async(&url).await.is_ok(), "a token of the old key still is");
+
     // Reactivated, the user logs in again; suspended through the admin API, the new
     // connection is closed with 4003 within a second.
     assert_eq!(http(sidecar.addr, "POST", "/v1/admin/users/u-live/reactivate", Some(ADMIN), None).0, 200);

@@ -273,6 +273,7 @@ pub(crate) async fn revoke_producer_key(
 }
 
 /// A new signing key signs from now on; older ones keep verifying (still in the JWKS).
+/// A change-log entry tells gateways to fetch the JWKS at once.
 pub(crate) async fn rotate_signing_key(
     State(app): State<Shared>,
     headers: HeaderMap,
@@ -282,5 +283,8 @@ pub(crate) async fn rotate_signing_key(
     let keys = crate::keys::load(&app.pool).await?;
     let kid = keys.kid().to_owned();
     *app.keys.write().await = keys;
+    // Then (the JWKS served now has the key) tell gateways to fetch it, with a
+    // change-log entry that is neither a user nor a producer.
+    app.pool.get().await?.execute("SELECT auth.record_change(NULL, NULL)", &[]).await?;
     Ok(Json(json!({"kid": kid})))
 }

@@ -4,7 +4,8 @@
 //! first, as SSE events whose `id` is the position: a gateway that reconnects passes
 //! the last id it saw and misses nothing (the log is durable; NOTIFY only wakes the
 //! stream). Each event carries the user's current entitlements (or the producer's
-//! active key hashes), not a diff: applying an event twice is harmless.
+//! active key hashes), not a diff: applying an event twice is harmless. A `keys` event
+//! says the signing keys changed (fetch the JWKS).
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
@@ -129,7 +130,7 @@ async fn read(app: &App, after: i64) -> Result<Vec<(i64, Value)>, ApiError> {
                 let keys = active_keys(&client, Some(&p)).await?;
                 json!({"position": position, "kind": "producer", "producer_id": p, "keys": keys})
             }
-            (None, None) => continue,
+            (None, None) => json!({"position": position, "kind": "keys"}),
         };
         out.push((position, data));
     }

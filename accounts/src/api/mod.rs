@@ -229,6 +229,11 @@ pub async fn run(
 }
 
 async fn jwks(State(app): State<Shared>) -> Response {
+    // From the database, not memory: another sidecar may have rotated. This one then
+    // signs with the newest key too. If the database is down, the keys in memory serve.
+    if let Ok(keys) = keys::load(&app.pool).await {
+        *app.keys.write().await = keys;
+    }
     let jwks = app.keys.read().await.jwks().clone();
     ([(header::CACHE_CONTROL, "max-age=60")], axum::Json(jwks)).into_response()
 }

@@ -190,6 +190,7 @@ impl SidecarAuth {
                     write(&self.producers).insert(p.to_owned(), keys);
                     self.revision.send_modify(|r| *r += 1);
                 }
+                Some("keys") => self.refetch.notify_one(),
                 _ => {}
             }
         })
