@@ -18,14 +18,17 @@ pub fn follow(config: tokio_postgres::Config) -> watch::Receiver<i64> {
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(100);
         while !tx.is_closed() {
-            match listen(&config, &tx).await {
-                Ok(()) => backoff = Duration::from_millis(100),
-                Err(e) => {
-                    tracing::warn!(error = %e, "change feed listener lost PostgreSQL; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
+            // A connection the server closed cleanly is retried after the same pause as
+            // a failed one: a server that keeps closing must not make this spin.
+            let began = tokio::time::Instant::now();
+            if let Err(e) = listen(&config, &tx).await {
+                tracing::warn!(error = %e, "change feed listener lost PostgreSQL; retrying");
             }
+            if began.elapsed() > Duration::from_secs(10) {
+                backoff = Duration::from_millis(100); // it had been healthy
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     });
     rx

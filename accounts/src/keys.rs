@@ -44,8 +44,7 @@ impl std::fmt::Debug for Keys {
 }
 
 fn kid_of(public: &[u8]) -> String {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, public);
-    digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+    crate::secret::hex(&crate::secret::sha256(public)[..8])
 }
 
 /// Makes a new key and stores it; it signs from now on.

@@ -18,6 +18,7 @@ pub mod db;
 pub mod entitlements;
 pub mod keys;
 pub mod password;
+pub mod secret;
 pub mod seed;
 
 pub use api::{Config, run};

@@ -236,11 +236,8 @@ pub(crate) async fn issue_producer_key(
     Json(k): Json<NewProducerKey>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     admin(&app, &headers)?;
-    let mut raw = [0u8; 24];
-    aws_lc_rs::rand::SecureRandom::fill(&aws_lc_rs::rand::SystemRandom::new(), &mut raw)
-        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no randomness"))?;
-    let key = format!("sk-{}", URL_SAFE_NO_PAD.encode(raw));
-    let hash = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key.as_bytes()).as_ref().to_vec();
+    let key = format!("sk-{}", URL_SAFE_NO_PAD.encode(super::random::<24>()?));
+    let hash = crate::secret::sha256(key.as_bytes());
     let row = app
         .pool
         .get()

@@ -6,7 +6,6 @@
 
 use std::sync::atomic::Ordering;
 
-use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -30,16 +29,10 @@ pub(crate) struct RefreshToken {
     refresh_token: String,
 }
 
-fn random<const N: usize>() -> Result<[u8; N], ApiError> {
-    let mut b = [0u8; N];
-    SystemRandom::new()
-        .fill(&mut b)
-        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no randomness"))?;
-    Ok(b)
-}
+use super::random;
 
 fn sha256(token: &str) -> Vec<u8> {
-    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes()).as_ref().to_vec()
+    crate::secret::sha256(token.as_bytes())
 }
 
 fn now() -> i64 {
@@ -76,7 +69,7 @@ async fn issue(
         max_signals_per_day: e.max_signals_per_day,
         exp: iat + ttl,
         iat,
-        jti: random::<16>()?.iter().map(|b| format!("{b:02x}")).collect(),
+        jti: crate::secret::hex(&random::<16>()?),
         aud: AUDIENCE.to_owned(),
     };
     let access = app.keys.read().await.sign(&claims)?;

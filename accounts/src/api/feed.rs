@@ -25,10 +25,6 @@ use crate::entitlements;
 /// Events read from the log per query.
 const BATCH: i64 = 256;
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 async fn active_keys(
     client: &impl deadpool_postgres::GenericClient,
     producer: Option<&str>,
@@ -42,7 +38,7 @@ async fn active_keys(
         .await?;
     Ok(rows
         .iter()
-        .map(|r| json!({"producer_id": r.get::<_, String>(0), "key_sha256": hex(&r.get::<_, Vec<u8>>(1))}))
+        .map(|r| json!({"producer_id": r.get::<_, String>(0), "key_sha256": crate::secret::hex(&r.get::<_, Vec<u8>>(1))}))
         .collect())
 }
 

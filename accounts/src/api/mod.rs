@@ -153,6 +153,12 @@ impl From<crate::keys::KeyError> for ApiError {
     }
 }
 
+/// Random bytes, or a 500 if the system has none to give.
+fn random<const N: usize>() -> Result<[u8; N], ApiError> {
+    crate::secret::random()
+        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no randomness"))
+}
+
 /// The bearer token of a request, if any.
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;

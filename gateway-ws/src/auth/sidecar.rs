@@ -101,7 +101,7 @@ impl SidecarAuth {
     }
 
     fn read_keys(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, DecodingKey>> {
-        self.keys.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+        read(&self.keys)
     }
 
     async fn keep_keys(self: Arc<Self>) {
@@ -198,6 +198,10 @@ impl SidecarAuth {
     }
 }
 
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -206,11 +210,7 @@ impl engine::feed::ProducerAuth for SidecarAuth {
     fn verify(&self, producer_id: &str, api_key: &str) -> bool {
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, api_key.as_bytes());
         let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-        self.producers
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(producer_id)
-            .is_some_and(|keys| keys.contains(&hex))
+        read(&self.producers).get(producer_id).is_some_and(|keys| keys.contains(&hex))
     }
 
     fn revisions(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
@@ -254,7 +254,7 @@ impl Authenticator for SidecarAuth {
                 })?
                 .claims
         };
-        if self.suspended.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&claims.sub) {
+        if read(&self.suspended).contains(&claims.sub) {
             return Err(AuthError::Suspended);
         }
         Ok(Session::from(claims))

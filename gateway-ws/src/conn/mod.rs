@@ -140,6 +140,21 @@ impl Conn {
         self.phase == Phase::Open
     }
 
+    /// Puts connection `i` (this one) on the shard's list of connections with
+    /// something to write, once.
+    pub fn mark_dirty(&mut self, dirty: &mut VecDeque<usize>, i: usize) {
+        if !self.dirty {
+            self.dirty = true;
+            dirty.push_back(i);
+        }
+    }
+
+    /// The socket refused bytes: wait for its writable event (and time the stall).
+    pub fn stalled(&mut self) {
+        self.writable = false;
+        self.blocked_since.get_or_insert_with(Instant::now);
+    }
+
     /// Reads what the socket has, up to `budget` bytes, into the input buffer (or, once
     /// closing, into nothing).
     pub fn read(&mut self, scratch: &mut [u8], budget: usize) -> ReadEnd {

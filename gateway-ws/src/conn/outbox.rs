@@ -108,10 +108,6 @@ impl Outbox {
         self.closing = true;
     }
 
-    pub fn is_closing(&self) -> bool {
-        self.closing
-    }
-
     /// Nothing left to write (prices included).
     pub fn is_empty(&self) -> bool {
         self.frames.is_empty() && self.prices.is_empty()

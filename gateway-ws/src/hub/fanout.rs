@@ -160,12 +160,7 @@ impl Shard {
                             for sub in &mut self.subs[idx] {
                                 let Some(c) = self.conns[sub.conn].as_mut() else { continue };
                                 match deliver(sub, c, idx, m, tier, today, limit) {
-                                    Delivery::Queued => {
-                                        if !c.dirty {
-                                            c.dirty = true;
-                                            self.dirty.push_back(sub.conn);
-                                        }
-                                    }
+                                    Delivery::Queued => c.mark_dirty(&mut self.dirty, sub.conn),
                                     Delivery::Overflow => self.overflowed.push(sub.conn),
                                     Delivery::Exhausted => self.exhausted.push(sub.conn),
                                     Delivery::Skipped => {}
@@ -247,10 +242,7 @@ impl Shard {
             for &i in &self.price_subs {
                 let Some(c) = self.conns[i].as_mut() else { continue };
                 c.outbox.push_price(sym.0, Arc::clone(&frame));
-                if !c.dirty {
-                    c.dirty = true;
-                    self.dirty.push_back(i);
-                }
+                c.mark_dirty(&mut self.dirty, i);
             }
         }
     }

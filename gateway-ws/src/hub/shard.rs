@@ -129,10 +129,7 @@ impl Shard {
                 let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) else { continue };
                 if ev.is_writable() {
                     c.writable = true;
-                    if !c.dirty {
-                        c.dirty = true;
-                        self.dirty.push_back(i);
-                    }
+                    c.mark_dirty(&mut self.dirty, i);
                 }
                 if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
                     readable.push(i);
@@ -232,11 +229,8 @@ impl Shard {
     }
 
     pub(super) fn mark_dirty(&mut self, i: usize) {
-        if let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut)
-            && !c.dirty
-        {
-            c.dirty = true;
-            self.dirty.push_back(i);
+        if let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) {
+            c.mark_dirty(&mut self.dirty, i);
         }
     }
 
@@ -313,8 +307,7 @@ impl Shard {
                     match c.io.flush() {
                         Ok(()) => {}
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                            c.writable = false;
-                            c.blocked_since.get_or_insert_with(Instant::now);
+                            c.stalled();
                             return Ok(());
                         }
                         Err(e) => return Err(e),
@@ -337,8 +330,7 @@ impl Shard {
                     c.outbox.advance(n, |m, tier| local.delivered(tier, now - m.ingest_ts().0));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    c.writable = false;
-                    c.blocked_since.get_or_insert_with(Instant::now);
+                    c.stalled();
                     return Ok(());
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -392,10 +384,7 @@ impl Shard {
                         ),
                         self.ctx.conn.outbound_limit,
                     );
-                    if !c.dirty {
-                        c.dirty = true;
-                        self.dirty.push_back(i);
-                    }
+                    c.mark_dirty(&mut self.dirty, i);
                 }
                 _ => {}
             }
