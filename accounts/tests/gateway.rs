@@ -142,7 +142,7 @@ async fn rights_change_on_a_live_connection_within_a_second() {
     );
     assert_eq!(st, 201);
     let key = key["key"].as_str().unwrap().to_owned();
-    let feed = gw.feed_addr.to_string();
+    let feed = gw.feed_addr.expect("a feed").to_string();
     let until_key = Instant::now() + Duration::from_secs(5);
     let producer = loop {
         match engine::feed::Producer::connect(engine::feed::ProducerConfig::new(

@@ -97,3 +97,60 @@ mod millis {
         u64::deserialize(d).map(Duration::from_millis)
     }
 }
+
+/// Kafka: ingest from `raw-signals` / `market-data` and the scale-out roles
+/// (docs/deploy.md). Off unless `brokers` is set.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`, e.g. `127.0.0.1:9092`; empty = no Kafka.
+    pub brokers: String,
+    /// Consumer group of engine nodes on `raw-signals` and `market-data`.
+    pub group_id: String,
+    pub raw_signals_topic: String,
+    pub market_data_topic: String,
+    /// Poison records go here, with the reason in headers.
+    pub dlq_topic: String,
+    /// Routed signals go to `<prefix><tier>` (one partition each: offset + 1 = seq).
+    pub signals_topic_prefix: String,
+    /// A dead engine node's partitions move to the others after this long.
+    #[serde(with = "millis", rename = "session_timeout_ms")]
+    pub session_timeout: std::time::Duration,
+    /// How often routed offsets are committed; a crash re-reads at most this much
+    /// (duplicates are removed by id).
+    #[serde(with = "millis", rename = "commit_interval_ms")]
+    pub commit_interval: std::time::Duration,
+    /// Partitions for the topics signalcast creates when missing (`raw-signals`,
+    /// `market-data`, the DLQ); `signals.<tier>` always get one.
+    pub partitions: i32,
+    /// More librdkafka properties (e.g. `security.protocol`), passed as they are.
+    pub client: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: String::new(),
+            group_id: "signalcast-engine".into(),
+            raw_signals_topic: "raw-signals".into(),
+            market_data_topic: "market-data".into(),
+            dlq_topic: "raw-signals.dlq".into(),
+            signals_topic_prefix: "signals.".into(),
+            session_timeout: Duration::from_secs(10),
+            commit_interval: Duration::from_millis(1000),
+            partitions: 6,
+            client: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
+impl KafkaConfig {
+    pub fn enabled(&self) -> bool {
+        !self.brokers.trim().is_empty()
+    }
+
+    /// The topic of `signals_<tier>`.
+    pub fn signals_topic(&self, tier: crate::model::Tier) -> String {
+        format!("{}{}", self.signals_topic_prefix, tier.as_str())
+    }
+}

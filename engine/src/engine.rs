@@ -4,10 +4,10 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use crate::channels::ChannelSet;
+use crate::channels::{ChannelSet, Epoch};
 use crate::config::{EngineConfig, FeedConfig};
 use crate::feed::{FeedContext, FeedStats, ProducerAuth, ProducerRegistry};
-use crate::pipeline::{IngestSender, PipelineStats, Stage, spawn_stage};
+use crate::pipeline::{IngestSender, PipelineStats, Publish, Stage, spawn_stage};
 use crate::policy::TierPolicy;
 use crate::ticks::TickBook;
 
@@ -26,16 +26,39 @@ pub struct Engine {
     pub config: EngineConfig,
 }
 
+/// How a node's engine differs from the single-node default.
+#[derive(Debug, Default)]
+pub struct EngineOptions {
+    /// Engine role: routed signals go to this sink (`signals.<tier>`), not to channel logs.
+    pub sink: Option<Box<dyn Publish>>,
+    /// Signal ids an earlier run already routed (de-duplication across restarts).
+    pub seen_ids: Vec<uuid::Uuid>,
+    /// Gateway role: the epochs every gateway derives for the shared topics.
+    pub epochs: Option<[Epoch; 4]>,
+}
+
 impl Engine {
-    /// Builds the parts and starts the stage thread.
+    /// Builds the parts and starts the stage thread (single node).
     pub fn start(config: EngineConfig, policy: TierPolicy) -> std::io::Result<Self> {
+        Self::start_with(config, policy, EngineOptions::default())
+    }
+
+    /// Builds the parts and starts the stage thread.
+    pub fn start_with(
+        config: EngineConfig,
+        policy: TierPolicy,
+        options: EngineOptions,
+    ) -> std::io::Result<Self> {
         let policy = Arc::new(policy);
         let (ticks, writer) = TickBook::new(config.max_symbols);
-        let channels = Arc::new(ChannelSet::new(&policy, config.ring_capacity));
+        let channels = Arc::new(match options.epochs {
+            Some(epochs) => ChannelSet::with_epochs(&policy, config.ring_capacity, epochs),
+            None => ChannelSet::new(&policy, config.ring_capacity),
+        });
         let producers = Arc::new(ProducerRegistry::default());
         let stats = Arc::new(PipelineStats::default());
         let (tx, rx) = mpsc::channel(config.ingest_queue.max(1));
-        let stage = Stage::new(
+        let mut stage = Stage::new(
             &config,
             Arc::clone(&policy),
             writer,
@@ -43,6 +66,10 @@ impl Engine {
             Arc::clone(&producers),
             Arc::clone(&stats),
         );
+        stage.seed_ids(options.seen_ids);
+        if let Some(sink) = options.sink {
+            stage = stage.with_sink(sink);
+        }
         spawn_stage(stage, rx)?;
         Ok(Self { ingest: tx, channels, ticks, producers, stats, policy, config })
     }

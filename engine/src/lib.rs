@@ -23,6 +23,7 @@
 pub mod channels;
 pub mod config;
 pub mod feed;
+pub mod kafka;
 pub mod model;
 pub mod pipeline;
 pub mod policy;
@@ -31,4 +32,4 @@ pub mod ticks;
 mod engine;
 mod hash;
 
-pub use engine::Engine;
+pub use engine::{Engine, EngineOptions};

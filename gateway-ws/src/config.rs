@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use engine::config::{EngineConfig, FeedConfig};
+use engine::config::{EngineConfig, FeedConfig, KafkaConfig};
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
@@ -46,6 +46,33 @@ pub struct Config {
     pub demo: DemoConfig,
     pub engine: EngineConfig,
     pub feed: FeedConfig,
+    /// What this node runs (docs/deploy.md); `engine` and `gateway` need `[kafka]`.
+    pub role: Role,
+    pub kafka: KafkaConfig,
+}
+
+/// What a node runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Engine and gateway in one process; Kafka optional (an extra way in).
+    #[default]
+    All,
+    /// TCP feed and Kafka ingest, pipeline, routed signals to `signals.<tier>`; no
+    /// WebSocket clients.
+    Engine,
+    /// WebSocket clients fed from `signals.<tier>`; no producers.
+    Gateway,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::All => "all",
+            Self::Engine => "engine",
+            Self::Gateway => "gateway",
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -105,6 +132,8 @@ impl Default for Config {
             demo: DemoConfig::default(),
             engine: EngineConfig::default(),
             feed: FeedConfig::default(),
+            role: Role::All,
+            kafka: KafkaConfig::default(),
         }
     }
 }

@@ -19,6 +19,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
 use crate::auth::AuthError;
+use crate::config::Role;
 use crate::conn::Io;
 use crate::hub::Attach;
 use crate::server::App;
@@ -62,6 +63,11 @@ fn route(req: Request<Incoming>, app: Arc<App>) -> Response<Body> {
         return json_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "only GET is served");
     }
     match req.uri().path() {
+        "/ws" if app.role == Role::Engine => json_error(
+            StatusCode::NOT_FOUND,
+            "engine_node",
+            "this node runs the engine role; connect to a gateway",
+        ),
         "/ws" => websocket(req, app),
         "/health/live" => respond(StatusCode::OK, "text/plain", "ok\n"),
         "/health/ready" if app.is_draining() => {

@@ -38,6 +38,14 @@ enum Command {
         /// The bearer token the sidecar expects from gateways.
         #[arg(long, env = "SIGNALCAST_AUTH__ACCOUNTS_GATEWAY_TOKEN", hide_env_values = true)]
         accounts_gateway_token: Option<String>,
+        /// What this node runs: all (default, one node), engine or gateway (scale-out on
+        /// Kafka; see docs/deploy.md).
+        #[arg(long, value_enum, env = "SIGNALCAST_ROLE")]
+        role: Option<gateway::config::Role>,
+        /// Kafka bootstrap servers (host:port,…): consume raw-signals and market-data,
+        /// and with --role engine|gateway scale out on signals.<tier>.
+        #[arg(long, env = "SIGNALCAST_KAFKA__BROKERS")]
+        kafka_brokers: Option<String>,
     },
     /// Mint a dev token (HS256, embedded default) for a fixture user.
     Token {
@@ -83,7 +91,9 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let mut config = Config::load(cli.config.as_deref()).context("configuration")?;
-    match cli.command.unwrap_or(Command::Serve { accounts_url: None, accounts_gateway_token: None }) {
+    let default =
+        Command::Serve { accounts_url: None, accounts_gateway_token: None, role: None, kafka_brokers: None };
+    match cli.command.unwrap_or(default) {
         Command::Version => {
             println!("signalcast {}", env!("CARGO_PKG_VERSION"));
             Ok(())
@@ -94,7 +104,13 @@ fn main() -> anyhow::Result<()> {
             println!("{}", auth.mint(&user, ttl).with_context(|| format!("user {user}"))?);
             Ok(())
         }
-        Command::Serve { accounts_url, accounts_gateway_token } => {
+        Command::Serve { accounts_url, accounts_gateway_token, role, kafka_brokers } => {
+            if let Some(role) = role {
+                config.role = role;
+            }
+            if let Some(brokers) = kafka_brokers {
+                config.kafka.brokers = brokers;
+            }
             if accounts_url.is_some() {
                 config.auth.accounts_url = accounts_url;
             }
@@ -120,11 +136,12 @@ fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
 async fn serve(config: Config) -> anyhow::Result<()> {
     let running = gateway::start(config.clone()).await?;
     let scheme = if running.tls { "wss" } else { "ws" };
+    let feed = running.feed_addr.map_or_else(|| "none".to_owned(), |a| format!("tcp://{a}"));
     println!(
-        "\nsignalcast {} on http://{}  (feed: tcp://{})",
+        "\nsignalcast {} ({} role) on http://{}  (feed: {feed})",
         env!("CARGO_PKG_VERSION"),
+        config.role.as_str(),
         running.http_addr,
-        running.feed_addr
     );
     println!("metrics: http://{}/metrics\n", running.http_addr);
     let ttl = Duration::from_secs(config.auth.token_ttl_secs);

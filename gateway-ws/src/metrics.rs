@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use engine::Engine;
 use engine::feed::FeedStats;
+use engine::kafka::KafkaStats;
 use engine::model::Tier;
 use engine::pipeline::DropReason;
 
@@ -117,7 +118,7 @@ impl GatewayStats {
 }
 
 /// The whole process's metrics in the Prometheus text format.
-pub fn render(gw: &GatewayStats, engine: &Engine, feed: &FeedStats) -> String {
+pub fn render(gw: &GatewayStats, engine: &Engine, feed: &FeedStats, kafka: &KafkaStats) -> String {
     let mut o = String::with_capacity(4096);
     let section = |o: &mut String, name: &str, kind: &str, help: &str, rows: Vec<(String, String)>| {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -224,6 +225,38 @@ pub fn render(gw: &GatewayStats, engine: &Engine, feed: &FeedStats) -> String {
         "counter",
         "Connections refused with 401.",
         gw.auth_failures.load(Ordering::Relaxed).to_string(),
+    );
+    for (name, help, counter) in [
+        (
+            "signalcast_kafka_records_consumed_total",
+            "Records taken from raw-signals and market-data.",
+            &kafka.consumed,
+        ),
+        ("signalcast_kafka_dead_lettered_total", "Poison records sent to the DLQ.", &kafka.dead_lettered),
+        (
+            "signalcast_kafka_published_total",
+            "Routed signals written to signals.<tier> (engine role).",
+            &kafka.published,
+        ),
+        (
+            "signalcast_kafka_publish_failed_total",
+            "Routed signals Kafka refused for good.",
+            &kafka.publish_failed,
+        ),
+        (
+            "signalcast_kafka_relayed_total",
+            "Records read from signals.<tier> (gateway role).",
+            &kafka.relayed,
+        ),
+    ] {
+        single(&mut o, name, "counter", help, KafkaStats::get(counter).to_string());
+    }
+    section(
+        &mut o,
+        "signalcast_kafka_consumer_lag",
+        "gauge",
+        "Records not yet consumed, per topic, over the partitions this node holds.",
+        kafka.lag().into_iter().map(|(t, l)| (format!("{{topic=\"{t}\"}}"), l.to_string())).collect(),
     );
 
     let name = "signalcast_delivery_latency_seconds";

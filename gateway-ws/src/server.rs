@@ -1,22 +1,27 @@
-//! The whole process: engine, TCP feed, hub shards, HTTP/WebSocket listener, demo
+//! The whole process: engine, TCP feed, Kafka, hub shards, HTTP/WebSocket listener, demo
 //! producer; started by [`start`] and stopped (drained) by [`Running::shutdown`].
+//!
+//! What runs depends on the node's [`Role`]: `all` (default) everything in one process,
+//! Kafka optional; `engine` ingest and pipeline, routed signals to `signals.<tier>`;
+//! `gateway` WebSocket clients fed from `signals.<tier>` (docs/deploy.md).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use engine::Engine;
 use engine::feed::{FeedStats, ProducerAuth, StaticKeys};
+use engine::kafka::{self, IngestContext, KafkaSink, KafkaStats};
 use engine::model::Tier;
 use engine::policy::TierPolicy;
+use engine::{Engine, EngineOptions};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::auth::{Accounts, Authenticator, DevAuth, OnChange, SidecarAuth};
-use crate::config::{Config, fixtures};
+use crate::config::{Config, Role, fixtures};
 use crate::hub::{Hub, RightsSender};
 use crate::metrics::{self, GatewayStats};
 use crate::{demo, http, tls};
@@ -27,8 +32,10 @@ pub struct App {
     pub auth: Arc<dyn Authenticator>,
     pub hub: Hub,
     pub stats: Arc<GatewayStats>,
+    pub role: Role,
     engine: Arc<Engine>,
     feed: Arc<FeedStats>,
+    kafka: Arc<KafkaStats>,
     draining: AtomicBool,
     /// The accounts sidecar, when tokens come from it.
     sidecar: Option<Arc<SidecarAuth>>,
@@ -47,7 +54,7 @@ impl App {
     }
 
     pub fn metrics(&self) -> String {
-        metrics::render(&self.stats, &self.engine, &self.feed)
+        metrics::render(&self.stats, &self.engine, &self.feed, &self.kafka)
     }
 }
 
@@ -72,19 +79,26 @@ pub enum StartError {
     Hub(std::io::Error),
     #[error("cannot start the engine: {0}")]
     Engine(std::io::Error),
+    #[error("kafka: {0}")]
+    Kafka(#[from] kafka::KafkaError),
+    #[error("role {0} needs Kafka: pass --kafka-brokers (or set [kafka] brokers)")]
+    NeedsKafka(&'static str),
 }
 
 /// A running server.
 #[derive(Debug)]
 pub struct Running {
     pub http_addr: SocketAddr,
-    pub feed_addr: SocketAddr,
+    /// The producers' TCP feed; none on a gateway node.
+    pub feed_addr: Option<SocketAddr>,
     pub tls: bool,
     pub engine: Arc<Engine>,
     pub app: Arc<App>,
     /// The embedded default's token issuer (to print and mint dev tokens).
     pub dev_auth: Arc<DevAuth>,
     stop: watch::Sender<bool>,
+    /// Stops the gateway role's relay thread (a blocking Kafka poll loop).
+    relay_stop: Arc<AtomicBool>,
     tasks: Vec<JoinHandle<()>>,
     drain_timeout: Duration,
 }
@@ -133,13 +147,23 @@ pub async fn start_on(
         None => None,
     };
     let dev_auth = Arc::new(dev_auth(&config)?);
-    let engine = Arc::new(Engine::start(config.engine.clone(), policy).map_err(StartError::Engine)?);
+    let role = config.role;
+    let kafka_stats = Arc::new(KafkaStats::default());
+    let options = kafka_options(&config, &kafka_stats).await?;
+    let engine =
+        Arc::new(Engine::start_with(config.engine.clone(), policy, options).map_err(StartError::Engine)?);
     let http_addr = http_listener
         .local_addr()
         .map_err(|source| StartError::Bind { addr: config.listen.clone(), source })?;
-    let feed_addr = feed_listener
-        .local_addr()
-        .map_err(|source| StartError::Bind { addr: config.feed_listen.clone(), source })?;
+    let feed_addr = match role {
+        // A gateway takes no producers: its seqs are the topics' offsets.
+        Role::Gateway => None,
+        _ => Some(
+            feed_listener
+                .local_addr()
+                .map_err(|source| StartError::Bind { addr: config.feed_listen.clone(), source })?,
+        ),
+    };
 
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
@@ -164,13 +188,40 @@ pub async fn start_on(
         Some(s) => s.clone(),
         None => Arc::new(keys),
     };
-    let demo = config.demo.enabled && sidecar.is_none();
+    let demo = config.demo.enabled && sidecar.is_none() && role == Role::All;
     let feed_ctx = engine.feed_context(producer_auth, config.feed.clone());
     let feed_stats = Arc::clone(&feed_ctx.stats);
-    let mut feed_stop = stop_rx.clone();
-    tasks.push(tokio::spawn(engine::feed::run(feed_listener, feed_ctx, async move {
-        until_set(&mut feed_stop).await;
-    })));
+    if feed_addr.is_some() {
+        let mut feed_stop = stop_rx.clone();
+        tasks.push(tokio::spawn(engine::feed::run(feed_listener, feed_ctx, async move {
+            until_set(&mut feed_stop).await;
+        })));
+    }
+    let relay_stop = Arc::new(AtomicBool::new(false));
+    if config.kafka.enabled() {
+        if role == Role::Gateway {
+            kafka::spawn_relay(
+                &config.kafka,
+                engine.ingest(),
+                config.engine.ring_capacity,
+                Arc::clone(&kafka_stats),
+                Arc::clone(&relay_stop),
+            )?;
+        } else {
+            let ctx = IngestContext {
+                ingest: engine.ingest(),
+                max_analysis_bytes: config.engine.max_analysis_bytes,
+                stats: Arc::clone(&kafka_stats),
+            };
+            let (cfg, mut kafka_stop) = (config.kafka.clone(), stop_rx.clone());
+            tasks.push(tokio::spawn(async move {
+                let stop = async move { until_set(&mut kafka_stop).await };
+                if let Err(e) = kafka::run_ingest(cfg, ctx, stop).await {
+                    tracing::error!(error = %e, "kafka ingest could not start");
+                }
+            }));
+        }
+    }
 
     let stats = Arc::new(GatewayStats::default());
     let hub =
@@ -182,19 +233,29 @@ pub async fn start_on(
         auth,
         hub,
         stats,
+        role,
         engine: Arc::clone(&engine),
         feed: feed_stats,
+        kafka: kafka_stats,
         draining: AtomicBool::new(false),
         socket_send_buffer: config.socket_send_buffer,
     });
     tasks.push(tokio::spawn(accept_loop(http_listener, tls.clone(), Arc::clone(&app), stop_rx.clone())));
 
     // The demo producer's key is a fixture key, which a sidecar does not know.
-    if demo {
+    if let (true, Some(addr)) = (demo, feed_addr) {
         let keys = StaticKeys::from_toml(fixtures::PRODUCERS)?;
-        tasks.push(tokio::spawn(demo::run(feed_addr, config.demo.clone(), keys, stop_rx)));
+        tasks.push(tokio::spawn(demo::run(addr, config.demo.clone(), keys, stop_rx)));
     }
-    tracing::info!(%http_addr, %feed_addr, tls = tls.is_some(), shards = app.hub.shards(), "signalcast serving");
+    tracing::info!(
+        role = role.as_str(),
+        %http_addr,
+        ?feed_addr,
+        tls = tls.is_some(),
+        shards = app.hub.shards(),
+        kafka = %config.kafka.brokers,
+        "signalcast serving"
+    );
     Ok(Running {
         http_addr,
         feed_addr,
@@ -203,9 +264,52 @@ pub async fn start_on(
         app,
         dev_auth,
         stop,
+        relay_stop,
         tasks,
         drain_timeout: Duration::from_secs(config.drain_timeout_secs),
     })
+}
+
+/// What the node's role asks of the engine: an engine node routes into Kafka (and
+/// remembers what an earlier run routed there), a gateway node takes the topics' epochs.
+async fn kafka_options(config: &Config, stats: &Arc<KafkaStats>) -> Result<EngineOptions, StartError> {
+    let mut options = EngineOptions::default();
+    if !config.kafka.enabled() {
+        return match config.role {
+            Role::All => Ok(options),
+            other => Err(StartError::NeedsKafka(other.as_str())),
+        };
+    }
+    kafka::ensure_topics(&config.kafka).await?;
+    let cfg = config.kafka.clone();
+    let window = config.engine.dedup_window;
+    // librdkafka's metadata calls block: keep them off the runtime's workers.
+    let blocking = |f: Box<dyn FnOnce() -> Result<EngineOptions, kafka::KafkaError> + Send>| async move {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| StartError::Kafka(kafka::KafkaError::ClientCreation(e.to_string())))?
+            .map_err(StartError::Kafka)
+    };
+    match config.role {
+        Role::All => {}
+        Role::Engine => {
+            let sink = KafkaSink::new(&config.kafka, Arc::clone(stats))?;
+            options = blocking(Box::new(move || {
+                let seen_ids = kafka::recent_ids(&cfg, window)?;
+                tracing::info!(ids = seen_ids.len(), "read back recently routed signal ids");
+                Ok(EngineOptions { seen_ids, ..EngineOptions::default() })
+            }))
+            .await?;
+            options.sink = Some(Box::new(sink));
+        }
+        Role::Gateway => {
+            options = blocking(Box::new(move || {
+                Ok(EngineOptions { epochs: Some(kafka::epochs(&cfg)?), ..EngineOptions::default() })
+            }))
+            .await?;
+        }
+    }
+    Ok(options)
 }
 
 /// Resolves once the flag is set (or its sender is gone).
@@ -258,6 +362,7 @@ impl Running {
     pub async fn shutdown(self) {
         self.app.draining.store(true, Ordering::Release);
         let _ = self.stop.send(true);
+        self.relay_stop.store(true, Ordering::Release);
         self.app.hub.drain();
         let deadline = tokio::time::Instant::now() + self.drain_timeout;
         while Tier::ALL.iter().map(|t| self.app.stats.connections(*t)).sum::<i64>() > 0

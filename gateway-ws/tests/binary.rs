@@ -72,7 +72,7 @@ async fn produce_replays_signals_into_a_feed_and_waits_for_the_acks() {
         .args([
             "produce",
             "--addr",
-            &server.feed_addr.to_string(),
+            &server.feed_addr.expect("a feed").to_string(),
             "--producer",
             "model-alpha",
             "--count",

@@ -48,8 +48,14 @@ impl ChannelSet {
     /// One live log per tier, and a delayed view where the policy calls for one. Each
     /// delayed view shares its live log's epoch, since seq means the same in both.
     pub fn new(policy: &TierPolicy, ring_capacity: usize) -> Self {
+        Self::with_epochs(policy, ring_capacity, Tier::ALL.map(|_| Epoch::random()))
+    }
+
+    /// As [`ChannelSet::new`] with given epochs: gateway nodes that serve the same
+    /// `signals.<tier>` topic must agree on its epoch.
+    pub fn with_epochs(policy: &TierPolicy, ring_capacity: usize, epochs: [Epoch; 4]) -> Self {
         let live = Tier::ALL
-            .map(|t| ChannelLog::new(ChannelName::Signals(t).to_string(), Epoch::random(), ring_capacity));
+            .map(|t| ChannelLog::new(ChannelName::Signals(t).to_string(), epochs[t.index()], ring_capacity));
         let delayed = Tier::ALL.map(|t| {
             (!policy.delayed_view(t).is_zero()).then(|| {
                 let name = format!("{} (delayed)", ChannelName::Signals(t));

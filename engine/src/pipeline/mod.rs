@@ -1,11 +1,15 @@
 //! The single-writer stage between ingest and the channel logs, and its driver thread.
 //!
-//! Ingest (TCP sessions, later Kafka) pushes [`IngestItem`]s into one bounded queue. One
+//! Ingest (TCP sessions, Kafka) pushes [`IngestItem`]s into one bounded queue. One
 //! [`Stage`] takes them in order and, per signal: de-duplicates (producer seq, then id),
 //! filters (confidence, expiry), enriches (tick book), routes (tier table), encodes each
-//! message once per channel, appends to the channel logs and queues delayed views.
-//! Ticks go through the same queue so that a tick a producer sent before a signal is
-//! always the one that signal is enriched with.
+//! message once per channel, and either appends to the channel logs and queues delayed
+//! views (one node) or hands the routed signal to a [`Publish`] sink (the engine role:
+//! `signals.<tier>` topics). Ticks go through the same queue so that a tick a producer
+//! sent before a signal is always the one that signal is enriched with.
+//!
+//! A gateway node's stage routes nothing: it takes [`RoutedItem`]s (signals another
+//! node routed, with their seq) and only encodes, appends and delays them.
 //!
 //! The stage is sans-IO: it is handed items and the time, which makes it testable
 //! deterministically. [`spawn_stage`] runs it on its own thread.
@@ -22,12 +26,15 @@ mod stats;
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use tokio::sync::mpsc;
+use uuid::Uuid;
 
 pub use stage::Stage;
 pub use stats::{DropReason, PipelineStats};
 
-use crate::model::{Signal, Tick, UnixNanos};
+use crate::model::{Category, Signal, Tick, Tier, UnixNanos};
 
 /// Where a signal came from, so that its acknowledgement reaches the right place.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,11 +56,59 @@ pub struct SignalItem {
     pub sent_ts: Option<UnixNanos>,
 }
 
+/// A signal another node already routed to `signals_<tier>` with `seq` (a gateway node
+/// reading `signals.<tier>`): `data` is the enriched signal object as that node encoded it.
+#[derive(Clone, Debug)]
+pub struct RoutedItem {
+    pub tier: Tier,
+    pub seq: u64,
+    pub category: Category,
+    pub data: Vec<u8>,
+    pub ingest_ts: UnixNanos,
+    pub routed_ts: UnixNanos,
+    pub sent_ts: Option<UnixNanos>,
+}
+
+/// Run by the stage once everything queued before it has been routed and, with a
+/// [`Publish`] sink, made durable: how Kafka ingest learns which offsets it may commit.
+#[derive(Clone)]
+pub struct Done(pub Arc<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for Done {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Done")
+    }
+}
+
 /// What ingest hands to the stage.
 #[derive(Clone, Debug)]
 pub enum IngestItem {
     Signal(SignalItem),
     Tick(Tick),
+    Routed(Box<RoutedItem>),
+    Done(Done),
+}
+
+/// One routed signal for a sink: what a `signals.<tier>` record carries.
+#[derive(Clone, Copy, Debug)]
+pub struct Routed<'a> {
+    pub tier: Tier,
+    pub id: Uuid,
+    pub category: Category,
+    /// The enriched signal object (the `data` of SIGNAL_UPDATE).
+    pub data: &'a [u8],
+    pub ingest_ts: UnixNanos,
+    pub routed_ts: UnixNanos,
+    pub sent_ts: Option<UnixNanos>,
+}
+
+/// Where an engine node's stage sends routed signals instead of its own channel logs.
+pub trait Publish: Send + std::fmt::Debug {
+    /// Queues one routed signal; must not lose it (wait, retry) and must keep order per tier.
+    fn publish(&mut self, routed: &Routed<'_>);
+    /// Returns once everything published so far is durable. Producers are acknowledged
+    /// and [`Done`] callbacks run only after it returns.
+    fn flush(&mut self);
 }
 
 /// The ingest side of the bounded queue. `send().await` waits while the queue is full:

@@ -4,7 +4,10 @@ use std::sync::Arc;
 
 use super::dedup::{ProducerSeqs, RecentIds};
 use super::delay::DelayLine;
-use super::{DropReason, IngestItem, Origin, PipelineStats, SignalItem, encode, enrich, filter, route};
+use super::{
+    Done, DropReason, IngestItem, Origin, PipelineStats, Publish, Routed, RoutedItem, SignalItem, encode,
+    enrich, filter, route,
+};
 use crate::channels::{ChannelName, ChannelSet, Message, MessageMeta};
 use crate::config::{EngineConfig, MissingTick};
 use crate::feed::{ProducerRegistry, ProducerSlot};
@@ -35,6 +38,10 @@ pub struct Stage {
     text: Vec<u8>,
     scratch: Vec<u8>,
     appended: bool,
+    /// Engine role: routed signals go here instead of the channel logs.
+    sink: Option<Box<dyn Publish>>,
+    /// Callbacks to run once this batch is routed (and durable).
+    done: Vec<Done>,
 }
 
 impl Stage {
@@ -62,10 +69,28 @@ impl Stage {
             text: Vec::with_capacity(1024),
             scratch: Vec::with_capacity(1024),
             appended: false,
+            sink: None,
+            done: Vec::new(),
             policy,
             channels,
             producers,
             stats,
+        }
+    }
+
+    /// Sends routed signals to `sink` (an engine node's `signals.<tier>` topics) instead
+    /// of this process's channel logs.
+    #[must_use]
+    pub fn with_sink(mut self, sink: Box<dyn Publish>) -> Self {
+        self.sink = Some(sink);
+        self
+    }
+
+    /// Remembers ids routed before this stage started (read back from where an earlier
+    /// run published them), so that signals re-consumed after a crash are not routed twice.
+    pub fn seed_ids(&mut self, ids: impl IntoIterator<Item = uuid::Uuid>) {
+        for id in ids {
+            self.ids.insert(id);
         }
     }
 
@@ -74,6 +99,8 @@ impl Stage {
         match item {
             IngestItem::Signal(s) => self.on_signal(s, now),
             IngestItem::Tick(t) => self.on_tick(&t),
+            IngestItem::Routed(r) => self.on_routed(&r),
+            IngestItem::Done(d) => self.done.push(d),
         }
     }
 
@@ -109,35 +136,80 @@ impl Stage {
             self.stats.dropped(DropReason::MissingTick);
             return;
         }
-        let mut tiers = route::tiers(&self.policy, s.confidence).peekable();
-        if tiers.peek().is_none() {
+        // A bitmask, not the iterator: appending needs `&mut self`.
+        let tiers: u8 = route::tiers(&self.policy, s.confidence).fold(0, |m, t| m | 1 << t.index());
+        if tiers == 0 {
             self.stats.dropped(DropReason::NoTier);
             return;
         }
         self.data.clear();
         encode::signal_data(&mut self.data, s, market.as_ref(), item.ingest_ts, now, item.sent_ts);
-        for tier in tiers {
-            let log = self.channels.live(tier);
-            let seq = log.head() + 1;
-            encode::signal_update(&mut self.text, &self.channel_names[tier.index()], seq, &self.data);
+        for tier in Tier::ALL.into_iter().filter(|t| tiers & 1 << t.index() != 0) {
+            self.stats.routed_to(tier);
+            if let Some(sink) = &mut self.sink {
+                sink.publish(&Routed {
+                    tier,
+                    id: item.signal.id,
+                    category: item.signal.category,
+                    data: &self.data,
+                    ingest_ts: item.ingest_ts,
+                    routed_ts: now,
+                    sent_ts: item.sent_ts,
+                });
+                continue;
+            }
             let meta = MessageMeta {
-                seq,
-                category: s.category,
+                seq: self.channels.live(tier).head() + 1,
+                category: item.signal.category,
                 ingest_ts: item.ingest_ts,
                 routed_ts: now,
                 sent_ts: item.sent_ts,
             };
-            let msg = Message::new(&meta, &self.text, &mut self.scratch);
-            log.append(msg.clone());
-            self.stats.routed_to(tier);
-            if let Some(line) = &mut self.delays[tier.index()]
-                && let Some(lost) = line.push(item.ingest_ts, msg)
-            {
-                if let Some(view) = self.channels.delayed(tier) {
-                    view.mark_lost(lost.seq());
-                }
-                self.stats.dropped(DropReason::DelayOverflow);
+            self.append(tier, &meta);
+        }
+    }
+
+    /// A signal another node routed: appended with the seq it was given. Seqs at or
+    /// below the head were seen already (a re-read); a jump marks what lies between as
+    /// lost, so that no resume claims to recover across it.
+    fn on_routed(&mut self, r: &RoutedItem) {
+        let head = self.channels.live(r.tier).head();
+        if r.seq <= head {
+            self.stats.dropped(DropReason::DuplicateSeq);
+            return;
+        }
+        if r.seq > head + 1 {
+            self.channels.live(r.tier).mark_lost(r.seq - 1);
+            if let Some(view) = self.channels.delayed(r.tier) {
+                view.mark_lost(r.seq - 1);
             }
+        }
+        self.stats.routed_to(r.tier);
+        self.data.clear();
+        self.data.extend_from_slice(&r.data);
+        let meta = MessageMeta {
+            seq: r.seq,
+            category: r.category,
+            ingest_ts: r.ingest_ts,
+            routed_ts: r.routed_ts,
+            sent_ts: r.sent_ts,
+        };
+        self.append(r.tier, &meta);
+    }
+
+    /// Encodes `self.data` as `signals_<tier>`'s message `meta.seq`, appends it to the
+    /// live log and queues it for the delayed view.
+    fn append(&mut self, tier: Tier, meta: &MessageMeta) {
+        encode::signal_update(&mut self.text, &self.channel_names[tier.index()], meta.seq, &self.data);
+        let msg = Message::new(meta, &self.text, &mut self.scratch);
+        self.channels.live(tier).append(msg.clone());
+        if let Some(line) = &mut self.delays[tier.index()]
+            && let Some(lost) = line.push(meta.ingest_ts, msg)
+        {
+            if let Some(view) = self.channels.delayed(tier) {
+                view.mark_lost(lost.seq());
+            }
+            self.stats.dropped(DropReason::DelayOverflow);
         }
         self.appended = true;
     }
@@ -161,8 +233,12 @@ impl Stage {
         self.delays.iter().flatten().filter_map(DelayLine::next_release).min()
     }
 
-    /// Ends a batch: acknowledges producers and rings the channel bell once.
+    /// Ends a batch: makes the sink durable, acknowledges producers, runs [`Done`]
+    /// callbacks and rings the channel bell once.
     pub fn finish_batch(&mut self) {
+        if let Some(sink) = &mut self.sink {
+            sink.flush();
+        }
         self.touched.sort_unstable();
         self.touched.dedup();
         for i in 0..self.touched.len() {
@@ -173,6 +249,9 @@ impl Stage {
             }
         }
         self.touched.clear();
+        for d in self.done.drain(..) {
+            (d.0)();
+        }
         if std::mem::take(&mut self.appended) {
             self.channels.notify();
         }

@@ -65,9 +65,13 @@ pub async fn start(config: Config) -> Running {
 }
 
 pub async fn producer(server: &Running) -> Producer {
-    Producer::connect(ProducerConfig::new(server.feed_addr.to_string(), PRODUCER.0, PRODUCER.1))
-        .await
-        .unwrap()
+    Producer::connect(ProducerConfig::new(
+        server.feed_addr.expect("a feed").to_string(),
+        PRODUCER.0,
+        PRODUCER.1,
+    ))
+    .await
+    .unwrap()
 }
 
 pub fn token(server: &Running, user: &str) -> String {

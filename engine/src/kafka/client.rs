@@ -1,0 +1,161 @@
+//! What every Kafka client of signalcast shares: configuration, statistics, topics,
+//! epochs, and reading back what an earlier run published.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
+use rdkafka::{Offset, TopicPartitionList};
+use uuid::Uuid;
+
+use super::KafkaStats;
+use crate::channels::Epoch;
+use crate::config::KafkaConfig;
+use crate::model::Tier;
+
+pub use rdkafka::error::KafkaError;
+
+/// The properties every client gets: brokers, then the operator's extras.
+pub(super) fn client_config(cfg: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.brokers);
+    c.set("client.id", "signalcast");
+    for (k, v) in &cfg.client {
+        c.set(k, v);
+    }
+    c
+}
+
+/// Turns librdkafka's statistics into the consumer-lag gauge.
+#[derive(Debug, Clone)]
+pub(super) struct StatsContext(pub Arc<KafkaStats>);
+
+impl ClientContext for StatsContext {
+    fn stats(&self, s: Statistics) {
+        let mut lag = BTreeMap::new();
+        for (name, topic) in &s.topics {
+            let sum: i64 = topic
+                .partitions
+                .iter()
+                .filter(|(id, _)| **id >= 0) // -1 is librdkafka's internal "unassigned" partition
+                .map(|(_, p)| p.consumer_lag.max(0))
+                .sum();
+            lag.insert(name.clone(), sum);
+        }
+        self.0.set_lag(lag);
+    }
+}
+
+impl ConsumerContext for StatsContext {}
+
+/// Creates the topics signalcast needs when they are missing: the input topics and
+/// the DLQ with `cfg.partitions`, each `signals.<tier>` with exactly one partition.
+pub async fn ensure_topics(cfg: &KafkaConfig) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(cfg).create()?;
+    let tier_topics: Vec<String> = Tier::ALL.iter().map(|t| cfg.signals_topic(*t)).collect();
+    let mut topics: Vec<NewTopic<'_>> = [&cfg.raw_signals_topic, &cfg.market_data_topic, &cfg.dlq_topic]
+        .into_iter()
+        .map(|t| NewTopic::new(t, cfg.partitions.max(1), TopicReplication::Fixed(-1)))
+        .collect();
+    topics.extend(tier_topics.iter().map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(-1))));
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for result in admin.create_topics(topics.iter(), &opts).await? {
+        match result {
+            Ok(name) => tracing::info!(topic = %name, "created kafka topic"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(KafkaError::AdminOp(code))
+                    .inspect_err(|_| tracing::error!(topic = %name, "cannot create"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// 64-bit FNV-1a: stable across processes, builds and versions (std's hashers are not).
+fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for b in *part {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h ^= 0xff; // separator, so ("ab","c") and ("a","bc") differ
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// The epoch of each `signals.<tier>`: a hash of the cluster id and the topic name, so
+/// that every gateway on the same cluster derives the same one and a client's `since`
+/// means the same thing on all of them.
+pub fn epochs(cfg: &KafkaConfig) -> Result<[Epoch; 4], KafkaError> {
+    let consumer: BaseConsumer = client_config(cfg).create()?;
+    // Metadata first: it fails loudly when no broker answers; the cluster id alone would
+    // quietly be None.
+    consumer.fetch_metadata(None, Duration::from_secs(10))?;
+    let cluster = consumer.client().fetch_cluster_id(Duration::from_secs(10)).unwrap_or_default();
+    Ok(Tier::ALL.map(|t| Epoch(fnv1a(&[cluster.as_bytes(), cfg.signals_topic(t).as_bytes()]))))
+}
+
+/// The ids of up to `window` most recent records of each `signals.<tier>`: what an
+/// earlier run of the engine (or another engine node) has routed already.
+pub fn recent_ids(cfg: &KafkaConfig, window: usize) -> Result<Vec<Uuid>, KafkaError> {
+    let consumer: BaseConsumer = client_config(cfg)
+        .set("group.id", "signalcast-engine-recent-ids")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = BTreeMap::new();
+    for tier in Tier::ALL {
+        let topic = cfg.signals_topic(tier);
+        let (low, high) = consumer.fetch_watermarks(&topic, 0, Duration::from_secs(10))?;
+        if high > low {
+            let start = low.max(high - i64::try_from(window).unwrap_or(i64::MAX));
+            tpl.add_partition_offset(&topic, 0, Offset::Offset(start))?;
+            ends.insert(topic, high);
+        }
+    }
+    let mut ids = Vec::new();
+    if ends.is_empty() {
+        return Ok(ids);
+    }
+    consumer.assign(&tpl)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ends.is_empty() && Instant::now() < deadline {
+        let Some(m) = consumer.poll(Duration::from_millis(200)) else { continue };
+        let m = m?;
+        if let Some(id) =
+            m.key().and_then(|k| std::str::from_utf8(k).ok()).and_then(|k| Uuid::parse_str(k).ok())
+        {
+            ids.push(id);
+        }
+        if ends.get(m.topic()).is_some_and(|end| m.offset() + 1 >= *end) {
+            ends.remove(m.topic());
+        }
+    }
+    if !ends.is_empty() {
+        tracing::warn!(topics = ?ends.keys().collect::<Vec<_>>(), "could not read back every recent id in 60 s");
+    }
+    Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fnv1a;
+
+    #[test]
+    fn epoch_hash_is_stable_and_separates_parts() {
+        // Fixed: gateways of different builds must agree.
+        assert_eq!(fnv1a(&[b"cluster", b"signals.free"]), fnv1a(&[b"cluster", b"signals.free"]));
+        assert_ne!(fnv1a(&[b"ab", b"c"]), fnv1a(&[b"a", b"bc"]));
+        assert_ne!(fnv1a(&[b"c", b"signals.free"]), fnv1a(&[b"c", b"signals.basic"]));
+    }
+}

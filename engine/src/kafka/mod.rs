@@ -1,0 +1,91 @@
+//! Kafka: the second way in (`raw-signals`, `market-data`) and the backbone of scale-out.
+//!
+//! - [`value`]: record values (JSON or rkyv) to signals and ticks; sans-IO, always built.
+//! - `ingest` (engine and single-node roles): the `signalcast-engine` consumer group on
+//!   `raw-signals` and `market-data` into the stage; poison records to the DLQ; offsets
+//!   stored only when the stage says the records before them are routed.
+//! - `publish` (engine role): the stage's sink, one record per routed signal on
+//!   `signals.<tier>` (one partition: offset + 1 is the channel seq on every gateway).
+//! - `relay` (gateway role): `signals.<tier>` and `market-data` into a stage that only
+//!   appends: every gateway builds the same channel logs.
+//!
+//! Everything but [`value`] and [`KafkaStats`] needs the `kafka` feature (librdkafka).
+
+pub mod value;
+
+#[cfg(feature = "kafka")]
+mod client;
+#[cfg(feature = "kafka")]
+mod ingest;
+#[cfg(feature = "kafka")]
+mod publish;
+#[cfg(feature = "kafka")]
+mod relay;
+
+#[cfg(feature = "kafka")]
+pub use client::{KafkaError, ensure_topics, epochs, recent_ids};
+#[cfg(feature = "kafka")]
+pub use ingest::{IngestContext, run_ingest};
+#[cfg(feature = "kafka")]
+pub use publish::KafkaSink;
+#[cfg(feature = "kafka")]
+pub use rdkafka;
+#[cfg(feature = "kafka")]
+pub use relay::spawn_relay;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+/// Record headers of `signals.<tier>`, besides `content-type: application/json`.
+pub mod headers {
+    pub const CONTENT_TYPE: &str = "content-type";
+    pub const CATEGORY: &str = "sc-category";
+    pub const INGEST_TS: &str = "sc-ingest-ts";
+    pub const ROUTED_TS: &str = "sc-routed-ts";
+    pub const SENT_TS: &str = "sc-sent-ts";
+    /// On a DLQ record: why it is poison ([`super::value::ValueError::code`]), in words,
+    /// and where it came from.
+    pub const ERROR_CODE: &str = "error.code";
+    pub const ERROR_MESSAGE: &str = "error.message";
+    pub const SOURCE_TOPIC: &str = "source.topic";
+    pub const SOURCE_PARTITION: &str = "source.partition";
+    pub const SOURCE_OFFSET: &str = "source.offset";
+}
+
+/// Counters for `/metrics`; written by the Kafka tasks, read by the renderer.
+#[derive(Debug, Default)]
+pub struct KafkaStats {
+    /// Records taken from `raw-signals` and `market-data` (poison included).
+    pub consumed: AtomicU64,
+    /// Poison records sent to the DLQ.
+    pub dead_lettered: AtomicU64,
+    /// Records produced to `signals.<tier>` (engine role).
+    pub published: AtomicU64,
+    /// Records that could not be produced and were given up (a permanent error).
+    pub publish_failed: AtomicU64,
+    /// Records read from `signals.<tier>` (gateway role).
+    pub relayed: AtomicU64,
+    /// Consumer lag per topic (sum over the partitions this node holds), from
+    /// librdkafka's statistics.
+    lag: Mutex<BTreeMap<String, i64>>,
+}
+
+impl KafkaStats {
+    pub fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+
+    pub fn set_lag(&self, lag: BTreeMap<String, i64>) {
+        *self.lag.lock().unwrap_or_else(PoisonError::into_inner) = lag;
+    }
+
+    /// `(topic, lag)` pairs.
+    pub fn lag(&self) -> Vec<(String, i64)> {
+        self.lag.lock().unwrap_or_else(PoisonError::into_inner).iter().map(|(t, l)| (t.clone(), *l)).collect()
+    }
+}

@@ -1,0 +1,119 @@
+//! The gateway role's input: every `signals.<tier>` (and `market-data` for
+//! `prices_general`) into a stage that appends without routing.
+//!
+//! Each gateway reads every record of the one-partition tier topics in offset order and
+//! gives record `offset` the seq `offset + 1`, with the epoch [`super::epochs`] derives
+//! from the cluster: all gateways hold the same logs, and a client may resume on any of
+//! them. At start a gateway reads back the last `ring_capacity` records of each topic,
+//! so its ring serves the same resumes as a gateway that has been up all along.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use rkyv::util::AlignedVec;
+
+use super::client::{StatsContext, client_config};
+use super::value::{self, ContentType};
+use super::{KafkaError, KafkaStats, headers};
+use crate::config::KafkaConfig;
+use crate::model::{Category, Tier, UnixNanos};
+use crate::pipeline::{IngestItem, IngestSender, RoutedItem};
+
+/// Starts the relay thread; it runs until `stop` is set or the engine stops.
+pub fn spawn_relay(
+    cfg: &KafkaConfig,
+    ingest: IngestSender,
+    ring_capacity: usize,
+    stats: Arc<KafkaStats>,
+    stop: Arc<AtomicBool>,
+) -> Result<JoinHandle<()>, KafkaError> {
+    let consumer: BaseConsumer<StatsContext> = client_config(cfg)
+        // No group is joined (partitions are assigned, not subscribed); the id is only
+        // required by librdkafka, and nothing is committed.
+        .set("group.id", "signalcast-gateway")
+        .set("enable.auto.commit", "false")
+        .set("statistics.interval.ms", "1000")
+        .create_with_context(StatsContext(Arc::clone(&stats)))?;
+    let mut tpl = TopicPartitionList::new();
+    let topics = Tier::ALL.map(|t| cfg.signals_topic(t));
+    for topic in &topics {
+        let (low, high) = consumer.fetch_watermarks(topic, 0, Duration::from_secs(10))?;
+        let start = low.max(high - i64::try_from(ring_capacity).unwrap_or(i64::MAX));
+        tpl.add_partition_offset(topic, 0, Offset::Offset(start))?;
+    }
+    // Prices: only what happens from now on (the latest tick per symbol is what counts).
+    let metadata = consumer.fetch_metadata(Some(&cfg.market_data_topic), Duration::from_secs(10))?;
+    for t in metadata.topics() {
+        for p in t.partitions() {
+            tpl.add_partition_offset(t.name(), p.id(), Offset::End)?;
+        }
+    }
+    consumer.assign(&tpl)?;
+    let market = cfg.market_data_topic.clone();
+    std::thread::Builder::new()
+        .name("signalcast-relay".into())
+        .spawn(move || {
+            let mut scratch = AlignedVec::new();
+            while !stop.load(Ordering::Acquire) {
+                let Some(m) = consumer.poll(Duration::from_millis(100)) else { continue };
+                let item = match m {
+                    Ok(m) if m.topic() == market => tick(&m, &mut scratch),
+                    Ok(m) => {
+                        KafkaStats::count(&stats.relayed);
+                        routed(&topics, &m).map(|r| IngestItem::Routed(Box::new(r)))
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "kafka relay error");
+                        None
+                    }
+                };
+                if let Some(item) = item
+                    && ingest.blocking_send(item).is_err()
+                {
+                    break;
+                }
+            }
+            tracing::debug!("kafka relay stopped");
+        })
+        .map_err(|e| KafkaError::ClientCreation(e.to_string()))
+}
+
+fn header<'a>(m: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a [u8]> {
+    m.headers().and_then(|h| h.iter().find(|h| h.key == name)?.value)
+}
+
+fn nanos(m: &BorrowedMessage<'_>, name: &str) -> Option<UnixNanos> {
+    std::str::from_utf8(header(m, name)?).ok()?.parse().ok().map(UnixNanos)
+}
+
+/// A `signals.<tier>` record as the channel message it stands for; `None` (logged) for
+/// a record no engine wrote.
+fn routed(topics: &[String; 4], m: &BorrowedMessage<'_>) -> Option<RoutedItem> {
+    let tier = Tier::ALL[topics.iter().position(|t| t == m.topic())?];
+    let category = std::str::from_utf8(header(m, headers::CATEGORY)?).ok()?.parse::<Category>().ok();
+    let (Some(category), Some(data), Some(ingest_ts), Some(routed_ts)) =
+        (category, m.payload(), nanos(m, headers::INGEST_TS), nanos(m, headers::ROUTED_TS))
+    else {
+        tracing::warn!(topic = m.topic(), offset = m.offset(), "not a routed signal record; skipped");
+        return None;
+    };
+    Some(RoutedItem {
+        tier,
+        seq: u64::try_from(m.offset()).ok()? + 1,
+        category,
+        data: data.to_vec(),
+        ingest_ts,
+        routed_ts,
+        sent_ts: nanos(m, headers::SENT_TS),
+    })
+}
+
+fn tick(m: &BorrowedMessage<'_>, scratch: &mut AlignedVec) -> Option<IngestItem> {
+    let ct = ContentType::from_header(header(m, headers::CONTENT_TYPE)).ok()?;
+    value::decode_tick(m.payload().unwrap_or_default(), ct, scratch).ok().map(IngestItem::Tick)
+}
