@@ -1,0 +1,488 @@
+//! Kafka ingest and scale-out against a real Kafka-protocol broker (tansu, started per
+//! test on a free port) and real `signalcast` processes in the engine, gateway and all
+//! roles, with real WebSocket clients.
+//!
+//! Needs the `tansu` binary (`cargo install tansu --locked --features dynostore`;
+//! scripts/test.sh installs it) and, for the Python producer, `confluent-kafka`.
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::Client;
+use engine::feed::codec::encode_signal;
+use engine::kafka::rdkafka::consumer::{BaseConsumer, Consumer};
+use engine::kafka::rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use engine::kafka::rdkafka::producer::{FutureProducer, FutureRecord};
+use engine::kafka::rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use engine::model::{Category, UnixNanos};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+/// One test at a time: each starts a broker and several debug-build processes, which
+/// is all two cores can take.
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: OnceLock<tokio::sync::Mutex<()>> = OnceLock::new();
+    LOCK.get_or_init(|| tokio::sync::Mutex::new(())).lock().await
+}
+
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn tansu_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("TANSU") {
+        return p.into();
+    }
+    let home = std::env::var("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo"));
+    let candidate = home.join("bin/tansu");
+    assert!(
+        candidate.exists(),
+        "the tansu broker is not installed ({}): run scripts/test.sh, or \
+         cargo install tansu --locked --features dynostore",
+        candidate.display()
+    );
+    candidate
+}
+
+/// A single-node Kafka-protocol broker with in-memory storage.
+struct Broker {
+    child: Child,
+    addr: String,
+    _dir: TempDir,
+}
+
+impl Broker {
+    fn start() -> Self {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let url = format!("tcp://{addr}");
+        // tansu reads .env from its working directory: give it an empty one.
+        let dir = TempDir::new("tansu");
+        let child = Command::new(tansu_binary())
+            .current_dir(&dir.0)
+            .args(["broker", "--storage-engine", "memory://tansu/"])
+            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not listen on {addr}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child, addr, _dir: dir }
+    }
+
+    fn client(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.addr);
+        c
+    }
+
+    fn producer(&self) -> FutureProducer {
+        self.client().set("linger.ms", "0").create().unwrap()
+    }
+
+    /// Creates `raw-signals` and `market-data` with `partitions` each.
+    async fn create_input_topics(&self, partitions: i32) {
+        use engine::kafka::rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        let admin: AdminClient<_> = self.client().create().unwrap();
+        let topics =
+            ["raw-signals", "market-data"].map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(-1)));
+        for r in admin.create_topics(topics.iter(), &AdminOptions::new()).await.unwrap() {
+            r.unwrap();
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "signalcast-{name}-{}-{}",
+            std::process::id(),
+            UnixNanos::now().0
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A `signalcast serve` process.
+struct Node {
+    child: Child,
+    http: SocketAddr,
+}
+
+impl Node {
+    async fn start(role: &str, broker: &Broker, env: &[(&str, &str)]) -> Self {
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let feed = format!("127.0.0.1:{}", free_port());
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_signalcast"));
+        cmd.args(["serve", "--role", role, "--kafka-brokers", &broker.addr])
+            .env("SIGNALCAST_LISTEN", http.to_string())
+            .env("SIGNALCAST_FEED_LISTEN", &feed)
+            .env("SIGNALCAST_DEMO__ENABLED", "false")
+            .env("SIGNALCAST_SHARDS", "1")
+            .env("SIGNALCAST_WORKERS", "1")
+            .env("SIGNALCAST_KAFKA__SESSION_TIMEOUT_MS", "6000")
+            .env("SIGNALCAST_LOG", "warn,signalcast=info,engine=info,gateway=info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        let mut node = Self { child, http };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = node.child.try_wait().unwrap() {
+                panic!("signalcast --role {role} exited: {status}");
+            }
+            if node.get("/health/ready").await.is_some_and(|r| r.starts_with("HTTP/1.1 200")) {
+                return node;
+            }
+            assert!(Instant::now() < deadline, "--role {role} not ready in 60 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn get(&self, path: &str) -> Option<String> {
+        let mut s = tokio::net::TcpStream::connect(self.http).await.ok()?;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.ok()?;
+        Some(out)
+    }
+
+    /// A sample from /metrics (the first line starting with `series`).
+    async fn metric(&self, series: &str) -> f64 {
+        let text = self.get("/metrics").await.unwrap_or_default();
+        text.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
+    }
+
+    fn ws_url(&self, user: &str) -> String {
+        let token = gateway::server::dev_auth(&gateway::Config::default())
+            .unwrap()
+            .mint(user, Duration::from_secs(3600))
+            .unwrap();
+        format!("ws://{}/ws?token={token}", self.http)
+    }
+
+    /// SIGKILL: no drain, no goodbye, no last commit.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Waits for `cond` (checked every 100 ms) for up to `secs`.
+async fn eventually(secs: u64, what: &str, mut cond: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !cond().await {
+        assert!(Instant::now() < deadline, "not within {secs} s: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A signal as producers in other languages write it: JSON, keyed by symbol.
+fn signal_json(n: u128) -> (String, String) {
+    let s = common::signal(n, 8_000, Category::Equity);
+    (s.symbol.as_str().to_owned(), serde_json::to_string(&s).unwrap())
+}
+
+async fn produce(p: &FutureProducer, topic: &str, key: &str, value: &[u8], headers: Option<OwnedHeaders>) {
+    let mut r = FutureRecord::to(topic).key(key).payload(value);
+    if let Some(h) = headers {
+        r = r.headers(h);
+    }
+    p.send(r, Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
+}
+
+/// The next SIGNAL_UPDATE, or None if the connection ends (or nothing comes in `wait`).
+async fn next_signal(c: &mut Client, wait: Duration) -> Option<Value> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let m = tokio::time::timeout_at(deadline, c.ws.next()).await.ok()??;
+        match m {
+            Ok(WsMessage::Text(t)) => {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                if v["type"] == "SIGNAL_UPDATE" {
+                    return Some(v);
+                }
+            }
+            Ok(WsMessage::Close(_)) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
+fn seq_and_id(v: &Value) -> (u64, u128) {
+    (v["seq"].as_u64().unwrap(), common::id_of(v))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_json_producer_to_engine_to_gateway_to_websocket() {
+    let _serial = serial().await;
+    let broker = Broker::start();
+    broker.create_input_topics(2).await;
+    let engine = Node::start("engine", &broker, &[]).await;
+    let gw = Node::start("gateway", &broker, &[]).await;
+    let mut client = Client::connect(&gw.ws_url("u-premium-1")).await;
+    let sub = client.subscribe("signals_premium").await;
+    assert_eq!(sub["type"], "SUBSCRIBED", "{sub}");
+
+    // The producer is Python's confluent-kafka: another language's view of the topics.
+    let tick = r#"{"symbol":"RELIANCE","exchange":"NSE","bid":"2458.4000","ask":"2458.5000","last":"2458.4500","volume":1850259,"ts":1794023040000000}"#;
+    python_produce(&broker, "market-data", "RELIANCE", tick);
+    eventually(60, "the engine consumed the tick", async || {
+        engine.metric("signalcast_ticks_received_total").await >= 1.0
+    })
+    .await;
+    let (key, value) = signal_json(0x5107);
+    python_produce(&broker, "raw-signals", &key, &value);
+
+    let got = next_signal(&mut client, Duration::from_secs(30)).await.expect("the signal");
+    assert_eq!(got["channel"], "signals_premium");
+    assert_eq!(common::id_of(&got), 0x5107);
+    assert_eq!(got["seq"], 1, "the first record of signals.premium is seq 1: {got}");
+    assert_eq!(got["data"]["market"]["last"], "2458.4500", "enriched with the tick: {got}");
+    assert_eq!(got["data"]["confidence"], 80.0);
+    assert!(engine.metric("signalcast_kafka_published_total").await >= 2.0, "premium and enterprise");
+    assert!(gw.metric("signalcast_kafka_relayed_total").await >= 2.0);
+    // An engine node serves no WebSocket clients.
+    let refused = engine.get("/ws").await.unwrap();
+    assert!(refused.starts_with("HTTP/1.1 404") && refused.contains("engine_node"), "{refused}");
+}
+
+fn python_produce(broker: &Broker, topic: &str, key: &str, value: &str) {
+    let script = r#"
+import sys
+from confluent_kafka import Producer
+brokers, topic, key, value = sys.argv[1:5]
+p = Producer({"bootstrap.servers": brokers})
+p.produce(topic, key=key.encode(), value=value.encode())
+left = p.flush(30)
+sys.exit(1 if left else 0)
+"#;
+    let out = Command::new("python3").args(["-c", script, &broker.addr, topic, key, value]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "python producer failed (pip install confluent-kafka): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_agree_and_a_killed_gateways_clients_resume_on_the_other() {
+    let _serial = serial().await;
+    let broker = Broker::start();
+    broker.create_input_topics(3).await;
+    let _engine = Node::start("engine", &broker, &[]).await;
+    let mut gw_a = Node::start("gateway", &broker, &[]).await;
+    let gw_b = Node::start("gateway", &broker, &[]).await;
+    let mut on_a = Client::connect(&gw_a.ws_url("u-enterprise-1")).await;
+    let mut on_b = Client::connect(&gw_b.ws_url("u-enterprise-1")).await;
+    let sub_a = on_a.subscribe("signals_enterprise").await;
+    let sub_b = on_b.subscribe("signals_enterprise").await;
+    assert_eq!(sub_a["epoch"], sub_b["epoch"], "one topic, one epoch on every gateway");
+
+    const N: u128 = 300;
+    let p = broker.producer();
+    let feed = tokio::spawn(async move {
+        for n in 1..=N {
+            let (key, value) = signal_json(n);
+            produce(&p, "raw-signals", &key, value.as_bytes(), None).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+
+    // A's client reads until a third is in, then A is killed under it.
+    let mut seen_a = Vec::new();
+    while seen_a.len() < 100 {
+        let v = next_signal(&mut on_a, Duration::from_secs(30)).await.expect("signals on A");
+        seen_a.push(seq_and_id(&v));
+    }
+    gw_a.kill();
+    while let Some(v) = next_signal(&mut on_a, Duration::from_secs(5)).await {
+        seen_a.push(seq_and_id(&v)); // what A had written before it died
+    }
+    let (last_seq, _) = *seen_a.last().unwrap();
+    let mut moved = Client::connect(&gw_b.ws_url("u-enterprise-1")).await;
+    moved
+        .send(json!({"type":"SUBSCRIBE","channel":"signals_enterprise","since":last_seq,"epoch":sub_a["epoch"]}))
+        .await;
+    let resumed = moved.next_of(&["SUBSCRIBED"]).await;
+    assert_eq!(resumed["recovered"], true, "{resumed}");
+    while seen_a.len() < N as usize {
+        let v = next_signal(&mut moved, Duration::from_secs(30)).await.expect("the rest on B");
+        seen_a.push(seq_and_id(&v));
+    }
+    feed.await.unwrap();
+
+    let mut seen_b = Vec::new();
+    while seen_b.len() < N as usize {
+        let v = next_signal(&mut on_b, Duration::from_secs(30)).await.expect("signals on B");
+        seen_b.push(seq_and_id(&v));
+    }
+    assert_eq!(seen_a, seen_b, "same signals, same order, same seq, across the move");
+    let ids: HashSet<u128> = seen_b.iter().map(|(_, id)| *id).collect();
+    assert_eq!(ids, (1..=N).collect::<HashSet<_>>(), "every signal exactly once");
+    assert!(seen_b.windows(2).all(|w| w[1].0 == w[0].0 + 1), "gap-free seq");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_killed_mid_stream_and_restarted_loses_nothing_and_routes_nothing_twice() {
+    let _serial = serial().await;
+    let broker = Broker::start();
+    broker.create_input_topics(2).await;
+    // A long commit interval: the restarted engine re-reads up to two seconds of records.
+    let slow_commit = [("SIGNALCAST_KAFKA__COMMIT_INTERVAL_MS", "2000")];
+    let mut first = Node::start("engine", &broker, &slow_commit).await;
+    let gw = Node::start("gateway", &broker, &[]).await;
+    let mut client = Client::connect(&gw.ws_url("u-enterprise-1")).await;
+    client.subscribe("signals_enterprise").await;
+
+    const N: u128 = 400;
+    let p = broker.producer();
+    let feed = tokio::spawn(async move {
+        for n in 1..=N {
+            let (key, value) = signal_json(n);
+            produce(&p, "raw-signals", &key, value.as_bytes(), None).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        p
+    });
+    let mut seen = Vec::new();
+    while seen.len() < 120 {
+        seen.push(seq_and_id(&next_signal(&mut client, Duration::from_secs(30)).await.expect("signals")));
+    }
+    first.kill();
+    let second = Node::start("engine", &broker, &slow_commit).await;
+    let p = feed.await.unwrap();
+    // An at-least-once producer resends a few it already sent, after the restart.
+    for n in 1..=20 {
+        let (key, value) = signal_json(n);
+        produce(&p, "raw-signals", &key, value.as_bytes(), None).await;
+    }
+    while seen.len() < N as usize {
+        seen.push(seq_and_id(&next_signal(&mut client, Duration::from_secs(60)).await.expect("the rest")));
+    }
+    client.no_signal_within(Duration::from_secs(3)).await;
+    let ids: Vec<u128> = seen.iter().map(|(_, id)| *id).collect();
+    assert_eq!(ids.iter().copied().collect::<HashSet<_>>(), (1..=N).collect::<HashSet<_>>(), "nothing lost");
+    assert_eq!(ids.len(), N as usize, "nothing twice");
+    assert!(seen.windows(2).all(|w| w[1].0 > w[0].0), "seq increases");
+    let dups = second.metric("signalcast_drops_total{reason=\"duplicate_id\"}").await;
+    println!("duplicates dropped by the restarted engine: {dups} (20 resent by the producer)");
+    assert!(dups >= 20.0, "the restarted engine knew what was routed before it: {dups} duplicates dropped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_record_goes_to_the_dlq_and_the_partition_moves_on() {
+    let _serial = serial().await;
+    let broker = Broker::start();
+    broker.create_input_topics(1).await;
+    let node = Node::start("all", &broker, &[]).await;
+    let mut client = Client::connect(&node.ws_url("u-enterprise-1")).await;
+    client.subscribe("signals_enterprise").await;
+
+    let p = broker.producer();
+    produce(&p, "raw-signals", "RELIANCE", b"{\"id\": not json", None).await;
+    let unknown = OwnedHeaders::new().insert(Header { key: "content-type", value: Some("text/csv") });
+    produce(&p, "raw-signals", "RELIANCE", b"a,b,c", Some(unknown)).await;
+    let (key, value) = signal_json(0xd1);
+    produce(&p, "raw-signals", &key, value.as_bytes(), None).await;
+    // The same partition carries an rkyv record (the TCP frame's payload) too.
+    let mut frame = Vec::new();
+    encode_signal(&mut frame, 1, None, &common::signal(0xd2, 8_000, Category::Equity));
+    let rkyv = OwnedHeaders::new().insert(Header { key: "content-type", value: Some("application/x-rkyv") });
+    produce(&p, "raw-signals", "RELIANCE", &frame[5..], Some(rkyv)).await;
+
+    let first = next_signal(&mut client, Duration::from_secs(60)).await.expect("the valid JSON signal");
+    let second = next_signal(&mut client, Duration::from_secs(10)).await.expect("the rkyv signal");
+    assert_eq!([common::id_of(&first), common::id_of(&second)], [0xd1, 0xd2]);
+
+    let dlq: BaseConsumer = broker.client().set("group.id", "dlq-reader").create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for partition in 0..6 {
+        tpl.add_partition_offset("raw-signals.dlq", partition, Offset::Beginning).unwrap();
+    }
+    dlq.assign(&tpl).unwrap();
+    let mut dead = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while dead.len() < 2 && Instant::now() < deadline {
+        if let Some(Ok(m)) = dlq.poll(Duration::from_millis(200)) {
+            let header = |k: &str| {
+                m.headers()
+                    .and_then(|h| h.iter().find(|h| h.key == k)?.value)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+            };
+            dead.push((
+                header("error.code"),
+                header("source.topic"),
+                header("source.offset"),
+                m.payload().map(<[u8]>::to_vec),
+            ));
+        }
+    }
+    assert_eq!(
+        dead,
+        vec![
+            (
+                Some("invalid_json".into()),
+                Some("raw-signals".into()),
+                Some("0".into()),
+                Some(b"{\"id\": not json".to_vec())
+            ),
+            (
+                Some("content_type".into()),
+                Some("raw-signals".into()),
+                Some("1".into()),
+                Some(b"a,b,c".to_vec())
+            ),
+        ]
+    );
+    assert_eq!(node.metric("signalcast_kafka_dead_lettered_total").await, 2.0);
+    eventually(10, "the lag gauge is exported", async || {
+        node.get("/metrics")
+            .await
+            .unwrap_or_default()
+            .contains("signalcast_kafka_consumer_lag{topic=\"raw-signals\"}")
+    })
+    .await;
+}
