@@ -33,7 +33,8 @@ pub struct EngineOptions {
     pub sink: Option<Box<dyn Publish>>,
     /// Signal ids an earlier run already routed (de-duplication across restarts).
     pub seen_ids: Vec<uuid::Uuid>,
-    /// Gateway role: the epochs every gateway derives for the shared topics.
+    /// Gateway role: the epochs every gateway derives for the shared topics; the logs
+    /// then follow seqs assigned by Kafka offsets.
     pub epochs: Option<[Epoch; 4]>,
 }
 
@@ -52,7 +53,7 @@ impl Engine {
         let policy = Arc::new(policy);
         let (ticks, writer) = TickBook::new(config.max_symbols);
         let channels = Arc::new(match options.epochs {
-            Some(epochs) => ChannelSet::with_epochs(&policy, config.ring_capacity, epochs),
+            Some(epochs) => ChannelSet::following(&policy, config.ring_capacity, epochs),
             None => ChannelSet::new(&policy, config.ring_capacity),
         });
         let producers = Arc::new(ProducerRegistry::default());

@@ -486,3 +486,67 @@ async fn a_poison_record_goes_to_the_dlq_and_the_partition_moves_on() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_engines_share_the_partitions_and_each_holds_the_ticks_of_its_symbols() {
+    let _serial = serial().await;
+    let broker = Broker::start();
+    broker.create_input_topics(4).await;
+    let first = Node::start("engine", &broker, &[]).await;
+    let second = Node::start("engine", &broker, &[]).await;
+    let gw = Node::start("gateway", &broker, &[]).await;
+    // Both hold partitions once the second has any (the first gave some up).
+    eventually(60, "the group rebalanced onto both engines", async || {
+        second
+            .get("/metrics")
+            .await
+            .unwrap_or_default()
+            .contains("signalcast_kafka_consumer_lag{topic=\"raw-signals\"}")
+    })
+    .await;
+    let mut client = Client::connect(&gw.ws_url("u-enterprise-1")).await;
+    client.subscribe("signals_enterprise").await;
+
+    // Ticks and signals keyed by symbol, as the partitioning rule asks (docs/deploy.md).
+    let symbols: Vec<String> = (0..16).map(|i| format!("SYM{i:02}")).collect();
+    let p = broker.producer();
+    for (i, symbol) in symbols.iter().enumerate() {
+        let tick = common::tick(symbol, "NSE", &format!("{}.2500", 100 + i));
+        produce(&p, "market-data", symbol, &serde_json::to_vec(&tick).unwrap(), None).await;
+    }
+    eventually(30, "every tick consumed by one engine or the other", async || {
+        first.metric("signalcast_ticks_received_total").await
+            + second.metric("signalcast_ticks_received_total").await
+            >= 16.0
+    })
+    .await;
+    let split = [
+        first.metric("signalcast_ticks_received_total").await,
+        second.metric("signalcast_ticks_received_total").await,
+    ];
+    assert!(split[0] > 0.0 && split[1] > 0.0, "both engines hold some symbols: {split:?}");
+
+    for (i, symbol) in symbols.iter().enumerate() {
+        let mut s = common::signal(0xe0 + i as u128, 8_000, Category::Equity);
+        s.symbol = engine::model::Symbol::new(symbol).unwrap();
+        produce(&p, "raw-signals", symbol, &serde_json::to_vec(&s).unwrap(), None).await;
+    }
+    let mut enriched = Vec::new();
+    while enriched.len() < symbols.len() {
+        let v = next_signal(&mut client, Duration::from_secs(30)).await.expect("signals");
+        let symbol = v["data"]["symbol"].as_str().unwrap().to_owned();
+        enriched.push((symbol, v["data"]["market"]["last"].clone()));
+    }
+    enriched.sort_by(|a, b| a.0.cmp(&b.0));
+    let expected: Vec<(String, Value)> =
+        symbols.iter().enumerate().map(|(i, s)| (s.clone(), json!(format!("{}.2500", 100 + i)))).collect();
+    assert_eq!(
+        enriched, expected,
+        "each signal enriched with its own symbol's tick, whichever engine routed it"
+    );
+    let published = [
+        first.metric("signalcast_kafka_published_total").await,
+        second.metric("signalcast_kafka_published_total").await,
+    ];
+    assert!(published[0] > 0.0 && published[1] > 0.0, "both engines routed: {published:?}");
+}

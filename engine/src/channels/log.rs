@@ -80,6 +80,9 @@ pub struct ChannelLog {
     name: String,
     epoch: Epoch,
     capacity: usize,
+    /// The seqs come from elsewhere (a gateway node following `signals.<tier>`): a
+    /// resume a little ahead of this log is another gateway's position, not a mistake.
+    follows: bool,
     /// Last published seq, readable without the lock.
     head: AtomicU64,
     ring: Mutex<Ring>,
@@ -101,9 +104,19 @@ impl ChannelLog {
             name,
             epoch,
             capacity,
+            follows: false,
             head: AtomicU64::new(0),
             ring: Mutex::new(Ring { msgs: VecDeque::with_capacity(capacity), lost_through: 0 }),
         }
+    }
+
+    /// Marks this log as following seqs assigned elsewhere: a resume with the right
+    /// epoch and `since` beyond the head (by at most the ring's capacity) is recovered
+    /// by waiting; the subscriber gets what comes after `since` as this log catches up.
+    #[must_use]
+    pub fn following(mut self) -> Self {
+        self.follows = true;
+        self
     }
 
     pub fn name(&self) -> &str {
@@ -168,7 +181,8 @@ impl ChannelLog {
         let mut sub =
             Subscription { epoch: self.epoch, head, recovered: None, replay: Vec::new(), cursor: head };
         if let Some(r) = resume {
-            let ok = r.epoch == self.epoch && r.since <= head && r.since >= ring.lost_through;
+            let ahead = self.follows && r.since > head && r.since - head <= self.capacity as u64;
+            let ok = r.epoch == self.epoch && (ahead || (r.since <= head && r.since >= ring.lost_through));
             sub.recovered = Some(ok);
             if ok {
                 let start = ring.msgs.partition_point(|(seq, _)| *seq <= r.since);
@@ -257,5 +271,23 @@ mod tests {
         assert!(log.read_after(6, &mut out, 10).is_err());
         assert_eq!(log.subscribe(Some(Resume { since: 6, epoch: Epoch(1) })).recovered, Some(false));
         assert_eq!(log.subscribe(Some(Resume { since: 7, epoch: Epoch(1) })).recovered, Some(true));
+    }
+
+    #[test]
+    fn a_following_log_honours_a_resume_a_little_ahead_of_it() {
+        // Another gateway already delivered up to 9; this one is at 6.
+        let log = ChannelLog::new("t".into(), Epoch(3), 4).following();
+        for s in 1..=6 {
+            log.append(msg(s));
+        }
+        let sub = log.subscribe(Some(Resume { since: 9, epoch: Epoch(3) }));
+        assert_eq!((sub.head, sub.recovered, sub.replay.len()), (6, Some(true), 0));
+        // Further ahead than a ring's worth, or another epoch: not a position of this topic.
+        assert_eq!(log.subscribe(Some(Resume { since: 11, epoch: Epoch(3) })).recovered, Some(false));
+        assert_eq!(log.subscribe(Some(Resume { since: 9, epoch: Epoch(4) })).recovered, Some(false));
+        // A log of its own (single node) never issued 9: refused, as before.
+        let own = ChannelLog::new("t".into(), Epoch(3), 4);
+        own.append(msg(1));
+        assert_eq!(own.subscribe(Some(Resume { since: 3, epoch: Epoch(3) })).recovered, Some(false));
     }
 }

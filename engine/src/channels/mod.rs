@@ -48,18 +48,26 @@ impl ChannelSet {
     /// One live log per tier, and a delayed view where the policy calls for one. Each
     /// delayed view shares its live log's epoch, since seq means the same in both.
     pub fn new(policy: &TierPolicy, ring_capacity: usize) -> Self {
-        Self::with_epochs(policy, ring_capacity, Tier::ALL.map(|_| Epoch::random()))
+        Self::build(policy, ring_capacity, Tier::ALL.map(|_| Epoch::random()), false)
     }
 
-    /// As [`ChannelSet::new`] with given epochs: gateway nodes that serve the same
-    /// `signals.<tier>` topic must agree on its epoch.
-    pub fn with_epochs(policy: &TierPolicy, ring_capacity: usize, epochs: [Epoch; 4]) -> Self {
-        let live = Tier::ALL
-            .map(|t| ChannelLog::new(ChannelName::Signals(t).to_string(), epochs[t.index()], ring_capacity));
+    /// Logs that follow seqs assigned elsewhere, with given epochs: every gateway node
+    /// that serves the same `signals.<tier>` topic derives the same epoch, and a client
+    /// may resume on any of them (see [`ChannelLog::following`]).
+    pub fn following(policy: &TierPolicy, ring_capacity: usize, epochs: [Epoch; 4]) -> Self {
+        Self::build(policy, ring_capacity, epochs, true)
+    }
+
+    fn build(policy: &TierPolicy, ring_capacity: usize, epochs: [Epoch; 4], follows: bool) -> Self {
+        let log = |name: String, epoch| {
+            let log = ChannelLog::new(name, epoch, ring_capacity);
+            if follows { log.following() } else { log }
+        };
+        let live = Tier::ALL.map(|t| log(ChannelName::Signals(t).to_string(), epochs[t.index()]));
         let delayed = Tier::ALL.map(|t| {
             (!policy.delayed_view(t).is_zero()).then(|| {
                 let name = format!("{} (delayed)", ChannelName::Signals(t));
-                ChannelLog::new(name, live[t.index()].epoch(), ring_capacity)
+                log(name, live[t.index()].epoch())
             })
         });
         Self { live, delayed, changed: watch::Sender::new(0), listeners: Mutex::new(Vec::new()) }
