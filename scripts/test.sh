@@ -27,6 +27,18 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; fi
 fi
 ls -d /usr/lib/postgresql/*/bin/initdb
+# The Kafka tests (gateway-ws/tests/kafka.rs) start a real Kafka-protocol broker per
+# test, tansu, and produce from Python's confluent-kafka as well. tansu builds from
+# source once (about 12 minutes on 2 cores); its memory storage needs `dynostore`.
+tansu_bin="${CARGO_HOME:-$HOME/.cargo}/bin/tansu"
+if ! command -v tansu >/dev/null 2>&1 && [ ! -x "$tansu_bin" ]; then
+  cargo install tansu --version 0.6.0 --locked --features dynostore
+fi
+"$(command -v tansu || echo "$tansu_bin")" --version
+if ! python3 -c 'import confluent_kafka' >/dev/null 2>&1; then
+  python3 -m pip install --quiet --disable-pip-version-check confluent-kafka
+fi
+python3 -c 'import confluent_kafka; print("python confluent-kafka", confluent_kafka.version(), "librdkafka", confluent_kafka.libversion()[0])'
 # The bench's peer smoke test runs against NATS, nginx + nchan and Node ws.
 bash bench/peers/peers.sh install
 bash bench/peers/peers.sh status

@@ -42,6 +42,11 @@ fn tansu_binary() -> PathBuf {
     if let Ok(p) = std::env::var("TANSU") {
         return p.into();
     }
+    let on_path = std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join("tansu")).find(|p| p.is_file()));
+    if let Some(p) = on_path {
+        return p;
+    }
     let home = std::env::var("CARGO_HOME")
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo"));

@@ -1,0 +1,251 @@
+//! deploy/: no Docker engine or cluster runs on the build machines, so what can be
+//! checked without one is checked here: every manifest parses, the objects refer to each
+//! other correctly, and every setting given to a `signalcast` container is a real
+//! configuration key with a valid value (the gateway refuses unknown keys at start).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::Serialized;
+use gateway::Config;
+use yaml_rust2::{Yaml, YamlLoader};
+
+fn deploy() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+fn load(path: &Path) -> Vec<Yaml> {
+    let text = std::fs::read_to_string(path).unwrap();
+    YamlLoader::load_from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn s<'a>(y: &'a Yaml, what: &str) -> &'a str {
+    y.as_str().unwrap_or_else(|| panic!("{what} is not a string: {y:?}"))
+}
+
+/// Applies YAML merge keys (`<<: *anchor`), which the parser leaves as plain keys.
+fn merged(y: &Yaml) -> Yaml {
+    match y {
+        Yaml::Hash(h) => {
+            let mut out = yaml_rust2::yaml::Hash::new();
+            if let Some(Yaml::Hash(base)) = h.get(&Yaml::String("<<".into())) {
+                for (k, v) in base {
+                    out.insert(k.clone(), merged(v));
+                }
+            }
+            for (k, v) in h {
+                if k.as_str() != Some("<<") {
+                    out.insert(k.clone(), merged(v));
+                }
+            }
+            Yaml::Hash(out)
+        }
+        Yaml::Array(a) => Yaml::Array(a.iter().map(merged).collect()),
+        other => other.clone(),
+    }
+}
+
+/// A `SIGNALCAST_*` variable given to the `signalcast` binary must be a key of
+/// signalcast.toml (`__` separates tables) whose value parses, or one the binary reads
+/// itself.
+fn check_setting(name: &str, value: &str) {
+    let key =
+        name.strip_prefix("SIGNALCAST_").unwrap_or_else(|| panic!("{name}: not a SIGNALCAST_ variable"));
+    if matches!(key, "CONFIG" | "LOG") {
+        return;
+    }
+    let key = key.to_lowercase().replace("__", ".");
+    let value: figment::value::Value = value.parse().unwrap();
+    Figment::new()
+        .merge(Serialized::default(&key, value))
+        .extract::<Config>()
+        .unwrap_or_else(|e| panic!("{name} is not a valid signalcast setting: {e}"));
+}
+
+/// `signalcast serve` arguments as the manifests give them.
+fn check_serve_args(args: &[&str]) {
+    assert_eq!(args.first(), Some(&"serve"), "{args:?}");
+    let role = args.iter().position(|a| *a == "--role").map(|i| args[i + 1]);
+    assert!(matches!(role, Some("engine" | "gateway")), "scale-out nodes name their role: {args:?}");
+    for a in args.iter().filter(|a| a.starts_with("--")) {
+        assert!(["--role", "--kafka-brokers", "--accounts-url"].contains(a), "unknown flag {a}");
+    }
+}
+
+fn strings(y: &Yaml) -> Vec<&str> {
+    y.as_vec().map(|v| v.iter().map(|x| s(x, "argument")).collect()).unwrap_or_default()
+}
+
+fn labels(y: &Yaml) -> BTreeMap<String, String> {
+    y.as_hash()
+        .map(|h| h.iter().map(|(k, v)| (s(k, "label").to_owned(), s(v, "label value").to_owned())).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn kubernetes_manifests_parse_and_fit_together() {
+    let dir = deploy().join("k8s");
+    let kustomization = load(&dir.join("kustomization.yaml")).remove(0);
+    let listed: BTreeSet<String> =
+        strings(&kustomization["resources"]).into_iter().map(str::to_owned).collect();
+    let files: BTreeSet<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|f| f.ends_with(".yaml") && f != "kustomization.yaml")
+        .collect();
+    assert_eq!(listed, files, "kustomization lists every manifest");
+
+    let docs: Vec<Yaml> = files.iter().flat_map(|f| load(&dir.join(f))).collect();
+    let mut by_kind: BTreeMap<String, Vec<&Yaml>> = BTreeMap::new();
+    for d in &docs {
+        s(&d["apiVersion"], "apiVersion");
+        s(&d["metadata"]["name"], "metadata.name");
+        by_kind.entry(s(&d["kind"], "kind").to_owned()).or_default().push(d);
+    }
+    for kind in
+        ["Namespace", "ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"]
+    {
+        assert!(by_kind.contains_key(kind), "a {kind}");
+    }
+
+    // Deployments: selectors match their pods; signalcast containers get real settings.
+    let mut pods: BTreeMap<String, (BTreeMap<String, String>, BTreeSet<String>)> = BTreeMap::new();
+    let mut roles = BTreeSet::new();
+    for d in &by_kind["Deployment"] {
+        let name = s(&d["metadata"]["name"], "name").to_owned();
+        let pod_labels = labels(&d["spec"]["template"]["metadata"]["labels"]);
+        for (k, v) in labels(&d["spec"]["selector"]["matchLabels"]) {
+            assert_eq!(pod_labels.get(&k), Some(&v), "{name}: selector {k}={v} matches its pods");
+        }
+        let mut ports = BTreeSet::new();
+        for c in d["spec"]["template"]["spec"]["containers"].as_vec().unwrap() {
+            s(&c["image"], "image");
+            for p in c["ports"].as_vec().into_iter().flatten() {
+                ports.insert(s(&p["name"], "port name").to_owned());
+            }
+            if strings(&c["command"]).first() == Some(&"signalcast-accounts") {
+                continue;
+            }
+            let args = strings(&c["args"]);
+            check_serve_args(&args);
+            roles.insert(args[args.iter().position(|a| *a == "--role").unwrap() + 1].to_owned());
+            for e in c["env"].as_vec().into_iter().flatten() {
+                let env_name = s(&e["name"], "env name");
+                match e["value"].as_str() {
+                    Some(v) => check_setting(env_name, v),
+                    // From a secret: the key must exist; any string is a valid value.
+                    None => check_setting(env_name, "secret"),
+                }
+            }
+        }
+        pods.insert(name, (pod_labels, ports));
+    }
+    assert_eq!(roles, BTreeSet::from(["engine".to_owned(), "gateway".to_owned()]));
+
+    let selects = |selector: &BTreeMap<String, String>| -> Vec<&String> {
+        pods.iter()
+            .filter(|(_, (l, _))| selector.iter().all(|(k, v)| l.get(k) == Some(v)))
+            .map(|(n, _)| n)
+            .collect()
+    };
+    for svc in &by_kind["Service"] {
+        let targets = selects(&labels(&svc["spec"]["selector"]));
+        assert_eq!(targets.len(), 1, "{:?} selects one Deployment", svc["metadata"]["name"]);
+        let ports = &pods[targets[0]].1;
+        for p in svc["spec"]["ports"].as_vec().unwrap() {
+            assert!(ports.contains(s(&p["targetPort"], "targetPort")), "{:?} targets a named port", p);
+        }
+    }
+    for pdb in &by_kind["PodDisruptionBudget"] {
+        assert_eq!(
+            selects(&labels(&pdb["spec"]["selector"]["matchLabels"])).len(),
+            1,
+            "PDB selects one Deployment"
+        );
+    }
+    for hpa in &by_kind["HorizontalPodAutoscaler"] {
+        let target = s(&hpa["spec"]["scaleTargetRef"]["name"], "scaleTargetRef");
+        assert!(pods.contains_key(target), "HPA scales an existing Deployment");
+        assert_eq!(target, "signalcast-gateway", "gateways scale on connections");
+        let metric = s(&hpa["spec"]["metrics"][0]["pods"]["metric"]["name"], "metric");
+        assert!(exported_metrics().contains(metric), "HPA metric {metric} is exported on /metrics");
+    }
+
+    // The shared signalcast.toml is a valid configuration with Kafka on.
+    let cm = by_kind["ConfigMap"]
+        .iter()
+        .find(|c| c["metadata"]["name"].as_str() == Some("signalcast-config"))
+        .unwrap();
+    let path = common::temp_file("signalcast.toml", s(&cm["data"]["signalcast.toml"], "signalcast.toml"));
+    let config = Config::load(Some(&path)).unwrap();
+    assert!(config.kafka.enabled() && config.auth.accounts_url.is_some());
+}
+
+/// Metric names the gateway exports (rendered by a real server).
+fn exported_metrics() -> BTreeSet<String> {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    rt.block_on(async {
+        let server = common::start(common::config()).await;
+        let text = server.app.metrics();
+        server.shutdown().await;
+        text.lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(|l| l.split(' ').next().unwrap().to_owned())
+            .collect()
+    })
+}
+
+#[test]
+fn compose_file_parses_and_its_settings_are_real_keys() {
+    let compose = merged(&load(&deploy().join("compose.yaml")).remove(0));
+    let services = compose["services"].as_hash().unwrap();
+    let names: BTreeSet<&str> = services.keys().map(|k| s(k, "service")).collect();
+    for needed in ["postgres", "accounts", "kafka", "engine", "gateway"] {
+        assert!(names.contains(needed), "compose runs {needed}");
+    }
+    for (name, svc) in services {
+        let name = s(name, "service");
+        if let Some(deps) = svc["depends_on"].as_hash() {
+            for d in deps.keys() {
+                assert!(names.contains(s(d, "dependency")), "{name} depends on a service that exists");
+            }
+        }
+        let is_signalcast =
+            svc["image"].as_str() == Some("signalcast:dev") && svc["entrypoint"].is_badvalue();
+        if !is_signalcast {
+            continue;
+        }
+        check_serve_args(&strings(&svc["command"]));
+        for (k, v) in svc["environment"].as_hash().into_iter().flatten() {
+            let value = v.as_str().map(str::to_owned).or_else(|| v.as_i64().map(|n| n.to_string())).unwrap();
+            check_setting(s(k, "variable"), &value);
+        }
+    }
+}
+
+#[test]
+fn dockerfile_is_multi_stage_non_root_and_ships_both_binaries() {
+    let text = std::fs::read_to_string(deploy().join("Dockerfile")).unwrap();
+    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.starts_with('#')).collect();
+    assert!(lines.iter().filter(|l| l.starts_with("FROM ")).count() >= 2, "multi-stage");
+    let user = lines.iter().rev().find_map(|l| l.strip_prefix("USER ")).expect("a USER");
+    assert!(!user.starts_with("root") && !user.starts_with("0"), "runs as non-root: {user}");
+    for bin in ["signalcast", "signalcast-accounts"] {
+        assert!(text.contains(&format!("target/release/{bin}")), "ships {bin}");
+    }
+    assert!(text.contains("-p signalcast-gateway") && text.contains("-p signalcast-accounts"));
+    // ENV applies to every container of the image: only real settings.
+    let env_block: String = text
+        .split("ENV ")
+        .skip(1)
+        .map(|rest| rest.split("\nUSER").next().unwrap_or_default().replace("\\\n", " "))
+        .collect();
+    for pair in env_block.split_whitespace().filter(|p| p.starts_with("SIGNALCAST_")) {
+        let (k, v) = pair.split_once('=').unwrap();
+        check_setting(k, v);
+    }
+}
