@@ -123,6 +123,9 @@ pub struct KafkaConfig {
     /// Partitions for the topics signalcast creates when missing (`raw-signals`,
     /// `market-data`, the DLQ); `signals.<tier>` always get one.
     pub partitions: i32,
+    /// Gateway role: a resume from before the ring is read back from the topic when it
+    /// asks for at most this many messages; deeper ones get `recovered: false`.
+    pub history_max_messages: u64,
     /// More librdkafka properties (e.g. `security.protocol`), passed as they are.
     pub client: std::collections::BTreeMap<String, String>,
 }
@@ -139,6 +142,7 @@ impl Default for KafkaConfig {
             session_timeout: Duration::from_secs(10),
             commit_interval: Duration::from_millis(1000),
             partitions: 6,
+            history_max_messages: 50_000,
             client: std::collections::BTreeMap::new(),
         }
     }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use crate::channels::{ChannelSet, Epoch};
+use crate::channels::{ChannelSet, Epoch, History};
 use crate::config::{EngineConfig, FeedConfig};
 use crate::feed::{FeedContext, FeedStats, ProducerAuth, ProducerRegistry};
 use crate::pipeline::{IngestSender, PipelineStats, Publish, Stage, spawn_stage};
@@ -24,6 +24,8 @@ pub struct Engine {
     pub stats: Arc<PipelineStats>,
     pub policy: Arc<TierPolicy>,
     pub config: EngineConfig,
+    /// Where resumes from before the ring are served from (gateway role: Kafka).
+    pub history: Option<Arc<dyn History>>,
 }
 
 /// How a node's engine differs from the single-node default.
@@ -36,6 +38,8 @@ pub struct EngineOptions {
     /// Gateway role: the epochs every gateway derives for the shared topics; the logs
     /// then follow seqs assigned by Kafka offsets.
     pub epochs: Option<[Epoch; 4]>,
+    /// Gateway role: older messages, read back from the topics.
+    pub history: Option<Arc<dyn History>>,
 }
 
 impl Engine {
@@ -72,7 +76,7 @@ impl Engine {
             stage = stage.with_sink(sink);
         }
         spawn_stage(stage, rx)?;
-        Ok(Self { ingest: tx, channels, ticks, producers, stats, policy, config })
+        Ok(Self { ingest: tx, channels, ticks, producers, stats, policy, config, history: options.history })
     }
 
     /// A sender into the ingest queue.

@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use engine::feed::{FeedStats, ProducerAuth, StaticKeys};
-use engine::kafka::{self, IngestContext, KafkaSink, KafkaStats};
+use engine::kafka::{self, IngestContext, KafkaHistory, KafkaSink, KafkaStats};
 use engine::model::Tier;
 use engine::policy::TierPolicy;
 use engine::{Engine, EngineOptions};
@@ -303,10 +303,12 @@ async fn kafka_options(config: &Config, stats: &Arc<KafkaStats>) -> Result<Engin
             options.sink = Some(Box::new(sink));
         }
         Role::Gateway => {
+            let history = KafkaHistory::start(&config.kafka, config.kafka.history_max_messages)?;
             options = blocking(Box::new(move || {
                 Ok(EngineOptions { epochs: Some(kafka::epochs(&cfg)?), ..EngineOptions::default() })
             }))
             .await?;
+            options.history = Some(Arc::new(history));
         }
     }
     Ok(options)

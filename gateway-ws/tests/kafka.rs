@@ -555,3 +555,56 @@ async fn two_engines_share_the_partitions_and_each_holds_the_ticks_of_its_symbol
     ];
     assert!(published[0] > 0.0 && published[1] > 0.0, "both engines routed: {published:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_from_before_the_ring_is_read_back_from_kafka() {
+    let _serial = serial().await;
+    let broker = Broker::start();
+    broker.create_input_topics(1).await;
+    let _engine = Node::start("engine", &broker, &[]).await;
+    // A ring of 20: most of what a client missed is only in the topic.
+    let gw = Node::start(
+        "gateway",
+        &broker,
+        &[("SIGNALCAST_ENGINE__RING_CAPACITY", "20"), ("SIGNALCAST_KAFKA__HISTORY_MAX_MESSAGES", "75")],
+    )
+    .await;
+    let mut first = Client::connect(&gw.ws_url("u-enterprise-1")).await;
+    let epoch = first.subscribe("signals_enterprise").await["epoch"].clone();
+    let p = broker.producer();
+    for n in 1..=100 {
+        let (key, value) = signal_json(n);
+        produce(&p, "raw-signals", &key, value.as_bytes(), None).await;
+    }
+    eventually(60, "the gateway has all 100", async || {
+        gw.metric("signalcast_channel_head_seq{tier=\"enterprise\"}").await >= 100.0
+    })
+    .await;
+
+    let mut late = Client::connect(&gw.ws_url("u-enterprise-1")).await;
+    late.send(json!({"type":"SUBSCRIBE","channel":"signals_enterprise","since":10,"epoch":epoch})).await;
+    let resumed = late.next_of(&["SUBSCRIBED"]).await;
+    assert_eq!(
+        (resumed["recovered"].clone(), resumed["seq"].clone()),
+        (json!(true), json!(100)),
+        "{resumed}"
+    );
+    let mut got = Vec::new();
+    while got.len() < 90 {
+        got.push(seq_and_id(&next_signal(&mut late, Duration::from_secs(10)).await.expect("the gap")));
+    }
+    assert_eq!(got, (11..=100).map(|s| (s, u128::from(s as u32))).collect::<Vec<_>>(), "11..=100 in order");
+    // Then live, with nothing in between missing.
+    let (key, value) = signal_json(101);
+    produce(&p, "raw-signals", &key, value.as_bytes(), None).await;
+    let live = next_signal(&mut late, Duration::from_secs(30)).await.expect("live after the read-back");
+    assert_eq!(seq_and_id(&live), (101, 101));
+
+    // Deeper than history_max_messages (80 > 75), or another epoch: told, not silently cut.
+    for (since, epoch) in [(1, epoch.clone()), (50, json!("0123456789abcdef"))] {
+        let mut c = Client::connect(&gw.ws_url("u-enterprise-1")).await;
+        c.send(json!({"type":"SUBSCRIBE","channel":"signals_enterprise","since":since,"epoch":epoch})).await;
+        let answer = c.next_of(&["SUBSCRIBED"]).await;
+        assert_eq!(answer["recovered"], false, "since {since}: {answer}");
+    }
+}

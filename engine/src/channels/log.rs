@@ -132,6 +132,12 @@ impl ChannelLog {
         self.head.load(Ordering::Acquire)
     }
 
+    /// The highest seq this log no longer holds (evicted, or before it started): a
+    /// resume from below it needs [`super::History`].
+    pub fn lost_through(&self) -> u64 {
+        self.ring().lost_through
+    }
+
     /// Number of messages the ring keeps.
     pub fn capacity(&self) -> usize {
         self.capacity

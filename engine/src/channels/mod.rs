@@ -6,10 +6,12 @@
 //! `pipeline::delay`). The gateway reads both through [`ChannelLog::subscribe`] and
 //! [`ChannelLog::read_after`].
 
+mod history;
 mod log;
 mod message;
 mod name;
 
+pub use history::{History, HistoryError, HistoryReply};
 pub use log::{ChannelLog, Epoch, ReadError, Resume, Subscription};
 pub use message::{Message, MessageMeta, frame_header};
 pub use name::{ChannelName, ChannelNameError};

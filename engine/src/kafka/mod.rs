@@ -8,6 +8,7 @@
 //!   `signals.<tier>` (one partition: offset + 1 is the channel seq on every gateway).
 //! - `relay` (gateway role): `signals.<tier>` and `market-data` into a stage that only
 //!   appends: every gateway builds the same channel logs.
+//! - `history` (gateway role): resumes from before the ring, read back by offset.
 //!
 //! Everything but [`value`] and [`KafkaStats`] needs the `kafka` feature (librdkafka).
 
@@ -15,6 +16,8 @@ pub mod value;
 
 #[cfg(feature = "kafka")]
 mod client;
+#[cfg(feature = "kafka")]
+mod history;
 #[cfg(feature = "kafka")]
 mod ingest;
 #[cfg(feature = "kafka")]
@@ -24,6 +27,8 @@ mod relay;
 
 #[cfg(feature = "kafka")]
 pub use client::{KafkaError, ensure_topics, epochs, recent_ids};
+#[cfg(feature = "kafka")]
+pub use history::KafkaHistory;
 #[cfg(feature = "kafka")]
 pub use ingest::{IngestContext, run_ingest};
 #[cfg(feature = "kafka")]

@@ -93,7 +93,7 @@ fn nanos(m: &BorrowedMessage<'_>, name: &str) -> Option<UnixNanos> {
 
 /// A `signals.<tier>` record as the channel message it stands for; `None` (logged) for
 /// a record no engine wrote.
-fn routed(topics: &[String; 4], m: &BorrowedMessage<'_>) -> Option<RoutedItem> {
+pub(super) fn routed(topics: &[String; 4], m: &BorrowedMessage<'_>) -> Option<RoutedItem> {
     let tier = Tier::ALL[topics.iter().position(|t| t == m.topic())?];
     let category = std::str::from_utf8(header(m, headers::CATEGORY)?).ok()?.parse::<Category>().ok();
     let (Some(category), Some(data), Some(ingest_ts), Some(routed_ts)) =

@@ -84,6 +84,8 @@ pub enum ReadEnd {
 /// A connection, owned by one hub shard.
 #[derive(Debug)]
 pub struct Conn {
+    /// Unique within its shard (slots are reused; serials are not).
+    pub serial: u64,
     pub io: Io,
     pub outbox: Outbox,
     pub session: Session,
@@ -112,6 +114,7 @@ pub struct Conn {
 impl Conn {
     pub fn new(io: Io, session: Session, quota: Arc<UserQuota>, input: BytesMut, max_message: usize) -> Self {
         Self {
+            serial: 0,
             io,
             outbox: Outbox::default(),
             session,

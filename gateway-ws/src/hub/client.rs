@@ -80,6 +80,8 @@ impl Shard {
                     let msg = format!("{name} is above your tier ({})", c.session.tier);
                     return self.refuse(i, &Refusal::new(ErrorCode::Forbidden, msg).on(name));
                 }
+                // A new SUBSCRIBE replaces a subscription, or one waiting for history.
+                self.cancel_history(i, tier);
                 if already {
                     self.remove_signal_sub(i, tier);
                 }
@@ -106,6 +108,11 @@ impl Shard {
     }
 
     fn unsubscribe(&mut self, i: usize, channel: &ChannelName) {
+        if let ChannelName::Signals(t) = channel
+            && self.cancel_history(i, *t)
+        {
+            return self.reply(i, &protocol::unsubscribed(channel, "client"));
+        }
         let Some(c) = self.conns[i].as_mut() else { return };
         let subscribed = match channel {
             ChannelName::Signals(t) => c.signals[t.index()].is_some(),

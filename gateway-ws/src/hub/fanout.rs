@@ -80,17 +80,12 @@ impl Shard {
     ) {
         let Some(c) = self.conns.get(i).and_then(Option::as_ref) else { return };
         let idx = self.view_for(&c.session, tier);
-        let engine = Arc::clone(&self.ctx.engine);
-        let Some(log) = log_of(&engine.channels, idx) else { return };
-        let sub = log.subscribe(resume);
-        let (categories, quota, limit) =
-            (c.session.categories, Arc::clone(&c.quota), self.limit_for(&c.session));
-        self.reply(i, &protocol::subscribed_signals(channel, sub.epoch, sub.head, sub.recovered));
-        // The replay holds `since+1 ..= head`; live reading then goes on after head.
-        let since = resume.filter(|_| sub.recovered == Some(true)).map_or(sub.head, |r| r.since);
-        let entry = Sub { conn: i, categories, quota, limit, skip_until: since, last_seq: since };
-        self.install(i, idx, tier, entry, &sub);
-        self.remove_overflowed();
+        if let Some(r) = resume
+            && self.resume_from_history(i, tier, idx, r)
+        {
+            return; // answered when the read-back is in
+        }
+        self.subscribe_live(i, channel, tier, idx, resume, None);
     }
 
     /// Replays `sub` to `entry` (which skips what it has seen), then makes it a live

@@ -11,10 +11,12 @@
 //! - [`shard`]: the thread's loop: poller, attach, read, write, timers, drain.
 //! - `client`: what a client's messages do (SUBSCRIBE, REFRESH, ...).
 //! - `fanout`: channel logs and prices to outboxes; subscriptions.
+//! - `history`: resumes from before the ring, read back from the topic (gateway role).
 //! - [`quota`]: daily quotas shared by a user's connections across shards.
 
 mod client;
 mod fanout;
+mod history;
 mod quota;
 mod shard;
 
@@ -72,9 +74,22 @@ enum Cmd {
     Attach(Box<Attach>),
     /// A user's rights changed (accounts change feed).
     Rights(Arc<Entitlements>),
+    /// A history read-back for a waiting subscription.
+    History(Box<HistoryDone>),
     /// Tell every client to go (SYSTEM_MESSAGE drain, then 1001).
     Drain,
     Stop,
+}
+
+/// What a history read returned, addressed to the connection that asked.
+struct HistoryDone {
+    conn: usize,
+    /// Tells a reused connection slot from the connection that asked.
+    serial: u64,
+    tier: engine::model::Tier,
+    since: u64,
+    result: Result<Vec<engine::channels::Message>, engine::channels::HistoryError>,
+    round: u8,
 }
 
 /// What every shard shares.
@@ -145,7 +160,7 @@ impl Hub {
             // absorbs a reconnect storm. When full, the upgrade is dropped (the client
             // sees the connection close and retries with backoff).
             let (tx, rx) = std::sync::mpsc::sync_channel(1_024);
-            let shard = shard::Shard::new(i, ctx.clone(), rx)?;
+            let shard = shard::Shard::new(i, ctx.clone(), tx.clone(), rx)?;
             shards.push(ShardHandle { tx, waker: shard.waker() });
             threads
                 .push(std::thread::Builder::new().name(format!("hub-shard-{i}")).spawn(move || shard.run())?);

@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 use std::time::{Duration, Instant};
 
 use engine::channels::Message;
@@ -54,6 +54,12 @@ pub(super) struct Shard {
     poll: Poll,
     waker: Arc<Waker>,
     cmds: Receiver<Cmd>,
+    /// This shard's own command queue, for replies from other threads (history).
+    pub me: SyncSender<Cmd>,
+    /// Subscriptions waiting for a history read-back.
+    pub pending: Vec<super::history::Pending>,
+    /// Connections attached so far: each gets the next as its serial.
+    attached: u64,
     /// Connections by poller token; `None` slots are free.
     pub conns: Vec<Option<Conn>>,
     free: Vec<usize>,
@@ -77,7 +83,12 @@ pub(super) struct Shard {
 }
 
 impl Shard {
-    pub(super) fn new(index: usize, ctx: Context, cmds: Receiver<Cmd>) -> std::io::Result<Self> {
+    pub(super) fn new(
+        index: usize,
+        ctx: Context,
+        me: SyncSender<Cmd>,
+        cmds: Receiver<Cmd>,
+    ) -> std::io::Result<Self> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
         let now = Instant::now();
@@ -87,6 +98,9 @@ impl Shard {
             poll,
             waker,
             cmds,
+            me,
+            pending: Vec::new(),
+            attached: 0,
             conns: Vec::new(),
             free: Vec::new(),
             subs: Default::default(),
@@ -184,6 +198,7 @@ impl Shard {
             match self.cmds.try_recv() {
                 Ok(Cmd::Attach(a)) => self.attach(*a),
                 Ok(Cmd::Rights(e)) => self.rights(&e),
+                Ok(Cmd::History(done)) => self.history_done(*done),
                 Ok(Cmd::Drain) => self.drain(),
                 Ok(Cmd::Stop) | Err(TryRecvError::Disconnected) => return false,
                 Err(TryRecvError::Empty) => return true,
@@ -215,6 +230,8 @@ impl Shard {
         }));
         let quota = self.ctx.quotas.user(&session.user_id);
         let mut conn = Conn::new(io, session, quota, input, self.ctx.conn.max_message);
+        self.attached += 1;
+        conn.serial = self.attached;
         if self.draining {
             conn.outbox.close(outbound::close(CloseCode::GoingAway));
         } else {

@@ -1,0 +1,146 @@
+//! Resumes from before the ring: on a gateway node the channel's topic still holds what
+//! the ring let go, so the subscription waits for a read-back instead of answering
+//! `recovered: false`.
+//!
+//! The connection is not subscribed while the read runs (live messages are not queued
+//! for it); when the messages arrive, the ring is asked for what follows the last of
+//! them, and SUBSCRIBED, the read-back, the ring's part and then live messages go out in
+//! order, exactly as a resume inside the ring would. A second SUBSCRIBE or an
+//! UNSUBSCRIBE of the channel, or the connection closing, cancels the wait.
+
+use std::sync::Arc;
+
+use engine::channels::{ChannelName, HistoryError, Message, Resume};
+use engine::model::Tier;
+
+use super::fanout::log_of;
+use super::shard::{Shard, Sub};
+use super::{Cmd, HistoryDone};
+use crate::protocol;
+
+/// A subscription waiting for its read-back.
+#[derive(Debug)]
+pub(super) struct Pending {
+    pub conn: usize,
+    pub serial: u64,
+    pub tier: Tier,
+    pub idx: usize,
+    pub resume: Resume,
+}
+
+/// Read-backs in a row for one SUBSCRIBE before giving up (the ring outran the reads).
+const MAX_ROUNDS: u8 = 3;
+
+impl Shard {
+    /// Starts a read-back for a resume from before the ring, if this node has a
+    /// history and the resume is for this log's epoch; false to answer as usual.
+    pub(super) fn resume_from_history(&mut self, i: usize, tier: Tier, idx: usize, resume: Resume) -> bool {
+        let engine = Arc::clone(&self.ctx.engine);
+        let Some(log) = log_of(&engine.channels, idx).filter(|_| engine.history.is_some()) else {
+            return false;
+        };
+        let lost = log.lost_through();
+        if resume.epoch != log.epoch() || resume.since >= lost {
+            return false;
+        }
+        let Some(c) = self.conns.get(i).and_then(Option::as_ref) else { return false };
+        self.pending.push(Pending { conn: i, serial: c.serial, tier, idx, resume });
+        self.request(i, c.serial, tier, resume.since, lost, 1);
+        true
+    }
+
+    fn request(&self, conn: usize, serial: u64, tier: Tier, since: u64, to: u64, round: u8) {
+        let Some(history) = self.ctx.engine.history.as_ref() else { return };
+        let (me, waker) = (self.me.clone(), self.waker());
+        history.read(
+            tier,
+            since + 1,
+            to,
+            Box::new(move |result| {
+                let done = HistoryDone { conn, serial, tier, since, result, round };
+                // A shard that is gone has nobody to answer.
+                if me.send(Cmd::History(Box::new(done))).is_ok() {
+                    let _ = waker.wake();
+                }
+            }),
+        );
+    }
+
+    /// Drops a waiting read-back of `tier` for connection `i` (its reply is ignored).
+    pub(super) fn cancel_history(&mut self, i: usize, tier: Tier) -> bool {
+        let before = self.pending.len();
+        self.pending.retain(|p| !(p.conn == i && p.tier == tier));
+        self.pending.len() != before
+    }
+
+    /// A read-back came in.
+    pub(super) fn history_done(&mut self, done: HistoryDone) {
+        let Some(at) = self.pending.iter().position(|p| {
+            p.conn == done.conn
+                && p.serial == done.serial
+                && p.tier == done.tier
+                && p.resume.since == done.since
+        }) else {
+            return; // cancelled, or the connection is gone
+        };
+        let p = self.pending.swap_remove(at);
+        if self
+            .conns
+            .get(p.conn)
+            .and_then(Option::as_ref)
+            .is_none_or(|c| c.serial != p.serial || !c.is_open())
+        {
+            return; // closed meanwhile (its slot may be someone else's now)
+        }
+        let engine = Arc::clone(&self.ctx.engine);
+        let Some(log) = log_of(&engine.channels, p.idx) else { return };
+        let channel = ChannelName::Signals(p.tier);
+        let read: Result<Vec<Message>, HistoryError> = done.result;
+        let mut older = match read {
+            Ok(msgs) => msgs,
+            Err(e) => {
+                tracing::debug!(conn = p.conn, error = %e, "no history for a resume");
+                return self.subscribe_live(p.conn, &channel, p.tier, p.idx, Some(p.resume), None);
+            }
+        };
+        let last = older.last().map_or(done.since, Message::seq);
+        let mut sub = log.subscribe(Some(Resume { since: last, epoch: p.resume.epoch }));
+        if sub.recovered != Some(true) {
+            if done.round < MAX_ROUNDS {
+                // The ring moved past what was read meanwhile: read again, further.
+                self.request(p.conn, p.serial, p.tier, p.resume.since, log.lost_through(), done.round + 1);
+                self.pending.push(p);
+                return;
+            }
+            return self.subscribe_live(p.conn, &channel, p.tier, p.idx, Some(p.resume), None);
+        }
+        older.append(&mut sub.replay);
+        sub.replay = older;
+        self.subscribe_live(p.conn, &channel, p.tier, p.idx, Some(p.resume), Some(sub));
+    }
+
+    /// Answers SUBSCRIBED and makes `i` a subscriber of log `idx`: with `sub` (a resume
+    /// already prepared) or by subscribing now.
+    pub(super) fn subscribe_live(
+        &mut self,
+        i: usize,
+        channel: &ChannelName,
+        tier: Tier,
+        idx: usize,
+        resume: Option<Resume>,
+        sub: Option<engine::channels::Subscription>,
+    ) {
+        let Some(c) = self.conns.get(i).and_then(Option::as_ref) else { return };
+        let engine = Arc::clone(&self.ctx.engine);
+        let Some(log) = log_of(&engine.channels, idx) else { return };
+        let sub = sub.unwrap_or_else(|| log.subscribe(resume));
+        let (categories, quota, limit) =
+            (c.session.categories, Arc::clone(&c.quota), self.limit_for(&c.session));
+        self.reply(i, &protocol::subscribed_signals(channel, sub.epoch, sub.head, sub.recovered));
+        // The replay holds `since+1 ..= head`; live reading then goes on after head.
+        let since = resume.filter(|_| sub.recovered == Some(true)).map_or(sub.head, |r| r.since);
+        let entry = Sub { conn: i, categories, quota, limit, skip_until: since, last_seq: since };
+        self.install(i, idx, tier, entry, &sub);
+        self.remove_overflowed();
+    }
+}
