@@ -198,4 +198,35 @@ mod tests {
         assert_eq!(ContentType::from_header(Some(b"Application/X-Rkyv")), Ok(ContentType::Rkyv));
         assert_eq!(ContentType::from_header(Some(b"text/csv")).unwrap_err().code(), "content_type");
     }
+
+    #[test]
+    fn the_documented_json_schema_matches_the_model() {
+        // docs/kafka.md carries the schema producers in other languages code against.
+        let doc = include_str!("../../../docs/kafka.md");
+        let start = doc.find("```json\n").expect("a json block") + 8;
+        let end = start + doc[start..].find("```").expect("its end");
+        let schema: serde_json::Value = serde_json::from_str(&doc[start..end]).expect("valid JSON");
+        let props: std::collections::BTreeSet<&str> =
+            schema["properties"].as_object().unwrap().keys().map(String::as_str).collect();
+        let required: Vec<&str> = schema["required"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        let fixture: serde_json::Value =
+            serde_json::from_str(include_str!("../../../fixtures/signals.jsonl").lines().next().unwrap()).unwrap();
+        let fields: std::collections::BTreeSet<&str> = fixture.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(props, fields, "schema properties are the model's fields");
+        let mut minimal = fixture.clone();
+        for optional in fields.iter().filter(|f| !required.contains(f)) {
+            minimal.as_object_mut().unwrap().remove(*optional);
+        }
+        let mut scratch = AlignedVec::new();
+        decode_signal(minimal.to_string().as_bytes(), ContentType::Json, 4096, &mut scratch)
+            .expect("only the required fields are required");
+        for field in &required {
+            let mut without = fixture.clone();
+            without.as_object_mut().unwrap().remove(*field);
+            assert!(
+                decode_signal(without.to_string().as_bytes(), ContentType::Json, 4096, &mut scratch).is_err(),
+                "{field} is required"
+            );
+        }
+    }
 }
