@@ -260,6 +260,27 @@ fn seq_and_id(v: &Value) -> (u64, u128) {
     (v["seq"].as_u64().unwrap(), common::id_of(v))
 }
 
+/// Produces signals `ids` to `raw-signals`, one every 5 ms, in the background; hands
+/// the producer back.
+fn feed(p: FutureProducer, ids: std::ops::RangeInclusive<u128>) -> tokio::task::JoinHandle<FutureProducer> {
+    tokio::spawn(async move {
+        for n in ids {
+            let (key, value) = signal_json(n);
+            produce(&p, "raw-signals", &key, value.as_bytes(), None).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        p
+    })
+}
+
+/// Reads SIGNAL_UPDATEs into `seen` until it holds `n`; each may take up to `wait`.
+async fn read_until(c: &mut Client, seen: &mut Vec<(u64, u128)>, n: usize, wait: Duration, what: &str) {
+    while seen.len() < n {
+        let v = next_signal(c, wait).await.unwrap_or_else(|| panic!("{what}: {} of {n}", seen.len()));
+        seen.push(seq_and_id(&v));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_json_producer_to_engine_to_gateway_to_websocket() {
     let _serial = serial().await;
@@ -327,21 +348,11 @@ async fn two_gateways_agree_and_a_killed_gateways_clients_resume_on_the_other() 
     assert_eq!(sub_a["epoch"], sub_b["epoch"], "one topic, one epoch on every gateway");
 
     const N: u128 = 300;
-    let p = broker.producer();
-    let feed = tokio::spawn(async move {
-        for n in 1..=N {
-            let (key, value) = signal_json(n);
-            produce(&p, "raw-signals", &key, value.as_bytes(), None).await;
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    });
+    let feeding = feed(broker.producer(), 1..=N);
 
     // A's client reads until a third is in, then A is killed under it.
     let mut seen_a = Vec::new();
-    while seen_a.len() < 100 {
-        let v = next_signal(&mut on_a, Duration::from_secs(30)).await.expect("signals on A");
-        seen_a.push(seq_and_id(&v));
-    }
+    read_until(&mut on_a, &mut seen_a, 100, Duration::from_secs(30), "signals on A").await;
     gw_a.kill();
     while let Some(v) = next_signal(&mut on_a, Duration::from_secs(5)).await {
         seen_a.push(seq_and_id(&v)); // what A had written before it died
@@ -353,17 +364,11 @@ async fn two_gateways_agree_and_a_killed_gateways_clients_resume_on_the_other() 
         .await;
     let resumed = moved.next_of(&["SUBSCRIBED"]).await;
     assert_eq!(resumed["recovered"], true, "{resumed}");
-    while seen_a.len() < N as usize {
-        let v = next_signal(&mut moved, Duration::from_secs(30)).await.expect("the rest on B");
-        seen_a.push(seq_and_id(&v));
-    }
-    feed.await.unwrap();
+    read_until(&mut moved, &mut seen_a, N as usize, Duration::from_secs(30), "the rest on B").await;
+    feeding.await.unwrap();
 
     let mut seen_b = Vec::new();
-    while seen_b.len() < N as usize {
-        let v = next_signal(&mut on_b, Duration::from_secs(30)).await.expect("signals on B");
-        seen_b.push(seq_and_id(&v));
-    }
+    read_until(&mut on_b, &mut seen_b, N as usize, Duration::from_secs(30), "signals on B").await;
     assert_eq!(seen_a, seen_b, "same signals, same order, same seq, across the move");
     let ids: HashSet<u128> = seen_b.iter().map(|(_, id)| *id).collect();
     assert_eq!(ids, (1..=N).collect::<HashSet<_>>(), "every signal exactly once");
@@ -383,30 +388,18 @@ async fn an_engine_killed_mid_stream_and_restarted_loses_nothing_and_routes_noth
     client.subscribe("signals_enterprise").await;
 
     const N: u128 = 400;
-    let p = broker.producer();
-    let feed = tokio::spawn(async move {
-        for n in 1..=N {
-            let (key, value) = signal_json(n);
-            produce(&p, "raw-signals", &key, value.as_bytes(), None).await;
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        p
-    });
+    let feeding = feed(broker.producer(), 1..=N);
     let mut seen = Vec::new();
-    while seen.len() < 120 {
-        seen.push(seq_and_id(&next_signal(&mut client, Duration::from_secs(30)).await.expect("signals")));
-    }
+    read_until(&mut client, &mut seen, 120, Duration::from_secs(30), "signals").await;
     first.kill();
     let second = Node::start("engine", &broker, &slow_commit).await;
-    let p = feed.await.unwrap();
+    let p = feeding.await.unwrap();
     // An at-least-once producer resends a few it already sent, after the restart.
     for n in 1..=20 {
         let (key, value) = signal_json(n);
         produce(&p, "raw-signals", &key, value.as_bytes(), None).await;
     }
-    while seen.len() < N as usize {
-        seen.push(seq_and_id(&next_signal(&mut client, Duration::from_secs(60)).await.expect("the rest")));
-    }
+    read_until(&mut client, &mut seen, N as usize, Duration::from_secs(60), "the rest").await;
     client.no_signal_within(Duration::from_secs(3)).await;
     let ids: Vec<u128> = seen.iter().map(|(_, id)| *id).collect();
     assert_eq!(ids.iter().copied().collect::<HashSet<_>>(), (1..=N).collect::<HashSet<_>>(), "nothing lost");
@@ -590,9 +583,7 @@ async fn a_resume_from_before_the_ring_is_read_back_from_kafka() {
         "{resumed}"
     );
     let mut got = Vec::new();
-    while got.len() < 90 {
-        got.push(seq_and_id(&next_signal(&mut late, Duration::from_secs(10)).await.expect("the gap")));
-    }
+    read_until(&mut late, &mut got, 90, Duration::from_secs(10), "the gap").await;
     assert_eq!(got, (11..=100).map(|s| (s, u128::from(s as u32))).collect::<Vec<_>>(), "11..=100 in order");
     // Then live, with nothing in between missing.
     let (key, value) = signal_json(101);

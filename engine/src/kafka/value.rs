@@ -208,10 +208,13 @@ mod tests {
         let schema: serde_json::Value = serde_json::from_str(&doc[start..end]).expect("valid JSON");
         let props: std::collections::BTreeSet<&str> =
             schema["properties"].as_object().unwrap().keys().map(String::as_str).collect();
-        let required: Vec<&str> = schema["required"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        let required: Vec<&str> =
+            schema["required"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
         let fixture: serde_json::Value =
-            serde_json::from_str(include_str!("../../../fixtures/signals.jsonl").lines().next().unwrap()).unwrap();
-        let fields: std::collections::BTreeSet<&str> = fixture.as_object().unwrap().keys().map(String::as_str).collect();
+            serde_json::from_str(include_str!("../../../fixtures/signals.jsonl").lines().next().unwrap())
+                .unwrap();
+        let fields: std::collections::BTreeSet<&str> =
+            fixture.as_object().unwrap().keys().map(String::as_str).collect();
         assert_eq!(props, fields, "schema properties are the model's fields");
         let mut minimal = fixture.clone();
         for optional in fields.iter().filter(|f| !required.contains(f)) {
