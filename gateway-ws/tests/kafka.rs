@@ -365,7 +365,7 @@ async fn two_gateways_agree_and_a_killed_gateways_clients_resume_on_the_other() 
     let resumed = moved.next_of(&["SUBSCRIBED"]).await;
     assert_eq!(resumed["recovered"], true, "{resumed}");
     read_until(&mut moved, &mut seen_a, N as usize, Duration::from_secs(30), "the rest on B").await;
-    feeding.await.unwrap();
+    let _producer = feeding.await.unwrap();
 
     let mut seen_b = Vec::new();
     read_until(&mut on_b, &mut seen_b, N as usize, Duration::from_secs(30), "signals on B").await;
