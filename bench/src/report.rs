@@ -108,7 +108,7 @@ pub fn ratios(rows: &[Row]) -> String {
             .filter(|r| r.scenario == sc && r.subscribers == subs && r.rate as u64 == rate && r.size == size)
             .collect();
         let Some(sig) = same.iter().find(|r| r.target == Target::Signalcast) else { continue };
-        let peers = same.iter().filter(|r| !matches!(r.target, Target::Signalcast | Target::Reference));
+        let peers = same.iter().filter(|r| !r.target.is_signalcast() && r.target != Target::Reference);
         let best_p99 = peers.clone().filter(|r| r.loss == 0).map(|r| r.latency_us.p99).min();
         let best_cpu =
             peers.filter(|r| r.loss == 0).map(|r| r.server_us_per_delivery).fold(f64::INFINITY, f64::min);
@@ -168,6 +168,7 @@ pub fn fanout_summary(rows: &[Row]) -> String {
 fn colour(t: Target) -> RGBColor {
     match t {
         Target::Signalcast => RGBColor(0xd9, 0x4f, 0x1e),
+        Target::SignalcastKafka => RGBColor(0xf0, 0x9a, 0x3e),
         Target::Reference => RGBColor(0x55, 0x55, 0x55),
         Target::NodeWs => RGBColor(0x3c, 0x87, 0x3a),
         Target::Nats => RGBColor(0x27, 0x6d, 0xc2),

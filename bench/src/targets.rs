@@ -21,6 +21,10 @@ use tokio::process::{Child, Command};
 pub enum Target {
     /// signalcast: TCP feed in, JWT-authenticated WebSocket clients out, tiers on.
     Signalcast,
+    /// signalcast scaled out: an engine node (TCP feed in) and a gateway node (clients)
+    /// with a Kafka-protocol broker (tansu, in memory) between them. CPU and RSS are
+    /// the gateway's.
+    SignalcastKafka,
     /// The raw pre-framed broadcast reference (the floor).
     Reference,
     /// Node.js 20 + npm ws 8.23.
@@ -32,11 +36,18 @@ pub enum Target {
 }
 
 impl Target {
-    pub const ALL: [Self; 5] = [Self::Signalcast, Self::Reference, Self::NodeWs, Self::Nats, Self::Nchan];
+    pub const ALL: [Self; 6] =
+        [Self::Signalcast, Self::SignalcastKafka, Self::Reference, Self::NodeWs, Self::Nats, Self::Nchan];
+
+    /// Speaks signalcast's protocol (JWT, SUBSCRIBE, PING; TCP feed for publishing).
+    pub fn is_signalcast(self) -> bool {
+        matches!(self, Self::Signalcast | Self::SignalcastKafka)
+    }
 
     pub fn name(self) -> &'static str {
         match self {
             Self::Signalcast => "signalcast",
+            Self::SignalcastKafka => "signalcast-kafka",
             Self::Reference => "reference",
             Self::NodeWs => "node-ws",
             Self::Nats => "nats",
@@ -49,7 +60,7 @@ impl Target {
             Self::NodeWs => Some("node-ws"),
             Self::Nats => Some("nats"),
             Self::Nchan => Some("nchan"),
-            Self::Signalcast | Self::Reference => None,
+            Self::Signalcast | Self::SignalcastKafka | Self::Reference => None,
         }
     }
 }
@@ -72,6 +83,31 @@ pub struct Server {
     /// Root of the server's process tree (for CPU and RSS).
     pub pid: u32,
     child: Option<Child>,
+    /// Processes the target needs besides the measured one (broker, engine node).
+    helpers: Vec<Child>,
+    _dir: Option<TempDir>,
+}
+
+/// A folder removed on drop (tansu reads `.env` from its working directory).
+#[derive(Debug)]
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The tansu broker binary: on PATH or in cargo's bin folder (scripts/test.sh installs it).
+fn tansu() -> anyhow::Result<PathBuf> {
+    let on_path = std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join("tansu")).find(|p| p.is_file()));
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    on_path
+        .or_else(|| cargo_home.map(|h| h.join("bin/tansu")).filter(|p| p.is_file()))
+        .context("tansu is not installed: cargo install tansu --locked --features dynostore")
 }
 
 static EXE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
@@ -129,6 +165,9 @@ impl Server {
     /// binary, peers through `peers/peers.sh`).
     pub async fn start(target: Target) -> anyhow::Result<Self> {
         let exe = exe()?;
+        if target == Target::SignalcastKafka {
+            return Self::start_scaled_out(&exe).await;
+        }
         let (endpoint, publish, child, pid) = match target {
             Target::Signalcast | Target::Reference => {
                 let (ws, publish) = (free_port()?, free_port()?);
@@ -168,10 +207,68 @@ impl Server {
                 (Endpoint { target, addr: local(ws), path }, local(publish), None, pid)
             }
         };
-        Ok(Self { target, endpoint, publish, pid, child })
+        Ok(Self { target, endpoint, publish, pid, child, helpers: Vec::new(), _dir: None })
+    }
+
+    /// A broker, an engine node and a gateway node; clients on the gateway, the
+    /// publisher on the engine's feed.
+    async fn start_scaled_out(exe: &std::path::Path) -> anyhow::Result<Self> {
+        let kafka = local(free_port()?);
+        let dir =
+            TempDir(std::env::temp_dir().join(format!("signalcast-bench-tansu-{}", std::process::id())));
+        std::fs::create_dir_all(&dir.0)?;
+        let url = format!("tcp://{kafka}");
+        let broker = Command::new(tansu()?)
+            .current_dir(&dir.0)
+            .args(["broker", "--storage-engine", "memory://tansu/", "--listener-url", &url])
+            .args(["--advertised-listener-url", &url])
+            .env("RUST_LOG", "error")
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        wait_port(kafka).await?;
+        let node = |role: &str, ws: u16, publish: u16| -> std::io::Result<Child> {
+            Command::new(exe)
+                .args([
+                    "serve-signalcast",
+                    "--ws",
+                    &local(ws).to_string(),
+                    "--publish",
+                    &local(publish).to_string(),
+                ])
+                .env("SIGNALCAST_ROLE", role)
+                .env("SIGNALCAST_KAFKA__BROKERS", kafka.to_string())
+                .stdout(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+        };
+        let (engine_ws, feed) = (free_port()?, free_port()?);
+        let engine = node("engine", engine_ws, feed)?;
+        wait_port(local(feed)).await?;
+        let ws = free_port()?;
+        let gateway = node("gateway", ws, free_port()?)?;
+        let pid = gateway.id().context("gateway pid")?;
+        wait_port(local(ws)).await?;
+        let endpoint = Endpoint {
+            target: Target::SignalcastKafka,
+            addr: local(ws),
+            path: format!("/ws?token={}", bench_token()?),
+        };
+        Ok(Self {
+            target: Target::SignalcastKafka,
+            endpoint,
+            publish: local(feed),
+            pid,
+            child: Some(gateway),
+            helpers: vec![engine, broker],
+            _dir: Some(dir),
+        })
     }
 
     pub async fn stop(mut self) {
+        for mut h in self.helpers.drain(..) {
+            let _ = h.kill().await;
+        }
         if let Some(mut c) = self.child.take() {
             let _ = c.kill().await;
         } else if let Some(name) = self.target.peer() {
@@ -308,7 +405,7 @@ async fn drained(addr: SocketAddr) -> anyhow::Result<(OwnedWriteHalf, Drain)> {
 impl Publisher {
     pub async fn connect(server: &Server, size: usize) -> anyhow::Result<Self> {
         Ok(match server.target {
-            Target::Signalcast => {
+            Target::Signalcast | Target::SignalcastKafka => {
                 let cfg =
                     ProducerConfig::new(server.publish.to_string(), "bench", "dev-bench-1234567890abcdef");
                 let producer = Producer::connect(cfg).await?;

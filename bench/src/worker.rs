@@ -162,7 +162,7 @@ async fn subscribe(ep: &Endpoint) -> std::io::Result<Conn> {
     let (stream, buf) = ws_connect(ep.addr, &ep.path, protocol).await?;
     let mut c = Conn { stream, buf };
     match ep.target {
-        Target::Signalcast => {
+        Target::Signalcast | Target::SignalcastKafka => {
             c.stream
                 .write_all(&client_frame(0x1, br#"{"type":"SUBSCRIBE","channel":"signals_premium"}"#))
                 .await?;
@@ -207,7 +207,7 @@ impl Conn {
                     Ok(n) if n > 0 => {}
                     _ => return,
                 },
-                _ = ping.tick(), if ep.target == Target::Signalcast => {
+                _ = ping.tick(), if ep.target.is_signalcast() => {
                     if self.stream.write_all(&client_frame(0x1, br#"{"type":"PING"}"#)).await.is_err() {
                         return;
                     }
