@@ -120,6 +120,11 @@ pub struct KafkaConfig {
     /// (duplicates are removed by id).
     #[serde(with = "millis", rename = "commit_interval_ms")]
     pub commit_interval: std::time::Duration,
+    /// The longest a consumer's fetch waits at the broker for records (librdkafka's
+    /// `fetch.wait.max.ms`): a bound on the hop's latency where the broker does not
+    /// answer early.
+    #[serde(with = "millis", rename = "fetch_wait_max_ms")]
+    pub fetch_wait_max: std::time::Duration,
     /// Partitions for the topics signalcast creates when missing (`raw-signals`,
     /// `market-data`, the DLQ); `signals.<tier>` always get one.
     pub partitions: i32,
@@ -141,6 +146,7 @@ impl Default for KafkaConfig {
             signals_topic_prefix: "signals.".into(),
             session_timeout: Duration::from_secs(10),
             commit_interval: Duration::from_millis(1000),
+            fetch_wait_max: Duration::from_millis(10),
             partitions: 6,
             history_max_messages: 50_000,
             client: std::collections::BTreeMap::new(),

@@ -27,6 +27,11 @@ pub(super) fn client_config(cfg: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cfg.brokers);
     c.set("client.id", "signalcast");
+    // Latency over batching: no Nagle on broker sockets, and a fetch that finds nothing
+    // comes back soon (brokers that do not answer a waiting fetch as soon as data
+    // arrives would otherwise hold every record up to the 500 ms default).
+    c.set("socket.nagle.disable", "true");
+    c.set("fetch.wait.max.ms", cfg.fetch_wait_max.as_millis().to_string());
     for (k, v) in &cfg.client {
         c.set(k, v);
     }

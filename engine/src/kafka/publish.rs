@@ -9,12 +9,12 @@
 //! before producers are acknowledged and Kafka offsets stored. While the broker is away
 //! it keeps waiting (records are never timed out), so ingest backs up instead of losing.
 
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
 use rdkafka::ClientContext;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 
 use super::client::client_config;
@@ -23,9 +23,21 @@ use crate::config::KafkaConfig;
 use crate::model::Tier;
 use crate::pipeline::{Publish, Routed};
 
-/// Counts deliveries and the rare permanent failure.
+/// Records queued and not yet acknowledged by the broker, and a condition variable
+/// the flushing stage waits on.
+#[derive(Debug, Default)]
+struct InFlight {
+    count: Mutex<u64>,
+    settled: Condvar,
+}
+
+/// Counts deliveries (and the rare permanent failure) and wakes `flush`. Called on
+/// the producer's polling thread as each delivery report arrives.
 #[derive(Debug, Clone)]
-pub struct DeliveryContext(Arc<KafkaStats>);
+pub struct DeliveryContext {
+    stats: Arc<KafkaStats>,
+    in_flight: Arc<InFlight>,
+}
 
 impl ClientContext for DeliveryContext {}
 
@@ -33,18 +45,24 @@ impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = ();
     fn delivery(&self, result: &DeliveryResult<'_>, (): ()) {
         match result {
-            Ok(_) => KafkaStats::count(&self.0.published),
+            Ok(_) => KafkaStats::count(&self.stats.published),
             Err((e, _)) => {
-                KafkaStats::count(&self.0.publish_failed);
+                KafkaStats::count(&self.stats.publish_failed);
                 tracing::error!(error = %e, "a routed signal could not be written to kafka");
             }
+        }
+        let mut n = self.in_flight.count.lock().unwrap_or_else(PoisonError::into_inner);
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            self.in_flight.settled.notify_all();
         }
     }
 }
 
 /// See the module docs.
 pub struct KafkaSink {
-    producer: BaseProducer<DeliveryContext>,
+    producer: ThreadedProducer<DeliveryContext>,
+    in_flight: Arc<InFlight>,
     topics: [String; 4],
 }
 
@@ -56,14 +74,15 @@ impl std::fmt::Debug for KafkaSink {
 
 impl KafkaSink {
     pub fn new(cfg: &KafkaConfig, stats: Arc<KafkaStats>) -> Result<Self, KafkaError> {
+        let in_flight = Arc::new(InFlight::default());
         let producer = client_config(cfg)
             // Never give a record up for time: flush waits for the broker instead.
             .set("message.timeout.ms", "0")
             .set("acks", "all")
             .set("enable.idempotence", "true")
             .set("linger.ms", "0")
-            .create_with_context(DeliveryContext(stats))?;
-        Ok(Self { producer, topics: Tier::ALL.map(|t| cfg.signals_topic(t)) })
+            .create_with_context(DeliveryContext { stats, in_flight: Arc::clone(&in_flight) })?;
+        Ok(Self { producer, in_flight, topics: Tier::ALL.map(|t| cfg.signals_topic(t)) })
     }
 }
 
@@ -83,16 +102,21 @@ impl Publish for KafkaSink {
         }
         let mut record =
             BaseRecord::to(&self.topics[r.tier.index()]).partition(0).key(&*key).payload(r.data).headers(hs);
+        // Counted before the send: its delivery report may come before `send` returns.
+        *self.in_flight.count.lock().unwrap_or_else(PoisonError::into_inner) += 1;
         loop {
             match self.producer.send(record) {
                 Ok(()) => return,
                 // librdkafka's queue is bounded; wait for deliveries to make room.
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     record = back;
-                    self.producer.poll(Duration::from_millis(10));
+                    std::thread::sleep(Duration::from_millis(1));
                 }
                 Err((e, _)) => {
-                    KafkaStats::count(&self.producer.context().0.publish_failed);
+                    let mut n = self.in_flight.count.lock().unwrap_or_else(PoisonError::into_inner);
+                    *n = n.saturating_sub(1);
+                    drop(n);
+                    KafkaStats::count(&self.producer.context().stats.publish_failed);
                     tracing::error!(error = %e, tier = %r.tier.as_str(), "cannot queue a routed signal for kafka");
                     return;
                 }
@@ -101,12 +125,24 @@ impl Publish for KafkaSink {
     }
 
     fn flush(&mut self) {
-        let mut waited = 0u32;
-        while let Err(e) = self.producer.flush(Duration::from_secs(1)) {
-            waited += 1;
-            if waited % 10 == 1 {
-                tracing::warn!(error = %e, seconds = waited, "kafka does not take routed signals; ingest waits");
+        // Not `Producer::flush`: rdkafka's polls in 100 ms slices that run to their end,
+        // which put 100 ms on every batch. The producer's own thread delivers the
+        // reports as they come; this waits for the count to reach zero.
+        let started = std::time::Instant::now();
+        let mut n = self.in_flight.count.lock().unwrap_or_else(PoisonError::into_inner);
+        while *n > 0 {
+            let (guard, timeout) = self
+                .in_flight
+                .settled
+                .wait_timeout(n, Duration::from_secs(10))
+                .unwrap_or_else(PoisonError::into_inner);
+            n = guard;
+            if timeout.timed_out() && *n > 0 {
+                let seconds = started.elapsed().as_secs();
+                tracing::warn!(seconds, waiting = *n, "kafka does not take routed signals; ingest waits");
             }
         }
+        drop(n);
+        tracing::trace!(flush_us = started.elapsed().as_micros() as u64, "routed signals durable");
     }
 }

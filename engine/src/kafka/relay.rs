@@ -65,7 +65,11 @@ pub fn spawn_relay(
                     Ok(m) if m.topic() == market => tick(&m, &mut scratch),
                     Ok(m) => {
                         KafkaStats::count(&stats.relayed);
-                        routed(&topics, &m).map(|r| IngestItem::Routed(Box::new(r)))
+                        routed(&topics, &m).map(|r| {
+                            let hop_us = (UnixNanos::now().0 - r.routed_ts.0) / 1_000;
+                            tracing::trace!(seq = r.seq, tier = r.tier.as_str(), hop_us, "relayed");
+                            IngestItem::Routed(Box::new(r))
+                        })
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "kafka relay error");
