@@ -281,37 +281,32 @@ async fn kafka_options(config: &Config, stats: &Arc<KafkaStats>) -> Result<Engin
         };
     }
     kafka::ensure_topics(&config.kafka).await?;
-    let cfg = config.kafka.clone();
-    let window = config.engine.dedup_window;
-    // librdkafka's metadata calls block: keep them off the runtime's workers.
-    let blocking = |f: Box<dyn FnOnce() -> Result<EngineOptions, kafka::KafkaError> + Send>| async move {
-        tokio::task::spawn_blocking(f)
-            .await
-            .map_err(|e| StartError::Kafka(kafka::KafkaError::ClientCreation(e.to_string())))?
-            .map_err(StartError::Kafka)
-    };
     match config.role {
         Role::All => {}
         Role::Engine => {
-            let sink = KafkaSink::new(&config.kafka, Arc::clone(stats))?;
-            options = blocking(Box::new(move || {
-                let seen_ids = kafka::recent_ids(&cfg, window)?;
-                tracing::info!(ids = seen_ids.len(), "read back recently routed signal ids");
-                Ok(EngineOptions { seen_ids, ..EngineOptions::default() })
-            }))
-            .await?;
-            options.sink = Some(Box::new(sink));
+            let (cfg, window) = (config.kafka.clone(), config.engine.dedup_window);
+            options.seen_ids = blocking(move || kafka::recent_ids(&cfg, window)).await?;
+            tracing::info!(ids = options.seen_ids.len(), "read back recently routed signal ids");
+            options.sink = Some(Box::new(KafkaSink::new(&config.kafka, Arc::clone(stats))?));
         }
         Role::Gateway => {
+            let cfg = config.kafka.clone();
+            options.epochs = Some(blocking(move || kafka::epochs(&cfg)).await?);
             let history = KafkaHistory::start(&config.kafka, config.kafka.history_max_messages)?;
-            options = blocking(Box::new(move || {
-                Ok(EngineOptions { epochs: Some(kafka::epochs(&cfg)?), ..EngineOptions::default() })
-            }))
-            .await?;
             options.history = Some(Arc::new(history));
         }
     }
     Ok(options)
+}
+
+/// Runs a librdkafka call that blocks (metadata, reading back) off the runtime's workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, kafka::KafkaError> + Send + 'static,
+) -> Result<T, StartError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StartError::Kafka(kafka::KafkaError::ClientCreation(e.to_string())))?
+        .map_err(StartError::Kafka)
 }
 
 /// Resolves once the flag is set (or its sender is gone).

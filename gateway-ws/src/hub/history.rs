@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use engine::channels::{ChannelName, HistoryError, Message, Resume};
+use engine::channels::{ChannelName, Message, Resume};
 use engine::model::Tier;
 
 use super::fanout::log_of;
@@ -95,8 +95,7 @@ impl Shard {
         let engine = Arc::clone(&self.ctx.engine);
         let Some(log) = log_of(&engine.channels, p.idx) else { return };
         let channel = ChannelName::Signals(p.tier);
-        let read: Result<Vec<Message>, HistoryError> = done.result;
-        let mut older = match read {
+        let mut older = match done.result {
             Ok(msgs) => msgs,
             Err(e) => {
                 tracing::debug!(conn = p.conn, error = %e, "no history for a resume");
