@@ -38,8 +38,9 @@ fn json_error(status: StatusCode, error: &str, message: &str) -> Response<Body> 
     respond(status, "application/json", body)
 }
 
-/// Serves one HTTP/1.1 connection (plain or TLS), with upgrades.
-pub(crate) async fn serve<I>(io: I, app: Arc<App>)
+/// Serves one HTTP/1.1 connection (plain or TLS), with upgrades. Public for the
+/// upgrade-request fuzz target (fuzz/), which drives it over an in-memory stream.
+pub async fn serve<I>(io: I, app: Arc<App>)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {

@@ -129,8 +129,10 @@ impl FrameReader {
             return Err(Violation(CloseCode::Protocol));
         }
         // Refuse on the header alone: nothing is buffered for an oversize claim.
+        // Saturating: a 64-bit length near u64::MAX after a fragment must not wrap
+        // around the limit (found by the client_messages fuzz target).
         let already = self.partial.as_ref().map_or(0, Vec::len) as u64;
-        if !control && already + len > self.max_message as u64 {
+        if !control && already.saturating_add(len) > self.max_message as u64 {
             return Err(Violation(CloseCode::TooBig));
         }
         let len = len as usize;
@@ -180,6 +182,19 @@ mod tests {
             out.push(m);
         }
         Ok(out)
+    }
+
+    #[test]
+    fn a_64_bit_length_after_a_fragment_is_too_big_not_a_wraparound() {
+        // Found by fuzz/fuzz_targets/client_messages.rs: the limit check overflowed and
+        // the reader then panicked slicing the buffer.
+        let mut b = client_frame(false, OP_TEXT, b"0123456789");
+        b.extend([0x80, 0xff]); // FIN continuation, masked, 64-bit length…
+        b.extend([0xff; 8]); // …of u64::MAX
+        b.extend([1, 2, 3, 4, b'x']);
+        let mut r = FrameReader::new(4096);
+        let mut buf = BytesMut::from(&b[..]);
+        assert_eq!(r.next(&mut buf), Err(Violation(CloseCode::TooBig)));
     }
 
     #[test]
