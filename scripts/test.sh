@@ -60,4 +60,9 @@ failed=$(grep -Eo '; [0-9]+ failed' "$log" | awk '{s += $2} END {print s + 0}')
 rm -f "$log"
 echo
 echo "$passed passed, $failed failed"
-exit "$status"
+if [ "$status" -ne 0 ]; then exit "$status"; fi
+
+step "fuzz (every target, ${FUZZ_SECONDS:-30} s each)"
+# Hostile input on a bounded clock: the committed corpus plus what libFuzzer finds in
+# the time given; any crash, leak or OOM fails (scripts/fuzz.sh, docs/RELIABILITY.md).
+FUZZ_SECONDS="${FUZZ_SECONDS:-30}" bash scripts/fuzz.sh

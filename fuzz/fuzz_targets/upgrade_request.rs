@@ -38,7 +38,7 @@ fuzz_target!(|data: &[u8]| {
     let f = fixture();
     f.rt.block_on(async {
         let (mut client, server) = tokio::io::duplex(64 * 1024);
-        let serving = tokio::spawn(gateway::http::serve(server, Arc::clone(&f.app)));
+        let serving = tokio::spawn(gateway::http::serve(server, None, Arc::clone(&f.app)));
         let _ = client.write_all(data).await;
         let _ = client.shutdown().await;
         let mut answer = Vec::new();

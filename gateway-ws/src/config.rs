@@ -34,6 +34,14 @@ pub struct Config {
     pub price_interval_ms: u64,
     /// On shutdown, how long connections get to close after the drain notice.
     pub drain_timeout_secs: u64,
+    /// Open WebSocket connections per client IP (the socket's peer: behind a proxy,
+    /// the proxy's); 0 = no limit. More get HTTP 429 before the upgrade.
+    pub max_connections_per_ip: usize,
+    /// Open WebSocket connections per user (token `sub`) on this gateway; 0 = no limit.
+    pub max_connections_per_user: usize,
+    /// Browser `Origin`s allowed to open a WebSocket; empty = any. Requests without an
+    /// Origin (bots, SDKs) are not affected; others get HTTP 403.
+    pub allowed_origins: Vec<String>,
     /// SO_SNDBUF for client sockets; unset = the kernel's default (autotuned).
     pub socket_send_buffer: Option<usize>,
     /// Tier table; unset = the embedded fixtures/tiers.toml.
@@ -125,6 +133,9 @@ impl Default for Config {
             price_interval_ms: 20,
             drain_timeout_secs: 5,
             socket_send_buffer: None,
+            max_connections_per_ip: 0,
+            max_connections_per_user: 0,
+            allowed_origins: Vec::new(),
             policy_file: None,
             producers_file: None,
             accounts_file: None,
@@ -186,6 +197,14 @@ impl Config {
             heartbeat_timeout: Duration::from_secs(self.heartbeat_timeout_secs),
             expiry_warning: Duration::from_secs(60),
             price_interval: Duration::from_millis(self.price_interval_ms.max(1)),
+        }
+    }
+
+    pub fn admission(&self) -> crate::admission::AdmissionConfig {
+        crate::admission::AdmissionConfig {
+            max_per_ip: self.max_connections_per_ip,
+            max_per_user: self.max_connections_per_user,
+            allowed_origins: self.allowed_origins.clone(),
         }
     }
 

@@ -2,13 +2,14 @@
 //! `/metrics`, and `/`.
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, ORIGIN};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::upgrade::Upgraded;
@@ -40,13 +41,13 @@ fn json_error(status: StatusCode, error: &str, message: &str) -> Response<Body> 
 
 /// Serves one HTTP/1.1 connection (plain or TLS), with upgrades. Public for the
 /// upgrade-request fuzz target (fuzz/), which drives it over an in-memory stream.
-pub async fn serve<I>(io: I, app: Arc<App>)
+pub async fn serve<I>(io: I, peer: Option<IpAddr>, app: Arc<App>)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let svc = service_fn(move |req| {
         let app = Arc::clone(&app);
-        async move { Ok::<_, Infallible>(route(req, app)) }
+        async move { Ok::<_, Infallible>(route(req, peer, app)) }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -59,7 +60,7 @@ where
     }
 }
 
-fn route(req: Request<Incoming>, app: Arc<App>) -> Response<Body> {
+fn route(req: Request<Incoming>, peer: Option<IpAddr>, app: Arc<App>) -> Response<Body> {
     if req.method() != Method::GET {
         return json_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "only GET is served");
     }
@@ -69,7 +70,7 @@ fn route(req: Request<Incoming>, app: Arc<App>) -> Response<Body> {
             "engine_node",
             "this node runs the engine role; connect to a gateway",
         ),
-        "/ws" => websocket(req, app),
+        "/ws" => websocket(req, peer, app),
         "/health/live" => respond(StatusCode::OK, "text/plain", "ok\n"),
         "/health/ready" if app.is_draining() => {
             respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n")
@@ -84,13 +85,18 @@ fn route(req: Request<Incoming>, app: Arc<App>) -> Response<Body> {
     }
 }
 
-fn websocket(mut req: Request<Incoming>, app: Arc<App>) -> Response<Body> {
+fn websocket(mut req: Request<Incoming>, peer: Option<IpAddr>, app: Arc<App>) -> Response<Body> {
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
         return json_error(
             StatusCode::UPGRADE_REQUIRED,
             "upgrade_required",
             "connect with a WebSocket client",
         );
+    }
+    // A page of another site may not open a socket with a user's token.
+    let origin = req.headers().get(ORIGIN).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    if let Err(e) = app.admission.check_origin(origin.as_deref()) {
+        return json_error(StatusCode::FORBIDDEN, "origin_not_allowed", &e.to_string());
     }
     let token = query_token(req.uri().query()).or_else(|| bearer(req.headers().get(AUTHORIZATION)));
     // The token is checked before the upgrade: a bad one never gets a WebSocket.
@@ -108,6 +114,10 @@ fn websocket(mut req: Request<Incoming>, app: Arc<App>) -> Response<Body> {
             "server shutting down; connect elsewhere",
         );
     }
+    let admitted = match app.admission.admit(peer, &session.user_id) {
+        Ok(a) => a,
+        Err(e) => return json_error(StatusCode::TOO_MANY_REQUESTS, "too_many_connections", &e.to_string()),
+    };
     let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(pair) => pair,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, "bad_upgrade", &e.to_string()),
@@ -120,7 +130,7 @@ fn websocket(mut req: Request<Incoming>, app: Arc<App>) -> Response<Body> {
         };
         match attach {
             Ok((io, input)) => {
-                if let Err(e) = app.hub.attach(Attach { io, input, session }) {
+                if let Err(e) = app.hub.attach(Attach { io, input, session, admitted: Some(admitted) }) {
                     tracing::warn!(error = %e, "websocket dropped after the upgrade");
                 }
             }

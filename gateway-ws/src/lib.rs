@@ -18,6 +18,7 @@
 //! - [`metrics`]: Prometheus exposition.
 //! - [`config`]: `signalcast.toml` and its defaults.
 
+pub mod admission;
 pub mod auth;
 pub mod config;
 pub mod conn;

@@ -33,6 +33,7 @@ pub struct App {
     pub hub: Hub,
     pub stats: Arc<GatewayStats>,
     pub role: Role,
+    pub admission: Arc<crate::admission::Admission>,
     engine: Arc<Engine>,
     feed: Arc<FeedStats>,
     kafka: Arc<KafkaStats>,
@@ -234,6 +235,7 @@ pub async fn start_on(
         hub,
         stats,
         role,
+        admission: Arc::new(crate::admission::Admission::new(config.admission())),
         engine: Arc::clone(&engine),
         feed: feed_stats,
         kafka: kafka_stats,
@@ -323,7 +325,7 @@ async fn accept_loop(
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
+                Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     if let Some(size) = app.socket_send_buffer {
                         let _ = socket2::SockRef::from(&stream).set_send_buffer_size(size);
@@ -332,10 +334,10 @@ async fn accept_loop(
                     let tls = tls.clone();
                     tokio::spawn(async move {
                         match tls {
-                            None => http::serve(stream, app).await,
+                            None => http::serve(stream, Some(peer.ip()), app).await,
                             Some(acceptor) => {
                                 match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
-                                    Ok(Ok(s)) => http::serve(s, app).await,
+                                    Ok(Ok(s)) => http::serve(s, Some(peer.ip()), app).await,
                                     Ok(Err(e)) => tracing::debug!(error = %e, "tls handshake failed"),
                                     Err(_) => tracing::debug!("tls handshake timed out"),
                                 }

@@ -253,3 +253,72 @@ async fn frames_sent_with_the_upgrade_request_are_answered_in_the_order_sent() {
     assert_eq!(types, ["SYSTEM_MESSAGE", "SUBSCRIBED", "PONG"], "welcome, then replies in order");
     server.shutdown().await;
 }
+
+/// The status of an upgrade (with an Origin header if given) and the error body's `error`.
+async fn upgrade_status(server: &gateway::Running, token: &str, origin: Option<&str>) -> (u16, String) {
+    use tungstenite::client::IntoClientRequest;
+    let mut req = url(server, token).into_client_request().unwrap();
+    if let Some(o) = origin {
+        req.headers_mut().insert("origin", o.parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Err(tungstenite::Error::Http(resp)) => {
+            let body =
+                resp.body().as_ref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
+            let code = serde_json::from_str::<serde_json::Value>(&body)
+                .map(|v| v["error"].to_string())
+                .unwrap_or(body);
+            (resp.status().as_u16(), code)
+        }
+        Err(e) => panic!("{e}"),
+        Ok(_) => (101, String::new()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_address_are_capped_and_a_closed_one_frees_its_place() {
+    let mut c = config();
+    c.max_connections_per_ip = 2;
+    let server = start(c).await;
+    let (a, b) = (token(&server, "u-premium-1"), token(&server, "u-basic-1"));
+    let first = Client::connect(&url(&server, &a)).await;
+    let _second = Client::connect(&url(&server, &b)).await;
+    assert_eq!(upgrade_status(&server, &a, None).await, (429, "\"too_many_connections\"".into()));
+    drop(first);
+    // The place comes back when the hub drops the closed connection.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match upgrade_status(&server, &a, None).await {
+            (101, _) => break,
+            (429, _) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_user_are_capped() {
+    let mut c = config();
+    c.max_connections_per_user = 1;
+    let server = start(c).await;
+    let premium = token(&server, "u-premium-1");
+    let _one = Client::connect(&url(&server, &premium)).await;
+    assert_eq!(upgrade_status(&server, &premium, None).await, (429, "\"too_many_connections\"".into()));
+    assert_eq!(upgrade_status(&server, &token(&server, "u-basic-1"), None).await.0, 101, "others unaffected");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_allowed_origins_may_open_a_socket() {
+    let mut c = config();
+    c.allowed_origins = vec!["https://app.example".into()];
+    let server = start(c).await;
+    let t = token(&server, "u-premium-1");
+    assert_eq!(
+        upgrade_status(&server, &t, Some("https://evil.example")).await,
+        (403, "\"origin_not_allowed\"".into())
+    );
+    assert_eq!(upgrade_status(&server, &t, Some("https://app.example")).await.0, 101);
+    assert_eq!(upgrade_status(&server, &t, None).await.0, 101, "non-browser clients send no Origin");
+}

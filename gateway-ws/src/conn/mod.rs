@@ -86,6 +86,8 @@ pub enum ReadEnd {
 pub struct Conn {
     /// Unique within its shard (slots are reused; serials are not).
     pub serial: u64,
+    /// Its place under the connection limits; released when the connection is dropped.
+    pub admitted: Option<crate::admission::Admitted>,
     pub io: Io,
     pub outbox: Outbox,
     pub session: Session,
@@ -115,6 +117,7 @@ impl Conn {
     pub fn new(io: Io, session: Session, quota: Arc<UserQuota>, input: BytesMut, max_message: usize) -> Self {
         Self {
             serial: 0,
+            admitted: None,
             io,
             outbox: Outbox::default(),
             session,

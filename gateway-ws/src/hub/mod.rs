@@ -68,6 +68,9 @@ pub struct Attach {
     /// Bytes the client sent right after the upgrade request.
     pub input: BytesMut,
     pub session: Session,
+    /// The connection's place under the per-IP and per-user limits, given back when
+    /// the connection is dropped.
+    pub admitted: Option<crate::admission::Admitted>,
 }
 
 enum Cmd {

@@ -207,7 +207,7 @@ impl Shard {
     }
 
     fn attach(&mut self, a: Attach) {
-        let Attach { mut io, input, session } = a;
+        let Attach { mut io, input, session, admitted } = a;
         let i = self.free.pop().unwrap_or(self.conns.len());
         if let Err(e) =
             self.poll.registry().register(io.socket(), Token(i), Interest::READABLE | Interest::WRITABLE)
@@ -232,6 +232,7 @@ impl Shard {
         let mut conn = Conn::new(io, session, quota, input, self.ctx.conn.max_message);
         self.attached += 1;
         conn.serial = self.attached;
+        conn.admitted = admitted;
         if self.draining {
             conn.outbox.close(outbound::close(CloseCode::GoingAway));
         } else {
