@@ -34,6 +34,9 @@ pub struct Config {
     pub price_interval_ms: u64,
     /// On shutdown, how long connections get to close after the drain notice.
     pub drain_timeout_secs: u64,
+    /// Time a client gets to complete its TLS handshake and send its request headers;
+    /// a slower one (slowloris) is disconnected.
+    pub handshake_timeout_ms: u64,
     /// Open WebSocket connections per client IP (the socket's peer: behind a proxy,
     /// the proxy's); 0 = no limit. More get HTTP 429 before the upgrade.
     pub max_connections_per_ip: usize,
@@ -133,6 +136,7 @@ impl Default for Config {
             price_interval_ms: 20,
             drain_timeout_secs: 5,
             socket_send_buffer: None,
+            handshake_timeout_ms: 10_000,
             max_connections_per_ip: 0,
             max_connections_per_user: 0,
             allowed_origins: Vec::new(),

@@ -4,7 +4,6 @@
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::Full;
@@ -45,6 +44,7 @@ pub async fn serve<I>(io: I, peer: Option<IpAddr>, app: Arc<App>)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let header_timeout = app.handshake_timeout;
     let svc = service_fn(move |req| {
         let app = Arc::clone(&app);
         async move { Ok::<_, Infallible>(route(req, peer, app)) }
@@ -52,7 +52,7 @@ where
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         // A client that trickles its request headers (slowloris) is cut off.
-        .header_read_timeout(Duration::from_secs(10))
+        .header_read_timeout(header_timeout)
         .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
     if let Err(e) = conn.await {

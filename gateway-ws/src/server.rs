@@ -41,6 +41,8 @@ pub struct App {
     /// The accounts sidecar, when tokens come from it.
     sidecar: Option<Arc<SidecarAuth>>,
     socket_send_buffer: Option<usize>,
+    /// TLS handshake and request headers must be in within this.
+    pub handshake_timeout: Duration,
 }
 
 impl App {
@@ -241,6 +243,7 @@ pub async fn start_on(
         kafka: kafka_stats,
         draining: AtomicBool::new(false),
         socket_send_buffer: config.socket_send_buffer,
+        handshake_timeout: Duration::from_millis(config.handshake_timeout_ms.max(1)),
     });
     tasks.push(tokio::spawn(accept_loop(http_listener, tls.clone(), Arc::clone(&app), stop_rx.clone())));
 
@@ -336,7 +339,7 @@ async fn accept_loop(
                         match tls {
                             None => http::serve(stream, Some(peer.ip()), app).await,
                             Some(acceptor) => {
-                                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                                match tokio::time::timeout(app.handshake_timeout, acceptor.accept(stream)).await {
                                     Ok(Ok(s)) => http::serve(s, Some(peer.ip()), app).await,
                                     Ok(Err(e)) => tracing::debug!(error = %e, "tls handshake failed"),
                                     Err(_) => tracing::debug!("tls handshake timed out"),

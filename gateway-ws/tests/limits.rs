@@ -322,3 +322,22 @@ async fn only_allowed_origins_may_open_a_socket() {
     assert_eq!(upgrade_status(&server, &t, Some("https://app.example")).await.0, 101);
     assert_eq!(upgrade_status(&server, &t, None).await.0, 101, "non-browser clients send no Origin");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_trickles_its_request_headers_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = config();
+    c.handshake_timeout_ms = 300;
+    let server = start(c).await;
+    let mut s = tokio::net::TcpStream::connect(server.http_addr).await.unwrap();
+    // Headers begun, never finished (slowloris).
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nX-Slow: 1\r\n").await.unwrap();
+    let started = std::time::Instant::now();
+    let mut sink = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut sink)).await;
+    assert!(read.is_ok(), "the connection is still open after 5 s");
+    assert!(started.elapsed() < Duration::from_secs(3), "cut off after {:?}", started.elapsed());
+    // A client that completes its request in time is served.
+    let t = token(&server, "u-premium-1");
+    Client::connect(&url(&server, &t)).await;
+}
