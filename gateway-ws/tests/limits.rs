@@ -341,3 +341,28 @@ async fn a_client_that_trickles_its_request_headers_is_cut_off() {
     let t = token(&server, "u-premium-1");
     Client::connect(&url(&server, &t)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_rate_and_subscription_count_are_capped_per_connection() {
+    let mut c = config();
+    c.max_messages_per_sec = 5;
+    c.max_subscriptions = 2;
+    let server = start(c).await;
+    let t = token(&server, "u-premium-1");
+
+    let mut chatty = Client::connect(&url(&server, &t)).await;
+    for _ in 0..20 {
+        chatty.send(json!({"type": "PING"})).await;
+    }
+    let refused = chatty.next_of(&["ERROR"]).await;
+    assert_eq!(refused["code"], "rate_limited", "{refused}");
+
+    let mut greedy = Client::connect(&url(&server, &t)).await;
+    assert_eq!(greedy.subscribe("signals_premium").await["type"], "SUBSCRIBED");
+    assert_eq!(greedy.subscribe("prices_general").await["type"], "SUBSCRIBED");
+    let third = greedy.subscribe("signals_basic").await;
+    assert_eq!(
+        (third["type"].clone(), third["code"].clone()),
+        (json!("ERROR"), json!("too_many_subscriptions"))
+    );
+}
