@@ -15,6 +15,11 @@ use tokio_tungstenite::tungstenite::Message;
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
+fn base64url_decode(s: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s.trim_end_matches('=')).unwrap()
+}
+
 async fn next(ws: &mut Ws, wait: Duration) -> Option<Result<Value, Option<u16>>> {
     loop {
         match tokio::time::timeout(wait, ws.next()).await {
@@ -125,6 +130,23 @@ async fn rights_change_on_a_live_connection_within_a_second() {
         Some(&json!({"email": "live@example.com", "password": "pass-word-9"})),
     );
     let token = tokens["access_token"].as_str().unwrap().to_owned();
+
+    // Algorithm confusion: the same claims, signed HS256 with the sidecar's public key
+    // (from its JWKS) as the HMAC secret, under the real key id. Refused before upgrade.
+    let (_, jwks) = http(sidecar.addr, "GET", "/.well-known/jwks.json", None, None);
+    let jwk = &jwks["keys"][0];
+    let public = base64url_decode(jwk["x"].as_str().unwrap());
+    let claims: Value = serde_json::from_slice(&base64url_decode(token.split('.').nth(1).unwrap())).unwrap();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = jwk["kid"].as_str().map(str::to_owned);
+    let forged =
+        jsonwebtoken::encode(&header, &claims, &jsonwebtoken::EncodingKey::from_secret(&public)).unwrap();
+    let refused = tokio_tungstenite::connect_async(format!("ws://{}/ws?token={forged}", gw.http_addr)).await;
+    assert!(
+        matches!(&refused, Err(tokio_tungstenite::tungstenite::Error::Http(r)) if r.status() == 401),
+        "HS256 under the EdDSA key id is refused: {refused:?}"
+    );
+
     let url = format!("ws://{}/ws?token={token}", gw.http_addr);
     let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
     let welcome = next(&mut ws, Duration::from_secs(5)).await.unwrap().unwrap();

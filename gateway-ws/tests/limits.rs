@@ -113,10 +113,33 @@ async fn bad_tokens_get_401_before_any_upgrade() {
         .sign(&DevAuth::claims_for(accounts.get("u-suspended").unwrap(), now, Duration::from_secs(60)))
         .unwrap();
 
+    // Signed with the right secret, but wrong in what they claim or how they are signed.
+    let secret = gateway::Config::default().auth.dev_secret;
+    let hs256 = |header: jsonwebtoken::Header, claims: &serde_json::Value| {
+        jsonwebtoken::encode(&header, claims, &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()))
+            .unwrap()
+    };
+    let valid = serde_json::to_value(DevAuth::claims_for(&premium, now, Duration::from_secs(600))).unwrap();
+    let mut later = valid.clone();
+    later["nbf"] = json!(now + 3_600);
+    let not_yet_valid = hs256(jsonwebtoken::Header::default(), &later);
+    let mut elsewhere = valid.clone();
+    elsewhere["aud"] = json!("another-service");
+    let wrong_audience = hs256(jsonwebtoken::Header::default(), &elsewhere);
+    // Algorithm confusion: the header says EdDSA, the signature is an HMAC.
+    let confused = {
+        let honest = hs256(jsonwebtoken::Header::default(), &valid);
+        let parts: Vec<&str> = honest.split('.').collect();
+        format!("{}.{}.{}", base64url(br#"{"alg":"EdDSA","typ":"JWT"}"#), parts[1], parts[2])
+    };
+
     for (what, t) in [
         ("expired", expired.as_str()),
         ("wrong key", &wrong_key),
         ("alg none", &alg_none),
+        ("not yet valid", &not_yet_valid),
+        ("wrong audience", &wrong_audience),
+        ("EdDSA header, HMAC signature", &confused),
         ("tampered tier", &tampered),
         ("suspended", &suspended),
         ("garbage", "not-a-jwt"),
@@ -125,6 +148,8 @@ async fn bad_tokens_get_401_before_any_upgrade() {
         assert_eq!(refused_with(&server, t).await, 401, "{what}");
     }
     assert_eq!(refused_with(&server, &token(&server, "u-premium-1")).await, 101);
+    // The same claims, honestly signed, pass: each refusal above is its mutation's doing.
+    assert_eq!(refused_with(&server, &hs256(jsonwebtoken::Header::default(), &valid)).await, 101);
     // Authorization: Bearer works as well as ?token=.
     let mut req =
         tungstenite::client::IntoClientRequest::into_client_request(format!("ws://{}/ws", server.http_addr))
