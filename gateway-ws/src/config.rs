@@ -93,6 +93,14 @@ pub struct TlsConfig {
     pub cert: PathBuf,
     /// PEM private key.
     pub key: PathBuf,
+    /// How often the two files are checked for a renewed certificate (served to new
+    /// handshakes without a restart).
+    #[serde(default = "default_reload_ms")]
+    pub reload_interval_ms: u64,
+}
+
+fn default_reload_ms() -> u64 {
+    5_000
 }
 
 #[derive(Clone, Deserialize)]

@@ -145,9 +145,12 @@ pub async fn start_on(
         Some(p) => StaticKeys::load(p)?,
         None => StaticKeys::from_toml(fixtures::PRODUCERS)?,
     };
-    let tls = match &config.tls {
-        Some(t) => Some(tls::acceptor(&t.cert, &t.key)?),
-        None => None,
+    let (tls, reload) = match &config.tls {
+        Some(t) => {
+            let (acceptor, cert) = tls::acceptor(&t.cert, &t.key)?;
+            (Some(acceptor), Some((cert, Duration::from_millis(t.reload_interval_ms.max(10)))))
+        }
+        None => (None, None),
     };
     let dev_auth = Arc::new(dev_auth(&config)?);
     let role = config.role;
@@ -246,6 +249,9 @@ pub async fn start_on(
         handshake_timeout: Duration::from_millis(config.handshake_timeout_ms.max(1)),
     });
     tasks.push(tokio::spawn(accept_loop(http_listener, tls.clone(), Arc::clone(&app), stop_rx.clone())));
+    if let Some((cert, every)) = reload {
+        tasks.push(tokio::spawn(reload_certificate(cert, every)));
+    }
 
     // The demo producer's key is a fixture key, which a sidecar does not know.
     if let (true, Some(addr)) = (demo, feed_addr) {
@@ -312,6 +318,23 @@ async fn blocking<T: Send + 'static>(
         .await
         .map_err(|e| StartError::Kafka(kafka::KafkaError::ClientCreation(e.to_string())))?
         .map_err(StartError::Kafka)
+}
+
+/// Checks the certificate files now and then; a renewed pair is served to new
+/// handshakes at once, a broken one is logged and the old pair kept.
+async fn reload_certificate(cert: Arc<tls::ReloadingCert>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match cert.reload_if_changed() {
+            Ok(true) => tracing::info!("TLS certificate reloaded"),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "TLS certificate changed but cannot be loaded; serving the previous one")
+            }
+        }
+    }
 }
 
 /// Resolves once the flag is set (or its sender is gone).

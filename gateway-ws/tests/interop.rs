@@ -70,6 +70,7 @@ async fn wss_with_a_test_certificate_works_end_to_end() {
     cfg.tls = Some(gateway::config::TlsConfig {
         cert: temp_file("cert.pem", &cert.cert.pem()),
         key: temp_file("key.pem", &cert.signing_key.serialize_pem()),
+        reload_interval_ms: 5_000,
     });
     let server = start(cfg).await;
     assert!(server.tls);
@@ -115,5 +116,90 @@ async fn wss_with_a_test_certificate_works_end_to_end() {
             .await
             .is_err()
     );
+    server.shutdown().await;
+}
+
+/// A TLS client that trusts `roots`, offers only `versions` and never resumes.
+fn tls_client(
+    roots: &[&rcgen::CertifiedKey<rcgen::KeyPair>],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ClientConfig> {
+    let mut store = rustls::RootCertStore::empty();
+    for r in roots {
+        store.add(r.cert.der().clone()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    // Full handshakes only: a resumed session shows the certificate of its first one.
+    config.resumption = rustls::client::Resumption::disabled();
+    Arc::new(config)
+}
+
+/// Connects over WSS and returns the socket and the certificate the server presented.
+async fn wss(server: &gateway::Running, client: Arc<rustls::ClientConfig>) -> (Ws, Vec<u8>) {
+    let url = format!("wss://localhost:{}/ws?token={}", server.http_addr.port(), token(&server, "u-basic-1"));
+    let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(
+        url,
+        None,
+        false,
+        Some(tokio_tungstenite::Connector::Rustls(client)),
+    )
+    .await
+    .unwrap();
+    let presented = match ws.get_ref() {
+        tokio_tungstenite::MaybeTlsStream::Rustls(s) => {
+            s.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+        }
+        _ => panic!("not TLS"),
+    };
+    (ws, presented)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_certificate_is_served_without_a_restart_over_tls_1_2_and_1_3() {
+    let first = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let renewed = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert, key) =
+        (temp_file("cert.pem", &first.cert.pem()), temp_file("key.pem", &first.signing_key.serialize_pem()));
+    let mut cfg = config();
+    cfg.tls =
+        Some(gateway::config::TlsConfig { cert: cert.clone(), key: key.clone(), reload_interval_ms: 100 });
+    let server = start(cfg).await;
+    let both = tls_client(&[&first, &renewed], rustls::DEFAULT_VERSIONS);
+
+    let (mut old, presented) = wss(&server, Arc::clone(&both)).await;
+    assert_eq!(presented, first.cert.der().to_vec());
+
+    // Renewal as cert-manager or certbot does it: new files in place.
+    std::fs::write(&key, renewed.signing_key.serialize_pem()).unwrap();
+    std::fs::write(&cert, renewed.cert.pem()).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_ws, presented) = wss(&server, Arc::clone(&both)).await;
+        if presented == renewed.cert.der().to_vec() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the renewed certificate was not served within 5 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The connection made before the renewal goes on.
+    old.send(tungstenite::Message::text(json!({"type": "PING"}).to_string())).await.unwrap();
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(5), old.next()).await.unwrap().unwrap().unwrap();
+        if let tungstenite::Message::Text(t) = msg
+            && t.as_str().contains("PONG")
+        {
+            break;
+        }
+    }
+    // TLS 1.2 and 1.3 are both served (rustls has nothing older to offer).
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        let (_ws, presented) = wss(&server, tls_client(&[&renewed], &[version])).await;
+        assert_eq!(presented, renewed.cert.der().to_vec());
+    }
     server.shutdown().await;
 }
