@@ -141,7 +141,7 @@ fn tls_client(
 
 /// Connects over WSS and returns the socket and the certificate the server presented.
 async fn wss(server: &gateway::Running, client: Arc<rustls::ClientConfig>) -> (Ws, Vec<u8>) {
-    let url = format!("wss://localhost:{}/ws?token={}", server.http_addr.port(), token(&server, "u-basic-1"));
+    let url = format!("wss://localhost:{}/ws?token={}", server.http_addr.port(), token(server, "u-basic-1"));
     let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(
         url,
         None,
