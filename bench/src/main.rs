@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use bench::report::{self, Results};
 use bench::run::{self, Row, Session};
-use bench::targets::Target;
+use bench::targets::{self, Target};
 use clap::{Args, Parser, Subcommand};
 
 #[global_allocator]
@@ -80,6 +80,23 @@ enum Cmd {
         common: Common,
         #[arg(long, default_value_t = 5_000)]
         count: usize,
+    },
+    /// Slow consumers: the same window without and with a share of subscribers that
+    /// never read; the healthy ones' latency, and how many stalled ones signalcast closed
+    /// with 4008. Small buffers make the bound arrive within the window, e.g.
+    /// SIGNALCAST_OUTBOUND_BUFFER_BYTES=262144 SIGNALCAST_SOCKET_SEND_BUFFER=16384.
+    Stalled {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 1_000)]
+        subscribers: usize,
+        /// Share of the subscribers that stall, in percent.
+        #[arg(long, default_value_t = 10)]
+        percent: usize,
+        #[arg(long, default_value_t = 200.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 20)]
+        duration: u64,
     },
     /// Run a suite over every available target; write docs/perf/ and PERFORMANCE.md.
     Compare {
@@ -164,6 +181,47 @@ fn command_line() -> String {
 async fn orchestrate(cmd: Cmd) -> anyhow::Result<()> {
     let mut results = Results { command: command_line(), ..Results::default() };
     let json = match cmd {
+        Cmd::Stalled { common, subscribers, percent, rate, duration } => {
+            let stalled = subscribers * percent.min(100) / 100;
+            let mut lines = vec![
+                "| target | stalled | healthy | p50 ms | p99 ms | p99.9 ms | healthy loss | closed 4008 |"
+                    .to_owned(),
+                "|---|---:|---:|---:|---:|---:|---:|---:|".to_owned(),
+            ];
+            for t in &common.targets {
+                let mut p99 = Vec::new();
+                for stall in [0, stalled] {
+                    let row = stalled_window(*t, subscribers, stall, rate, duration, common.processes).await;
+                    match row {
+                        Ok((row, closed)) => {
+                            let ms = |us: u64| us as f64 / 1000.0;
+                            lines.push(format!(
+                                "| {} | {stall} | {} | {:.2} | {:.2} | {:.2} | {} | {} |",
+                                t.name(),
+                                row.subscribers,
+                                ms(row.latency_us.p50),
+                                ms(row.latency_us.p99),
+                                ms(row.latency_us.p999),
+                                row.loss,
+                                closed.map_or("–".to_owned(), |c| format!("{c:.0}")),
+                            ));
+                            p99.push(row.latency_us.p99 as f64);
+                            results.windows.push(row);
+                        }
+                        Err(e) => results.skipped.push((*t, format!("stalled {stall}: {e:#}"))),
+                    }
+                }
+                if let [base, with] = p99[..] {
+                    lines.push(format!(
+                        "| {} | p99 with ÷ without: {:.2} | | | | | | |",
+                        t.name(),
+                        with / base.max(1.0)
+                    ));
+                }
+            }
+            println!("{}", lines.join("\n"));
+            common.json
+        }
         Cmd::Latency { common, subscribers, rates, sizes, duration, warmup } => {
             for t in &common.targets {
                 latency_windows(
@@ -247,6 +305,28 @@ async fn latency_windows(
         }
     }
     session.close().await;
+}
+
+/// One window with `stalled` of `subscribers` never reading; for signalcast, how many
+/// connections it closed with 4008 by the end.
+async fn stalled_window(
+    target: Target,
+    subscribers: usize,
+    stalled: usize,
+    rate: f64,
+    duration: u64,
+    processes: usize,
+) -> anyhow::Result<(Row, Option<f64>)> {
+    let mut session = Session::open_with_stalled(target, subscribers, stalled, processes).await?;
+    let scenario = format!("stalled-{stalled}");
+    let row = session.window(&scenario, rate, 0, Duration::from_secs(duration), Duration::from_secs(2)).await;
+    let closed = if target.is_signalcast() {
+        targets::metric(session.server.endpoint.addr, "signalcast_slow_consumer_closes_total").await.ok()
+    } else {
+        None
+    };
+    session.close().await;
+    Ok((row?, closed))
 }
 
 async fn fanout_steps(

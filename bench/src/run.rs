@@ -36,12 +36,24 @@ impl std::fmt::Debug for Workers {
 impl Workers {
     /// `total` subscribers over `processes` processes (more if needed for the limit).
     pub async fn spawn(endpoint: &Endpoint, total: usize, processes: usize) -> anyhow::Result<Self> {
+        Self::spawn_with_stalled(endpoint, total, 0, processes).await
+    }
+
+    /// As [`Workers::spawn`], with `stalled` of the `total` never reading after they
+    /// subscribe (spread over the processes).
+    pub async fn spawn_with_stalled(
+        endpoint: &Endpoint,
+        total: usize,
+        stalled: usize,
+        processes: usize,
+    ) -> anyhow::Result<Self> {
         let n = processes.max(total.div_ceil(MAX_CONNS_PER_WORKER)).max(1);
         let exe = crate::targets::exe()?;
         let mut procs = Vec::with_capacity(n);
         for i in 0..n {
             let conns = total / n + usize::from(i < total % n);
-            let spec = WorkerSpec { endpoint: endpoint.clone(), conns, concurrency: 100 };
+            let stall = stalled / n + usize::from(i < stalled % n);
+            let spec = WorkerSpec { endpoint: endpoint.clone(), conns, concurrency: 100, stalled: stall };
             let mut child = Command::new(&exe)
                 .args(["worker", &serde_json::to_string(&spec)?])
                 .stdin(std::process::Stdio::piped())
@@ -62,6 +74,7 @@ impl Workers {
                 line.as_deref().and_then(|l| l.strip_prefix("READY ")).context("no READY")?,
             )?;
             ready.connected += r.connected;
+            ready.stalled += r.stalled;
             ready.failed += r.failed;
             ready.connect_secs = ready.connect_secs.max(r.connect_secs);
             if ready.first_error.is_none() {
@@ -196,8 +209,18 @@ pub struct Session {
 
 impl Session {
     pub async fn open(target: Target, subscribers: usize, processes: usize) -> anyhow::Result<Self> {
+        Self::open_with_stalled(target, subscribers, 0, processes).await
+    }
+
+    /// A session where `stalled` of the subscribers never read after subscribing.
+    pub async fn open_with_stalled(
+        target: Target,
+        subscribers: usize,
+        stalled: usize,
+        processes: usize,
+    ) -> anyhow::Result<Self> {
         let server = Server::start(target).await?;
-        let workers = Workers::spawn(&server.endpoint, subscribers, processes).await?;
+        let workers = Workers::spawn_with_stalled(&server.endpoint, subscribers, stalled, processes).await?;
         if workers.ready.connected == 0 {
             bail!("{}: no subscriber connected: {:?}", target.name(), workers.ready.first_error);
         }
@@ -235,7 +258,8 @@ impl Session {
         let elapsed = t0.elapsed().as_secs_f64();
         let (s1, c1) = (stats::cpu_secs(&pids), stats::cpu_secs(&clients));
         let (report, hist) = self.workers.report(false).await?;
-        let subscribers = self.workers.ready.connected;
+        // Stalled subscribers are not expected to receive: the rows are the healthy ones.
+        let subscribers = self.workers.ready.connected - self.workers.ready.stalled;
         let expected = published * subscribers as u64;
         let server_secs = s1 - s0;
         Ok(Row {

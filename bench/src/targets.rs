@@ -292,6 +292,17 @@ impl Server {
     }
 }
 
+/// A sample of signalcast's `/metrics` on `addr` (a series without labels).
+pub async fn metric(addr: SocketAddr, name: &str) -> anyhow::Result<f64> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await?;
+    let value =
+        out.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')).context("no such series")?;
+    Ok(value.trim().parse()?)
+}
+
 async fn nchan_subscribers() -> anyhow::Result<usize> {
     let mut s = TcpStream::connect(local(8082)).await?;
     s.write_all(b"GET /nchan_status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await?;

@@ -23,11 +23,18 @@ pub struct WorkerSpec {
     pub conns: usize,
     /// Connection attempts in flight at once.
     pub concurrency: usize,
+    /// Of `conns`, how many stop reading right after subscribing (slow consumers): they
+    /// keep their socket open and never read again.
+    #[serde(default)]
+    pub stalled: usize,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Ready {
     pub connected: usize,
+    /// Of `connected`, those that never read after subscribing.
+    #[serde(default)]
+    pub stalled: usize,
     pub failed: usize,
     pub connect_secs: f64,
     pub first_error: Option<String>,
@@ -62,14 +69,21 @@ pub fn run(spec: WorkerSpec) -> anyhow::Result<()> {
         let started = Instant::now();
         let sem = Rc::new(tokio::sync::Semaphore::new(spec.concurrency.max(1)));
         let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel::<Result<(), String>>();
-        for _ in 0..spec.conns {
+        for n in 0..spec.conns {
             let (ep, shared, sem, ready) =
                 (spec.endpoint.clone(), Rc::clone(&shared), Rc::clone(&sem), ready_tx.clone());
+            let stalled = n < spec.stalled;
             tokio::task::spawn_local(async move {
                 let permit = sem.acquire().await;
                 let conn = subscribe(&ep).await;
                 drop(permit);
                 match conn {
+                    Ok(c) if stalled => {
+                        let _ = ready.send(Ok(()));
+                        // Holds the socket, never reads: the server's bound decides.
+                        std::future::pending::<()>().await;
+                        drop(c);
+                    }
                     Ok(c) => {
                         let _ = ready.send(Ok(()));
                         c.read_loop(&ep, &shared).await;
@@ -92,6 +106,7 @@ pub fn run(spec: WorkerSpec) -> anyhow::Result<()> {
                 None => break,
             }
         }
+        ready.stalled = spec.stalled.min(ready.connected);
         ready.connect_secs = started.elapsed().as_secs_f64();
         say(&format!("READY {}", serde_json::to_string(&ready)?));
         let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
