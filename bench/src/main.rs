@@ -98,6 +98,29 @@ enum Cmd {
         #[arg(long, default_value_t = 20)]
         duration: u64,
     },
+    /// Soak: `connections` subscribers, `churn` of them closing and reconnecting all the
+    /// time, signals at `rate` for `duration` seconds; server RSS and descriptors sampled.
+    /// The steady subscribers must miss nothing; RSS and descriptors must not grow past
+    /// the plateau of the first fifth of the run (the first 5 minutes of 30).
+    Soak {
+        #[arg(long, value_delimiter = ',', default_values = ["signalcast"])]
+        targets: Vec<Target>,
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        #[arg(long, default_value_t = 1_000)]
+        churn: usize,
+        #[arg(long, default_value_t = 10.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 1_800)]
+        duration: u64,
+        /// Seconds between samples.
+        #[arg(long, default_value_t = 10)]
+        sample: u64,
+        #[arg(long, default_value_t = 2)]
+        processes: usize,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Run a suite over every available target; write docs/perf/ and PERFORMANCE.md.
     Compare {
         #[command(flatten)]
@@ -181,6 +204,22 @@ fn command_line() -> String {
 async fn orchestrate(cmd: Cmd) -> anyhow::Result<()> {
     let mut results = Results { command: command_line(), ..Results::default() };
     let json = match cmd {
+        Cmd::Soak { targets, connections, churn, rate, duration, sample, processes, json } => {
+            let mut reports = Vec::new();
+            for t in targets {
+                let steady = connections.saturating_sub(churn);
+                let every = Duration::from_secs(sample.max(1));
+                let r = run::soak(t, steady, churn, rate, Duration::from_secs(duration), every, processes)
+                    .await?;
+                println!("{}", soak_summary(&r, t));
+                reports.push(r);
+            }
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_string_pretty(&reports)?)?;
+                println!("results: {}", path.display());
+            }
+            return Ok(());
+        }
         Cmd::Stalled { common, subscribers, percent, rate, duration } => {
             let stalled = subscribers * percent.min(100) / 100;
             let mut lines = vec![
@@ -305,6 +344,46 @@ async fn latency_windows(
         }
     }
     session.close().await;
+}
+
+/// The soak's verdict: loss of the steady subscribers, and RSS and descriptors after the
+/// first fifth of the run against that first fifth's plateau.
+fn soak_summary(r: &run::SoakReport, t: Target) -> String {
+    let cut = r.samples.last().map_or(0, |s| s.secs) / 5;
+    let (early, late): (Vec<_>, Vec<_>) = r.samples.iter().partition(|s| s.secs <= cut);
+    let max =
+        |v: &[&run::SoakSample], f: fn(&run::SoakSample) -> u64| v.iter().map(|s| f(s)).max().unwrap_or(0);
+    let (rss0, rss1) = (max(&early, |s| s.rss_kib), max(&late, |s| s.rss_kib));
+    let (fd0, fd1) = (max(&early, |s| s.fds), max(&late, |s| s.fds));
+    let mut out = vec![
+        format!(
+            "soak {}: {} steady + {} churning connections, {} reconnects, {} msgs/s for {} s",
+            t.name(),
+            r.steady,
+            r.churning,
+            r.reconnects,
+            r.window.rate,
+            r.samples.last().map_or(0, |s| s.secs)
+        ),
+        format!(
+            "steady subscribers: {} of {} expected deliveries, loss {}; p99 {:.2} ms",
+            r.window.received,
+            r.window.expected,
+            r.window.loss,
+            r.window.latency_us.p99 as f64 / 1000.0
+        ),
+        format!(
+            "RSS: plateau (first {cut} s) {rss0} KiB, after it at most {rss1} KiB ({:+.1}%); descriptors {fd0} -> at most {fd1}",
+            (rss1 as f64 / rss0.max(1) as f64 - 1.0) * 100.0
+        ),
+        "| s | RSS KiB | descriptors |".to_owned(),
+        "|---:|---:|---:|".to_owned(),
+    ];
+    let step = (r.samples.len() / 12).max(1);
+    for s in r.samples.iter().step_by(step) {
+        out.push(format!("| {} | {} | {} |", s.secs, s.rss_kib, s.fds));
+    }
+    out.join("\n")
 }
 
 /// One window with `stalled` of `subscribers` never reading; for signalcast, how many

@@ -53,7 +53,13 @@ impl Workers {
         for i in 0..n {
             let conns = total / n + usize::from(i < total % n);
             let stall = stalled / n + usize::from(i < stalled % n);
-            let spec = WorkerSpec { endpoint: endpoint.clone(), conns, concurrency: 100, stalled: stall };
+            let spec = WorkerSpec {
+                endpoint: endpoint.clone(),
+                conns,
+                concurrency: 100,
+                stalled: stall,
+                churn: false,
+            };
             let mut child = Command::new(&exe)
                 .args(["worker", &serde_json::to_string(&spec)?])
                 .stdin(std::process::Stdio::piped())
@@ -288,6 +294,87 @@ impl Session {
         self.workers.stop().await;
         self.server.stop().await;
     }
+}
+
+impl Workers {
+    /// `total` connections that keep closing and reconnecting (see the worker's churn).
+    pub async fn spawn_churn(endpoint: &Endpoint, total: usize) -> anyhow::Result<Self> {
+        let exe = crate::targets::exe()?;
+        let spec = WorkerSpec {
+            endpoint: endpoint.clone(),
+            conns: total,
+            concurrency: 100,
+            stalled: 0,
+            churn: true,
+        };
+        let mut child = Command::new(&exe)
+            .args(["worker", &serde_json::to_string(&spec)?])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdin = child.stdin.take().context("worker stdin")?;
+        let mut lines = BufReader::new(child.stdout.take().context("worker stdout")?).lines();
+        let line = tokio::time::timeout(Duration::from_secs(120), lines.next_line()).await??;
+        let ready: Ready = serde_json::from_str(
+            line.as_deref().and_then(|l| l.strip_prefix("READY ")).context("no READY")?,
+        )?;
+        Ok(Self { procs: vec![Proc { child, stdin, lines }], ready })
+    }
+}
+
+/// One sample of a soak: the server's resident memory and descriptors at `secs`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SoakSample {
+    pub secs: u64,
+    pub rss_kib: u64,
+    pub fds: u64,
+}
+
+/// A soak: steady subscribers that must miss nothing, churning connections beside
+/// them, signals at a steady rate; the server sampled throughout.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SoakReport {
+    pub steady: usize,
+    pub churning: usize,
+    pub reconnects: u64,
+    pub window: Row,
+    pub samples: Vec<SoakSample>,
+}
+
+pub async fn soak(
+    target: Target,
+    steady: usize,
+    churning: usize,
+    rate: f64,
+    duration: Duration,
+    sample_every: Duration,
+    processes: usize,
+) -> anyhow::Result<SoakReport> {
+    let mut session = Session::open(target, steady, processes).await?;
+    let mut churn = Workers::spawn_churn(&session.server.endpoint, churning).await?;
+    let pid = session.server.pid;
+    let started = Instant::now();
+    let sampler = tokio::spawn(async move {
+        let mut samples = Vec::new();
+        let mut tick = tokio::time::interval(sample_every);
+        loop {
+            tick.tick().await;
+            samples.push(SoakSample {
+                secs: started.elapsed().as_secs(),
+                rss_kib: stats::rss_kib(pid),
+                fds: stats::fds(pid),
+            });
+            if started.elapsed() >= duration {
+                return samples;
+            }
+        }
+    });
+    let window = session.window("soak", rate, 0, duration, Duration::ZERO).await;
+    let samples = sampler.await.unwrap_or_default();
+    let (churned, _) = churn.report(true).await?;
+    session.close().await;
+    Ok(SoakReport { steady, churning, reconnects: churned.received, window: window?, samples })
 }
 
 /// Server memory per idle subscriber at `count` subscribers.

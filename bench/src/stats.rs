@@ -54,6 +54,15 @@ pub fn rss_kib(root: u32) -> u64 {
         .sum()
 }
 
+/// Open file descriptors of `root` and its children.
+pub fn fds(root: u32) -> u64 {
+    tree(root)
+        .into_iter()
+        .filter_map(|p| std::fs::read_dir(format!("/proc/{p}/fd")).ok())
+        .map(|d| d.count() as u64)
+        .sum()
+}
+
 /// Latency percentiles in microseconds.
 #[derive(Clone, Copy, Debug, Default, Serialize, serde::Deserialize)]
 pub struct Percentiles {

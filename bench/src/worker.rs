@@ -27,6 +27,10 @@ pub struct WorkerSpec {
     /// keep their socket open and never read again.
     #[serde(default)]
     pub stalled: usize,
+    /// Churn: each connection subscribes, reads for 1–4 s, closes, and starts again,
+    /// until the worker is stopped (its READY comes after the first round).
+    #[serde(default)]
+    pub churn: bool,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -78,6 +82,10 @@ pub fn run(spec: WorkerSpec) -> anyhow::Result<()> {
                 let conn = subscribe(&ep).await;
                 drop(permit);
                 match conn {
+                    Ok(c) if spec.churn => {
+                        let _ = ready.send(Ok(()));
+                        churn(c, ep, n, &shared).await;
+                    }
                     Ok(c) if stalled => {
                         let _ = ready.send(Ok(()));
                         // Holds the socket, never reads: the server's bound decides.
@@ -255,6 +263,31 @@ impl Conn {
                 nats.advance(eol + 2);
             }
         }
+    }
+}
+
+/// Holds `c` for a while, closes it, and connects again, forever: `received` counts the
+/// connections made.
+async fn churn(mut c: Conn, ep: Endpoint, n: usize, shared: &RefCell<Shared>) {
+    let mut round = n;
+    loop {
+        let hold = Duration::from_millis(1_000 + (round as u64 * 7_919) % 3_000);
+        let _ = tokio::time::timeout(hold, async {
+            while matches!(c.stream.read_buf(&mut c.buf).await, Ok(k) if k > 0) {
+                c.buf.clear();
+            }
+        })
+        .await;
+        let _ = c.stream.write_all(&client_frame(0x8, &1000u16.to_be_bytes())).await;
+        drop(c);
+        round += 1;
+        c = loop {
+            match subscribe(&ep).await {
+                Ok(next) => break next,
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
+        shared.borrow_mut().received += 1;
     }
 }
 

@@ -56,3 +56,24 @@ async fn installed_peers_deliver_everything() {
         check(&row, 20, 50);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_soak_with_churn_loses_nothing_for_steady_subscribers() {
+    bench::targets::set_exe(env!("CARGO_BIN_EXE_signalcast-bench"));
+    let r = bench::run::soak(
+        Target::Signalcast,
+        200,
+        50,
+        20.0,
+        Duration::from_secs(8),
+        Duration::from_secs(1),
+        1,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.window.loss, 0, "steady subscribers miss nothing while others churn: {:?}", r.window);
+    assert!(r.window.received > 0);
+    assert!(r.reconnects >= 50, "connections churned: {} reconnects", r.reconnects);
+    assert!(r.samples.len() >= 5, "sampled throughout: {:?}", r.samples);
+    assert!(r.samples.iter().all(|s| s.rss_kib > 0 && s.fds > 200), "{:?}", r.samples);
+}
