@@ -21,6 +21,27 @@ struct Proc {
     lines: Lines<BufReader<ChildStdout>>,
 }
 
+impl Proc {
+    /// A worker process for `spec` (this binary's hidden `worker` command).
+    fn start(exe: &std::path::Path, spec: &WorkerSpec) -> anyhow::Result<Self> {
+        let mut child = Command::new(exe)
+            .args(["worker", &serde_json::to_string(spec)?])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdin = child.stdin.take().context("worker stdin")?;
+        let lines = BufReader::new(child.stdout.take().context("worker stdout")?).lines();
+        Ok(Self { child, stdin, lines })
+    }
+
+    /// Its READY line, once it has connected.
+    async fn ready(&mut self, deadline: Duration) -> anyhow::Result<Ready> {
+        let line = tokio::time::timeout(deadline, self.lines.next_line()).await??;
+        Ok(serde_json::from_str(line.as_deref().and_then(|l| l.strip_prefix("READY ")).context("no READY")?)?)
+    }
+}
+
 /// Client worker processes holding the subscribers.
 pub struct Workers {
     procs: Vec<Proc>,
@@ -60,25 +81,12 @@ impl Workers {
                 stalled: stall,
                 churn: false,
             };
-            let mut child = Command::new(&exe)
-                .args(["worker", &serde_json::to_string(&spec)?])
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .kill_on_drop(true)
-                .spawn()?;
-            let stdin = child.stdin.take().context("worker stdin")?;
-            let lines = BufReader::new(child.stdout.take().context("worker stdout")?).lines();
-            procs.push(Proc { child, stdin, lines });
+            procs.push(Proc::start(&exe, &spec)?);
         }
         let mut ready = Ready::default();
         let deadline = Duration::from_secs(60 + total as u64 / 100);
         for p in &mut procs {
-            let line = tokio::time::timeout(deadline, p.lines.next_line())
-                .await
-                .context("workers did not connect in time")??;
-            let r: Ready = serde_json::from_str(
-                line.as_deref().and_then(|l| l.strip_prefix("READY ")).context("no READY")?,
-            )?;
+            let r = p.ready(deadline).await.context("workers did not connect in time")?;
             ready.connected += r.connected;
             ready.stalled += r.stalled;
             ready.failed += r.failed;
@@ -299,7 +307,6 @@ impl Session {
 impl Workers {
     /// `total` connections that keep closing and reconnecting (see the worker's churn).
     pub async fn spawn_churn(endpoint: &Endpoint, total: usize) -> anyhow::Result<Self> {
-        let exe = crate::targets::exe()?;
         let spec = WorkerSpec {
             endpoint: endpoint.clone(),
             conns: total,
@@ -307,19 +314,9 @@ impl Workers {
             stalled: 0,
             churn: true,
         };
-        let mut child = Command::new(&exe)
-            .args(["worker", &serde_json::to_string(&spec)?])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()?;
-        let stdin = child.stdin.take().context("worker stdin")?;
-        let mut lines = BufReader::new(child.stdout.take().context("worker stdout")?).lines();
-        let line = tokio::time::timeout(Duration::from_secs(120), lines.next_line()).await??;
-        let ready: Ready = serde_json::from_str(
-            line.as_deref().and_then(|l| l.strip_prefix("READY ")).context("no READY")?,
-        )?;
-        Ok(Self { procs: vec![Proc { child, stdin, lines }], ready })
+        let mut p = Proc::start(&crate::targets::exe()?, &spec)?;
+        let ready = p.ready(Duration::from_secs(120)).await?;
+        Ok(Self { procs: vec![p], ready })
     }
 }
 
