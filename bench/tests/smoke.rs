@@ -17,7 +17,10 @@ async fn window(target: Target, subscribers: usize, rate: f64) -> Row {
     row
 }
 
-fn check(row: &Row, subscribers: usize, published: u64) {
+/// `cpu`: also require the server's CPU to have been counted. CPU time is read in
+/// 10 ms ticks (USER_HZ), so a peer that serves the peers' small window (1,000
+/// deliveries) in less than one tick reads as zero; only the larger windows check it.
+fn check(row: &Row, subscribers: usize, published: u64, cpu: bool) {
     let name = row.target.name();
     assert_eq!(row.published, published, "{name}");
     assert_eq!(row.expected, published * subscribers as u64, "{name}");
@@ -29,14 +32,16 @@ fn check(row: &Row, subscribers: usize, published: u64) {
         "{name}: {l:?}"
     );
     assert!(row.size > 400, "{name}: a real SIGNAL_UPDATE-sized message ({} B)", row.size);
-    assert!(row.server_us_per_delivery > 0.0, "{name}: the server's CPU was accounted");
+    if cpu {
+        assert!(row.server_us_per_delivery > 0.0, "{name}: the server's CPU was accounted");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signalcast_and_the_reference_deliver_everything() {
     for target in [Target::Signalcast, Target::Reference] {
         let row = window(target, 50, 100.0).await;
-        check(&row, 50, 100);
+        check(&row, 50, 100, true);
     }
 }
 
@@ -53,7 +58,7 @@ async fn installed_peers_deliver_everything() {
             continue;
         }
         let row = window(target, 20, 50.0).await;
-        check(&row, 20, 50);
+        check(&row, 20, 50, false);
     }
 }
 
