@@ -10,12 +10,13 @@ use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::RDKafkaErrorCode;
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 use uuid::Uuid;
 
 use super::KafkaStats;
+use super::value::{ContentType, ValueError};
 use crate::channels::Epoch;
 use crate::config::KafkaConfig;
 use crate::model::Tier;
@@ -36,6 +37,16 @@ pub(super) fn client_config(cfg: &KafkaConfig) -> ClientConfig {
         c.set(k, v);
     }
     c
+}
+
+/// The value of header `name` (case-insensitive, first one wins).
+pub(super) fn header<'a>(m: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a [u8]> {
+    m.headers().and_then(|h| h.iter().find(|h| h.key.eq_ignore_ascii_case(name))?.value)
+}
+
+/// How the record's value is encoded (its `content-type` header).
+pub(super) fn content_type(m: &BorrowedMessage<'_>) -> Result<ContentType, ValueError> {
+    ContentType::from_header(header(m, super::headers::CONTENT_TYPE))
 }
 
 /// Turns librdkafka's statistics into the consumer-lag gauge.

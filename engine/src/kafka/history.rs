@@ -15,7 +15,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::KafkaError;
 use super::client::client_config;
 use super::relay::routed;
-use crate::channels::{ChannelName, History, HistoryError, HistoryReply, Message, MessageMeta};
+use crate::channels::{ChannelName, History, HistoryError, HistoryReply, Message};
 use crate::config::KafkaConfig;
 use crate::model::Tier;
 use crate::pipeline::encode;
@@ -141,15 +141,8 @@ fn read(
             if item.seq != next {
                 return Err(HistoryError::Incomplete(format!("seq {} where {next} was due", item.seq)));
             }
-            let meta = MessageMeta {
-                seq: item.seq,
-                category: item.category,
-                ingest_ts: item.ingest_ts,
-                routed_ts: item.routed_ts,
-                sent_ts: item.sent_ts,
-            };
             encode::signal_update(text, &channel, item.seq, &item.data);
-            out.push(Message::new(&meta, text, scratch));
+            out.push(Message::new(&item.meta(), text, scratch));
             next += 1;
         }
         return Ok(out);

@@ -17,12 +17,12 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use rdkafka::Timestamp;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rkyv::util::AlignedVec;
 
-use super::client::{StatsContext, client_config};
-use super::value::{self, ContentType, ValueError};
+use super::client::{StatsContext, client_config, content_type};
+use super::value::{self, ValueError};
 use super::{KafkaError, KafkaStats, headers};
 use crate::config::KafkaConfig;
 use crate::model::UnixNanos;
@@ -39,9 +39,25 @@ pub struct IngestContext {
 /// Records between two offset markers at most.
 const MARK_EVERY: usize = 256;
 
+/// The two input topics (an index, not a name: no allocation per record).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Topic {
+    RawSignals,
+    MarketData,
+}
+
+impl Topic {
+    fn name(self, cfg: &KafkaConfig) -> &str {
+        match self {
+            Self::RawSignals => &cfg.raw_signals_topic,
+            Self::MarketData => &cfg.market_data_topic,
+        }
+    }
+}
+
 /// One consumed record, decoded or not, with where it came from.
 struct Taken {
-    topic: String,
+    topic: Topic,
     partition: i32,
     offset: i64,
     outcome: Result<IngestItem, (ValueError, Poison)>,
@@ -79,7 +95,7 @@ pub async fn run_ingest(
     tracing::info!(brokers = %cfg.brokers, group = %cfg.group_id, "kafka ingest started");
 
     let mut scratch = AlignedVec::new();
-    let mut pending: Vec<(String, i32, i64)> = Vec::new();
+    let mut pending: Vec<(Topic, i32, i64)> = Vec::new();
     let mut stop = std::pin::pin!(stop.fuse());
     loop {
         if (&mut stop).now_or_never().is_some() {
@@ -98,7 +114,7 @@ pub async fn run_ingest(
             consumer.recv().now_or_never()
         };
         let Some(received) = next else {
-            mark(&ctx, &consumer, &mut pending).await;
+            mark(&cfg, &ctx, &consumer, &mut pending).await;
             continue;
         };
         let taken = match received {
@@ -117,13 +133,22 @@ pub async fn run_ingest(
                 }
             }
             Err((error, poison)) => {
-                dead_letter(&cfg, &dlq, &taken.topic, taken.partition, taken.offset, &error, poison).await;
+                dead_letter(
+                    &cfg,
+                    &dlq,
+                    taken.topic.name(&cfg),
+                    taken.partition,
+                    taken.offset,
+                    &error,
+                    poison,
+                )
+                .await;
                 KafkaStats::count(&ctx.stats.dead_lettered);
             }
         }
         pending.push((taken.topic, taken.partition, taken.offset));
     }
-    mark(&ctx, &consumer, &mut pending).await;
+    mark(&cfg, &ctx, &consumer, &mut pending).await;
     // Give the stage a moment to run the last marker before the consumer closes (its
     // close commits what is stored).
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -133,9 +158,10 @@ pub async fn run_ingest(
 
 /// Queues a marker that stores the highest offset taken per partition.
 async fn mark(
+    cfg: &KafkaConfig,
     ctx: &IngestContext,
     consumer: &Arc<StreamConsumer<StatsContext>>,
-    pending: &mut Vec<(String, i32, i64)>,
+    pending: &mut Vec<(Topic, i32, i64)>,
 ) {
     if pending.is_empty() {
         return;
@@ -149,7 +175,8 @@ async fn mark(
         }
         same
     });
-    let offsets = std::mem::take(pending);
+    let offsets: Vec<(String, i32, i64)> =
+        pending.drain(..).map(|(t, p, o)| (t.name(cfg).to_owned(), p, o)).collect();
     let consumer = Arc::clone(consumer);
     let done = Done(Arc::new(move || {
         for (topic, partition, offset) in &offsets {
@@ -164,11 +191,10 @@ async fn mark(
 }
 
 fn take(cfg: &KafkaConfig, m: &BorrowedMessage<'_>, max_analysis: usize, scratch: &mut AlignedVec) -> Taken {
-    let header =
-        |name: &str| m.headers().and_then(|h| h.iter().find(|h| h.key.eq_ignore_ascii_case(name))?.value);
-    let decoded = ContentType::from_header(header(headers::CONTENT_TYPE)).and_then(|ct| {
+    let topic = if m.topic() == cfg.market_data_topic { Topic::MarketData } else { Topic::RawSignals };
+    let decoded = content_type(m).and_then(|ct| {
         let value = m.payload().unwrap_or_default();
-        if m.topic() == cfg.market_data_topic {
+        if topic == Topic::MarketData {
             value::decode_tick(value, ct, scratch).map(IngestItem::Tick)
         } else {
             let (signal, sent_at) = value::decode_signal(value, ct, max_analysis, scratch)?;
@@ -186,7 +212,7 @@ fn take(cfg: &KafkaConfig, m: &BorrowedMessage<'_>, max_analysis: usize, scratch
         }
     });
     Taken {
-        topic: m.topic().to_owned(),
+        topic,
         partition: m.partition(),
         offset: m.offset(),
         outcome: decoded.map_err(|e| {

@@ -90,15 +90,16 @@ impl Publish for KafkaSink {
     fn publish(&mut self, r: &Routed<'_>) {
         let mut uuid = uuid::Uuid::encode_buffer();
         let key = r.id.hyphenated().encode_lower(&mut uuid);
-        let (ingest, routed) = (r.ingest_ts.0.to_string(), r.routed_ts.0.to_string());
-        let sent = r.sent_ts.map(|t| t.0.to_string());
+        // Header values are copied by librdkafka: stack buffers, no allocation.
+        let (mut ingest, mut routed, mut sent) =
+            (itoa::Buffer::new(), itoa::Buffer::new(), itoa::Buffer::new());
         let mut hs = OwnedHeaders::new_with_capacity(5)
             .insert(Header { key: headers::CONTENT_TYPE, value: Some("application/json") })
             .insert(Header { key: headers::CATEGORY, value: Some(r.category.as_str()) })
-            .insert(Header { key: headers::INGEST_TS, value: Some(ingest.as_str()) })
-            .insert(Header { key: headers::ROUTED_TS, value: Some(routed.as_str()) });
-        if let Some(sent) = &sent {
-            hs = hs.insert(Header { key: headers::SENT_TS, value: Some(sent.as_str()) });
+            .insert(Header { key: headers::INGEST_TS, value: Some(ingest.format(r.ingest_ts.0)) })
+            .insert(Header { key: headers::ROUTED_TS, value: Some(routed.format(r.routed_ts.0)) });
+        if let Some(t) = r.sent_ts {
+            hs = hs.insert(Header { key: headers::SENT_TS, value: Some(sent.format(t.0)) });
         }
         let mut record =
             BaseRecord::to(&self.topics[r.tier.index()]).partition(0).key(&*key).payload(r.data).headers(hs);

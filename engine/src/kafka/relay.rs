@@ -13,12 +13,12 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use rkyv::util::AlignedVec;
 
-use super::client::{StatsContext, client_config};
-use super::value::{self, ContentType};
+use super::client::{StatsContext, client_config, content_type, header};
+use super::value;
 use super::{KafkaError, KafkaStats, headers};
 use crate::config::KafkaConfig;
 use crate::model::{Category, Tier, UnixNanos};
@@ -87,10 +87,6 @@ pub fn spawn_relay(
         .map_err(|e| KafkaError::ClientCreation(e.to_string()))
 }
 
-fn header<'a>(m: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a [u8]> {
-    m.headers().and_then(|h| h.iter().find(|h| h.key == name)?.value)
-}
-
 fn nanos(m: &BorrowedMessage<'_>, name: &str) -> Option<UnixNanos> {
     std::str::from_utf8(header(m, name)?).ok()?.parse().ok().map(UnixNanos)
 }
@@ -99,7 +95,9 @@ fn nanos(m: &BorrowedMessage<'_>, name: &str) -> Option<UnixNanos> {
 /// a record no engine wrote.
 pub(super) fn routed(topics: &[String; 4], m: &BorrowedMessage<'_>) -> Option<RoutedItem> {
     let tier = Tier::ALL[topics.iter().position(|t| t == m.topic())?];
-    let category = std::str::from_utf8(header(m, headers::CATEGORY)?).ok()?.parse::<Category>().ok();
+    let category = header(m, headers::CATEGORY)
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.parse::<Category>().ok());
     let (Some(category), Some(data), Some(ingest_ts), Some(routed_ts)) =
         (category, m.payload(), nanos(m, headers::INGEST_TS), nanos(m, headers::ROUTED_TS))
     else {
@@ -118,6 +116,6 @@ pub(super) fn routed(topics: &[String; 4], m: &BorrowedMessage<'_>) -> Option<Ro
 }
 
 fn tick(m: &BorrowedMessage<'_>, scratch: &mut AlignedVec) -> Option<IngestItem> {
-    let ct = ContentType::from_header(header(m, headers::CONTENT_TYPE)).ok()?;
+    let ct = content_type(m).ok()?;
     value::decode_tick(m.payload().unwrap_or_default(), ct, scratch).ok().map(IngestItem::Tick)
 }

@@ -34,6 +34,7 @@ use uuid::Uuid;
 pub use stage::Stage;
 pub use stats::{DropReason, PipelineStats};
 
+use crate::channels::MessageMeta;
 use crate::model::{Category, Signal, Tick, Tier, UnixNanos};
 
 /// Where a signal came from, so that its acknowledgement reaches the right place.
@@ -67,6 +68,19 @@ pub struct RoutedItem {
     pub ingest_ts: UnixNanos,
     pub routed_ts: UnixNanos,
     pub sent_ts: Option<UnixNanos>,
+}
+
+impl RoutedItem {
+    /// What the channel message of this signal carries besides its text.
+    pub fn meta(&self) -> MessageMeta {
+        MessageMeta {
+            seq: self.seq,
+            category: self.category,
+            ingest_ts: self.ingest_ts,
+            routed_ts: self.routed_ts,
+            sent_ts: self.sent_ts,
+        }
+    }
 }
 
 /// Run by the stage once everything queued before it has been routed and, with a

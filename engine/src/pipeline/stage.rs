@@ -99,7 +99,7 @@ impl Stage {
         match item {
             IngestItem::Signal(s) => self.on_signal(s, now),
             IngestItem::Tick(t) => self.on_tick(&t),
-            IngestItem::Routed(r) => self.on_routed(&r),
+            IngestItem::Routed(r) => self.on_routed(*r),
             IngestItem::Done(d) => self.done.push(d),
         }
     }
@@ -172,7 +172,7 @@ impl Stage {
     /// A signal another node routed: appended with the seq it was given. Seqs at or
     /// below the head were seen already (a re-read); a jump marks what lies between as
     /// lost, so that no resume claims to recover across it.
-    fn on_routed(&mut self, r: &RoutedItem) {
+    fn on_routed(&mut self, mut r: RoutedItem) {
         let head = self.channels.live(r.tier).head();
         if r.seq <= head {
             self.stats.dropped(DropReason::DuplicateSeq);
@@ -185,16 +185,9 @@ impl Stage {
             }
         }
         self.stats.routed_to(r.tier);
-        self.data.clear();
-        self.data.extend_from_slice(&r.data);
-        let meta = MessageMeta {
-            seq: r.seq,
-            category: r.category,
-            ingest_ts: r.ingest_ts,
-            routed_ts: r.routed_ts,
-            sent_ts: r.sent_ts,
-        };
-        self.append(r.tier, &meta);
+        // The record's bytes become the data to encode: moved, not copied.
+        std::mem::swap(&mut self.data, &mut r.data);
+        self.append(r.tier, &r.meta());
     }
 
     /// Encodes `self.data` as `signals_<tier>`'s message `meta.seq`, appends it to the

@@ -88,6 +88,31 @@ impl Shard {
         self.subscribe_live(i, channel, tier, idx, resume, None);
     }
 
+    /// Answers SUBSCRIBED and makes `i` a subscriber of log `idx`: with `sub` (a resume
+    /// already prepared) or by subscribing now.
+    pub(super) fn subscribe_live(
+        &mut self,
+        i: usize,
+        channel: &ChannelName,
+        tier: Tier,
+        idx: usize,
+        resume: Option<Resume>,
+        sub: Option<Subscription>,
+    ) {
+        let Some(c) = self.conns.get(i).and_then(Option::as_ref) else { return };
+        let engine = Arc::clone(&self.ctx.engine);
+        let Some(log) = log_of(&engine.channels, idx) else { return };
+        let sub = sub.unwrap_or_else(|| log.subscribe(resume));
+        let (categories, quota, limit) =
+            (c.session.categories, Arc::clone(&c.quota), self.limit_for(&c.session));
+        self.reply(i, &protocol::subscribed_signals(channel, sub.epoch, sub.head, sub.recovered));
+        // The replay holds `since+1 ..= head`; live reading then goes on after head.
+        let since = resume.filter(|_| sub.recovered == Some(true)).map_or(sub.head, |r| r.since);
+        let entry = Sub { conn: i, categories, quota, limit, skip_until: since, last_seq: since };
+        self.install(i, idx, tier, entry, &sub);
+        self.remove_overflowed();
+    }
+
     /// Replays `sub` to `entry` (which skips what it has seen), then makes it a live
     /// subscriber of log `idx` after the subscription's head.
     pub(super) fn install(&mut self, i: usize, idx: usize, tier: Tier, mut entry: Sub, sub: &Subscription) {

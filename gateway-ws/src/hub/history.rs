@@ -14,9 +14,8 @@ use engine::channels::{ChannelName, Message, Resume};
 use engine::model::Tier;
 
 use super::fanout::log_of;
-use super::shard::{Shard, Sub};
+use super::shard::Shard;
 use super::{Cmd, HistoryDone};
-use crate::protocol;
 
 /// A subscription waiting for its read-back.
 #[derive(Debug)]
@@ -116,30 +115,5 @@ impl Shard {
         older.append(&mut sub.replay);
         sub.replay = older;
         self.subscribe_live(p.conn, &channel, p.tier, p.idx, Some(p.resume), Some(sub));
-    }
-
-    /// Answers SUBSCRIBED and makes `i` a subscriber of log `idx`: with `sub` (a resume
-    /// already prepared) or by subscribing now.
-    pub(super) fn subscribe_live(
-        &mut self,
-        i: usize,
-        channel: &ChannelName,
-        tier: Tier,
-        idx: usize,
-        resume: Option<Resume>,
-        sub: Option<engine::channels::Subscription>,
-    ) {
-        let Some(c) = self.conns.get(i).and_then(Option::as_ref) else { return };
-        let engine = Arc::clone(&self.ctx.engine);
-        let Some(log) = log_of(&engine.channels, idx) else { return };
-        let sub = sub.unwrap_or_else(|| log.subscribe(resume));
-        let (categories, quota, limit) =
-            (c.session.categories, Arc::clone(&c.quota), self.limit_for(&c.session));
-        self.reply(i, &protocol::subscribed_signals(channel, sub.epoch, sub.head, sub.recovered));
-        // The replay holds `since+1 ..= head`; live reading then goes on after head.
-        let since = resume.filter(|_| sub.recovered == Some(true)).map_or(sub.head, |r| r.since);
-        let entry = Sub { conn: i, categories, quota, limit, skip_until: since, last_seq: since };
-        self.install(i, idx, tier, entry, &sub);
-        self.remove_overflowed();
     }
 }
