@@ -29,16 +29,30 @@ fi
 ls -d /usr/lib/postgresql/*/bin/initdb
 # The Kafka tests (gateway-ws/tests/kafka.rs) start a real Kafka-protocol broker per
 # test, tansu, and produce from Python's confluent-kafka as well. tansu builds from
-# source once (about 12 minutes on 2 cores); its memory storage needs `dynostore`.
+# source once (about 15 minutes on 2 cores); its memory storage needs `dynostore`, the
+# SQLite storage that outlives a broker restart needs `libsql`.
 tansu_bin="${CARGO_HOME:-$HOME/.cargo}/bin/tansu"
-if ! command -v tansu >/dev/null 2>&1 && [ ! -x "$tansu_bin" ]; then
-  cargo install tansu --version 0.6.0 --locked --features dynostore
+tansu_features="dynostore,libsql"
+tansu_has_features() {
+  grep -o '"tansu 0.6.0[^}]*' "${CARGO_HOME:-$HOME/.cargo}/.crates2.json" 2>/dev/null | grep -q '"dynostore","libsql"'
+}
+if ! { command -v tansu >/dev/null 2>&1 || [ -x "$tansu_bin" ]; } || ! tansu_has_features; then
+  cargo install tansu --version 0.6.0 --locked --features "$tansu_features" --force
 fi
 "$(command -v tansu || echo "$tansu_bin")" --version
 if ! python3 -c 'import confluent_kafka' >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check confluent-kafka
 fi
 python3 -c 'import confluent_kafka; print("python confluent-kafka", confluent_kafka.version(), "librdkafka", confluent_kafka.libversion()[0])'
+# The TypeScript client's tests run under Node against the real binary, and the
+# dashboard's in Debian's Chromium (driven by playwright-core; no browser download).
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; fi
+fi
+chromium --version
+node --version
+(cd clients/typescript && npm ci --no-audit --no-fund --loglevel=error)
 # The bench's peer smoke test runs against NATS, nginx + nchan and Node ws.
 bash bench/peers/peers.sh install
 bash bench/peers/peers.sh status
@@ -61,6 +75,10 @@ rm -f "$log"
 echo
 echo "$passed passed, $failed failed"
 if [ "$status" -ne 0 ]; then exit "$status"; fi
+
+step "TypeScript client and dashboard (node --test; headless Chromium)"
+# After cargo test, so target/debug/signalcast is the binary just tested.
+(cd clients/typescript && npm test)
 
 step "fuzz (every target, ${FUZZ_SECONDS:-30} s each)"
 # Hostile input on a bounded clock: the committed corpus plus what libFuzzer finds in

@@ -67,6 +67,8 @@ enum Command {
         #[arg(long, env = "SIGNALCAST_PRODUCER_KEY")]
         key: Option<String>,
         /// Signals file (JSON lines); default: the embedded fixtures, with their ticks.
+        /// A file's signals keep their ids on the first pass (a rerun after a crash is
+        /// de-duplicated by the engine); passes beyond the file's end get new ones.
         #[arg(long)]
         file: Option<PathBuf>,
         /// Signals per second (0 = as fast as acknowledgements allow).
@@ -224,8 +226,14 @@ async fn produce(
                         break 'outer;
                     }
                     let mut s = s.restamped(now);
-                    s.id =
-                        uuid::Uuid::from_u128(s.id.as_u128() ^ (round << 64) ^ started.elapsed().as_nanos());
+                    if file.is_none() || round > 0 {
+                        // The embedded demo and later passes over a file are new signals;
+                        // the first pass over a file keeps its ids, the idempotency key,
+                        // so that a producer rerun after a crash repeats nothing.
+                        s.id = uuid::Uuid::from_u128(
+                            s.id.as_u128() ^ (round << 64) ^ started.elapsed().as_nanos(),
+                        );
+                    }
                     p.send_signal(&s).await?;
                     sent += 1;
                     if rate > 0.0 {

@@ -1,0 +1,137 @@
+//! Faults under a steady stream: the accounts sidecar SIGKILLed and PostgreSQL crashed
+//! (`pg_ctl stop -m immediate`), then both brought back, while clients that logged in
+//! through the sidecar follow their channels. The ledger check is the one every fault
+//! test shares (gateway-ws/tests/ledger): every signal exactly once, nothing missing
+//! without a `recovered: false`. Here nobody should even need to reconnect.
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+mod common;
+#[path = "../../gateway-ws/tests/ledger/mod.rs"]
+mod ledger;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+/// A valid signal, id `n`, 80.00 (premium and enterprise).
+fn signal(n: u128) -> engine::model::Signal {
+    let mut s = gateway::demo::events()
+        .into_iter()
+        .find_map(|e| match e {
+            gateway::demo::Event::Signal(s) => Some(*s),
+            gateway::demo::Event::Tick(_) => None,
+        })
+        .unwrap();
+    let now = engine::model::UnixNanos::now();
+    s.id = uuid::Uuid::from_u128(n);
+    s.confidence = engine::model::Confidence::new(8_000).unwrap();
+    s.generated_at = now;
+    s.expires_at = now.plus_nanos(3_600_000_000_000);
+    s
+}
+
+async fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(Instant::now() < deadline, "not within {secs} s: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sidecar_and_postgres_dying_cost_connected_clients_nothing() {
+    let db = Postgres::start();
+    let port = free_port();
+    let mut sidecar = Sidecar::start_on(&db, port);
+    for tier in ["premium", "enterprise"] {
+        http(
+            sidecar.addr,
+            "POST",
+            "/v1/admin/plans",
+            Some(ADMIN),
+            Some(&json!({"id": tier, "name": tier, "tier": tier})),
+        );
+    }
+    let users = [("u-ent", "enterprise", "signals_enterprise"), ("u-prem", "premium", "signals_premium")];
+    for (id, plan, _) in users {
+        let user =
+            json!({"id": id, "email": format!("{id}@example.com"), "password": "pass-word-9", "plan": plan});
+        assert_eq!(http(sidecar.addr, "POST", "/v1/admin/users", Some(ADMIN), Some(&user)).0, 201);
+    }
+
+    let mut config = gateway::Config::default();
+    config.demo.enabled = false;
+    config.auth.accounts_url = Some(format!("http://{}", sidecar.addr));
+    config.auth.accounts_gateway_token = GATEWAY.to_owned();
+    let http_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let feed_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gw = gateway::start_on(config, http_l, feed_l).await.unwrap();
+    let ready = || http(gw.http_addr, "GET", "/health/ready", None, None).0;
+    wait_for("the gateway follows the sidecar", 10, || ready() == 200).await;
+
+    const N: u128 = 400;
+    let produced: Vec<u128> = (1..=N).collect();
+    let mut followers = Vec::new();
+    for (id, _, channel) in users {
+        let login = json!({"email": format!("{id}@example.com"), "password": "pass-word-9"});
+        let (status, tokens) = http(sidecar.addr, "POST", "/v1/auth/login", None, Some(&login));
+        assert_eq!(status, 200, "{tokens}");
+        let url = format!("ws://{}/ws?token={}", gw.http_addr, tokens["access_token"].as_str().unwrap());
+        let mut s = ledger::Subscriber::new(channel);
+        s.connect(&url).await.unwrap();
+        let progress = s.progress.clone();
+        followers.push((channel, progress, tokio::spawn(s.follow(vec![url], N, Duration::from_secs(90)))));
+    }
+
+    // The dev producer key of the gateway's fixtures is not in use with the sidecar: a
+    // key issued by it.
+    let (st, key) = http(
+        sidecar.addr,
+        "POST",
+        "/v1/admin/producer-keys",
+        Some(ADMIN),
+        Some(&json!({"producer_id": "steady"})),
+    );
+    assert_eq!(st, 201);
+    let key = key["key"].as_str().unwrap().to_owned();
+    let feed = gw.feed_addr.unwrap().to_string();
+    let until_key = Instant::now() + Duration::from_secs(5);
+    let producer = loop {
+        let cfg = engine::feed::ProducerConfig::new(feed.clone(), "steady", key.clone());
+        match engine::feed::Producer::connect(cfg).await {
+            Ok(p) => break p,
+            Err(e) => {
+                assert!(Instant::now() < until_key, "the issued key never opened the feed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let feeding = tokio::spawn(async move {
+        for n in 1..=N {
+            producer.send_signal(&signal(n)).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        producer.flush().await.unwrap();
+    });
+
+    let progress = followers[0].1.clone();
+    wait_for("signals before the faults", 60, || progress.load(Ordering::Relaxed) >= 100).await;
+    sidecar.kill(); // SIGKILL
+    db.stop(); // immediate: a crash, recovery on the next start
+    wait_for("readiness reports the sidecar gone", 10, || ready() == 503).await;
+    wait_for("signals while both are down", 60, || progress.load(Ordering::Relaxed) >= 250).await;
+    db.restart();
+    let _sidecar = Sidecar::start_on(&db, port);
+    wait_for("readiness back once the sidecar is", 20, || ready() == 200).await;
+    feeding.await.unwrap();
+
+    for (channel, _, task) in followers {
+        let ledger = task.await.unwrap().ledger;
+        let v = ledger.verify(&produced).unwrap_or_else(|e| panic!("{channel}: {e}"));
+        println!("sidecar and postgres down, {channel}: {v:?}");
+        assert_eq!((v.delivered, v.resumes, v.told), (N as usize, 0, 0), "{channel}: every signal once");
+    }
+    gw.shutdown().await;
+}

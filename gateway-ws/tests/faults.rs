@@ -1,0 +1,337 @@
+//! Faults with real processes, in single-node mode: a producer process killed
+//! mid-batch and rerun, and the `signalcast` server itself stopped (SIGTERM, then
+//! SIGKILL) and started again under connected clients. Every subscriber is checked by
+//! the same ledger (tests/ledger): every signal of its channel exactly once, or a
+//! `recovered: false` where something went missing; nothing silently missing.
+//! The Kafka broker restart is in tests/kafka.rs, the sidecar and PostgreSQL ones in
+//! accounts/tests/faults.rs; docs/RELIABILITY.md says how each fault is injected.
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+mod common;
+mod ledger;
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use engine::feed::{Producer, ProducerConfig};
+use engine::model::Category;
+use ledger::{Event, Ledger, Subscriber};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn get(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.ok()?;
+    Some(out)
+}
+
+async fn metric(addr: SocketAddr, series: &str) -> f64 {
+    let text = get(addr, "/metrics").await.unwrap_or_default();
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
+}
+
+fn kill(child: &Child, signal: &str) {
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args([signal, &pid]).status().unwrap().success());
+}
+
+/// Waits until `n` signals have reached the first subscriber.
+async fn progress_reaches(s: &std::sync::atomic::AtomicUsize, n: usize, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s.load(Ordering::Relaxed) < n {
+        assert!(Instant::now() < deadline, "{what}: only {} signals in 60 s", s.load(Ordering::Relaxed));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn dev_url(http: SocketAddr, user: &str) -> String {
+    let token = gateway::server::dev_auth(&gateway::Config::default())
+        .unwrap()
+        .mint(user, Duration::from_secs(3600))
+        .unwrap();
+    format!("ws://{http}/ws?token={token}")
+}
+
+fn report(name: &str, ledgers: &[(&str, &Ledger)], produced: &[u128]) -> Vec<ledger::Verdict> {
+    ledgers
+        .iter()
+        .map(|(who, l)| {
+            let v = l.verify(produced).unwrap_or_else(|e| panic!("{name}, {who}: {e}"));
+            println!("{name}, {who}: {v:?}");
+            v
+        })
+        .collect()
+}
+
+/// Confidence 90.00 for every third signal (every tier from free up takes it), 80.00
+/// otherwise (premium and enterprise only).
+fn confidence(n: u128) -> u16 {
+    if n % 3 == 0 { 9_000 } else { 8_000 }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_process_killed_mid_batch_and_rerun_repeats_nothing_and_loses_nothing() {
+    let server = common::start(common::config()).await;
+    const N: u128 = 600;
+    let lines: Vec<String> = (1..=N)
+        .map(|n| serde_json::to_string(&common::signal(n, confidence(n), Category::Equity)).unwrap())
+        .collect();
+    let file = common::temp_file("signals.jsonl", &lines.join("\n"));
+    let all: Vec<u128> = (1..=N).collect();
+    let high: Vec<u128> = all.iter().copied().filter(|n| confidence(*n) >= 8_500).collect();
+
+    let mut followers = Vec::new();
+    for (user, channel, expected) in [
+        ("u-enterprise-1", "signals_enterprise", &all),
+        ("u-premium-1", "signals_premium", &all),
+        ("u-basic-1", "signals_basic", &high),
+    ] {
+        let url = common::url(&server, &common::token(&server, user));
+        let mut s = Subscriber::new(channel);
+        s.connect(&url).await.unwrap();
+        let progress = s.progress.clone();
+        let last = *expected.last().unwrap();
+        let task = tokio::spawn(s.follow(vec![url], last, Duration::from_secs(90)));
+        followers.push((channel, expected, progress, task));
+    }
+    let feed = server.feed_addr.unwrap().to_string();
+    let produce = |rate: &str| {
+        Command::new(env!("CARGO_BIN_EXE_signalcast"))
+            .args(["produce", "--addr", &feed, "--producer", "model-alpha", "--rate", rate])
+            .arg("--file")
+            .arg(&file)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap()
+    };
+    let mut first = produce("300");
+    progress_reaches(&followers[0].2, 200, "the first producer run").await;
+    kill(&first, "-KILL"); // mid-batch: no goodbye; its unacknowledged frames die with it
+    first.wait().unwrap();
+    let received_before = metric(server.http_addr, "signalcast_signals_received_total").await;
+
+    // The same file again, as fast as acknowledgements allow.
+    let rerun = produce("0").wait_with_output().unwrap();
+    let out = String::from_utf8_lossy(&rerun.stdout);
+    assert!(rerun.status.success() && out.contains("all acknowledged"), "{out}");
+
+    for (channel, expected, _, task) in followers {
+        let ledger = task.await.unwrap().ledger;
+        let v = &report("producer killed", &[(channel, &ledger)], expected)[0];
+        assert_eq!(
+            (v.delivered, v.told, v.missed_when_told, v.resumes),
+            (expected.len(), 0, 0, 0),
+            "{channel}: every signal once, no reconnect needed"
+        );
+    }
+    let dups = metric(server.http_addr, "signalcast_drops_total{reason=\"duplicate_id\"}").await;
+    println!("the first run had {received_before} signals in; the rerun's repeats dropped by id: {dups}");
+    assert!(dups >= 200.0, "the rerun sent the first part again and the engine dropped it: {dups}");
+    server.shutdown().await;
+}
+
+/// A `signalcast serve` process in single-node mode on fixed ports, so that a
+/// restarted one is where its clients and producers look for it.
+struct Server {
+    child: Child,
+}
+
+impl Server {
+    async fn start(http: SocketAddr, feed: SocketAddr) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_signalcast"))
+            .env("SIGNALCAST_LISTEN", http.to_string())
+            .env("SIGNALCAST_FEED_LISTEN", feed.to_string())
+            .env("SIGNALCAST_DEMO__ENABLED", "false")
+            .env("SIGNALCAST_DRAIN_TIMEOUT_SECS", "2")
+            .env("SIGNALCAST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut s = Self { child };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !get(http, "/health/ready").await.is_some_and(|r| r.starts_with("HTTP/1.1 200")) {
+            assert!(s.child.try_wait().unwrap().is_none(), "signalcast exited at start");
+            assert!(Instant::now() < deadline, "signalcast not ready in 30 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        s
+    }
+
+    /// SIGTERM (drain) or SIGKILL, and waits for the exit.
+    async fn stop(mut self, signal: &str) {
+        kill(&self.child, signal);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "signalcast did not exit on {signal}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_server_tells_its_clients_what_it_cannot_give_back() {
+    let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let feed: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let server = Server::start(http, feed).await;
+    const N: u128 = 900;
+    let produced: Vec<u128> = (1..=N).collect();
+
+    let mut followers = Vec::new();
+    let mut first_progress = None;
+    for (user, channel) in [
+        ("u-enterprise-1", "signals_enterprise"),
+        ("u-enterprise-1", "signals_premium"),
+        ("u-premium-1", "signals_premium"),
+    ] {
+        let mut s = Subscriber::new(channel);
+        let url = dev_url(http, user);
+        s.connect(&url).await.unwrap();
+        first_progress.get_or_insert_with(|| s.progress.clone());
+        followers.push((channel, tokio::spawn(s.follow(vec![url], N, Duration::from_secs(120)))));
+    }
+    // A producer that outlives the servers: it reconnects and resends from its last ACK.
+    let mut cfg = ProducerConfig::new(feed.to_string(), common::PRODUCER.0, common::PRODUCER.1);
+    cfg.reconnect_max = Duration::from_millis(200);
+    let producer = Producer::connect(cfg).await.unwrap();
+    let feeding = tokio::spawn(async move {
+        for n in 1..=N {
+            producer.send_signal(&common::signal(n, 8_000, Category::Equity)).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(8)).await;
+        }
+        producer.flush().await.unwrap();
+        producer
+    });
+
+    let progress = first_progress.unwrap();
+    progress_reaches(&progress, 250, "before the SIGTERM").await;
+    server.stop("-TERM").await; // drain: notice, 1001, acknowledgements flushed
+    let server = Server::start(http, feed).await;
+    progress_reaches(&progress, 550, "before the SIGKILL").await;
+    server.stop("-KILL").await; // no drain, no goodbye
+    let server = Server::start(http, feed).await;
+    let producer = feeding.await.unwrap();
+    println!("producer reconnects: {}", producer.reconnects());
+
+    let mut ledgers = Vec::new();
+    for (channel, f) in followers {
+        ledgers.push((channel, f.await.unwrap().ledger));
+    }
+    let refs: Vec<(&str, &Ledger)> = ledgers.iter().map(|(c, l)| (*c, l)).collect();
+    for (v, (_, l)) in report("server restarted twice", &refs, &produced).iter().zip(&ledgers) {
+        // Each restart is a new epoch: whatever a client missed, it was told.
+        assert!(v.resumes >= 2 && v.told >= 2, "told on every restart: {v:?}");
+        assert!(v.close_codes.contains(&Some(1001)), "the SIGTERM drained with 1001: {v:?}");
+        let drained = l.events.iter().any(|e| matches!(e, Event::Ended { code: Some(1001) }));
+        assert!(drained);
+    }
+    drop(server);
+}
+
+// The checker itself: each rule fails the ledgers it is meant to fail.
+
+fn sub(epoch: &str, head: u64, recovered: Option<bool>) -> Event {
+    Event::Subscribed { epoch: epoch.into(), head, recovered }
+}
+
+fn sig(seq: u64, id: u128) -> Event {
+    Event::Signal { seq, id }
+}
+
+fn ledger(events: Vec<Event>) -> Ledger {
+    Ledger { events }
+}
+
+#[test]
+fn the_ledger_passes_exactly_once_and_told_gaps() {
+    let produced = [1, 2, 3, 4, 5];
+    let clean = ledger(vec![sub("a", 0, None), sig(1, 1), sig(2, 2), sig(3, 3), sig(4, 4), sig(5, 5)]);
+    assert_eq!(clean.verify(&produced).unwrap().delivered, 5);
+    let resumed = ledger(vec![
+        sub("a", 0, None),
+        sig(1, 1),
+        sig(2, 2),
+        Event::Ended { code: Some(4008) },
+        sub("a", 4, Some(true)),
+        sig(3, 3),
+        sig(4, 4),
+        sig(5, 5),
+    ]);
+    let v = resumed.verify(&produced).unwrap();
+    assert_eq!((v.resumes, v.told, v.close_codes), (1, 0, vec![Some(4008)]));
+    assert_eq!(resumed.resume_point(), Some(("a".into(), 5)));
+    // A restart, the client back after the new process routed two: told, 3 and 4 lost.
+    let lost = ledger(vec![
+        sub("a", 0, None),
+        sig(1, 1),
+        sig(2, 2),
+        Event::Ended { code: None },
+        sub("b", 2, Some(false)),
+        sig(3, 5),
+    ]);
+    let v = lost.verify(&produced).unwrap();
+    assert_eq!((v.told, v.missed_when_told, v.repeated_when_told), (1, 2, 0));
+    // A restart, the client back first: the producer resends 2 (routed, not acknowledged).
+    let repeated = ledger(vec![
+        sub("a", 0, None),
+        sig(1, 1),
+        sig(2, 2),
+        Event::Ended { code: None },
+        sub("b", 0, Some(false)),
+        sig(1, 2),
+        sig(2, 3),
+        sig(3, 4),
+        sig(4, 5),
+    ]);
+    let v = repeated.verify(&produced).unwrap();
+    assert_eq!((v.told, v.missed_when_told, v.repeated_when_told), (1, 0, 1));
+}
+
+#[test]
+fn the_ledger_fails_every_silent_loss_and_every_repeat() {
+    let produced = [1, 2, 3, 4];
+    let cases = [
+        ("a silent gap", vec![sub("a", 0, None), sig(1, 1), sig(2, 3), sig(3, 4)], "silently missing"),
+        ("a seq skip", vec![sub("a", 0, None), sig(1, 1), sig(3, 2)], "seq 3 after 1"),
+        ("a repeat", vec![sub("a", 0, None), sig(1, 1), sig(2, 1)], "twice"),
+        ("the tail", vec![sub("a", 0, None), sig(1, 1), sig(2, 2), sig(3, 3)], "never arrived"),
+        ("an unknown id", vec![sub("a", 0, None), sig(1, 9)], "never produced"),
+        (
+            "recovered into another epoch",
+            vec![sub("a", 0, None), sig(1, 1), sub("b", 1, Some(true)), sig(2, 2)],
+            "another epoch",
+        ),
+        (
+            "a recovered resume that skips",
+            vec![sub("a", 0, None), sig(1, 1), sub("a", 3, Some(true)), sig(3, 3)],
+            "seq 3 after 1",
+        ),
+        (
+            "a repeat after a told gap in the same epoch",
+            vec![sub("a", 0, None), sig(1, 1), sig(2, 2), sub("a", 2, Some(false)), sig(3, 2)],
+            "twice",
+        ),
+        ("a resubscription without since", vec![sub("a", 0, None), sub("a", 0, None)], "without since"),
+        ("out of order", vec![sub("a", 0, None), sig(1, 2), sig(2, 1)], "silently missing"),
+    ];
+    for (what, events, expect) in cases {
+        let err = ledger(events).verify(&produced).expect_err(what);
+        assert!(err.contains(expect), "{what}: {err}");
+    }
+}
