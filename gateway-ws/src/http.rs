@@ -1,5 +1,5 @@
 //! HTTP on the gateway port: `/ws` (upgrade), `/health/live`, `/health/ready`,
-//! `/metrics`, and `/`.
+//! `/metrics`, and the dashboard (`/`, `/assets/…`, `/dev/tokens`).
 
 use std::convert::Infallible;
 use std::net::IpAddr;
@@ -8,7 +8,10 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, ORIGIN};
+use hyper::header::{
+    AUTHORIZATION, CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, HeaderValue, ORIGIN,
+    X_CONTENT_TYPE_OPTIONS,
+};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::upgrade::Upgraded;
@@ -21,6 +24,7 @@ use tokio_rustls::server::TlsStream;
 use crate::auth::AuthError;
 use crate::config::Role;
 use crate::conn::Io;
+use crate::dashboard;
 use crate::hub::Attach;
 use crate::server::App;
 
@@ -30,6 +34,22 @@ fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn no_store(mut r: Response<Body>) -> Response<Body> {
+    r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// A dashboard file: revalidated on every load (a new binary serves new files), and
+/// only the page's own scripts may run in it.
+fn page(a: dashboard::Asset) -> Response<Body> {
+    let mut r = respond(StatusCode::OK, a.content_type, a.body);
+    let h = r.headers_mut();
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(CONTENT_SECURITY_POLICY, HeaderValue::from_static(dashboard::CONTENT_SECURITY_POLICY));
+    h.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     r
 }
 
@@ -80,8 +100,20 @@ fn route(req: Request<Incoming>, peer: Option<IpAddr>, app: Arc<App>) -> Respons
         }
         "/health/ready" => respond(StatusCode::OK, "text/plain", "ready\n"),
         "/metrics" => respond(StatusCode::OK, "text/plain; version=0.0.4", app.metrics()),
-        "/" => respond(StatusCode::OK, "text/html; charset=utf-8", INDEX),
-        _ => json_error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
+        "/dev/tokens" => match &app.dev_tokens {
+            Some((auth, ttl)) => {
+                no_store(respond(StatusCode::OK, "application/json", dashboard::dev_tokens(auth, *ttl)))
+            }
+            None => json_error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "dev tokens exist only on the embedded default (public dev secret, no accounts sidecar)",
+            ),
+        },
+        path => match dashboard::asset(path) {
+            Some(a) => page(a),
+            None => json_error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
+        },
     }
 }
 
@@ -192,19 +224,6 @@ fn percent_decode(s: &str) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
-
-const INDEX: &str = r#"<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>signalcast</title></head>
-<body style="font-family: system-ui, sans-serif; max-width: 40rem; margin: 2rem auto">
-<h1>signalcast</h1>
-<p>Trading-signal distribution engine. Endpoints on this port:</p>
-<ul>
-<li><code>GET /ws?token=&lt;JWT&gt;</code> &mdash; WebSocket (see docs/protocol.md)</li>
-<li><a href="/health/live"><code>/health/live</code></a>, <a href="/health/ready"><code>/health/ready</code></a></li>
-<li><a href="/metrics"><code>/metrics</code></a> &mdash; Prometheus</li>
-</ul>
-</body></html>
-"#;
 
 #[cfg(test)]
 mod tests {

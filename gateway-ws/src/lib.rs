@@ -10,6 +10,7 @@
 //!
 //! - [`server`]: starts everything ([`server::start`]) and drains it.
 //! - [`http`]: `/ws` (token checked before the upgrade), health, metrics.
+//! - [`dashboard`]: the live page at `/`, compiled into the binary.
 //! - [`auth`]: tokens to sessions; the one seam to wherever accounts live.
 //! - [`hub`]: shard threads that own connections, subscriptions and sockets.
 //! - [`conn`]: a connection: socket (plain or TLS), outbox, input state.
@@ -22,6 +23,7 @@ pub mod admission;
 pub mod auth;
 pub mod config;
 pub mod conn;
+pub mod dashboard;
 pub mod demo;
 pub mod http;
 pub mod hub;

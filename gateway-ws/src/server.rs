@@ -43,6 +43,9 @@ pub struct App {
     socket_send_buffer: Option<usize>,
     /// TLS handshake and request headers must be in within this.
     pub handshake_timeout: Duration,
+    /// The dashboard's token picker: only when tokens are signed with the public dev
+    /// secret (see [`crate::dashboard::dev_tokens`]).
+    pub dev_tokens: Option<(Arc<DevAuth>, Duration)>,
 }
 
 impl App {
@@ -229,6 +232,9 @@ pub async fn start_on(
         }
     }
 
+    let public_secret = config.auth.dev_secret == crate::config::AuthConfig::default().dev_secret;
+    let dev_tokens = (sidecar.is_none() && public_secret)
+        .then(|| (Arc::clone(&dev_auth), Duration::from_secs(config.auth.token_ttl_secs)));
     let stats = Arc::new(GatewayStats::default());
     let hub =
         Hub::start(Arc::clone(&engine), Arc::clone(&auth), Arc::clone(&stats), config.hub(), config.conn())
@@ -247,6 +253,7 @@ pub async fn start_on(
         draining: AtomicBool::new(false),
         socket_send_buffer: config.socket_send_buffer,
         handshake_timeout: Duration::from_millis(config.handshake_timeout_ms.max(1)),
+        dev_tokens,
     });
     tasks.push(tokio::spawn(accept_loop(http_listener, tls.clone(), Arc::clone(&app), stop_rx.clone())));
     if let Some((cert, every)) = reload {

@@ -249,3 +249,81 @@ fn dockerfile_is_multi_stage_non_root_and_ships_both_binaries() {
         check_setting(k, v);
     }
 }
+
+/// The metric names an expression reads, and the labels it groups by.
+fn promql_names_and_labels(expr: &str) -> (BTreeSet<String>, BTreeSet<String>) {
+    let mut names = BTreeSet::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("signalcast_") {
+        let name: String =
+            rest[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        rest = &rest[at + name.len()..];
+        names.insert(name);
+    }
+    let labels = expr
+        .split("by (")
+        .skip(1)
+        .flat_map(|g| g.split(')').next().unwrap_or_default().split(','))
+        .map(|l| l.trim().to_owned())
+        .filter(|l| !l.is_empty())
+        .collect();
+    (names, labels)
+}
+
+#[test]
+fn the_grafana_dashboard_reads_only_metrics_and_labels_that_exist() {
+    let text = std::fs::read_to_string(deploy().join("grafana/signalcast.json")).unwrap();
+    let dash: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let exposition = {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        rt.block_on(async {
+            let server = common::start(common::config()).await;
+            let text = server.app.metrics();
+            server.shutdown().await;
+            text
+        })
+    };
+    let families: BTreeSet<&str> =
+        exposition.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next()).collect();
+    let mut read = BTreeSet::new();
+    let panels = dash["panels"].as_array().unwrap();
+    for panel in panels {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap();
+            let (names, labels) = promql_names_and_labels(expr);
+            assert!(!names.is_empty(), "{expr}: reads no signalcast metric");
+            for name in &names {
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s).filter(|f| families.contains(f)))
+                    .unwrap_or(name);
+                assert!(families.contains(family), "{expr}: {name} is not exported");
+                // Labels are checked on the samples a single node has (Kafka's lag has
+                // none until a consumer reports).
+                let samples: Vec<&str> = exposition
+                    .lines()
+                    .filter(|l| l.starts_with(name.as_str()) && l[name.len()..].starts_with(['{', ' ']))
+                    .collect();
+                for label in labels.iter().filter(|l| *l != "le") {
+                    let has =
+                        samples.is_empty() || samples.iter().any(|l| l.contains(&format!("{label}=\"")));
+                    assert!(has, "{expr}: {name} has no label {label}");
+                }
+                read.insert(family.to_owned());
+            }
+        }
+    }
+    // What an operator looks at first is all there.
+    for needed in [
+        "signalcast_connections",
+        "signalcast_delivery_latency_seconds",
+        "signalcast_signals_delivered_total",
+        "signalcast_drops_total",
+        "signalcast_slow_consumer_closes_total",
+        "signalcast_kafka_consumer_lag",
+    ] {
+        assert!(read.contains(needed), "the dashboard shows {needed}");
+    }
+    let ids: BTreeSet<u64> = panels.iter().map(|p| p["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids.len(), panels.len(), "panel ids are unique");
+}

@@ -1,0 +1,17 @@
+// @signalcast/client: a typed client for signalcast's WebSocket protocol.
+export { SignalcastClient } from "./client.js";
+export type {
+  ChannelListener,
+  ChannelMessage,
+  ClientEvents,
+  ClientOptions,
+  ConnectionState,
+  Position,
+  ResumeEvent,
+  TokenSource,
+  WebSocketConstructor,
+  WebSocketLike,
+} from "./client.js";
+export { backoffDelay, defaultBackoff } from "./backoff.js";
+export type { BackoffOptions } from "./backoff.js";
+export * from "./messages.js";

@@ -1,0 +1,216 @@
+// The messages of the signalcast client protocol, as TypeScript types.
+//
+// docs/asyncapi.yaml is the contract; test/asyncapi.test.ts reads both and fails when a
+// type here and a schema there disagree on a field or on whether it is required, and
+// validates every message a real server sent during the tests against the schemas.
+
+export type Tier = "free" | "basic" | "premium" | "enterprise";
+export type Category = "equity" | "crypto" | "forex" | "commodity";
+export type SignalChannel = "signals_free" | "signals_basic" | "signals_premium" | "signals_enterprise";
+export type UserChannel = `user_${string}`;
+export type ChannelName = SignalChannel | "prices_general" | UserChannel;
+
+/** Prices are decimal strings with four places ("2456.7500"), never binary floats. */
+export type Price = string;
+/** Microseconds since the Unix epoch. */
+export type Micros = number;
+
+// --- client to server ---
+
+export interface Subscribe {
+  type: "SUBSCRIBE";
+  channel: ChannelName;
+  /** The last seq processed; goes with `epoch`. */
+  since?: number;
+  epoch?: string;
+}
+
+export interface Unsubscribe {
+  type: "UNSUBSCRIBE";
+  channel: ChannelName;
+}
+
+export interface Ping {
+  type: "PING";
+}
+
+export interface Refresh {
+  type: "REFRESH";
+  token: string;
+}
+
+export type ClientMessage = Subscribe | Unsubscribe | Ping | Refresh;
+
+// --- server to client ---
+
+export interface Subscribed {
+  type: "SUBSCRIBED";
+  channel: ChannelName;
+  /** Signal channels only: the channel's identity and head (last published seq). */
+  epoch?: string;
+  seq?: number;
+  /** Present when the SUBSCRIBE carried `since`. */
+  recovered?: boolean;
+}
+
+export interface Unsubscribed {
+  type: "UNSUBSCRIBED";
+  channel: ChannelName;
+  reason: "client" | "entitlement";
+}
+
+export interface MarketSnapshot {
+  bid: Price;
+  ask: Price;
+  last: Price;
+  volume: number;
+  tick_ts: Micros;
+  tick_age_ms: number;
+}
+
+export interface EnrichedSignal {
+  id: string;
+  source_id: string;
+  source_type: "ai_model" | "analyst" | "algorithm" | "sentiment";
+  symbol: string;
+  exchange: string;
+  category: Category;
+  signal_type: "buy" | "sell" | "hold" | "exit";
+  entry_price: Price;
+  target_price: Price;
+  stop_loss: Price;
+  quantity_recommended: number | null;
+  confidence: number;
+  generated_at: Micros;
+  expires_at: Micros;
+  /** The latest tick of the symbol when the signal was routed, or null. */
+  market: MarketSnapshot | null;
+  ingest_ts: Micros;
+  routed_ts: Micros;
+  sent_ts: Micros | null;
+  analysis: unknown;
+}
+
+export interface SignalUpdate {
+  type: "SIGNAL_UPDATE";
+  channel: SignalChannel;
+  seq: number;
+  data: EnrichedSignal;
+}
+
+export interface Tick {
+  symbol: string;
+  exchange: string;
+  bid: Price;
+  ask: Price;
+  last: Price;
+  volume: number;
+  ts: Micros;
+}
+
+export interface PriceUpdate {
+  type: "PRICE_UPDATE";
+  channel: "prices_general";
+  data: Tick;
+}
+
+export interface Entitlements {
+  tier: Tier;
+  categories: Category[];
+  real_time: boolean;
+  /** null: unlimited. */
+  max_signals_per_day: number | null;
+}
+
+export interface UserUpdate {
+  type: "USER_UPDATE";
+  channel: UserChannel;
+  data: Entitlements;
+}
+
+export interface Notification {
+  type: "NOTIFICATION";
+  channel: UserChannel;
+  data: { event: "quota_exhausted"; message: string };
+}
+
+export interface Welcome {
+  event: "welcome";
+  user: string;
+  tier: Tier;
+  real_time: boolean;
+  /** Unix seconds. */
+  token_expires_at: number;
+  heartbeat_interval_s: number;
+  server: string;
+}
+
+export interface TokenEvent {
+  event: "token_expiring" | "token_refreshed";
+  token_expires_at: number;
+}
+
+export interface NoticeEvent {
+  event: "drain" | "suspended";
+  message: string;
+}
+
+export interface EntitlementsChanged {
+  event: "entitlements_changed";
+  tier: Tier;
+}
+
+export type SystemEvent = Welcome | TokenEvent | NoticeEvent | EntitlementsChanged;
+
+export interface SystemMessage {
+  type: "SYSTEM_MESSAGE";
+  data: SystemEvent;
+}
+
+export interface Pong {
+  type: "PONG";
+}
+
+export type ErrorCode =
+  | "bad_request"
+  | "unknown_type"
+  | "unknown_channel"
+  | "forbidden"
+  | "rate_limited"
+  | "too_many_subscriptions"
+  | "quota_exhausted"
+  | "internal";
+
+export interface ErrorMessage {
+  type: "ERROR";
+  code: ErrorCode;
+  message: string;
+  channel?: string;
+}
+
+export type ServerMessage =
+  | Subscribed
+  | Unsubscribed
+  | SignalUpdate
+  | PriceUpdate
+  | UserUpdate
+  | Notification
+  | SystemMessage
+  | Pong
+  | ErrorMessage;
+
+/** Close codes the server uses (docs/protocol.md). */
+export const CloseCode = {
+  Normal: 1000,
+  GoingAway: 1001,
+  ProtocolError: 1002,
+  Unsupported: 1003,
+  InvalidUtf8: 1007,
+  Policy: 1008,
+  TooBig: 1009,
+  Internal: 1011,
+  TokenExpired: 4001,
+  Suspended: 4003,
+  HeartbeatTimeout: 4004,
+  SlowConsumer: 4008,
+} as const;

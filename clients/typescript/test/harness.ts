@@ -1,0 +1,190 @@
+// Real parts for the Node tests: the `signalcast` binary started on free ports, its
+// `token` and `produce` subcommands, and a TCP proxy that can cut every connection
+// through it (a network failure without a server restart).
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { existsSync } from "node:fs";
+import net from "node:net";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const here = dirname(fileURLToPath(import.meta.url));
+/** The repository root (this file runs from clients/typescript/build-test/test/). */
+export const repo = resolve(here, "..", "..", "..", "..");
+
+export function binary(): string {
+  const path = process.env.SIGNALCAST_BIN ?? join(repo, "target", "debug", "signalcast");
+  if (!existsSync(path)) {
+    throw new Error(`${path} is missing: run \`cargo build -p signalcast-gateway\` first (or set SIGNALCAST_BIN)`);
+  }
+  return path;
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((ok, fail) => {
+    const s = net.createServer();
+    s.once("error", fail);
+    s.listen(0, "127.0.0.1", () => {
+      const port = (s.address() as net.AddressInfo).port;
+      s.close(() => ok(port));
+    });
+  });
+}
+
+export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Waits for `cond` (checked every 50 ms) for up to `ms`. */
+export async function until(what: string, ms: number, cond: () => boolean | Promise<boolean>): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await cond())) {
+    if (Date.now() > deadline) {
+      throw new Error(`not within ${ms} ms: ${what}`);
+    }
+    await sleep(50);
+  }
+}
+
+async function get(port: number, path: string): Promise<{ status: number; body: string } | null> {
+  try {
+    const r = await fetch(`http://127.0.0.1:${port}${path}`);
+    return { status: r.status, body: await r.text() };
+  } catch {
+    return null;
+  }
+}
+
+export interface ServerOptions {
+  /** The built-in demo producer (off unless asked). */
+  demo?: boolean;
+  httpPort?: number;
+  feedPort?: number;
+  env?: Record<string, string>;
+}
+
+/** A `signalcast serve` process in single-node mode. */
+export class Server {
+  private constructor(
+    private child: ChildProcess,
+    readonly httpPort: number,
+    readonly feedPort: number,
+    private readonly options: ServerOptions,
+  ) {}
+
+  static async start(options: ServerOptions = {}): Promise<Server> {
+    const httpPort = options.httpPort ?? (await freePort());
+    const feedPort = options.feedPort ?? (await freePort());
+    const child = spawn(binary(), ["serve"], {
+      env: {
+        ...process.env,
+        SIGNALCAST_LISTEN: `127.0.0.1:${httpPort}`,
+        SIGNALCAST_FEED_LISTEN: `127.0.0.1:${feedPort}`,
+        SIGNALCAST_DEMO__ENABLED: options.demo ? "true" : "false",
+        SIGNALCAST_DRAIN_TIMEOUT_SECS: "2",
+        SIGNALCAST_LOG: "warn",
+        ...options.env,
+      },
+      stdio: ["ignore", "ignore", "inherit"],
+    });
+    const server = new Server(child, httpPort, feedPort, options);
+    await server.ready();
+    return server;
+  }
+
+  private async ready(): Promise<void> {
+    let exited = false;
+    this.child.once("exit", () => (exited = true));
+    await until("signalcast ready", 30_000, async () => {
+      if (exited) throw new Error("signalcast exited at start");
+      return (await get(this.httpPort, "/health/ready"))?.status === 200;
+    });
+  }
+
+  get ws(): string {
+    return `ws://127.0.0.1:${this.httpPort}/ws`;
+  }
+
+  get http(): string {
+    return `http://127.0.0.1:${this.httpPort}`;
+  }
+
+  /** A sample from /metrics: the first line that starts with `series`. */
+  async metric(series: string): Promise<number> {
+    const text = (await get(this.httpPort, "/metrics"))?.body ?? "";
+    const line = text.split("\n").find((l) => l.startsWith(series + " "));
+    return line ? Number(line.slice(series.length + 1)) : 0;
+  }
+
+  /** SIGTERM (drain) or SIGKILL, and waits for the exit. */
+  async stop(signal: NodeJS.Signals = "SIGTERM"): Promise<void> {
+    if (this.child.exitCode !== null || this.child.signalCode !== null) return;
+    const exited = new Promise((r) => this.child.once("exit", r));
+    this.child.kill(signal);
+    await exited;
+  }
+
+  /** Stops with `signal` and starts again on the same ports. */
+  async restart(signal: NodeJS.Signals): Promise<void> {
+    await this.stop(signal);
+    const next = await Server.start({ ...this.options, httpPort: this.httpPort, feedPort: this.feedPort });
+    this.child = next.child;
+  }
+}
+
+/** A dev token for a fixture user (`signalcast token`). */
+export function token(user: string, ttlSecs?: number): string {
+  const args = ["token", "--user", user];
+  if (ttlSecs !== undefined) args.push("--ttl", String(ttlSecs));
+  const out = spawnSync(binary(), args, { encoding: "utf8" });
+  if (out.status !== 0) throw new Error(`signalcast token: ${out.stderr}`);
+  return out.stdout.trim();
+}
+
+/** Replays the embedded fixtures (signals and ticks) into the feed; resolves when all
+ * are acknowledged. */
+export async function produce(server: Server, count: number, rate: number): Promise<void> {
+  const child = spawn(
+    binary(),
+    ["produce", "--addr", `127.0.0.1:${server.feedPort}`, "--producer", "model-alpha", "--count", String(count), "--rate", String(rate)],
+    { stdio: ["ignore", "ignore", "inherit"] },
+  );
+  const code = await new Promise<number | null>((r) => child.once("exit", r));
+  if (code !== 0) throw new Error(`signalcast produce exited with ${code}`);
+}
+
+/** A TCP proxy to 127.0.0.1:`target` that can cut every connection through it. */
+export class Proxy {
+  private constructor(
+    private readonly server: net.Server,
+    private readonly sockets: Set<net.Socket>,
+    readonly port: number,
+  ) {}
+
+  static async start(target: number): Promise<Proxy> {
+    const sockets = new Set<net.Socket>();
+    const server = net.createServer((client) => {
+      const upstream = net.connect(target, "127.0.0.1");
+      for (const s of [client, upstream]) {
+        sockets.add(s);
+        s.on("close", () => sockets.delete(s));
+        s.on("error", () => s.destroy());
+      }
+      client.pipe(upstream).on("error", () => client.destroy());
+      upstream.pipe(client).on("error", () => upstream.destroy());
+      client.on("close", () => upstream.destroy());
+      upstream.on("close", () => client.destroy());
+    });
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    return new Proxy(server, sockets, (server.address() as net.AddressInfo).port);
+  }
+
+  /** Resets every connection through the proxy, as a network failure does. */
+  cut(): number {
+    const n = this.sockets.size;
+    for (const s of this.sockets) s.resetAndDestroy();
+    return n;
+  }
+
+  async close(): Promise<void> {
+    this.cut();
+    await new Promise((r) => this.server.close(r));
+  }
+}

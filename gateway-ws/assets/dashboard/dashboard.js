@@ -1,0 +1,336 @@
+// The live dashboard: signals per tier as they arrive (through the TypeScript client,
+// served from /assets/sdk/), and charts of the server's own /metrics.
+import { SignalcastClient } from "/assets/sdk/index.js";
+
+const TIERS = ["free", "basic", "premium", "enterprise"];
+const ROWS = 10; // signals kept per tier table
+const POLL_MS = 2000; // /metrics
+const WINDOW = 150; // chart points (5 minutes at 2 s)
+
+const $ = (id) => document.getElementById(id);
+
+// --- connection ---
+
+let client = null;
+let pricesOn = false;
+
+function wsUrl() {
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  return `${scheme}//${location.host}/ws`;
+}
+
+function connect(token) {
+  if (client) client.close();
+  for (const t of TIERS) tierView(t).reset();
+  $("prices").replaceChildren();
+  pricesOn = false;
+  client = new SignalcastClient({ url: wsUrl(), token, backoff: { initialMs: 200, maxMs: 5000 } });
+  client.on("state", showState);
+  client.on("welcome", (w) => {
+    $("user").textContent = w.user;
+    $("tier").textContent = w.tier;
+    $("reconnects").textContent = String(client.reconnects);
+    for (const t of TIERS.slice(0, TIERS.indexOf(w.tier) + 1)) {
+      const view = tierView(t);
+      view.show();
+      if (!view.subscribed) {
+        view.subscribed = true;
+        client.subscribe(`signals_${t}`, (m) => view.add(m));
+      }
+    }
+    if (!pricesOn) {
+      pricesOn = true;
+      client.subscribe("prices_general", (m) => showPrice(m.data));
+    }
+  });
+  client.on("resume", (e) => {
+    const el = $("resume");
+    el.textContent = e.recovered
+      ? `${e.channel}: resumed from seq ${e.since.seq}, nothing lost`
+      : `${e.channel}: could not resume from seq ${e.since.seq} (epoch ${e.since.epoch}); live from seq ${e.head}`;
+    el.className = `resume ${e.recovered ? "kept" : "lost"}`;
+    el.dataset.recovered = String(e.recovered);
+  });
+  client.on("close", (c) => console.info("socket closed", c.code, c.reason));
+  client.connect();
+}
+
+function showState(state) {
+  const el = $("state");
+  el.textContent = state;
+  el.className = `state ${state}`;
+  el.dataset.state = state;
+}
+
+// --- tier tables ---
+
+const views = new Map();
+
+function tierView(tier) {
+  let v = views.get(tier);
+  if (v) return v;
+  const node = $("tier-template").content.firstElementChild.cloneNode(true);
+  node.id = `tier-${tier}`;
+  node.hidden = true;
+  node.style.setProperty("--tier-color", `var(--${tier})`);
+  node.querySelector(".name").textContent = tier;
+  $("tiers").append(node);
+  const body = node.querySelector("tbody");
+  let count = 0;
+  v = {
+    subscribed: false,
+    show() {
+      node.hidden = false;
+    },
+    reset() {
+      this.subscribed = false;
+      node.hidden = true;
+      body.replaceChildren();
+      count = 0;
+    },
+    add(m) {
+      const s = m.data;
+      const tr = document.createElement("tr");
+      tr.className = "fresh";
+      tr.dataset.seq = String(m.seq);
+      tr.dataset.id = s.id;
+      tr.dataset.generated = String(s.generated_at);
+      const k = s.market; // the symbol's latest tick when the signal was routed, or null
+      const cells = [
+        ["age", ""],
+        ["", s.symbol, s.id],
+        ["dim", s.exchange],
+        ["dim", s.category],
+        ["dim", s.source_type],
+        [s.signal_type, s.signal_type],
+        ["num", s.entry_price],
+        ["num", s.target_price],
+        ["num", s.stop_loss],
+        ["num", s.confidence.toFixed(2)],
+        ["num", k ? k.bid : "no tick"],
+        ["num", k ? k.ask : ""],
+        ["num", k ? k.last : ""],
+        ["num", k ? `${k.tick_age_ms} ms` : ""],
+        ["num dim", String(m.seq)],
+      ];
+      for (const [cls, text, title] of cells) {
+        const td = document.createElement("td");
+        if (cls) td.className = cls;
+        td.textContent = text;
+        if (title) td.title = title;
+        tr.append(td);
+      }
+      body.prepend(tr);
+      while (body.rows.length > ROWS) body.deleteRow(-1);
+      count += 1;
+      node.querySelector(".count").textContent = `${count} signal${count === 1 ? "" : "s"}`;
+      node.querySelector(".seq").textContent = `seq ${m.seq}`;
+      node.querySelector(".empty").hidden = true;
+      updateAge(tr);
+    },
+  };
+  views.set(tier, v);
+  return v;
+}
+
+function updateAge(tr) {
+  const micros = Number(tr.dataset.generated);
+  const s = Math.max(0, (Date.now() * 1000 - micros) / 1e6);
+  tr.cells[0].textContent = s < 60 ? `${s.toFixed(1)} s` : `${Math.floor(s / 60)} min`;
+}
+
+setInterval(() => document.querySelectorAll("tr[data-generated]").forEach(updateAge), 1000);
+
+const prices = new Map();
+function showPrice(t) {
+  const key = `${t.symbol}@${t.exchange}`;
+  let el = prices.get(key);
+  if (!el || !el.isConnected) {
+    el = document.createElement("span");
+    prices.set(key, el);
+    $("prices").append(el);
+  }
+  el.innerHTML = "";
+  const b = document.createElement("b");
+  b.textContent = t.symbol;
+  el.append(b, document.createTextNode(t.last));
+}
+
+// --- metrics ---
+
+/** Prometheus text → Map of "name{labels}" → value. */
+function parseMetrics(text) {
+  const out = new Map();
+  for (const line of text.split("\n")) {
+    if (!line || line.startsWith("#")) continue;
+    const i = line.lastIndexOf(" ");
+    out.set(line.slice(0, i), Number(line.slice(i + 1)));
+  }
+  return out;
+}
+
+const LATENCY = "signalcast_delivery_latency_seconds_bucket";
+
+/** Cumulative buckets [(upper bound s, count)] of the latency histogram. */
+function buckets(m) {
+  const b = [];
+  for (const [k, v] of m) {
+    const match = k.startsWith(LATENCY) && k.match(/le="([^"]+)"/);
+    if (match) b.push([match[1] === "+Inf" ? Infinity : Number(match[1]), v]);
+  }
+  return b.sort((x, y) => x[0] - y[0]);
+}
+
+/** The q-quantile (ms) of what was delivered between two scrapes, as Prometheus'
+ * histogram_quantile does it: linear inside the bucket. */
+function quantile(q, before, after) {
+  const delta = after.map(([le, c], i) => [le, c - (before[i]?.[1] ?? 0)]);
+  const total = delta.length ? delta[delta.length - 1][1] : 0;
+  if (total <= 0) return null;
+  const rank = q * total;
+  let lower = 0;
+  let below = 0;
+  for (const [le, c] of delta) {
+    if (c >= rank) {
+      if (le === Infinity) return lower * 1000;
+      return (lower + ((le - lower) * (rank - below)) / Math.max(1, c - below)) * 1000;
+    }
+    lower = le;
+    below = c;
+  }
+  return null;
+}
+
+const series = {
+  p50: [], p90: [], p99: [],
+  free: [], basic: [], premium: [], enterprise: [],
+};
+let previous = null;
+
+async function poll() {
+  let m;
+  try {
+    const r = await fetch("/metrics", { cache: "no-store" });
+    m = parseMetrics(await r.text());
+  } catch {
+    previous = null; // the gateway is away; the next scrape starts a new delta
+    return;
+  }
+  const now = { at: Date.now(), buckets: buckets(m), m };
+  const push = (name, v) => {
+    series[name].push(v);
+    if (series[name].length > WINDOW) series[name].shift();
+  };
+  if (previous) {
+    for (const [name, q] of [["p50", 0.5], ["p90", 0.9], ["p99", 0.99]]) {
+      push(name, quantile(q, previous.buckets, now.buckets));
+    }
+    const delivered = (x) => TIERS.reduce((s, t) => s + (x.m.get(`signalcast_signals_delivered_total{tier="${t}"}`) ?? 0), 0);
+    const rate = (delivered(now) - delivered(previous)) / ((now.at - previous.at) / 1000);
+    $("rate").textContent = rate >= 0 ? rate.toFixed(0) : "–";
+  }
+  for (const t of TIERS) push(t, m.get(`signalcast_connections{tier="${t}"}`) ?? 0);
+  const sum = (prefix) => [...m].filter(([k]) => k.startsWith(prefix)).reduce((s, [, v]) => s + v, 0);
+  $("routed").textContent = sum("signalcast_signals_routed_total").toLocaleString();
+  $("dropped").textContent = sum("signalcast_drops_total").toLocaleString();
+  $("slow").textContent = sum("signalcast_slow_consumer_closes_total").toLocaleString();
+  previous = now;
+  draw($("latency-chart"), ["p50", "p90", "p99"], "ms");
+  draw($("connections-chart"), TIERS, "");
+}
+
+function draw(canvas, names, unit) {
+  const css = getComputedStyle(document.documentElement);
+  const ratio = window.devicePixelRatio || 1;
+  const w = canvas.clientWidth || canvas.width;
+  const h = canvas.clientHeight || canvas.height;
+  canvas.width = w * ratio;
+  canvas.height = h * ratio;
+  const g = canvas.getContext("2d");
+  g.scale(ratio, ratio);
+  g.clearRect(0, 0, w, h);
+  const values = names.flatMap((n) => series[n]).filter((v) => v !== null);
+  const top = niceCeil(Math.max(1, ...values));
+  const left = 44, bottom = h - 18, right = w - 6, topY = 8;
+  g.strokeStyle = css.getPropertyValue("--line");
+  g.fillStyle = css.getPropertyValue("--dim");
+  g.font = "11px system-ui, sans-serif";
+  g.lineWidth = 1;
+  for (let i = 0; i <= 4; i++) {
+    const y = bottom - ((bottom - topY) * i) / 4;
+    g.beginPath();
+    g.moveTo(left, y);
+    g.lineTo(right, y);
+    g.stroke();
+    g.fillText(`${format(top * i / 4)}${unit}`, 2, y + 4);
+  }
+  g.fillText(`last ${Math.round((WINDOW * POLL_MS) / 60000)} min`, left, h - 4);
+  g.lineWidth = 2;
+  for (const n of names) {
+    g.strokeStyle = css.getPropertyValue(`--${n}`);
+    g.beginPath();
+    let pen = false;
+    series[n].forEach((v, i) => {
+      if (v === null) {
+        pen = false;
+        return;
+      }
+      const x = right - ((series[n].length - 1 - i) * (right - left)) / (WINDOW - 1);
+      const y = bottom - ((bottom - topY) * v) / top;
+      if (pen) g.lineTo(x, y);
+      else g.moveTo(x, y);
+      pen = true;
+    });
+    g.stroke();
+  }
+}
+
+function niceCeil(v) {
+  const p = Math.pow(10, Math.floor(Math.log10(v)));
+  for (const m of [1, 2, 2.5, 5, 10]) if (v <= m * p) return m * p;
+  return 10 * p;
+}
+
+function format(v) {
+  return v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2).replace(/\.?0+$/, "") || "0";
+}
+
+// --- start ---
+
+async function start() {
+  // The user's own (highest) tier first.
+  for (const t of [...TIERS].reverse()) tierView(t);
+  const given = new URLSearchParams(location.search).get("token");
+  let devTokens = [];
+  try {
+    const r = await fetch("/dev/tokens");
+    if (r.ok) devTokens = await r.json();
+  } catch {
+    // not the embedded default: paste a token
+  }
+  const select = $("user-select");
+  for (const d of devTokens) {
+    const o = document.createElement("option");
+    o.value = d.token;
+    o.textContent = `${d.user} (${d.tier})`;
+    select.append(o);
+  }
+  $("picker").hidden = devTokens.length === 0;
+  const enterprise = devTokens.find((d) => d.tier === "enterprise");
+  if (enterprise) select.value = enterprise.token;
+  $("login").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const token = $("token-input").value.trim() || select.value;
+    if (token) connect(token);
+  });
+  select.addEventListener("change", () => {
+    $("token-input").value = "";
+    connect(select.value);
+  });
+  const token = given || select.value;
+  if (token) connect(token);
+  poll();
+  setInterval(poll, POLL_MS);
+}
+
+start();

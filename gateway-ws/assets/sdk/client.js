@@ -1,0 +1,367 @@
+// The client: one WebSocket to a signalcast gateway, kept alive (PING), re-opened with
+// backoff when it drops, and every channel resumed from the last seq seen, so that a
+// reconnect costs nothing, or says so with a `resume` event whose `recovered` is false.
+import { backoffDelay, defaultBackoff } from "./backoff.js";
+import { CloseCode, } from "./messages.js";
+const OPEN = 1;
+export class SignalcastClient {
+    #options;
+    #channels = new Map();
+    #handlers = {
+        state: new Set(),
+        welcome: new Set(),
+        resume: new Set(),
+        error: new Set(),
+        unsubscribed: new Set(),
+        system: new Set(),
+        close: new Set(),
+        message: new Set(),
+    };
+    #ws = null;
+    #state = "idle";
+    #attempt = 0;
+    #opened = 0;
+    #reconnectTimer = null;
+    #pingTimer = null;
+    #lastReceived = 0;
+    /** Channels subscribed on this connection that have not been answered yet. */
+    #resuming = new Map();
+    constructor(options) {
+        const WebSocketImpl = options.WebSocket ?? globalThis.WebSocket;
+        if (!WebSocketImpl) {
+            throw new Error("no WebSocket implementation: pass options.WebSocket (e.g. the `ws` package)");
+        }
+        const pingIntervalMs = options.pingIntervalMs ?? 30_000;
+        this.#options = {
+            url: options.url,
+            token: options.token,
+            WebSocket: WebSocketImpl,
+            pingIntervalMs,
+            idleTimeoutMs: options.idleTimeoutMs ?? pingIntervalMs * 2.5,
+            backoff: { ...defaultBackoff, ...options.backoff },
+            fatalCloseCodes: options.fatalCloseCodes ?? [CloseCode.Suspended],
+        };
+    }
+    get state() {
+        return this.#state;
+    }
+    /** Connections opened after the first. */
+    get reconnects() {
+        return Math.max(0, this.#opened - 1);
+    }
+    /** The last seq and epoch seen on a signal channel. */
+    position(channel) {
+        const p = this.#channels.get(channel)?.position;
+        return p ? { ...p } : undefined;
+    }
+    on(event, handler) {
+        this.#handlers[event].add(handler);
+        return () => this.#handlers[event].delete(handler);
+    }
+    /** Opens the connection (and keeps it open until `close`). */
+    connect() {
+        if (this.#state === "idle" || this.#state === "closed") {
+            this.#attempt = 0;
+            void this.#open();
+        }
+    }
+    /** Closes for good: no reconnect. */
+    close() {
+        this.#setState("closed");
+        this.#clearTimers();
+        const ws = this.#ws;
+        this.#ws = null;
+        if (ws) {
+            ws.onclose = ws.onmessage = ws.onerror = ws.onopen = null;
+            ws.close(CloseCode.Normal, "client closed");
+        }
+    }
+    /**
+     * Subscribes to `channel` (now if connected, else on connect) and adds `listener` to
+     * its messages. Returns a function that removes the listener, and unsubscribes when
+     * it was the channel's last. `from` resumes a signal channel from a saved position.
+     */
+    subscribe(channel, listener, from) {
+        let state = this.#channels.get(channel);
+        if (!state) {
+            state = { listeners: new Set(), position: from ? { ...from } : undefined };
+            this.#channels.set(channel, state);
+            if (this.#isOpen()) {
+                this.#sendSubscribe(channel, state);
+            }
+        }
+        if (listener) {
+            state.listeners.add(listener);
+        }
+        const st = state;
+        return () => {
+            if (listener) {
+                st.listeners.delete(listener);
+            }
+            if (st.listeners.size === 0 && this.#channels.get(channel) === st) {
+                this.unsubscribe(channel);
+            }
+        };
+    }
+    unsubscribe(channel) {
+        if (this.#channels.delete(channel) && this.#isOpen()) {
+            this.#send({ type: "UNSUBSCRIBE", channel });
+        }
+    }
+    // --- the connection ---
+    async #open() {
+        this.#setState(this.#opened === 0 ? "connecting" : "reconnecting");
+        let token;
+        try {
+            token = await this.#token();
+        }
+        catch {
+            return this.#retry();
+        }
+        if (this.#state === "closed") {
+            return;
+        }
+        const sep = this.#options.url.includes("?") ? "&" : "?";
+        let ws;
+        try {
+            ws = new this.#options.WebSocket(`${this.#options.url}${sep}token=${encodeURIComponent(token)}`);
+        }
+        catch {
+            return this.#retry();
+        }
+        this.#ws = ws;
+        ws.onopen = () => {
+            this.#lastReceived = Date.now();
+            this.#resuming.clear();
+            for (const [channel, state] of this.#channels) {
+                this.#sendSubscribe(channel, state);
+            }
+            this.#startPing();
+        };
+        ws.onmessage = (ev) => {
+            this.#lastReceived = Date.now();
+            const text = typeof ev.data === "string" ? ev.data : String(ev.data);
+            let msg;
+            try {
+                msg = JSON.parse(text);
+            }
+            catch {
+                return; // the server sends JSON only; anything else is not ours to act on
+            }
+            this.#handle(msg);
+        };
+        ws.onerror = () => {
+            // A close follows; the reconnect happens there.
+        };
+        ws.onclose = (ev) => {
+            if (this.#ws !== ws) {
+                return;
+            }
+            this.#ws = null;
+            this.#clearTimers();
+            this.#emit("close", { code: ev.code, reason: ev.reason });
+            if (this.#state === "closed") {
+                return;
+            }
+            if (this.#options.fatalCloseCodes.includes(ev.code)) {
+                this.#setState("closed");
+                return;
+            }
+            this.#retry();
+        };
+    }
+    #retry() {
+        if (this.#state === "closed") {
+            return;
+        }
+        this.#setState("reconnecting");
+        const delay = backoffDelay(this.#attempt, this.#options.backoff);
+        this.#attempt += 1;
+        this.#reconnectTimer = setTimeout(() => {
+            this.#reconnectTimer = null;
+            void this.#open();
+        }, delay);
+    }
+    /** Drops a connection that has gone quiet and reconnects at once. */
+    #abandon() {
+        const ws = this.#ws;
+        if (!ws) {
+            return;
+        }
+        this.#ws = null;
+        this.#clearTimers();
+        ws.onclose = ws.onmessage = ws.onerror = ws.onopen = null;
+        try {
+            ws.close(CloseCode.Normal, "idle");
+        }
+        catch {
+            // already closing
+        }
+        this.#emit("close", { code: 1006, reason: "no message within the idle timeout" });
+        this.#retry();
+    }
+    #startPing() {
+        this.#pingTimer = setInterval(() => {
+            if (Date.now() - this.#lastReceived > this.#options.idleTimeoutMs) {
+                this.#abandon();
+                return;
+            }
+            this.#send({ type: "PING" });
+        }, this.#options.pingIntervalMs);
+    }
+    #clearTimers() {
+        if (this.#pingTimer) {
+            clearInterval(this.#pingTimer);
+            this.#pingTimer = null;
+        }
+        if (this.#reconnectTimer) {
+            clearTimeout(this.#reconnectTimer);
+            this.#reconnectTimer = null;
+        }
+    }
+    // --- messages ---
+    #handle(msg) {
+        switch (msg.type) {
+            case "SIGNAL_UPDATE": {
+                const state = this.#channels.get(msg.channel);
+                if (!state) {
+                    break;
+                }
+                const p = state.position;
+                if (p && msg.seq <= p.seq) {
+                    break; // already delivered (a replay overlapping what was seen)
+                }
+                state.position = { epoch: p?.epoch ?? "", seq: msg.seq };
+                this.#deliver(state, msg);
+                break;
+            }
+            case "PRICE_UPDATE":
+            case "USER_UPDATE":
+            case "NOTIFICATION": {
+                const state = this.#channels.get(msg.channel);
+                if (state) {
+                    this.#deliver(state, msg);
+                }
+                break;
+            }
+            case "SUBSCRIBED":
+                this.#subscribed(msg.channel, msg.epoch, msg.seq, msg.recovered);
+                break;
+            case "UNSUBSCRIBED":
+                if (msg.reason === "entitlement") {
+                    this.#channels.delete(msg.channel);
+                }
+                this.#emit("unsubscribed", msg);
+                break;
+            case "SYSTEM_MESSAGE":
+                this.#system(msg.data);
+                break;
+            case "ERROR":
+                if (msg.channel && (msg.code === "forbidden" || msg.code === "unknown_channel")) {
+                    // Resubscribing on every reconnect would only be refused again.
+                    this.#channels.delete(msg.channel);
+                }
+                this.#emit("error", msg);
+                break;
+            case "PONG":
+                break;
+        }
+        this.#emit("message", msg);
+    }
+    #subscribed(channel, epoch, head, recovered) {
+        const state = this.#channels.get(channel);
+        const asked = this.#resuming.get(channel);
+        this.#resuming.delete(channel);
+        if (!state || epoch === undefined || head === undefined) {
+            return; // a channel without seq (prices, user)
+        }
+        if (asked && recovered !== undefined) {
+            this.#emit("resume", { channel, recovered, since: asked, epoch, head });
+        }
+        if (recovered === true) {
+            return; // the replay continues from the position asked
+        }
+        // A fresh subscription, or a resume the server could not honour: live from head.
+        state.position = { epoch, seq: head };
+    }
+    #system(data) {
+        switch (data.event) {
+            case "welcome":
+                this.#attempt = 0;
+                this.#opened += 1;
+                this.#setState("open");
+                this.#emit("welcome", data);
+                break;
+            case "token_expiring":
+                void this.#refresh();
+                break;
+            default:
+                break;
+        }
+        this.#emit("system", data);
+    }
+    async #refresh() {
+        if (typeof this.#options.token === "string") {
+            return; // nothing fresher to offer; the server closes 4001 at expiry
+        }
+        try {
+            const token = await this.#token();
+            this.#send({ type: "REFRESH", token });
+        }
+        catch {
+            // The connection lives until expiry; the reconnect asks for a token again.
+        }
+    }
+    #deliver(state, msg) {
+        for (const listener of state.listeners) {
+            try {
+                listener(msg);
+            }
+            catch (e) {
+                // One listener's bug must not starve the others.
+                setTimeout(() => {
+                    throw e;
+                });
+            }
+        }
+    }
+    #sendSubscribe(channel, state) {
+        const msg = { type: "SUBSCRIBE", channel };
+        if (state.position) {
+            msg.since = state.position.seq;
+            msg.epoch = state.position.epoch;
+            this.#resuming.set(channel, { ...state.position });
+        }
+        this.#send(msg);
+    }
+    #send(msg) {
+        if (this.#ws && this.#ws.readyState === OPEN) {
+            this.#ws.send(JSON.stringify(msg));
+        }
+    }
+    #isOpen() {
+        return this.#ws !== null && this.#ws.readyState === OPEN;
+    }
+    async #token() {
+        const t = this.#options.token;
+        return typeof t === "string" ? t : await t();
+    }
+    #setState(state) {
+        if (this.#state !== state) {
+            this.#state = state;
+            this.#emit("state", state);
+        }
+    }
+    #emit(event, ...args) {
+        for (const h of this.#handlers[event]) {
+            try {
+                h(...args);
+            }
+            catch (e) {
+                setTimeout(() => {
+                    throw e;
+                });
+            }
+        }
+    }
+}
