@@ -21,7 +21,6 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put};
 use serde_json::json;
 use tokio::sync::{RwLock, watch};
 
@@ -187,6 +186,41 @@ pub enum StartError {
     Keys(#[from] crate::keys::KeyError),
 }
 
+/// The routes in one table: the router is built from it, and [`ROUTES`] (method, path)
+/// is what `tests/openapi.rs` holds against docs/openapi.yaml, both ways.
+macro_rules! routes {
+    ($($method:ident $path:literal => $handler:expr,)*) => {
+        pub const ROUTES: &[(&str, &str)] = &[$((stringify!($method), $path)),*];
+
+        fn routes(router: Router<Arc<App>>) -> Router<Arc<App>> {
+            router $(.route($path, axum::routing::$method($handler)))*
+        }
+    };
+}
+
+routes! {
+    post "/v1/auth/login" => auth::login,
+    post "/v1/auth/refresh" => auth::refresh,
+    post "/v1/auth/logout" => auth::logout,
+    get "/v1/me" => auth::me,
+    post "/v1/admin/users" => admin::create_user,
+    get "/v1/admin/users/{id}" => admin::get_user,
+    post "/v1/admin/users/{id}/suspend" => admin::suspend,
+    post "/v1/admin/users/{id}/reactivate" => admin::reactivate,
+    put "/v1/admin/users/{id}/signal-subscription" => admin::set_signal_subscription,
+    post "/v1/admin/plans" => admin::create_plan,
+    post "/v1/admin/subscriptions" => admin::subscribe,
+    post "/v1/admin/producer-keys" => admin::issue_producer_key,
+    delete "/v1/admin/producer-keys/{id}" => admin::revoke_producer_key,
+    post "/v1/admin/signing-keys/rotate" => admin::rotate_signing_key,
+    get "/v1/gateway/snapshot" => feed::snapshot,
+    get "/v1/gateway/changes" => feed::changes,
+    get "/.well-known/jwks.json" => jwks,
+    get "/health/live" => || async { "ok\n" },
+    get "/health/ready" => ready,
+    get "/metrics" => metrics,
+}
+
 /// Connects, migrates, loads keys; returns the router.
 pub async fn app(config: Config) -> Result<Router, StartError> {
     let pool = crate::db::pool(&config.database_url, config.pool_size)?;
@@ -196,29 +230,7 @@ pub async fn app(config: Config) -> Result<Router, StartError> {
         config.database_url.parse().map_err(|e| StartError::Db(crate::db::DbError::Url(e)))?;
     let head = crate::changes::follow(pg);
     let app = Arc::new(App { pool, keys: RwLock::new(keys), config, head, counters: Counters::default() });
-    Ok(Router::new()
-        .route("/v1/auth/login", post(auth::login))
-        .route("/v1/auth/refresh", post(auth::refresh))
-        .route("/v1/auth/logout", post(auth::logout))
-        .route("/v1/me", get(auth::me))
-        .route("/v1/admin/users", post(admin::create_user))
-        .route("/v1/admin/users/{id}", get(admin::get_user))
-        .route("/v1/admin/users/{id}/suspend", post(admin::suspend))
-        .route("/v1/admin/users/{id}/reactivate", post(admin::reactivate))
-        .route("/v1/admin/users/{id}/signal-subscription", put(admin::set_signal_subscription))
-        .route("/v1/admin/plans", post(admin::create_plan))
-        .route("/v1/admin/subscriptions", post(admin::subscribe))
-        .route("/v1/admin/producer-keys", post(admin::issue_producer_key))
-        .route("/v1/admin/producer-keys/{id}", delete(admin::revoke_producer_key))
-        .route("/v1/admin/signing-keys/rotate", post(admin::rotate_signing_key))
-        .route("/v1/gateway/snapshot", get(feed::snapshot))
-        .route("/v1/gateway/changes", get(feed::changes))
-        .route("/.well-known/jwks.json", get(jwks))
-        .route("/health/live", get(|| async { "ok\n" }))
-        .route("/health/ready", get(ready))
-        .route("/metrics", get(metrics))
-        .fallback(|| async { ApiError::not_found("endpoint") })
-        .with_state(app))
+    Ok(routes(Router::new()).fallback(|| async { ApiError::not_found("endpoint") }).with_state(app))
 }
 
 /// Serves until `shutdown` resolves.

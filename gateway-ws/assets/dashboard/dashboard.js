@@ -250,6 +250,8 @@ function draw(canvas, names, unit) {
   g.scale(ratio, ratio);
   g.clearRect(0, 0, w, h);
   const values = names.flatMap((n) => series[n]).filter((v) => v !== null);
+  // The x axis grows with the data up to the window, so a new page is not a sliver.
+  const span = Math.min(WINDOW, Math.max(30, ...names.map((n) => series[n].length)));
   const top = niceCeil(Math.max(1, ...values));
   const left = 44, bottom = h - 18, right = w - 6, topY = 8;
   g.strokeStyle = css.getPropertyValue("--line");
@@ -264,7 +266,8 @@ function draw(canvas, names, unit) {
     g.stroke();
     g.fillText(`${format(top * i / 4)}${unit}`, 2, y + 4);
   }
-  g.fillText(`last ${Math.round((WINDOW * POLL_MS) / 60000)} min`, left, h - 4);
+  const seconds = (span * POLL_MS) / 1000;
+  g.fillText(`last ${seconds >= 120 ? `${Math.round(seconds / 60)} min` : `${seconds} s`}`, left, h - 4);
   g.lineWidth = 2;
   for (const n of names) {
     g.strokeStyle = css.getPropertyValue(`--${n}`);
@@ -275,7 +278,7 @@ function draw(canvas, names, unit) {
         pen = false;
         return;
       }
-      const x = right - ((series[n].length - 1 - i) * (right - left)) / (WINDOW - 1);
+      const x = right - ((series[n].length - 1 - i) * (right - left)) / (span - 1);
       const y = bottom - ((bottom - topY) * v) / top;
       if (pen) g.lineTo(x, y);
       else g.moveTo(x, y);
