@@ -19,6 +19,14 @@ export function binary(): string {
   return path;
 }
 
+/** The environment for signalcast processes: without SIGNALCAST_BIN, which is ours
+ * (signalcast refuses SIGNALCAST_* variables that are not its settings). */
+function childEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { ...process.env, ...extra };
+  delete env.SIGNALCAST_BIN;
+  return env;
+}
+
 export async function freePort(): Promise<number> {
   return new Promise((ok, fail) => {
     const s = net.createServer();
@@ -73,15 +81,14 @@ export class Server {
     const httpPort = options.httpPort ?? (await freePort());
     const feedPort = options.feedPort ?? (await freePort());
     const child = spawn(binary(), ["serve"], {
-      env: {
-        ...process.env,
+      env: childEnv({
         SIGNALCAST_LISTEN: `127.0.0.1:${httpPort}`,
         SIGNALCAST_FEED_LISTEN: `127.0.0.1:${feedPort}`,
         SIGNALCAST_DEMO__ENABLED: options.demo ? "true" : "false",
         SIGNALCAST_DRAIN_TIMEOUT_SECS: "2",
         SIGNALCAST_LOG: "warn",
         ...options.env,
-      },
+      }),
       stdio: ["ignore", "ignore", "inherit"],
     });
     const server = new Server(child, httpPort, feedPort, options);
@@ -133,7 +140,7 @@ export class Server {
 export function token(user: string, ttlSecs?: number): string {
   const args = ["token", "--user", user];
   if (ttlSecs !== undefined) args.push("--ttl", String(ttlSecs));
-  const out = spawnSync(binary(), args, { encoding: "utf8" });
+  const out = spawnSync(binary(), args, { encoding: "utf8", env: childEnv() });
   if (out.status !== 0) throw new Error(`signalcast token: ${out.stderr}`);
   return out.stdout.trim();
 }
@@ -144,7 +151,7 @@ export async function produce(server: Server, count: number, rate: number): Prom
   const child = spawn(
     binary(),
     ["produce", "--addr", `127.0.0.1:${server.feedPort}`, "--producer", "model-alpha", "--count", String(count), "--rate", String(rate)],
-    { stdio: ["ignore", "ignore", "inherit"] },
+    { stdio: ["ignore", "ignore", "inherit"], env: childEnv() },
   );
   const code = await new Promise<number | null>((r) => child.once("exit", r));
   if (code !== 0) throw new Error(`signalcast produce exited with ${code}`);
