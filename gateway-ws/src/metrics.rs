@@ -278,5 +278,63 @@ pub fn render(gw: &GatewayStats, engine: &Engine, feed: &FeedStats, kafka: &Kafk
         }
     }
     let _ = writeln!(o, "{name}_sum {}\n{name}_count {cumulative}", sum_us as f64 / 1e6);
+    process(&mut o);
     o
+}
+
+/// The standard `process_*` gauges (names of Prometheus's process collector), read
+/// from procfs at scrape time: what a soak watches (memory, descriptors) without
+/// anything sampling the process from outside. Absent where procfs is.
+fn process(o: &mut String) {
+    let gauge = |o: &mut String, name: &str, help: &str, v: u64| {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+    };
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+        if let Some(kib) = status_kib(&status, "VmRSS") {
+            gauge(o, "process_resident_memory_bytes", "Resident memory size in bytes.", kib * 1024);
+        }
+        if let Some(kib) = status_kib(&status, "VmSize") {
+            gauge(o, "process_virtual_memory_bytes", "Virtual memory size in bytes.", kib * 1024);
+        }
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        // The directory handle reading it is one of the entries; it is not the
+        // process's own.
+        let open = fds.count().saturating_sub(1) as u64;
+        gauge(o, "process_open_fds", "Number of open file descriptors.", open);
+    }
+    if let Some(max) = std::fs::read_to_string("/proc/self/limits").ok().as_deref().and_then(max_open_files) {
+        gauge(o, "process_max_fds", "Maximum number of open file descriptors.", max);
+    }
+}
+
+/// A `Name:   123 kB` line of /proc/self/status, in KiB.
+fn status_kib(status: &str, key: &str) -> Option<u64> {
+    status.lines().find_map(|line| {
+        let rest = line.strip_prefix(key)?.strip_prefix(':')?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// The soft limit of the `Max open files` line of /proc/self/limits.
+fn max_open_files(limits: &str) -> Option<u64> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..].split_whitespace().next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn procfs_lines_are_read_by_name_and_unit() {
+        let status = "Name:\tsignalcast\nVmPeak:\t  99999 kB\nVmSize:\t  81234 kB\nVmRSS:\t   5120 kB\n";
+        assert_eq!(status_kib(status, "VmRSS"), Some(5120));
+        assert_eq!(status_kib(status, "VmSize"), Some(81234));
+        assert_eq!(status_kib(status, "VmSwap"), None);
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                      Max open files            20000                20000                files     \n";
+        assert_eq!(max_open_files(limits), Some(20000));
+        assert_eq!(max_open_files("Max open files            unlimited  unlimited  files\n"), None);
+    }
 }

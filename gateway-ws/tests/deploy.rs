@@ -253,12 +253,14 @@ fn dockerfile_is_multi_stage_non_root_and_ships_both_binaries() {
 /// The metric names an expression reads, and the labels it groups by.
 fn promql_names_and_labels(expr: &str) -> (BTreeSet<String>, BTreeSet<String>) {
     let mut names = BTreeSet::new();
-    let mut rest = expr;
-    while let Some(at) = rest.find("signalcast_") {
-        let name: String =
-            rest[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
-        rest = &rest[at + name.len()..];
-        names.insert(name);
+    for prefix in ["signalcast_", "process_"] {
+        let mut rest = expr;
+        while let Some(at) = rest.find(prefix) {
+            let name: String =
+                rest[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            rest = &rest[at + name.len()..];
+            names.insert(name);
+        }
     }
     let labels = expr
         .split("by (")
@@ -291,7 +293,7 @@ fn the_grafana_dashboard_reads_only_metrics_and_labels_that_exist() {
         for target in panel["targets"].as_array().into_iter().flatten() {
             let expr = target["expr"].as_str().unwrap();
             let (names, labels) = promql_names_and_labels(expr);
-            assert!(!names.is_empty(), "{expr}: reads no signalcast metric");
+            assert!(!names.is_empty(), "{expr}: reads no metric signalcast exports");
             for name in &names {
                 let family = ["_bucket", "_sum", "_count"]
                     .iter()
@@ -304,7 +306,8 @@ fn the_grafana_dashboard_reads_only_metrics_and_labels_that_exist() {
                     .lines()
                     .filter(|l| l.starts_with(name.as_str()) && l[name.len()..].starts_with(['{', ' ']))
                     .collect();
-                for label in labels.iter().filter(|l| *l != "le") {
+                // `instance` and `job` are added by Prometheus to whatever it scrapes.
+                for label in labels.iter().filter(|l| !["le", "instance", "job"].contains(&l.as_str())) {
                     let has =
                         samples.is_empty() || samples.iter().any(|l| l.contains(&format!("{label}=\"")));
                     assert!(has, "{expr}: {name} has no label {label}");
@@ -321,6 +324,8 @@ fn the_grafana_dashboard_reads_only_metrics_and_labels_that_exist() {
         "signalcast_drops_total",
         "signalcast_slow_consumer_closes_total",
         "signalcast_kafka_consumer_lag",
+        "process_resident_memory_bytes",
+        "process_open_fds",
     ] {
         assert!(read.contains(needed), "the dashboard shows {needed}");
     }

@@ -239,6 +239,32 @@ async fn health_and_metrics_endpoints_answer() {
     server.shutdown().await;
 }
 
+/// The soak watches these from outside; an operator watches them on /metrics. The
+/// test and the server share a process, so 50 connections are 100 descriptors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_gauges_count_the_memory_and_descriptors_the_process_holds() {
+    let server = start(config()).await;
+    let token = token(&server, "u-premium-1");
+    let mut clients = Vec::new();
+    for _ in 0..50 {
+        clients.push(Client::connect(&url(&server, &token)).await);
+    }
+    let metrics = server.app.metrics();
+    let gauge = |name: &str| -> u64 {
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} missing in\n{metrics}"));
+        line[name.len() + 1..].parse().unwrap()
+    };
+    let (open, max) = (gauge("process_open_fds"), gauge("process_max_fds"));
+    assert!((100..=max).contains(&open), "open descriptors {open}, limit {max}");
+    assert!(gauge("process_resident_memory_bytes") > 1 << 20);
+    assert!(gauge("process_virtual_memory_bytes") > gauge("process_resident_memory_bytes"));
+    drop(clients);
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refresh_with_fewer_rights_applies_at_once() {
     let server = start(config()).await;
