@@ -167,9 +167,6 @@ pub fn render(gw: &GatewayStats, engine: &Engine, feed: &FeedStats, kafka: &Kafk
             .map(|r| (format!("{{reason=\"{}\"}}", r.as_str()), engine.stats.drops(*r).to_string()))
             .collect(),
     );
-    let single = |o: &mut String, name: &str, kind: &str, help: &str, v: String| {
-        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
-    };
     single(
         &mut o,
         "signalcast_signals_received_total",
@@ -282,13 +279,17 @@ pub fn render(gw: &GatewayStats, engine: &Engine, feed: &FeedStats, kafka: &Kafk
     o
 }
 
+/// One unlabelled sample with its HELP and TYPE lines.
+fn single(o: &mut String, name: &str, kind: &str, help: &str, v: String) {
+    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+}
+
 /// The standard `process_*` gauges (names of Prometheus's process collector), read
 /// from procfs at scrape time: what a soak watches (memory, descriptors) without
 /// anything sampling the process from outside. Absent where procfs is.
 fn process(o: &mut String) {
-    let gauge = |o: &mut String, name: &str, help: &str, v: u64| {
-        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
-    };
+    let gauge =
+        |o: &mut String, name: &str, help: &str, v: u64| single(o, name, "gauge", help, v.to_string());
     if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
         if let Some(kib) = status_kib(&status, "VmRSS") {
             gauge(o, "process_resident_memory_bytes", "Resident memory size in bytes.", kib * 1024);

@@ -34,8 +34,7 @@ async fn get(addr: SocketAddr, path: &str) -> Option<String> {
 }
 
 async fn metric(addr: SocketAddr, series: &str) -> f64 {
-    let text = get(addr, "/metrics").await.unwrap_or_default();
-    text.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
+    common::sample(&get(addr, "/metrics").await.unwrap_or_default(), series).unwrap_or(0.0)
 }
 
 fn kill(child: &Child, signal: &str) {

@@ -219,8 +219,7 @@ impl Node {
 
     /// A sample from /metrics (the first line starting with `series`).
     async fn metric(&self, series: &str) -> f64 {
-        let text = self.get("/metrics").await.unwrap_or_default();
-        text.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
+        common::sample(&self.get("/metrics").await.unwrap_or_default(), series).unwrap_or(0.0)
     }
 
     fn ws_url(&self, user: &str) -> String {

@@ -251,11 +251,8 @@ async fn process_gauges_count_the_memory_and_descriptors_the_process_holds() {
     }
     let metrics = server.app.metrics();
     let gauge = |name: &str| -> u64 {
-        let line = metrics
-            .lines()
-            .find(|l| l.starts_with(&format!("{name} ")))
-            .unwrap_or_else(|| panic!("{name} missing in\n{metrics}"));
-        line[name.len() + 1..].parse().unwrap()
+        common::sample(&metrics, &format!("{name} "))
+            .unwrap_or_else(|| panic!("{name} missing in\n{metrics}")) as u64
     };
     let (open, max) = (gauge("process_open_fds"), gauge("process_max_fds"));
     assert!((100..=max).contains(&open), "open descriptors {open}, limit {max}");

@@ -218,6 +218,12 @@ impl Client {
     }
 }
 
+/// A sample of a Prometheus exposition: the value on the first line that starts with
+/// `series` (a name, or a name with its labels).
+pub fn sample(exposition: &str, series: &str) -> Option<f64> {
+    exposition.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+}
+
 pub fn id_of(v: &Value) -> u128 {
     uuid::Uuid::parse_str(v["data"]["id"].as_str().unwrap()).unwrap().as_u128()
 }
