@@ -12,6 +12,7 @@
 //! See docs/accounts.md and docs/openapi.yaml.
 
 pub mod api;
+pub mod bootstrap;
 pub mod changes;
 pub mod claims;
 pub mod db;

@@ -1,45 +1,60 @@
-//! `signalcast-accounts`: serve the accounts API, apply migrations, or seed dev users.
+//! `signalcast-accounts`: serve the accounts API (the default), apply migrations, seed
+//! dev users, or bootstrap a deployment's first plan, user and producer key.
+#![allow(clippy::print_stdout)]
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "signalcast-accounts", version, about = "signalcast accounts sidecar (PostgreSQL)")]
+#[command(
+    name = "signalcast-accounts",
+    version,
+    about = "signalcast accounts sidecar (PostgreSQL)",
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     /// PostgreSQL URL, e.g. postgres://signalcast@127.0.0.1:5432/signalcast
     #[arg(
         long,
         env = "SIGNALCAST_ACCOUNTS_DATABASE_URL",
         global = true,
+        hide_env_values = true,
         default_value = "postgres://postgres@127.0.0.1:5432/postgres"
     )]
     database_url: String,
+    /// Without a command: `serve` with these options.
+    #[command(flatten)]
+    serve: ServeArgs,
     #[command(subcommand)]
     command: Option<Cmd>,
+}
+
+#[derive(Args, Clone)]
+struct ServeArgs {
+    #[arg(long, env = "SIGNALCAST_ACCOUNTS_LISTEN", default_value = "127.0.0.1:8081")]
+    listen: String,
+    /// Bearer token of the admin endpoints (required, at least 16 characters).
+    #[arg(long, env = "SIGNALCAST_ACCOUNTS_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Bearer token gateways use for the change feed and producer keys (required, at
+    /// least 16 characters).
+    #[arg(long, env = "SIGNALCAST_ACCOUNTS_GATEWAY_TOKEN", hide_env_values = true)]
+    gateway_token: Option<String>,
+    /// Access token lifetime, seconds.
+    #[arg(long, default_value_t = 900)]
+    access_ttl_secs: u64,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
     /// Serve the API (the default).
-    Serve {
-        #[arg(long, env = "SIGNALCAST_ACCOUNTS_LISTEN", default_value = "127.0.0.1:8081")]
-        listen: String,
-        /// Bearer token of the admin endpoints (required).
-        #[arg(long, env = "SIGNALCAST_ACCOUNTS_ADMIN_TOKEN", hide_env_values = true)]
-        admin_token: String,
-        /// Bearer token gateways use for the change feed and producer keys (required).
-        #[arg(long, env = "SIGNALCAST_ACCOUNTS_GATEWAY_TOKEN", hide_env_values = true)]
-        gateway_token: String,
-        /// Access token lifetime, seconds.
-        #[arg(long, default_value_t = 900)]
-        access_ttl_secs: u64,
-    },
+    Serve(ServeArgs),
     /// Apply the embedded migrations and exit.
     Migrate,
     /// Load users from an accounts file (fixtures/accounts.toml), all with one password.
@@ -50,6 +65,29 @@ enum Cmd {
         #[arg(long, default_value = "signalcast-dev-password")]
         password: String,
     },
+    /// Create the first plan, user and producer key of a deployment through a running
+    /// sidecar's admin API; prints the password and key (shown once).
+    Bootstrap {
+        /// The running sidecar.
+        #[arg(long, env = "SIGNALCAST_ACCOUNTS_URL", default_value = "http://127.0.0.1:8081")]
+        url: String,
+        /// The admin token the sidecar was started with.
+        #[arg(long, env = "SIGNALCAST_ACCOUNTS_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: String,
+        /// The user's tier (its plan is created if missing, with the tier as its id).
+        #[arg(long, default_value = "enterprise")]
+        tier: engine::model::Tier,
+        #[arg(long)]
+        user_id: String,
+        #[arg(long)]
+        email: String,
+        /// The user's password (default: a random one, printed).
+        #[arg(long, hide_env_values = true)]
+        password: Option<String>,
+        /// Producer id for the first producer key.
+        #[arg(long)]
+        producer: String,
+    },
 }
 
 #[tokio::main]
@@ -59,21 +97,12 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_env("SIGNALCAST_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Some(Cmd::Serve { listen, admin_token, gateway_token, access_ttl_secs }) => {
-            anyhow::ensure!(admin_token.len() >= 16, "--admin-token: at least 16 characters");
-            anyhow::ensure!(gateway_token.len() >= 16, "--gateway-token: at least 16 characters");
-            let mut config = accounts::Config::new(cli.database_url, admin_token, gateway_token);
-            config.access_ttl = Duration::from_secs(access_ttl_secs.max(1));
-            let listener = tokio::net::TcpListener::bind(&listen)
-                .await
-                .with_context(|| format!("listen on {listen}"))?;
-            tracing::info!(addr = %listener.local_addr()?, "signalcast-accounts serving");
-            accounts::run(listener, config, shutdown()).await?;
-        }
-        None => anyhow::bail!("choose a command: serve, migrate or seed (see --help)"),
+        Some(Cmd::Serve(args)) => serve(cli.database_url, args).await?,
+        None => serve(cli.database_url, cli.serve).await?,
         Some(Cmd::Migrate) => {
             let pool = accounts::db::pool(&cli.database_url, 2)?;
             let n = accounts::db::migrate(&pool).await?;
@@ -86,7 +115,41 @@ async fn main() -> anyhow::Result<()> {
             let n = accounts::seed::seed(&pool, &text, &password).await?;
             tracing::info!(users = n, file = %file.display(), "seeded");
         }
+        Some(Cmd::Bootstrap { url, admin_token, tier, user_id, email, password, producer }) => {
+            let plan = accounts::bootstrap::Plan {
+                url,
+                admin_token,
+                tier,
+                user_id,
+                email,
+                password,
+                producer_id: producer,
+            };
+            let c = accounts::bootstrap::run(&plan).await?;
+            let plan_state = if c.plan_created { "created" } else { "existed" };
+            println!("plan      {} ({plan_state})", c.plan_id);
+            println!("user      {} ({}), password: {}", c.user_id, plan.email, c.password);
+            println!("producer  {}, key: {}", c.producer_id, c.producer_key);
+            println!("(shown once: the sidecar keeps only hashes of the password and the key)");
+        }
     }
+    Ok(())
+}
+
+async fn serve(database_url: String, args: ServeArgs) -> anyhow::Result<()> {
+    let required = |v: Option<String>, flag: &str, var: &str| -> anyhow::Result<String> {
+        let v = v.with_context(|| format!("{flag} ({var}) is required"))?;
+        anyhow::ensure!(v.len() >= 16, "{flag} ({var}): at least 16 characters");
+        Ok(v)
+    };
+    let admin_token = required(args.admin_token, "--admin-token", "SIGNALCAST_ACCOUNTS_ADMIN_TOKEN")?;
+    let gateway_token = required(args.gateway_token, "--gateway-token", "SIGNALCAST_ACCOUNTS_GATEWAY_TOKEN")?;
+    let mut config = accounts::Config::new(database_url, admin_token, gateway_token);
+    config.access_ttl = Duration::from_secs(args.access_ttl_secs.max(1));
+    let listener =
+        tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("listen on {}", args.listen))?;
+    tracing::info!(addr = %listener.local_addr()?, "signalcast-accounts serving");
+    accounts::run(listener, config, shutdown()).await?;
     Ok(())
 }
 

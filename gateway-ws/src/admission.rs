@@ -48,11 +48,18 @@ impl Admission {
         Self { config, counts: Mutex::default() }
     }
 
-    pub fn check_origin(&self, origin: Option<&str>) -> Result<(), Refused> {
+    /// `host` is the request's Host header: a page served by this gateway (its own
+    /// dashboard) is same-origin and always allowed, whatever the allowlist says.
+    pub fn check_origin(&self, origin: Option<&str>, host: Option<&str>) -> Result<(), Refused> {
+        let same_origin = |o: &str| {
+            let authority = o.strip_prefix("https://").or_else(|| o.strip_prefix("http://"));
+            authority.is_some_and(|a| host.is_some_and(|h| a.eq_ignore_ascii_case(h)))
+        };
         match origin {
             Some(o)
                 if !self.config.allowed_origins.is_empty()
-                    && !self.config.allowed_origins.iter().any(|a| a == o) =>
+                    && !self.config.allowed_origins.iter().any(|a| a == o)
+                    && !same_origin(o) =>
             {
                 Err(Refused::Origin(o.chars().take(200).collect()))
             }
@@ -139,16 +146,20 @@ mod tests {
     #[test]
     fn origins_are_checked_only_when_listed_and_sent() {
         let open = Admission::new(AdmissionConfig::default());
-        assert!(open.check_origin(Some("https://anything")).is_ok());
+        assert!(open.check_origin(Some("https://anything"), None).is_ok());
         let closed = Admission::new(AdmissionConfig {
             allowed_origins: vec!["https://app.example".into()],
             ..Default::default()
         });
-        assert!(closed.check_origin(Some("https://app.example")).is_ok());
-        assert!(closed.check_origin(None).is_ok());
+        assert!(closed.check_origin(Some("https://app.example"), Some("gw.example")).is_ok());
+        assert!(closed.check_origin(None, Some("gw.example")).is_ok());
         assert_eq!(
-            closed.check_origin(Some("https://evil.example")),
+            closed.check_origin(Some("https://evil.example"), Some("gw.example")),
             Err(Refused::Origin("https://evil.example".into()))
         );
+        // The gateway's own dashboard is same-origin: never blocked by the allowlist.
+        assert!(closed.check_origin(Some("https://gw.example:8443"), Some("gw.example:8443")).is_ok());
+        assert!(closed.check_origin(Some("http://GW.example"), Some("gw.example")).is_ok());
+        assert!(closed.check_origin(Some("https://gw.example.evil"), Some("gw.example")).is_err());
     }
 }

@@ -60,6 +60,12 @@ pub struct Config {
     /// What this node runs (docs/deploy.md); `engine` and `gateway` need `[kafka]`.
     pub role: Role,
     pub kafka: KafkaConfig,
+    /// The one opt-in that lets a server listen on a non-loopback address while public
+    /// development credentials are in force (the public dev secret, fixture producer
+    /// keys and accounts, `/dev/tokens`, the demo producer). Anyone who can reach such
+    /// a server can mint an enterprise token and publish signals. See
+    /// [`Config::public_dev_credentials`].
+    pub unsafe_public_dev_credentials: bool,
 }
 
 /// What a node runs.
@@ -157,6 +163,7 @@ impl Default for Config {
             feed: FeedConfig::default(),
             role: Role::All,
             kafka: KafkaConfig::default(),
+            unsafe_public_dev_credentials: false,
         }
     }
 }
@@ -189,17 +196,103 @@ impl Default for DemoConfig {
     }
 }
 
+/// `SIGNALCAST_*` variables that are not settings of `signalcast.toml`: read by a
+/// binary's command line (`signalcast`, `signalcast-accounts`) or by the test and example
+/// tooling. Loading the configuration leaves them alone, so a variable meant for one
+/// command never stops another (docs/configuration.md, "Environment variables").
+pub const NOT_SETTINGS: &[&str] = &[
+    "SIGNALCAST_CONFIG",
+    "SIGNALCAST_LOG",
+    "SIGNALCAST_PRODUCER_KEY",
+    "SIGNALCAST_ACCOUNTS_DATABASE_URL",
+    "SIGNALCAST_ACCOUNTS_LISTEN",
+    "SIGNALCAST_ACCOUNTS_ADMIN_TOKEN",
+    "SIGNALCAST_ACCOUNTS_GATEWAY_TOKEN",
+    "SIGNALCAST_ACCOUNTS_URL",
+    "SIGNALCAST_BIN",
+    "SIGNALCAST_URL",
+    "SIGNALCAST_TOKEN",
+];
+
+/// Why the configuration could not be loaded: one line for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A key nobody reads (a typo, most likely), with the closest key that exists.
+    #[error("unknown setting {given}{}", suggestion.as_ref().map(|s| format!(" (did you mean {s}?)")).unwrap_or_default())]
+    Unknown { given: String, suggestion: Option<String> },
+    #[error("{0}")]
+    Invalid(String),
+}
+
 impl Config {
     /// Defaults, then the file (if any), then `SIGNALCAST_*` variables (`__` separates
-    /// tables: `SIGNALCAST_ENGINE__RING_CAPACITY=50000`).
-    pub fn load(file: Option<&Path>) -> Result<Self, Box<figment::Error>> {
+    /// tables: `SIGNALCAST_ENGINE__RING_CAPACITY=50000`). Variables in [`NOT_SETTINGS`]
+    /// are skipped; any other unknown key stops the load, named with its closest match.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
         let mut f = Figment::new();
         if let Some(path) = file {
             f = f.merge(Toml::file_exact(path));
         }
-        f.merge(Env::prefixed("SIGNALCAST_").split("__").ignore(&["config", "log"]))
-            .extract()
-            .map_err(Box::new)
+        let env = Env::prefixed("SIGNALCAST_").split("__").filter(|key| {
+            let full = format!("SIGNALCAST_{}", key.as_str().to_ascii_uppercase());
+            !NOT_SETTINGS.contains(&full.as_str())
+        });
+        f.merge(env).extract().map_err(|e| explain(&e))
+    }
+
+    /// Takes tokens and producer keys from the accounts sidecar.
+    pub fn uses_sidecar(&self) -> bool {
+        self.auth.accounts_url.is_some()
+    }
+
+    /// Tokens are signed with the HS256 secret everyone can read in this repository.
+    pub fn public_dev_secret(&self) -> bool {
+        !self.uses_sidecar() && self.auth.dev_secret == AuthConfig::default().dev_secret
+    }
+
+    /// The public development credentials this configuration puts in force, each with
+    /// what to set instead. Empty for a production configuration.
+    pub fn public_dev_credentials(&self) -> Vec<(&'static str, &'static str)> {
+        if self.uses_sidecar() {
+            return Vec::new(); // tokens, accounts and producer keys come from the sidecar
+        }
+        let mut v = Vec::new();
+        if self.public_dev_secret() {
+            v.push((
+                "the public dev secret and /dev/tokens",
+                "set auth.dev_secret to 32 or more random bytes, or auth.accounts_url",
+            ));
+        }
+        if self.accounts_file.is_none() {
+            v.push(("the fixture accounts", "set accounts_file, or auth.accounts_url"));
+        }
+        if self.producers_file.is_none() && self.role != Role::Gateway {
+            v.push(("the fixture producer keys", "set producers_file, or auth.accounts_url"));
+        }
+        if self.demo.enabled && self.role == Role::All {
+            v.push(("the demo producer", "set demo.enabled = false"));
+        }
+        v
+    }
+
+    /// Checks that do not depend on where the server listens: a guessable HS256 secret,
+    /// a missing gateway token for the sidecar.
+    pub fn check_secrets(&self) -> Result<(), ConfigError> {
+        if self.uses_sidecar() {
+            if self.auth.accounts_gateway_token.len() < 16 {
+                return Err(ConfigError::Invalid(
+                    "auth.accounts_gateway_token (SIGNALCAST_AUTH__ACCOUNTS_GATEWAY_TOKEN, \
+                     --accounts-gateway-token) must be the sidecar's gateway token: at least 16 characters"
+                        .into(),
+                ));
+            }
+        } else if self.auth.dev_secret.len() < 32 {
+            return Err(ConfigError::Invalid(format!(
+                "auth.dev_secret is {} bytes: an HS256 secret needs at least 32",
+                self.auth.dev_secret.len()
+            )));
+        }
+        Ok(())
     }
 
     pub fn hub(&self) -> HubConfig {
@@ -228,6 +321,57 @@ impl Config {
             max_messages_per_sec: self.max_messages_per_sec,
         }
     }
+}
+
+/// One line out of figment's error: for an unknown key, the key as the operator wrote
+/// it (variable or file key) and the closest known one at the same level.
+fn explain(e: &figment::Error) -> ConfigError {
+    let from_env = e.metadata.as_ref().is_some_and(|m| m.name.contains("environment"));
+    let mut path: Vec<String> = e.path.clone();
+    if let figment::error::Kind::UnknownField(field, expected) = &e.kind {
+        if path.last() == Some(field) {
+            path.pop();
+        }
+        let render = |last: &str| {
+            let mut keys = path.clone();
+            keys.push(last.to_owned());
+            if from_env {
+                format!("SIGNALCAST_{}", keys.join("__").to_ascii_uppercase())
+            } else {
+                format!("`{}`", keys.join("."))
+            }
+        };
+        let suggestion = expected
+            .iter()
+            .map(|k| (edit_distance(field, k), *k))
+            .filter(|(d, k)| *d <= (k.len() / 2).max(2))
+            .min()
+            .map(|(_, k)| render(k));
+        let mut given = render(field);
+        if !from_env {
+            if let Some(file) = e.metadata.as_ref().and_then(|m| m.source.as_ref()) {
+                given = format!("{given} in {file}");
+            }
+        }
+        return ConfigError::Unknown { given, suggestion };
+    }
+    ConfigError::Invalid(e.to_string().replace('\n', " "))
+}
+
+/// Levenshtein distance, for "did you mean".
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = if ca == *cb { prev } else { 1 + prev.min(cur).min(row[j]) };
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 /// The fixtures compiled into the binary, so that the embedded default runs from any

@@ -17,6 +17,27 @@ pub enum Event {
     Signal(Box<Signal>),
 }
 
+/// A file of JSON lines, each a signal or a tick (a line with `bid`, `ask` and `last`),
+/// in file order; blank lines are skipped. The error names the line.
+pub fn parse_events(text: &str) -> Result<Vec<Event>, String> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            let tick = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(l)
+                .map_err(|e| format!("{}: not a JSON object: {e}", i + 1))?
+                .contains_key("bid");
+            if tick {
+                serde_json::from_str::<Tick>(l).map(Event::Tick).map_err(|e| format!("{}: tick: {e}", i + 1))
+            } else {
+                serde_json::from_str::<Signal>(l)
+                    .map(|s| Event::Signal(Box::new(s)))
+                    .map_err(|e| format!("{}: signal: {e}", i + 1))
+            }
+        })
+        .collect()
+}
+
 /// Ticks and signals of the embedded fixtures, in recorded order.
 pub fn events() -> Vec<Event> {
     let signals = fixtures::SIGNALS.lines().filter_map(|l| serde_json::from_str::<Signal>(l).ok());
@@ -35,47 +56,64 @@ pub(crate) async fn run(
     keys: StaticKeys,
     mut stop: watch::Receiver<bool>,
 ) {
-    let key = match keys_for(&keys, &config.producer_id) {
-        Some(k) => k,
-        None => {
-            tracing::warn!(producer = %config.producer_id, "demo producer has no key; demo off");
-            return;
-        }
+    let Some(key) = keys_for(&keys, &config.producer_id) else {
+        tracing::warn!(producer = %config.producer_id, "demo producer has no key; demo off");
+        return;
     };
-    let producer =
-        match Producer::connect(ProducerConfig::new(feed.to_string(), config.producer_id.clone(), key)).await
-        {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(error = %e, "demo producer cannot connect; demo off");
-                return;
-            }
-        };
     let events = events();
     let pause = Duration::from_secs_f64(1.0 / config.rate.max(0.1));
     tracing::info!(rate = config.rate, events = events.len(), "demo producer replaying fixtures");
-    for round in 0u128.. {
-        for e in &events {
+    let mut round = 0u128;
+    // The demo outlives whatever ends its connection (another process connecting under
+    // its producer id, a refusal): it says why, waits a little and connects again.
+    loop {
+        let cfg = ProducerConfig::new(feed.to_string(), config.producer_id.clone(), key.clone());
+        let ended = match Producer::connect(cfg).await {
+            Ok(producer) => replay(&producer, &events, pause, &mut round, &mut stop).await,
+            Err(e) => Err(e.to_string()),
+        };
+        match ended {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "demo producer interrupted; reconnecting in 1 s");
+                round += 1; // what was cut off goes out again under new ids
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = crate::server::until_set(&mut stop) => return,
+        }
+    }
+}
+
+/// Replays the fixtures round after round until `stop` (Ok) or a send fails (Err).
+async fn replay(
+    producer: &Producer,
+    events: &[Event],
+    pause: Duration,
+    round: &mut u128,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), String> {
+    loop {
+        for e in events {
             let now = UnixNanos::now();
             let sent = match e {
                 Event::Tick(t) => producer.send_tick(&Tick { ts: now, ..*t }).await,
                 Event::Signal(s) => {
                     let mut s = s.restamped(now);
                     // A fresh id each round: the engine routes each id once.
-                    s.id = uuid_for_round(s.id, round);
+                    s.id = uuid_for_round(s.id, *round);
                     let r = producer.send_signal(&s).await;
                     tokio::select! {
                         () = tokio::time::sleep(pause) => {}
-                        () = crate::server::until_set(&mut stop) => return,
+                        () = crate::server::until_set(stop) => return Ok(()),
                     }
                     r
                 }
             };
-            if let Err(e) = sent {
-                tracing::warn!(error = %e, "demo producer stopped");
-                return;
-            }
+            sent.map_err(|e| e.to_string())?;
         }
+        *round += 1;
     }
 }
 

@@ -21,6 +21,7 @@ use serde_json::json;
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
+use crate::auth::AccountsState;
 use crate::auth::AuthError;
 use crate::config::Role;
 use crate::conn::Io;
@@ -95,10 +96,21 @@ fn route(req: Request<Incoming>, peer: Option<IpAddr>, app: Arc<App>) -> Respons
         "/health/ready" if app.is_draining() => {
             respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n")
         }
-        "/health/ready" if !app.accounts_ready() => {
-            respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "accounts feed down\n")
-        }
-        "/health/ready" => respond(StatusCode::OK, "text/plain", "ready\n"),
+        "/health/ready" => match app.accounts_state() {
+            None | Some(AccountsState::Live) => respond(StatusCode::OK, "text/plain", "ready\n"),
+            // Tokens still verify with the keys held, so clients can (re)connect here.
+            Some(AccountsState::Degraded) => respond(
+                StatusCode::OK,
+                "text/plain",
+                "ready, degraded: accounts feed down; tokens verify with cached keys, \
+                 rights changes wait for the feed\n",
+            ),
+            Some(AccountsState::NotSynced) => respond(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                "not ready: no signing keys or snapshot from the accounts sidecar yet\n",
+            ),
+        },
         "/metrics" => respond(StatusCode::OK, "text/plain; version=0.0.4", app.metrics()),
         "/dev/tokens" => match &app.dev_tokens {
             Some((auth, ttl)) => {
@@ -127,7 +139,8 @@ fn websocket(mut req: Request<Incoming>, peer: Option<IpAddr>, app: Arc<App>) ->
     }
     // A page of another site may not open a socket with a user's token.
     let origin = req.headers().get(ORIGIN).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    if let Err(e) = app.admission.check_origin(origin.as_deref()) {
+    let host = req.headers().get(hyper::header::HOST).and_then(|v| v.to_str().ok());
+    if let Err(e) = app.admission.check_origin(origin.as_deref(), host) {
         return json_error(StatusCode::FORBIDDEN, "origin_not_allowed", &e.to_string());
     }
     let token = query_token(req.uri().query()).or_else(|| bearer(req.headers().get(AUTHORIZATION)));

@@ -16,7 +16,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Low-latency trading-signal distribution: producers in over TCP, trading clients out
 /// over WebSocket, each seeing what their tier entitles them to.
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Clone)]
 #[command(name = "signalcast", version, about, long_about = None)]
 struct Cli {
     /// Configuration file (TOML). Without one, every default applies: the embedded
@@ -27,7 +27,7 @@ struct Cli {
     command: Option<Command>,
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand, Debug, Clone)]
 enum Command {
     /// Run the server (the default).
     Serve {
@@ -56,19 +56,23 @@ enum Command {
         #[arg(long)]
         ttl: Option<u64>,
     },
-    /// Replay a file of signals (JSON lines) into a TCP feed at a given rate.
+    /// Replay a file of signals and ticks (JSON lines) into a TCP feed at a given rate.
     Produce {
         /// The feed address.
         #[arg(long, default_value = "127.0.0.1:7000")]
         addr: String,
-        #[arg(long, default_value = "demo")]
+        /// Producer id. Not `demo`: the built-in demo producer keeps its own connection,
+        /// and a second connection under one id replaces the first.
+        #[arg(long, default_value = "model-alpha")]
         producer: String,
         /// API key (default: the dev key of --producer from fixtures/producers.toml).
         #[arg(long, env = "SIGNALCAST_PRODUCER_KEY")]
         key: Option<String>,
-        /// Signals file (JSON lines); default: the embedded fixtures, with their ticks.
-        /// A file's signals keep their ids on the first pass (a rerun after a crash is
-        /// de-duplicated by the engine); passes beyond the file's end get new ones.
+        /// JSON lines, each a signal or a tick (a line with `bid`, `ask` and `last`; the
+        /// field names of docs/kafka.md); default: the embedded fixtures. Times are
+        /// restamped to the moment of sending. A file's signals keep their ids on the
+        /// first pass (a rerun after a crash is de-duplicated by the engine); passes
+        /// beyond the file's end get new ones.
         #[arg(long)]
         file: Option<PathBuf>,
         /// Signals per second (0 = as fast as acknowledgements allow).
@@ -92,21 +96,26 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let mut config = Config::load(cli.config.as_deref()).context("configuration")?;
+    // Only the commands that use settings load them: `version` and `produce` start
+    // whatever the environment holds.
+    let load = || Config::load(cli.config.as_deref()).map_err(|e| anyhow::anyhow!("{e}"));
     let default =
         Command::Serve { accounts_url: None, accounts_gateway_token: None, role: None, kafka_brokers: None };
-    match cli.command.unwrap_or(default) {
+    match cli.command.clone().unwrap_or(default) {
         Command::Version => {
             println!("signalcast {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
         Command::Token { user, ttl } => {
+            let config = load()?;
+            config.check_secrets().map_err(|e| anyhow::anyhow!("{e}"))?;
             let auth = gateway::server::dev_auth(&config)?;
             let ttl = Duration::from_secs(ttl.unwrap_or(config.auth.token_ttl_secs));
             println!("{}", auth.mint(&user, ttl).with_context(|| format!("user {user}"))?);
             Ok(())
         }
         Command::Serve { accounts_url, accounts_gateway_token, role, kafka_brokers } => {
+            let mut config = load()?;
             if let Some(role) = role {
                 config.role = role;
             }
@@ -147,7 +156,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     );
     println!("metrics: http://{}/metrics\n", running.http_addr);
     let ttl = Duration::from_secs(config.auth.token_ttl_secs);
-    for tier in Tier::ALL {
+    // Ready-made tokens only for the public dev secret on loopback: anything else has
+    // real users, who get tokens from the sidecar or `signalcast token`.
+    let dev = running.app.dev_tokens.is_some() && running.http_addr.ip().is_loopback();
+    for tier in Tier::ALL.into_iter().filter(|_| dev) {
         let user =
             running.dev_auth.accounts().iter().find(|a| a.tier == tier && !a.suspended && a.real_time_access);
         if let Some(user) = user {
@@ -155,7 +167,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             println!("{tier:<10} {}: {scheme}://{}/ws?token={token}", user.id, running.http_addr);
         }
     }
-    println!("\nthen send: {{\"type\":\"SUBSCRIBE\",\"channel\":\"signals_premium\"}}\n");
+    if dev {
+        println!("\nthen send: {{\"type\":\"SUBSCRIBE\",\"channel\":\"signals_premium\"}}\n");
+    }
     shutdown_signal().await;
     tracing::info!("shutting down: draining connections");
     running.shutdown().await;
@@ -194,17 +208,11 @@ async fn produce(
             .with_context(|| format!("no dev key for producer {producer_id}; pass --key"))?,
     };
     let events: Vec<Event> = match &file {
-        Some(path) => std::fs::read_to_string(path)
-            .with_context(|| format!("reading {}", path.display()))?
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-            .map(|(i, l)| {
-                serde_json::from_str(l)
-                    .map(|s| Event::Signal(Box::new(s)))
-                    .with_context(|| format!("{}:{}", path.display(), i + 1))
-            })
-            .collect::<anyhow::Result<_>>()?,
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            gateway::demo::parse_events(&text).map_err(|e| anyhow::anyhow!("{}:{e}", path.display()))?
+        }
         None => gateway::demo::events(),
     };
     let total = count.unwrap_or(events.iter().filter(|e| matches!(e, Event::Signal(_))).count() as u64);

@@ -13,6 +13,8 @@ use engine::kafka::KafkaStats;
 use engine::model::Tier;
 use engine::pipeline::DropReason;
 
+use crate::conn::Timing;
+
 /// Bucket upper bounds of the delivery-latency histogram, in microseconds.
 pub const LATENCY_BUCKETS_US: [u64; 18] = [
     50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
@@ -39,23 +41,51 @@ impl LatencyHistogram {
     }
 }
 
+/// One shard's share of a histogram, between publications.
+#[derive(Debug, Default)]
+struct LocalHistogram {
+    buckets: [u64; LATENCY_BUCKETS_US.len() + 1],
+    sum_us: u64,
+}
+
+impl LocalHistogram {
+    fn record(&mut self, us: u64) {
+        self.buckets[LATENCY_BUCKETS_US.partition_point(|&b| b < us)] += 1;
+        self.sum_us += us;
+    }
+
+    fn publish(&mut self, to: &LatencyHistogram) {
+        for (t, n) in to.buckets.iter().zip(&mut self.buckets) {
+            if *n > 0 {
+                t.fetch_add(std::mem::take(n), Ordering::Relaxed);
+            }
+        }
+        to.sum_us.fetch_add(std::mem::take(&mut self.sum_us), Ordering::Relaxed);
+    }
+}
+
 /// A hub shard's own counts of what it wrote, added to [`GatewayStats`] once per
 /// turn of its loop rather than once per delivery (no shared cache line per send).
 #[derive(Debug, Default)]
 pub struct LocalStats {
     delivered: [u64; 4],
-    buckets: [u64; LATENCY_BUCKETS_US.len() + 1],
-    sum_us: u64,
+    live: LocalHistogram,
+    /// Delayed views and replays: they wait on purpose, so they stay out of `live`.
+    delayed: LocalHistogram,
+    replayed: LocalHistogram,
     any: bool,
 }
 
 impl LocalStats {
     /// A signal of `signals_<tier>` was written to a socket, `latency_ns` after ingest.
-    pub fn delivered(&mut self, tier: Tier, latency_ns: i64) {
+    pub fn delivered(&mut self, tier: Tier, timing: Timing, latency_ns: i64) {
         let us = (latency_ns.max(0) / 1_000) as u64;
         self.delivered[tier.index()] += 1;
-        self.buckets[LATENCY_BUCKETS_US.partition_point(|&b| b < us)] += 1;
-        self.sum_us += us;
+        match timing {
+            Timing::Live => self.live.record(us),
+            Timing::Delayed => self.delayed.record(us),
+            Timing::Replay => self.replayed.record(us),
+        }
         self.any = true;
     }
 
@@ -67,12 +97,9 @@ impl LocalStats {
         for (t, n) in to.delivered.iter().zip(&mut self.delivered) {
             t.fetch_add(std::mem::take(n), Ordering::Relaxed);
         }
-        for (t, n) in to.latency.buckets.iter().zip(&mut self.buckets) {
-            if *n > 0 {
-                t.fetch_add(std::mem::take(n), Ordering::Relaxed);
-            }
-        }
-        to.latency.sum_us.fetch_add(std::mem::take(&mut self.sum_us), Ordering::Relaxed);
+        self.live.publish(&to.latency);
+        self.delayed.publish(&to.delayed_latency);
+        self.replayed.publish(&to.replay_latency);
     }
 }
 
@@ -84,7 +111,12 @@ pub struct GatewayStats {
     slow_consumer_closes: AtomicU64,
     upgrades: AtomicU64,
     auth_failures: AtomicU64,
+    /// Live deliveries only: what the engine and the hub cost.
     pub latency: LatencyHistogram,
+    /// Deliveries from delayed views (the delay is in the figure, on purpose).
+    pub delayed_latency: LatencyHistogram,
+    /// Resume replays: ingest to the replayed write.
+    pub replay_latency: LatencyHistogram,
 }
 
 impl GatewayStats {
@@ -256,27 +288,49 @@ pub fn render(gw: &GatewayStats, engine: &Engine, feed: &FeedStats, kafka: &Kafk
         kafka.lag().into_iter().map(|(t, l)| (format!("{{topic=\"{t}\"}}"), l.to_string())).collect(),
     );
 
-    let name = "signalcast_delivery_latency_seconds";
-    let _ = writeln!(
-        o,
-        "# HELP {name} Ingest to socket write of each delivered signal.\n# TYPE {name} histogram"
+    histogram(
+        &mut o,
+        "signalcast_delivery_latency_seconds",
+        "Ingest to socket write of each live delivery (delayed views and resume replays are apart).",
+        &[("", &gw.latency)],
     );
-    let (buckets, sum_us) = gw.latency.snapshot();
-    let mut cumulative = 0;
-    for (le, count) in buckets {
-        cumulative += count;
-        match le {
-            Some(us) => {
-                let _ = writeln!(o, "{name}_bucket{{le=\"{}\"}} {cumulative}", us as f64 / 1e6);
-            }
-            None => {
-                let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
-            }
-        }
-    }
-    let _ = writeln!(o, "{name}_sum {}\n{name}_count {cumulative}", sum_us as f64 / 1e6);
+    histogram(
+        &mut o,
+        "signalcast_deferred_delivery_latency_seconds",
+        "Ingest to socket write of deliveries that wait on purpose: delayed views, resume replays.",
+        &[("kind=\"delayed_view\"", &gw.delayed_latency), ("kind=\"replay\"", &gw.replay_latency)],
+    );
     process(&mut o);
     o
+}
+
+/// The accounts sidecar's link, for a gateway that uses one.
+pub fn accounts(o: &mut String, feed_up: bool, keys: usize) {
+    single(
+        o,
+        "signalcast_accounts_feed_up",
+        "gauge",
+        "1 while the accounts change feed is connected; 0 = degraded (tokens verify with cached keys).",
+        u8::from(feed_up).to_string(),
+    );
+    single(o, "signalcast_accounts_signing_keys", "gauge", "Token signing keys held from the JWKS.", keys.to_string());
+}
+
+/// A Prometheus histogram, one series per (labels, histogram).
+fn histogram(o: &mut String, name: &str, help: &str, series: &[(&str, &LatencyHistogram)]) {
+    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} histogram");
+    for (labels, h) in series {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let (buckets, sum_us) = h.snapshot();
+        let mut cumulative = 0;
+        for (le, count) in buckets {
+            cumulative += count;
+            let le = le.map_or_else(|| "+Inf".to_owned(), |us| (us as f64 / 1e6).to_string());
+            let _ = writeln!(o, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}");
+        }
+        let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+        let _ = writeln!(o, "{name}_sum{braces} {}\n{name}_count{braces} {cumulative}", sum_us as f64 / 1e6);
+    }
 }
 
 /// One unlabelled sample with its HELP and TYPE lines.

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
-use crate::auth::{Accounts, Authenticator, DevAuth, OnChange, SidecarAuth};
+use crate::auth::{Accounts, AccountsState, Authenticator, DevAuth, OnChange, SidecarAuth};
 use crate::config::{Config, Role, fixtures};
 use crate::hub::{Hub, RightsSender};
 use crate::metrics::{self, GatewayStats};
@@ -53,14 +53,18 @@ impl App {
         self.draining.load(Ordering::Acquire)
     }
 
-    /// False while the accounts change feed is down (new logins cannot be checked
-    /// against live rights); connected clients are not affected.
-    pub fn accounts_ready(&self) -> bool {
-        self.sidecar.as_ref().is_none_or(|s| s.is_ready())
+    /// Where tokens come from and whether they can be checked; `None` on the embedded
+    /// default (always ready).
+    pub fn accounts_state(&self) -> Option<AccountsState> {
+        self.sidecar.as_ref().map(|s| s.state())
     }
 
     pub fn metrics(&self) -> String {
-        metrics::render(&self.stats, &self.engine, &self.feed, &self.kafka)
+        let mut text = metrics::render(&self.stats, &self.engine, &self.feed, &self.kafka);
+        if let Some(s) = &self.sidecar {
+            metrics::accounts(&mut text, s.state() == AccountsState::Live, s.key_count());
+        }
+        text
     }
 }
 
@@ -89,6 +93,38 @@ pub enum StartError {
     Kafka(#[from] kafka::KafkaError),
     #[error("role {0} needs Kafka: pass --kafka-brokers (or set [kafka] brokers)")]
     NeedsKafka(&'static str),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// A non-loopback listener with public development credentials in force.
+    #[error(
+        "refusing to listen on {addr} with public development credentials in force: {}. \
+         Anyone who reaches {addr} could mint tokens or publish signals. To run in public: {}. \
+         (To expose them anyway, set unsafe_public_dev_credentials = true, \
+         SIGNALCAST_UNSAFE_PUBLIC_DEV_CREDENTIALS=true.)",
+        .credentials.iter().map(|c| c.0).collect::<Vec<_>>().join(", "),
+        .credentials.iter().map(|c| c.1).collect::<Vec<_>>().join("; ")
+    )]
+    PublicDevCredentials { addr: SocketAddr, credentials: Vec<(&'static str, &'static str)> },
+}
+
+/// Refuses a listener outside loopback while public development credentials are in
+/// force, unless the one opt-in says otherwise (then it is logged loudly).
+fn check_exposure(config: &Config, listeners: &[SocketAddr]) -> Result<(), StartError> {
+    let credentials = config.public_dev_credentials();
+    let Some(&addr) = listeners.iter().find(|a| !a.ip().is_loopback()) else { return Ok(()) };
+    if credentials.is_empty() {
+        return Ok(());
+    }
+    if config.unsafe_public_dev_credentials {
+        let list = credentials.iter().map(|c| c.0).collect::<Vec<_>>().join(", ");
+        tracing::warn!(
+            %addr,
+            credentials = %list,
+            "UNSAFE: public development credentials exposed beyond loopback (unsafe_public_dev_credentials)"
+        );
+        return Ok(());
+    }
+    Err(StartError::PublicDevCredentials { addr, credentials })
 }
 
 /// A running server.
@@ -155,12 +191,8 @@ pub async fn start_on(
         }
         None => (None, None),
     };
-    let dev_auth = Arc::new(dev_auth(&config)?);
+    config.check_secrets()?;
     let role = config.role;
-    let kafka_stats = Arc::new(KafkaStats::default());
-    let options = kafka_options(&config, &kafka_stats).await?;
-    let engine =
-        Arc::new(Engine::start_with(config.engine.clone(), policy, options).map_err(StartError::Engine)?);
     let http_addr = http_listener
         .local_addr()
         .map_err(|source| StartError::Bind { addr: config.listen.clone(), source })?;
@@ -173,6 +205,12 @@ pub async fn start_on(
                 .map_err(|source| StartError::Bind { addr: config.feed_listen.clone(), source })?,
         ),
     };
+    check_exposure(&config, &[Some(http_addr), feed_addr].into_iter().flatten().collect::<Vec<_>>())?;
+    let dev_auth = Arc::new(dev_auth(&config)?);
+    let kafka_stats = Arc::new(KafkaStats::default());
+    let options = kafka_options(&config, &kafka_stats).await?;
+    let engine =
+        Arc::new(Engine::start_with(config.engine.clone(), policy, options).map_err(StartError::Engine)?);
 
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
@@ -232,8 +270,9 @@ pub async fn start_on(
         }
     }
 
-    let public_secret = config.auth.dev_secret == crate::config::AuthConfig::default().dev_secret;
-    let dev_tokens = (sidecar.is_none() && public_secret)
+    // Tokens for the asking only where the secret is public anyway and only on loopback.
+    let dev_tokens = (config.public_dev_secret()
+        && (http_addr.ip().is_loopback() || config.unsafe_public_dev_credentials))
         .then(|| (Arc::clone(&dev_auth), Duration::from_secs(config.auth.token_ttl_secs)));
     let stats = Arc::new(GatewayStats::default());
     let hub =

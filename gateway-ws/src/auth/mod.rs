@@ -11,7 +11,7 @@ mod sidecar;
 
 pub use accounts::{Account, Accounts, AccountsError};
 pub use dev::DevAuth;
-pub use sidecar::{Entitlements, OnChange, SidecarAuth, SidecarError};
+pub use sidecar::{AccountsState, Entitlements, OnChange, SidecarAuth, SidecarError};
 
 use engine::model::{Category, CategoryMask, Tier};
 use serde::{Deserialize, Serialize};

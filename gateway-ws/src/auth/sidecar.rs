@@ -47,6 +47,8 @@ pub struct SidecarAuth {
     validation: Validation,
     refetch: Notify,
     feed_up: AtomicBool,
+    /// The change feed has been followed at least once (a snapshot was loaded).
+    synced: AtomicBool,
     /// Producer id -> SHA-256 (hex) of each active API key.
     producers: RwLock<HashMap<String, HashSet<String>>>,
     /// Bumped when producer keys change: connected producers are verified again.
@@ -87,6 +89,7 @@ impl SidecarAuth {
             validation,
             refetch: Notify::new(),
             feed_up: AtomicBool::new(false),
+            synced: AtomicBool::new(false),
             producers: RwLock::new(HashMap::new()),
             revision: tokio::sync::watch::Sender::new(0),
         });
@@ -95,9 +98,22 @@ impl SidecarAuth {
         Ok(me)
     }
 
-    /// True while the change feed is connected.
-    pub fn is_ready(&self) -> bool {
-        self.feed_up.load(Ordering::Acquire) && !self.read_keys().is_empty()
+    /// What the gateway can do with what it has from the sidecar.
+    pub fn state(&self) -> AccountsState {
+        let keys = self.read_keys().len();
+        let up = self.feed_up.load(Ordering::Acquire);
+        if keys == 0 || !(up || self.synced.load(Ordering::Acquire)) {
+            AccountsState::NotSynced
+        } else if up {
+            AccountsState::Live
+        } else {
+            AccountsState::Degraded
+        }
+    }
+
+    /// Signing keys held (from the JWKS).
+    pub fn key_count(&self) -> usize {
+        self.read_keys().len()
     }
 
     fn read_keys(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, DecodingKey>> {
@@ -162,6 +178,7 @@ impl SidecarAuth {
             *after = snap["position"].as_i64().unwrap_or(0);
         }
         let path = format!("/v1/gateway/changes?after={after}");
+        self.synced.store(true, Ordering::Release);
         stream_events(&self.addr, &path, &self.gateway_token, &self.feed_up, |data| {
             let Ok(v) = serde_json::from_str::<Value>(data) else { return };
             if let Some(p) = v["position"].as_i64() {
@@ -196,6 +213,18 @@ impl SidecarAuth {
         })
         .await
     }
+}
+
+/// The gateway's standing with the accounts sidecar (`/health/ready`, metrics).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccountsState {
+    /// No signing keys yet, or the first snapshot is not in: tokens cannot be checked.
+    NotSynced,
+    /// Keys held and the change feed connected.
+    Live,
+    /// The change feed is down but the cached keys still verify tokens: clients can
+    /// connect and reconnect; logins and rights changes wait for the feed.
+    Degraded,
 }
 
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {

@@ -10,7 +10,7 @@ mod io;
 mod outbox;
 
 pub use io::Io;
-pub use outbox::{IOVECS, Out, Outbox, Pushed};
+pub use outbox::{IOVECS, Out, Outbox, Pushed, Timing};
 
 use std::collections::VecDeque;
 use std::sync::Arc;

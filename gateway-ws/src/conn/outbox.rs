@@ -19,11 +19,23 @@ use crate::ws::{CloseCode, outbound};
 /// saturation; 32 leaves room for bursts.
 pub const IOVECS: usize = 32;
 
+/// Why a signal is written when it is. Only `Live` deliveries measure the engine's
+/// latency; the others wait on purpose and are measured apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Timing {
+    /// Fan-out of a real-time view as it happens.
+    Live,
+    /// From a delayed view (free tier, users without real-time access).
+    Delayed,
+    /// A resume replay (from the ring or read back from history).
+    Replay,
+}
+
 /// One queued frame.
 #[derive(Clone, Debug)]
 pub enum Out {
     /// A signal from a tier channel, framed by the engine.
-    Signal(Message, Tier),
+    Signal(Message, Tier, Timing),
     /// A reply, notice, price update or close, framed here.
     Frame(Arc<[u8]>),
 }
@@ -31,7 +43,7 @@ pub enum Out {
 impl Out {
     pub fn bytes(&self) -> &[u8] {
         match self {
-            Self::Signal(m, _) => m.frame(),
+            Self::Signal(m, ..) => m.frame(),
             Self::Frame(f) => f,
         }
     }
@@ -137,7 +149,7 @@ impl Outbox {
     }
 
     /// Marks `n` bytes written; `delivered` is called for each signal written in full.
-    pub fn advance(&mut self, mut n: usize, mut delivered: impl FnMut(&Message, Tier)) {
+    pub fn advance(&mut self, mut n: usize, mut delivered: impl FnMut(&Message, Tier, Timing)) {
         while n > 0 {
             let Some(front) = self.frames.front() else { return };
             let left = front.bytes().len() - self.written;
@@ -148,8 +160,8 @@ impl Outbox {
             n -= left;
             self.bytes -= front.bytes().len();
             self.written = 0;
-            if let Some(Out::Signal(m, tier)) = self.frames.pop_front() {
-                delivered(&m, tier);
+            if let Some(Out::Signal(m, tier, timing)) = self.frames.pop_front() {
+                delivered(&m, tier, timing);
             }
         }
     }
@@ -174,7 +186,7 @@ mod tests {
             // Write in 3-byte pieces to exercise partial writes.
             let take = chunk.len().min(3);
             out.push(chunk[..take].to_vec());
-            o.advance(take, |_, _| {});
+            o.advance(take, |_, _, _| {});
         }
         out
     }
@@ -200,7 +212,7 @@ mod tests {
     fn a_frame_partly_written_is_finished_before_the_overflow_close() {
         let mut o = Outbox::default();
         o.push_text(&[b'a'; 40], 100);
-        o.advance(5, |_, _| {});
+        o.advance(5, |_, _, _| {});
         o.push_text(&[b'b'; 40], 100);
         assert_eq!(o.push_text(&[b'c'; 40], 100), Pushed::Overflow);
         let s = stream(&mut o);
@@ -234,13 +246,13 @@ mod tests {
         };
         let msg = Message::new(&meta, b"{\"x\":1}", &mut Vec::new());
         let mut o = Outbox::default();
-        o.push(Out::Signal(msg.clone(), Tier::Free), 1 << 20);
+        o.push(Out::Signal(msg.clone(), Tier::Free, Timing::Live), 1 << 20);
         let len = msg.frame().len();
         let mut seen = 0;
-        o.advance(len - 1, |_, _| seen += 1);
+        o.advance(len - 1, |_, _, _| seen += 1);
         assert_eq!(seen, 0);
-        o.advance(1, |m, t| {
-            assert_eq!((m.seq(), t), (1, Tier::Free));
+        o.advance(1, |m, t, timing| {
+            assert_eq!((m.seq(), t, timing), (1, Tier::Free, Timing::Live));
             seen += 1;
         });
         assert_eq!(seen, 1);

@@ -4,13 +4,14 @@
 use std::sync::Arc;
 
 use engine::channels::{ChannelName, Resume};
-use engine::model::Tier;
+use engine::model::{Tier, UnixNanos};
 use serde_json::json;
 
 use super::fanout::log_of;
+use super::quota::utc_day;
 use super::shard::{Shard, Sub};
 use crate::auth::Session;
-use crate::protocol::{self, ClientMessage, ErrorCode, Refusal};
+use crate::protocol::{self, ClientMessage, ErrorCode, Refusal, ResumeAsk};
 use crate::ws::inbound::Inbound;
 use crate::ws::outbound;
 
@@ -62,7 +63,7 @@ impl Shard {
         }
     }
 
-    fn subscribe(&mut self, i: usize, channel: ChannelName, resume: Option<Resume>) {
+    fn subscribe(&mut self, i: usize, channel: ChannelName, resume: Option<ResumeAsk>) {
         let Some(c) = self.conns[i].as_ref() else { return };
         let name = channel.to_string();
         let already = match &channel {
@@ -79,6 +80,13 @@ impl Shard {
                 if tier > c.session.tier {
                     let msg = format!("{name} is above your tier ({})", c.session.tier);
                     return self.refuse(i, &Refusal::new(ErrorCode::Forbidden, msg).on(name));
+                }
+                // Nothing would be delivered: say so instead of a silent subscription.
+                if let Some(limit) = self.limit_for(&c.session)
+                    && c.quota.exhausted(limit, utc_day(UnixNanos::now().0))
+                {
+                    let msg = format!("daily signal quota of {limit} used up; deliveries resume at 00:00 UTC");
+                    return self.refuse(i, &Refusal::new(ErrorCode::QuotaExhausted, msg).on(name));
                 }
                 // A new SUBSCRIBE replaces a subscription, or one waiting for history.
                 self.cancel_history(i, tier);

@@ -9,8 +9,8 @@ use serde_json::json;
 use super::quota::{Take, utc_day};
 use super::shard::{LOGS, Shard, Sub};
 use crate::auth::Session;
-use crate::conn::{Conn, Out, Pushed};
-use crate::protocol::{self, Refusal};
+use crate::conn::{Conn, Out, Pushed, Timing};
+use crate::protocol::{self, Refusal, ResumeAsk};
 use crate::ws::{CloseCode, outbound};
 
 pub(super) fn log_index(tier: Tier, delayed: bool) -> usize {
@@ -76,10 +76,12 @@ impl Shard {
         i: usize,
         channel: &ChannelName,
         tier: Tier,
-        resume: Option<Resume>,
+        ask: Option<ResumeAsk>,
     ) {
         let Some(c) = self.conns.get(i).and_then(Option::as_ref) else { return };
         let idx = self.view_for(&c.session, tier);
+        let Some(epoch) = log_of(&self.ctx.engine.channels, idx).map(ChannelLog::epoch) else { return };
+        let resume = ask.map(|a| a.against(epoch));
         if let Some(r) = resume
             && self.resume_from_history(i, tier, idx, r)
         {
@@ -120,7 +122,7 @@ impl Shard {
         let limit = self.ctx.conn.outbound_limit;
         let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) else { return };
         for m in &sub.replay {
-            if deliver(&mut entry, c, idx, m, tier, today, limit) == Delivery::Overflow {
+            if deliver(&mut entry, c, idx, m, tier, Timing::Replay, today, limit) == Delivery::Overflow {
                 self.overflowed.push(i);
                 break;
             }
@@ -168,6 +170,7 @@ impl Shard {
                 continue;
             }
             let tier = Tier::ALL[idx / 2];
+            let timing = if idx % 2 == 1 { Timing::Delayed } else { Timing::Live };
             loop {
                 self.batch.clear();
                 match log.read_after(self.cursors[idx], &mut self.batch, 256) {
@@ -179,7 +182,7 @@ impl Shard {
                         for m in &self.batch {
                             for sub in &mut self.subs[idx] {
                                 let Some(c) = self.conns[sub.conn].as_mut() else { continue };
-                                match deliver(sub, c, idx, m, tier, today, limit) {
+                                match deliver(sub, c, idx, m, tier, timing, today, limit) {
                                     Delivery::Queued => c.mark_dirty(&mut self.dirty, sub.conn),
                                     Delivery::Overflow => self.overflowed.push(sub.conn),
                                     Delivery::Exhausted => self.exhausted.push(sub.conn),
@@ -277,12 +280,14 @@ pub(super) enum Delivery {
 }
 
 /// The per-recipient step: seq, category and quota checks, then a pointer push.
+#[allow(clippy::too_many_arguments)] // the hot path's inputs, kept as plain values
 pub(super) fn deliver(
     sub: &mut Sub,
     c: &mut Conn,
     log: usize,
     m: &Message,
     tier: Tier,
+    timing: Timing,
     today: u32,
     limit: usize,
 ) -> Delivery {
@@ -299,7 +304,7 @@ pub(super) fn deliver(
     {
         return if notify { Delivery::Exhausted } else { Delivery::Skipped };
     }
-    match c.outbox.push(Out::Signal(m.clone(), tier), limit) {
+    match c.outbox.push(Out::Signal(m.clone(), tier, timing), limit) {
         Pushed::Queued => Delivery::Queued,
         Pushed::Overflow => Delivery::Overflow,
         Pushed::Closed => Delivery::Skipped,

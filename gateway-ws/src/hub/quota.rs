@@ -53,6 +53,11 @@ impl UserQuota {
         Take::Deliver
     }
 
+    /// Today's deliveries have reached `limit` (nothing more would be delivered today).
+    pub fn exhausted(&self, limit: u32, day: u32) -> bool {
+        self.day.load(Ordering::Acquire) == day && self.used.load(Ordering::Acquire) >= limit
+    }
+
     pub fn used(&self) -> u32 {
         self.used.load(Ordering::Acquire)
     }
@@ -100,6 +105,9 @@ mod tests {
             "an admitted message still reaches a late connection"
         );
         assert_eq!(q.used(), 2);
+        assert!(q.exhausted(2, 100));
+        assert!(!q.exhausted(2, 101), "spent yesterday is not spent today");
+        assert!(!q.exhausted(3, 100));
         assert_eq!(q.take(0, 5, 2, 101), Take::Deliver, "a new day");
     }
 }

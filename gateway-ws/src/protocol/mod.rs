@@ -56,10 +56,28 @@ impl Refusal {
     }
 }
 
+/// A SUBSCRIBE's `since` and `epoch`, as the client sent them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResumeAsk {
+    pub since: u64,
+    /// `None`: a string that is no epoch this server writes (not 16 hex digits). It is
+    /// still a well-formed request, answered SUBSCRIBED with `recovered: false`, like
+    /// any other epoch that is not the channel's.
+    pub epoch: Option<Epoch>,
+}
+
+impl ResumeAsk {
+    /// The resume to ask a log whose epoch is `current` for: an unparseable epoch
+    /// becomes one that cannot match it.
+    pub fn against(self, current: Epoch) -> Resume {
+        Resume { since: self.since, epoch: self.epoch.unwrap_or(Epoch(!current.0)) }
+    }
+}
+
 /// What a client may send.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClientMessage {
-    Subscribe { channel: ChannelName, resume: Option<Resume> },
+    Subscribe { channel: ChannelName, resume: Option<ResumeAsk> },
     Unsubscribe { channel: ChannelName },
     Ping,
     Refresh { token: String },
@@ -95,12 +113,7 @@ pub fn parse(text: &str) -> Result<ClientMessage, Refusal> {
             let ch = channel(&raw)?;
             let resume = match (raw.since, raw.epoch.as_deref()) {
                 (None, None) => None,
-                (Some(since), Some(e)) => {
-                    let epoch = e.parse::<Epoch>().map_err(|_| {
-                        Refusal::new(ErrorCode::BadRequest, "epoch must be 16 hex digits").on(ch.to_string())
-                    })?;
-                    Some(Resume { since, epoch })
-                }
+                (Some(since), Some(e)) => Some(ResumeAsk { since, epoch: e.parse::<Epoch>().ok() }),
                 _ => {
                     return Err(
                         Refusal::new(ErrorCode::BadRequest, "since and epoch go together").on(ch.to_string())
@@ -194,9 +207,18 @@ mod tests {
             ),
             Ok(ClientMessage::Subscribe {
                 channel: ChannelName::Signals(Tier::Premium),
-                resume: Some(Resume { since: 41, epoch: Epoch(255) })
+                resume: Some(ResumeAsk { since: 41, epoch: Some(Epoch(255)) })
             })
         );
+        // Any other string is an epoch that is not the channel's: not a bad request.
+        for epoch in ["", "yesterday", "00000000000000fff", "zzzzzzzzzzzzzzzz"] {
+            let text = format!(r#"{{"type":"SUBSCRIBE","channel":"signals_free","since":3,"epoch":"{epoch}"}}"#);
+            let Ok(ClientMessage::Subscribe { resume: Some(ask), .. }) = parse(&text) else {
+                panic!("{text} refused")
+            };
+            assert_eq!(ask.epoch, None, "{text}");
+            assert_ne!(ask.against(Epoch(7)).epoch, Epoch(7), "never matches the channel's epoch");
+        }
         assert_eq!(
             parse(r#"{"type":"SUBSCRIBE","channel":"prices_general"}"#),
             Ok(ClientMessage::Subscribe { channel: ChannelName::Prices, resume: None })
@@ -225,6 +247,15 @@ mod tests {
         );
         assert_eq!(
             code(r#"{"type":"SUBSCRIBE","channel":"signals_premium","since":-1,"epoch":"0"}"#),
+            ErrorCode::BadRequest
+        );
+        // Wrong JSON types stay bad requests.
+        assert_eq!(
+            code(r#"{"type":"SUBSCRIBE","channel":"signals_premium","since":4,"epoch":17}"#),
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            code(r#"{"type":"SUBSCRIBE","channel":"signals_premium","since":"4","epoch":"00000000000000ff"}"#),
             ErrorCode::BadRequest
         );
         assert_eq!(code(r#"{"type":"SUBSCRIBE","channel":"signals_gold"}"#), ErrorCode::UnknownChannel);
