@@ -260,17 +260,24 @@ impl Config {
         if self.public_dev_secret() {
             v.push((
                 "the public dev secret and /dev/tokens",
-                "set auth.dev_secret to 32 or more random bytes, or auth.accounts_url",
+                "auth.accounts_url (SIGNALCAST_AUTH__ACCOUNTS_URL) for the accounts sidecar's tokens, \
+                 or auth.dev_secret (SIGNALCAST_AUTH__DEV_SECRET) with 32 or more random bytes",
             ));
         }
         if self.accounts_file.is_none() {
-            v.push(("the fixture accounts", "set accounts_file, or auth.accounts_url"));
+            v.push((
+                "the fixture accounts",
+                "the accounts sidecar, or accounts_file (SIGNALCAST_ACCOUNTS_FILE)",
+            ));
         }
         if self.producers_file.is_none() && self.role != Role::Gateway {
-            v.push(("the fixture producer keys", "set producers_file, or auth.accounts_url"));
+            v.push((
+                "the fixture producer keys",
+                "the accounts sidecar, or producers_file (SIGNALCAST_PRODUCERS_FILE)",
+            ));
         }
         if self.demo.enabled && self.role == Role::All {
-            v.push(("the demo producer", "set demo.enabled = false"));
+            v.push(("the demo producer", "demo.enabled = false (SIGNALCAST_DEMO__ENABLED=false)"));
         }
         v
     }

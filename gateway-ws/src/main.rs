@@ -86,7 +86,22 @@ enum Command {
     Version,
 }
 
-fn main() -> anyhow::Result<()> {
+/// Errors end the process with one line (the cause chain joined), whatever
+/// RUST_BACKTRACE says: an operator reads it in a log.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("Error: {e:#}");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -98,8 +98,8 @@ pub enum StartError {
     /// A non-loopback listener with public development credentials in force.
     #[error(
         "refusing to listen on {addr} with public development credentials in force: {}. \
-         Anyone who reaches {addr} could mint tokens or publish signals. To run in public: {}. \
-         (To expose them anyway, set unsafe_public_dev_credentials = true, \
+         Anyone who reaches {addr} could mint tokens or publish signals. Set instead: {}. \
+         (To expose them anyway: unsafe_public_dev_credentials = true, \
          SIGNALCAST_UNSAFE_PUBLIC_DEV_CREDENTIALS=true.)",
         .credentials.iter().map(|c| c.0).collect::<Vec<_>>().join(", "),
         .credentials.iter().map(|c| c.1).collect::<Vec<_>>().join("; ")
@@ -165,6 +165,12 @@ async fn bind(addr: &str) -> Result<TcpListener, StartError> {
 
 /// Binds the configured addresses and starts everything.
 pub async fn start(config: Config) -> Result<Running, StartError> {
+    // Refuse before binding where the address says it all (an IP, not a host name).
+    config.check_secrets()?;
+    let feed = (config.role != Role::Gateway).then_some(&config.feed_listen);
+    let planned: Vec<SocketAddr> =
+        [Some(&config.listen), feed].into_iter().flatten().filter_map(|a| a.parse().ok()).collect();
+    check_exposure(&config, &planned)?;
     let http = bind(&config.listen).await?;
     let feed = bind(&config.feed_listen).await?;
     start_on(config, http, feed).await

@@ -93,3 +93,118 @@ async fn produce_replays_signals_into_a_feed_and_waits_for_the_acks() {
     );
     server.shutdown().await;
 }
+
+/// The binary with a clean environment plus `vars` (no SIGNALCAST_* from the caller).
+fn signalcast(args: &[&str], vars: &[(&str, &str)]) -> std::process::Output {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_signalcast"));
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("SIGNALCAST_")) {
+        c.env_remove(k);
+    }
+    c.args(args).envs(vars.iter().copied()).stdin(std::process::Stdio::null()).output().unwrap()
+}
+
+#[test]
+fn variables_of_other_commands_stop_no_command() {
+    // What docs/accounts.md exports for the sidecar, and what `produce --key` reads.
+    let others = [
+        ("SIGNALCAST_PRODUCER_KEY", "dev-alpha-0c1d2e3f4a5b6c7d"),
+        ("SIGNALCAST_ACCOUNTS_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres"),
+        ("SIGNALCAST_ACCOUNTS_ADMIN_TOKEN", "change-me-admin-0123456789"),
+        ("SIGNALCAST_ACCOUNTS_GATEWAY_TOKEN", "change-me-gateway-0123456789"),
+        ("SIGNALCAST_ACCOUNTS_LISTEN", "127.0.0.1:8081"),
+        ("SIGNALCAST_ACCOUNTS_URL", "http://127.0.0.1:8081"),
+        ("SIGNALCAST_URL", "ws://127.0.0.1:8080/ws"),
+        ("SIGNALCAST_TOKEN", "x"),
+        ("SIGNALCAST_BIN", "/bin/true"),
+    ];
+    let out = signalcast(&["version"], &others);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = signalcast(&["token", "--user", "u-free-1"], &others);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("eyJ"));
+    // `version` does not even read the settings: a broken one does not stop it.
+    let out = signalcast(&["version"], &[("SIGNALCAST_SHARDS", "many")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn a_misspelt_setting_stops_the_server_with_one_line_naming_the_closest_key() {
+    for (var, expect) in [
+        (
+            "SIGNALCAST_ENGINE__RING_CAPASITY",
+            "unknown setting SIGNALCAST_ENGINE__RING_CAPASITY (did you mean SIGNALCAST_ENGINE__RING_CAPACITY?)",
+        ),
+        ("SIGNALCAST_LISTN", "unknown setting SIGNALCAST_LISTN (did you mean SIGNALCAST_LISTEN?)"),
+        ("SIGNALCAST_PRODUCER_KYE", "unknown setting SIGNALCAST_PRODUCER_KYE (did you mean SIGNALCAST_PRODUCERS_FILE?)"),
+    ] {
+        let out = signalcast(&["serve"], &[(var, "1"), ("SIGNALCAST_LISTEN", "127.0.0.1:0")]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines, [format!("Error: {expect}")], "{err}");
+    }
+    let toml = common::temp_file("typo.toml", "[engine]\nring_capasity = 5\n");
+    let out = signalcast(&["serve", "--config", toml.to_str().unwrap()], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("unknown setting `engine.ring_capasity` in") && err.contains("(did you mean `engine.ring_capacity`?)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn public_dev_credentials_never_listen_beyond_loopback() {
+    // The container image's environment (deploy/Dockerfile): refused before binding,
+    // every credential named with what to set instead.
+    let image = [
+        ("SIGNALCAST_LISTEN", "0.0.0.0:8080"),
+        ("SIGNALCAST_FEED_LISTEN", "0.0.0.0:7000"),
+        ("SIGNALCAST_DEMO__ENABLED", "false"),
+    ];
+    let out = signalcast(&["serve"], &image);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needed in [
+        "refusing to listen on 0.0.0.0:8080",
+        "the public dev secret and /dev/tokens",
+        "the fixture accounts",
+        "the fixture producer keys",
+        "SIGNALCAST_AUTH__ACCOUNTS_URL",
+        "SIGNALCAST_UNSAFE_PUBLIC_DEV_CREDENTIALS",
+    ] {
+        assert!(err.contains(needed), "{needed}: {err}");
+    }
+    assert!(!err.contains("the demo producer"), "the image has the demo off: {err}");
+    // The feed alone beyond loopback is refused too.
+    let out = signalcast(&["serve"], &[("SIGNALCAST_LISTEN", "127.0.0.1:0"), ("SIGNALCAST_FEED_LISTEN", "0.0.0.0:0")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("refusing to listen on 0.0.0.0:0"), "{err}");
+    // Weak secrets are refused wherever the server listens.
+    let out = signalcast(&["serve"], &[("SIGNALCAST_LISTEN", "127.0.0.1:0"), ("SIGNALCAST_AUTH__DEV_SECRET", "short")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("at least 32"), "{err}");
+    let out = signalcast(
+        &["serve", "--accounts-url", "http://127.0.0.1:9"],
+        &[("SIGNALCAST_LISTEN", "127.0.0.1:0"), ("SIGNALCAST_FEED_LISTEN", "127.0.0.1:0")],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("accounts_gateway_token"), "{err}");
+}
+
+#[test]
+fn the_exposure_rule_in_the_configuration() {
+    let mut c = gateway::Config::default();
+    assert_eq!(c.public_dev_credentials().len(), 4, "the embedded default uses all four");
+    c.auth.accounts_url = Some("https://accounts.internal:8443".into());
+    c.auth.accounts_gateway_token = "gateway-token-0123456789".into();
+    assert!(c.public_dev_credentials().is_empty(), "the sidecar replaces them all");
+    assert!(c.check_secrets().is_ok());
+    let mut c = gateway::Config::default();
+    c.auth.dev_secret = "a-private-secret-of-at-least-32-bytes!".into();
+    c.accounts_file = Some("accounts.toml".into());
+    c.producers_file = Some("producers.toml".into());
+    c.demo.enabled = false;
+    assert!(c.public_dev_credentials().is_empty(), "private files and secret");
+    assert!(!c.public_dev_secret());
+}
