@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace, the way CI does: formatting, lints (warnings are
-# errors), then `cargo test --workspace`. Installs what the tests need when missing, so
+# errors), then `cargo test --workspace` (which runs the README's commands as written:
+# gateway-ws/tests/readme.rs; they use ports 8080, 7000 and 8081). Installs what the tests need when missing, so
 # it passes on a fresh machine on its own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,11 @@ for component in rustfmt clippy; do
 done
 
 step "test dependencies"
+# The README test runs the pages' commands as written, some with curl.
+if ! command -v curl >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl
+  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl; fi
+fi
 # The interop test drives the server with a client nobody here wrote: Python websockets.
 if ! python3 -c 'import websockets' >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check websockets

@@ -97,7 +97,12 @@ pub async fn run(p: &Plan) -> Result<Created, BootstrapError> {
 
 /// One admin POST over HTTP/1.1 (hyper's client), 10 s for the whole exchange, the
 /// answer capped at 64 KiB.
-async fn call(addr: &str, token: &str, path: &str, body: &Value) -> Result<(StatusCode, Value), BootstrapError> {
+async fn call(
+    addr: &str,
+    token: &str,
+    path: &str,
+    body: &Value,
+) -> Result<(StatusCode, Value), BootstrapError> {
     let unreachable = |message: String| BootstrapError::Unreachable { addr: addr.to_owned(), message };
     let exchange = async {
         let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| unreachable(e.to_string()))?;

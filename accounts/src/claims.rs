@@ -1,4 +1,4 @@
-//! The access token's claims (DESIGN.md, "Access tokens"). The gateway reads the same
+//! The access token's claims (docs/accounts.md, "Tokens"). The gateway reads the same
 //! fields (`gateway::auth::Claims`); the gateway's tests against this binary keep the
 //! two in step.
 

@@ -146,8 +146,9 @@ async fn serve(database_url: String, args: ServeArgs) -> anyhow::Result<()> {
     let gateway_token = required(args.gateway_token, "--gateway-token", "SIGNALCAST_ACCOUNTS_GATEWAY_TOKEN")?;
     let mut config = accounts::Config::new(database_url, admin_token, gateway_token);
     config.access_ttl = Duration::from_secs(args.access_ttl_secs.max(1));
-    let listener =
-        tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("listen on {}", args.listen))?;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("listen on {}", args.listen))?;
     tracing::info!(addr = %listener.local_addr()?, "signalcast-accounts serving");
     accounts::run(listener, config, shutdown()).await?;
     Ok(())

@@ -120,11 +120,29 @@ async fn the_sidecar_and_postgres_dying_cost_connected_clients_nothing() {
     wait_for("signals before the faults", 60, || progress.load(Ordering::Relaxed) >= 100).await;
     sidecar.kill(); // SIGKILL
     db.stop(); // immediate: a crash, recovery on the next start
-    wait_for("readiness reports the sidecar gone", 10, || ready() == 503).await;
+    // Degraded, still ready: the cached keys verify tokens, so clients can reconnect here.
+    let feed_up = || {
+        gw.app
+            .metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix("signalcast_accounts_feed_up ").map(str::to_owned))
+    };
+    wait_for("the metric reports the feed gone", 10, || feed_up().as_deref() == Some("0")).await;
+    assert_eq!(ready(), 200, "a degraded gateway stays ready");
+    let body = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(gw.http_addr).unwrap();
+        s.write_all(b"GET /health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text
+    };
+    assert!(body.contains("ready, degraded: accounts feed down"), "{body}");
     wait_for("signals while both are down", 60, || progress.load(Ordering::Relaxed) >= 250).await;
     db.restart();
     let _sidecar = Sidecar::start_on(&db, port);
-    wait_for("readiness back once the sidecar is", 20, || ready() == 200).await;
+    wait_for("the feed back once the sidecar is", 20, || feed_up().as_deref() == Some("1")).await;
+    assert_eq!(ready(), 200);
     feeding.await.unwrap();
 
     for (channel, _, task) in followers {

@@ -9,7 +9,7 @@
 # PEER: nats (ws://127.0.0.1:8081, publish tcp 4222), nchan (ws://127.0.0.1:8082/sub/CH,
 # publish POST /pub/CH), node-ws (ws://127.0.0.1:8084/CH, publish tcp 9084 lines).
 # Logs and pid files go to bench/peers/<peer>/run/. Facts and caveats:
-# ../shared/research/peers-setup.md.
+# docs/PERFORMANCE.md, "The peers on these machines".
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 PEERS=(nats nchan node-ws)

@@ -460,7 +460,7 @@ async fn compare(results: &mut Results, common: &Common, suite: &str) {
     let full = suite == "full";
     let p = common.processes;
     for &t in &common.targets {
-        // The reference figures of fanout-floor.md: 1k x 50/s, 5k x 10/s, 10k x 20/s.
+        // The reference figures of docs/PERFORMANCE.md, "The floor": 1k x 50/s, 5k x 10/s, 10k x 20/s.
         let configs: &[(usize, f64)] =
             if full { &[(1_000, 50.0), (5_000, 10.0), (10_000, 20.0)] } else { &[(1_000, 50.0)] };
         for &(n, rate) in configs {

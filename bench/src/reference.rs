@@ -4,7 +4,7 @@
 //! published line is framed once and handed to every shard; each shard sweeps its
 //! sockets continuously, writing everything a socket lacks in one `writev`, and picks
 //! up new frames every few dozen sockets instead of holding them for a full pass
-//! (../shared/research/fanout-floor.md). No auth, no tiers, no filtering: it is the
+//! (docs/PERFORMANCE.md, "The floor"). No auth, no tiers, no filtering: it is the
 //! ceiling signalcast is measured against, not a product.
 
 use std::collections::VecDeque;

@@ -1,6 +1,6 @@
 //! signalcast engine: everything between a producer's socket and a channel log.
 //!
-//! The modules follow the path of one signal (DESIGN.md):
+//! The modules follow the path of one signal (docs/ARCHITECTURE.md):
 //!
 //! ```text
 //! feed (TCP frames) --> pipeline::IngestQueue --> pipeline::Stage

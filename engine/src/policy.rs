@@ -1,6 +1,6 @@
 //! The tier policy: which signals each tier's channel carries, how late, how many a day.
 //!
-//! Loaded from TOML (`fixtures/tiers.toml` holds the defaults of DESIGN.md):
+//! Loaded from TOML (`fixtures/tiers.toml` holds the defaults of docs/protocol.md, "Tiers"):
 //!
 //! ```toml
 //! min_confidence = 75.00      # global bar: a signal passes when confidence > this
@@ -81,7 +81,7 @@ impl From<RuleFile> for TierRule {
 }
 
 impl Default for TierPolicy {
-    /// The table of DESIGN.md.
+    /// The default tier table (docs/protocol.md, "Tiers").
     fn default() -> Self {
         let rule = |min: u16, delay: u64, per_day: Option<u32>| TierRule {
             min_confidence: Confidence::new(min).unwrap_or(Confidence::MAX),

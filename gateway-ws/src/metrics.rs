@@ -313,7 +313,13 @@ pub fn accounts(o: &mut String, feed_up: bool, keys: usize) {
         "1 while the accounts change feed is connected; 0 = degraded (tokens verify with cached keys).",
         u8::from(feed_up).to_string(),
     );
-    single(o, "signalcast_accounts_signing_keys", "gauge", "Token signing keys held from the JWKS.", keys.to_string());
+    single(
+        o,
+        "signalcast_accounts_signing_keys",
+        "gauge",
+        "Token signing keys held from the JWKS.",
+        keys.to_string(),
+    );
 }
 
 /// A Prometheus histogram, one series per (labels, histogram).

@@ -135,7 +135,10 @@ fn a_misspelt_setting_stops_the_server_with_one_line_naming_the_closest_key() {
             "unknown setting SIGNALCAST_ENGINE__RING_CAPASITY (did you mean SIGNALCAST_ENGINE__RING_CAPACITY?)",
         ),
         ("SIGNALCAST_LISTN", "unknown setting SIGNALCAST_LISTN (did you mean SIGNALCAST_LISTEN?)"),
-        ("SIGNALCAST_PRODUCER_KYE", "unknown setting SIGNALCAST_PRODUCER_KYE (did you mean SIGNALCAST_PRODUCERS_FILE?)"),
+        (
+            "SIGNALCAST_PRODUCER_KYE",
+            "unknown setting SIGNALCAST_PRODUCER_KYE (did you mean SIGNALCAST_PRODUCERS_FILE?)",
+        ),
     ] {
         let out = signalcast(&["serve"], &[(var, "1"), ("SIGNALCAST_LISTEN", "127.0.0.1:0")]);
         assert!(!out.status.success());
@@ -148,7 +151,8 @@ fn a_misspelt_setting_stops_the_server_with_one_line_naming_the_closest_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        err.contains("unknown setting `engine.ring_capasity` in") && err.contains("(did you mean `engine.ring_capacity`?)"),
+        err.contains("unknown setting `engine.ring_capasity` in")
+            && err.contains("(did you mean `engine.ring_capacity`?)"),
         "{err}"
     );
 }
@@ -177,11 +181,17 @@ fn public_dev_credentials_never_listen_beyond_loopback() {
     }
     assert!(!err.contains("the demo producer"), "the image has the demo off: {err}");
     // The feed alone beyond loopback is refused too.
-    let out = signalcast(&["serve"], &[("SIGNALCAST_LISTEN", "127.0.0.1:0"), ("SIGNALCAST_FEED_LISTEN", "0.0.0.0:0")]);
+    let out = signalcast(
+        &["serve"],
+        &[("SIGNALCAST_LISTEN", "127.0.0.1:0"), ("SIGNALCAST_FEED_LISTEN", "0.0.0.0:0")],
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("refusing to listen on 0.0.0.0:0"), "{err}");
     // Weak secrets are refused wherever the server listens.
-    let out = signalcast(&["serve"], &[("SIGNALCAST_LISTEN", "127.0.0.1:0"), ("SIGNALCAST_AUTH__DEV_SECRET", "short")]);
+    let out = signalcast(
+        &["serve"],
+        &[("SIGNALCAST_LISTEN", "127.0.0.1:0"), ("SIGNALCAST_AUTH__DEV_SECRET", "short")],
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("at least 32"), "{err}");
     let out = signalcast(
@@ -207,4 +217,32 @@ fn the_exposure_rule_in_the_configuration() {
     c.demo.enabled = false;
     assert!(c.public_dev_credentials().is_empty(), "private files and secret");
     assert!(!c.public_dev_secret());
+}
+
+#[test]
+fn every_environment_variable_is_in_the_documented_table() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let doc = std::fs::read_to_string(root.join("docs/configuration.md")).unwrap();
+    let table: String = doc
+        .split("## Environment variables")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("docs/configuration.md has an environment variables table")
+        .to_owned();
+    // What the binaries' command lines read, and what the settings loader leaves alone.
+    let mut vars: Vec<String> = gateway::config::NOT_SETTINGS.iter().map(|s| (*s).to_owned()).collect();
+    for src in ["gateway-ws/src/main.rs", "accounts/src/main.rs"] {
+        let text = std::fs::read_to_string(root.join(src)).unwrap();
+        for part in text.split("env = \"").skip(1) {
+            let var = part.split('"').next().unwrap();
+            // Settings given as flags too (SIGNALCAST_ROLE, …) are covered by the
+            // SIGNALCAST_<KEY> row; everything else must have its own.
+            if !var.contains("__") && !["SIGNALCAST_ROLE"].contains(&var) {
+                vars.push(var.to_owned());
+            }
+        }
+    }
+    for var in vars {
+        assert!(table.contains(&format!("`{var}`")), "{var} is not in docs/configuration.md's table");
+    }
 }

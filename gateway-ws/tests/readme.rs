@@ -66,9 +66,10 @@ impl Block {
             return Kind::Skip(reason.trim().to_owned());
         }
         if let Some(r) = rest.strip_prefix("background") {
-            let ready = r.trim().strip_prefix("ready=").unwrap_or_else(|| {
-                panic!("line {}: `sh background` needs ready=\"TEXT\"", self.line)
-            });
+            let ready = r
+                .trim()
+                .strip_prefix("ready=")
+                .unwrap_or_else(|| panic!("line {}: `sh background` needs ready=\"TEXT\"", self.line));
             return Kind::Background { ready: ready.trim_matches('"').to_owned() };
         }
         assert!(rest.is_empty(), "line {}: unknown fence attributes {rest:?}", self.line);
@@ -141,6 +142,16 @@ impl Drop for Background {
         let _ = Command::new("kill").args(["-KILL", "--", &pgid]).status();
         let _ = self.child.wait();
         println!("stopped {} (killed)", self.what);
+    }
+}
+
+impl Drop for Page {
+    fn drop(&mut self) {
+        // Last started, first stopped: a gateway goes before the sidecar it follows.
+        while let Some(server) = self.servers.pop() {
+            drop(server);
+        }
+        let _ = std::fs::remove_file(&self.exports);
     }
 }
 
@@ -330,9 +341,11 @@ fn printed_url(output: &str, tier: &str) -> String {
 async fn http_get(path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect("127.0.0.1:8080").await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
     let mut text = String::new();
     tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut text)).await.unwrap().unwrap();
     let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
@@ -379,7 +392,10 @@ async fn readme_commands_run_as_written() {
                     let m = signal_where(&mut c, Duration::from_secs(30), |_| true).await;
                     assert!(m["data"]["market"].is_object() || m["data"]["market"].is_null(), "{m}");
                     let refused = c.subscribe("signals_enterprise").await;
-                    assert_eq!((refused["type"].as_str(), refused["code"].as_str()), (Some("ERROR"), Some("forbidden")));
+                    assert_eq!(
+                        (refused["type"].as_str(), refused["code"].as_str()),
+                        (Some("ERROR"), Some("forbidden"))
+                    );
                     let seq = m["seq"].as_u64().unwrap();
                     c.send(json!({"type": "SUBSCRIBE", "channel": "signals_premium",
                                   "since": seq - 1, "epoch": sub["epoch"]}))
@@ -421,24 +437,36 @@ async fn readme_commands_run_as_written() {
                     c.send(json!({"type": "SUBSCRIBE", "channel": "signals_premium",
                                   "since": head.saturating_sub(500), "epoch": sub["epoch"]}))
                         .await;
-                    let m = signal_where(&mut c, Duration::from_secs(10), |v| v["data"]["symbol"] == "EXAMPLE").await;
+                    let m =
+                        signal_where(&mut c, Duration::from_secs(10), |v| v["data"]["symbol"] == "EXAMPLE")
+                            .await;
                     assert_eq!(m["data"]["market"]["last"], "101.2500", "{m}");
                     assert_eq!(m["data"]["market"]["bid"], "101.2000", "{m}");
                 }
             })
         }),
-        ("/metrics", check(|out| async move {
-            assert!(out.contains("signalcast_delivery_latency_seconds_bucket"), "{out}");
-        })),
-        ("/health/ready", check(|out| async move {
-            assert!(out.trim_end().ends_with("ready"), "{out}");
-        })),
-        ("token --user u-free-1", check(|out| async move {
-            let token = out.lines().rev().find(|l| l.starts_with("eyJ")).unwrap_or_else(|| panic!("{out}"));
-            let mut c = Client::connect(&format!("ws://127.0.0.1:8080/ws?token={}", token.trim())).await;
-            assert_eq!(c.subscribe("signals_free").await["type"], "SUBSCRIBED");
-            assert_eq!(c.subscribe("signals_basic").await["code"], "forbidden");
-        })),
+        (
+            "/metrics",
+            check(|out| async move {
+                assert!(out.contains("signalcast_delivery_latency_seconds_bucket"), "{out}");
+            }),
+        ),
+        (
+            "/health/ready",
+            check(|out| async move {
+                assert!(out.trim_end().ends_with("ready"), "{out}");
+            }),
+        ),
+        (
+            "token --user u-free-1",
+            check(|out| async move {
+                let token =
+                    out.lines().rev().find(|l| l.starts_with("eyJ")).unwrap_or_else(|| panic!("{out}"));
+                let mut c = Client::connect(&format!("ws://127.0.0.1:8080/ws?token={}", token.trim())).await;
+                assert_eq!(c.subscribe("signals_free").await["type"], "SUBSCRIBED");
+                assert_eq!(c.subscribe("signals_basic").await["code"], "forbidden");
+            }),
+        ),
     ];
     run_page(&mut page, checks).await;
     println!("skipped: {:?}", page.skipped);
@@ -454,31 +482,44 @@ async fn accounts_page_runs_as_written() {
     // "PGPORT: where your PostgreSQL listens" — here, the throwaway cluster.
     page.env.push(("PGPORT".into(), db.port.to_string()));
     let checks: Vec<(&'static str, Check)> = vec![
-        ("-- seed --file fixtures/accounts.toml", check(|out| async move {
-            assert!(out.contains("seeded"), "{out}");
-        })),
-        ("cargo run --release -p signalcast-accounts\n", check(|out| async move {
-            assert!(out.contains("127.0.0.1:8081"), "{out}");
-        })),
-        ("--accounts-url http://127.0.0.1:8081", check(|_| async move {
-            // The gateway follows the sidecar: ready once it has its keys and snapshot.
-            let until = Instant::now() + Duration::from_secs(20);
-            loop {
-                let (status, body) = http_get("/health/ready").await;
-                if status == 200 {
-                    assert!(body.trim_end().ends_with("ready"), "{body}");
-                    break;
+        (
+            "-- seed --file fixtures/accounts.toml",
+            check(|out| async move {
+                assert!(out.contains("seeded"), "{out}");
+            }),
+        ),
+        (
+            "cargo run --release -p signalcast-accounts\n",
+            check(|out| async move {
+                assert!(out.contains("127.0.0.1:8081"), "{out}");
+            }),
+        ),
+        (
+            "--accounts-url http://127.0.0.1:8081",
+            check(|_| async move {
+                // The gateway follows the sidecar: ready once it has its keys and snapshot.
+                let until = Instant::now() + Duration::from_secs(20);
+                loop {
+                    let (status, body) = http_get("/health/ready").await;
+                    if status == 200 {
+                        assert!(body.trim_end().ends_with("ready"), "{body}");
+                        break;
+                    }
+                    assert!(Instant::now() < until, "gateway never ready: {body}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                assert!(Instant::now() < until, "gateway never ready: {body}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })),
-        ("/v1/auth/login", check(|out| async move {
-            let v: Value = serde_json::from_str(out.lines().last().unwrap_or_default()).unwrap_or(Value::Null);
-            let token = v["access_token"].as_str().unwrap_or_else(|| panic!("{out}"));
-            let mut c = Client::connect(&format!("ws://127.0.0.1:8080/ws?token={token}")).await;
-            assert_eq!(c.subscribe("signals_premium").await["type"], "SUBSCRIBED");
-        })),
+            }),
+        ),
+        (
+            "/v1/auth/login",
+            check(|out| async move {
+                let v: Value =
+                    serde_json::from_str(out.lines().last().unwrap_or_default()).unwrap_or(Value::Null);
+                let token = v["access_token"].as_str().unwrap_or_else(|| panic!("{out}"));
+                let mut c = Client::connect(&format!("ws://127.0.0.1:8080/ws?token={token}")).await;
+                assert_eq!(c.subscribe("signals_premium").await["type"], "SUBSCRIBED");
+            }),
+        ),
         // Bootstrap: the printed user logs in and the printed producer key publishes.
         ("-- bootstrap", check(|out| async move { bootstrap_works(&out).await })),
     ];
@@ -500,9 +541,13 @@ async fn bootstrap_works(out: &str) {
     let token = sidecar_login(&login).await;
     let mut c = Client::connect(&format!("ws://127.0.0.1:8080/ws?token={token}")).await;
     assert_eq!(c.subscribe("signals_premium").await["type"], "SUBSCRIBED");
-    let p = engine::feed::Producer::connect(engine::feed::ProducerConfig::new("127.0.0.1:7000", "first-model", key))
-        .await
-        .unwrap();
+    let p = engine::feed::Producer::connect(engine::feed::ProducerConfig::new(
+        "127.0.0.1:7000",
+        "first-model",
+        key,
+    ))
+    .await
+    .unwrap();
     let mut s = common::signal(0xB007, 9_000, engine::model::Category::Equity);
     s.id = uuid::Uuid::from_u128(engine::model::UnixNanos::now().0 as u128);
     p.send_signal(&s).await.unwrap();
@@ -556,15 +601,27 @@ fn skipped_total(n: usize) {
 fn the_convention_reads_fences_as_documented() {
     let b = |info: &str| Block { line: 1, info: info.into(), code: String::new() };
     assert_eq!(b("sh").kind(), Kind::Run);
-    assert_eq!(b("sh background ready=\"on http://\"").kind(), Kind::Background { ready: "on http://".into() });
+    assert_eq!(
+        b("sh background ready=\"on http://\"").kind(),
+        Kind::Background { ready: "on http://".into() }
+    );
     assert_eq!(b("sh skip: needs-kafka").kind(), Kind::Skip("needs-kafka".into()));
     assert!(std::panic::catch_unwind(|| b("sh background").kind()).is_err());
     assert!(std::panic::catch_unwind(|| b("sh sometimes").kind()).is_err());
     // The pages use the convention, and it finds their commands.
     let readme = blocks("README.md");
-    assert!(readme.iter().any(|b| b.code == "cargo run --release\n" && matches!(b.kind(), Kind::Background { .. })));
-    assert!(readme.iter().any(|b| b.code.contains("scripts/test.sh") && b.kind() == Kind::Skip("this-test".into())));
-    let all: Vec<Block> = ["README.md", "docs/accounts.md", "docs/deploy.md"].into_iter().flat_map(blocks).collect();
+    assert!(
+        readme
+            .iter()
+            .any(|b| b.code == "cargo run --release\n" && matches!(b.kind(), Kind::Background { .. }))
+    );
+    assert!(
+        readme
+            .iter()
+            .any(|b| b.code.contains("scripts/test.sh") && b.kind() == Kind::Skip("this-test".into()))
+    );
+    let all: Vec<Block> =
+        ["README.md", "docs/accounts.md", "docs/deploy.md"].into_iter().flat_map(blocks).collect();
     let skipped = all.iter().filter(|b| matches!(b.kind(), Kind::Skip(_))).count();
     assert!(skipped <= MAX_SKIPPED, "{skipped} skipped blocks");
     for b in &all {

@@ -58,6 +58,23 @@ async fn the_gap_is_replayed_inside_the_ring_and_refused_beyond_it() {
     p.send_signal(&signal(47, 9_000, Category::Equity)).await.unwrap();
     assert_eq!(c.signals(1).await[0]["seq"], 47, "only live messages follow");
 
+    // Any epoch string that is not the channel's: recovered false, subscribed, live only.
+    for foreign in ["yesterday", "", "0000000000000000000", "DEADBEEFDEADBEEF"] {
+        let mut c = Client::connect(&url(&server, &tok)).await;
+        c.send(json!({"type": "SUBSCRIBE", "channel": "signals_premium", "since": 40, "epoch": foreign}))
+            .await;
+        let sub = c.next_of(&["SUBSCRIBED", "ERROR"]).await;
+        assert_eq!(
+            (sub["type"].as_str(), sub["recovered"].as_bool()),
+            (Some("SUBSCRIBED"), Some(false)),
+            "{sub}"
+        );
+    }
+    // Wrong JSON types stay bad requests.
+    let mut c = Client::connect(&url(&server, &tok)).await;
+    c.send(json!({"type": "SUBSCRIBE", "channel": "signals_premium", "since": 40, "epoch": 7})).await;
+    assert_eq!(c.next_of(&["SUBSCRIBED", "ERROR"]).await["code"], "bad_request");
+
     // A stale epoch (an earlier run of the log) is never trusted.
     c.send(json!({"type": "SUBSCRIBE", "channel": "signals_basic", "since": 1, "epoch": "0123456789abcdef"}))
         .await;

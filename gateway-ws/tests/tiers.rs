@@ -159,6 +159,61 @@ async fn daily_quota_stops_deliveries_and_tells_the_user() {
     assert_eq!(notice["channel"], "user_u-premium-capped");
     assert_eq!(notice["data"]["event"], "quota_exhausted");
     c.no_signal_within(Duration::from_millis(300)).await;
+    // With the day's quota spent, a SUBSCRIBE to a signal channel says so, on any
+    // connection of the user, and subscribes nothing.
+    let mut other = Client::connect(&url(&server, &token(&server, "u-premium-capped"))).await;
+    let refused = other.subscribe("signals_basic").await;
+    assert_eq!(
+        (refused["type"].as_str(), refused["code"].as_str(), refused["channel"].as_str()),
+        (Some("ERROR"), Some("quota_exhausted"), Some("signals_basic")),
+        "{refused}"
+    );
+    p.send_signal(&signal(9, 9_500, Category::Forex)).await.unwrap();
+    p.flush().await.unwrap();
+    other.no_signal_within(Duration::from_millis(300)).await;
+    // Other channels still subscribe.
+    assert_eq!(other.subscribe("prices_general").await["type"], "SUBSCRIBED");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_latency_counts_live_deliveries_and_keeps_delays_apart() {
+    let server = start(config()).await; // free tier delayed 1 s
+    let p = producer(&server).await;
+    let mut live = Client::connect(&url(&server, &token(&server, "u-premium-1"))).await;
+    live.subscribe("signals_free").await;
+    let mut delayed = Client::connect(&url(&server, &token(&server, "u-free-1"))).await;
+    delayed.subscribe("signals_free").await;
+    p.send_signal(&signal(1, 9_500, Category::Equity)).await.unwrap();
+    p.flush().await.unwrap();
+    live.signals(1).await;
+    delayed.signals(1).await;
+    let m = server.app.metrics();
+    assert_eq!(sample(&m, "signalcast_delivery_latency_seconds_count"), Some(1.0), "the live one only");
+    assert_eq!(
+        sample(&m, "signalcast_delivery_latency_seconds_bucket{le=\"0.5\"}"),
+        Some(1.0),
+        "no second of delay in the live histogram"
+    );
+    assert_eq!(
+        sample(&m, "signalcast_deferred_delivery_latency_seconds_count{kind=\"delayed_view\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&m, "signalcast_deferred_delivery_latency_seconds_bucket{kind=\"delayed_view\",le=\"0.5\"}"),
+        Some(0.0),
+        "the delayed view waited its second"
+    );
+    // A resume replay is counted apart too.
+    let epoch = live.subscribe("signals_premium").await["epoch"].as_str().unwrap().to_owned();
+    p.send_signal(&signal(2, 9_500, Category::Equity)).await.unwrap();
+    p.flush().await.unwrap();
+    live.signals(1).await;
+    let mut again = Client::connect(&url(&server, &token(&server, "u-premium-1"))).await;
+    again.send(serde_json::json!({"type": "SUBSCRIBE", "channel": "signals_premium", "since": 0, "epoch": epoch})).await;
+    again.signals(2).await;
+    let m = server.app.metrics();
+    assert_eq!(sample(&m, "signalcast_deferred_delivery_latency_seconds_count{kind=\"replay\"}"), Some(2.0));
     server.shutdown().await;
 }
 

@@ -1,4 +1,4 @@
-//! The producers' TCP feed (DESIGN.md, "TCP feed protocol").
+//! The producers' TCP feed (docs/feed-protocol.md).
 //!
 //! - [`codec`]: frames (`u32` LE length, `u8` kind, rkyv payload) and the typed messages
 //!   they carry; no I/O, never panics on any input.

@@ -1,7 +1,7 @@
 //! Kafka record values: what a producer in any language writes to `raw-signals` and
 //! `market-data`. Sans-IO, so that it can be tested and fuzzed without a broker.
 //!
-//! A value is JSON (the field names of DESIGN.md, as in `fixtures/*.jsonl`) unless the
+//! A value is JSON (the field names of docs/kafka.md, as in `fixtures/*.jsonl`) unless the
 //! record's `content-type` header says `application/x-rkyv`: then it is the payload of
 //! the TCP feed's SIGNAL or TICK frame (docs/feed-protocol.md), without the frame header.
 

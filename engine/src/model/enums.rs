@@ -1,4 +1,4 @@
-//! The closed vocabularies of DESIGN.md: tiers, categories, signal and source types.
+//! The closed vocabularies of the domain model (docs/protocol.md): tiers, categories, signal and source types.
 
 use serde::{Deserialize, Serialize};
 

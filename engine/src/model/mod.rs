@@ -1,4 +1,4 @@
-//! The domain model of DESIGN.md: signals, ticks, tiers and the fixed-point numbers
+//! The domain model (docs/protocol.md, docs/feed-protocol.md): signals, ticks, tiers and the fixed-point numbers
 //! they are made of.
 //!
 //! Nothing here does I/O. Every type validates on construction, so a value that exists

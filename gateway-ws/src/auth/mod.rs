@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 /// The audience every signalcast token must name.
 pub const AUDIENCE: &str = "signalcast";
 
-/// Token claims (DESIGN.md, "Access tokens").
+/// Token claims (docs/accounts.md, "Tokens").
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
     pub sub: String,

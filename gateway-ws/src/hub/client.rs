@@ -85,7 +85,8 @@ impl Shard {
                 if let Some(limit) = self.limit_for(&c.session)
                     && c.quota.exhausted(limit, utc_day(UnixNanos::now().0))
                 {
-                    let msg = format!("daily signal quota of {limit} used up; deliveries resume at 00:00 UTC");
+                    let msg =
+                        format!("daily signal quota of {limit} used up; deliveries resume at 00:00 UTC");
                     return self.refuse(i, &Refusal::new(ErrorCode::QuotaExhausted, msg).on(name));
                 }
                 // A new SUBSCRIBE replaces a subscription, or one waiting for history.

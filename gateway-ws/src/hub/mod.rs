@@ -6,7 +6,7 @@
 //! recipient. When the engine rings its bell a shard reads the channel logs by cursor,
 //! queues each message on every subscribed connection as a reference-counted frame,
 //! and sweeps the sockets that have something to write, one `writev` each, picking up
-//! newer messages every few dozen sockets (../shared/research/fanout-floor.md).
+//! newer messages every few dozen sockets (docs/PERFORMANCE.md, "The floor").
 //!
 //! - [`shard`]: the thread's loop: poller, attach, read, write, timers, drain.
 //! - `client`: what a client's messages do (SUBSCRIBE, REFRESH, ...).

@@ -345,7 +345,8 @@ impl Shard {
                     c.blocked_since = None;
                     let now = UnixNanos::now().0;
                     let local = &mut self.local;
-                    c.outbox.advance(n, |m, tier, timing| local.delivered(tier, timing, now - m.ingest_ts().0));
+                    c.outbox
+                        .advance(n, |m, tier, timing| local.delivered(tier, timing, now - m.ingest_ts().0));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     c.stalled();

@@ -1,4 +1,4 @@
-//! The client protocol of DESIGN.md: JSON text messages both ways.
+//! The client protocol (docs/protocol.md): JSON text messages both ways.
 //!
 //! Parsing what clients send and writing the replies; the signal and price updates
 //! themselves are encoded by the engine, once per channel.
@@ -212,7 +212,8 @@ mod tests {
         );
         // Any other string is an epoch that is not the channel's: not a bad request.
         for epoch in ["", "yesterday", "00000000000000fff", "zzzzzzzzzzzzzzzz"] {
-            let text = format!(r#"{{"type":"SUBSCRIBE","channel":"signals_free","since":3,"epoch":"{epoch}"}}"#);
+            let text =
+                format!(r#"{{"type":"SUBSCRIBE","channel":"signals_free","since":3,"epoch":"{epoch}"}}"#);
             let Ok(ClientMessage::Subscribe { resume: Some(ask), .. }) = parse(&text) else {
                 panic!("{text} refused")
             };
@@ -255,7 +256,9 @@ mod tests {
             ErrorCode::BadRequest
         );
         assert_eq!(
-            code(r#"{"type":"SUBSCRIBE","channel":"signals_premium","since":"4","epoch":"00000000000000ff"}"#),
+            code(
+                r#"{"type":"SUBSCRIBE","channel":"signals_premium","since":"4","epoch":"00000000000000ff"}"#
+            ),
             ErrorCode::BadRequest
         );
         assert_eq!(code(r#"{"type":"SUBSCRIBE","channel":"signals_gold"}"#), ErrorCode::UnknownChannel);

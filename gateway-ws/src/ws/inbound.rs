@@ -2,7 +2,7 @@
 //!
 //! Clients send small JSON text messages, so the limits are tight: a message (all its
 //! fragments together) is at most `max_message` bytes, and anything else is a close
-//! with the code DESIGN.md gives. Pings are answered, a client close is echoed.
+//! with the code docs/protocol.md gives. Pings are answered, a client close is echoed.
 
 use bytes::{Buf, BytesMut};
 

@@ -1,6 +1,6 @@
 //! WebSocket framing (RFC 6455) for the server side, with no I/O.
 //!
-//! - [`inbound`]: client frames → messages, with every limit of DESIGN.md enforced
+//! - [`inbound`]: client frames → messages, with every limit of docs/protocol.md enforced
 //!   (masking, 4,096-byte messages, control frame rules, UTF-8).
 //! - [`outbound`]: server frames (text, pong, close). Signal messages arrive already
 //!   framed from the engine (`engine::channels::Message::frame`).
@@ -11,7 +11,7 @@
 pub mod inbound;
 pub mod outbound;
 
-/// Close codes the gateway sends (DESIGN.md, "Close codes").
+/// Close codes the gateway sends (docs/protocol.md, "Close codes").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CloseCode {
     Normal = 1000,
