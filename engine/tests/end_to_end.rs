@@ -71,7 +71,7 @@ async fn two_producers_are_enriched_filtered_routed_and_sequenced() {
             assert!(d["sent_ts"].as_i64().is_some(), "the producer's send time is carried");
             assert!(d["ingest_ts"].as_i64() <= d["routed_ts"].as_i64());
             // Each producer's signals keep their order within a channel.
-            let from = if id % 3 == 0 { "alpha" } else { "beta" };
+            let from = if id.is_multiple_of(3) { "alpha" } else { "beta" };
             let prev = last_per_producer.insert(from, id);
             assert!(prev.is_none_or(|p| p < id), "{tier}: {from}'s order kept");
             match s.symbol.as_str() {

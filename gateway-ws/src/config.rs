@@ -355,10 +355,8 @@ fn explain(e: &figment::Error) -> ConfigError {
             .min()
             .map(|(_, k)| render(k));
         let mut given = render(field);
-        if !from_env {
-            if let Some(file) = e.metadata.as_ref().and_then(|m| m.source.as_ref()) {
-                given = format!("{given} in {file}");
-            }
+        if !from_env && let Some(file) = e.metadata.as_ref().and_then(|m| m.source.as_ref()) {
+            given = format!("{given} in {file}");
         }
         return ConfigError::Unknown { given, suggestion };
     }

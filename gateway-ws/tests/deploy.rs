@@ -123,7 +123,7 @@ fn kubernetes_manifests_parse_and_fit_together() {
         }
         let mut ports = BTreeSet::new();
         for c in d["spec"]["template"]["spec"]["containers"].as_vec().unwrap() {
-            s(&c["image"], "image");
+            assert_eq!(s(&c["image"], "image"), IMAGE.as_str(), "{name}: the image compose builds");
             for p in c["ports"].as_vec().into_iter().flatten() {
                 ports.insert(s(&p["name"], "port name").to_owned());
             }
@@ -215,7 +215,7 @@ fn compose_file_parses_and_its_settings_are_real_keys() {
             }
         }
         let is_signalcast =
-            svc["image"].as_str() == Some("signalcast:dev") && svc["entrypoint"].is_badvalue();
+            svc["image"].as_str() == Some(IMAGE.as_str()) && svc["entrypoint"].is_badvalue();
         if !is_signalcast {
             continue;
         }
@@ -244,10 +244,53 @@ fn dockerfile_is_multi_stage_non_root_and_ships_both_binaries() {
         .skip(1)
         .map(|rest| rest.split("\nUSER").next().unwrap_or_default().replace("\\\n", " "))
         .collect();
+    let mut image_env = Vec::new();
     for pair in env_block.split_whitespace().filter(|p| p.starts_with("SIGNALCAST_")) {
         let (k, v) = pair.split_once('=').unwrap();
         check_setting(k, v);
+        image_env.push((k.to_owned(), v.to_owned()));
     }
+    // The image's default command is not the dev mode: with the image's environment and
+    // no credentials, `serve` refuses (before binding) and names what is missing.
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_signalcast"));
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("SIGNALCAST_")) {
+        cmd.env_remove(k);
+    }
+    let mut child = cmd
+        .arg("serve")
+        .envs(image_env)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > until {
+            let _ = child.kill();
+            panic!("the image's default command started without credentials");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("refusing to listen on 0.0.0.0:8080") && err.contains("SIGNALCAST_AUTH__ACCOUNTS_URL"), "{err}");
+}
+
+/// The image compose builds and the manifests run: one name, the crate's version.
+static IMAGE: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("signalcast:{}", env!("CARGO_PKG_VERSION")));
+
+#[test]
+fn the_manifests_configuration_has_no_public_credential() {
+    let dir = deploy().join("k8s");
+    let cm = load(&dir.join("configmap.yaml")).remove(0);
+    let path = common::temp_file("signalcast.toml", s(&cm["data"]["signalcast.toml"], "signalcast.toml"));
+    let mut config = Config::load(Some(&path)).unwrap();
+    // The gateway token comes from the Secret (SIGNALCAST_AUTH__ACCOUNTS_GATEWAY_TOKEN).
+    config.auth.accounts_gateway_token = "from-the-secret-0123456789".into();
+    assert!(config.public_dev_credentials().is_empty(), "{:?}", config.public_dev_credentials());
+    assert!(config.check_secrets().is_ok());
 }
 
 /// The metric names an expression reads, and the labels it groups by.

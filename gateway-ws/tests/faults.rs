@@ -73,7 +73,7 @@ fn report(name: &str, ledgers: &[(&str, &Ledger)], produced: &[u128]) -> Vec<led
 /// Confidence 90.00 for every third signal (every tier from free up takes it), 80.00
 /// otherwise (premium and enterprise only).
 fn confidence(n: u128) -> u16 {
-    if n % 3 == 0 { 9_000 } else { 8_000 }
+    if n.is_multiple_of(3) { 9_000 } else { 8_000 }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -279,7 +279,7 @@ fn ports_free() {
 }
 
 /// One test at a time owns the fixed ports.
-static PORTS_LOCK: Mutex<()> = Mutex::new(());
+static PORTS_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Runs a page: each block in order, each check after the block that contains its key.
 async fn run_page(page: &mut Page, mut checks: Vec<(&'static str, Check)>) {
@@ -367,7 +367,7 @@ async fn signal_where(c: &mut Client, wait: Duration, pred: impl Fn(&Value) -> b
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readme_commands_run_as_written() {
-    let _ports = PORTS_LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _ports = PORTS_LOCK.lock().await;
     ports_free();
     let mut page = Page::new("README.md");
     let premium_url = Arc::new(Mutex::new(String::new()));
@@ -475,7 +475,7 @@ async fn readme_commands_run_as_written() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accounts_page_runs_as_written() {
-    let _ports = PORTS_LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _ports = PORTS_LOCK.lock().await;
     ports_free();
     let db = pg::Postgres::start();
     let mut page = Page::new("docs/accounts.md");
@@ -575,7 +575,7 @@ async fn sidecar_login(body: &Value) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_page_runs_as_written() {
-    let _ports = PORTS_LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _ports = PORTS_LOCK.lock().await;
     let mut page = Page::new("docs/deploy.md");
     let checks: Vec<(&'static str, Check)> = vec![(
         "cargo build --release --locked -p signalcast-gateway -p signalcast-accounts",
@@ -627,6 +627,49 @@ fn the_convention_reads_fences_as_documented() {
     for b in &all {
         if let Kind::Skip(reason) = b.kind() {
             assert!(SKIP_REASONS.contains(&reason.as_str()), "line {}: {reason}", b.line);
+        }
+    }
+}
+
+/// Files of the repository as git knows them (what a fresh clone has).
+fn tracked_files() -> Vec<PathBuf> {
+    let out = Command::new("git").args(["ls-files"]).current_dir(root()).output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().lines().map(|l| root().join(l)).collect()
+}
+
+#[test]
+fn nothing_in_the_repository_cites_a_file_outside_it() {
+    // The brief and research notes the project started from live outside the repository;
+    // what the code relies on is said in docs/ instead.
+    let outside = ["../shared", "shared/research", "DESIGN.md", "fanout-floor.md", "peers-setup.md", "rust-stack.md"];
+    let mut found = Vec::new();
+    for path in tracked_files() {
+        if path.ends_with("gateway-ws/tests/readme.rs") || path.extension().is_some_and(|e| e == "png" || e == "lock") {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(&path) else { continue };
+        for (n, line) in text.lines().enumerate() {
+            if let Some(hit) = outside.iter().find(|o| line.contains(*o)) {
+                found.push(format!("{}:{}: {hit}", path.display(), n + 1));
+            }
+        }
+    }
+    assert!(found.is_empty(), "citations of files outside the repository:\n{}", found.join("\n"));
+}
+
+#[test]
+fn architecture_quotes_only_figures_that_performance_reports() {
+    let arch = std::fs::read_to_string(root().join("docs/ARCHITECTURE.md")).unwrap();
+    let perf = std::fs::read_to_string(root().join("docs/PERFORMANCE.md")).unwrap();
+    // A measured figure in ARCHITECTURE.md is a decimal number on a line that says
+    // "measured"; each must be one PERFORMANCE.md reports.
+    for line in arch.lines().filter(|l| l.contains("measured")) {
+        for word in line.split(|c: char| !(c.is_ascii_digit() || c == '.')) {
+            let word = word.trim_matches('.');
+            if word.contains('.') && word.chars().any(|c| c.is_ascii_digit()) && !word.starts_with("0.0") {
+                assert!(perf.contains(word), "ARCHITECTURE.md quotes {word}, which PERFORMANCE.md does not report: {line}");
+            }
         }
     }
 }

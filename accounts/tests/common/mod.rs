@@ -107,12 +107,12 @@ impl Events {
     pub fn next(&mut self, wait: Duration) -> Option<Value> {
         let until = Instant::now() + wait;
         loop {
-            if let Some(at) = self.buf.find("data: ") {
-                if let Some(end) = self.buf[at..].find('\n') {
-                    let line = self.buf[at + 6..at + end].trim().to_owned();
-                    self.buf.drain(..at + end);
-                    return serde_json::from_str(&line).ok();
-                }
+            if let Some(at) = self.buf.find("data: ")
+                && let Some(end) = self.buf[at..].find('\n')
+            {
+                let line = self.buf[at + 6..at + end].trim().to_owned();
+                self.buf.drain(..at + end);
+                return serde_json::from_str(&line).ok();
             }
             let left = until.checked_duration_since(Instant::now())?;
             self.s.set_read_timeout(Some(left.max(Duration::from_millis(1)))).unwrap();

@@ -19,7 +19,7 @@ pub(super) fn log_index(tier: Tier, delayed: bool) -> usize {
 
 pub(super) fn log_of(channels: &ChannelSet, idx: usize) -> Option<&ChannelLog> {
     let tier = Tier::ALL[idx / 2];
-    if idx % 2 == 0 { Some(channels.live(tier)) } else { channels.delayed(tier) }
+    if idx.is_multiple_of(2) { Some(channels.live(tier)) } else { channels.delayed(tier) }
 }
 
 impl Shard {
@@ -170,7 +170,7 @@ impl Shard {
                 continue;
             }
             let tier = Tier::ALL[idx / 2];
-            let timing = if idx % 2 == 1 { Timing::Delayed } else { Timing::Live };
+            let timing = if idx.is_multiple_of(2) { Timing::Live } else { Timing::Delayed };
             loop {
                 self.batch.clear();
                 match log.read_after(self.cursors[idx], &mut self.batch, 256) {
