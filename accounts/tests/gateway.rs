@@ -243,7 +243,7 @@ async fn rights_change_on_a_live_connection_within_a_second() {
     assert_eq!(ready(), 200, "degraded, still ready");
     let again = format!("ws://{}/ws?token={token}", gw.http_addr);
     let (mut second, _) = tokio_tungstenite::connect_async(&again).await.expect("a reconnect while degraded");
-    let _ = second.close().await;
+    let _ = second.close(None).await;
     // A change made while it is down (straight in the database) arrives once it is back.
     let (client, conn) = tokio_postgres::connect(&db.url(), tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(conn);

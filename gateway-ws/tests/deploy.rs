@@ -214,8 +214,7 @@ fn compose_file_parses_and_its_settings_are_real_keys() {
                 assert!(names.contains(s(d, "dependency")), "{name} depends on a service that exists");
             }
         }
-        let is_signalcast =
-            svc["image"].as_str() == Some(IMAGE.as_str()) && svc["entrypoint"].is_badvalue();
+        let is_signalcast = svc["image"].as_str() == Some(IMAGE.as_str()) && svc["entrypoint"].is_badvalue();
         if !is_signalcast {
             continue;
         }
@@ -274,7 +273,10 @@ fn dockerfile_is_multi_stage_non_root_and_ships_both_binaries() {
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
-    assert!(err.contains("refusing to listen on 0.0.0.0:8080") && err.contains("SIGNALCAST_AUTH__ACCOUNTS_URL"), "{err}");
+    assert!(
+        err.contains("refusing to listen on 0.0.0.0:8080") && err.contains("SIGNALCAST_AUTH__ACCOUNTS_URL"),
+        "{err}"
+    );
 }
 
 /// The image compose builds and the manifests run: one name, the crate's version.
@@ -374,4 +376,38 @@ fn the_grafana_dashboard_reads_only_metrics_and_labels_that_exist() {
     }
     let ids: BTreeSet<u64> = panels.iter().map(|p| p["id"].as_u64().unwrap()).collect();
     assert_eq!(ids.len(), panels.len(), "panel ids are unique");
+}
+
+/// The status line of an upgrade request with `origin` to a server at `addr`.
+async fn upgrade_status(addr: std::net::SocketAddr, token: &str, origin: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "GET /ws?token={token} HTTP/1.1\r\nHost: {addr}\r\nOrigin: {origin}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 512];
+    let n = s.read(&mut buf).await.unwrap();
+    String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or_default().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configmap_origins_do_not_block_the_gateways_own_dashboard() {
+    let cm = load(&deploy().join("k8s/configmap.yaml")).remove(0);
+    let path = common::temp_file("signalcast.toml", s(&cm["data"]["signalcast.toml"], "signalcast.toml"));
+    let origins = Config::load(Some(&path)).unwrap().allowed_origins;
+    assert!(!origins.is_empty(), "the ConfigMap restricts browser origins");
+    let mut config = common::config();
+    config.allowed_origins = origins.clone();
+    let server = common::start(config).await;
+    let token = common::token(&server, "u-premium-1");
+    let own = format!("http://{}", server.http_addr);
+    assert!(
+        upgrade_status(server.http_addr, &token, &own).await.contains("101"),
+        "the dashboard's own origin"
+    );
+    assert!(upgrade_status(server.http_addr, &token, &origins[0]).await.contains("101"), "the listed app");
+    assert!(upgrade_status(server.http_addr, &token, "https://evil.example").await.contains("403"));
+    server.shutdown().await;
 }

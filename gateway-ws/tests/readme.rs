@@ -642,10 +642,13 @@ fn tracked_files() -> Vec<PathBuf> {
 fn nothing_in_the_repository_cites_a_file_outside_it() {
     // The brief and research notes the project started from live outside the repository;
     // what the code relies on is said in docs/ instead.
-    let outside = ["../shared", "shared/research", "DESIGN.md", "fanout-floor.md", "peers-setup.md", "rust-stack.md"];
+    let outside =
+        ["../shared", "shared/research", "DESIGN.md", "fanout-floor.md", "peers-setup.md", "rust-stack.md"];
     let mut found = Vec::new();
     for path in tracked_files() {
-        if path.ends_with("gateway-ws/tests/readme.rs") || path.extension().is_some_and(|e| e == "png" || e == "lock") {
+        if path.ends_with("gateway-ws/tests/readme.rs")
+            || path.extension().is_some_and(|e| e == "png" || e == "lock")
+        {
             continue;
         }
         let Ok(text) = std::fs::read_to_string(&path) else { continue };
@@ -668,7 +671,10 @@ fn architecture_quotes_only_figures_that_performance_reports() {
         for word in line.split(|c: char| !(c.is_ascii_digit() || c == '.')) {
             let word = word.trim_matches('.');
             if word.contains('.') && word.chars().any(|c| c.is_ascii_digit()) && !word.starts_with("0.0") {
-                assert!(perf.contains(word), "ARCHITECTURE.md quotes {word}, which PERFORMANCE.md does not report: {line}");
+                assert!(
+                    perf.contains(word),
+                    "ARCHITECTURE.md quotes {word}, which PERFORMANCE.md does not report: {line}"
+                );
             }
         }
     }

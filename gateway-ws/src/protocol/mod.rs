@@ -113,7 +113,7 @@ pub fn parse(text: &str) -> Result<ClientMessage, Refusal> {
             let ch = channel(&raw)?;
             let resume = match (raw.since, raw.epoch.as_deref()) {
                 (None, None) => None,
-                (Some(since), Some(e)) => Some(ResumeAsk { since, epoch: e.parse::<Epoch>().ok() }),
+                (Some(since), Some(e)) => Some(ResumeAsk { since, epoch: epoch_as_written(e) }),
                 _ => {
                     return Err(
                         Refusal::new(ErrorCode::BadRequest, "since and epoch go together").on(ch.to_string())
@@ -132,6 +132,13 @@ pub fn parse(text: &str) -> Result<ClientMessage, Refusal> {
             Err(Refusal::new(ErrorCode::UnknownType, format!("unknown message type {:?}", truncate(other))))
         }
     }
+}
+
+/// The epoch an epoch string names, if it is one as the server writes them (16
+/// lowercase hex digits); any other string is no channel's epoch.
+fn epoch_as_written(s: &str) -> Option<Epoch> {
+    let canonical = s.len() == 16 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    canonical.then(|| s.parse().ok()).flatten()
 }
 
 fn truncate(s: &str) -> String {
@@ -211,7 +218,9 @@ mod tests {
             })
         );
         // Any other string is an epoch that is not the channel's: not a bad request.
-        for epoch in ["", "yesterday", "00000000000000fff", "zzzzzzzzzzzzzzzz"] {
+        for epoch in
+            ["", "yesterday", "00000000000000fff", "zzzzzzzzzzzzzzzz", "00000000000000FF", "+00000000000000f"]
+        {
             let text =
                 format!(r#"{{"type":"SUBSCRIBE","channel":"signals_free","since":3,"epoch":"{epoch}"}}"#);
             let Ok(ClientMessage::Subscribe { resume: Some(ask), .. }) = parse(&text) else {
