@@ -47,8 +47,8 @@ pub struct SidecarAuth {
     validation: Validation,
     refetch: Notify,
     feed_up: AtomicBool,
-    /// The change feed has been followed at least once (a snapshot was loaded).
-    synced: AtomicBool,
+    /// The change feed was up at least once (so the keys and the snapshot are in).
+    was_up: AtomicBool,
     /// Producer id -> SHA-256 (hex) of each active API key.
     producers: RwLock<HashMap<String, HashSet<String>>>,
     /// Bumped when producer keys change: connected producers are verified again.
@@ -89,7 +89,7 @@ impl SidecarAuth {
             validation,
             refetch: Notify::new(),
             feed_up: AtomicBool::new(false),
-            synced: AtomicBool::new(false),
+            was_up: AtomicBool::new(false),
             producers: RwLock::new(HashMap::new()),
             revision: tokio::sync::watch::Sender::new(0),
         });
@@ -102,12 +102,14 @@ impl SidecarAuth {
     pub fn state(&self) -> AccountsState {
         let keys = self.read_keys().len();
         let up = self.feed_up.load(Ordering::Acquire);
-        if keys == 0 || !(up || self.synced.load(Ordering::Acquire)) {
+        if keys == 0 {
             AccountsState::NotSynced
         } else if up {
             AccountsState::Live
-        } else {
+        } else if self.was_up.load(Ordering::Acquire) {
             AccountsState::Degraded
+        } else {
+            AccountsState::NotSynced
         }
     }
 
@@ -147,7 +149,9 @@ impl SidecarAuth {
         let mut backoff = Duration::from_millis(100);
         loop {
             let result = self.follow_once(&mut after, &on_change).await;
-            self.feed_up.store(false, Ordering::Release);
+            if self.feed_up.swap(false, Ordering::AcqRel) {
+                self.was_up.store(true, Ordering::Release);
+            }
             if let Err(e) = result {
                 tracing::warn!(error = %e, "accounts change feed lost; reconnecting");
             }
@@ -178,7 +182,6 @@ impl SidecarAuth {
             *after = snap["position"].as_i64().unwrap_or(0);
         }
         let path = format!("/v1/gateway/changes?after={after}");
-        self.synced.store(true, Ordering::Release);
         stream_events(&self.addr, &path, &self.gateway_token, &self.feed_up, |data| {
             let Ok(v) = serde_json::from_str::<Value>(data) else { return };
             if let Some(p) = v["position"].as_i64() {
