@@ -2,20 +2,8 @@
 //! subscription's plan (free without one), their signal subscription (categories,
 //! real-time access, daily limit), their status.
 
-use serde::Serialize;
-
+pub use contract::Entitlements;
 use engine::model::{Category, Tier};
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Entitlements {
-    pub id: String,
-    pub email: String,
-    pub status: String,
-    pub tier: Tier,
-    pub categories: Vec<Category>,
-    pub real_time: bool,
-    pub max_signals_per_day: Option<u32>,
-}
 
 const QUERY: &str = "
     SELECT u.id, u.email, u.status, COALESCE(p.tier, 'free'),

@@ -264,3 +264,28 @@ fn seed_loads_the_fixture_accounts() {
     assert_eq!(claims(t["access_token"].as_str().unwrap())["tier"], "premium");
     assert_eq!(login(&s, "suspended@example.com", "signalcast-dev-password").0, 403);
 }
+
+#[test]
+fn an_applied_migration_that_was_edited_stops_the_start_with_its_version() {
+    let db = Postgres::start();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let pool = accounts::db::pool(&db.url(), 2).unwrap();
+        let v1 = "CREATE TABLE public.t1 (id INT)";
+        let first = [(1, "first", v1)];
+        assert_eq!(accounts::db::migrate_these(&pool, &first).await.unwrap(), 1);
+        assert_eq!(accounts::db::migrate_these(&pool, &first).await.unwrap(), 0, "applied once");
+        // A new migration after it applies; the first, unchanged, passes its check.
+        let both = [(1, "first", v1), (2, "second", "CREATE TABLE public.t2 (id INT)")];
+        assert_eq!(accounts::db::migrate_these(&pool, &both).await.unwrap(), 1);
+        // Someone edits V1 after it shipped: refused, naming it.
+        let edited = [(1, "first", "CREATE TABLE public.t1 (id BIGINT)"), both[1]];
+        let e = accounts::db::migrate_these(&pool, &edited).await.unwrap_err().to_string();
+        assert!(e.contains("V1__first") && e.contains("must not be edited"), "{e}");
+        // The real migrations on a fresh database, twice.
+        let db2 = Postgres::start();
+        let pool2 = accounts::db::pool(&db2.url(), 2).unwrap();
+        assert!(accounts::db::migrate(&pool2).await.unwrap() >= 1);
+        assert_eq!(accounts::db::migrate(&pool2).await.unwrap(), 0);
+    });
+}

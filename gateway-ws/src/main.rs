@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use engine::feed::{Producer, ProducerConfig};
-use engine::model::{Tick, Tier, UnixNanos};
+use engine::model::{Tier, UnixNanos};
 use gateway::Config;
-use gateway::demo::Event;
+use gateway::demo::{Event, Ids, Pace, replay};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -237,40 +237,19 @@ async fn produce(
         if rate > 0.0 { rate.to_string() } else { "max".into() }
     );
     let started = Instant::now();
-    let mut sent = 0u64;
+    // A file's first pass keeps its ids (a rerun after a crash repeats nothing); the
+    // embedded fixtures are new signals every time.
+    let ids = if file.is_some() { Ids::KeepFirstPass } else { Ids::Fresh };
+    let salt = u128::from(UnixNanos::now().0.unsigned_abs());
+    let pace = Pace { rate, count: Some(total), ids, salt };
     let mut last_report = Instant::now();
-    'outer: for round in 0u128.. {
-        for e in &events {
-            let now = UnixNanos::now();
-            match e {
-                Event::Tick(t) => p.send_tick(&Tick { ts: now, ..*t }).await?,
-                Event::Signal(s) => {
-                    if sent == total {
-                        break 'outer;
-                    }
-                    let mut s = s.restamped(now);
-                    if file.is_none() || round > 0 {
-                        // The embedded demo and later passes over a file are new signals;
-                        // the first pass over a file keeps its ids, the idempotency key,
-                        // so that a producer rerun after a crash repeats nothing.
-                        s.id = uuid::Uuid::from_u128(
-                            s.id.as_u128() ^ (round << 64) ^ started.elapsed().as_nanos(),
-                        );
-                    }
-                    p.send_signal(&s).await?;
-                    sent += 1;
-                    if rate > 0.0 {
-                        let due = started + Duration::from_secs_f64(sent as f64 / rate);
-                        tokio::time::sleep_until(due.into()).await;
-                    }
-                    if last_report.elapsed() >= Duration::from_secs(1) || sent == total {
-                        last_report = Instant::now();
-                        println!("  {sent}/{total} sent, {} acknowledged", p.acked());
-                    }
-                }
-            }
+    let sent = replay(&p, &events, pace, std::future::pending(), |sent| {
+        if last_report.elapsed() >= Duration::from_secs(1) || sent == total {
+            last_report = Instant::now();
+            println!("  {sent}/{total} sent, {} acknowledged", p.acked());
         }
-    }
+    })
+    .await?;
     p.flush().await?;
     let took = started.elapsed();
     println!(

@@ -15,9 +15,9 @@ use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
+use contract::{Change, ChangeEvent, ProducerKey, Snapshot};
 use futures_util::stream::{self, Stream, StreamExt};
 use serde::Deserialize;
-use serde_json::{Value, json};
 
 use super::{ApiError, App, Shared, require};
 use crate::entitlements;
@@ -28,7 +28,7 @@ const BATCH: i64 = 256;
 async fn active_keys(
     client: &impl deadpool_postgres::GenericClient,
     producer: Option<&str>,
-) -> Result<Vec<Value>, ApiError> {
+) -> Result<Vec<ProducerKey>, ApiError> {
     let rows = client
         .query(
             "SELECT producer_id, key_hash FROM auth.producer_keys
@@ -38,13 +38,19 @@ async fn active_keys(
         .await?;
     Ok(rows
         .iter()
-        .map(|r| json!({"producer_id": r.get::<_, String>(0), "key_sha256": crate::secret::hex(&r.get::<_, Vec<u8>>(1))}))
+        .map(|r| ProducerKey {
+            producer_id: r.get(0),
+            key_sha256: crate::secret::hex(&r.get::<_, Vec<u8>>(1)),
+        })
         .collect())
 }
 
 /// What a gateway needs besides the stream: every active producer key (SHA-256 only),
 /// the suspended users, and the change-log position both are as of.
-pub(crate) async fn snapshot(State(app): State<Shared>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+pub(crate) async fn snapshot(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+) -> Result<Json<Snapshot>, ApiError> {
     require(&headers, &app.config.gateway_token)?;
     let mut client = app.pool.get().await?;
     let tx = client
@@ -63,7 +69,7 @@ pub(crate) async fn snapshot(State(app): State<Shared>, headers: HeaderMap) -> R
         .map(|r| r.get(0))
         .collect();
     tx.commit().await?;
-    Ok(Json(json!({"position": position, "keys": keys, "suspended": suspended})))
+    Ok(Json(Snapshot { position, keys, suspended }))
 }
 
 #[derive(Deserialize)]
@@ -88,7 +94,8 @@ pub(crate) async fn changes(
                     let events: Vec<Result<Event, Infallible>> = batch
                         .into_iter()
                         .map(|(p, data)| {
-                            Ok(Event::default().id(p.to_string()).event("change").data(data.to_string()))
+                            let data = serde_json::to_string(&data).unwrap_or_default();
+                            Ok(Event::default().id(p.to_string()).event("change").data(data))
                         })
                         .collect();
                     return Some((stream::iter(events), (app, after, head)));
@@ -104,7 +111,7 @@ pub(crate) async fn changes(
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(10))))
 }
 
-async fn read(app: &App, after: i64) -> Result<Vec<(i64, Value)>, ApiError> {
+async fn read(app: &App, after: i64) -> Result<Vec<(i64, ChangeEvent)>, ApiError> {
     let client = app.pool.get().await?;
     let rows = client
         .query(
@@ -117,18 +124,18 @@ async fn read(app: &App, after: i64) -> Result<Vec<(i64, Value)>, ApiError> {
     for r in rows {
         let position: i64 = r.get(0);
         let (user, producer): (Option<String>, Option<String>) = (r.get(1), r.get(2));
-        let data = match (user, producer) {
-            (Some(u), _) => {
-                let e = entitlements::of(&client, &u).await?;
-                json!({"position": position, "kind": "user", "user_id": u, "user": e})
+        let change = match (user, producer) {
+            (Some(user_id), _) => {
+                let user = entitlements::of(&client, &user_id).await?;
+                Change::User { user_id, user }
             }
-            (None, Some(p)) => {
-                let keys = active_keys(&client, Some(&p)).await?;
-                json!({"position": position, "kind": "producer", "producer_id": p, "keys": keys})
+            (None, Some(producer_id)) => {
+                let keys = active_keys(&client, Some(&producer_id)).await?;
+                Change::Producer { producer_id, keys }
             }
-            (None, None) => json!({"position": position, "kind": "keys"}),
+            (None, None) => Change::Keys,
         };
-        out.push((position, data));
+        out.push((position, ChangeEvent { position, change }));
     }
     Ok(out)
 }

@@ -13,28 +13,10 @@ pub use accounts::{Account, Accounts, AccountsError};
 pub use dev::DevAuth;
 pub use sidecar::{AccountsState, Entitlements, OnChange, SidecarAuth, SidecarError};
 
-use engine::model::{Category, CategoryMask, Tier};
-use serde::{Deserialize, Serialize};
+use engine::model::{CategoryMask, Tier};
 
-/// The audience every signalcast token must name.
-pub const AUDIENCE: &str = "signalcast";
-
-/// Token claims (docs/accounts.md, "Tokens").
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Claims {
-    pub sub: String,
-    pub tier: Tier,
-    pub categories: Vec<Category>,
-    /// Real-time access; `false` means the delayed feed on every tier.
-    pub rt: bool,
-    /// Overrides the tier's signals per day when present.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_signals_per_day: Option<u32>,
-    pub exp: i64,
-    pub iat: i64,
-    pub jti: String,
-    pub aud: String,
-}
+/// Token claims and their audience: one definition for the gateway and the sidecar.
+pub use contract::{AUDIENCE, Claims};
 
 /// An authenticated connection's rights.
 #[derive(Clone, Debug, PartialEq, Eq)]

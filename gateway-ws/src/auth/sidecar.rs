@@ -16,24 +16,15 @@ use std::time::Duration;
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use serde::Deserialize;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::Notify;
 
 use super::{AUDIENCE, AuthError, Authenticator, Claims, Session};
-use engine::model::{Category, Tier};
+use contract::{Change, ChangeEvent, Snapshot};
 
-/// A user's rights as the change feed reports them.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-pub struct Entitlements {
-    pub id: String,
-    pub status: String,
-    pub tier: Tier,
-    pub categories: Vec<Category>,
-    pub real_time: bool,
-    pub max_signals_per_day: Option<u32>,
-}
+/// A user's rights as the change feed reports them (the contract's type).
+pub use contract::Entitlements;
 
 /// Where changes go (the hub).
 pub type OnChange = Arc<dyn Fn(&Entitlements) + Send + Sync>;
@@ -164,34 +155,28 @@ impl SidecarAuth {
     /// from `after` (the snapshot's position the first time) until it breaks.
     async fn follow_once(&self, after: &mut i64, on_change: &OnChange) -> Result<(), HttpError> {
         let snap = get_json(&self.addr, "/v1/gateway/snapshot", Some(&self.gateway_token)).await?;
+        let snap: Snapshot = serde_json::from_value(snap).map_err(|e| HttpError::Body(e.to_string()))?;
         let mut producers: HashMap<String, HashSet<String>> = HashMap::new();
-        for k in snap["keys"].as_array().into_iter().flatten() {
-            if let (Some(p), Some(h)) = (k["producer_id"].as_str(), k["key_sha256"].as_str()) {
-                producers.entry(p.to_owned()).or_default().insert(h.to_owned());
-            }
+        for k in snap.keys {
+            producers.entry(k.producer_id).or_default().insert(k.key_sha256);
         }
         *write(&self.producers) = producers;
-        *write(&self.suspended) = snap["suspended"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|u| u.as_str().map(str::to_owned))
-            .collect();
+        *write(&self.suspended) = snap.suspended.into_iter().collect();
         self.revision.send_modify(|r| *r += 1);
         if *after == 0 {
-            *after = snap["position"].as_i64().unwrap_or(0);
+            *after = snap.position;
         }
         let path = format!("/v1/gateway/changes?after={after}");
         stream_events(&self.addr, &path, &self.gateway_token, &self.feed_up, |data| {
-            let Ok(v) = serde_json::from_str::<Value>(data) else { return };
-            if let Some(p) = v["position"].as_i64() {
-                *after = (*after).max(p);
-            }
-            match v["kind"].as_str() {
-                Some("user") => {
-                    let Ok(e) = serde_json::from_value::<Entitlements>(v["user"].clone()) else { return };
+            let Ok(event) = serde_json::from_str::<ChangeEvent>(data) else {
+                tracing::warn!("unreadable change event from the accounts sidecar; skipped");
+                return;
+            };
+            *after = (*after).max(event.position);
+            match event.change {
+                Change::User { user: Some(e), .. } => {
                     let mut suspended = write(&self.suspended);
-                    if e.status == "active" {
+                    if e.is_active() {
                         suspended.remove(&e.id);
                     } else {
                         suspended.insert(e.id.clone());
@@ -199,19 +184,15 @@ impl SidecarAuth {
                     drop(suspended);
                     on_change(&e);
                 }
-                Some("producer") => {
-                    let Some(p) = v["producer_id"].as_str() else { return };
-                    let keys: HashSet<String> = v["keys"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|k| k["key_sha256"].as_str().map(str::to_owned))
-                        .collect();
-                    write(&self.producers).insert(p.to_owned(), keys);
+                // A user that no longer exists: its tokens cannot be refreshed; what is
+                // connected ends with its token.
+                Change::User { user: None, .. } => {}
+                Change::Producer { producer_id, keys } => {
+                    let keys: HashSet<String> = keys.into_iter().map(|k| k.key_sha256).collect();
+                    write(&self.producers).insert(producer_id, keys);
                     self.revision.send_modify(|r| *r += 1);
                 }
-                Some("keys") => self.refetch.notify_one(),
-                _ => {}
+                Change::Keys => self.refetch.notify_one(),
             }
         })
         .await
