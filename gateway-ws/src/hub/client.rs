@@ -5,13 +5,14 @@ use std::sync::Arc;
 
 use engine::channels::{ChannelName, Resume};
 use engine::model::{Tier, UnixNanos};
-use serde_json::json;
 
 use super::fanout::log_of;
 use super::quota::utc_day;
 use super::shard::{Shard, Sub};
 use crate::auth::Session;
-use crate::protocol::{self, ClientMessage, ErrorCode, Refusal, ResumeAsk};
+use crate::protocol::{
+    self, ClientMessage, ErrorCode, Refusal, ResumeAsk, SystemEvent, UnsubscribeReason, UserRights,
+};
 use crate::ws::inbound::Inbound;
 use crate::ws::outbound;
 
@@ -47,9 +48,8 @@ impl Shard {
                 let user = c.session.user_id.clone();
                 match self.ctx.auth.authenticate(&token) {
                     Ok(s) if s.user_id == user => {
-                        let note = protocol::system(
-                            json!({"event": "token_refreshed", "token_expires_at": s.expires_at}),
-                        );
+                        let note =
+                            protocol::system(SystemEvent::TokenRefreshed { token_expires_at: s.expires_at });
                         self.change_rights(i, s, &note);
                     }
                     Ok(_) => self
@@ -120,7 +120,7 @@ impl Shard {
         if let ChannelName::Signals(t) = channel
             && self.cancel_history(i, *t)
         {
-            return self.reply(i, &protocol::unsubscribed(channel, "client"));
+            return self.reply(i, &protocol::unsubscribed(channel, UnsubscribeReason::Client));
         }
         let Some(c) = self.conns[i].as_mut() else { return };
         let subscribed = match channel {
@@ -142,7 +142,7 @@ impl Shard {
             }
             ChannelName::User(_) => c.user_channel = false,
         }
-        self.reply(i, &protocol::unsubscribed(channel, "client"));
+        self.reply(i, &protocol::unsubscribed(channel, UnsubscribeReason::Client));
     }
 
     /// A rights change from the accounts feed for every connection of the user.
@@ -152,10 +152,7 @@ impl Shard {
             .collect();
         for i in theirs {
             if e.status != "active" {
-                self.reply(
-                    i,
-                    &protocol::system(json!({"event": "suspended", "message": "account suspended"})),
-                );
+                self.reply(i, &protocol::system(SystemEvent::Suspended { message: "account suspended" }));
                 self.close(i, outbound::close(crate::ws::CloseCode::Suspended));
                 continue;
             }
@@ -168,8 +165,7 @@ impl Shard {
                 ..c.session.clone()
             };
             if session != c.session {
-                let note =
-                    protocol::system(json!({"event": "entitlements_changed", "tier": e.tier.as_str()}));
+                let note = protocol::system(SystemEvent::EntitlementsChanged { tier: e.tier });
                 self.change_rights(i, session, &note);
             }
         }
@@ -189,20 +185,17 @@ impl Shard {
         let tiers: Vec<Tier> = Tier::ALL.into_iter().filter(|t| c.signals[t.index()].is_some()).collect();
         self.reply(i, notice);
         if user_channel {
-            let categories: Vec<&str> = engine::model::Category::ALL
-                .iter()
-                .filter(|k| session.categories.contains(**k))
-                .map(|k| k.as_str())
+            let categories = engine::model::Category::ALL
+                .into_iter()
+                .filter(|k| session.categories.contains(*k))
                 .collect();
-            let update = protocol::user_update(
-                &session.user_id,
-                json!({
-                    "tier": session.tier.as_str(),
-                    "categories": categories,
-                    "real_time": session.real_time,
-                    "max_signals_per_day": self.limit_for(&session),
-                }),
-            );
+            let rights = UserRights {
+                tier: session.tier,
+                categories,
+                real_time: session.real_time,
+                max_signals_per_day: self.limit_for(&session),
+            };
+            let update = protocol::user_update(&session.user_id, rights);
             self.reply(i, &update);
         }
         for tier in tiers {
@@ -215,7 +208,7 @@ impl Shard {
                 )
                 .on(channel.to_string());
                 self.reply(i, &protocol::error(&r));
-                self.reply(i, &protocol::unsubscribed(&channel, "entitlement"));
+                self.reply(i, &protocol::unsubscribed(&channel, UnsubscribeReason::Entitlement));
                 continue;
             }
             // Same channel, maybe another view: continue after the last seq seen, so

@@ -4,13 +4,12 @@ use std::sync::Arc;
 
 use engine::channels::{ChannelLog, ChannelName, ChannelSet, Message, Resume, Subscription};
 use engine::model::{Tier, UnixNanos};
-use serde_json::json;
 
 use super::quota::{Take, utc_day};
 use super::shard::{LOGS, Shard, Sub};
 use crate::auth::Session;
 use crate::conn::{Conn, Out, Pushed, Timing};
-use crate::protocol::{self, Refusal, ResumeAsk};
+use crate::protocol::{self, Notice, Refusal, ResumeAsk};
 use crate::ws::{CloseCode, outbound};
 
 pub(super) fn log_index(tier: Tier, delayed: bool) -> usize {
@@ -220,7 +219,9 @@ impl Shard {
             };
             let note = protocol::notification(
                 &user,
-                json!({"event": "quota_exhausted", "message": "daily signal quota used up; deliveries resume at 00:00 UTC"}),
+                Notice::QuotaExhausted {
+                    message: "daily signal quota used up; deliveries resume at 00:00 UTC",
+                },
             );
             let theirs: Vec<usize> = (0..self.conns.len())
                 .filter(|&k| {

@@ -15,12 +15,11 @@ use std::time::{Duration, Instant};
 use engine::channels::Message;
 use engine::model::UnixNanos;
 use mio::{Events, Interest, Poll, Token, Waker};
-use serde_json::json;
 
 use super::{Attach, Cmd, Context};
 use crate::conn::{Conn, IOVECS, LINGER, LINGER_BYTES, Phase, ReadEnd};
 use crate::metrics::LocalStats;
-use crate::protocol;
+use crate::protocol::{self, SystemEvent};
 use crate::ws::{CloseCode, outbound};
 
 /// Eight logs: the live log and the delayed view of each tier (`tier * 2 + delayed`).
@@ -219,15 +218,14 @@ impl Shard {
             self.conns.push(None);
         }
         self.ctx.stats.connected(session.tier, 1);
-        let welcome = protocol::system(json!({
-            "event": "welcome",
-            "user": session.user_id,
-            "tier": session.tier.as_str(),
-            "real_time": session.real_time,
-            "token_expires_at": session.expires_at,
-            "heartbeat_interval_s": self.ctx.hub.heartbeat_timeout.as_secs() / 2,
-            "server": concat!("signalcast ", env!("CARGO_PKG_VERSION")),
-        }));
+        let welcome = protocol::system(SystemEvent::Welcome {
+            user: &session.user_id,
+            tier: session.tier,
+            real_time: session.real_time,
+            token_expires_at: session.expires_at,
+            heartbeat_interval_s: self.ctx.hub.heartbeat_timeout.as_secs() / 2,
+            server: protocol::SERVER,
+        });
         let quota = self.ctx.quotas.user(&session.user_id);
         let mut conn = Conn::new(io, session, quota, input, self.ctx.conn.max_message);
         self.attached += 1;
@@ -398,9 +396,9 @@ impl Shard {
                 Phase::Open if !c.warned_expiry && now_s >= c.session.expires_at - warn => {
                     c.warned_expiry = true;
                     c.outbox.push_text(
-                        &protocol::system(
-                            json!({"event": "token_expiring", "token_expires_at": c.session.expires_at}),
-                        ),
+                        &protocol::system(SystemEvent::TokenExpiring {
+                            token_expires_at: c.session.expires_at,
+                        }),
                         self.ctx.conn.outbound_limit,
                     );
                     c.mark_dirty(&mut self.dirty, i);
@@ -419,9 +417,8 @@ impl Shard {
     /// Shutdown: tell everyone to reconnect elsewhere, then 1001.
     fn drain(&mut self) {
         self.draining = true;
-        let note = protocol::system(
-            json!({"event": "drain", "message": "server shutting down; reconnect and resume"}),
-        );
+        let note =
+            protocol::system(SystemEvent::Drain { message: "server shutting down; reconnect and resume" });
         for i in 0..self.conns.len() {
             let Some(c) = self.conns[i].as_mut() else { continue };
             if c.is_open() {

@@ -3,8 +3,11 @@
 //! Parsing what clients send and writing the replies; the signal and price updates
 //! themselves are encoded by the engine, once per channel.
 
+mod server;
+
+pub use server::{Notice, SERVER, ServerMessage, SystemEvent, UnsubscribeReason, UserRights};
+
 use serde::Deserialize;
-use serde_json::json;
 
 use engine::channels::{ChannelName, Epoch, Resume};
 
@@ -145,16 +148,9 @@ fn truncate(s: &str) -> String {
     s.chars().take(32).collect()
 }
 
-fn text(v: &serde_json::Value) -> Vec<u8> {
-    serde_json::to_vec(v).unwrap_or_default()
-}
-
 pub fn error(r: &Refusal) -> Vec<u8> {
-    let mut v = json!({"type": "ERROR", "code": r.code.as_str(), "message": r.message});
-    if let Some(c) = &r.channel {
-        v["channel"] = json!(c);
-    }
-    text(&v)
+    ServerMessage::Error { code: r.code.as_str(), message: &r.message, channel: r.channel.as_deref() }
+        .to_json()
 }
 
 /// SUBSCRIBED for a signal channel (with epoch and head seq).
@@ -164,41 +160,41 @@ pub fn subscribed_signals(
     head: u64,
     recovered: Option<bool>,
 ) -> Vec<u8> {
-    let mut v = json!({"type": "SUBSCRIBED", "channel": channel.to_string(), "epoch": epoch.to_string(), "seq": head});
-    if let Some(r) = recovered {
-        v["recovered"] = json!(r);
+    let channel = channel.to_string();
+    ServerMessage::Subscribed {
+        channel: &channel,
+        epoch: Some(epoch.to_string()),
+        seq: Some(head),
+        recovered,
     }
-    text(&v)
+    .to_json()
 }
 
 /// SUBSCRIBED for a channel without seq; a resume request cannot be honoured there.
 pub fn subscribed_plain(channel: &ChannelName, resume_asked: bool) -> Vec<u8> {
-    let mut v = json!({"type": "SUBSCRIBED", "channel": channel.to_string()});
-    if resume_asked {
-        v["recovered"] = json!(false);
-    }
-    text(&v)
+    let channel = channel.to_string();
+    let recovered = resume_asked.then_some(false);
+    ServerMessage::Subscribed { channel: &channel, epoch: None, seq: None, recovered }.to_json()
 }
 
-/// UNSUBSCRIBED, `reason` is `client` or `entitlement`.
-pub fn unsubscribed(channel: &ChannelName, reason: &str) -> Vec<u8> {
-    text(&json!({"type": "UNSUBSCRIBED", "channel": channel.to_string(), "reason": reason}))
+pub fn unsubscribed(channel: &ChannelName, reason: UnsubscribeReason) -> Vec<u8> {
+    ServerMessage::Unsubscribed { channel: &channel.to_string(), reason }.to_json()
 }
 
 pub const PONG: &[u8] = br#"{"type":"PONG"}"#;
 
-pub fn system(data: serde_json::Value) -> Vec<u8> {
-    text(&json!({"type": "SYSTEM_MESSAGE", "data": data}))
+pub fn system(data: SystemEvent<'_>) -> Vec<u8> {
+    ServerMessage::System { data }.to_json()
 }
 
 /// A USER_UPDATE on `user_<id>`: the entitlements now in force.
-pub fn user_update(user: &str, data: serde_json::Value) -> Vec<u8> {
-    text(&json!({"type": "USER_UPDATE", "channel": format!("user_{user}"), "data": data}))
+pub fn user_update(user: &str, data: UserRights) -> Vec<u8> {
+    ServerMessage::UserUpdate { channel: format!("user_{user}"), data }.to_json()
 }
 
 /// A NOTIFICATION on `user_<id>`.
-pub fn notification(user: &str, data: serde_json::Value) -> Vec<u8> {
-    text(&json!({"type": "NOTIFICATION", "channel": format!("user_{user}"), "data": data}))
+pub fn notification(user: &str, data: Notice) -> Vec<u8> {
+    ServerMessage::Notification { channel: format!("user_{user}"), data }.to_json()
 }
 
 #[cfg(test)]
@@ -242,6 +238,11 @@ mod tests {
             parse(r#"{"type":"REFRESH","token":"t"}"#),
             Ok(ClientMessage::Refresh { token: "t".into() })
         );
+    }
+
+    #[test]
+    fn pong_is_the_typed_pong() {
+        assert_eq!(PONG, ServerMessage::Pong.to_json().as_slice());
     }
 
     #[test]
