@@ -6,6 +6,7 @@
 //! sidecar ([`SidecarAuth`]: EdDSA, JWKS, change feed).
 
 mod accounts;
+mod client;
 mod dev;
 mod sidecar;
 
