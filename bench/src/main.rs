@@ -34,6 +34,10 @@ struct Common {
     /// Write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// The subscribers: `light` (the bench's minimal client) or `tungstenite`
+    /// (tokio-tungstenite, JSON parsed per message, as real Rust clients are).
+    #[arg(long, value_enum, default_value = "light")]
+    client: bench::worker::ClientMode,
 }
 
 #[derive(Subcommand, Debug)]
@@ -203,6 +207,15 @@ fn command_line() -> String {
 
 async fn orchestrate(cmd: Cmd) -> anyhow::Result<()> {
     let mut results = Results { command: command_line(), ..Results::default() };
+    if let Cmd::Stalled { common, .. }
+    | Cmd::Latency { common, .. }
+    | Cmd::Fanout { common, .. }
+    | Cmd::Memory { common, .. }
+    | Cmd::Connect { common, .. }
+    | Cmd::Compare { common, .. } = &cmd
+    {
+        bench::run::set_client_mode(common.client);
+    }
     let json = match cmd {
         Cmd::Soak { targets, connections, churn, rate, duration, sample, processes, json } => {
             let mut reports = Vec::new();

@@ -10,7 +10,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 use crate::stats::{self, Percentiles};
 use crate::targets::{Endpoint, Publisher, Server, Target, bench_signal};
-use crate::worker::{Ready, Report, WorkerSpec, histogram};
+use crate::worker::{ClientMode, Ready, Report, WorkerSpec, histogram};
 
 /// Connections per worker process at most: the descriptor limit is 20,000 per process.
 pub const MAX_CONNS_PER_WORKER: usize = 15_000;
@@ -54,6 +54,18 @@ impl std::fmt::Debug for Workers {
     }
 }
 
+/// The client mode of this run's reading subscribers (`--client`; light by default).
+static CLIENT: std::sync::OnceLock<ClientMode> = std::sync::OnceLock::new();
+
+/// Sets the client mode for the rest of the run (the first call wins).
+pub fn set_client_mode(mode: ClientMode) {
+    let _ = CLIENT.set(mode);
+}
+
+pub fn client_mode() -> ClientMode {
+    CLIENT.get().copied().unwrap_or_default()
+}
+
 impl Workers {
     /// `total` subscribers over `processes` processes (more if needed for the limit).
     pub async fn spawn(endpoint: &Endpoint, total: usize, processes: usize) -> anyhow::Result<Self> {
@@ -80,6 +92,7 @@ impl Workers {
                 concurrency: 100,
                 stalled: stall,
                 churn: false,
+                client: client_mode(),
             };
             procs.push(Proc::start(&exe, &spec)?);
         }
@@ -313,6 +326,7 @@ impl Workers {
             concurrency: 100,
             stalled: 0,
             churn: true,
+            client: ClientMode::Light,
         };
         let mut p = Proc::start(&crate::targets::exe()?, &spec)?;
         let ready = p.ready(Duration::from_secs(120)).await?;

@@ -31,6 +31,23 @@ pub struct WorkerSpec {
     /// until the worker is stopped (its READY comes after the first round).
     #[serde(default)]
     pub churn: bool,
+    /// What the reading subscribers are (stalled and churning ones are always light).
+    #[serde(default)]
+    pub client: ClientMode,
+}
+
+/// What a subscriber costs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientMode {
+    /// The bench's own minimal client: no JSON parsing, no allocation per message beyond
+    /// the read buffer. Measures the server with as little client cost as possible.
+    #[default]
+    Light,
+    /// A client as real Rust bots are written: tokio-tungstenite (its default buffers),
+    /// every text message parsed with serde_json. Measures the server beside clients
+    /// that cost what real ones do.
+    Tungstenite,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -91,6 +108,19 @@ pub fn run(spec: WorkerSpec) -> anyhow::Result<()> {
                         // Holds the socket, never reads: the server's bound decides.
                         std::future::pending::<()>().await;
                         drop(c);
+                    }
+                    Ok(c) if spec.client == ClientMode::Tungstenite => {
+                        drop(c);
+                        match tungstenite::subscribe(&ep).await {
+                            Ok(ws) => {
+                                let _ = ready.send(Ok(()));
+                                tungstenite::read_loop(ws, &ep, &shared).await;
+                                shared.borrow_mut().lost += 1;
+                            }
+                            Err(e) => {
+                                let _ = ready.send(Err(e.to_string()));
+                            }
+                        }
                     }
                     Ok(c) => {
                         let _ = ready.send(Ok(()));
@@ -296,4 +326,104 @@ fn record(shared: &RefCell<Shared>, payload: &[u8]) {
     let mut s = shared.borrow_mut();
     s.received += 1;
     let _ = s.hist.record((now_us() - sent).max(1) as u64);
+}
+
+/// The heavier client mode: tokio-tungstenite, JSON parsed per message.
+mod tungstenite {
+    use std::cell::RefCell;
+    use std::time::Duration;
+
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::{WebSocketStream, client_async};
+
+    use super::{Shared, now_us, sent_us};
+    use crate::targets::{Endpoint, Target};
+
+    pub(super) type Ws = WebSocketStream<tokio::net::TcpStream>;
+
+    fn io(e: impl std::fmt::Display) -> std::io::Error {
+        std::io::Error::other(e.to_string())
+    }
+
+    /// Connects, upgrades and subscribes as the target wants.
+    pub(super) async fn subscribe(ep: &Endpoint) -> std::io::Result<Ws> {
+        let stream = tokio::net::TcpStream::connect(ep.addr).await?;
+        stream.set_nodelay(true)?;
+        let url = format!("ws://{}{}", ep.addr, ep.path);
+        let (mut ws, _) = client_async(url, stream).await.map_err(io)?;
+        async fn until(ws: &mut Ws, done: fn(&Message) -> bool) -> std::io::Result<()> {
+            let fut = async {
+                while let Some(m) = ws.next().await {
+                    if done(&m.map_err(io)?) {
+                        return Ok(());
+                    }
+                }
+                Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof))
+            };
+            tokio::time::timeout(Duration::from_secs(30), fut).await.map_err(io)?
+        }
+        match ep.target {
+            Target::Signalcast | Target::SignalcastKafka => {
+                ws.send(Message::text(r#"{"type":"SUBSCRIBE","channel":"signals_premium"}"#))
+                    .await
+                    .map_err(io)?;
+                until(&mut ws, |m| m.to_text().is_ok_and(|t| t.contains("\"SUBSCRIBED\""))).await?;
+            }
+            Target::Reference | Target::NodeWs => {
+                until(&mut ws, |m| m.to_text().is_ok_and(|t| t.starts_with("subscribed"))).await?;
+            }
+            Target::Nats => {
+                until(&mut ws, |m| m.to_text().is_ok_and(|t| t.starts_with("INFO"))).await?;
+                let hello = "CONNECT {\"verbose\":false,\"pedantic\":false,\"protocol\":1}\r\nSUB bench.ch1 1\r\nPING\r\n";
+                ws.send(Message::binary(hello.as_bytes().to_vec())).await.map_err(io)?;
+                until(&mut ws, |m| m.clone().into_data().windows(4).any(|w| w == b"PONG")).await?;
+            }
+            Target::Nchan => {}
+        }
+        Ok(ws)
+    }
+
+    /// Reads until the connection ends, parsing every message as JSON where the target
+    /// sends JSON, and recording its latency.
+    pub(super) async fn read_loop(mut ws: Ws, ep: &Endpoint, shared: &RefCell<Shared>) {
+        let mut ping = tokio::time::interval(Duration::from_secs(20));
+        ping.reset();
+        loop {
+            tokio::select! {
+                m = ws.next() => match m {
+                    Some(Ok(Message::Text(t))) => record_json(shared, t.as_bytes()),
+                    Some(Ok(Message::Binary(b))) => {
+                        // NATS: `MSG <subject> <sid> <n>\r\n<payload>\r\n` (PING answered).
+                        if b.starts_with(b"PING") {
+                            if ws.send(Message::binary(b"PONG\r\n".to_vec())).await.is_err() {
+                                return;
+                            }
+                        } else if let Some(at) = b.windows(2).position(|w| w == b"\r\n") {
+                            record_json(shared, &b[at + 2..]);
+                        }
+                    }
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                    Some(Ok(_)) => {}
+                },
+                _ = ping.tick(), if ep.target.is_signalcast() => {
+                    if ws.send(Message::text(r#"{"type":"PING"}"#)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Parses the message as JSON, as a real client would (and pays for it), then
+    /// records now minus the send time it carries.
+    fn record_json(shared: &RefCell<Shared>, payload: &[u8]) {
+        if serde_json::from_slice::<serde_json::Value>(payload).is_err() {
+            return;
+        }
+        let Some(sent) = sent_us(payload) else { return };
+        let mut s = shared.borrow_mut();
+        s.received += 1;
+        let _ = s.hist.record((now_us() - sent).max(1) as u64);
+    }
 }

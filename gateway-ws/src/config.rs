@@ -270,13 +270,15 @@ impl Config {
                 "the accounts sidecar, or accounts_file (SIGNALCAST_ACCOUNTS_FILE)",
             ));
         }
-        if self.producers_file.is_none() && self.role != Role::Gateway {
+        // What this node runs (a role that cannot run fails later, with its own error).
+        let plan = crate::node::Plan::of(self).ok();
+        if self.producers_file.is_none() && plan.is_none_or(|p| p.feed) {
             v.push((
                 "the fixture producer keys",
                 "the accounts sidecar, or producers_file (SIGNALCAST_PRODUCERS_FILE)",
             ));
         }
-        if self.demo.enabled && self.role == Role::All {
+        if plan.is_some_and(|p| p.demo) {
             v.push(("the demo producer", "demo.enabled = false (SIGNALCAST_DEMO__ENABLED=false)"));
         }
         v

@@ -23,7 +23,6 @@ use tokio_rustls::server::TlsStream;
 
 use crate::auth::AccountsState;
 use crate::auth::AuthError;
-use crate::config::Role;
 use crate::conn::Io;
 use crate::dashboard;
 use crate::hub::Attach;
@@ -86,7 +85,7 @@ fn route(req: Request<Incoming>, peer: Option<IpAddr>, app: Arc<App>) -> Respons
         return json_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "only GET is served");
     }
     match req.uri().path() {
-        "/ws" if app.role == Role::Engine => json_error(
+        "/ws" if !app.plan.clients => json_error(
             StatusCode::NOT_FOUND,
             "engine_node",
             "this node runs the engine role; connect to a gateway",

@@ -9,6 +9,7 @@
 //! ```
 //!
 //! - [`server`]: starts everything ([`server::start`]) and drains it.
+//! - [`node`]: what a node runs, decided once from its role.
 //! - [`http`]: `/ws` (token checked before the upgrade), health, metrics.
 //! - [`dashboard`]: the live page at `/`, compiled into the binary.
 //! - [`auth`]: tokens to sessions; the one seam to wherever accounts live.
@@ -28,6 +29,7 @@ pub mod demo;
 pub mod http;
 pub mod hub;
 pub mod metrics;
+pub mod node;
 pub mod protocol;
 pub mod server;
 pub mod tls;

@@ -21,9 +21,10 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::auth::{Accounts, AccountsState, Authenticator, DevAuth, OnChange, SidecarAuth};
-use crate::config::{Config, Role, fixtures};
+use crate::config::{Config, fixtures};
 use crate::hub::{Hub, RightsSender};
 use crate::metrics::{self, GatewayStats};
+use crate::node::{KafkaPart, NeedsKafka, Plan};
 use crate::{demo, http, tls};
 
 /// What request handlers share.
@@ -32,7 +33,7 @@ pub struct App {
     pub auth: Arc<dyn Authenticator>,
     pub hub: Hub,
     pub stats: Arc<GatewayStats>,
-    pub role: Role,
+    pub plan: Plan,
     pub admission: Arc<crate::admission::Admission>,
     engine: Arc<Engine>,
     feed: Arc<FeedStats>,
@@ -91,8 +92,8 @@ pub enum StartError {
     Engine(std::io::Error),
     #[error("kafka: {0}")]
     Kafka(#[from] kafka::KafkaError),
-    #[error("role {0} needs Kafka: pass --kafka-brokers (or set [kafka] brokers)")]
-    NeedsKafka(&'static str),
+    #[error(transparent)]
+    NeedsKafka(#[from] NeedsKafka),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     /// A non-loopback listener with public development credentials in force.
@@ -167,7 +168,7 @@ async fn bind(addr: &str) -> Result<TcpListener, StartError> {
 pub async fn start(config: Config) -> Result<Running, StartError> {
     // Refuse before binding where the address says it all (an IP, not a host name).
     config.check_secrets()?;
-    let feed = (config.role != Role::Gateway).then_some(&config.feed_listen);
+    let feed = Plan::of(&config)?.feed.then_some(&config.feed_listen);
     let planned: Vec<SocketAddr> =
         [Some(&config.listen), feed].into_iter().flatten().filter_map(|a| a.parse().ok()).collect();
     check_exposure(&config, &planned)?;
@@ -182,99 +183,37 @@ pub async fn start_on(
     http_listener: TcpListener,
     feed_listener: TcpListener,
 ) -> Result<Running, StartError> {
+    let plan = Plan::of(&config)?;
+    config.check_secrets()?;
+    let local = |l: &TcpListener, addr: &str| {
+        l.local_addr().map_err(|source| StartError::Bind { addr: addr.to_owned(), source })
+    };
+    let http_addr = local(&http_listener, &config.listen)?;
+    let feed_addr = if plan.feed { Some(local(&feed_listener, &config.feed_listen)?) } else { None };
+    check_exposure(&config, &[Some(http_addr), feed_addr].into_iter().flatten().collect::<Vec<_>>())?;
+
     let policy = match &config.policy_file {
         Some(p) => TierPolicy::load(p)?,
         None => TierPolicy::from_toml(fixtures::TIERS)?,
     };
-    let keys = match &config.producers_file {
-        Some(p) => StaticKeys::load(p)?,
-        None => StaticKeys::from_toml(fixtures::PRODUCERS)?,
-    };
-    let (tls, reload) = match &config.tls {
-        Some(t) => {
-            let (acceptor, cert) = tls::acceptor(&t.cert, &t.key)?;
-            (Some(acceptor), Some((cert, Duration::from_millis(t.reload_interval_ms.max(10)))))
-        }
-        None => (None, None),
-    };
-    config.check_secrets()?;
-    let role = config.role;
-    let http_addr = http_listener
-        .local_addr()
-        .map_err(|source| StartError::Bind { addr: config.listen.clone(), source })?;
-    let feed_addr = match role {
-        // A gateway takes no producers: its seqs are the topics' offsets.
-        Role::Gateway => None,
-        _ => Some(
-            feed_listener
-                .local_addr()
-                .map_err(|source| StartError::Bind { addr: config.feed_listen.clone(), source })?,
-        ),
-    };
-    check_exposure(&config, &[Some(http_addr), feed_addr].into_iter().flatten().collect::<Vec<_>>())?;
+    let tls = config.tls.as_ref().map(|t| tls::acceptor(&t.cert, &t.key)).transpose()?;
     let dev_auth = Arc::new(dev_auth(&config)?);
     let kafka_stats = Arc::new(KafkaStats::default());
-    let options = kafka_options(&config, &kafka_stats).await?;
+    let options = kafka_options(&config, plan, &kafka_stats).await?;
     let engine =
         Arc::new(Engine::start_with(config.engine.clone(), policy, options).map_err(StartError::Engine)?);
 
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
-
     // Rights changes from the accounts feed go to the hub, which starts after auth.
     let rights: Arc<OnceLock<RightsSender>> = Arc::new(OnceLock::new());
-    let (auth, sidecar): (Arc<dyn Authenticator>, _) = match &config.auth.accounts_url {
-        Some(url) => {
-            let to_hub = Arc::clone(&rights);
-            let on_change: OnChange = Arc::new(move |e| {
-                if let Some(hub) = to_hub.get() {
-                    hub.send(e);
-                }
-            });
-            let s = SidecarAuth::start(url, &config.auth.accounts_gateway_token, on_change)?;
-            (s.clone() as Arc<dyn Authenticator>, Some(s))
-        }
-        None => (dev_auth.clone() as Arc<dyn Authenticator>, None),
+    let (auth, sidecar) = start_auth(&config, &dev_auth, &rights)?;
+    let feed_stats = match feed_addr {
+        Some(_) => start_feed(&config, &engine, sidecar.as_ref(), feed_listener, &stop_rx, &mut tasks)?,
+        None => Arc::new(FeedStats::default()),
     };
-    // With the sidecar, producer keys come from it (and revocations cut producers).
-    let producer_auth: Arc<dyn ProducerAuth> = match &sidecar {
-        Some(s) => s.clone(),
-        None => Arc::new(keys),
-    };
-    let demo = config.demo.enabled && sidecar.is_none() && role == Role::All;
-    let feed_ctx = engine.feed_context(producer_auth, config.feed.clone());
-    let feed_stats = Arc::clone(&feed_ctx.stats);
-    if feed_addr.is_some() {
-        let mut feed_stop = stop_rx.clone();
-        tasks.push(tokio::spawn(engine::feed::run(feed_listener, feed_ctx, async move {
-            until_set(&mut feed_stop).await;
-        })));
-    }
     let relay_stop = Arc::new(AtomicBool::new(false));
-    if config.kafka.enabled() {
-        if role == Role::Gateway {
-            kafka::spawn_relay(
-                &config.kafka,
-                engine.ingest(),
-                config.engine.ring_capacity,
-                Arc::clone(&kafka_stats),
-                Arc::clone(&relay_stop),
-            )?;
-        } else {
-            let ctx = IngestContext {
-                ingest: engine.ingest(),
-                max_analysis_bytes: config.engine.max_analysis_bytes,
-                stats: Arc::clone(&kafka_stats),
-            };
-            let (cfg, mut kafka_stop) = (config.kafka.clone(), stop_rx.clone());
-            tasks.push(tokio::spawn(async move {
-                let stop = async move { until_set(&mut kafka_stop).await };
-                if let Err(e) = kafka::run_ingest(cfg, ctx, stop).await {
-                    tracing::error!(error = %e, "kafka ingest could not start");
-                }
-            }));
-        }
-    }
+    start_kafka(&config, plan, &engine, &kafka_stats, &relay_stop, &stop_rx, &mut tasks)?;
 
     // Tokens for the asking only where the secret is public anyway and only on loopback.
     let dev_tokens = (config.public_dev_secret()
@@ -290,7 +229,7 @@ pub async fn start_on(
         auth,
         hub,
         stats,
-        role,
+        plan,
         admission: Arc::new(crate::admission::Admission::new(config.admission())),
         engine: Arc::clone(&engine),
         feed: feed_stats,
@@ -300,18 +239,19 @@ pub async fn start_on(
         handshake_timeout: Duration::from_millis(config.handshake_timeout_ms.max(1)),
         dev_tokens,
     });
-    tasks.push(tokio::spawn(accept_loop(http_listener, tls.clone(), Arc::clone(&app), stop_rx.clone())));
-    if let Some((cert, every)) = reload {
-        tasks.push(tokio::spawn(reload_certificate(cert, every)));
+    let acceptor = tls.as_ref().map(|(acceptor, _)| acceptor.clone());
+    tasks.push(tokio::spawn(accept_loop(http_listener, acceptor, Arc::clone(&app), stop_rx.clone())));
+    if let (Some((_, cert)), Some(t)) = (tls.as_ref(), config.tls.as_ref()) {
+        let every = Duration::from_millis(t.reload_interval_ms.max(10));
+        tasks.push(tokio::spawn(reload_certificate(Arc::clone(cert), every)));
     }
-
     // The demo producer's key is a fixture key, which a sidecar does not know.
-    if let (true, Some(addr)) = (demo, feed_addr) {
+    if let (true, Some(addr)) = (plan.demo, feed_addr) {
         let keys = StaticKeys::from_toml(fixtures::PRODUCERS)?;
         tasks.push(tokio::spawn(demo::run(addr, config.demo.clone(), keys, stop_rx)));
     }
     tracing::info!(
-        role = role.as_str(),
+        role = plan.role.as_str(),
         %http_addr,
         ?feed_addr,
         tls = tls.is_some(),
@@ -333,26 +273,116 @@ pub async fn start_on(
     })
 }
 
-/// What the node's role asks of the engine: an engine node routes into Kafka (and
+type Tasks = Vec<JoinHandle<()>>;
+
+/// Where tokens are checked: the accounts sidecar (whose rights changes go to the hub
+/// once it runs) or the embedded default's dev issuer.
+#[allow(clippy::type_complexity)]
+fn start_auth(
+    config: &Config,
+    dev_auth: &Arc<DevAuth>,
+    rights: &Arc<OnceLock<RightsSender>>,
+) -> Result<(Arc<dyn Authenticator>, Option<Arc<SidecarAuth>>), StartError> {
+    let Some(url) = &config.auth.accounts_url else {
+        return Ok((Arc::clone(dev_auth) as Arc<dyn Authenticator>, None));
+    };
+    let to_hub = Arc::clone(rights);
+    let on_change: OnChange = Arc::new(move |e| {
+        if let Some(hub) = to_hub.get() {
+            hub.send(e);
+        }
+    });
+    let s = SidecarAuth::start(url, &config.auth.accounts_gateway_token, on_change)?;
+    Ok((Arc::clone(&s) as Arc<dyn Authenticator>, Some(s)))
+}
+
+/// The producers' TCP feed, with keys from the sidecar (revocations cut producers) or
+/// from the producers file.
+fn start_feed(
+    config: &Config,
+    engine: &Engine,
+    sidecar: Option<&Arc<SidecarAuth>>,
+    listener: TcpListener,
+    stop: &watch::Receiver<bool>,
+    tasks: &mut Tasks,
+) -> Result<Arc<FeedStats>, StartError> {
+    let producer_auth: Arc<dyn ProducerAuth> = match sidecar {
+        Some(s) => Arc::clone(s) as Arc<dyn ProducerAuth>,
+        None => Arc::new(match &config.producers_file {
+            Some(p) => StaticKeys::load(p)?,
+            None => StaticKeys::from_toml(fixtures::PRODUCERS)?,
+        }),
+    };
+    let ctx = engine.feed_context(producer_auth, config.feed.clone());
+    let stats = Arc::clone(&ctx.stats);
+    let mut feed_stop = stop.clone();
+    tasks.push(tokio::spawn(engine::feed::run(listener, ctx, async move {
+        until_set(&mut feed_stop).await;
+    })));
+    Ok(stats)
+}
+
+/// Kafka's part of the node: the relay of `signals.<tier>` on a gateway node, ingest of
+/// `raw-signals` and `market-data` elsewhere.
+fn start_kafka(
+    config: &Config,
+    plan: Plan,
+    engine: &Engine,
+    stats: &Arc<KafkaStats>,
+    relay_stop: &Arc<AtomicBool>,
+    stop: &watch::Receiver<bool>,
+    tasks: &mut Tasks,
+) -> Result<(), StartError> {
+    match plan.kafka {
+        KafkaPart::Off => {}
+        KafkaPart::Relay => {
+            kafka::spawn_relay(
+                &config.kafka,
+                engine.ingest(),
+                config.engine.ring_capacity,
+                Arc::clone(stats),
+                Arc::clone(relay_stop),
+            )?;
+        }
+        KafkaPart::Ingest | KafkaPart::Publish => {
+            let ctx = IngestContext {
+                ingest: engine.ingest(),
+                max_analysis_bytes: config.engine.max_analysis_bytes,
+                stats: Arc::clone(stats),
+            };
+            let (cfg, mut kafka_stop) = (config.kafka.clone(), stop.clone());
+            tasks.push(tokio::spawn(async move {
+                let stop = async move { until_set(&mut kafka_stop).await };
+                if let Err(e) = kafka::run_ingest(cfg, ctx, stop).await {
+                    tracing::error!(error = %e, "kafka ingest could not start");
+                }
+            }));
+        }
+    }
+    Ok(())
+}
+
+/// What the node's plan asks of the engine: an engine node routes into Kafka (and
 /// remembers what an earlier run routed there), a gateway node takes the topics' epochs.
-async fn kafka_options(config: &Config, stats: &Arc<KafkaStats>) -> Result<EngineOptions, StartError> {
+async fn kafka_options(
+    config: &Config,
+    plan: Plan,
+    stats: &Arc<KafkaStats>,
+) -> Result<EngineOptions, StartError> {
     let mut options = EngineOptions::default();
-    if !config.kafka.enabled() {
-        return match config.role {
-            Role::All => Ok(options),
-            other => Err(StartError::NeedsKafka(other.as_str())),
-        };
+    if plan.kafka == KafkaPart::Off {
+        return Ok(options);
     }
     kafka::ensure_topics(&config.kafka).await?;
-    match config.role {
-        Role::All => {}
-        Role::Engine => {
+    match plan.kafka {
+        KafkaPart::Off | KafkaPart::Ingest => {}
+        KafkaPart::Publish => {
             let (cfg, window) = (config.kafka.clone(), config.engine.dedup_window);
             options.seen_ids = blocking(move || kafka::recent_ids(&cfg, window)).await?;
             tracing::info!(ids = options.seen_ids.len(), "read back recently routed signal ids");
             options.sink = Some(Box::new(KafkaSink::new(&config.kafka, Arc::clone(stats))?));
         }
-        Role::Gateway => {
+        KafkaPart::Relay => {
             let cfg = config.kafka.clone();
             options.epochs = Some(blocking(move || kafka::epochs(&cfg)).await?);
             let history = KafkaHistory::start(&config.kafka, config.kafka.history_max_messages)?;
