@@ -17,19 +17,7 @@ use serde_json::json;
 
 /// A valid signal, id `n`, 80.00 (premium and enterprise).
 fn signal(n: u128) -> engine::model::Signal {
-    let mut s = gateway::demo::events()
-        .into_iter()
-        .find_map(|e| match e {
-            gateway::demo::Event::Signal(s) => Some(*s),
-            gateway::demo::Event::Tick(_) => None,
-        })
-        .unwrap();
-    let now = engine::model::UnixNanos::now();
-    s.id = uuid::Uuid::from_u128(n);
-    s.confidence = engine::model::Confidence::new(8_000).unwrap();
-    s.generated_at = now;
-    s.expires_at = now.plus_nanos(3_600_000_000_000);
-    s
+    engine::testkit::signal(n, 8_000, engine::model::Category::Equity)
 }
 
 async fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {

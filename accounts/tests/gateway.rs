@@ -67,19 +67,7 @@ fn admin(s: &Sidecar, method: &str, path: &str, body: Value) -> u16 {
 
 /// A fixture signal made current, with a fresh id and the given confidence (hundredths).
 fn signal(n: u128, confidence: u16) -> engine::model::Signal {
-    let mut s = gateway::demo::events()
-        .into_iter()
-        .find_map(|e| match e {
-            gateway::demo::Event::Signal(s) => Some(*s),
-            gateway::demo::Event::Tick(_) => None,
-        })
-        .unwrap();
-    let now = engine::model::UnixNanos::now();
-    s.id = uuid::Uuid::from_u128(n);
-    s.confidence = engine::model::Confidence::new(confidence).unwrap();
-    s.generated_at = now;
-    s.expires_at = now.plus_nanos(3_600_000_000_000);
-    s
+    engine::testkit::signal(n, confidence, engine::model::Category::Equity)
 }
 
 /// The next SIGNAL_UPDATE (skipping anything else), or None within `wait`.

@@ -44,23 +44,7 @@ pub async fn ws_connect(
 
 /// A masked client frame (FIN set).
 pub fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [0x5a, 0x3c, 0x96, 0xe1];
-    let mut f = Vec::with_capacity(payload.len() + 14);
-    f.push(0x80 | opcode);
-    match payload.len() {
-        n if n < 126 => f.push(0x80 | n as u8),
-        n if n <= 65_535 => {
-            f.push(0x80 | 126);
-            f.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            f.push(0x80 | 127);
-            f.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    f.extend_from_slice(&mask);
-    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
-    f
+    gateway::ws::client_frame(true, opcode, payload, Some([0x5a, 0x3c, 0x96, 0xe1]))
 }
 
 /// Cuts the next server frame off `buf`: (opcode, payload range in `buf` after the

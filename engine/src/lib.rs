@@ -27,6 +27,8 @@ pub mod kafka;
 pub mod model;
 pub mod pipeline;
 pub mod policy;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
 pub mod ticks;
 
 mod engine;

@@ -195,17 +195,23 @@ impl Page {
         c
     }
 
-    /// Runs a block to its end (builds included: 30 minutes at most); its output.
-    fn run(&mut self, b: &Block) -> String {
-        println!("{}:{} $ {}", self.name, b.line, b.code.trim());
+    /// Spawns a block in its own process group, its output collected as it comes.
+    fn spawn(&self, b: &Block, background: bool) -> (Child, Arc<Mutex<String>>) {
+        println!("{}:{} $ {}{}", self.name, b.line, b.code.trim(), if background { " &" } else { "" });
         let mut child = self
-            .command(&b.code, true)
+            .command(&b.code, !background)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
             .spawn()
             .unwrap();
         let output = collect(&mut child);
+        (child, output)
+    }
+
+    /// Runs a block to its end (builds included: 30 minutes at most); its output.
+    fn run(&mut self, b: &Block) -> String {
+        let (mut child, output) = self.spawn(b, false);
         let until = Instant::now() + Duration::from_secs(1800);
         let status = loop {
             if let Some(s) = child.try_wait().unwrap() {
@@ -223,15 +229,7 @@ impl Page {
     /// Starts a background block and waits (30 minutes at most, builds included) for
     /// its ready text.
     fn start(&mut self, b: &Block, ready: &str) -> usize {
-        println!("{}:{} $ {} &", self.name, b.line, b.code.trim());
-        let mut child = self
-            .command(&b.code, false)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .spawn()
-            .unwrap();
-        let output = collect(&mut child);
+        let (child, output) = self.spawn(b, true);
         let mut server = Background { child, output, what: b.code.trim().to_owned() };
         let until = Instant::now() + Duration::from_secs(1800);
         while !server.output().contains(ready) {

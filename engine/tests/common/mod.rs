@@ -10,9 +10,7 @@ use std::time::Duration;
 use engine::channels::{ChannelLog, Message};
 use engine::config::{EngineConfig, FeedConfig};
 use engine::feed::{FeedStats, Producer, ProducerConfig, StaticKeys};
-use engine::model::{
-    Category, Confidence, Exchange, Price, Signal, SignalType, SourceType, Symbol, Tick, UnixNanos,
-};
+use engine::model::{Category, Signal};
 use engine::policy::TierPolicy;
 use engine::{Engine, feed};
 use tokio::net::{TcpListener, TcpStream};
@@ -55,43 +53,12 @@ pub async fn producer(addr: SocketAddr, id: &str) -> Producer {
     Producer::connect(producer_config(addr, id)).await.unwrap()
 }
 
-/// A valid signal; `n` makes the id, `confidence` is in hundredths.
-pub fn signal(n: u128, confidence: u16, symbol: &str, exchange: &str, category: Category) -> Signal {
-    let now = UnixNanos::now();
-    Signal {
-        id: uuid::Uuid::from_u128(n),
-        source_id: uuid::Uuid::from_u128(0xabc),
-        source_type: SourceType::AiModel,
-        symbol: Symbol::new(symbol).unwrap(),
-        exchange: Exchange::new(exchange).unwrap(),
-        category,
-        signal_type: SignalType::Buy,
-        entry_price: "100.5".parse().unwrap(),
-        target_price: "110".parse().unwrap(),
-        stop_loss: "95.25".parse().unwrap(),
-        quantity_recommended: Some(10),
-        confidence: Confidence::new(confidence).unwrap(),
-        generated_at: now,
-        expires_at: now.plus_nanos(3_600_000_000_000),
-        analysis: None,
-    }
-}
+/// A valid signal on a given symbol (`n` makes the id, `confidence` is in hundredths).
+#[allow(unused_imports)] // not every test binary uses both
+pub use engine::testkit::{signal_on as signal, tick};
 
 pub fn equity(n: u128, confidence: u16) -> Signal {
     signal(n, confidence, "RELIANCE", "NSE", Category::Equity)
-}
-
-pub fn tick(symbol: &str, exchange: &str, last: &str) -> Tick {
-    let last: Price = last.parse().unwrap();
-    Tick {
-        symbol: Symbol::new(symbol).unwrap(),
-        exchange: Exchange::new(exchange).unwrap(),
-        bid: Price::from_raw(last.raw() - 100).unwrap(),
-        ask: Price::from_raw(last.raw() + 100).unwrap(),
-        last,
-        volume: 1_000,
-        ts: UnixNanos::now(),
-    }
 }
 
 /// Waits (at most 10 s) until `log` holds `n` messages and returns them from seq 1.

@@ -11,6 +11,34 @@
 pub mod inbound;
 pub mod outbound;
 
+/// A frame as a client writes it: `mask` as RFC 6455 requires of clients (`None` for an
+/// unmasked frame, which a server must refuse). Used by the tests, the fuzz targets and
+/// the bench's light client; the server itself never writes one.
+pub fn client_frame(fin: bool, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    let bit = if mask.is_some() { 0x80 } else { 0 };
+    let mut f = Vec::with_capacity(payload.len() + 14);
+    f.push((u8::from(fin) << 7) | opcode);
+    match payload.len() {
+        n if n < 126 => f.push(bit | n as u8),
+        n if n <= 65_535 => {
+            f.push(bit | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(bit | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    match mask {
+        Some(key) => {
+            f.extend_from_slice(&key);
+            f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i & 3]));
+        }
+        None => f.extend_from_slice(payload),
+    }
+    f
+}
+
 /// Close codes the gateway sends (docs/protocol.md, "Close codes").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CloseCode {

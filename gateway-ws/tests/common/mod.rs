@@ -9,9 +9,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use engine::feed::{Producer, ProducerConfig};
-use engine::model::{
-    Category, Confidence, Exchange, Price, Signal, SignalType, SourceType, Symbol, Tick, UnixNanos,
-};
+use engine::model::UnixNanos;
 use futures_util::{SinkExt, StreamExt};
 use gateway::{Config, Running};
 use serde_json::{Value, json};
@@ -83,45 +81,8 @@ pub fn url(server: &Running, token: &str) -> String {
 }
 
 /// A valid signal; `n` makes the id.
-pub fn signal(n: u128, confidence: u16, category: Category) -> Signal {
-    let (symbol, exchange) = match category {
-        Category::Equity => ("RELIANCE", "NSE"),
-        Category::Crypto => ("BTC-USDT", "BINANCE"),
-        Category::Forex => ("EUR/USD", "OANDA"),
-        Category::Commodity => ("GOLD", "MCX"),
-    };
-    let now = UnixNanos::now();
-    Signal {
-        id: uuid::Uuid::from_u128(n),
-        source_id: uuid::Uuid::from_u128(0xfeed),
-        source_type: SourceType::AiModel,
-        symbol: Symbol::new(symbol).unwrap(),
-        exchange: Exchange::new(exchange).unwrap(),
-        category,
-        signal_type: SignalType::Buy,
-        entry_price: "2456.75".parse().unwrap(),
-        target_price: "2520".parse().unwrap(),
-        stop_loss: "2420".parse().unwrap(),
-        quantity_recommended: Some(50),
-        confidence: Confidence::new(confidence).unwrap(),
-        generated_at: now,
-        expires_at: now.plus_nanos(3_600_000_000_000),
-        analysis: None,
-    }
-}
-
-pub fn tick(symbol: &str, exchange: &str, last: &str) -> Tick {
-    let last: Price = last.parse().unwrap();
-    Tick {
-        symbol: Symbol::new(symbol).unwrap(),
-        exchange: Exchange::new(exchange).unwrap(),
-        bid: Price::from_raw(last.raw() - 500).unwrap(),
-        ask: Price::from_raw(last.raw() + 500).unwrap(),
-        last,
-        volume: 1_250_000,
-        ts: UnixNanos::now(),
-    }
-}
+#[allow(unused_imports)] // not every test binary uses both
+pub use engine::testkit::{signal, tick};
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -232,23 +193,7 @@ pub fn id_of(v: &Value) -> u128 {
 /// or invalid frames) and stop reading at will, with a small receive buffer.
 /// A client frame (masked unless `mask` is false).
 pub fn client_frame(opcode: u8, payload: &[u8], mask: bool) -> Vec<u8> {
-    let key = [1u8, 2, 3, 4];
-    let mut f = vec![0x80 | opcode];
-    let m = if mask { 0x80 } else { 0 };
-    match payload.len() {
-        n if n < 126 => f.push(m | n as u8),
-        n => {
-            f.push(m | 126);
-            f.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-    }
-    if mask {
-        f.extend_from_slice(&key);
-        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-    } else {
-        f.extend_from_slice(payload);
-    }
-    f
+    gateway::ws::client_frame(true, opcode, payload, mask.then_some([1, 2, 3, 4]))
 }
 
 pub struct RawClient {

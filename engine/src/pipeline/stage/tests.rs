@@ -3,13 +3,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use uuid::Uuid;
-
 use super::*;
 use crate::channels::ChannelSet;
 use crate::config::{EngineConfig, MissingTick};
 use crate::feed::ProducerRegistry;
-use crate::model::{Confidence, EnrichedSignal, Exchange, Price, Signal, Symbol, Tick};
+use crate::model::{EnrichedSignal, Exchange, Price, Signal, Symbol, Tick};
 use crate::ticks::TickBook;
 
 const T0: UnixNanos = UnixNanos(1_795_400_000_000_000_000);
@@ -40,23 +38,7 @@ fn harness(config: EngineConfig) -> Harness {
 }
 
 fn signal(n: u128, confidence: u16) -> Signal {
-    Signal {
-        id: Uuid::from_u128(n),
-        source_id: Uuid::from_u128(7),
-        source_type: crate::model::SourceType::Algorithm,
-        symbol: Symbol::new("RELIANCE").unwrap(),
-        exchange: Exchange::new("NSE").unwrap(),
-        category: crate::model::Category::Equity,
-        signal_type: crate::model::SignalType::Buy,
-        entry_price: Price::from_raw(24_567_500).unwrap(),
-        target_price: Price::from_raw(25_200_000).unwrap(),
-        stop_loss: Price::from_raw(24_200_000).unwrap(),
-        quantity_recommended: Some(50),
-        confidence: Confidence::new(confidence).unwrap(),
-        generated_at: T0,
-        expires_at: T0.plus_nanos(3600 * SEC),
-        analysis: None,
-    }
+    crate::testkit::signal_at(n, confidence, "RELIANCE", "NSE", crate::model::Category::Equity, T0)
 }
 
 fn local(s: Signal) -> IngestItem {
