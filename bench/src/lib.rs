@@ -8,11 +8,13 @@
 //! - [`run`]: measured windows: publish at a rate, count every delivery, CPU and RSS.
 //! - [`reference`]: the pre-framed broadcast server that sits on the kernel's floor.
 //! - [`report`]: tables, JSON, SVG charts, docs/PERFORMANCE.md.
+//! - [`scenarios`]: what each command of the binary runs.
 
 pub mod proto;
 pub mod reference;
 pub mod report;
 pub mod run;
+pub mod scenarios;
 pub mod stats;
 pub mod targets;
 pub mod worker;
