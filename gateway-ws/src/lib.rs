@@ -3,9 +3,10 @@
 //! The path of a message from the engine's channel logs to a socket:
 //!
 //! ```text
-//! engine::channels (bell) --> hub shard thread (subscriptions, category, quota)
-//!     --> conn::Outbox (bounded, per connection) --> writev by the shard --> socket
-//! socket --> the same shard (ws::inbound, protocol, hub::client: SUBSCRIBE, ...)
+//! engine::channels (bell) --> hub shard thread --> hub::core (subscriptions,
+//!     category, quota, delayed view) --> its outbox (bounded, per connection)
+//!     --> writev by the shard --> socket
+//! socket --> the same shard --> hub::core (ws::inbound, protocol: SUBSCRIBE, ...)
 //! ```
 //!
 //! - [`server`]: starts everything ([`server::start`]) and drains it.
@@ -13,8 +14,9 @@
 //! - [`http`]: `/ws` (token checked before the upgrade), health, metrics.
 //! - [`dashboard`]: the live page at `/`, compiled into the binary.
 //! - [`auth`]: tokens to sessions; the one seam to wherever accounts live.
-//! - [`hub`]: shard threads that own connections, subscriptions and sockets.
-//! - [`conn`]: a connection: socket (plain or TLS), outbox, input state.
+//! - [`hub`]: the I/O-free core of every hub rule, and the shard threads that drive
+//!   it with sockets.
+//! - [`conn`]: a connection's socket (plain or TLS) and limits.
 //! - [`protocol`]: client messages and replies (JSON).
 //! - [`ws`]: WebSocket frames, sans-IO.
 //! - [`metrics`]: Prometheus exposition.

@@ -13,7 +13,7 @@ use engine::kafka::KafkaStats;
 use engine::model::Tier;
 use engine::pipeline::DropReason;
 
-use crate::conn::Timing;
+use crate::hub::Timing;
 
 /// Bucket upper bounds of the delivery-latency histogram, in microseconds.
 pub const LATENCY_BUCKETS_US: [u64; 18] = [

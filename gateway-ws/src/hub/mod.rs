@@ -8,16 +8,16 @@
 //! and sweeps the sockets that have something to write, one `writev` each, picking up
 //! newer messages every few dozen sockets (docs/PERFORMANCE.md, "The floor").
 //!
-//! - [`shard`]: the thread's loop: poller, attach, read, write, timers, drain.
-//! - `client`: what a client's messages do (SUBSCRIBE, REFRESH, ...).
-//! - `fanout`: channel logs and prices to outboxes; subscriptions.
-//! - `history`: resumes from before the ring, read back from the topic (gateway role).
+//! Every decision — who may subscribe to what, which message reaches whom, prices,
+//! expiry, slow consumers — is made by the I/O-free [`core::Core`], one per shard; the
+//! shard thread only moves bytes between it and the sockets.
+//!
+//! - [`core`]: the rules, fed events with their time, tested without sockets.
+//! - `shard`: the thread's loop: poller, sockets, timers; drives its core.
 //! - [`quota`]: daily quotas shared by a user's connections across shards.
 
-mod client;
-mod fanout;
-mod history;
-mod quota;
+pub mod core;
+pub mod quota;
 mod shard;
 
 use std::sync::Arc;
@@ -33,6 +33,7 @@ use crate::auth::{Authenticator, Entitlements, Session};
 use crate::conn::{ConnConfig, Io};
 use crate::metrics::GatewayStats;
 
+pub use self::core::Timing;
 pub use quota::{QuotaBook, UserQuota};
 
 /// Hub settings.
@@ -78,32 +79,10 @@ enum Cmd {
     /// A user's rights changed (accounts change feed).
     Rights(Arc<Entitlements>),
     /// A history read-back for a waiting subscription.
-    History(Box<HistoryDone>),
+    History(Box<core::HistoryDone>),
     /// Tell every client to go (SYSTEM_MESSAGE drain, then 1001).
     Drain,
     Stop,
-}
-
-/// What a history read returned, addressed to the connection that asked.
-struct HistoryDone {
-    conn: usize,
-    /// Tells a reused connection slot from the connection that asked.
-    serial: u64,
-    tier: engine::model::Tier,
-    since: u64,
-    result: Result<Vec<engine::channels::Message>, engine::channels::HistoryError>,
-    round: u8,
-}
-
-/// What every shard shares.
-#[derive(Clone)]
-pub(crate) struct Context {
-    pub engine: Arc<Engine>,
-    pub auth: Arc<dyn Authenticator>,
-    pub stats: Arc<GatewayStats>,
-    pub quotas: Arc<QuotaBook>,
-    pub hub: HubConfig,
-    pub conn: ConnConfig,
 }
 
 struct ShardHandle {
@@ -155,7 +134,17 @@ impl Hub {
         } else {
             hub.shards
         };
-        let ctx = Context { engine, auth, stats, quotas: Arc::new(QuotaBook::default()), hub, conn };
+        let src = core::Sources {
+            channels: Arc::clone(&engine.channels),
+            ticks: Arc::clone(&engine.ticks),
+            policy: Arc::clone(&engine.policy),
+            history: engine.history.is_some(),
+            auth,
+            stats,
+            quotas: Arc::new(QuotaBook::default()),
+            hub,
+            conn,
+        };
         let mut shards = Vec::with_capacity(n);
         let mut threads = Vec::with_capacity(n);
         for i in 0..n {
@@ -163,13 +152,13 @@ impl Hub {
             // absorbs a reconnect storm. When full, the upgrade is dropped (the client
             // sees the connection close and retries with backoff).
             let (tx, rx) = std::sync::mpsc::sync_channel(1_024);
-            let shard = shard::Shard::new(i, ctx.clone(), tx.clone(), rx)?;
+            let shard = shard::Shard::new(i, src.clone(), engine.history.clone(), tx.clone(), rx)?;
             shards.push(ShardHandle { tx, waker: shard.waker() });
             threads
                 .push(std::thread::Builder::new().name(format!("hub-shard-{i}")).spawn(move || shard.run())?);
         }
         let wakers: Vec<Arc<mio::Waker>> = shards.iter().map(|s| Arc::clone(&s.waker)).collect();
-        ctx.engine.channels.listen(Arc::new(move || {
+        engine.channels.listen(Arc::new(move || {
             for w in &wakers {
                 let _ = w.wake();
             }

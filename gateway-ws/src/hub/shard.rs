@@ -1,29 +1,27 @@
-//! One hub shard: a thread, its poller, its connections, and the loop that drives them.
+//! One hub shard: a thread, its poller, its sockets, and the loop that drives its
+//! [`Core`]. Nothing here decides anything about the protocol: the loop moves bytes
+//! between sockets and the core, reports readiness, starts the history reads the core
+//! asks for, and drops the sockets the core gives up on.
 //!
-//! Each turn: wait for readiness (or the engine's bell, or a timer); take new
-//! connections; read the readable sockets and act on what clients said; queue new
-//! channel messages (`fanout`); then sweep the connections that have something to
-//! write, one `writev` each, picking up newer messages every [`PICKUP_EVERY`] sockets
-//! so that a long sweep never holds a message back for a whole pass.
+//! Each turn: wait for readiness (or the engine's bell, or the core's next timer); take
+//! commands (new connections, rights, history, drain); read the readable sockets; let
+//! the core queue new channel messages; then sweep the connections that have something
+//! to write, one `writev` each, asking the core for newer messages every
+//! [`PICKUP_EVERY`] sockets so that a long sweep never holds a message back for a pass.
 
-use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use engine::channels::Message;
+use engine::channels::History;
 use engine::model::UnixNanos;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use super::{Attach, Cmd, Context};
-use crate::conn::{Conn, IOVECS, LINGER, LINGER_BYTES, Phase, ReadEnd};
-use crate::metrics::LocalStats;
-use crate::protocol::{self, SystemEvent};
-use crate::ws::{CloseCode, outbound};
-
-/// Eight logs: the live log and the delayed view of each tier (`tier * 2 + delayed`).
-pub(super) const LOGS: usize = 8;
+use super::core::{Clock, ConnId, Core, IOVECS, Received, Sources};
+use super::{Attach, Cmd};
+use crate::admission::Admitted;
+use crate::conn::Io;
 
 /// Sockets written between two looks at the channel logs during a sweep.
 const PICKUP_EVERY: usize = 32;
@@ -33,89 +31,53 @@ const READ_BUDGET: usize = 64 * 1024;
 
 const WAKE: Token = Token(usize::MAX);
 
-/// A connection's subscription to one log, with what the fan-out needs inline (no
-/// lookup per recipient).
-#[derive(Debug)]
-pub(super) struct Sub {
-    pub conn: usize,
-    pub categories: engine::model::CategoryMask,
-    pub quota: Arc<super::UserQuota>,
-    pub limit: Option<u32>,
-    /// Messages up to this seq were replayed or predate the subscription.
-    pub skip_until: u64,
-    /// Last seq queued or skipped for this subscriber (to move it between views).
-    pub last_seq: u64,
+/// The driver's half of a connection: the socket and its place under the limits.
+struct Sock {
+    io: Io,
+    /// The socket took everything last time; false after `WouldBlock` until the
+    /// poller reports it writable again.
+    writable: bool,
+    /// Released when the socket is dropped.
+    _admitted: Option<Admitted>,
 }
 
 pub(super) struct Shard {
-    pub index: usize,
-    pub ctx: Context,
+    index: usize,
+    core: Core,
     poll: Poll,
     waker: Arc<Waker>,
     cmds: Receiver<Cmd>,
     /// This shard's own command queue, for replies from other threads (history).
-    pub me: SyncSender<Cmd>,
-    /// Subscriptions waiting for a history read-back.
-    pub pending: Vec<super::history::Pending>,
-    /// Connections attached so far: each gets the next as its serial.
-    attached: u64,
-    /// Connections by poller token; `None` slots are free.
-    pub conns: Vec<Option<Conn>>,
-    free: Vec<usize>,
-    pub subs: [Vec<Sub>; LOGS],
-    pub cursors: [u64; LOGS],
-    pub price_subs: Vec<usize>,
-    pub price_versions: Vec<u64>,
-    /// Connections with something to write, in the order they got it.
-    pub dirty: VecDeque<usize>,
+    me: SyncSender<Cmd>,
+    history: Option<Arc<dyn History>>,
+    /// Sockets by connection id (the core's ids are the poller's tokens).
+    socks: Vec<Option<Sock>>,
     /// Connections whose read budget ran out: read again before waiting.
-    again: Vec<usize>,
-    /// Reused buffers.
-    pub batch: Vec<Message>,
-    pub overflowed: Vec<usize>,
-    pub exhausted: Vec<usize>,
+    again: Vec<ConnId>,
     scratch: Box<[u8]>,
-    pub local: LocalStats,
-    next_prices: Instant,
-    next_sweep: Instant,
-    draining: bool,
 }
 
 impl Shard {
     pub(super) fn new(
         index: usize,
-        ctx: Context,
+        src: Sources,
+        history: Option<Arc<dyn History>>,
         me: SyncSender<Cmd>,
         cmds: Receiver<Cmd>,
     ) -> std::io::Result<Self> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
-        let now = Instant::now();
         Ok(Self {
             index,
-            ctx,
+            core: Core::new(index, src, Clock::now()),
             poll,
             waker,
             cmds,
             me,
-            pending: Vec::new(),
-            attached: 0,
-            conns: Vec::new(),
-            free: Vec::new(),
-            subs: Default::default(),
-            cursors: [0; LOGS],
-            price_subs: Vec::new(),
-            price_versions: Vec::new(),
-            dirty: VecDeque::new(),
+            history,
+            socks: Vec::new(),
             again: Vec::new(),
-            batch: Vec::with_capacity(256),
-            overflowed: Vec::new(),
-            exhausted: Vec::new(),
             scratch: vec![0; 16 * 1024].into_boxed_slice(),
-            local: LocalStats::default(),
-            next_prices: now,
-            next_sweep: now + Duration::from_secs(1),
-            draining: false,
         })
     }
 
@@ -139,10 +101,10 @@ impl Shard {
                 if ev.token() == WAKE {
                     continue;
                 }
-                let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) else { continue };
+                let Some(s) = self.socks.get_mut(i).and_then(Option::as_mut) else { continue };
                 if ev.is_writable() {
-                    c.writable = true;
-                    c.mark_dirty(&mut self.dirty, i);
+                    s.writable = true;
+                    self.core.writable(i);
                 }
                 if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
                     readable.push(i);
@@ -155,40 +117,29 @@ impl Shard {
             for i in readable.drain(..) {
                 self.read(i);
             }
-            self.fan_out();
+            self.core.fan_out(Clock::now());
             self.flush();
-            let now = Instant::now();
-            if now >= self.next_prices {
-                self.next_prices = now + self.ctx.hub.price_interval;
-                if !self.price_subs.is_empty() {
-                    self.fan_out_prices();
-                    self.flush();
-                }
-            }
-            if now >= self.next_sweep {
-                self.next_sweep = now + Duration::from_secs(1);
-                self.sweep(now);
+            let now = Clock::now();
+            if now.mono >= self.core.next_timer() {
+                self.core.on_timer(now);
+                self.drop_gone();
                 self.flush();
             }
-            self.local.publish(&self.ctx.stats);
+            self.start_history_reads();
+            self.core.publish_stats();
         }
-        self.local.publish(&self.ctx.stats);
-        for i in 0..self.conns.len() {
+        self.core.publish_stats();
+        for i in 0..self.socks.len() {
             self.finish(i);
         }
         tracing::debug!(shard = self.index, "hub shard stopped");
     }
 
     fn timeout(&self) -> Duration {
-        if !self.again.is_empty() || !self.dirty.is_empty() {
+        if !self.again.is_empty() || self.core.has_dirty() {
             return Duration::ZERO;
         }
-        let now = Instant::now();
-        let mut at = self.next_sweep;
-        if !self.price_subs.is_empty() {
-            at = at.min(self.next_prices);
-        }
-        at.saturating_duration_since(now)
+        self.core.next_timer().saturating_duration_since(std::time::Instant::now())
     }
 
     /// Takes what the hub sent; false when the shard must stop.
@@ -196,9 +147,9 @@ impl Shard {
         loop {
             match self.cmds.try_recv() {
                 Ok(Cmd::Attach(a)) => self.attach(*a),
-                Ok(Cmd::Rights(e)) => self.rights(&e),
-                Ok(Cmd::History(done)) => self.history_done(*done),
-                Ok(Cmd::Drain) => self.drain(),
+                Ok(Cmd::Rights(e)) => self.core.rights(&e, Clock::now()),
+                Ok(Cmd::History(done)) => self.core.history_done(*done, Clock::now()),
+                Ok(Cmd::Drain) => self.core.drain(),
                 Ok(Cmd::Stop) | Err(TryRecvError::Disconnected) => return false,
                 Err(TryRecvError::Empty) => return true,
             }
@@ -207,99 +158,63 @@ impl Shard {
 
     fn attach(&mut self, a: Attach) {
         let Attach { mut io, input, session, admitted } = a;
-        let i = self.free.pop().unwrap_or(self.conns.len());
+        let i = self.core.attach(session, Clock::now());
         if let Err(e) =
             self.poll.registry().register(io.socket(), Token(i), Interest::READABLE | Interest::WRITABLE)
         {
             tracing::warn!(shard = self.index, error = %e, "cannot register a connection");
+            self.core.remove(i);
             return;
         }
-        if i == self.conns.len() {
-            self.conns.push(None);
+        if self.socks.len() <= i {
+            self.socks.resize_with(i + 1, || None);
         }
-        self.ctx.stats.connected(session.tier, 1);
-        let welcome = protocol::system(SystemEvent::Welcome {
-            user: &session.user_id,
-            tier: session.tier,
-            real_time: session.real_time,
-            token_expires_at: session.expires_at,
-            heartbeat_interval_s: self.ctx.hub.heartbeat_timeout.as_secs() / 2,
-            server: protocol::SERVER,
-        });
-        let quota = self.ctx.quotas.user(&session.user_id);
-        let mut conn = Conn::new(io, session, quota, input, self.ctx.conn.max_message);
-        self.attached += 1;
-        conn.serial = self.attached;
-        conn.admitted = admitted;
-        if self.draining {
-            conn.outbox.close(outbound::close(CloseCode::GoingAway));
-        } else {
-            conn.outbox.push_text(&welcome, self.ctx.conn.outbound_limit);
+        self.socks[i] = Some(Sock { io, writable: true, _admitted: admitted });
+        // Bytes that came with the upgrade have no readiness event of their own; nor
+        // has TLS plaintext already decrypted, which the read below picks up.
+        if !input.is_empty() {
+            self.core.received(i, &input, Clock::now());
         }
-        tracing::debug!(shard = self.index, conn = i, user = %conn.session.user_id, "websocket open");
-        self.conns[i] = Some(conn);
-        self.mark_dirty(i);
-        // Bytes that came with the upgrade, or TLS plaintext already decrypted, have
-        // no readiness event of their own.
         self.read(i);
     }
 
-    pub(super) fn mark_dirty(&mut self, i: usize) {
-        if let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) {
-            c.mark_dirty(&mut self.dirty, i);
-        }
-    }
-
-    /// Reads a readable socket and acts on every complete client message.
-    fn read(&mut self, i: usize) {
-        let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) else { return };
-        let end = c.read(&mut self.scratch, READ_BUDGET);
-        loop {
-            let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) else { return };
-            match c.next_frame() {
-                Ok(Some(m)) => self.on_frame(i, m),
-                Ok(None) => break,
-                Err(v) => {
-                    tracing::debug!(shard = self.index, conn = i, code = ?v.0, "client protocol violation");
-                    self.close(i, outbound::close(v.0));
-                    break;
-                }
+    /// Reads a readable socket into the core, up to [`READ_BUDGET`] bytes.
+    fn read(&mut self, i: ConnId) {
+        let mut taken = 0;
+        let gone = loop {
+            let Some(s) = self.socks.get_mut(i).and_then(Option::as_mut) else { return };
+            if taken >= READ_BUDGET {
+                self.again.push(i);
+                break false;
             }
-        }
-        self.remove_overflowed();
-        match end {
-            ReadEnd::Drained => {}
-            ReadEnd::Budget => self.again.push(i),
-            ReadEnd::Gone => {
-                // A close echo (or anything else queued) may still get out.
-                if let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut)
-                    && c.writable
-                {
-                    let _ = self.write(i);
+            match s.io.read(&mut self.scratch) {
+                Ok(0) => break true,
+                Ok(n) => {
+                    taken += n;
+                    if self.core.received(i, &self.scratch[..n], Clock::now()) == Received::Enough {
+                        break true;
+                    }
                 }
-                self.finish(i);
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break false,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break true,
             }
+        };
+        if gone {
+            // A close echo (or anything else queued) may still get out.
+            if self.socks.get(i).and_then(Option::as_ref).is_some_and(|s| s.writable) {
+                let _ = self.write(i);
+            }
+            self.finish(i);
         }
     }
 
-    /// Queues `frame` (a close frame) after what is queued and stops all deliveries.
-    pub(super) fn close(&mut self, i: usize, frame: Vec<u8>) {
-        let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) else { return };
-        if c.phase == Phase::Open {
-            c.phase = Phase::Closing;
-        }
-        c.outbox.close(frame);
-        self.forget_subscriptions(i);
-        self.mark_dirty(i);
-    }
-
-    /// Writes the dirty connections, picking up new messages as it goes.
+    /// Writes the connections the core has something for, picking up new messages as
+    /// it goes.
     fn flush(&mut self) {
         let mut written = 0;
-        while let Some(i) = self.dirty.pop_front() {
-            let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) else { continue };
-            c.dirty = false;
-            if !c.writable {
+        while let Some(i) = self.core.next_to_write() {
+            if !self.socks.get(i).and_then(Option::as_ref).is_some_and(|s| s.writable) {
                 continue; // back when the poller says so
             }
             if self.write(i).is_err() {
@@ -307,124 +222,89 @@ impl Shard {
             }
             written += 1;
             if written % PICKUP_EVERY == 0 {
-                self.fan_out();
+                self.core.fan_out(Clock::now());
             }
         }
     }
 
     /// Writes everything connection `i` lacks, `IOVECS` frames per `writev`, until it
     /// is all out or the socket is full.
-    fn write(&mut self, i: usize) -> std::io::Result<()> {
-        let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) else { return Ok(()) };
+    fn write(&mut self, i: ConnId) -> std::io::Result<()> {
+        let Some(s) = self.socks.get_mut(i).and_then(Option::as_mut) else { return Ok(()) };
         loop {
-            c.outbox.settle();
-            if c.outbox.is_empty() {
-                if c.io.has_pending() {
-                    match c.io.flush() {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                            c.stalled();
-                            return Ok(());
-                        }
-                        Err(e) => return Err(e),
-                    }
-                }
-                break;
-            }
             let result = {
                 let mut slices = [IoSlice::new(&[]); IOVECS];
-                let n = c.outbox.fill(&mut slices);
-                c.io.write(&slices[..n])
+                let n = self.core.fill(i, &mut slices);
+                if n == 0 {
+                    break;
+                }
+                s.io.write(&slices[..n])
             };
             match result {
                 Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    // The write timeout counts from the last progress, not the first stall.
-                    c.blocked_since = None;
-                    let now = UnixNanos::now().0;
-                    let local = &mut self.local;
-                    c.outbox
-                        .advance(n, |m, tier, timing| local.delivered(tier, timing, now - m.ingest_ts().0));
-                }
+                Ok(n) => self.core.written(i, n, UnixNanos::now()),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    c.stalled();
+                    s.writable = false;
+                    self.core.blocked(i, Clock::now());
                     return Ok(());
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
-        c.blocked_since = None;
-        if c.outbox.close_sent() && !matches!(c.phase, Phase::Lingering { .. }) {
-            c.io.shutdown_write();
-            c.phase = Phase::Lingering { until: Instant::now() + LINGER, budget: LINGER_BYTES };
+        if s.io.has_pending() {
+            match s.io.flush() {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    s.writable = false;
+                    self.core.blocked(i, Clock::now());
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if self.core.flushed(i, Clock::now()) {
+            s.io.shutdown_write();
         }
         Ok(())
     }
 
-    /// Drops connection `i`: its subscriptions, its registration, its socket.
-    fn finish(&mut self, i: usize) {
-        self.forget_subscriptions(i);
-        let Some(mut c) = self.conns.get_mut(i).and_then(Option::take) else { return };
-        let _ = self.poll.registry().deregister(c.io.socket());
-        self.ctx.stats.connected(c.session.tier, -1);
-        self.free.push(i);
-        tracing::debug!(shard = self.index, conn = i, user = %c.session.user_id, "websocket closed");
-    }
-
-    /// Once a second: lingering and stalled sockets, token expiry (warning, then
-    /// 4001), heartbeats (4004).
-    fn sweep(&mut self, now: Instant) {
-        let now_s = UnixNanos::now().0 / 1_000_000_000;
-        let warn = self.ctx.hub.expiry_warning.as_secs() as i64;
-        let silent = self.ctx.hub.heartbeat_timeout;
-        let stalled = self.ctx.conn.write_timeout;
-        let mut gone = Vec::new();
-        let mut close = Vec::new();
-        for (i, slot) in self.conns.iter_mut().enumerate() {
-            let Some(c) = slot else { continue };
-            if c.blocked_since.is_some_and(|t| now.duration_since(t) > stalled) {
-                gone.push(i);
-                continue;
-            }
-            match c.phase {
-                Phase::Lingering { until, .. } if now >= until => gone.push(i),
-                Phase::Open if now_s >= c.session.expires_at => close.push((i, CloseCode::TokenExpired)),
-                Phase::Open if now.duration_since(c.last_seen) > silent => {
-                    close.push((i, CloseCode::HeartbeatTimeout));
-                }
-                Phase::Open if !c.warned_expiry && now_s >= c.session.expires_at - warn => {
-                    c.warned_expiry = true;
-                    c.outbox.push_text(
-                        &protocol::system(SystemEvent::TokenExpiring {
-                            token_expires_at: c.session.expires_at,
-                        }),
-                        self.ctx.conn.outbound_limit,
-                    );
-                    c.mark_dirty(&mut self.dirty, i);
-                }
-                _ => {}
-            }
-        }
-        for i in gone {
+    /// Drops the sockets the core gave up on (stalled, lingered long enough).
+    fn drop_gone(&mut self) {
+        while let Some(i) = self.core.poll_gone() {
             self.finish(i);
         }
-        for (i, code) in close {
-            self.close(i, outbound::close(code));
-        }
     }
 
-    /// Shutdown: tell everyone to reconnect elsewhere, then 1001.
-    fn drain(&mut self) {
-        self.draining = true;
-        let note =
-            protocol::system(SystemEvent::Drain { message: "server shutting down; reconnect and resume" });
-        for i in 0..self.conns.len() {
-            let Some(c) = self.conns[i].as_mut() else { continue };
-            if c.is_open() {
-                c.outbox.push_text(&note, self.ctx.conn.outbound_limit);
-                self.close(i, outbound::close(CloseCode::GoingAway));
-            }
+    /// Drops connection `i`: its socket, its registration, its state in the core.
+    fn finish(&mut self, i: ConnId) {
+        self.core.remove(i);
+        let Some(mut s) = self.socks.get_mut(i).and_then(Option::take) else { return };
+        let _ = self.poll.registry().deregister(s.io.socket());
+    }
+
+    /// Starts the history reads the core asked for; each answer comes back as a
+    /// command to this shard.
+    fn start_history_reads(&mut self) {
+        while let Some(req) = self.core.poll_request() {
+            let Some(history) = self.history.as_ref() else {
+                // The core asks only when the node has a history; if not, say so.
+                let none = engine::channels::HistoryError::Incomplete("no history on this node".into());
+                self.core.history_done(req.done(Err(none)), Clock::now());
+                continue;
+            };
+            let (me, waker) = (self.me.clone(), Arc::clone(&self.waker));
+            history.read(
+                req.tier,
+                req.since + 1,
+                req.to,
+                Box::new(move |result| {
+                    // A shard that is gone has nobody to answer.
+                    if me.send(Cmd::History(Box::new(req.done(result)))).is_ok() {
+                        let _ = waker.wake();
+                    }
+                }),
+            );
         }
     }
 }

@@ -4,26 +4,27 @@
 use std::sync::Arc;
 
 use engine::channels::{ChannelName, Resume};
-use engine::model::{Tier, UnixNanos};
+use engine::model::Tier;
 
 use super::fanout::log_of;
-use super::quota::utc_day;
-use super::shard::{Shard, Sub};
+use super::outbox::Out;
+use super::{Core, Sub};
 use crate::auth::Session;
+use crate::hub::quota::utc_day;
 use crate::protocol::{
     self, ClientMessage, ErrorCode, Refusal, ResumeAsk, SystemEvent, UnsubscribeReason, UserRights,
 };
 use crate::ws::inbound::Inbound;
 use crate::ws::outbound;
 
-impl Shard {
+impl Core {
     pub(super) fn on_frame(&mut self, i: usize, frame: Inbound) {
         match frame {
             Inbound::Text(text) => self.on_message(i, &text),
             Inbound::Ping(p) => {
-                let limit = self.ctx.conn.outbound_limit;
+                let limit = self.src.conn.outbound_limit;
                 if let Some(c) = self.conns[i].as_mut() {
-                    c.outbox.push(crate::conn::Out::Frame(outbound::pong(&p).into()), limit);
+                    c.outbox.push(Out::Frame(outbound::pong(&p).into()), limit);
                 }
                 self.mark_dirty(i);
             }
@@ -34,9 +35,9 @@ impl Shard {
     }
 
     fn on_message(&mut self, i: usize, text: &str) {
-        let per_sec = self.ctx.conn.max_messages_per_sec;
+        let per_sec = self.src.conn.max_messages_per_sec;
         let Some(c) = self.conns[i].as_mut() else { return };
-        if !c.admit_message(per_sec) {
+        if !c.admit_message(per_sec, self.now.mono) {
             let msg = format!("more than {per_sec} messages per second");
             return self.refuse(i, &Refusal::new(ErrorCode::RateLimited, msg));
         }
@@ -46,7 +47,7 @@ impl Shard {
             Ok(ClientMessage::Unsubscribe { channel }) => self.unsubscribe(i, &channel),
             Ok(ClientMessage::Refresh { token }) => {
                 let user = c.session.user_id.clone();
-                match self.ctx.auth.authenticate(&token) {
+                match self.src.auth.authenticate(&token) {
                     Ok(s) if s.user_id == user => {
                         let note =
                             protocol::system(SystemEvent::TokenRefreshed { token_expires_at: s.expires_at });
@@ -71,8 +72,8 @@ impl Shard {
             ChannelName::Prices => c.prices,
             ChannelName::User(_) => c.user_channel,
         };
-        if !already && c.subscriptions() >= self.ctx.hub.max_subscriptions {
-            let msg = format!("at most {} subscriptions per connection", self.ctx.hub.max_subscriptions);
+        if !already && c.subscriptions() >= self.src.hub.max_subscriptions {
+            let msg = format!("at most {} subscriptions per connection", self.src.hub.max_subscriptions);
             return self.refuse(i, &Refusal::new(ErrorCode::TooManySubscriptions, msg).on(name));
         }
         match channel {
@@ -83,7 +84,7 @@ impl Shard {
                 }
                 // Nothing would be delivered: say so instead of a silent subscription.
                 if let Some(limit) = self.limit_for(&c.session)
-                    && c.quota.exhausted(limit, utc_day(UnixNanos::now().0))
+                    && c.quota.exhausted(limit, utc_day(self.now.unix.0))
                 {
                     let msg =
                         format!("daily signal quota of {limit} used up; deliveries resume at 00:00 UTC");
@@ -145,8 +146,10 @@ impl Shard {
         self.reply(i, &protocol::unsubscribed(channel, UnsubscribeReason::Client));
     }
 
-    /// A rights change from the accounts feed for every connection of the user.
-    pub(super) fn rights(&mut self, e: &crate::auth::Entitlements) {
+    /// A rights change from the accounts feed for every connection of the user: new
+    /// tier, categories, limit and view at once, or SYSTEM_MESSAGE suspended and 4003.
+    pub fn rights(&mut self, e: &crate::auth::Entitlements, now: super::Clock) {
+        self.now = now;
         let theirs: Vec<usize> = (0..self.conns.len())
             .filter(|&k| self.conns[k].as_ref().is_some_and(|c| c.is_open() && c.session.user_id == e.id))
             .collect();
@@ -176,8 +179,8 @@ impl Shard {
     pub(super) fn change_rights(&mut self, i: usize, session: Session, notice: &[u8]) {
         let Some(c) = self.conns[i].as_mut() else { return };
         if c.session.tier != session.tier {
-            self.ctx.stats.connected(c.session.tier, -1);
-            self.ctx.stats.connected(session.tier, 1);
+            self.src.stats.connected(c.session.tier, -1);
+            self.src.stats.connected(session.tier, 1);
         }
         c.session = session.clone();
         c.warned_expiry = false;
@@ -214,8 +217,8 @@ impl Shard {
             // Same channel, maybe another view: continue after the last seq seen, so
             // nothing is repeated and (live to delayed) nothing is seen early.
             let idx = self.view_for(&session, tier);
-            let engine = Arc::clone(&self.ctx.engine);
-            let Some(log) = log_of(&engine.channels, idx) else { continue };
+            let channels = Arc::clone(&self.src.channels);
+            let Some(log) = log_of(&channels, idx) else { continue };
             let sub = log.subscribe(Some(Resume { since: old.last_seq, epoch: log.epoch() }));
             let seen = old.last_seq;
             let entry = Sub {

@@ -14,8 +14,46 @@ use engine::channels::{ChannelName, Message, Resume};
 use engine::model::Tier;
 
 use super::fanout::log_of;
-use super::shard::Shard;
-use super::{Cmd, HistoryDone};
+use super::{Clock, ConnId, Core};
+
+/// A read the driver starts on the node's history; its result comes back as a
+/// [`HistoryDone`] with the same `conn`, `serial`, `tier`, `since` and `round`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HistoryRequest {
+    pub conn: ConnId,
+    pub serial: u64,
+    pub tier: Tier,
+    /// The resume asked for what follows `since`: read `since + 1 ..= to`.
+    pub since: u64,
+    pub to: u64,
+    pub round: u8,
+}
+
+impl HistoryRequest {
+    /// The answer to this request.
+    pub fn done(self, result: Result<Vec<Message>, engine::channels::HistoryError>) -> HistoryDone {
+        HistoryDone {
+            conn: self.conn,
+            serial: self.serial,
+            tier: self.tier,
+            since: self.since,
+            result,
+            round: self.round,
+        }
+    }
+}
+
+/// What a history read returned, addressed to the connection that asked.
+#[derive(Debug)]
+pub struct HistoryDone {
+    conn: ConnId,
+    /// Tells a reused connection slot from the connection that asked.
+    serial: u64,
+    tier: Tier,
+    since: u64,
+    result: Result<Vec<Message>, engine::channels::HistoryError>,
+    round: u8,
+}
 
 /// A subscription waiting for its read-back.
 #[derive(Debug)]
@@ -30,39 +68,28 @@ pub(super) struct Pending {
 /// Read-backs in a row for one SUBSCRIBE before giving up (the ring outran the reads).
 const MAX_ROUNDS: u8 = 3;
 
-impl Shard {
+impl Core {
     /// Starts a read-back for a resume from before the ring, if this node has a
     /// history and the resume is for this log's epoch; false to answer as usual.
     pub(super) fn resume_from_history(&mut self, i: usize, tier: Tier, idx: usize, resume: Resume) -> bool {
-        let engine = Arc::clone(&self.ctx.engine);
-        let Some(log) = log_of(&engine.channels, idx).filter(|_| engine.history.is_some()) else {
+        let channels = Arc::clone(&self.src.channels);
+        let Some(log) = log_of(&channels, idx).filter(|_| self.src.history) else {
             return false;
         };
         let lost = log.lost_through();
         if resume.epoch != log.epoch() || resume.since >= lost {
             return false;
         }
-        let Some(c) = self.conns.get(i).and_then(Option::as_ref) else { return false };
-        self.pending.push(Pending { conn: i, serial: c.serial, tier, idx, resume });
-        self.request(i, c.serial, tier, resume.since, lost, 1);
+        let Some(serial) = self.conns.get(i).and_then(Option::as_ref).map(|c| c.serial) else {
+            return false;
+        };
+        self.pending.push(Pending { conn: i, serial, tier, idx, resume });
+        self.request(i, serial, tier, resume.since, lost, 1);
         true
     }
 
-    fn request(&self, conn: usize, serial: u64, tier: Tier, since: u64, to: u64, round: u8) {
-        let Some(history) = self.ctx.engine.history.as_ref() else { return };
-        let (me, waker) = (self.me.clone(), self.waker());
-        history.read(
-            tier,
-            since + 1,
-            to,
-            Box::new(move |result| {
-                let done = HistoryDone { conn, serial, tier, since, result, round };
-                // A shard that is gone has nobody to answer.
-                if me.send(Cmd::History(Box::new(done))).is_ok() {
-                    let _ = waker.wake();
-                }
-            }),
-        );
+    fn request(&mut self, conn: ConnId, serial: u64, tier: Tier, since: u64, to: u64, round: u8) {
+        self.requests.push_back(HistoryRequest { conn, serial, tier, since, to, round });
     }
 
     /// Drops a waiting read-back of `tier` for connection `i` (its reply is ignored).
@@ -73,7 +100,8 @@ impl Shard {
     }
 
     /// A read-back came in.
-    pub(super) fn history_done(&mut self, done: HistoryDone) {
+    pub fn history_done(&mut self, done: HistoryDone, now: Clock) {
+        self.now = now;
         let Some(at) = self.pending.iter().position(|p| {
             p.conn == done.conn
                 && p.serial == done.serial
@@ -91,8 +119,8 @@ impl Shard {
         {
             return; // closed meanwhile (its slot may be someone else's now)
         }
-        let engine = Arc::clone(&self.ctx.engine);
-        let Some(log) = log_of(&engine.channels, p.idx) else { return };
+        let channels = Arc::clone(&self.src.channels);
+        let Some(log) = log_of(&channels, p.idx) else { return };
         let channel = ChannelName::Signals(p.tier);
         let mut older = match done.result {
             Ok(msgs) => msgs,

@@ -3,12 +3,13 @@
 use std::sync::Arc;
 
 use engine::channels::{ChannelLog, ChannelName, ChannelSet, Message, Resume, Subscription};
-use engine::model::{Tier, UnixNanos};
+use engine::model::Tier;
 
-use super::quota::{Take, utc_day};
-use super::shard::{LOGS, Shard, Sub};
+use super::outbox::{Out, Pushed, Timing};
+use super::peer::{Peer, Phase};
+use super::{Clock, Core, LOGS, Sub};
 use crate::auth::Session;
-use crate::conn::{Conn, Out, Pushed, Timing};
+use crate::hub::quota::{Take, utc_day};
 use crate::protocol::{self, Notice, Refusal, ResumeAsk};
 use crate::ws::{CloseCode, outbound};
 
@@ -21,13 +22,13 @@ pub(super) fn log_of(channels: &ChannelSet, idx: usize) -> Option<&ChannelLog> {
     if idx.is_multiple_of(2) { Some(channels.live(tier)) } else { channels.delayed(tier) }
 }
 
-impl Shard {
+impl Core {
     /// The log a user reads `signals_<tier>` from: the delayed view when their own
     /// tier has a delay or they have no real-time access.
     pub(super) fn view_for(&self, session: &Session, tier: Tier) -> usize {
-        let policy = &self.ctx.engine.policy;
+        let policy = &self.src.policy;
         let delayed = !session.real_time || !policy.rule(session.tier).delay.is_zero();
-        if delayed && self.ctx.engine.channels.delayed(tier).is_some() {
+        if delayed && self.src.channels.delayed(tier).is_some() {
             log_index(tier, true)
         } else {
             log_index(tier, false)
@@ -35,12 +36,12 @@ impl Shard {
     }
 
     pub(super) fn limit_for(&self, session: &Session) -> Option<u32> {
-        session.max_signals_per_day.or(self.ctx.engine.policy.rule(session.tier).signals_per_day)
+        session.max_signals_per_day.or(self.src.policy.rule(session.tier).signals_per_day)
     }
 
     /// Queues a reply or notice on connection `i`.
     pub(super) fn reply(&mut self, i: usize, json: &[u8]) {
-        let limit = self.ctx.conn.outbound_limit;
+        let limit = self.src.conn.outbound_limit;
         let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) else { return };
         if c.outbox.push_text(json, limit) == Pushed::Overflow {
             self.overflowed.push(i);
@@ -52,7 +53,7 @@ impl Shard {
     pub(super) fn refuse(&mut self, i: usize, r: &Refusal) {
         self.reply(i, &protocol::error(r));
         let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) else { return };
-        if c.record_error() {
+        if c.record_error(self.now.mono) {
             self.close(i, outbound::close(CloseCode::Policy));
         }
     }
@@ -79,7 +80,7 @@ impl Shard {
     ) {
         let Some(c) = self.conns.get(i).and_then(Option::as_ref) else { return };
         let idx = self.view_for(&c.session, tier);
-        let Some(epoch) = log_of(&self.ctx.engine.channels, idx).map(ChannelLog::epoch) else { return };
+        let Some(epoch) = log_of(&self.src.channels, idx).map(ChannelLog::epoch) else { return };
         let resume = ask.map(|a| a.against(epoch));
         if let Some(r) = resume
             && self.resume_from_history(i, tier, idx, r)
@@ -101,8 +102,8 @@ impl Shard {
         sub: Option<Subscription>,
     ) {
         let Some(c) = self.conns.get(i).and_then(Option::as_ref) else { return };
-        let engine = Arc::clone(&self.ctx.engine);
-        let Some(log) = log_of(&engine.channels, idx) else { return };
+        let channels = Arc::clone(&self.src.channels);
+        let Some(log) = log_of(&channels, idx) else { return };
         let sub = sub.unwrap_or_else(|| log.subscribe(resume));
         let (categories, quota, limit) =
             (c.session.categories, Arc::clone(&c.quota), self.limit_for(&c.session));
@@ -117,8 +118,8 @@ impl Shard {
     /// Replays `sub` to `entry` (which skips what it has seen), then makes it a live
     /// subscriber of log `idx` after the subscription's head.
     pub(super) fn install(&mut self, i: usize, idx: usize, tier: Tier, mut entry: Sub, sub: &Subscription) {
-        let today = utc_day(UnixNanos::now().0);
-        let limit = self.ctx.conn.outbound_limit;
+        let today = utc_day(self.now.unix.0);
+        let limit = self.src.conn.outbound_limit;
         let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) else { return };
         for m in &sub.replay {
             if deliver(&mut entry, c, idx, m, tier, Timing::Replay, today, limit) == Delivery::Overflow {
@@ -147,23 +148,36 @@ impl Shard {
     /// Subscribes connection `i` to the conflated price stream: the latest price of
     /// every symbol first, then changes.
     pub(super) fn add_price_sub(&mut self, i: usize) {
-        let ticks = Arc::clone(&self.ctx.engine.ticks);
+        let ticks = Arc::clone(&self.src.ticks);
         let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) else { return };
-        for (sym, tick, _) in ticks.iter() {
+        // The first subscriber's snapshot is what the shard has now sent: the next
+        // price turn sends only what changes after it, not the snapshot again. (With
+        // subscribers already here, a change they still wait for goes to the newcomer
+        // too, at worst once more than needed.)
+        let first = self.price_subs.is_empty();
+        if first && self.price_versions.len() < ticks.len() {
+            self.price_versions.resize(ticks.len(), 0);
+        }
+        for (sym, tick, version) in ticks.iter() {
             c.outbox.push_price(sym.0, price_frame(&tick));
+            if first && let Some(seen) = self.price_versions.get_mut(sym.0 as usize) {
+                *seen = version;
+            }
         }
         c.prices = true;
         self.price_subs.push(i);
         self.mark_dirty(i);
     }
 
-    /// Queues new messages of every log on their subscribers.
-    pub(super) fn fan_out(&mut self) {
-        let today = utc_day(UnixNanos::now().0);
-        let limit = self.ctx.conn.outbound_limit;
-        let engine = Arc::clone(&self.ctx.engine);
+    /// Queues the channel logs' new messages on their subscribers (the engine rang,
+    /// or the driver looks again in the middle of a long write sweep).
+    pub fn fan_out(&mut self, now: Clock) {
+        self.now = now;
+        let today = utc_day(now.unix.0);
+        let limit = self.src.conn.outbound_limit;
+        let channels = Arc::clone(&self.src.channels);
         for idx in 0..LOGS {
-            let Some(log) = log_of(&engine.channels, idx) else { continue };
+            let Some(log) = log_of(&channels, idx) else { continue };
             if self.subs[idx].is_empty() {
                 self.cursors[idx] = log.head();
                 continue;
@@ -197,7 +211,7 @@ impl Shard {
                         tracing::warn!(shard = self.index, log = log.name(), error = %e, "hub shard lagged");
                         let lagged: Vec<usize> = self.subs[idx].iter().map(|s| s.conn).collect();
                         for i in lagged {
-                            self.ctx.stats.slow_consumer();
+                            self.src.stats.slow_consumer();
                             self.close(i, outbound::close(CloseCode::SlowConsumer));
                         }
                         self.cursors[idx] = log.head();
@@ -242,16 +256,16 @@ impl Shard {
         for i in ids {
             let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) else { continue };
             if c.is_open() {
-                c.phase = crate::conn::Phase::Closing;
+                c.phase = Phase::Closing;
             }
-            self.ctx.stats.slow_consumer();
+            self.src.stats.slow_consumer();
             self.forget_subscriptions(i);
             self.mark_dirty(i);
         }
     }
 
     pub(super) fn fan_out_prices(&mut self) {
-        let ticks = Arc::clone(&self.ctx.engine.ticks);
+        let ticks = Arc::clone(&self.src.ticks);
         let n = ticks.len();
         if self.price_versions.len() < n {
             self.price_versions.resize(n, 0);
@@ -284,7 +298,7 @@ pub(super) enum Delivery {
 #[allow(clippy::too_many_arguments)] // the hot path's inputs, kept as plain values
 pub(super) fn deliver(
     sub: &mut Sub,
-    c: &mut Conn,
+    c: &mut Peer,
     log: usize,
     m: &Message,
     tier: Tier,

@@ -1,4 +1,4 @@
-//! A connection's outbound queue: owned by its shard, bounded, no I/O.
+//! A connection's outbound queue: owned by the hub core, bounded, no I/O.
 //!
 //! Signal messages are reference-counted frames made once by the engine; queueing one
 //! is a pointer push and a count increment. Price updates are conflated per symbol

@@ -1,0 +1,729 @@
+//! The hub's rules (docs/protocol.md) driven by hand: sessions attached, client frames
+//! in, signals routed through a real engine `Stage` on a fixed clock, frames read back
+//! out of the core as a socket would take them. No thread, no socket, no real second.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use engine::channels::{ChannelName, ChannelSet, Message};
+use engine::config::EngineConfig;
+use engine::model::{Category, CategoryMask, Signal, Tier, UnixNanos};
+use engine::pipeline::{IngestItem, Origin, PipelineStats, SignalItem, Stage};
+use engine::policy::TierPolicy;
+use engine::ticks::TickBook;
+use serde_json::Value;
+
+use super::*;
+use crate::auth::{Accounts, DevAuth};
+use crate::hub::quota::utc_day;
+use crate::ws::client_frame;
+
+/// 2026-11-23T02:13:20Z: a little after midnight UTC, far from the next one.
+const T0: UnixNanos = UnixNanos(1_795_400_000_000_000_000);
+const SECRET: &[u8] = b"the hub core tests' own secret, 32+ bytes";
+
+/// What a client reads off its socket.
+#[derive(Debug, PartialEq)]
+enum Frame {
+    Text(Value),
+    Close(u16),
+    Pong(Vec<u8>),
+}
+
+impl Frame {
+    fn json(&self) -> &Value {
+        match self {
+            Self::Text(v) => v,
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+}
+
+/// Server frames (unmasked, unfragmented) in `bytes`.
+fn parse_frames(mut bytes: &[u8]) -> Vec<Frame> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let opcode = bytes[0] & 0x0f;
+        let (len, head) = match bytes[1] & 0x7f {
+            126 => (u16::from_be_bytes([bytes[2], bytes[3]]) as usize, 4),
+            127 => (u64::from_be_bytes(bytes[2..10].try_into().unwrap()) as usize, 10),
+            n => (n as usize, 2),
+        };
+        let payload = &bytes[head..head + len];
+        out.push(match opcode {
+            1 => Frame::Text(serde_json::from_slice(payload).unwrap()),
+            8 => Frame::Close(u16::from_be_bytes([payload[0], payload[1]])),
+            10 => Frame::Pong(payload.to_vec()),
+            other => panic!("unexpected opcode {other}"),
+        });
+        bytes = &bytes[head + len..];
+    }
+    out
+}
+
+struct Harness {
+    core: Core,
+    stage: Stage,
+    channels: Arc<ChannelSet>,
+    stats: Arc<GatewayStats>,
+    auth: Arc<DevAuth>,
+    clock: Clock,
+    next_id: u128,
+}
+
+struct Setup {
+    policy: TierPolicy,
+    engine: EngineConfig,
+    hub: HubConfig,
+    conn: ConnConfig,
+    history: bool,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self {
+            policy: TierPolicy::default(),
+            engine: EngineConfig { ring_capacity: 64, ..EngineConfig::default() },
+            hub: HubConfig::default(),
+            conn: ConnConfig::default(),
+            history: false,
+        }
+    }
+}
+
+fn harness() -> Harness {
+    Setup::default().build()
+}
+
+impl Setup {
+    fn build(self) -> Harness {
+        let policy = Arc::new(self.policy);
+        let (ticks, writer) = TickBook::new(self.engine.max_symbols);
+        let channels = Arc::new(ChannelSet::new(&policy, self.engine.ring_capacity));
+        let stage = Stage::new(
+            &self.engine,
+            Arc::clone(&policy),
+            writer,
+            Arc::clone(&channels),
+            Arc::default(),
+            Arc::new(PipelineStats::default()),
+        );
+        let accounts = Accounts::from_toml(crate::config::fixtures::ACCOUNTS).unwrap();
+        let auth = Arc::new(DevAuth::new(SECRET, accounts));
+        let stats = Arc::new(GatewayStats::default());
+        let src = Sources {
+            channels: Arc::clone(&channels),
+            ticks,
+            policy,
+            history: self.history,
+            auth: Arc::clone(&auth) as Arc<dyn Authenticator>,
+            stats: Arc::clone(&stats),
+            quotas: Arc::new(QuotaBook::default()),
+            hub: self.hub,
+            conn: self.conn,
+        };
+        let clock = Clock { mono: std::time::Instant::now(), unix: T0 };
+        Harness { core: Core::new(0, src, clock), stage, channels, stats, auth, clock, next_id: 1 }
+    }
+}
+
+fn session(user: &str, tier: Tier) -> Session {
+    Session {
+        user_id: user.into(),
+        tier,
+        categories: CategoryMask::ALL,
+        real_time: true,
+        max_signals_per_day: None,
+        expires_at: T0.0 / 1_000_000_000 + 3_600,
+    }
+}
+
+impl Harness {
+    fn advance(&mut self, d: Duration) {
+        self.clock = self.clock.plus(d);
+        self.stage.release_due(self.clock.unix);
+        self.stage.finish_batch();
+        self.core.on_timer(self.clock);
+        self.core.fan_out(self.clock);
+    }
+
+    /// Attaches `s` and reads its WELCOME.
+    fn connect(&mut self, s: Session) -> ConnId {
+        let i = self.core.attach(s, self.clock);
+        let welcome = self.read(i);
+        assert_eq!(welcome.len(), 1, "{welcome:?}");
+        assert_eq!(welcome[0].json()["data"]["event"], "welcome");
+        i
+    }
+
+    fn send(&mut self, i: ConnId, text: &str) {
+        let frame = client_frame(true, 1, text.as_bytes(), Some([1, 2, 3, 4]));
+        assert_eq!(self.core.received(i, &frame, self.clock), Received::More);
+    }
+
+    /// SUBSCRIBE and the first frame that answers it.
+    fn subscribe(&mut self, i: ConnId, channel: &str) -> Value {
+        self.send(i, &format!(r#"{{"type":"SUBSCRIBE","channel":"{channel}"}}"#));
+        self.read(i).remove(0).json().clone()
+    }
+
+    /// Routes a signal of `category` at `confidence` (hundredths) through the engine's
+    /// stage now, and lets the core fan it out.
+    fn route(&mut self, confidence: u16, category: Category) -> u128 {
+        let n = self.next_id;
+        self.next_id += 1;
+        let (symbol, exchange) = engine::testkit::market_of(category);
+        let s = engine::testkit::signal_at(n, confidence, symbol, exchange, category, self.clock.unix);
+        self.route_signal(s);
+        n
+    }
+
+    fn route_signal(&mut self, s: Signal) {
+        let item = SignalItem { origin: Origin::Local, signal: s, ingest_ts: self.clock.unix, sent_ts: None };
+        self.stage.handle(IngestItem::Signal(item), self.clock.unix);
+        self.stage.finish_batch();
+        self.core.fan_out(self.clock);
+    }
+
+    fn tick(&mut self, symbol: &str, exchange: &str, last: &str) {
+        let tick =
+            engine::model::Tick { ts: self.clock.unix, ..engine::testkit::tick(symbol, exchange, last) };
+        self.stage.handle(IngestItem::Tick(tick), self.clock.unix);
+        self.stage.finish_batch();
+    }
+
+    /// Everything connection `i` has to write, as its client reads it (written in
+    /// 7-byte pieces to exercise partial writes).
+    fn read(&mut self, i: ConnId) -> Vec<Frame> {
+        let mut bytes = Vec::new();
+        loop {
+            let mut slices = [IoSlice::new(&[]); IOVECS];
+            let n = self.core.fill(i, &mut slices);
+            if n == 0 {
+                break;
+            }
+            let chunk: Vec<u8> = slices[..n].iter().flat_map(|s| s.iter().copied()).take(7).collect();
+            let len = chunk.len();
+            bytes.extend(chunk);
+            self.core.written(i, len, self.clock.unix);
+        }
+        self.core.flushed(i, self.clock);
+        parse_frames(&bytes)
+    }
+
+    /// The (seq, signal id) of every SIGNAL_UPDATE connection `i` has to write; any
+    /// other frame fails the test.
+    fn signals(&mut self, i: ConnId) -> Vec<(u64, u128)> {
+        self.read(i)
+            .iter()
+            .map(|f| {
+                let v = f.json();
+                assert_eq!(v["type"], "SIGNAL_UPDATE", "{v}");
+                let id = uuid::Uuid::parse_str(v["data"]["id"].as_str().unwrap()).unwrap();
+                (v["seq"].as_u64().unwrap(), id.as_u128())
+            })
+            .collect()
+    }
+
+    fn ids(&mut self, i: ConnId) -> Vec<u128> {
+        self.signals(i).into_iter().map(|(_, id)| id).collect()
+    }
+}
+
+fn epoch_of(channels: &ChannelSet, tier: Tier) -> String {
+    channels.live(tier).epoch().to_string()
+}
+
+// ----- tiers -----
+
+#[test]
+fn a_channel_above_the_users_tier_is_refused_and_its_own_and_lower_ones_are_not() {
+    let mut h = harness();
+    let c = h.connect(session("u-basic", Tier::Basic));
+    for (channel, ok) in [
+        ("signals_free", true),
+        ("signals_basic", true),
+        ("signals_premium", false),
+        ("signals_enterprise", false),
+    ] {
+        let r = h.subscribe(c, channel);
+        if ok {
+            assert_eq!((r["type"].as_str(), r["channel"].as_str()), (Some("SUBSCRIBED"), Some(channel)));
+        } else {
+            assert_eq!(
+                (r["type"].as_str(), r["code"].as_str(), r["channel"].as_str()),
+                (Some("ERROR"), Some("forbidden"), Some(channel)),
+                "{r}"
+            );
+        }
+    }
+    // 9,000 reaches every tier; 8,600 basic and up.
+    let both = h.route(9_000, Category::Equity);
+    let basic_only = h.route(8_600, Category::Equity);
+    let got = h.read(c);
+    let mut seen: Vec<(String, u128)> = got
+        .iter()
+        .map(|f| {
+            let v = f.json();
+            let id = uuid::Uuid::parse_str(v["data"]["id"].as_str().unwrap()).unwrap();
+            (v["channel"].as_str().unwrap().to_owned(), id.as_u128())
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [("signals_basic".into(), both), ("signals_basic".into(), basic_only), ("signals_free".into(), both)],
+        "the free channel is the free tier's delayed view for nobody here: a real-time basic user reads it live"
+    );
+}
+
+// ----- categories -----
+
+#[test]
+fn only_the_users_categories_arrive_and_seq_stays_the_channels() {
+    let mut h = harness();
+    let mut s = session("u-crypto", Tier::Premium);
+    s.categories = [Category::Crypto].into_iter().collect();
+    let c = h.connect(s);
+    let all = h.connect(session("u-all", Tier::Premium));
+    h.subscribe(c, "signals_premium");
+    h.subscribe(all, "signals_premium");
+    let a = h.route(8_000, Category::Equity);
+    let b = h.route(8_000, Category::Crypto);
+    let d = h.route(8_000, Category::Forex);
+    let e = h.route(8_000, Category::Crypto);
+    assert_eq!(h.signals(c), [(2, b), (4, e)], "increasing, not contiguous");
+    assert_eq!(h.ids(all), [a, b, d, e]);
+}
+
+// ----- quota -----
+
+#[test]
+fn the_daily_quota_counts_per_user_across_connections_and_resets_at_midnight_utc() {
+    // Connections that stay up past midnight without a word: no heartbeat or expiry
+    // closes in this test.
+    let hub = HubConfig { heartbeat_timeout: Duration::from_secs(3 * 86_400), ..HubConfig::default() };
+    let mut h = Setup { hub, ..Setup::default() }.build();
+    let capped = || {
+        let mut s = session("u-capped", Tier::Premium);
+        s.max_signals_per_day = Some(2);
+        s.expires_at += 3 * 86_400;
+        s
+    };
+    let s = capped();
+    let phone = h.connect(s.clone());
+    let desk = h.connect(s);
+    for c in [phone, desk] {
+        h.subscribe(c, "signals_premium");
+    }
+    let user = h.subscribe(phone, "user_u-capped");
+    assert_eq!(user["type"], "SUBSCRIBED");
+    let first = h.route(8_000, Category::Equity);
+    let second = h.route(8_000, Category::Equity);
+    h.route(8_000, Category::Equity);
+    assert_eq!(h.ids(desk), [first, second], "one message to two connections counts once");
+    let phone_frames = h.read(phone);
+    let kinds: Vec<&str> = phone_frames.iter().map(|f| f.json()["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["SIGNAL_UPDATE", "SIGNAL_UPDATE", "NOTIFICATION"]);
+    assert_eq!(phone_frames[2].json()["data"]["event"], "quota_exhausted");
+    // Spent: a new SUBSCRIBE says so and subscribes nothing.
+    let other = h.connect(capped());
+    let r = h.subscribe(other, "signals_premium");
+    assert_eq!((r["type"].as_str(), r["code"].as_str()), (Some("ERROR"), Some("quota_exhausted")), "{r}");
+    h.route(8_000, Category::Equity);
+    assert!(h.read(desk).is_empty() && h.read(phone).is_empty() && h.read(other).is_empty());
+
+    // Midnight UTC: a new day, a new quota (without a reconnect).
+    let midnight = (utc_day(h.clock.unix.0) as i64 + 1) * 86_400 * 1_000_000_000;
+    h.advance(Duration::from_nanos((midnight - h.clock.unix.0 - 1) as u64));
+    h.route(8_000, Category::Equity);
+    assert!(h.read(desk).is_empty(), "one nanosecond before midnight is still yesterday");
+    h.advance(Duration::from_nanos(1));
+    let next_day = h.route(8_000, Category::Equity);
+    assert_eq!(h.ids(desk), [next_day]);
+    assert_eq!(h.ids(phone), [next_day]);
+    let r = h.subscribe(other, "signals_premium");
+    assert_eq!(r["type"], "SUBSCRIBED", "{r}");
+}
+
+#[test]
+fn the_tiers_own_limit_applies_when_the_token_names_none() {
+    let mut h = harness();
+    let c = h.connect(session("u-basic", Tier::Basic));
+    h.subscribe(c, "signals_basic");
+    for _ in 0..201 {
+        h.route(9_500, Category::Equity);
+    }
+    assert_eq!(h.signals(c).len(), 200, "basic: 200 a day in the default tier table");
+}
+
+// ----- delayed views -----
+
+#[test]
+fn free_users_and_users_without_real_time_read_the_delayed_view() {
+    let mut h = harness();
+    let free = h.connect(session("u-free", Tier::Free));
+    let mut late = session("u-late", Tier::Premium);
+    late.real_time = false;
+    let late = h.connect(late);
+    let live = h.connect(session("u-live", Tier::Premium));
+    h.subscribe(free, "signals_free");
+    h.subscribe(late, "signals_premium");
+    h.subscribe(live, "signals_premium");
+    let id = h.route(9_500, Category::Equity);
+    assert_eq!(h.ids(live), [id], "real time");
+    h.advance(Duration::from_secs(29));
+    assert!(h.read(free).is_empty() && h.read(late).is_empty(), "not before 30 s");
+    h.advance(Duration::from_secs(1));
+    assert_eq!(h.ids(free), [id]);
+    assert_eq!(h.ids(late), [id]);
+}
+
+// ----- resume -----
+
+#[test]
+fn resume_verdicts_inside_the_ring_before_it_and_with_a_foreign_epoch() {
+    let mut h = harness();
+    let ids: Vec<u128> = (0..100).map(|_| h.route(8_000, Category::Equity)).collect();
+    let epoch = epoch_of(&h.channels, Tier::Premium);
+    let c = h.connect(session("u-resume", Tier::Premium));
+
+    // Inside the ring (64 kept): exactly the gap.
+    h.send(c, &format!(r#"{{"type":"SUBSCRIBE","channel":"signals_premium","since":90,"epoch":"{epoch}"}}"#));
+    let frames = h.read(c);
+    let sub = frames[0].json();
+    assert_eq!((sub["recovered"].as_bool(), sub["seq"].as_u64()), (Some(true), Some(100)), "{sub}");
+    let replayed: Vec<u64> = frames[1..].iter().map(|f| f.json()["seq"].as_u64().unwrap()).collect();
+    assert_eq!(replayed, (91..=100).collect::<Vec<_>>());
+    assert_eq!(frames.len() - 1, ids[90..].len());
+
+    // Before the ring, and no history on this node: recovered false, live from now.
+    h.send(c, &format!(r#"{{"type":"SUBSCRIBE","channel":"signals_premium","since":10,"epoch":"{epoch}"}}"#));
+    let frames = h.read(c);
+    assert_eq!(frames.len(), 1, "nothing replayed: {frames:?}");
+    assert_eq!(frames[0].json()["recovered"], false);
+
+    // Another epoch (another node, a restart): recovered false.
+    h.send(c, r#"{"type":"SUBSCRIBE","channel":"signals_premium","since":95,"epoch":"00000000000000ff"}"#);
+    assert_eq!(h.read(c)[0].json()["recovered"], false);
+    h.send(c, r#"{"type":"SUBSCRIBE","channel":"signals_premium","since":95,"epoch":"not-ours"}"#);
+    assert_eq!(h.read(c)[0].json()["recovered"], false);
+
+    // A second SUBSCRIBE replaced the first: each new signal arrives once.
+    let next = h.route(8_000, Category::Equity);
+    assert_eq!(h.signals(c), [(101, next)]);
+}
+
+#[test]
+fn a_resume_from_before_the_ring_waits_for_the_history_read_back_and_then_goes_on_in_order() {
+    let mut h = Setup { history: true, ..Setup::default() }.build();
+    let ids: Vec<u128> = (0..100).map(|_| h.route(8_000, Category::Equity)).collect();
+    let epoch = epoch_of(&h.channels, Tier::Premium);
+    let c = h.connect(session("u-resume", Tier::Premium));
+    h.send(c, &format!(r#"{{"type":"SUBSCRIBE","channel":"signals_premium","since":10,"epoch":"{epoch}"}}"#));
+    assert!(h.read(c).is_empty(), "nothing is answered before the read-back");
+    let req = h.core.poll_request().expect("a history read");
+    let lost = h.channels.live(Tier::Premium).lost_through();
+    assert_eq!((req.since, req.to), (10, lost));
+    // A signal routed while the read runs is not lost nor sent early; it also pushes
+    // seq `lost + 1` out of the ring, so the first read-back no longer meets the ring:
+    // the core reads again, further.
+    let during = h.route(8_000, Category::Equity);
+    // What the topic holds (here: rebuilt from the routed ids).
+    let topic = |h: &Harness, to: u64| -> Vec<Message> {
+        (11..=to).map(|seq| message(h, seq, ids[seq as usize - 1])).collect()
+    };
+    h.core.history_done(req.done(Ok(topic(&h, lost))), h.clock);
+    assert!(h.read(c).is_empty(), "still waiting");
+    let again = h.core.poll_request().expect("a second, longer read");
+    assert_eq!((again.since, again.to, again.round), (10, lost + 1, 2));
+    h.core.history_done(again.done(Ok(topic(&h, lost + 1))), h.clock);
+    let frames = h.read(c);
+    assert_eq!(frames[0].json()["recovered"], true, "{:?}", frames[0]);
+    let seqs: Vec<u64> = frames[1..].iter().map(|f| f.json()["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (11..=101).collect::<Vec<_>>(), "read-back, ring, then live, gap-free");
+    let last = frames.last().unwrap().json();
+    assert_eq!(uuid::Uuid::parse_str(last["data"]["id"].as_str().unwrap()).unwrap().as_u128(), during);
+}
+
+#[test]
+fn a_history_answer_for_a_connection_that_left_goes_nowhere() {
+    let mut h = Setup { history: true, ..Setup::default() }.build();
+    for _ in 0..100 {
+        h.route(8_000, Category::Equity);
+    }
+    let epoch = epoch_of(&h.channels, Tier::Premium);
+    let c = h.connect(session("u-gone", Tier::Premium));
+    h.send(c, &format!(r#"{{"type":"SUBSCRIBE","channel":"signals_premium","since":1,"epoch":"{epoch}"}}"#));
+    let req = h.core.poll_request().unwrap();
+    h.core.remove(c);
+    // The slot is reused by someone else before the answer comes.
+    let other = h.connect(session("u-next", Tier::Premium));
+    assert_eq!(other, c, "the slot was reused");
+    h.core.history_done(req.done(Ok(Vec::new())), h.clock);
+    assert!(h.read(other).is_empty(), "the newcomer gets nothing meant for the one who left");
+}
+
+/// The SIGNAL_UPDATE the engine would have framed for `seq` of signals_premium.
+fn message(h: &Harness, seq: u64, id: u128) -> Message {
+    let meta = engine::channels::MessageMeta {
+        seq,
+        category: Category::Equity,
+        ingest_ts: h.clock.unix,
+        routed_ts: h.clock.unix,
+        sent_ts: None,
+    };
+    let json = format!(
+        r#"{{"type":"SIGNAL_UPDATE","channel":"signals_premium","seq":{seq},"data":{{"id":"{}"}}}}"#,
+        uuid::Uuid::from_u128(id)
+    );
+    Message::new(&meta, json.as_bytes(), &mut Vec::new())
+}
+
+// ----- slow consumers -----
+
+#[test]
+fn a_client_that_reads_nothing_is_closed_4008_past_the_outbound_bound_and_others_go_on() {
+    let conn = ConnConfig { outbound_limit: 8 * 1024, ..ConnConfig::default() };
+    let mut h = Setup { conn, ..Setup::default() }.build();
+    let slow = h.connect(session("u-slow", Tier::Premium));
+    let fast = h.connect(session("u-fast", Tier::Premium));
+    h.subscribe(slow, "signals_premium");
+    h.subscribe(fast, "signals_premium");
+    let mut sent = Vec::new();
+    for _ in 0..40 {
+        sent.push(h.route(8_000, Category::Equity));
+        assert_eq!(h.ids(fast), [*sent.last().unwrap()]);
+    }
+    let frames = h.read(slow);
+    assert_eq!(frames.last(), Some(&Frame::Close(4008)), "{frames:?}");
+    assert!(frames.len() < 20, "the queue was dropped, not written: {} frames", frames.len());
+    assert_eq!(h.stats.slow_consumer_closes(), 1);
+    // After our close, nothing more is queued for it; it lingers, then is dropped.
+    h.route(8_000, Category::Equity);
+    assert!(h.read(slow).is_empty());
+    h.advance(LINGER + Duration::from_secs(1));
+    assert_eq!(h.core.poll_gone(), Some(slow));
+}
+
+#[test]
+fn a_socket_that_takes_nothing_for_the_write_timeout_is_dropped() {
+    let mut h = harness();
+    let c = h.connect(session("u-stuck", Tier::Premium));
+    h.subscribe(c, "signals_premium");
+    h.route(8_000, Category::Equity);
+    h.core.blocked(c, h.clock);
+    h.advance(Duration::from_secs(10));
+    assert_eq!(h.core.poll_gone(), None, "10 s is the limit, not past it");
+    h.advance(Duration::from_secs(1));
+    assert_eq!(h.core.poll_gone(), Some(c));
+}
+
+// ----- prices -----
+
+#[test]
+fn prices_start_with_a_snapshot_and_conflate_to_the_latest_per_symbol() {
+    let mut h = harness();
+    h.tick("RELIANCE", "NSE", "2450.00");
+    h.tick("TCS", "NSE", "3900.00");
+    let c = h.connect(session("u-prices", Tier::Free));
+    h.send(c, r#"{"type":"SUBSCRIBE","channel":"prices_general"}"#);
+    let frames = h.read(c);
+    assert_eq!(frames[0].json()["type"], "SUBSCRIBED");
+    let snapshot: Vec<(String, String)> = frames[1..]
+        .iter()
+        .map(|f| {
+            let d = &f.json()["data"];
+            (d["symbol"].as_str().unwrap().into(), d["last"].as_str().unwrap().into())
+        })
+        .collect();
+    assert_eq!(snapshot, [("RELIANCE".into(), "2450.0000".into()), ("TCS".into(), "3900.0000".into())]);
+    // Three RELIANCE ticks in one price interval: one update, the last.
+    for last in ["2451.00", "2452.00", "2453.00"] {
+        h.tick("RELIANCE", "NSE", last);
+    }
+    assert!(h.read(c).is_empty(), "prices go out on the price timer");
+    h.advance(HubConfig::default().price_interval);
+    let updates: Vec<String> =
+        h.read(c).iter().map(|f| f.json()["data"]["last"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(updates, ["2453.0000"]);
+    // A client that cannot take them now gets the latest when it can, not a backlog.
+    for last in ["2454.00", "2455.00"] {
+        h.tick("RELIANCE", "NSE", last);
+        h.advance(HubConfig::default().price_interval);
+    }
+    let updates: Vec<String> =
+        h.read(c).iter().map(|f| f.json()["data"]["last"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(updates, ["2455.0000"]);
+}
+
+// ----- tokens, heartbeats -----
+
+#[test]
+fn a_token_is_warned_a_minute_before_it_expires_and_closed_4001_at_expiry() {
+    let mut h = harness();
+    let mut s = session("u-short", Tier::Premium);
+    s.expires_at = T0.0 / 1_000_000_000 + 120;
+    let c = h.connect(s);
+    h.advance(Duration::from_secs(30));
+    h.send(c, r#"{"type":"PING"}"#);
+    h.advance(Duration::from_secs(29));
+    h.send(c, r#"{"type":"PING"}"#);
+    assert_eq!(h.read(c).len(), 2, "two PONGs, no warning yet");
+    h.advance(Duration::from_secs(1));
+    let warn = h.read(c);
+    assert_eq!(warn[0].json()["data"]["event"], "token_expiring", "{warn:?}");
+    h.send(c, r#"{"type":"PING"}"#);
+    h.advance(Duration::from_secs(59));
+    assert_eq!(h.read(c).len(), 1, "a PONG; no second warning, not closed yet");
+    h.advance(Duration::from_secs(1));
+    assert_eq!(h.read(c), [Frame::Close(4001)]);
+}
+
+#[test]
+fn refresh_extends_the_session_and_a_token_for_someone_else_is_refused() {
+    let mut h = harness();
+    let s = session("u-premium-1", Tier::Premium);
+    let c = h.connect(s);
+    let other = h.auth.mint("u-free-1", Duration::from_secs(600)).unwrap();
+    h.send(c, &format!(r#"{{"type":"REFRESH","token":"{other}"}}"#));
+    let r = h.read(c);
+    assert_eq!(
+        (r[0].json()["type"].as_str(), r[0].json()["code"].as_str()),
+        (Some("ERROR"), Some("forbidden"))
+    );
+    let mine = h.auth.mint("u-premium-1", Duration::from_secs(7_200)).unwrap();
+    h.send(c, &format!(r#"{{"type":"REFRESH","token":"{mine}"}}"#));
+    let r = h.read(c);
+    assert_eq!(r[0].json()["data"]["event"], "token_refreshed", "{r:?}");
+}
+
+#[test]
+fn a_silent_client_is_closed_4004_after_the_heartbeat_timeout() {
+    let mut h = harness();
+    let c = h.connect(session("u-quiet", Tier::Premium));
+    h.advance(Duration::from_secs(60));
+    assert!(h.read(c).is_empty());
+    h.advance(Duration::from_secs(1));
+    assert_eq!(h.read(c), [Frame::Close(4004)]);
+}
+
+// ----- rights changes -----
+
+#[test]
+fn a_downgrade_closes_the_channels_above_the_new_tier_and_a_suspension_closes_4003() {
+    let mut h = harness();
+    let c = h.connect(session("u-down", Tier::Premium));
+    h.subscribe(c, "signals_premium");
+    h.subscribe(c, "signals_basic");
+    let e = crate::auth::Entitlements {
+        id: "u-down".into(),
+        email: String::new(),
+        tier: Tier::Basic,
+        categories: Category::ALL.to_vec(),
+        real_time: true,
+        max_signals_per_day: None,
+        status: "active".into(),
+    };
+    h.core.rights(&e, h.clock);
+    let frames = h.read(c);
+    let got: Vec<(String, String)> = frames
+        .iter()
+        .map(|f| {
+            let v = f.json();
+            let what =
+                v["data"]["event"].as_str().or(v["code"].as_str()).or(v["reason"].as_str()).unwrap_or("");
+            (v["type"].as_str().unwrap().to_owned(), what.to_owned())
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("SYSTEM_MESSAGE".to_owned(), "entitlements_changed".to_owned()),
+            ("ERROR".into(), "forbidden".into()),
+            ("UNSUBSCRIBED".into(), "entitlement".into()),
+        ]
+    );
+    let id = h.route(9_000, Category::Equity);
+    assert_eq!(h.ids(c), [id], "signals_basic goes on, once");
+
+    let suspended = crate::auth::Entitlements { status: "suspended".into(), ..e };
+    h.core.rights(&suspended, h.clock);
+    let frames = h.read(c);
+    assert_eq!(frames[0].json()["data"]["event"], "suspended");
+    assert_eq!(frames[1], Frame::Close(4003));
+}
+
+// ----- client input -----
+
+#[test]
+fn bad_messages_get_errors_and_too_many_close_1008() {
+    let mut h = harness();
+    let c = h.connect(session("u-noisy", Tier::Premium));
+    for k in 0..MAX_ERRORS {
+        h.send(c, r#"{"type":"NOPE"}"#);
+        let r = h.read(c);
+        assert_eq!(r[0].json()["type"], "ERROR", "error {k}");
+    }
+    h.send(c, "not json");
+    let r = h.read(c);
+    assert_eq!(r.last(), Some(&Frame::Close(1008)), "{r:?}");
+}
+
+#[test]
+fn over_the_message_rate_a_client_is_told_rate_limited() {
+    let mut h = harness();
+    let c = h.connect(session("u-fast", Tier::Premium));
+    let burst = 2 * ConnConfig::default().max_messages_per_sec as usize;
+    for _ in 0..burst {
+        h.send(c, r#"{"type":"PING"}"#);
+    }
+    assert_eq!(h.read(c).len(), burst);
+    h.send(c, r#"{"type":"PING"}"#);
+    assert_eq!(h.read(c)[0].json()["code"], "rate_limited");
+    h.advance(Duration::from_secs(1));
+    h.send(c, r#"{"type":"PING"}"#);
+    assert_eq!(h.read(c)[0].json()["type"], "PONG", "the bucket refills");
+}
+
+#[test]
+fn a_ping_frame_is_answered_with_its_payload_and_a_close_is_echoed() {
+    let mut h = harness();
+    let c = h.connect(session("u-ws", Tier::Free));
+    let ping = client_frame(true, 9, b"hi", Some([9, 9, 9, 9]));
+    h.core.received(c, &ping, h.clock);
+    assert_eq!(h.read(c), [Frame::Pong(b"hi".to_vec())]);
+    let close = client_frame(true, 8, &1000u16.to_be_bytes(), Some([1, 1, 1, 1]));
+    h.core.received(c, &close, h.clock);
+    assert_eq!(h.read(c), [Frame::Close(1000)]);
+}
+
+// ----- drain -----
+
+#[test]
+fn drain_tells_everyone_then_closes_1001_and_refuses_newcomers_the_same_way() {
+    let mut h = harness();
+    let c = h.connect(session("u-drain", Tier::Premium));
+    h.subscribe(c, "signals_premium");
+    h.core.drain();
+    let frames = h.read(c);
+    assert_eq!(frames[0].json()["data"]["event"], "drain");
+    assert_eq!(frames[1], Frame::Close(1001));
+    h.route(8_000, Category::Equity);
+    assert!(h.read(c).is_empty(), "nothing after the close");
+    let late = h.core.attach(session("u-late", Tier::Premium), h.clock);
+    assert_eq!(h.read(late), [Frame::Close(1001)]);
+}
+
+#[test]
+fn every_subscription_counts_against_the_limit() {
+    let hub = HubConfig { max_subscriptions: 2, ..HubConfig::default() };
+    let mut h = Setup { hub, ..Setup::default() }.build();
+    let c = h.connect(session("u-many", Tier::Enterprise));
+    assert_eq!(h.subscribe(c, "signals_free")["type"], "SUBSCRIBED");
+    assert_eq!(h.subscribe(c, "prices_general")["type"], "SUBSCRIBED");
+    let r = h.subscribe(c, "signals_basic");
+    assert_eq!(r["code"], "too_many_subscriptions", "{r}");
+    assert_eq!(h.subscribe(c, "signals_free")["type"], "SUBSCRIBED", "re-subscribing is not another one");
+    let _ = ChannelName::Prices;
+}
