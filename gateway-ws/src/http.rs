@@ -110,7 +110,7 @@ fn route(req: Request<Incoming>, peer: Option<IpAddr>, app: Arc<App>) -> Respons
                 "not ready: no signing keys or snapshot from the accounts sidecar yet\n",
             ),
         },
-        "/metrics" => respond(StatusCode::OK, "text/plain; version=0.0.4", app.metrics()),
+        "/metrics" => respond(StatusCode::OK, crate::metrics::CONTENT_TYPE, app.metrics()),
         "/dev/tokens" => match &app.dev_tokens {
             Some((auth, ttl)) => {
                 no_store(respond(StatusCode::OK, "application/json", dashboard::dev_tokens(auth, *ttl)))

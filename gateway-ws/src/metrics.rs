@@ -1,10 +1,11 @@
-//! Counters of the gateway and their Prometheus text exposition.
+//! Counters of the gateway and their Prometheus exposition.
 //!
-//! Plain atomics, rendered on scrape: no metrics registry and nothing per message
-//! beyond an increment. The delivery-latency histogram has fixed buckets so that
-//! Prometheus can aggregate it across gateways.
+//! Plain atomics, read on scrape by `prometheus-client` collectors: nothing per
+//! message beyond an increment (a shard's own, added to these once per loop turn).
+//! The delivery-latency histogram has fixed buckets so that Prometheus can aggregate
+//! it across gateways.
 
-use std::fmt::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use engine::Engine;
@@ -12,6 +13,12 @@ use engine::feed::FeedStats;
 use engine::kafka::KafkaStats;
 use engine::model::Tier;
 use engine::pipeline::DropReason;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
 
 use crate::hub::Timing;
 
@@ -149,223 +156,342 @@ impl GatewayStats {
     }
 }
 
-/// The whole process's metrics in the Prometheus text format.
-pub fn render(gw: &GatewayStats, engine: &Engine, feed: &FeedStats, kafka: &KafkaStats) -> String {
-    let mut o = String::with_capacity(4096);
-    let section = |o: &mut String, name: &str, kind: &str, help: &str, rows: Vec<(String, String)>| {
-        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (labels, v) in rows {
-            let _ = writeln!(o, "{name}{labels} {v}");
-        }
-    };
-    let per_tier = |f: &dyn Fn(Tier) -> String| -> Vec<(String, String)> {
-        Tier::ALL.iter().map(|t| (format!("{{tier=\"{t}\"}}"), f(*t))).collect()
-    };
-    section(
-        &mut o,
-        "signalcast_connections",
-        "gauge",
-        "Open WebSocket connections by the user's tier.",
-        per_tier(&|t| gw.connections(t).to_string()),
-    );
-    section(
-        &mut o,
-        "signalcast_signals_delivered_total",
-        "counter",
-        "Signal messages written to client sockets, by channel tier.",
-        per_tier(&|t| gw.delivered_count(t).to_string()),
-    );
-    section(
-        &mut o,
-        "signalcast_signals_routed_total",
-        "counter",
-        "Messages appended to signals_<tier> by the pipeline.",
-        per_tier(&|t| engine.stats.routed(t).to_string()),
-    );
-    section(
-        &mut o,
-        "signalcast_channel_head_seq",
-        "gauge",
-        "Last published seq of each live tier channel.",
-        per_tier(&|t| engine.channels.live(t).head().to_string()),
-    );
-    section(
-        &mut o,
-        "signalcast_drops_total",
-        "counter",
-        "Signals (and ticks) that did not reach a channel, by reason.",
-        DropReason::ALL
-            .iter()
-            .map(|r| (format!("{{reason=\"{}\"}}", r.as_str()), engine.stats.drops(*r).to_string()))
-            .collect(),
-    );
-    single(
-        &mut o,
-        "signalcast_signals_received_total",
-        "counter",
-        "Signals taken by the pipeline stage.",
-        engine.stats.signals_in().to_string(),
-    );
-    single(
-        &mut o,
-        "signalcast_ticks_received_total",
-        "counter",
-        "Ticks taken by the pipeline stage.",
-        engine.stats.ticks_in().to_string(),
-    );
-    single(
-        &mut o,
-        "signalcast_ingest_queue_depth",
-        "gauge",
-        "Items waiting between ingest and the stage.",
-        engine.queue_depth().to_string(),
-    );
-    single(
-        &mut o,
-        "signalcast_feed_producers_connected",
-        "gauge",
-        "Producers with an authenticated feed session.",
-        feed.connected().to_string(),
-    );
-    single(
-        &mut o,
-        "signalcast_feed_errors_total",
-        "counter",
-        "Producer connections closed with an ERROR frame.",
-        feed.errors().to_string(),
-    );
-    single(
-        &mut o,
-        "signalcast_slow_consumer_closes_total",
-        "counter",
-        "Connections closed with 4008 (outbound buffer full).",
-        gw.slow_consumer_closes().to_string(),
-    );
-    single(
-        &mut o,
-        "signalcast_ws_upgrades_total",
-        "counter",
-        "WebSocket upgrades accepted.",
-        gw.upgrades.load(Ordering::Relaxed).to_string(),
-    );
-    single(
-        &mut o,
-        "signalcast_auth_failures_total",
-        "counter",
-        "Connections refused with 401.",
-        gw.auth_failures.load(Ordering::Relaxed).to_string(),
-    );
-    for (name, help, counter) in [
-        (
-            "signalcast_kafka_records_consumed_total",
-            "Records taken from raw-signals and market-data.",
-            &kafka.consumed,
-        ),
-        ("signalcast_kafka_dead_lettered_total", "Poison records sent to the DLQ.", &kafka.dead_lettered),
-        (
-            "signalcast_kafka_published_total",
-            "Routed signals written to signals.<tier> (engine role).",
-            &kafka.published,
-        ),
-        (
-            "signalcast_kafka_publish_failed_total",
-            "Routed signals Kafka refused for good.",
-            &kafka.publish_failed,
-        ),
-        (
-            "signalcast_kafka_relayed_total",
-            "Records read from signals.<tier> (gateway role).",
-            &kafka.relayed,
-        ),
-    ] {
-        single(&mut o, name, "counter", help, KafkaStats::get(counter).to_string());
-    }
-    section(
-        &mut o,
-        "signalcast_kafka_consumer_lag",
-        "gauge",
-        "Records not yet consumed, per topic, over the partitions this node holds.",
-        kafka.lag().into_iter().map(|(t, l)| (format!("{{topic=\"{t}\"}}"), l.to_string())).collect(),
-    );
+/// The process's metrics, read from the counters above (and the engine's, the
+/// feed's, Kafka's, the accounts link's) at scrape time and encoded by
+/// `prometheus-client`: the hot paths only bump their own atomics, and nothing here
+/// keeps a second copy of a value.
+#[derive(Debug)]
+pub struct Exposition {
+    registry: Registry,
+}
 
-    histogram(
-        &mut o,
-        "signalcast_delivery_latency_seconds",
-        "Ingest to socket write of each live delivery (delayed views and resume replays are apart).",
-        &[("", &gw.latency)],
-    );
-    histogram(
-        &mut o,
-        "signalcast_deferred_delivery_latency_seconds",
-        "Ingest to socket write of deliveries that wait on purpose: delayed views, resume replays.",
-        &[("kind=\"delayed_view\"", &gw.delayed_latency), ("kind=\"replay\"", &gw.replay_latency)],
-    );
-    process(&mut o);
-    o
+impl Exposition {
+    pub fn new(
+        gw: Arc<GatewayStats>,
+        engine: Arc<Engine>,
+        feed: Arc<FeedStats>,
+        kafka: Arc<KafkaStats>,
+    ) -> Self {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Gateway { gw, engine, feed, kafka }));
+        registry.register_collector(Box::new(Process));
+        Self { registry }
+    }
+
+    /// Adds the accounts sidecar's link: `up` says whether its change feed is
+    /// connected, `keys` how many signing keys the gateway holds.
+    pub fn with_accounts(
+        mut self,
+        up: impl Fn() -> bool + Send + Sync + 'static,
+        keys: impl Fn() -> usize + Send + Sync + 'static,
+    ) -> Self {
+        self.registry.register_collector(Box::new(AccountsLink { up: Box::new(up), keys: Box::new(keys) }));
+        self
+    }
+
+    /// The OpenMetrics text of every metric (`CONTENT_TYPE`).
+    pub fn render(&self) -> String {
+        let mut text = String::with_capacity(8 * 1024);
+        // Writing to a String cannot fail; an encoder error would be a bug in a
+        // collector, and a partial page is still better than none.
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
+            tracing::error!(error = %e, "metrics encoding failed");
+        }
+        text
+    }
+}
+
+/// What `/metrics` answers with.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+type Fmt = Result<(), std::fmt::Error>;
+
+/// One unlabelled counter; `name` without `_total`, which the encoder adds.
+fn counter(enc: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: u64) -> Fmt {
+    let m = ConstCounter::new(v);
+    m.encode(enc.encode_descriptor(name, help, None, m.metric_type())?)
+}
+
+/// One unlabelled gauge.
+fn gauge(enc: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: i64) -> Fmt {
+    let m = ConstGauge::new(v);
+    m.encode(enc.encode_descriptor(name, help, None, m.metric_type())?)
+}
+
+/// One series per (label value, metric) under label `key`.
+fn family<M: EncodeMetric>(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    key: &'static str,
+    rows: impl IntoIterator<Item = (String, M)>,
+    kind: MetricType,
+) -> Fmt {
+    let mut f = enc.encode_descriptor(name, help, None, kind)?;
+    for (value, m) in rows {
+        m.encode(f.encode_family(&[(key, value)])?)?;
+    }
+    Ok(())
+}
+
+fn per_tier<M: EncodeMetric>(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    f: impl Fn(Tier) -> M,
+) -> Fmt {
+    family(enc, name, help, "tier", Tier::ALL.map(|t| (t.to_string(), f(t))), kind)
+}
+
+/// A latency histogram's buckets as (upper bound in seconds, cumulative count), its
+/// sum in seconds and its count.
+fn histogram_parts(h: &LatencyHistogram) -> (Vec<(f64, u64)>, f64, u64) {
+    let (buckets, sum_us) = h.snapshot();
+    let mut cumulative = 0;
+    let buckets = buckets
+        .into_iter()
+        .map(|(le, n)| {
+            cumulative += n;
+            (le.map_or(f64::INFINITY, |us| us as f64 / 1e6), cumulative)
+        })
+        .collect();
+    (buckets, sum_us as f64 / 1e6, cumulative)
+}
+
+/// Histograms of one family, one series per (labels, histogram).
+fn histograms(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    series: &[(Option<(&'static str, &'static str)>, &LatencyHistogram)],
+) -> Fmt {
+    let mut f = enc.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    for (label, h) in series {
+        let (buckets, sum, count) = histogram_parts(h);
+        match label {
+            Some(l) => f.encode_family(&[*l])?.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?,
+            None => f.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?,
+        }
+    }
+    Ok(())
+}
+
+/// The gateway's, the engine's, the feed's and Kafka's counters.
+#[derive(Debug)]
+struct Gateway {
+    gw: Arc<GatewayStats>,
+    engine: Arc<Engine>,
+    feed: Arc<FeedStats>,
+    kafka: Arc<KafkaStats>,
+}
+
+impl Collector for Gateway {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> Fmt {
+        let (gw, engine, kafka) = (&self.gw, &self.engine, &self.kafka);
+        let e = &mut enc;
+        let (counter_t, gauge_t) = (MetricType::Counter, MetricType::Gauge);
+        per_tier(
+            e,
+            "signalcast_connections",
+            "Open WebSocket connections by the user's tier.",
+            gauge_t,
+            |t| ConstGauge::new(gw.connections(t)),
+        )?;
+        per_tier(
+            e,
+            "signalcast_signals_delivered",
+            "Signal messages written to client sockets, by channel tier.",
+            counter_t,
+            |t| ConstCounter::new(gw.delivered_count(t)),
+        )?;
+        per_tier(
+            e,
+            "signalcast_signals_routed",
+            "Messages appended to signals_<tier> by the pipeline.",
+            counter_t,
+            |t| ConstCounter::new(engine.stats.routed(t)),
+        )?;
+        per_tier(
+            e,
+            "signalcast_channel_head_seq",
+            "Last published seq of each live tier channel.",
+            gauge_t,
+            |t| ConstGauge::new(engine.channels.live(t).head() as i64),
+        )?;
+        family(
+            e,
+            "signalcast_drops",
+            "Signals (and ticks) that did not reach a channel, by reason.",
+            "reason",
+            DropReason::ALL
+                .iter()
+                .map(|r| (r.as_str().to_owned(), ConstCounter::new(engine.stats.drops(*r)))),
+            counter_t,
+        )?;
+        counter(
+            e,
+            "signalcast_signals_received",
+            "Signals taken by the pipeline stage.",
+            engine.stats.signals_in(),
+        )?;
+        counter(
+            e,
+            "signalcast_ticks_received",
+            "Ticks taken by the pipeline stage.",
+            engine.stats.ticks_in(),
+        )?;
+        gauge(
+            e,
+            "signalcast_ingest_queue_depth",
+            "Items waiting between ingest and the stage.",
+            engine.queue_depth() as i64,
+        )?;
+        gauge(
+            e,
+            "signalcast_feed_producers_connected",
+            "Producers with an authenticated feed session.",
+            self.feed.connected() as i64,
+        )?;
+        counter(
+            e,
+            "signalcast_feed_errors",
+            "Producer connections closed with an ERROR frame.",
+            self.feed.errors(),
+        )?;
+        counter(
+            e,
+            "signalcast_slow_consumer_closes",
+            "Connections closed with 4008 (outbound buffer full).",
+            gw.slow_consumer_closes(),
+        )?;
+        counter(
+            e,
+            "signalcast_ws_upgrades",
+            "WebSocket upgrades accepted.",
+            gw.upgrades.load(Ordering::Relaxed),
+        )?;
+        counter(
+            e,
+            "signalcast_auth_failures",
+            "Connections refused with 401.",
+            gw.auth_failures.load(Ordering::Relaxed),
+        )?;
+        for (name, help, c) in [
+            (
+                "signalcast_kafka_records_consumed",
+                "Records taken from raw-signals and market-data.",
+                &kafka.consumed,
+            ),
+            ("signalcast_kafka_dead_lettered", "Poison records sent to the DLQ.", &kafka.dead_lettered),
+            (
+                "signalcast_kafka_published",
+                "Routed signals written to signals.<tier> (engine role).",
+                &kafka.published,
+            ),
+            (
+                "signalcast_kafka_publish_failed",
+                "Routed signals Kafka refused for good.",
+                &kafka.publish_failed,
+            ),
+            ("signalcast_kafka_relayed", "Records read from signals.<tier> (gateway role).", &kafka.relayed),
+        ] {
+            counter(e, name, help, KafkaStats::get(c))?;
+        }
+        family(
+            e,
+            "signalcast_kafka_consumer_lag",
+            "Records not yet consumed, per topic, over the partitions this node holds.",
+            "topic",
+            kafka.lag().into_iter().map(|(t, l)| (t, ConstGauge::new(l))),
+            gauge_t,
+        )?;
+        histograms(
+            e,
+            "signalcast_delivery_latency_seconds",
+            "Ingest to socket write of each live delivery (delayed views and resume replays are apart).",
+            &[(None, &gw.latency)],
+        )?;
+        histograms(
+            e,
+            "signalcast_deferred_delivery_latency_seconds",
+            "Ingest to socket write of deliveries that wait on purpose: delayed views, resume replays.",
+            &[
+                (Some(("kind", "delayed_view")), &gw.delayed_latency),
+                (Some(("kind", "replay")), &gw.replay_latency),
+            ],
+        )
+    }
 }
 
 /// The accounts sidecar's link, for a gateway that uses one.
-pub fn accounts(o: &mut String, feed_up: bool, keys: usize) {
-    single(
-        o,
-        "signalcast_accounts_feed_up",
-        "gauge",
-        "1 while the accounts change feed is connected; 0 = degraded (tokens verify with cached keys).",
-        u8::from(feed_up).to_string(),
-    );
-    single(
-        o,
-        "signalcast_accounts_signing_keys",
-        "gauge",
-        "Token signing keys held from the JWKS.",
-        keys.to_string(),
-    );
+struct AccountsLink {
+    up: Box<dyn Fn() -> bool + Send + Sync>,
+    keys: Box<dyn Fn() -> usize + Send + Sync>,
 }
 
-/// A Prometheus histogram, one series per (labels, histogram).
-fn histogram(o: &mut String, name: &str, help: &str, series: &[(&str, &LatencyHistogram)]) {
-    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} histogram");
-    for (labels, h) in series {
-        let sep = if labels.is_empty() { "" } else { "," };
-        let (buckets, sum_us) = h.snapshot();
-        let mut cumulative = 0;
-        for (le, count) in buckets {
-            cumulative += count;
-            let le = le.map_or_else(|| "+Inf".to_owned(), |us| (us as f64 / 1e6).to_string());
-            let _ = writeln!(o, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}");
-        }
-        let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
-        let _ = writeln!(o, "{name}_sum{braces} {}\n{name}_count{braces} {cumulative}", sum_us as f64 / 1e6);
+impl std::fmt::Debug for AccountsLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccountsLink").finish_non_exhaustive()
     }
 }
 
-/// One unlabelled sample with its HELP and TYPE lines.
-fn single(o: &mut String, name: &str, kind: &str, help: &str, v: String) {
-    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+impl Collector for AccountsLink {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> Fmt {
+        gauge(
+            &mut enc,
+            "signalcast_accounts_feed_up",
+            "1 while the accounts change feed is connected; 0 = degraded (tokens verify with cached keys).",
+            i64::from((self.up)()),
+        )?;
+        gauge(
+            &mut enc,
+            "signalcast_accounts_signing_keys",
+            "Token signing keys held from the JWKS.",
+            (self.keys)() as i64,
+        )
+    }
 }
 
 /// The standard `process_*` gauges (names of Prometheus's process collector), read
 /// from procfs at scrape time: what a soak watches (memory, descriptors) without
 /// anything sampling the process from outside. Absent where procfs is.
-fn process(o: &mut String) {
-    let gauge =
-        |o: &mut String, name: &str, help: &str, v: u64| single(o, name, "gauge", help, v.to_string());
-    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
-        if let Some(kib) = status_kib(&status, "VmRSS") {
-            gauge(o, "process_resident_memory_bytes", "Resident memory size in bytes.", kib * 1024);
+#[derive(Debug)]
+struct Process;
+
+impl Collector for Process {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> Fmt {
+        let e = &mut enc;
+        if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+            if let Some(kib) = status_kib(&status, "VmRSS") {
+                gauge(
+                    e,
+                    "process_resident_memory_bytes",
+                    "Resident memory size in bytes.",
+                    (kib * 1024) as i64,
+                )?;
+            }
+            if let Some(kib) = status_kib(&status, "VmSize") {
+                gauge(
+                    e,
+                    "process_virtual_memory_bytes",
+                    "Virtual memory size in bytes.",
+                    (kib * 1024) as i64,
+                )?;
+            }
         }
-        if let Some(kib) = status_kib(&status, "VmSize") {
-            gauge(o, "process_virtual_memory_bytes", "Virtual memory size in bytes.", kib * 1024);
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            // The directory handle reading it is one of the entries; it is not the
+            // process's own.
+            let open = fds.count().saturating_sub(1) as i64;
+            gauge(e, "process_open_fds", "Number of open file descriptors.", open)?;
         }
-    }
-    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
-        // The directory handle reading it is one of the entries; it is not the
-        // process's own.
-        let open = fds.count().saturating_sub(1) as u64;
-        gauge(o, "process_open_fds", "Number of open file descriptors.", open);
-    }
-    if let Some(max) = std::fs::read_to_string("/proc/self/limits").ok().as_deref().and_then(max_open_files) {
-        gauge(o, "process_max_fds", "Maximum number of open file descriptors.", max);
+        if let Some(max) =
+            std::fs::read_to_string("/proc/self/limits").ok().as_deref().and_then(max_open_files)
+        {
+            gauge(e, "process_max_fds", "Maximum number of open file descriptors.", max as i64)?;
+        }
+        Ok(())
     }
 }
 

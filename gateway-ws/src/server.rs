@@ -35,9 +35,7 @@ pub struct App {
     pub stats: Arc<GatewayStats>,
     pub plan: Plan,
     pub admission: Arc<crate::admission::Admission>,
-    engine: Arc<Engine>,
-    feed: Arc<FeedStats>,
-    kafka: Arc<KafkaStats>,
+    exposition: metrics::Exposition,
     draining: AtomicBool,
     /// The accounts sidecar, when tokens come from it.
     sidecar: Option<Arc<SidecarAuth>>,
@@ -60,12 +58,9 @@ impl App {
         self.sidecar.as_ref().map(|s| s.state())
     }
 
+    /// The `/metrics` page ([`metrics::CONTENT_TYPE`]).
     pub fn metrics(&self) -> String {
-        let mut text = metrics::render(&self.stats, &self.engine, &self.feed, &self.kafka);
-        if let Some(s) = &self.sidecar {
-            metrics::accounts(&mut text, s.state() == AccountsState::Live, s.key_count());
-        }
-        text
+        self.exposition.render()
     }
 }
 
@@ -224,6 +219,13 @@ pub async fn start_on(
         Hub::start(Arc::clone(&engine), Arc::clone(&auth), Arc::clone(&stats), config.hub(), config.conn())
             .map_err(StartError::Hub)?;
     let _ = rights.set(hub.rights());
+    let mut exposition =
+        metrics::Exposition::new(Arc::clone(&stats), Arc::clone(&engine), feed_stats, kafka_stats);
+    if let Some(s) = &sidecar {
+        let (up, keys) = (Arc::clone(s), Arc::clone(s));
+        exposition =
+            exposition.with_accounts(move || up.state() == AccountsState::Live, move || keys.key_count());
+    }
     let app = Arc::new(App {
         sidecar,
         auth,
@@ -231,9 +233,7 @@ pub async fn start_on(
         stats,
         plan,
         admission: Arc::new(crate::admission::Admission::new(config.admission())),
-        engine: Arc::clone(&engine),
-        feed: feed_stats,
-        kafka: kafka_stats,
+        exposition,
         draining: AtomicBool::new(false),
         socket_send_buffer: config.socket_send_buffer,
         handshake_timeout: Duration::from_millis(config.handshake_timeout_ms.max(1)),

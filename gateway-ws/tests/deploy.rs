@@ -192,9 +192,11 @@ fn exported_metrics() -> BTreeSet<String> {
         let server = common::start(common::config()).await;
         let text = server.app.metrics();
         server.shutdown().await;
+        // Series names as samples carry them (a counter's with its `_total`).
         text.lines()
-            .filter_map(|l| l.strip_prefix("# TYPE "))
-            .map(|l| l.split(' ').next().unwrap().to_owned())
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split(['{', ' ']).next())
+            .map(str::to_owned)
             .collect()
     })
 }
@@ -340,7 +342,7 @@ fn the_grafana_dashboard_reads_only_metrics_and_labels_that_exist() {
             let (names, labels) = promql_names_and_labels(expr);
             assert!(!names.is_empty(), "{expr}: reads no metric signalcast exports");
             for name in &names {
-                let family = ["_bucket", "_sum", "_count"]
+                let family = ["_bucket", "_sum", "_count", "_total"]
                     .iter()
                     .find_map(|s| name.strip_suffix(s).filter(|f| families.contains(f)))
                     .unwrap_or(name);

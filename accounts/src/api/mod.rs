@@ -268,31 +268,79 @@ async fn metrics(State(app): State<Shared>) -> Response {
     let c = &app.counters;
     let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let status = app.pool.status();
-    let body = format!(
-        "# TYPE signalcast_accounts_logins_total counter\n\
-         signalcast_accounts_logins_total{{result=\"ok\"}} {}\n\
-         signalcast_accounts_logins_total{{result=\"refused\"}} {}\n\
-         # TYPE signalcast_accounts_refreshes_total counter\n\
-         signalcast_accounts_refreshes_total{{result=\"ok\"}} {}\n\
-         signalcast_accounts_refreshes_total{{result=\"refused\"}} {}\n\
-         # TYPE signalcast_accounts_refresh_reuse_total counter\n\
-         signalcast_accounts_refresh_reuse_total {}\n\
-         # TYPE signalcast_accounts_change_streams_total counter\n\
-         signalcast_accounts_change_streams_total {}\n\
-         # TYPE signalcast_accounts_change_position gauge\n\
-         signalcast_accounts_change_position {}\n\
-         # TYPE signalcast_accounts_db_connections gauge\n\
-         signalcast_accounts_db_connections{{state=\"open\"}} {}\n\
-         signalcast_accounts_db_connections{{state=\"idle\"}} {}\n",
-        get(&c.logins),
-        get(&c.login_failures),
-        get(&c.refreshes),
-        get(&c.refresh_failures),
-        get(&c.reuse_detected),
-        get(&c.feed_streams),
-        *app.head.borrow(),
-        status.size,
-        status.available,
-    );
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+    let now = Snapshot {
+        logins: [get(&c.logins), get(&c.login_failures)],
+        refreshes: [get(&c.refreshes), get(&c.refresh_failures)],
+        reuse: get(&c.reuse_detected),
+        streams: get(&c.feed_streams),
+        position: *app.head.borrow(),
+        db: [status.size as i64, status.available as i64],
+    };
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register_collector(Box::new(now));
+    let mut body = String::with_capacity(2048);
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut body, &registry) {
+        tracing::error!(error = %e, "metrics encoding failed");
+    }
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
+        .into_response()
+}
+
+/// The counters at one scrape, encoded by `prometheus-client`.
+#[derive(Debug)]
+struct Snapshot {
+    /// ok, refused
+    logins: [u64; 2],
+    refreshes: [u64; 2],
+    reuse: u64,
+    streams: u64,
+    position: i64,
+    /// open, idle
+    db: [i64; 2],
+}
+
+impl prometheus_client::collector::Collector for Snapshot {
+    fn encode(
+        &self,
+        mut enc: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::MetricType;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        for (name, help, [ok, refused]) in [
+            ("signalcast_accounts_logins", "Logins, by result.", self.logins),
+            ("signalcast_accounts_refreshes", "Refresh-token exchanges, by result.", self.refreshes),
+        ] {
+            let mut f = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(ok).encode(f.encode_family(&[("result", "ok")])?)?;
+            ConstCounter::new(refused).encode(f.encode_family(&[("result", "refused")])?)?;
+        }
+        for (name, help, v) in [
+            (
+                "signalcast_accounts_refresh_reuse",
+                "Refresh tokens presented twice (the family is revoked).",
+                self.reuse,
+            ),
+            ("signalcast_accounts_change_streams", "Change-feed streams opened by gateways.", self.streams),
+        ] {
+            let m = ConstCounter::new(v);
+            m.encode(enc.encode_descriptor(name, help, None, m.metric_type())?)?;
+        }
+        let m = ConstGauge::new(self.position);
+        m.encode(enc.encode_descriptor(
+            "signalcast_accounts_change_position",
+            "Position of the latest change in the feed.",
+            None,
+            m.metric_type(),
+        )?)?;
+        let mut f = enc.encode_descriptor(
+            "signalcast_accounts_db_connections",
+            "Database pool connections, by state.",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(self.db[0]).encode(f.encode_family(&[("state", "open")])?)?;
+        ConstGauge::new(self.db[1]).encode(f.encode_family(&[("state", "idle")])?)
+    }
 }
