@@ -18,7 +18,7 @@ use engine::channels::History;
 use engine::model::UnixNanos;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use super::core::{Clock, ConnId, Core, IOVECS, Received, Sources};
+use super::core::{Clock, ConnId, Core, IOVECS, Received, SLOTS_RESERVED, Sources};
 use super::{Attach, Cmd};
 use crate::admission::Admitted;
 use crate::conn::Io;
@@ -75,7 +75,7 @@ impl Shard {
             cmds,
             me,
             history,
-            socks: Vec::new(),
+            socks: Vec::with_capacity(SLOTS_RESERVED),
             again: Vec::new(),
             scratch: vec![0; 16 * 1024].into_boxed_slice(),
         })
