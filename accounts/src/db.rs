@@ -40,13 +40,19 @@ pub fn checksum(sql: &str) -> String {
 }
 
 /// A pool of `size` connections to `url` (a libpq-style URL or key=value string).
-pub fn pool(url: &str, size: usize) -> Result<Pool, DbError> {
+/// A pool of `size` connections; a request waits at most `wait` for one (then the
+/// API answers 503), so that a burst cannot queue requests without bound.
+pub fn pool(url: &str, size: usize, wait: std::time::Duration) -> Result<Pool, DbError> {
     let config: tokio_postgres::Config = url.parse().map_err(DbError::Url)?;
     // Fast recycling: pooled connections never LISTEN (the change feed has its own
     // connection) and hold no session state worth resetting.
     let manager =
         Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
-    Ok(Pool::builder(manager).max_size(size).build()?)
+    Ok(Pool::builder(manager)
+        .max_size(size)
+        .wait_timeout(Some(wait))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()?)
 }
 
 /// Applies the migrations that are not applied yet; returns how many were.

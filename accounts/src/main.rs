@@ -49,6 +49,10 @@ struct ServeArgs {
     /// Access token lifetime, seconds.
     #[arg(long, default_value_t = 900)]
     access_ttl_secs: u64,
+    /// Password verifications at once (each takes 19 MiB for tens of milliseconds);
+    /// more concurrent logins are answered 429 with Retry-After. 0 = one per core.
+    #[arg(long, env = "SIGNALCAST_ACCOUNTS_LOGIN_PERMITS", default_value_t = 0)]
+    login_permits: usize,
 }
 
 #[derive(Subcommand)]
@@ -104,13 +108,13 @@ async fn main() -> anyhow::Result<()> {
         Some(Cmd::Serve(args)) => serve(cli.database_url, args).await?,
         None => serve(cli.database_url, cli.serve).await?,
         Some(Cmd::Migrate) => {
-            let pool = accounts::db::pool(&cli.database_url, 2)?;
+            let pool = accounts::db::pool(&cli.database_url, 2, Duration::from_secs(30))?;
             let n = accounts::db::migrate(&pool).await?;
             tracing::info!(applied = n, "migrations done");
         }
         Some(Cmd::Seed { file, password }) => {
             let text = std::fs::read_to_string(&file).with_context(|| format!("read {}", file.display()))?;
-            let pool = accounts::db::pool(&cli.database_url, 2)?;
+            let pool = accounts::db::pool(&cli.database_url, 2, Duration::from_secs(30))?;
             accounts::db::migrate(&pool).await?;
             let n = accounts::seed::seed(&pool, &text, &password).await?;
             tracing::info!(users = n, file = %file.display(), "seeded");
@@ -146,6 +150,7 @@ async fn serve(database_url: String, args: ServeArgs) -> anyhow::Result<()> {
     let gateway_token = required(args.gateway_token, "--gateway-token", "SIGNALCAST_ACCOUNTS_GATEWAY_TOKEN")?;
     let mut config = accounts::Config::new(database_url, admin_token, gateway_token);
     config.access_ttl = Duration::from_secs(args.access_ttl_secs.max(1));
+    config.login.hashing_permits = args.login_permits;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("listen on {}", args.listen))?;

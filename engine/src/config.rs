@@ -99,8 +99,9 @@ mod millis {
 }
 
 /// Kafka: ingest from `raw-signals` / `market-data` and the scale-out roles
-/// (docs/deploy.md). Off unless `brokers` is set.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+/// (docs/deploy.md). Off unless `brokers` is set. `Debug` hides the values of client
+/// properties that hold secrets (`sasl.password`, `ssl.key.password`, …).
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct KafkaConfig {
     /// `bootstrap.servers`, e.g. `127.0.0.1:9092`; empty = no Kafka.
@@ -154,6 +155,36 @@ impl Default for KafkaConfig {
     }
 }
 
+/// A librdkafka property whose value is a secret: written as `<redacted>` by `Debug`.
+pub fn is_secret_property(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["password", "secret", "ssl.key.pem", "token", "sasl.jaas.config"].iter().any(|s| key.contains(s))
+}
+
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let client: std::collections::BTreeMap<&str, &str> = self
+            .client
+            .iter()
+            .map(|(k, v)| (k.as_str(), if is_secret_property(k) { "<redacted>" } else { v.as_str() }))
+            .collect();
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("group_id", &self.group_id)
+            .field("raw_signals_topic", &self.raw_signals_topic)
+            .field("market_data_topic", &self.market_data_topic)
+            .field("dlq_topic", &self.dlq_topic)
+            .field("signals_topic_prefix", &self.signals_topic_prefix)
+            .field("session_timeout", &self.session_timeout)
+            .field("commit_interval", &self.commit_interval)
+            .field("fetch_wait_max", &self.fetch_wait_max)
+            .field("partitions", &self.partitions)
+            .field("history_max_messages", &self.history_max_messages)
+            .field("client", &client)
+            .finish()
+    }
+}
+
 impl KafkaConfig {
     pub fn enabled(&self) -> bool {
         !self.brokers.trim().is_empty()
@@ -162,5 +193,28 @@ impl KafkaConfig {
     /// The topic of `signals_<tier>`.
     pub fn signals_topic(&self, tier: crate::model::Tier) -> String {
         format!("{}{}", self.signals_topic_prefix, tier.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kafka_debug_hides_secret_client_properties() {
+        let mut k = KafkaConfig { brokers: "kafka:9092".into(), ..KafkaConfig::default() };
+        for (key, value) in [
+            ("sasl.password", "hunter2-sasl"),
+            ("ssl.key.password", "hunter2-key"),
+            ("sasl.oauthbearer.client.secret", "hunter2-oauth"),
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.username", "signalcast"),
+        ] {
+            k.client.insert(key.into(), value.into());
+        }
+        let shown = format!("{k:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("SASL_SSL") && shown.contains("signalcast") && shown.contains("kafka:9092"));
+        assert_eq!(shown.matches("<redacted>").count(), 3, "{shown}");
     }
 }

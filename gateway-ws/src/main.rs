@@ -66,7 +66,7 @@ enum Command {
         #[arg(long, default_value = "model-alpha")]
         producer: String,
         /// API key (default: the dev key of --producer from fixtures/producers.toml).
-        #[arg(long, env = "SIGNALCAST_PRODUCER_KEY")]
+        #[arg(long, env = "SIGNALCAST_PRODUCER_KEY", hide_env_values = true)]
         key: Option<String>,
         /// JSON lines, each a signal or a tick (a line with `bid`, `ask` and `last`; the
         /// field names of docs/kafka.md); default: the embedded fixtures. Times are

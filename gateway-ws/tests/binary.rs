@@ -47,6 +47,24 @@ async fn the_embedded_default_serves_a_signal_within_10_s_and_drains_on_sigterm(
 }
 
 #[test]
+fn help_never_prints_a_secret_from_the_environment() {
+    let secrets = [
+        ("SIGNALCAST_PRODUCER_KEY", "hunter2-producer-key"),
+        ("SIGNALCAST_AUTH__ACCOUNTS_GATEWAY_TOKEN", "hunter2-gateway-token"),
+    ];
+    for args in [&["--help"][..], &["serve", "--help"], &["produce", "--help"], &["token", "--help"]] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_signalcast"))
+            .args(args)
+            .envs(secrets)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {text}");
+        assert!(!text.contains("hunter2"), "{args:?} printed a secret:\n{text}");
+    }
+}
+
+#[test]
 fn help_and_version_read_well() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_signalcast")).arg("--help").output().unwrap();
     let help = String::from_utf8(out.stdout).unwrap();

@@ -4,16 +4,19 @@
 //! retired token again means it was stolen or replayed, and the whole login (family)
 //! is revoked. Tokens are stored as SHA-256 only.
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::guard::Refused;
 use super::{ApiError, App, Shared, bearer};
 use crate::claims::{AUDIENCE, AccessClaims};
 use crate::entitlements::{self, Entitlements};
@@ -93,10 +96,29 @@ async fn issue(
 
 pub(crate) async fn login(
     State(app): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Json(req): Json<Login>,
 ) -> Result<Json<Value>, ApiError> {
-    let client = app.pool.get().await?;
-    let row = client
+    // Refused before any database or hashing work (api::guard).
+    let address = peer.ip();
+    let permit = app.guard.admit(address, &req.email, Instant::now()).map_err(|r| {
+        app.counters.login_failures.fetch_add(1, Ordering::Relaxed);
+        match r {
+            Refused::Busy => {
+                ApiError::too_many("busy", "too many logins at once; retry shortly", r.retry_after())
+            }
+            Refused::BackOff(_) => ApiError::too_many(
+                "too_many_attempts",
+                "too many failed logins; retry later",
+                r.retry_after(),
+            ),
+        }
+    })?;
+    // The connection goes back to the pool before the (slow) verification.
+    let row = app
+        .pool
+        .get()
+        .await?
         .query_opt(
             "SELECT id, password_hash, status FROM user_management.users WHERE email = $1",
             &[&req.email],
@@ -107,17 +129,24 @@ pub(crate) async fn login(
         None => (None, crate::password::decoy().to_owned(), String::new()),
     };
     let password = req.password;
-    let matches = tokio::task::spawn_blocking(move || crate::password::verify(&password, &stored))
-        .await
-        .unwrap_or(false);
+    let matches = tokio::task::spawn_blocking(move || {
+        let ok = crate::password::verify(&password, &stored);
+        drop(permit);
+        ok
+    })
+    .await
+    .unwrap_or(false);
     let Some(id) = id.filter(|_| matches) else {
+        app.guard.failed(address, &req.email, Instant::now());
         app.counters.login_failures.fetch_add(1, Ordering::Relaxed);
         return Err(invalid_credentials());
     };
+    app.guard.succeeded(&req.email);
     if status != "active" {
         app.counters.login_failures.fetch_add(1, Ordering::Relaxed);
         return Err(ApiError::new(StatusCode::FORBIDDEN, "suspended", "account suspended"));
     }
+    let client = app.pool.get().await?;
     let e = entitlements::of(&client, &id).await?.ok_or_else(invalid_credentials)?;
     let body = issue(&app, &client, &e, &random::<16>()?).await?;
     app.counters.logins.fetch_add(1, Ordering::Relaxed);

@@ -11,6 +11,9 @@
 mod admin;
 mod auth;
 mod feed;
+mod guard;
+
+pub use guard::LoginLimits;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -37,6 +40,9 @@ pub struct Config {
     pub gateway_token: String,
     pub access_ttl: Duration,
     pub refresh_ttl: Duration,
+    /// How long a request waits for a database connection before 503.
+    pub pool_wait: Duration,
+    pub login: LoginLimits,
 }
 
 impl std::fmt::Debug for Config {
@@ -45,6 +51,8 @@ impl std::fmt::Debug for Config {
             .field("pool_size", &self.pool_size)
             .field("access_ttl", &self.access_ttl)
             .field("refresh_ttl", &self.refresh_ttl)
+            .field("pool_wait", &self.pool_wait)
+            .field("login", &self.login)
             .finish_non_exhaustive()
     }
 }
@@ -62,6 +70,8 @@ impl Config {
             gateway_token: gateway_token.into(),
             access_ttl: Duration::from_secs(15 * 60),
             refresh_ttl: Duration::from_secs(30 * 24 * 3600),
+            pool_wait: Duration::from_secs(5),
+            login: LoginLimits::default(),
         }
     }
 }
@@ -74,6 +84,7 @@ struct Counters {
     refresh_failures: AtomicU64,
     reuse_detected: AtomicU64,
     feed_streams: AtomicU64,
+    jwks_requests: AtomicU64,
 }
 
 pub(crate) struct App {
@@ -82,6 +93,7 @@ pub(crate) struct App {
     config: Config,
     head: watch::Receiver<i64>,
     counters: Counters,
+    guard: guard::LoginGuard,
 }
 
 type Shared = Arc<App>;
@@ -92,11 +104,17 @@ pub(crate) struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// Seconds, for 429 and 503.
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self { status, code, message: message.into(), retry_after: None }
+    }
+
+    fn too_many(code: &'static str, message: impl Into<String>, retry_after: u64) -> Self {
+        Self { retry_after: Some(retry_after), ..Self::new(StatusCode::TOO_MANY_REQUESTS, code, message) }
     }
 
     fn bad_request(message: impl Into<String>) -> Self {
@@ -118,7 +136,12 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(json!({"error": self.code, "message": self.message}))).into_response()
+        let mut r =
+            (self.status, axum::Json(json!({"error": self.code, "message": self.message}))).into_response();
+        if let Some(s) = self.retry_after {
+            r.headers_mut().insert(header::RETRY_AFTER, s.into());
+        }
+        r
     }
 }
 
@@ -223,13 +246,17 @@ routes! {
 
 /// Connects, migrates, loads keys; returns the router.
 pub async fn app(config: Config) -> Result<Router, StartError> {
-    let pool = crate::db::pool(&config.database_url, config.pool_size)?;
+    let pool = crate::db::pool(&config.database_url, config.pool_size, config.pool_wait)?;
     crate::db::migrate(&pool).await?;
     let keys = keys::load(&pool).await?;
     let pg: tokio_postgres::Config =
         config.database_url.parse().map_err(|e| StartError::Db(crate::db::DbError::Url(e)))?;
     let head = crate::changes::follow(pg);
-    let app = Arc::new(App { pool, keys: RwLock::new(keys), config, head, counters: Counters::default() });
+    let guard = guard::LoginGuard::new(&config.login);
+    tracing::info!(permits = guard.permits(), "password verifications at once");
+    let app =
+        Arc::new(App { pool, keys: RwLock::new(keys), config, head, counters: Counters::default(), guard });
+    tokio::spawn(refresh_keys(Arc::downgrade(&app)));
     Ok(routes(Router::new()).fallback(|| async { ApiError::not_found("endpoint") }).with_state(app))
 }
 
@@ -240,20 +267,37 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let router = app(config).await?;
-    if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(shutdown).await {
+    // Client addresses, for the login throttle.
+    let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    if let Err(e) = axum::serve(listener, service).with_graceful_shutdown(shutdown).await {
         tracing::error!(error = %e, "accounts server failed");
     }
     Ok(())
 }
 
 async fn jwks(State(app): State<Shared>) -> Response {
-    // From the database, not memory: another sidecar may have rotated. This one then
-    // signs with the newest key too. If the database is down, the keys in memory serve.
-    if let Ok(keys) = keys::load(&app.pool).await {
-        *app.keys.write().await = keys;
-    }
+    app.counters.jwks_requests.fetch_add(1, Ordering::Relaxed);
+    // From memory: an unauthenticated endpoint must not cost a database read. The keys
+    // are reloaded when the change log moves (a rotation by any sidecar writes to it)
+    // and once a minute (`refresh_keys`).
     let jwks = app.keys.read().await.jwks().clone();
     ([(header::CACHE_CONTROL, "max-age=60")], axum::Json(jwks)).into_response()
+}
+
+/// Reloads the signing keys from the database whenever the change log moves, and once
+/// a minute; ends when the app is gone.
+async fn refresh_keys(app: std::sync::Weak<App>) {
+    let Some(mut head) = app.upgrade().map(|a| a.head.clone()) else { return };
+    loop {
+        if let Ok(Err(_)) = tokio::time::timeout(Duration::from_secs(60), head.changed()).await {
+            return; // the change feed is gone: so is the app
+        }
+        let Some(app) = app.upgrade() else { return };
+        match keys::load(&app.pool).await {
+            Ok(keys) => *app.keys.write().await = keys,
+            Err(e) => tracing::warn!(error = %e, "cannot reload signing keys; serving the ones in memory"),
+        }
+    }
 }
 
 async fn ready(State(app): State<Shared>) -> Response {
@@ -273,6 +317,7 @@ async fn metrics(State(app): State<Shared>) -> Response {
         refreshes: [get(&c.refreshes), get(&c.refresh_failures)],
         reuse: get(&c.reuse_detected),
         streams: get(&c.feed_streams),
+        jwks: get(&c.jwks_requests),
         position: *app.head.borrow(),
         db: [status.size as i64, status.available as i64],
     };
@@ -294,6 +339,7 @@ struct Snapshot {
     refreshes: [u64; 2],
     reuse: u64,
     streams: u64,
+    jwks: u64,
     position: i64,
     /// open, idle
     db: [i64; 2],
@@ -323,6 +369,7 @@ impl prometheus_client::collector::Collector for Snapshot {
                 self.reuse,
             ),
             ("signalcast_accounts_change_streams", "Change-feed streams opened by gateways.", self.streams),
+            ("signalcast_accounts_jwks_requests", "JWKS documents served.", self.jwks),
         ] {
             let m = ConstCounter::new(v);
             m.encode(enc.encode_descriptor(name, help, None, m.metric_type())?)?;

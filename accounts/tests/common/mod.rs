@@ -29,9 +29,15 @@ impl Sidecar {
     }
 
     pub fn start_on(db: &Postgres, port: u16) -> Self {
+        Self::start_with(db, port, &[])
+    }
+
+    /// [`start_on`](Self::start_on) with more `serve` arguments.
+    pub fn start_with(db: &Postgres, port: u16, args: &[&str]) -> Self {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_signalcast-accounts"))
             .args(["serve", "--listen", &addr.to_string(), "--access-ttl-secs", "900"])
+            .args(args)
             .env("SIGNALCAST_ACCOUNTS_DATABASE_URL", db.url())
             .env("SIGNALCAST_ACCOUNTS_ADMIN_TOKEN", ADMIN)
             .env("SIGNALCAST_ACCOUNTS_GATEWAY_TOKEN", GATEWAY)
@@ -46,6 +52,13 @@ impl Sidecar {
             std::thread::sleep(Duration::from_millis(50));
         }
         s
+    }
+
+    /// The sidecar's resident memory now, bytes.
+    pub fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
     }
 
     pub fn kill(&mut self) {

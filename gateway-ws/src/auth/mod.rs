@@ -12,7 +12,7 @@ mod sidecar;
 
 pub use accounts::{Account, Accounts, AccountsError};
 pub use dev::DevAuth;
-pub use sidecar::{AccountsState, Entitlements, OnChange, SidecarAuth, SidecarError};
+pub use sidecar::{AccountsState, Entitlements, KID_MISS_EVERY, OnChange, SidecarAuth, SidecarError};
 
 use engine::model::{CategoryMask, Tier};
 

@@ -29,6 +29,9 @@ pub use contract::Entitlements;
 /// Where changes go (the hub).
 pub type OnChange = Arc<dyn Fn(&Entitlements) + Send + Sync>;
 
+/// The fastest the JWKS is fetched again because a token named an unknown key.
+pub const KID_MISS_EVERY: Duration = Duration::from_secs(5);
+
 pub struct SidecarAuth {
     /// host:port of the sidecar.
     addr: String,
@@ -36,7 +39,11 @@ pub struct SidecarAuth {
     keys: RwLock<HashMap<String, DecodingKey>>,
     suspended: RwLock<HashSet<String>>,
     validation: Validation,
-    refetch: Notify,
+    /// A rotation was announced: fetch the JWKS now.
+    rotated: Notify,
+    /// A token named a key we do not know: fetch the JWKS, at most once per
+    /// [`KID_MISS_EVERY`] (unauthenticated clients can send such tokens at will).
+    kid_miss: Notify,
     feed_up: AtomicBool,
     /// The change feed was up at least once (so the keys and the snapshot are in).
     was_up: AtomicBool,
@@ -78,7 +85,8 @@ impl SidecarAuth {
             keys: RwLock::new(HashMap::new()),
             suspended: RwLock::new(HashSet::new()),
             validation,
-            refetch: Notify::new(),
+            rotated: Notify::new(),
+            kid_miss: Notify::new(),
             feed_up: AtomicBool::new(false),
             was_up: AtomicBool::new(false),
             producers: RwLock::new(HashMap::new()),
@@ -126,12 +134,17 @@ impl SidecarAuth {
                     tracing::warn!(error = %e, "cannot fetch the accounts JWKS; keeping the keys we have")
                 }
             }
+            let fetched = tokio::time::Instant::now();
             let wait = if self.read_keys().is_empty() {
                 Duration::from_millis(500)
             } else {
                 Duration::from_secs(60)
             };
-            let _ = tokio::time::timeout(wait, self.refetch.notified()).await;
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = self.rotated.notified() => {}
+                () = self.kid_miss.notified() => tokio::time::sleep_until(fetched + KID_MISS_EVERY).await,
+            }
         }
     }
 
@@ -192,7 +205,7 @@ impl SidecarAuth {
                     write(&self.producers).insert(producer_id, keys);
                     self.revision.send_modify(|r| *r += 1);
                 }
-                Change::Keys => self.refetch.notify_one(),
+                Change::Keys => self.rotated.notify_one(),
             }
         })
         .await
@@ -256,8 +269,9 @@ impl Authenticator for SidecarAuth {
         let claims = {
             let keys = self.read_keys();
             let Some(key) = keys.get(&kid) else {
-                // Maybe a rotation: look again soon (this token is refused now).
-                self.refetch.notify_one();
+                // Maybe a rotation we have not heard of: look again soon (this token
+                // is refused now).
+                self.kid_miss.notify_one();
                 return Err(AuthError::Invalid("unknown signing key".into()));
             };
             jsonwebtoken::decode::<Claims>(token, key, &self.validation)
