@@ -25,7 +25,8 @@ static MEMORY: std::sync::Mutex<Vec<Vec<argon2::Block>>> = std::sync::Mutex::new
 /// than [`MAX_MEMORY_KIB`], is a mismatch.
 pub fn verify(password: &str, phc: &str) -> bool {
     let Ok(h) = PasswordHash::new(phc) else { return false };
-    let (Ok(params), Ok(algorithm)) = (argon2::Params::try_from(&h), argon2::Algorithm::try_from(h.algorithm))
+    let (Ok(params), Ok(algorithm)) =
+        (argon2::Params::try_from(&h), argon2::Algorithm::try_from(h.algorithm))
     else {
         return false;
     };
@@ -48,7 +49,8 @@ pub fn verify(password: &str, phc: &str) -> bool {
     }
     let mut out = vec![0u8; expected.len()];
     let argon = Argon2::new(algorithm, version, params);
-    let hashed = argon.hash_password_into_with_memory(password.as_bytes(), salt, &mut out, &mut memory[..blocks]);
+    let hashed =
+        argon.hash_password_into_with_memory(password.as_bytes(), salt, &mut out, &mut memory[..blocks]);
     lock().push(memory);
     // `Output`'s equality is constant-time.
     hashed.is_ok() && argon2::password_hash::Output::new(&out).is_ok_and(|o| o == expected)
@@ -83,7 +85,8 @@ mod tests {
         let salt = argon2::password_hash::SaltString::from_b64("c2FsdHNhbHRzYWx0").unwrap();
         let params = argon2::Params::new(32 * 1024, 3, 1, None).unwrap();
         let other = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
-        let h2 = argon2::password_hash::PasswordHasher::hash_password(&other, b"pw", &salt).unwrap().to_string();
+        let h2 =
+            argon2::password_hash::PasswordHasher::hash_password(&other, b"pw", &salt).unwrap().to_string();
         assert!(super::verify("pw", &h2) && !super::verify("pW", &h2));
         // A stored hash asking for 1 GiB is refused, not computed.
         let greedy = h2.replace("m=32768", "m=1048576");

@@ -374,9 +374,11 @@ async fn a_login_flood_neither_delays_a_suspension_nor_blows_the_sidecars_memory
         "/v1/admin/plans",
         json!({"id": "premium", "name": "premium", "tier": "premium"}),
     );
-    for (id, email) in
-        [("u-target", "target@example.com"), ("u-busy0", "busy0@example.com"), ("u-busy1", "busy1@example.com")]
-    {
+    for (id, email) in [
+        ("u-target", "target@example.com"),
+        ("u-busy0", "busy0@example.com"),
+        ("u-busy1", "busy1@example.com"),
+    ] {
         let user = json!({"id": id, "email": email, "password": "pass-word-9", "plan": "premium"});
         assert_eq!(admin(&sidecar, "POST", "/v1/admin/users", user), 201);
     }
@@ -409,7 +411,8 @@ async fn a_login_flood_neither_delays_a_suspension_nor_blows_the_sidecars_memory
                     // The right password: the expensive path all the way, and no
                     // failure for the throttles to stop (their rules have unit tests),
                     // so the hashing bound alone holds the line for the whole 20 s.
-                    let body = json!({"email": format!("busy{}@example.com", k % 2), "password": "pass-word-9"});
+                    let body =
+                        json!({"email": format!("busy{}@example.com", k % 2), "password": "pass-word-9"});
                     let (status, _) = http(addr, "POST", "/v1/auth/login", None, Some(&body));
                     *statuses.lock().unwrap().entry(status).or_default() += 1;
                 }
