@@ -11,7 +11,11 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
 /// (version, name, SQL), in order.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "init", include_str!("../migrations/V1__init.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "init", include_str!("../migrations/V1__init.sql")),
+    (2, "admin_audit", include_str!("../migrations/V2__admin_audit.sql")),
+    (3, "sealed_keys", include_str!("../migrations/V3__sealed_keys.sql")),
+];
 
 /// An arbitrary constant: the advisory lock key of the migrator.
 const MIGRATION_LOCK: i64 = 0x5167_6e61_6c63;

@@ -11,6 +11,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{Value, json};
 
 use crate::claims::{AUDIENCE, AccessClaims};
+use crate::kek::{Kek, KekError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -24,6 +25,12 @@ pub enum KeyError {
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("signing: {0}")]
     Sign(#[from] jsonwebtoken::errors::Error),
+    #[error("signing key {0}: {1}")]
+    Sealed(String, KekError),
+    #[error("no such signing key in force: {0}")]
+    Unknown(String),
+    #[error("{0} is the only signing key in force; rotate first")]
+    Last(String),
 }
 
 /// The keys in force.
@@ -47,38 +54,85 @@ fn kid_of(public: &[u8]) -> String {
     crate::secret::hex(&crate::secret::sha256(public)[..8])
 }
 
-/// Makes a new key and stores it; it signs from now on.
-pub async fn rotate(pool: &deadpool_postgres::Pool) -> Result<String, KeyError> {
+/// Makes a new key and stores it, sealed with `kek`; it signs from now on.
+pub async fn rotate(pool: &deadpool_postgres::Pool, kek: &Kek) -> Result<String, KeyError> {
     let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| KeyError::Generate)?;
     let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|_| KeyError::Generate)?;
     let public = pair.public_key().as_ref().to_vec();
     let kid = kid_of(&public);
+    let sealed = kek.seal(pkcs8.as_ref(), &kid).map_err(|e| KeyError::Sealed(kid.clone(), e))?;
     pool.get()
         .await?
         .execute(
-            "INSERT INTO auth.signing_keys (kid, pkcs8, public_key) VALUES ($1, $2, $3)",
-            &[&kid, &pkcs8.as_ref(), &public],
+            "INSERT INTO auth.signing_keys (kid, sealed, public_key) VALUES ($1, $2, $3)",
+            &[&kid, &sealed, &public],
         )
         .await?;
-    tracing::info!(%kid, "new signing key");
+    tracing::info!(%kid, kek = %kek.id(), "new signing key");
     Ok(kid)
 }
 
-/// Loads the keys in force, making the first one if there is none.
-pub async fn load(pool: &deadpool_postgres::Pool) -> Result<Keys, KeyError> {
-    let query = "SELECT kid, pkcs8, public_key FROM auth.signing_keys WHERE retired_at IS NULL
+/// Seals every private key still stored in clear (written before keys were sealed),
+/// retired ones included, and erases the clear copy; returns how many.
+pub async fn seal_cleartext(pool: &deadpool_postgres::Pool, kek: &Kek) -> Result<usize, KeyError> {
+    let client = pool.get().await?;
+    let rows = client.query("SELECT kid, pkcs8 FROM auth.signing_keys WHERE pkcs8 IS NOT NULL", &[]).await?;
+    for row in &rows {
+        let (kid, pkcs8): (String, Vec<u8>) = (row.get(0), row.get(1));
+        let sealed = kek.seal(&pkcs8, &kid).map_err(|e| KeyError::Sealed(kid.clone(), e))?;
+        client
+            .execute(
+                "UPDATE auth.signing_keys SET sealed = $2, pkcs8 = NULL WHERE kid = $1",
+                &[&kid, &sealed],
+            )
+            .await?;
+        tracing::info!(%kid, kek = %kek.id(), "signing key sealed at rest");
+    }
+    Ok(rows.len())
+}
+
+/// Retires `kid`: no longer published, so gateways stop accepting its tokens. The last
+/// key in force cannot be retired (rotate first).
+pub async fn retire(pool: &deadpool_postgres::Pool, kid: &str) -> Result<(), KeyError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let live: Vec<String> = tx
+        .query("SELECT kid FROM auth.signing_keys WHERE retired_at IS NULL FOR UPDATE", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if !live.iter().any(|k| k == kid) {
+        return Err(KeyError::Unknown(kid.to_owned()));
+    }
+    if live.len() == 1 {
+        return Err(KeyError::Last(kid.to_owned()));
+    }
+    tx.execute("UPDATE auth.signing_keys SET retired_at = now() WHERE kid = $1", &[&kid]).await?;
+    tx.commit().await?;
+    tracing::info!(%kid, "signing key retired");
+    Ok(())
+}
+
+/// Loads the keys in force (opening the signing one with `kek`), making the first one
+/// if there is none.
+pub async fn load(pool: &deadpool_postgres::Pool, kek: &Kek) -> Result<Keys, KeyError> {
+    let query = "SELECT kid, sealed, public_key FROM auth.signing_keys WHERE retired_at IS NULL
                  ORDER BY created_at DESC, kid";
     let mut rows = pool.get().await?.query(query, &[]).await?;
     if rows.is_empty() {
-        rotate(pool).await?;
+        rotate(pool, kek).await?;
         rows = pool.get().await?.query(query, &[]).await?;
     }
     let mut signing = None;
     let mut verifying = HashMap::new();
     let mut published = Vec::new();
     for row in rows {
-        let (kid, pkcs8, public): (String, Vec<u8>, Vec<u8>) = (row.get(0), row.get(1), row.get(2));
+        let (kid, sealed, public): (String, Option<Vec<u8>>, Vec<u8>) = (row.get(0), row.get(1), row.get(2));
         if signing.is_none() {
+            let sealed = sealed.ok_or_else(|| KeyError::Stored(kid.clone()))?;
+            let pkcs8 = kek.open(&sealed, &kid).map_err(|e| KeyError::Sealed(kid.clone(), e))?;
+            Ed25519KeyPair::from_pkcs8(&pkcs8).map_err(|_| KeyError::Stored(kid.clone()))?;
             signing = Some((kid.clone(), EncodingKey::from_ed_der(&pkcs8)));
         }
         verifying.insert(kid.clone(), DecodingKey::from_ed_der(&public));

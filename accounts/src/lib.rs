@@ -17,6 +17,7 @@ pub mod changes;
 pub mod claims;
 pub mod db;
 pub mod entitlements;
+pub mod kek;
 pub mod keys;
 pub mod password;
 pub mod secret;

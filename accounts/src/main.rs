@@ -37,8 +37,13 @@ struct Cli {
 
 #[derive(Args, Clone)]
 struct ServeArgs {
+    /// The public API: logins, JWKS, the gateways' change feed, health, metrics.
     #[arg(long, env = "SIGNALCAST_ACCOUNTS_LISTEN", default_value = "127.0.0.1:8081")]
     listen: String,
+    /// The admin API (users, plans, keys), on its own listener: keep it on loopback or
+    /// a private network.
+    #[arg(long, env = "SIGNALCAST_ACCOUNTS_ADMIN_LISTEN", default_value = "127.0.0.1:8082")]
+    admin_listen: String,
     /// Bearer token of the admin endpoints (required, at least 16 characters).
     #[arg(long, env = "SIGNALCAST_ACCOUNTS_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
@@ -53,6 +58,23 @@ struct ServeArgs {
     /// more concurrent logins are answered 429 with Retry-After. 0 = one per core.
     #[arg(long, env = "SIGNALCAST_ACCOUNTS_LOGIN_PERMITS", default_value_t = 0)]
     login_permits: usize,
+    /// The key-encryption key that seals the signing keys at rest: a file holding a
+    /// secret of 32+ bytes (e.g. a mounted Kubernetes Secret). This or --kek is required.
+    #[arg(long, env = "SIGNALCAST_ACCOUNTS_KEK_FILE")]
+    kek_file: Option<PathBuf>,
+    /// The key-encryption key itself, 32+ bytes (prefer the variable or --kek-file: a
+    /// command line is visible to other users of the host).
+    #[arg(long, env = "SIGNALCAST_ACCOUNTS_KEK", hide_env_values = true)]
+    kek: Option<String>,
+    /// Connections at once per listener; past it, a new connection is closed at once.
+    #[arg(long, default_value_t = 1_024)]
+    max_connections: usize,
+    /// Time allowed for a request's head (request line and headers), milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    header_timeout_ms: u64,
+    /// Time allowed for a handler's answer, milliseconds (503 `timeout` past it).
+    #[arg(long, default_value_t = 30_000)]
+    request_timeout_ms: u64,
 }
 
 #[derive(Subcommand)]
@@ -72,8 +94,8 @@ enum Cmd {
     /// Create the first plan, user and producer key of a deployment through a running
     /// sidecar's admin API; prints the password and key (shown once).
     Bootstrap {
-        /// The running sidecar.
-        #[arg(long, env = "SIGNALCAST_ACCOUNTS_URL", default_value = "http://127.0.0.1:8081")]
+        /// The running sidecar's admin API (its `--admin-listen`).
+        #[arg(long, env = "SIGNALCAST_ACCOUNTS_ADMIN_URL", default_value = "http://127.0.0.1:8082")]
         url: String,
         /// The admin token the sidecar was started with.
         #[arg(long, env = "SIGNALCAST_ACCOUNTS_ADMIN_TOKEN", hide_env_values = true)]
@@ -148,14 +170,34 @@ async fn serve(database_url: String, args: ServeArgs) -> anyhow::Result<()> {
     };
     let admin_token = required(args.admin_token, "--admin-token", "SIGNALCAST_ACCOUNTS_ADMIN_TOKEN")?;
     let gateway_token = required(args.gateway_token, "--gateway-token", "SIGNALCAST_ACCOUNTS_GATEWAY_TOKEN")?;
-    let mut config = accounts::Config::new(database_url, admin_token, gateway_token);
+    let kek = match (&args.kek_file, &args.kek) {
+        (Some(path), _) => {
+            let secret = std::fs::read(path).with_context(|| format!("--kek-file {}", path.display()))?;
+            accounts::kek::Kek::from_secret(&secret)
+                .with_context(|| format!("--kek-file {}", path.display()))?
+        }
+        (None, Some(secret)) => {
+            accounts::kek::Kek::from_secret(secret.as_bytes()).context("--kek (SIGNALCAST_ACCOUNTS_KEK)")?
+        }
+        (None, None) => anyhow::bail!(
+            "a key-encryption key is required to seal the signing keys: --kek-file \
+             (SIGNALCAST_ACCOUNTS_KEK_FILE) or --kek (SIGNALCAST_ACCOUNTS_KEK), 32+ bytes"
+        ),
+    };
+    let mut config = accounts::Config::new(database_url, admin_token, gateway_token, kek);
     config.access_ttl = Duration::from_secs(args.access_ttl_secs.max(1));
     config.login.hashing_permits = args.login_permits;
+    config.http.max_connections = args.max_connections.max(1);
+    config.http.header_timeout = Duration::from_millis(args.header_timeout_ms.max(1));
+    config.http.request_timeout = Duration::from_millis(args.request_timeout_ms.max(1));
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("listen on {}", args.listen))?;
-    tracing::info!(addr = %listener.local_addr()?, "signalcast-accounts serving");
-    accounts::run(listener, config, shutdown()).await?;
+    let admin = tokio::net::TcpListener::bind(&args.admin_listen)
+        .await
+        .with_context(|| format!("listen on {} (admin)", args.admin_listen))?;
+    tracing::info!(addr = %listener.local_addr()?, admin = %admin.local_addr()?, "signalcast-accounts serving");
+    accounts::run(listener, admin, config, shutdown()).await?;
     Ok(())
 }
 

@@ -11,7 +11,7 @@ use common::*;
 use serde_json::{Value, json};
 
 fn admin(s: &Sidecar, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    http(s.addr, method, path, Some(ADMIN), body.as_ref())
+    http(s.admin_addr, method, path, Some(ADMIN), body.as_ref())
 }
 
 fn setup_plans(s: &Sidecar) {
@@ -172,9 +172,11 @@ fn injection_attempts_are_data_and_nobody_reads_anyone_else() {
     );
     assert_eq!(st, 404);
     // Admin and gateway endpoints refuse without their tokens (and with each other's).
-    assert_eq!(http(s.addr, "GET", "/v1/admin/users/x", None, None).0, 401);
-    assert_eq!(http(s.addr, "GET", "/v1/admin/users/x", Some(GATEWAY), None).0, 401);
+    assert_eq!(http(s.admin_addr, "GET", "/v1/admin/users/x", None, None).0, 401);
+    assert_eq!(http(s.admin_addr, "GET", "/v1/admin/users/x", Some(GATEWAY), None).0, 401);
     assert_eq!(http(s.addr, "GET", "/v1/gateway/snapshot", Some(ADMIN), None).0, 401);
+    // The admin API is not on the public listener at all, token or not.
+    assert_eq!(http(s.addr, "GET", "/v1/admin/users/x", Some(ADMIN), None).0, 404);
     // The table is still there.
     let first = format!("/v1/admin/users/{}", urlencode(&format!("{}0", evil[0])));
     assert_eq!(admin(&s, "GET", &first, None).0, 200);

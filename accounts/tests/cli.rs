@@ -9,6 +9,7 @@ fn help_never_prints_the_database_password_or_the_tokens_from_the_environment() 
         ("SIGNALCAST_ACCOUNTS_DATABASE_URL", "postgres://signalcast:hunter2-db@db.internal:5432/signalcast"),
         ("SIGNALCAST_ACCOUNTS_ADMIN_TOKEN", "hunter2-admin-token-0123456789"),
         ("SIGNALCAST_ACCOUNTS_GATEWAY_TOKEN", "hunter2-gateway-token-0123456789"),
+        ("SIGNALCAST_ACCOUNTS_KEK", "hunter2-key-encryption-key-0123456789"),
     ];
     for args in [
         &["--help"][..],

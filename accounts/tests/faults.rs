@@ -35,7 +35,7 @@ async fn the_sidecar_and_postgres_dying_cost_connected_clients_nothing() {
     let mut sidecar = Sidecar::start_on(&db, port);
     for tier in ["premium", "enterprise"] {
         http(
-            sidecar.addr,
+            sidecar.admin_addr,
             "POST",
             "/v1/admin/plans",
             Some(ADMIN),
@@ -46,7 +46,7 @@ async fn the_sidecar_and_postgres_dying_cost_connected_clients_nothing() {
     for (id, plan, _) in users {
         let user =
             json!({"id": id, "email": format!("{id}@example.com"), "password": "pass-word-9", "plan": plan});
-        assert_eq!(http(sidecar.addr, "POST", "/v1/admin/users", Some(ADMIN), Some(&user)).0, 201);
+        assert_eq!(http(sidecar.admin_addr, "POST", "/v1/admin/users", Some(ADMIN), Some(&user)).0, 201);
     }
 
     let mut config = gateway::Config::default();
@@ -76,7 +76,7 @@ async fn the_sidecar_and_postgres_dying_cost_connected_clients_nothing() {
     // The dev producer key of the gateway's fixtures is not in use with the sidecar: a
     // key issued by it.
     let (st, key) = http(
-        sidecar.addr,
+        sidecar.admin_addr,
         "POST",
         "/v1/admin/producer-keys",
         Some(ADMIN),

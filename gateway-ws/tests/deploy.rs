@@ -360,6 +360,7 @@ fn the_grafana_dashboard_reads_only_metrics_and_labels_that_exist() {
                     assert!(has, "{expr}: {name} has no label {label}");
                 }
                 read.insert(family.to_owned());
+                read.insert(name.clone());
             }
         }
     }

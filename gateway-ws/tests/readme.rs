@@ -42,7 +42,7 @@ const SKIP_REASONS: &[&str] = &[
 const MAX_SKIPPED: usize = 7;
 
 /// The ports the pages' commands use as written.
-const PORTS: &[u16] = &[8080, 7000, 8081];
+const PORTS: &[u16] = &[8080, 7000, 8081, 8082];
 
 /// One fenced shell block of a page.
 #[derive(Debug, Clone)]
@@ -499,7 +499,7 @@ async fn accounts_page_runs_as_written() {
         (
             "cargo run --release -p signalcast-accounts\n",
             check(|out| async move {
-                assert!(out.contains("127.0.0.1:8081"), "{out}");
+                assert!(out.contains("127.0.0.1:8081") && out.contains("127.0.0.1:8082"), "{out}");
             }),
         ),
         (

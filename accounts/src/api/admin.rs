@@ -36,19 +36,25 @@ fn check_categories(c: &[String]) -> Result<(), ApiError> {
     }
 }
 
+impl NewUser {
+    pub(super) fn validate(&self) -> Result<(), ApiError> {
+        if self.password.len() < 8 {
+            return Err(ApiError::bad_request("password: at least 8 characters"));
+        }
+        self.categories.as_deref().map_or(Ok(()), check_categories)
+    }
+}
+
 pub(crate) async fn create_user(
     State(app): State<Shared>,
     headers: HeaderMap,
     Json(u): Json<NewUser>,
 ) -> Result<(StatusCode, Json<Entitlements>), ApiError> {
     admin(&app, &headers)?;
-    if u.password.len() < 8 {
-        return Err(ApiError::bad_request("password: at least 8 characters"));
-    }
+    u.validate()?;
     let categories = u
         .categories
         .unwrap_or_else(|| engine::model::Category::ALL.iter().map(|c| c.as_str().to_owned()).collect());
-    check_categories(&categories)?;
     let password = u.password;
     let hash = tokio::task::spawn_blocking(move || crate::password::hash(&password))
         .await
@@ -139,6 +145,12 @@ pub(crate) struct SignalSubscription {
     max_signals_per_day: Option<i32>,
 }
 
+impl SignalSubscription {
+    pub(super) fn validate(&self) -> Result<(), ApiError> {
+        check_categories(&self.categories)
+    }
+}
+
 pub(crate) async fn set_signal_subscription(
     State(app): State<Shared>,
     headers: HeaderMap,
@@ -146,7 +158,7 @@ pub(crate) async fn set_signal_subscription(
     Json(s): Json<SignalSubscription>,
 ) -> Result<Json<Entitlements>, ApiError> {
     admin(&app, &headers)?;
-    check_categories(&s.categories)?;
+    s.validate()?;
     let client = app.pool.get().await?;
     client
         .execute(
@@ -169,15 +181,22 @@ pub(crate) struct NewPlan {
     price_cents: i64,
 }
 
+impl NewPlan {
+    pub(super) fn validate(&self) -> Result<(), ApiError> {
+        match self.tier.parse::<engine::model::Tier>() {
+            Ok(_) => Ok(()),
+            Err(_) => Err(ApiError::bad_request(format!("unknown tier {:?}", self.tier))),
+        }
+    }
+}
+
 pub(crate) async fn create_plan(
     State(app): State<Shared>,
     headers: HeaderMap,
     Json(p): Json<NewPlan>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     admin(&app, &headers)?;
-    if p.tier.parse::<engine::model::Tier>().is_err() {
-        return Err(ApiError::bad_request(format!("unknown tier {:?}", p.tier)));
-    }
+    p.validate()?;
     app.pool
         .get()
         .await?
@@ -276,12 +295,27 @@ pub(crate) async fn rotate_signing_key(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     admin(&app, &headers)?;
-    crate::keys::rotate(&app.pool).await?;
-    let keys = crate::keys::load(&app.pool).await?;
+    crate::keys::rotate(&app.pool, &app.config.kek).await?;
+    let keys = crate::keys::load(&app.pool, &app.config.kek).await?;
     let kid = keys.kid().to_owned();
     *app.keys.write().await = keys;
     // Then (the JWKS served now has the key) tell gateways to fetch it, with a
     // change-log entry that is neither a user nor a producer.
     app.pool.get().await?.execute("SELECT auth.record_change(NULL, NULL)", &[]).await?;
     Ok(Json(json!({"kid": kid})))
+}
+
+/// Retires a signing key: it leaves the JWKS, and a change-log entry makes gateways
+/// fetch the JWKS at once, so tokens it signed stop opening connections within a
+/// second. The key that signs now cannot be retired while it is the only one.
+pub(crate) async fn retire_signing_key(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    Path(kid): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    admin(&app, &headers)?;
+    crate::keys::retire(&app.pool, &kid).await?;
+    *app.keys.write().await = crate::keys::load(&app.pool, &app.config.kek).await?;
+    app.pool.get().await?.execute("SELECT auth.record_change(NULL, NULL)", &[]).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

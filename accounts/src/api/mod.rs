@@ -9,11 +9,14 @@
 //! - here: state, errors, the JWKS, health and metrics.
 
 mod admin;
+mod audit;
 mod auth;
 mod feed;
 mod guard;
+mod serve;
 
 pub use guard::LoginLimits;
+pub use serve::HttpLimits;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -43,6 +46,9 @@ pub struct Config {
     /// How long a request waits for a database connection before 503.
     pub pool_wait: Duration,
     pub login: LoginLimits,
+    pub http: HttpLimits,
+    /// Seals the signing keys at rest (crate::kek).
+    pub kek: Arc<crate::kek::Kek>,
 }
 
 impl std::fmt::Debug for Config {
@@ -53,6 +59,8 @@ impl std::fmt::Debug for Config {
             .field("refresh_ttl", &self.refresh_ttl)
             .field("pool_wait", &self.pool_wait)
             .field("login", &self.login)
+            .field("http", &self.http)
+            .field("kek", &self.kek)
             .finish_non_exhaustive()
     }
 }
@@ -62,6 +70,7 @@ impl Config {
         database_url: impl Into<String>,
         admin_token: impl Into<String>,
         gateway_token: impl Into<String>,
+        kek: crate::kek::Kek,
     ) -> Self {
         Self {
             database_url: database_url.into(),
@@ -72,6 +81,8 @@ impl Config {
             refresh_ttl: Duration::from_secs(30 * 24 * 3600),
             pool_wait: Duration::from_secs(5),
             login: LoginLimits::default(),
+            http: HttpLimits::default(),
+            kek: Arc::new(kek),
         }
     }
 }
@@ -170,6 +181,11 @@ impl From<tokio_postgres::Error> for ApiError {
 
 impl From<crate::keys::KeyError> for ApiError {
     fn from(e: crate::keys::KeyError) -> Self {
+        match &e {
+            crate::keys::KeyError::Unknown(_) => return ApiError::not_found("signing key in force"),
+            crate::keys::KeyError::Last(_) => return ApiError::conflict(e.to_string()),
+            _ => {}
+        }
         tracing::error!(error = %e, "signing keys");
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "signing failed")
     }
@@ -209,17 +225,50 @@ pub enum StartError {
     Keys(#[from] crate::keys::KeyError),
 }
 
-/// The routes in one table: the router is built from it, and [`ROUTES`] (method, path)
-/// is what `tests/openapi.rs` holds against docs/openapi.yaml, both ways.
+/// The routes in one table: the routers are built from it, and [`ROUTES`] (method,
+/// path) is what `tests/openapi.rs` holds against docs/openapi.yaml, both ways. Paths
+/// under [`ADMIN`] are served on the admin listener only, the others on the public one.
 macro_rules! routes {
     ($($method:ident $path:literal => $handler:expr,)*) => {
         pub const ROUTES: &[(&str, &str)] = &[$((stringify!($method), $path)),*];
 
-        fn routes(router: Router<Arc<App>>) -> Router<Arc<App>> {
-            router $(.route($path, axum::routing::$method($handler)))*
+        fn routes(mut router: Router<Arc<App>>, admin: bool) -> Router<Arc<App>> {
+            $(
+                if $path.starts_with(ADMIN) == admin {
+                    router = router.route($path, axum::routing::$method($handler));
+                }
+            )*
+            router
         }
     };
 }
+
+/// Decodes `body` as the JSON body of the route `method path` (a path of [`ROUTES`])
+/// and checks it, exactly as that route's handler does before it touches the database;
+/// `Err` carries the status and message a client would get. Routes without a body
+/// accept anything. (The fuzz target `sidecar_bodies` drives this with any bytes.)
+pub fn decode_body(method: &str, path: &str, body: &[u8]) -> Result<(), (u16, String)> {
+    use axum::Json;
+    fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, (u16, String)> {
+        Json::<T>::from_bytes(body).map(|Json(t)| t).map_err(|e| (e.status().as_u16(), e.body_text()))
+    }
+    let checked = |r: Result<(), ApiError>| r.map_err(|e| (e.status.as_u16(), e.message));
+    match (method, path) {
+        ("post", "/v1/auth/login") => parse::<auth::Login>(body).map(drop),
+        ("post", "/v1/auth/refresh" | "/v1/auth/logout") => parse::<auth::RefreshToken>(body).map(drop),
+        ("post", "/v1/admin/users") => checked(parse::<admin::NewUser>(body)?.validate()),
+        ("put", "/v1/admin/users/{id}/signal-subscription") => {
+            checked(parse::<admin::SignalSubscription>(body)?.validate())
+        }
+        ("post", "/v1/admin/plans") => checked(parse::<admin::NewPlan>(body)?.validate()),
+        ("post", "/v1/admin/subscriptions") => parse::<admin::NewSubscription>(body).map(drop),
+        ("post", "/v1/admin/producer-keys") => parse::<admin::NewProducerKey>(body).map(drop),
+        _ => Ok(()),
+    }
+}
+
+/// The admin API's path prefix.
+pub const ADMIN: &str = "/v1/admin/";
 
 routes! {
     post "/v1/auth/login" => auth::login,
@@ -236,6 +285,7 @@ routes! {
     post "/v1/admin/producer-keys" => admin::issue_producer_key,
     delete "/v1/admin/producer-keys/{id}" => admin::revoke_producer_key,
     post "/v1/admin/signing-keys/rotate" => admin::rotate_signing_key,
+    post "/v1/admin/signing-keys/{kid}/retire" => admin::retire_signing_key,
     get "/v1/gateway/snapshot" => feed::snapshot,
     get "/v1/gateway/changes" => feed::changes,
     get "/.well-known/jwks.json" => jwks,
@@ -244,11 +294,23 @@ routes! {
     get "/metrics" => metrics,
 }
 
-/// Connects, migrates, loads keys; returns the router.
-pub async fn app(config: Config) -> Result<Router, StartError> {
+/// The public API (auth, JWKS, the gateways' feed, health, metrics) and the admin API,
+/// each served on its own listener.
+#[derive(Debug)]
+pub struct Routers {
+    pub public: Router,
+    pub admin: Router,
+}
+
+/// Connects, migrates, loads keys; returns the routers.
+pub async fn app(config: Config) -> Result<Routers, StartError> {
     let pool = crate::db::pool(&config.database_url, config.pool_size, config.pool_wait)?;
     crate::db::migrate(&pool).await?;
-    let keys = keys::load(&pool).await?;
+    let sealed = keys::seal_cleartext(&pool, &config.kek).await?;
+    if sealed > 0 {
+        tracing::info!(sealed, "signing keys stored in clear are now sealed");
+    }
+    let keys = keys::load(&pool, &config.kek).await?;
     let pg: tokio_postgres::Config =
         config.database_url.parse().map_err(|e| StartError::Db(crate::db::DbError::Url(e)))?;
     let head = crate::changes::follow(pg);
@@ -257,21 +319,39 @@ pub async fn app(config: Config) -> Result<Router, StartError> {
     let app =
         Arc::new(App { pool, keys: RwLock::new(keys), config, head, counters: Counters::default(), guard });
     tokio::spawn(refresh_keys(Arc::downgrade(&app)));
-    Ok(routes(Router::new()).fallback(|| async { ApiError::not_found("endpoint") }).with_state(app))
+    let http = app.config.http;
+    let common = |r: Router<Arc<App>>| {
+        r.fallback(|| async { ApiError::not_found("endpoint") })
+            .layer(axum::middleware::from_fn_with_state(http.request_timeout, serve::deadline))
+            .layer(axum::extract::DefaultBodyLimit::max(http.max_body))
+    };
+    let public = common(routes(Router::new(), false)).with_state(Arc::clone(&app));
+    // The admin token is checked, and the action recorded, around the handler: before
+    // any body is read or parsed.
+    let admin = common(
+        routes(Router::new(), true)
+            .route_layer(axum::middleware::from_fn_with_state(Arc::clone(&app), audit::admin_gate)),
+    )
+    .with_state(app);
+    Ok(Routers { public, admin })
 }
 
-/// Serves until `shutdown` resolves.
+/// Serves the public API on `listener` and the admin API on `admin` until `shutdown`
+/// resolves; then open connections get [`HttpLimits::shutdown_grace`] to finish.
 pub async fn run(
     listener: tokio::net::TcpListener,
+    admin: tokio::net::TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
-    let router = app(config).await?;
-    // Client addresses, for the login throttle.
-    let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    if let Err(e) = axum::serve(listener, service).with_graceful_shutdown(shutdown).await {
-        tracing::error!(error = %e, "accounts server failed");
-    }
+    let limits = config.http;
+    let routers = app(config).await?;
+    let (stop_tx, stop) = watch::channel(false);
+    let public = tokio::spawn(serve::serve(listener, routers.public, limits, stop.clone()));
+    let admin = tokio::spawn(serve::serve(admin, routers.admin, limits, stop));
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    let _ = tokio::join!(public, admin);
     Ok(())
 }
 
@@ -293,7 +373,7 @@ async fn refresh_keys(app: std::sync::Weak<App>) {
             return; // the change feed is gone: so is the app
         }
         let Some(app) = app.upgrade() else { return };
-        match keys::load(&app.pool).await {
+        match keys::load(&app.pool, &app.config.kek).await {
             Ok(keys) => *app.keys.write().await = keys,
             Err(e) => tracing::warn!(error = %e, "cannot reload signing keys; serving the ones in memory"),
         }
@@ -389,5 +469,46 @@ impl prometheus_client::collector::Collector for Snapshot {
         )?;
         ConstGauge::new(self.db[0]).encode(f.encode_family(&[("state", "open")])?)?;
         ConstGauge::new(self.db[1]).encode(f.encode_family(&[("state", "idle")])?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode_body;
+
+    #[test]
+    fn bodies_are_decoded_and_checked_as_their_handlers_do() {
+        let ok = |m, p, b: &str| assert_eq!(decode_body(m, p, b.as_bytes()), Ok(()), "{m} {p} {b}");
+        let refused = |m, p, b: &str| {
+            let (status, why) = decode_body(m, p, b.as_bytes()).unwrap_err();
+            assert!((400..500).contains(&status), "{m} {p} {b}: {status} {why}");
+            why
+        };
+        ok("post", "/v1/auth/login", r#"{"email":"a@b.c","password":"x"}"#);
+        refused("post", "/v1/auth/login", r#"{"email":"a@b.c"}"#);
+        refused("post", "/v1/auth/refresh", "not json");
+        ok("post", "/v1/admin/users", r#"{"id":"u","email":"e","password":"12345678"}"#);
+        let why = refused("post", "/v1/admin/users", r#"{"id":"u","email":"e","password":"1234567"}"#);
+        assert!(why.contains("8 characters"), "{why}");
+        let why = refused(
+            "post",
+            "/v1/admin/users",
+            r#"{"id":"u","email":"e","password":"12345678","categories":["gold"]}"#,
+        );
+        assert!(why.contains("gold"), "{why}");
+        refused(
+            "put",
+            "/v1/admin/users/{id}/signal-subscription",
+            r#"{"categories":["x"],"real_time_access":true}"#,
+        );
+        ok("post", "/v1/admin/plans", r#"{"id":"p","name":"P","tier":"basic"}"#);
+        refused("post", "/v1/admin/plans", r#"{"id":"p","name":"P","tier":"platinum"}"#);
+        ok("get", "/health/live", "anything at all");
+        // Every route that takes a body refuses an empty one.
+        for (m, p) in super::ROUTES {
+            if decode_body(m, p, b"{}").is_err() {
+                refused(m, p, "");
+            }
+        }
     }
 }

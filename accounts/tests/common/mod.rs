@@ -16,11 +16,15 @@ pub use pg::{Postgres, free_port};
 
 pub const ADMIN: &str = "admin-token-for-tests-0123456789";
 pub const GATEWAY: &str = "gateway-token-for-tests-0123456789";
+pub const KEK: &str = "key-encryption-key-for-the-tests-0123456789";
 
 /// The real sidecar binary on a free port.
 pub struct Sidecar {
     child: Child,
+    /// The public API.
     pub addr: SocketAddr,
+    /// The admin API (its own listener).
+    pub admin_addr: SocketAddr,
 }
 
 impl Sidecar {
@@ -35,17 +39,20 @@ impl Sidecar {
     /// [`start_on`](Self::start_on) with more `serve` arguments.
     pub fn start_with(db: &Postgres, port: u16, args: &[&str]) -> Self {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let admin_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_signalcast-accounts"))
             .args(["serve", "--listen", &addr.to_string(), "--access-ttl-secs", "900"])
+            .args(["--admin-listen", &admin_addr.to_string()])
             .args(args)
             .env("SIGNALCAST_ACCOUNTS_DATABASE_URL", db.url())
             .env("SIGNALCAST_ACCOUNTS_ADMIN_TOKEN", ADMIN)
             .env("SIGNALCAST_ACCOUNTS_GATEWAY_TOKEN", GATEWAY)
+            .env("SIGNALCAST_ACCOUNTS_KEK", KEK)
             .env("SIGNALCAST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
-        let s = Self { child, addr };
+        let s = Self { child, addr, admin_addr };
         let until = Instant::now() + Duration::from_secs(30);
         while http(s.addr, "GET", "/health/live", None, None).0 != 200 {
             assert!(Instant::now() < until, "sidecar did not start");
@@ -59,6 +66,19 @@ impl Sidecar {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
         let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
         line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+    }
+
+    /// SIGTERM, then how long the process took to exit (`None`: not within `wait`).
+    pub fn terminate(&mut self, wait: Duration) -> Option<Duration> {
+        let began = Instant::now();
+        Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        while began.elapsed() < wait {
+            if self.child.try_wait().unwrap().is_some() {
+                return Some(began.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     pub fn kill(&mut self) {
@@ -141,4 +161,21 @@ impl Events {
 
 pub fn repo_file(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
+}
+
+/// A gateway following `sidecar`, ready.
+pub async fn gateway_on(sidecar: &Sidecar) -> gateway::Running {
+    let mut config = gateway::Config::default();
+    config.demo.enabled = false;
+    config.auth.accounts_url = Some(format!("http://{}", sidecar.addr));
+    config.auth.accounts_gateway_token = GATEWAY.to_owned();
+    let http_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let feed_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gw = gateway::start_on(config, http_l, feed_l).await.unwrap();
+    let until_ready = Instant::now() + Duration::from_secs(10);
+    while http(gw.http_addr, "GET", "/health/ready", None, None).0 != 200 {
+        assert!(Instant::now() < until_ready, "gateway never followed the sidecar");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    gw
 }
