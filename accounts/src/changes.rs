@@ -9,11 +9,14 @@
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::{AsyncMessage, NoTls, Socket};
 
-/// Follows the log's head in the background; the receiver holds the highest position
-/// known (0 until the first read).
-pub fn follow(config: tokio_postgres::Config) -> watch::Receiver<i64> {
+use crate::db::DbTls;
+
+/// Follows the log's head in the background (over `tls`, as the pool does); the
+/// receiver holds the highest position known (0 until the first read).
+pub fn follow(config: tokio_postgres::Config, tls: DbTls) -> watch::Receiver<i64> {
     let (tx, rx) = watch::channel(0);
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(100);
@@ -21,7 +24,11 @@ pub fn follow(config: tokio_postgres::Config) -> watch::Receiver<i64> {
             // A connection the server closed cleanly is retried after the same pause as
             // a failed one: a server that keeps closing must not make this spin.
             let began = tokio::time::Instant::now();
-            if let Err(e) = listen(&config, &tx).await {
+            let listened = match &tls {
+                DbTls::Plain => listen(&config, NoTls, &tx).await,
+                DbTls::Verified(t) => listen(&config, t.clone(), &tx).await,
+            };
+            if let Err(e) = listened {
                 tracing::warn!(error = %e, "change feed listener lost PostgreSQL; retrying");
             }
             if began.elapsed() > Duration::from_secs(10) {
@@ -44,11 +51,16 @@ fn advance(tx: &watch::Sender<i64>, position: i64) {
     });
 }
 
-async fn listen(
+async fn listen<T>(
     config: &tokio_postgres::Config,
+    tls: T,
     tx: &watch::Sender<i64>,
-) -> Result<(), tokio_postgres::Error> {
-    let (client, mut conn) = config.connect(NoTls).await?;
+) -> Result<(), tokio_postgres::Error>
+where
+    T: MakeTlsConnect<Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, mut conn) = config.connect(tls).await?;
     let driver = async {
         while let Some(m) = std::future::poll_fn(|cx| conn.poll_message(cx)).await {
             if let AsyncMessage::Notification(n) = m?

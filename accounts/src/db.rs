@@ -9,6 +9,8 @@
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
+use tokio_postgres::config::SslMode;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// (version, name, SQL), in order.
 const MIGRATIONS: &[(i32, &str, &str)] = &[
@@ -30,6 +32,8 @@ pub enum DbError {
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("database pool: {0}")]
     Build(#[from] deadpool_postgres::BuildError),
+    #[error("database TLS: {0}")]
+    Tls(String),
     /// An applied migration's SQL is not what this binary carries: write a new one.
     #[error(
         "migration V{version}__{name} was applied with checksum {applied}, but this build carries {carried}: \
@@ -44,14 +48,57 @@ pub fn checksum(sql: &str) -> String {
 }
 
 /// A pool of `size` connections to `url` (a libpq-style URL or key=value string).
+/// How the sidecar reaches PostgreSQL: in clear, or over TLS with the server's
+/// certificate chain and name verified against a CA file (re-read when it changes).
+#[derive(Clone)]
+pub enum DbTls {
+    Plain,
+    Verified(MakeRustlsConnect),
+}
+
+impl std::fmt::Debug for DbTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Plain => "Plain",
+            Self::Verified(_) => "Verified",
+        })
+    }
+}
+
+impl DbTls {
+    /// TLS verified against `ca` when given, else plain.
+    pub fn from_ca(ca: Option<&std::path::Path>) -> Result<Self, DbError> {
+        match ca {
+            None => Ok(Self::Plain),
+            Some(path) => {
+                let config = ::tls::client_config(path).map_err(|e| DbError::Tls(e.to_string()))?;
+                Ok(Self::Verified(MakeRustlsConnect::new((*config).clone())))
+            }
+        }
+    }
+
+    /// The URL's settings, with TLS required when it is verified (whatever `sslmode`
+    /// the URL names: a CA file means the link must be encrypted).
+    pub fn config(&self, url: &str) -> Result<tokio_postgres::Config, DbError> {
+        let mut config: tokio_postgres::Config = url.parse().map_err(DbError::Url)?;
+        if let Self::Verified(_) = self {
+            config.ssl_mode(SslMode::Require);
+        }
+        Ok(config)
+    }
+}
+
 /// A pool of `size` connections; a request waits at most `wait` for one (then the
 /// API answers 503), so that a burst cannot queue requests without bound.
-pub fn pool(url: &str, size: usize, wait: std::time::Duration) -> Result<Pool, DbError> {
-    let config: tokio_postgres::Config = url.parse().map_err(DbError::Url)?;
+pub fn pool(url: &str, size: usize, wait: std::time::Duration, tls: &DbTls) -> Result<Pool, DbError> {
+    let config = tls.config(url)?;
     // Fast recycling: pooled connections never LISTEN (the change feed has its own
     // connection) and hold no session state worth resetting.
-    let manager =
-        Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    let recycling = || ManagerConfig { recycling_method: RecyclingMethod::Fast };
+    let manager = match tls {
+        DbTls::Plain => Manager::from_config(config, NoTls, recycling()),
+        DbTls::Verified(t) => Manager::from_config(config, t.clone(), recycling()),
+    };
     Ok(Pool::builder(manager)
         .max_size(size)
         .wait_timeout(Some(wait))

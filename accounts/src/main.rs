@@ -28,6 +28,10 @@ struct Cli {
         default_value = "postgres://postgres@127.0.0.1:5432/postgres"
     )]
     database_url: String,
+    /// PostgreSQL over TLS: the CA that signed the server's certificate (PEM); the
+    /// chain and the URL's host are verified, and the file is re-read when it changes.
+    #[arg(long, env = "SIGNALCAST_ACCOUNTS_DATABASE_CA_FILE", global = true)]
+    database_ca_file: Option<PathBuf>,
     /// Without a command: `serve` with these options.
     #[command(flatten)]
     serve: ServeArgs,
@@ -75,6 +79,16 @@ struct ServeArgs {
     /// Time allowed for a handler's answer, milliseconds (503 `timeout` past it).
     #[arg(long, default_value_t = 30_000)]
     request_timeout_ms: u64,
+    /// HTTPS on both listeners: the certificate chain (PEM), re-read when it changes.
+    #[arg(long, env = "SIGNALCAST_ACCOUNTS_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "SIGNALCAST_ACCOUNTS_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// INSECURE: serve plain HTTP on a non-loopback address (tokens and keys cross the
+    /// network in clear). Only behind something that adds TLS, such as a service mesh.
+    #[arg(long, env = "SIGNALCAST_ACCOUNTS_INSECURE_PLAIN_HTTP")]
+    insecure_plain_http: bool,
 }
 
 #[derive(Subcommand)]
@@ -126,17 +140,18 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    let db_tls = accounts::db::DbTls::from_ca(cli.database_ca_file.as_deref())?;
     match cli.command {
-        Some(Cmd::Serve(args)) => serve(cli.database_url, args).await?,
-        None => serve(cli.database_url, cli.serve).await?,
+        Some(Cmd::Serve(args)) => serve(cli.database_url, cli.database_ca_file, args).await?,
+        None => serve(cli.database_url, cli.database_ca_file, cli.serve).await?,
         Some(Cmd::Migrate) => {
-            let pool = accounts::db::pool(&cli.database_url, 2, Duration::from_secs(30))?;
+            let pool = accounts::db::pool(&cli.database_url, 2, Duration::from_secs(30), &db_tls)?;
             let n = accounts::db::migrate(&pool).await?;
             tracing::info!(applied = n, "migrations done");
         }
         Some(Cmd::Seed { file, password }) => {
             let text = std::fs::read_to_string(&file).with_context(|| format!("read {}", file.display()))?;
-            let pool = accounts::db::pool(&cli.database_url, 2, Duration::from_secs(30))?;
+            let pool = accounts::db::pool(&cli.database_url, 2, Duration::from_secs(30), &db_tls)?;
             accounts::db::migrate(&pool).await?;
             let n = accounts::seed::seed(&pool, &text, &password).await?;
             tracing::info!(users = n, file = %file.display(), "seeded");
@@ -162,7 +177,11 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(database_url: String, args: ServeArgs) -> anyhow::Result<()> {
+async fn serve(
+    database_url: String,
+    database_ca_file: Option<PathBuf>,
+    args: ServeArgs,
+) -> anyhow::Result<()> {
     let required = |v: Option<String>, flag: &str, var: &str| -> anyhow::Result<String> {
         let v = v.with_context(|| format!("{flag} ({var}) is required"))?;
         anyhow::ensure!(v.len() >= 16, "{flag} ({var}): at least 16 characters");
@@ -196,6 +215,19 @@ async fn serve(database_url: String, args: ServeArgs) -> anyhow::Result<()> {
     let admin = tokio::net::TcpListener::bind(&args.admin_listen)
         .await
         .with_context(|| format!("listen on {} (admin)", args.admin_listen))?;
+    config.tls = args.tls_cert.zip(args.tls_key);
+    config.database_ca_file = database_ca_file;
+
+    if config.tls.is_none() && !args.insecure_plain_http {
+        for (what, l) in [("--listen", &listener), ("--admin-listen", &admin)] {
+            let addr = l.local_addr()?;
+            anyhow::ensure!(
+                addr.ip().is_loopback(),
+                "{what} {addr} is not loopback and there is no --tls-cert/--tls-key: tokens would cross \
+                 the network in clear (--insecure-plain-http if something else adds TLS)"
+            );
+        }
+    }
     tracing::info!(addr = %listener.local_addr()?, admin = %admin.local_addr()?, "signalcast-accounts serving");
     accounts::run(listener, admin, config, shutdown()).await?;
     Ok(())

@@ -272,7 +272,9 @@ fn an_applied_migration_that_was_edited_stops_the_start_with_its_version() {
     let db = Postgres::start();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let pool = accounts::db::pool(&db.url(), 2, std::time::Duration::from_secs(5)).unwrap();
+        let pool =
+            accounts::db::pool(&db.url(), 2, std::time::Duration::from_secs(5), &accounts::db::DbTls::Plain)
+                .unwrap();
         let v1 = "CREATE TABLE public.t1 (id INT)";
         let first = [(1, "first", v1)];
         assert_eq!(accounts::db::migrate_these(&pool, &first).await.unwrap(), 1);
@@ -286,7 +288,9 @@ fn an_applied_migration_that_was_edited_stops_the_start_with_its_version() {
         assert!(e.contains("V1__first") && e.contains("must not be edited"), "{e}");
         // The real migrations on a fresh database, twice.
         let db2 = Postgres::start();
-        let pool2 = accounts::db::pool(&db2.url(), 2, std::time::Duration::from_secs(5)).unwrap();
+        let pool2 =
+            accounts::db::pool(&db2.url(), 2, std::time::Duration::from_secs(5), &accounts::db::DbTls::Plain)
+                .unwrap();
         assert!(accounts::db::migrate(&pool2).await.unwrap() >= 1);
         assert_eq!(accounts::db::migrate(&pool2).await.unwrap(), 0);
     });

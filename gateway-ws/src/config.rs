@@ -116,11 +116,18 @@ pub struct AuthConfig {
     pub dev_secret: String,
     /// Lifetime of tokens minted by `signalcast token` and printed at start.
     pub token_ttl_secs: u64,
-    /// The accounts sidecar (`http://host:port`): EdDSA tokens checked against its
-    /// JWKS, live entitlements from its change feed. Unset: the embedded default.
+    /// The accounts sidecar (`https://host:port`, or `http://` on loopback): EdDSA
+    /// tokens checked against its JWKS, live entitlements from its change feed. Unset:
+    /// the embedded default.
     pub accounts_url: Option<String>,
     /// The bearer token the sidecar expects from gateways (its `--gateway-token`).
     pub accounts_gateway_token: String,
+    /// PEM file of the CA that signed the sidecar's certificate (https); re-read when
+    /// it changes.
+    pub accounts_ca_file: Option<std::path::PathBuf>,
+    /// INSECURE: allow `http://` to a sidecar that is not on loopback (only where
+    /// something else adds TLS, such as a service mesh).
+    pub accounts_insecure_plain_http: bool,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -175,6 +182,8 @@ impl std::fmt::Debug for AuthConfig {
             .field("token_ttl_secs", &self.token_ttl_secs)
             .field("accounts_url", &self.accounts_url)
             .field("accounts_gateway_token", &"<redacted>")
+            .field("accounts_ca_file", &self.accounts_ca_file)
+            .field("accounts_insecure_plain_http", &self.accounts_insecure_plain_http)
             .finish()
     }
 }
@@ -186,6 +195,8 @@ impl Default for AuthConfig {
             token_ttl_secs: 24 * 3600,
             accounts_url: None,
             accounts_gateway_token: String::new(),
+            accounts_ca_file: None,
+            accounts_insecure_plain_http: false,
         }
     }
 }
@@ -211,6 +222,10 @@ pub const NOT_SETTINGS: &[&str] = &[
     "SIGNALCAST_ACCOUNTS_LOGIN_PERMITS",
     "SIGNALCAST_ACCOUNTS_KEK",
     "SIGNALCAST_ACCOUNTS_KEK_FILE",
+    "SIGNALCAST_ACCOUNTS_DATABASE_CA_FILE",
+    "SIGNALCAST_ACCOUNTS_TLS_CERT",
+    "SIGNALCAST_ACCOUNTS_TLS_KEY",
+    "SIGNALCAST_ACCOUNTS_INSECURE_PLAIN_HTTP",
     "SIGNALCAST_ACCOUNTS_ADMIN_LISTEN",
     "SIGNALCAST_ACCOUNTS_ADMIN_URL",
     "SIGNALCAST_BIN",

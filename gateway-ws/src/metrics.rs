@@ -244,19 +244,14 @@ fn per_tier<M: EncodeMetric>(
     family(enc, name, help, "tier", Tier::ALL.map(|t| (t.to_string(), f(t))), kind)
 }
 
-/// A latency histogram's buckets as (upper bound in seconds, cumulative count), its
-/// sum in seconds and its count.
+/// A latency histogram's buckets as (upper bound in seconds, count in that bucket
+/// alone: the encoder accumulates them), its sum in seconds and its count.
 fn histogram_parts(h: &LatencyHistogram) -> (Vec<(f64, u64)>, f64, u64) {
     let (buckets, sum_us) = h.snapshot();
-    let mut cumulative = 0;
-    let buckets = buckets
-        .into_iter()
-        .map(|(le, n)| {
-            cumulative += n;
-            (le.map_or(f64::INFINITY, |us| us as f64 / 1e6), cumulative)
-        })
-        .collect();
-    (buckets, sum_us as f64 / 1e6, cumulative)
+    let count = buckets.iter().map(|(_, n)| n).sum();
+    // `f64::MAX` is how prometheus-client spells the `+Inf` bucket.
+    let buckets = buckets.into_iter().map(|(le, n)| (le.map_or(f64::MAX, |us| us as f64 / 1e6), n)).collect();
+    (buckets, sum_us as f64 / 1e6, count)
 }
 
 /// Histograms of one family, one series per (labels, histogram).
@@ -512,6 +507,35 @@ fn max_open_files(limits: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_once() {
+        let h = LatencyHistogram::default();
+        let mut local = LocalHistogram::default();
+        for us in [40, 40, 300, 2_000_000] {
+            local.record(us);
+        }
+        local.publish(&h);
+        let mut registry = Registry::default();
+        #[derive(Debug)]
+        struct One(LatencyHistogram);
+        impl Collector for One {
+            fn encode(&self, mut enc: DescriptorEncoder<'_>) -> Fmt {
+                histograms(&mut enc, "t_seconds", "test", &[(None, &self.0)])
+            }
+        }
+        registry.register_collector(Box::new(One(h)));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let bucket = |le: &str| {
+            let key = format!("t_seconds_bucket{{le=\"{le}\"}} ");
+            text.lines().find_map(|l| l.strip_prefix(&key)).map(str::to_owned)
+        };
+        assert_eq!(bucket("5e-5").or_else(|| bucket("0.00005")).as_deref(), Some("2"), "{text}");
+        assert_eq!(bucket("0.5").as_deref(), Some("3"), "{text}");
+        assert_eq!(bucket("+Inf").as_deref(), Some("4"), "{text}");
+        assert!(text.contains("t_seconds_count 4"), "{text}");
+    }
 
     #[test]
     fn procfs_lines_are_read_by_name_and_unit() {

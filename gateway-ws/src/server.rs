@@ -292,7 +292,13 @@ fn start_auth(
             hub.send(e);
         }
     });
-    let s = SidecarAuth::start(url, &config.auth.accounts_gateway_token, on_change)?;
+    let link = crate::auth::SidecarLink {
+        url,
+        gateway_token: &config.auth.accounts_gateway_token,
+        ca_file: config.auth.accounts_ca_file.as_deref(),
+        insecure_plain_http: config.auth.accounts_insecure_plain_http,
+    };
+    let s = SidecarAuth::start(link, on_change)?;
     Ok((Arc::clone(&s) as Arc<dyn Authenticator>, Some(s)))
 }
 

@@ -200,7 +200,7 @@ async fn delivery_latency_counts_live_deliveries_and_keeps_delays_apart() {
         Some(1.0)
     );
     assert_eq!(
-        sample(&m, "signalcast_deferred_delivery_latency_seconds_bucket{kind=\"delayed_view\",le=\"0.5\"}"),
+        sample(&m, "signalcast_deferred_delivery_latency_seconds_bucket{le=\"0.5\",kind=\"delayed_view\"}"),
         Some(0.0),
         "the delayed view waited its second"
     );

@@ -49,6 +49,11 @@ pub struct Config {
     pub http: HttpLimits,
     /// Seals the signing keys at rest (crate::kek).
     pub kek: Arc<crate::kek::Kek>,
+    /// HTTPS on both listeners: the certificate and key PEM files (re-read when they
+    /// change). `None`: plain HTTP, for loopback only (main.rs refuses otherwise).
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// PostgreSQL over TLS, its certificate verified against this CA file.
+    pub database_ca_file: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Config {
@@ -83,6 +88,8 @@ impl Config {
             login: LoginLimits::default(),
             http: HttpLimits::default(),
             kek: Arc::new(kek),
+            tls: None,
+            database_ca_file: None,
         }
     }
 }
@@ -223,6 +230,8 @@ pub enum StartError {
     Db(#[from] crate::db::DbError),
     #[error(transparent)]
     Keys(#[from] crate::keys::KeyError),
+    #[error(transparent)]
+    Tls(#[from] ::tls::TlsError),
 }
 
 /// The routes in one table: the routers are built from it, and [`ROUTES`] (method,
@@ -304,16 +313,15 @@ pub struct Routers {
 
 /// Connects, migrates, loads keys; returns the routers.
 pub async fn app(config: Config) -> Result<Routers, StartError> {
-    let pool = crate::db::pool(&config.database_url, config.pool_size, config.pool_wait)?;
+    let db_tls = crate::db::DbTls::from_ca(config.database_ca_file.as_deref())?;
+    let pool = crate::db::pool(&config.database_url, config.pool_size, config.pool_wait, &db_tls)?;
     crate::db::migrate(&pool).await?;
     let sealed = keys::seal_cleartext(&pool, &config.kek).await?;
     if sealed > 0 {
         tracing::info!(sealed, "signing keys stored in clear are now sealed");
     }
     let keys = keys::load(&pool, &config.kek).await?;
-    let pg: tokio_postgres::Config =
-        config.database_url.parse().map_err(|e| StartError::Db(crate::db::DbError::Url(e)))?;
-    let head = crate::changes::follow(pg);
+    let head = crate::changes::follow(db_tls.config(&config.database_url)?, db_tls);
     let guard = guard::LoginGuard::new(&config.login);
     tracing::info!(permits = guard.permits(), "password verifications at once");
     let app =
@@ -345,10 +353,34 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let limits = config.http;
+    let tls = match &config.tls {
+        Some((cert, key)) => Some(::tls::acceptor(cert, key)?),
+        None => None,
+    };
     let routers = app(config).await?;
     let (stop_tx, stop) = watch::channel(false);
-    let public = tokio::spawn(serve::serve(listener, routers.public, limits, stop.clone()));
-    let admin = tokio::spawn(serve::serve(admin, routers.admin, limits, stop));
+    let acceptor = tls.as_ref().map(|(a, _)| a.clone());
+    let public = tokio::spawn(serve::serve(listener, routers.public, limits, stop.clone(), acceptor.clone()));
+    let admin = tokio::spawn(serve::serve(admin, routers.admin, limits, stop.clone(), acceptor));
+    if let Some((_, cert)) = tls {
+        // A renewed certificate is served from the next handshake on.
+        let mut stop = stop;
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    _ = stop.changed() => return,
+                }
+                match cert.reload_if_changed() {
+                    Ok(true) => tracing::info!("TLS certificate reloaded"),
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "TLS certificate not reloaded; serving the previous one")
+                    }
+                }
+            }
+        });
+    }
     shutdown.await;
     let _ = stop_tx.send(true);
     let _ = tokio::join!(public, admin);

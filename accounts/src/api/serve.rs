@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
 use tower_service::Service;
 
 use super::ApiError;
@@ -62,19 +63,53 @@ pub(crate) async fn deadline(
     }
 }
 
+/// One HTTP/1.1 connection, until it ends or the server stops (then within the grace).
+async fn connection<IO>(
+    io: IO,
+    peer: SocketAddr,
+    router: Router,
+    limits: HttpLimits,
+    mut closing: watch::Receiver<bool>,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+        let mut router = router.clone();
+        async move { Ok::<_, Infallible>(router.call(req).await.unwrap_or_else(|e| match e {})) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        }
+        () = stopped(&mut closing) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(limits.shutdown_grace, conn.as_mut()).await;
+        }
+    }
+}
+
 /// Until `flag` turns true (or its sender is gone). The guard `wait_for` returns is not
 /// `Send`, so it is dropped here, not held across the caller's awaits.
 async fn stopped(flag: &mut watch::Receiver<bool>) {
     let _ = flag.wait_for(|s| *s).await;
 }
 
-/// Serves `router` on `listener` until `stop` turns true, then gives open connections
-/// `shutdown_grace` to finish.
+/// Serves `router` on `listener` (over TLS when `tls` is given) until `stop` turns
+/// true, then gives open connections `shutdown_grace` to finish.
 pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
     limits: HttpLimits,
     mut stop: watch::Receiver<bool>,
+    tls: Option<TlsAcceptor>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let (closing_tx, closing) = watch::channel(false);
@@ -95,29 +130,16 @@ pub(crate) async fn serve(
             tracing::debug!(%peer, "connection cap reached; closing a new connection");
             continue; // dropped: closed
         };
-        let router = router.clone();
-        let mut closing = closing.clone();
+        let (router, closing, tls) = (router.clone(), closing.clone(), tls.clone());
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-                req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
-                let mut router = router.clone();
-                async move { Ok::<_, Infallible>(router.call(req).await.unwrap_or_else(|e| match e {})) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_timeout)
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                }
-                () = stopped(&mut closing) => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(limits.shutdown_grace, conn.as_mut()).await;
-                }
+            match tls {
+                None => connection(stream, peer, router, limits, closing).await,
+                // The handshake counts against the same deadline as a request's head.
+                Some(tls) => match tokio::time::timeout(limits.header_timeout, tls.accept(stream)).await {
+                    Ok(Ok(stream)) => connection(stream, peer, router, limits, closing).await,
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                },
             }
             drop(slot);
         });

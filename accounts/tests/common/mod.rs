@@ -54,7 +54,16 @@ impl Sidecar {
             .unwrap();
         let s = Self { child, addr, admin_addr };
         let until = Instant::now() + Duration::from_secs(30);
-        while http(s.addr, "GET", "/health/live", None, None).0 != 200 {
+        let tls = args.contains(&"--tls-cert");
+        let live = |s: &Self| {
+            if tls {
+                // Over TLS the answer is checked by the test; here, the port answers.
+                TcpStream::connect(s.addr).is_ok() && TcpStream::connect(s.admin_addr).is_ok()
+            } else {
+                http(s.addr, "GET", "/health/live", None, None).0 == 200
+            }
+        };
+        while !live(&s) {
             assert!(Instant::now() < until, "sidecar did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -91,6 +100,81 @@ impl Drop for Sidecar {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A certificate for `localhost` (self-signed: it is its own CA), and its key, as PEM
+/// files in a fresh directory.
+pub struct TestCert {
+    pub dir: PathBuf,
+    pub pair: rcgen::CertifiedKey<rcgen::KeyPair>,
+}
+
+impl TestCert {
+    pub fn new(name: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("signalcast-{name}-{}-{}", std::process::id(), free_port()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+        let pair = rcgen::generate_simple_self_signed(names).unwrap();
+        std::fs::write(dir.join("cert.pem"), pair.cert.pem()).unwrap();
+        std::fs::write(dir.join("key.pem"), pair.signing_key.serialize_pem()).unwrap();
+        Self { dir, pair }
+    }
+
+    pub fn cert(&self) -> PathBuf {
+        self.dir.join("cert.pem")
+    }
+
+    pub fn key(&self) -> PathBuf {
+        self.dir.join("key.pem")
+    }
+}
+
+impl Drop for TestCert {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// [`http`] over TLS to `localhost:<port of addr>`, trusting only `ca`'s certificate;
+/// status 0 when the handshake (or anything else) fails.
+pub fn https(
+    addr: SocketAddr,
+    ca: &TestCert,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.pair.cert.der().clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let Ok(sock) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else { return (0, Value::Null) };
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let conn =
+        rustls::ClientConnection::new(std::sync::Arc::new(config), "localhost".try_into().unwrap()).unwrap();
+    let mut s = rustls::StreamOwned::new(conn, sock);
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let auth = bearer.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    if s.write_all(req.as_bytes()).is_err() {
+        return (0, Value::Null);
+    }
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out);
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
 }
 
 /// One HTTP/1.1 request (Connection: close); returns (status, JSON body or Null).

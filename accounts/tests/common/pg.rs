@@ -45,6 +45,16 @@ pub struct Postgres {
 
 impl Postgres {
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// A cluster that accepts TCP connections over TLS only (`ssl = on`, and `pg_hba`
+    /// refusing anything else), presenting `cert` with `key` (PEM).
+    pub fn start_tls(cert: &str, key: &str) -> Self {
+        Self::start_with(Some((cert, key)))
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> Self {
         let dir = std::env::temp_dir().join(format!("signalcast-pg-{}-{}", std::process::id(), free_port()));
         std::fs::create_dir_all(&dir).unwrap();
         if is_root() {
@@ -58,6 +68,28 @@ impl Postgres {
             .output()
             .unwrap();
         assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+        if let Some((cert, key)) = tls {
+            std::fs::write(data.join("server.crt"), cert).unwrap();
+            std::fs::write(data.join("server.key"), key).unwrap();
+            let mut conf =
+                std::fs::OpenOptions::new().append(true).open(data.join("postgresql.conf")).unwrap();
+            std::io::Write::write_all(&mut conf, b"ssl = on\n").unwrap();
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 0.0.0.0/0 reject\n",
+            )
+            .unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(data.join("server.key"), std::fs::Permissions::from_mode(0o600))
+                .unwrap();
+            if is_root() {
+                for f in ["server.crt", "server.key", "pg_hba.conf"] {
+                    let st =
+                        Command::new("chown").args(["postgres:postgres"]).arg(data.join(f)).status().unwrap();
+                    assert!(st.success());
+                }
+            }
+        }
         let port = free_port();
         let opts = format!("-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", dir.display());
         let log = dir.join("log").display().to_string();

@@ -37,21 +37,65 @@ pub(super) enum HttpError {
     Timeout(Duration),
 }
 
-async fn send(
-    addr: &str,
-    path: &str,
-    bearer: Option<&str>,
-) -> Result<hyper::Response<hyper::body::Incoming>, HttpError> {
-    let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| HttpError::Connect(e.to_string()))?;
-    let _ = stream.set_nodelay(true);
-    let (mut sender, conn) =
-        http1::handshake(TokioIo::new(stream)).await.map_err(|e| HttpError::Connect(e.to_string()))?;
+/// Where the sidecar is and how to reach it: `host:port`, and the TLS connector that
+/// verifies it (https), or none (plain http, loopback or an explicit opt-in).
+pub(super) struct Endpoint {
+    pub addr: String,
+    host: String,
+    tls: Option<tokio_rustls::TlsConnector>,
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}", if self.tls.is_some() { "https" } else { "http" }, self.addr)
+    }
+}
+
+impl Endpoint {
+    pub fn new(addr: String, tls: Option<tokio_rustls::TlsConnector>) -> Self {
+        let host = match addr.rsplit_once(':') {
+            Some((h, _)) => h.trim_start_matches('[').trim_end_matches(']').to_owned(),
+            None => addr.clone(),
+        };
+        Self { addr, host, tls }
+    }
+}
+
+/// The HTTP/1.1 exchange over a connected stream (plain or TLS).
+async fn handshake<IO>(io: IO) -> Result<http1::SendRequest<Empty<Bytes>>, HttpError>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) =
+        http1::handshake(TokioIo::new(io)).await.map_err(|e| HttpError::Connect(e.to_string()))?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "accounts sidecar connection ended");
         }
     });
-    let mut req = Request::get(path).header(hyper::header::HOST, addr);
+    Ok(sender)
+}
+
+async fn send(
+    ep: &Endpoint,
+    path: &str,
+    bearer: Option<&str>,
+) -> Result<hyper::Response<hyper::body::Incoming>, HttpError> {
+    let stream =
+        tokio::net::TcpStream::connect(&ep.addr).await.map_err(|e| HttpError::Connect(e.to_string()))?;
+    let _ = stream.set_nodelay(true);
+    let mut sender = match &ep.tls {
+        None => handshake(stream).await?,
+        Some(tls) => {
+            let name = rustls::pki_types::ServerName::try_from(ep.host.clone())
+                .map_err(|e| HttpError::Connect(format!("{}: {e}", ep.host)))?;
+            // The certificate chain and the name are verified against the CA file.
+            let stream =
+                tls.connect(name, stream).await.map_err(|e| HttpError::Connect(format!("TLS: {e}")))?;
+            handshake(stream).await?
+        }
+    };
+    let mut req = Request::get(path).header(hyper::header::HOST, &ep.addr);
     if let Some(t) = bearer {
         req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
     }
@@ -64,9 +108,9 @@ async fn send(
 }
 
 /// GET `path` and parse the JSON answer.
-pub(super) async fn get_json(addr: &str, path: &str, bearer: Option<&str>) -> Result<Value, HttpError> {
+pub(super) async fn get_json(ep: &Endpoint, path: &str, bearer: Option<&str>) -> Result<Value, HttpError> {
     let exchange = async {
-        let res = send(addr, path, bearer).await?;
+        let res = send(ep, path, bearer).await?;
         let body = Limited::new(res.into_body(), MAX_BODY)
             .collect()
             .await
@@ -80,17 +124,17 @@ pub(super) async fn get_json(addr: &str, path: &str, bearer: Option<&str>) -> Re
 /// Follows a server-sent event stream, calling `on_data` with each event's data; `up`
 /// is set once the stream answers. Returns when the stream ends or breaks.
 pub(super) async fn stream_events(
-    addr: &str,
+    ep: &Endpoint,
     path: &str,
     bearer: &str,
     up: &AtomicBool,
     mut on_data: impl FnMut(&str),
 ) -> Result<(), HttpError> {
-    let res = tokio::time::timeout(REQUEST_TIMEOUT, send(addr, path, Some(bearer)))
+    let res = tokio::time::timeout(REQUEST_TIMEOUT, send(ep, path, Some(bearer)))
         .await
         .map_err(|_| HttpError::Timeout(REQUEST_TIMEOUT))??;
     up.store(true, Ordering::Release);
-    tracing::info!(%addr, "following the accounts change feed");
+    tracing::info!(sidecar = %ep, "following the accounts change feed");
     // Bytes since the last complete event: the parser buffers a partial event, so a
     // sender that never ends one is cut off at MAX_EVENT.
     let pending = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));

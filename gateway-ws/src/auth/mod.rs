@@ -12,7 +12,9 @@ mod sidecar;
 
 pub use accounts::{Account, Accounts, AccountsError};
 pub use dev::DevAuth;
-pub use sidecar::{AccountsState, Entitlements, KID_MISS_EVERY, OnChange, SidecarAuth, SidecarError};
+pub use sidecar::{
+    AccountsState, Entitlements, KID_MISS_EVERY, OnChange, SidecarAuth, SidecarError, SidecarLink,
+};
 
 use engine::model::{CategoryMask, Tier};
 

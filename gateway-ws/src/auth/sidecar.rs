@@ -19,7 +19,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
 use tokio::sync::Notify;
 
-use super::client::{HttpError, get_json, stream_events};
+use super::client::{Endpoint, HttpError, get_json, stream_events};
 use super::{AUDIENCE, AuthError, Authenticator, Claims, Session};
 use contract::{Change, ChangeEvent, Snapshot};
 
@@ -33,8 +33,8 @@ pub type OnChange = Arc<dyn Fn(&Entitlements) + Send + Sync>;
 pub const KID_MISS_EVERY: Duration = Duration::from_secs(5);
 
 pub struct SidecarAuth {
-    /// host:port of the sidecar.
-    addr: String,
+    /// Where the sidecar is, and the TLS that verifies it.
+    endpoint: Endpoint,
     gateway_token: String,
     keys: RwLock<HashMap<String, DecodingKey>>,
     suspended: RwLock<HashSet<String>>,
@@ -55,32 +55,77 @@ pub struct SidecarAuth {
 
 impl std::fmt::Debug for SidecarAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SidecarAuth").field("addr", &self.addr).finish_non_exhaustive()
+        f.debug_struct("SidecarAuth").field("sidecar", &self.endpoint.to_string()).finish_non_exhaustive()
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum SidecarError {
-    #[error("accounts url must look like http://host:port, got {0:?}")]
+    #[error("accounts url must look like https://host:port (or http:// on loopback), got {0:?}")]
     Url(String),
+    #[error(
+        "accounts url {0} is plain http to a host that is not loopback: the JWKS, the snapshot and \
+         the change feed could be forged on the way (use https:// with accounts_ca_file, or set \
+         accounts_insecure_plain_http if something else adds TLS)"
+    )]
+    PlainHttp(String),
+    #[error(
+        "accounts url {0} is https: accounts_ca_file (the CA that signed the sidecar's certificate) is required"
+    )]
+    NoCa(String),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+}
+
+/// How the gateway reaches the sidecar (the `auth` settings).
+#[derive(Debug, Clone, Copy)]
+pub struct SidecarLink<'a> {
+    /// `https://host:port`, or `http://host:port` on loopback.
+    pub url: &'a str,
+    /// The bearer token the sidecar expects from gateways.
+    pub gateway_token: &'a str,
+    /// PEM trust anchors for an https url, re-read when the file changes.
+    pub ca_file: Option<&'a std::path::Path>,
+    /// Allow plain http to a host that is not loopback.
+    pub insecure_plain_http: bool,
+}
+
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 impl SidecarAuth {
-    /// Starts following the sidecar at `url` (http://host:port). Returns at once; keys
-    /// arrive in the background (tokens are refused until they do).
-    pub fn start(url: &str, gateway_token: &str, on_change: OnChange) -> Result<Arc<Self>, SidecarError> {
-        let addr = url
-            .strip_prefix("http://")
-            .map(|a| a.trim_end_matches('/').to_owned())
+    /// Starts following the sidecar. Returns at once; keys arrive in the background
+    /// (tokens are refused until they do).
+    pub fn start(link: SidecarLink<'_>, on_change: OnChange) -> Result<Arc<Self>, SidecarError> {
+        let url = link.url;
+        let (tls, rest) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
+            (Some(rest), _) => (true, rest),
+            (None, Some(rest)) => (false, rest),
+            (None, None) => return Err(SidecarError::Url(url.to_owned())),
+        };
+        let addr = Some(rest.trim_end_matches('/').to_owned())
             .filter(|a| a.contains(':') && !a.contains('/'))
             .ok_or_else(|| SidecarError::Url(url.to_owned()))?;
+        let connector = if tls {
+            let ca = link.ca_file.ok_or_else(|| SidecarError::NoCa(url.to_owned()))?;
+            Some(crate::tls::connector(ca)?)
+        } else {
+            let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
+            if !is_loopback(host) && !link.insecure_plain_http {
+                return Err(SidecarError::PlainHttp(url.to_owned()));
+            }
+            None
+        };
+        let gateway_token = link.gateway_token;
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_audience(&[AUDIENCE]);
         validation.set_required_spec_claims(&["exp", "sub", "aud"]);
         validation.leeway = 5;
         validation.validate_nbf = true;
         let me = Arc::new(Self {
-            addr,
+            endpoint: Endpoint::new(addr, connector),
             gateway_token: gateway_token.to_owned(),
             keys: RwLock::new(HashMap::new()),
             suspended: RwLock::new(HashSet::new()),
@@ -123,7 +168,7 @@ impl SidecarAuth {
 
     async fn keep_keys(self: Arc<Self>) {
         loop {
-            match get_json(&self.addr, "/.well-known/jwks.json", None).await {
+            match get_json(&self.endpoint, "/.well-known/jwks.json", None).await {
                 Ok(jwks) => {
                     let keys = parse_jwks(&jwks);
                     if !keys.is_empty() {
@@ -167,7 +212,7 @@ impl SidecarAuth {
     /// Loads the snapshot (producer keys, suspended users), then follows the stream
     /// from `after` (the snapshot's position the first time) until it breaks.
     async fn follow_once(&self, after: &mut i64, on_change: &OnChange) -> Result<(), HttpError> {
-        let snap = get_json(&self.addr, "/v1/gateway/snapshot", Some(&self.gateway_token)).await?;
+        let snap = get_json(&self.endpoint, "/v1/gateway/snapshot", Some(&self.gateway_token)).await?;
         let snap: Snapshot = serde_json::from_value(snap).map_err(|e| HttpError::Body(e.to_string()))?;
         let mut producers: HashMap<String, HashSet<String>> = HashMap::new();
         for k in snap.keys {
@@ -180,7 +225,7 @@ impl SidecarAuth {
             *after = snap.position;
         }
         let path = format!("/v1/gateway/changes?after={after}");
-        stream_events(&self.addr, &path, &self.gateway_token, &self.feed_up, |data| {
+        stream_events(&self.endpoint, &path, &self.gateway_token, &self.feed_up, |data| {
             let Ok(event) = serde_json::from_str::<ChangeEvent>(data) else {
                 tracing::warn!("unreadable change event from the accounts sidecar; skipped");
                 return;
