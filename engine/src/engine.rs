@@ -92,6 +92,7 @@ impl Engine {
     /// What the TCP feed server needs from this engine.
     pub fn feed_context(&self, auth: Arc<dyn ProducerAuth>, config: FeedConfig) -> FeedContext {
         FeedContext {
+            tls: None,
             ingest: self.ingest(),
             producers: Arc::clone(&self.producers),
             auth,

@@ -103,6 +103,10 @@ pub struct TlsConfig {
     /// handshakes without a restart).
     #[serde(default = "default_reload_ms")]
     pub reload_interval_ms: u64,
+    /// Serve the producers' TCP feed over TLS too, with the same certificate (API keys
+    /// cross the network in HELLO).
+    #[serde(default)]
+    pub feed: bool,
 }
 
 fn default_reload_ms() -> u64 {

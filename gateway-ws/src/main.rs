@@ -81,6 +81,10 @@ enum Command {
         /// Stop after this many signals (default: the whole file once).
         #[arg(long)]
         count: Option<u64>,
+        /// The feed speaks TLS (`[tls] feed = true`): trust the CA certificates of this
+        /// PEM file, and verify the host of --addr.
+        #[arg(long)]
+        tls_ca: Option<PathBuf>,
     },
     /// Print the version.
     Version,
@@ -145,8 +149,9 @@ fn run() -> anyhow::Result<()> {
             }
             runtime(config.workers)?.block_on(serve(config))
         }
-        Command::Produce { addr, producer, key, file, rate, count } => {
-            runtime(1)?.block_on(produce(addr, producer, key, file, rate, count))
+        Command::Produce { addr, producer, key, file, rate, count, tls_ca } => {
+            let tls = tls_ca.as_deref().map(gateway::tls::connector).transpose()?;
+            runtime(1)?.block_on(produce(addr, producer, key, file, rate, count, tls))
         }
     }
 }
@@ -214,6 +219,7 @@ async fn produce(
     file: Option<PathBuf>,
     rate: f64,
     count: Option<u64>,
+    tls: Option<tokio_rustls::TlsConnector>,
 ) -> anyhow::Result<()> {
     let key = match key {
         Some(k) => k,
@@ -231,7 +237,9 @@ async fn produce(
         None => gateway::demo::events(),
     };
     let total = count.unwrap_or(events.iter().filter(|e| matches!(e, Event::Signal(_))).count() as u64);
-    let p = Producer::connect(ProducerConfig::new(addr.clone(), producer_id, key)).await?;
+    let mut config = ProducerConfig::new(addr.clone(), producer_id, key);
+    config.tls = tls;
+    let p = Producer::connect(config).await?;
     println!(
         "producing {total} signals to {addr} at {} signals/s",
         if rate > 0.0 { rate.to_string() } else { "max".into() }

@@ -204,7 +204,11 @@ pub async fn start_on(
     let rights: Arc<OnceLock<RightsSender>> = Arc::new(OnceLock::new());
     let (auth, sidecar) = start_auth(&config, &dev_auth, &rights)?;
     let feed_stats = match feed_addr {
-        Some(_) => start_feed(&config, &engine, sidecar.as_ref(), feed_listener, &stop_rx, &mut tasks)?,
+        Some(_) => {
+            let feed_tls = tls.as_ref().filter(|_| config.tls.as_ref().is_some_and(|t| t.feed));
+            let feed_tls = feed_tls.map(|(acceptor, _)| acceptor.clone());
+            start_feed(&config, &engine, sidecar.as_ref(), feed_listener, feed_tls, &stop_rx, &mut tasks)?
+        }
         None => Arc::new(FeedStats::default()),
     };
     let relay_stop = Arc::new(AtomicBool::new(false));
@@ -309,6 +313,7 @@ fn start_feed(
     engine: &Engine,
     sidecar: Option<&Arc<SidecarAuth>>,
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     stop: &watch::Receiver<bool>,
     tasks: &mut Tasks,
 ) -> Result<Arc<FeedStats>, StartError> {
@@ -319,7 +324,8 @@ fn start_feed(
             None => StaticKeys::from_toml(fixtures::PRODUCERS)?,
         }),
     };
-    let ctx = engine.feed_context(producer_auth, config.feed.clone());
+    let mut ctx = engine.feed_context(producer_auth, config.feed.clone());
+    ctx.tls = tls.map(engine::feed::FeedTls);
     let stats = Arc::clone(&ctx.stats);
     let mut feed_stop = stop.clone();
     tasks.push(tokio::spawn(engine::feed::run(listener, ctx, async move {

@@ -146,6 +146,25 @@ fn kubernetes_manifests_parse_and_fit_together() {
     }
     assert_eq!(roles, BTreeSet::from(["engine".to_owned(), "gateway".to_owned()]));
 
+    // NetworkPolicies: the sidecar's port and the feed are fenced off, each policy
+    // selecting the pods of a Deployment here (or PostgreSQL, which runs elsewhere).
+    let policies = by_kind.get("NetworkPolicy").expect("NetworkPolicies");
+    let mut fenced = BTreeSet::new();
+    for p in policies {
+        let name = s(&p["metadata"]["name"], "name");
+        let selected = labels(&p["spec"]["podSelector"]["matchLabels"]);
+        let app = selected.get("app.kubernetes.io/name").unwrap_or_else(|| panic!("{name}: selects an app"));
+        assert!(!p["spec"]["ingress"].as_vec().unwrap().is_empty(), "{name}: allows someone in");
+        if app != "signalcast-postgres" {
+            let pod = pods.values().find(|(l, _)| l.get("app.kubernetes.io/name") == Some(app));
+            assert!(pod.is_some(), "{name}: {app} is a Deployment here");
+        }
+        fenced.insert(app.clone());
+    }
+    for app in ["signalcast-accounts", "signalcast-engine", "signalcast-postgres"] {
+        assert!(fenced.contains(app), "a NetworkPolicy for {app}");
+    }
+
     let selects = |selector: &BTreeMap<String, String>| -> Vec<&String> {
         pods.iter()
             .filter(|(_, (l, _))| selector.iter().all(|(k, v)| l.get(k) == Some(v)))

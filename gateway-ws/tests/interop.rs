@@ -71,6 +71,7 @@ async fn wss_with_a_test_certificate_works_end_to_end() {
         cert: temp_file("cert.pem", &cert.cert.pem()),
         key: temp_file("key.pem", &cert.signing_key.serialize_pem()),
         reload_interval_ms: 5_000,
+        feed: false,
     });
     let server = start(cfg).await;
     assert!(server.tls);
@@ -166,8 +167,12 @@ async fn a_renewed_certificate_is_served_without_a_restart_over_tls_1_2_and_1_3(
     let (cert, key) =
         (temp_file("cert.pem", &first.cert.pem()), temp_file("key.pem", &first.signing_key.serialize_pem()));
     let mut cfg = config();
-    cfg.tls =
-        Some(gateway::config::TlsConfig { cert: cert.clone(), key: key.clone(), reload_interval_ms: 100 });
+    cfg.tls = Some(gateway::config::TlsConfig {
+        cert: cert.clone(),
+        key: key.clone(),
+        reload_interval_ms: 100,
+        feed: false,
+    });
     let server = start(cfg).await;
     let both = tls_client(&[&first, &renewed], rustls::DEFAULT_VERSIONS);
 
@@ -201,5 +206,56 @@ async fn a_renewed_certificate_is_served_without_a_restart_over_tls_1_2_and_1_3(
         let (_ws, presented) = wss(&server, tls_client(&[&renewed], &[version])).await;
         assert_eq!(presented, renewed.cert.der().to_vec());
     }
+    server.shutdown().await;
+}
+
+/// [3/10] 2: the producers' feed over TLS (`[tls] feed = true`), with the gateway's own
+/// certificate: a producer that verifies it publishes; one that speaks plain TCP, or
+/// trusts another CA, gets nowhere (and a key sent in clear would never be read).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_speaks_tls_to_producers_that_verify_it() {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let ca = temp_file("cert.pem", &cert.cert.pem());
+    let mut cfg = config();
+    cfg.tls = Some(gateway::config::TlsConfig {
+        cert: ca.clone(),
+        key: temp_file("key.pem", &cert.signing_key.serialize_pem()),
+        reload_interval_ms: 5_000,
+        feed: true,
+    });
+    let server = start(cfg).await;
+    let feed = format!("localhost:{}", server.feed_addr.unwrap().port());
+    let producer_with = |tls: Option<tokio_rustls::TlsConnector>| {
+        let mut c = engine::feed::ProducerConfig::new(feed.clone(), PRODUCER.0, PRODUCER.1);
+        c.tls = tls;
+        c.connect_timeout = Duration::from_secs(2);
+        engine::feed::Producer::connect(c)
+    };
+    let p =
+        producer_with(Some(gateway::tls::connector(&ca).unwrap())).await.expect("a verified TLS producer");
+    let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(
+        format!("wss://localhost:{}/ws?token={}", server.http_addr.port(), token(&server, "u-enterprise-1")),
+        None,
+        false,
+        Some(tokio_tungstenite::Connector::Rustls(gateway::tls::client_config(&ca).unwrap())),
+    )
+    .await
+    .unwrap();
+    let mut c = Client::from_ws(ws).await;
+    c.subscribe("signals_enterprise").await;
+    p.send_signal(&signal(77, 9_500, Category::Crypto)).await.unwrap();
+    p.flush().await.unwrap();
+    assert_eq!(id_of(&c.signals(1).await[0]), 77, "over TLS end to end");
+
+    let plain = tokio::time::timeout(Duration::from_secs(10), producer_with(None)).await;
+    assert!(!matches!(plain, Ok(Ok(_))), "a plain producer is not served");
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let other_ca = temp_file("other.pem", &other.cert.pem());
+    let fooled = tokio::time::timeout(
+        Duration::from_secs(10),
+        producer_with(Some(gateway::tls::connector(&other_ca).unwrap())),
+    )
+    .await;
+    assert!(!matches!(fooled, Ok(Ok(_))), "a producer trusting another CA does not send its key");
     server.shutdown().await;
 }

@@ -20,4 +20,4 @@ pub use auth::{ProducerAuth, StaticKeys};
 pub use codec::{CodecError, EngineMessage, FrameKind, Hello, ProducerMessage};
 pub use producer::{Producer, ProducerConfig, ProducerError};
 pub use registry::{ProducerRegistry, ProducerSlot};
-pub use server::{FeedContext, FeedStats, run};
+pub use server::{FeedContext, FeedStats, FeedTls, run};

@@ -16,6 +16,11 @@ use bytes::BytesMut;
 use rkyv::util::AlignedVec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// The connection to the feed: a TCP stream, or TLS over one.
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+type Conn = Box<dyn Stream>;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::timeout;
 
@@ -40,6 +45,9 @@ pub struct ProducerConfig {
     /// Signals are checked before sending with this `analysis` limit, so that a bad
     /// signal is refused at the caller instead of closing the connection.
     pub max_analysis_bytes: usize,
+    /// TLS to a feed that serves it: the connector that verifies the engine's
+    /// certificate (its chain and the host of `addr`). `None`: plain TCP.
+    pub tls: Option<tokio_rustls::TlsConnector>,
 }
 
 impl std::fmt::Debug for ProducerConfig {
@@ -65,6 +73,7 @@ impl ProducerConfig {
             reconnect_min: Duration::from_millis(20),
             reconnect_max: Duration::from_secs(2),
             max_analysis_bytes: 4_096,
+            tls: None,
         }
     }
 }
@@ -284,13 +293,30 @@ impl Driver {
     }
 
     /// Connects, says HELLO, reads WELCOME, and writes again everything unacknowledged.
-    async fn connect(&mut self) -> Result<(TcpStream, BytesMut), Ended> {
+    async fn connect(&mut self) -> Result<(Conn, BytesMut), Ended> {
         let io = |e: std::io::Error| Ended::Retry(e.to_string());
-        let mut stream = match timeout(self.cfg.connect_timeout, TcpStream::connect(&self.cfg.addr)).await {
+        let tcp = match timeout(self.cfg.connect_timeout, TcpStream::connect(&self.cfg.addr)).await {
             Ok(r) => r.map_err(io)?,
             Err(_) => return Err(Ended::Retry("connect timed out".into())),
         };
-        stream.set_nodelay(true).map_err(io)?;
+        tcp.set_nodelay(true).map_err(io)?;
+        let mut stream: Conn = match &self.cfg.tls {
+            None => Box::new(tcp),
+            Some(tls) => {
+                let host = self.cfg.addr.rsplit_once(':').map_or(self.cfg.addr.as_str(), |(h, _)| h);
+                let name = rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
+                    .map_err(|e| Ended::Fatal(ProducerError::Io(format!("{host}: {e}"))))?;
+                match timeout(self.cfg.connect_timeout, tls.connect(name, tcp)).await {
+                    Ok(Ok(s)) => Box::new(s),
+                    // A certificate that does not verify will not verify next time.
+                    Ok(Err(e)) if e.get_ref().is_some_and(|r| r.is::<rustls::Error>()) => {
+                        return Err(Ended::Fatal(ProducerError::Io(format!("TLS: {e}"))));
+                    }
+                    Ok(Err(e)) => return Err(Ended::Retry(format!("TLS: {e}"))),
+                    Err(_) => return Err(Ended::Retry("TLS handshake timed out".into())),
+                }
+            }
+        };
         self.out.clear();
         ProducerMessage::Hello(Hello {
             producer_id: self.cfg.producer_id.clone(),
@@ -355,7 +381,7 @@ impl Driver {
         }
     }
 
-    async fn stream(&mut self, mut stream: TcpStream, mut rbuf: BytesMut) -> Ended {
+    async fn stream(&mut self, mut stream: Conn, mut rbuf: BytesMut) -> Ended {
         let mut heartbeat = tokio::time::interval(self.cfg.heartbeat_interval);
         heartbeat.reset();
         loop {

@@ -13,8 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::BytesMut;
 use rkyv::util::AlignedVec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until, timeout};
@@ -28,12 +27,25 @@ use crate::pipeline::{IngestItem, IngestSender, Origin, SignalItem};
 /// What the feed server needs.
 #[derive(Clone, Debug)]
 pub struct FeedContext {
+    /// TLS for every producer connection (the served certificate reloads on renewal);
+    /// `None`: plain TCP.
+    pub tls: Option<FeedTls>,
     pub ingest: IngestSender,
     pub producers: Arc<ProducerRegistry>,
     pub auth: Arc<dyn ProducerAuth>,
     pub max_analysis_bytes: usize,
     pub config: FeedConfig,
     pub stats: Arc<FeedStats>,
+}
+
+/// The TLS acceptor of the feed (a rustls server configuration).
+#[derive(Clone)]
+pub struct FeedTls(pub tokio_rustls::TlsAcceptor);
+
+impl std::fmt::Debug for FeedTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FeedTls")
+    }
 }
 
 /// Feed counters for /metrics.
@@ -84,7 +96,16 @@ pub async fn run(listener: TcpListener, ctx: FeedContext, shutdown: impl Future<
                     let stop = stop_rx.clone();
                     sessions.spawn(async move {
                         let _permit = permit.as_ref();
-                        session(stream, peer, ctx, permit.is_some(), stop).await;
+                        let _ = stream.set_nodelay(true);
+                        match ctx.tls.clone() {
+                            None => session(stream, peer, ctx, permit.is_some(), stop).await,
+                            // The handshake comes out of the HELLO's time budget.
+                            Some(FeedTls(tls)) => match timeout(ctx.config.handshake_timeout, tls.accept(stream)).await {
+                                Ok(Ok(stream)) => session(stream, peer, ctx, permit.is_some(), stop).await,
+                                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "producer TLS handshake failed"),
+                                Err(_) => tracing::debug!(%peer, "producer TLS handshake timed out"),
+                            },
+                        }
                     });
                 }
                 Err(e) => {
@@ -122,26 +143,27 @@ fn refuse(code: &'static str, message: impl Into<String>) -> End {
 }
 
 struct Session {
-    rd: OwnedReadHalf,
-    wr: OwnedWriteHalf,
+    rd: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+    wr: Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
     buf: BytesMut,
     out: Vec<u8>,
     scratch: AlignedVec,
     ctx: FeedContext,
 }
 
-async fn session(
-    stream: TcpStream,
+async fn session<S>(
+    stream: S,
     peer: SocketAddr,
     ctx: FeedContext,
     admitted: bool,
     stop: watch::Receiver<bool>,
-) {
-    let _ = stream.set_nodelay(true);
-    let (rd, wr) = stream.into_split();
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (rd, wr) = tokio::io::split(stream);
     let mut s = Session {
-        rd,
-        wr,
+        rd: Box::new(rd),
+        wr: Box::new(wr),
         buf: BytesMut::with_capacity(16 * 1024),
         out: Vec::with_capacity(256),
         scratch: AlignedVec::new(),

@@ -94,6 +94,11 @@ pub struct Client {
 impl Client {
     pub async fn connect(url: &str) -> Self {
         let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        Self::from_ws(ws).await
+    }
+
+    /// A client on a socket already open (WSS with a test certificate, say).
+    pub async fn from_ws(ws: Ws) -> Self {
         let mut c = Self { ws };
         let welcome = c.next().await;
         assert_eq!(welcome["data"]["event"], "welcome", "{welcome}");
