@@ -266,12 +266,15 @@ impl Core {
 
     pub(super) fn fan_out_prices(&mut self) {
         let ticks = Arc::clone(&self.src.ticks);
-        let n = ticks.len();
-        if self.price_versions.len() < n {
-            self.price_versions.resize(n, 0);
-        }
         for (sym, tick, version) in ticks.iter() {
-            let seen = &mut self.price_versions[sym.0 as usize];
+            // The stage adds symbols while this runs: size by what the iterator yields,
+            // not by a length read before it (that indexed out of bounds and killed the
+            // shard).
+            let k = sym.0 as usize;
+            if k >= self.price_versions.len() {
+                self.price_versions.resize(k + 1, 0);
+            }
+            let seen = &mut self.price_versions[k];
             if version <= *seen {
                 continue;
             }
