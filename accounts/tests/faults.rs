@@ -49,15 +49,8 @@ async fn the_sidecar_and_postgres_dying_cost_connected_clients_nothing() {
         assert_eq!(http(sidecar.admin_addr, "POST", "/v1/admin/users", Some(ADMIN), Some(&user)).0, 201);
     }
 
-    let mut config = gateway::Config::default();
-    config.demo.enabled = false;
-    config.auth.accounts_url = Some(format!("http://{}", sidecar.addr));
-    config.auth.accounts_gateway_token = GATEWAY.to_owned();
-    let http_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let feed_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let gw = gateway::start_on(config, http_l, feed_l).await.unwrap();
+    let gw = gateway_on(&sidecar).await;
     let ready = || http(gw.http_addr, "GET", "/health/ready", None, None).0;
-    wait_for("the gateway follows the sidecar", 10, || ready() == 200).await;
 
     const N: u128 = 400;
     let produced: Vec<u128> = (1..=N).collect();
