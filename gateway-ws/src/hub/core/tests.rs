@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use engine::channels::{ChannelName, ChannelSet, Message};
+use engine::channels::{ChannelSet, Message};
 use engine::config::EngineConfig;
 use engine::model::{Category, CategoryMask, Signal, Tier, UnixNanos};
 use engine::pipeline::{IngestItem, Origin, PipelineStats, SignalItem, Stage};
@@ -725,5 +725,4 @@ fn every_subscription_counts_against_the_limit() {
     let r = h.subscribe(c, "signals_basic");
     assert_eq!(r["code"], "too_many_subscriptions", "{r}");
     assert_eq!(h.subscribe(c, "signals_free")["type"], "SUBSCRIBED", "re-subscribing is not another one");
-    let _ = ChannelName::Prices;
 }
