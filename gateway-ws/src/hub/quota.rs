@@ -1,18 +1,37 @@
 //! Daily signal quotas, per user across all their connections.
+//!
+//! A quota charges each message once per user and UTC day, whichever connection, shard
+//! or replay it reaches the user through — and charges every message the user never had
+//! before, replays included. So each user keeps the exact set of messages charged today
+//! (not a high-water mark: "everything up to the highest seq charged is free" let a user
+//! replay the whole ring uncharged with `since`). The set holds at most `limit` seqs (a
+//! message past the limit is refused, not charged): 8 bytes per charged message (up to
+//! twice that while a vector grows), so at most 160 B (320 B) for the default free tier
+//! (20 a day), 1.6 KiB (3.2 KiB) for basic (200) and 16 KiB (32 KiB) for premium (2,000);
+//! users without a limit never touch it. Yesterday's sets are freed on the user's first
+//! delivery of a new day, or with the user's entry (`QuotaBook::user`).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+/// Logs a quota spans (the live log and the delayed view of each tier).
+const LOGS: usize = 8;
 
 /// Today's count for one user (UTC days).
 #[derive(Debug, Default)]
 pub struct UserQuota {
-    day: AtomicU32,
-    used: AtomicU32,
-    notified: AtomicBool,
-    /// Highest seq counted per log, so that a message delivered to two connections of
-    /// the same user counts once.
-    counted: [AtomicU64; 8],
+    /// One lock per user: contended only by the same user's connections on two shards
+    /// at the same instant.
+    day: Mutex<Day>,
+}
+
+#[derive(Debug, Default)]
+struct Day {
+    day: u32,
+    notified: bool,
+    /// Seqs charged today, per log, sorted (live deliveries append at the end).
+    charged: [Vec<u64>; LOGS],
+    used: u32,
 }
 
 /// What a delivery may do.
@@ -26,54 +45,90 @@ pub enum Take {
 }
 
 impl UserQuota {
+    fn today(&self, day: u32) -> MutexGuard<'_, Day> {
+        let mut d = self.day.lock().unwrap_or_else(PoisonError::into_inner);
+        if d.day != day {
+            // A new UTC day: start over, and give yesterday's memory back.
+            *d = Day { day, ..Day::default() };
+        }
+        d
+    }
+
     /// Counts the delivery of `seq` from log `log` against `limit` on `day`.
     pub fn take(&self, log: usize, seq: u64, limit: u32, day: u32) -> Take {
-        if self.day.swap(day, Ordering::AcqRel) != day {
-            // A new UTC day: start over. (Two shards racing here at midnight can at
-            // worst count one delivery twice.)
-            self.used.store(0, Ordering::Release);
-            self.notified.store(false, Ordering::Release);
-            for c in &self.counted {
-                c.store(0, Ordering::Release);
-            }
-        }
-        if seq <= self.counted[log].load(Ordering::Acquire) {
-            return Take::Deliver; // admitted already, for another connection of this user
-        }
+        let mut d = self.today(day);
+        let Day { charged, used, notified, .. } = &mut *d;
+        let Some(charged) = charged.get_mut(log) else { return Take::Exhausted { notify: false } };
+        // Live deliveries come in seq order: check the end before searching.
+        let pos = match charged.last() {
+            Some(&last) if last < seq => charged.len(),
+            None => 0,
+            Some(_) => match charged.binary_search(&seq) {
+                Ok(_) => return Take::Deliver, // charged already (another connection, a replay)
+                Err(pos) => pos,
+            },
+        };
         // Exhausted: refused on every connection of the user, not only the first to
         // see the message.
-        if self.used.load(Ordering::Acquire) >= limit {
-            return Take::Exhausted { notify: !self.notified.swap(true, Ordering::AcqRel) };
+        if *used >= limit {
+            return Take::Exhausted { notify: !std::mem::replace(notified, true) };
         }
-        if self.counted[log].fetch_max(seq, Ordering::AcqRel) < seq {
-            // Two shards admitting different messages at the same instant may both
-            // pass the check above: the limit can be passed by at most one per shard.
-            self.used.fetch_add(1, Ordering::AcqRel);
-        }
+        charged.insert(pos, seq);
+        *used += 1;
         Take::Deliver
     }
 
     /// Today's deliveries have reached `limit` (nothing more would be delivered today).
     pub fn exhausted(&self, limit: u32, day: u32) -> bool {
-        self.day.load(Ordering::Acquire) == day && self.used.load(Ordering::Acquire) >= limit
+        self.today(day).used >= limit
     }
 
-    pub fn used(&self) -> u32 {
-        self.used.load(Ordering::Acquire)
+    pub fn used(&self, day: u32) -> u32 {
+        self.today(day).used
+    }
+
+    /// Memory this user's charged set holds (bytes of seqs).
+    pub fn held_bytes(&self) -> usize {
+        let d = self.day.lock().unwrap_or_else(PoisonError::into_inner);
+        d.charged.iter().map(|c| c.capacity() * std::mem::size_of::<u64>()).sum()
     }
 }
 
-/// Quotas by user id. Kept for the process's life (a reconnect must not reset a quota);
-/// one small entry per user that ever connected.
+/// Quotas by user id. An entry lives while a connection of the user holds it or its
+/// day is today (a reconnect must not reset a quota); stale ones are dropped when a
+/// new day's first connection comes in.
 #[derive(Debug, Default)]
 pub struct QuotaBook {
-    users: Mutex<HashMap<String, Arc<UserQuota>>>,
+    users: Mutex<Users>,
+}
+
+#[derive(Debug, Default)]
+struct Users {
+    by_id: HashMap<String, Arc<UserQuota>>,
+    swept: u32,
 }
 
 impl QuotaBook {
-    pub fn user(&self, id: &str) -> Arc<UserQuota> {
+    /// The quota of user `id`, on `day` (UTC days since the epoch).
+    pub fn user(&self, id: &str, day: u32) -> Arc<UserQuota> {
         let mut users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
-        Arc::clone(users.entry(id.to_owned()).or_default())
+        if users.swept != day {
+            users.swept = day;
+            // Nobody connected holds it and its day is over: it would start over anyway.
+            users.by_id.retain(|_, q| {
+                Arc::strong_count(q) > 1 || q.day.lock().unwrap_or_else(PoisonError::into_inner).day == day
+            });
+        }
+        Arc::clone(users.by_id.entry(id.to_owned()).or_default())
+    }
+
+    /// Users with an entry.
+    pub fn len(&self) -> usize {
+        self.users.lock().unwrap_or_else(PoisonError::into_inner).by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -104,10 +159,42 @@ mod tests {
             Take::Deliver,
             "an admitted message still reaches a late connection"
         );
-        assert_eq!(q.used(), 2);
+        assert_eq!(q.used(100), 2);
         assert!(q.exhausted(2, 100));
         assert!(!q.exhausted(2, 101), "spent yesterday is not spent today");
-        assert!(!q.exhausted(3, 100));
+        assert!(!q.exhausted(3, 101));
         assert_eq!(q.take(0, 5, 2, 101), Take::Deliver, "a new day");
+    }
+
+    #[test]
+    fn a_replay_below_the_highest_charged_seq_is_charged_unless_it_was_charged() {
+        let q = UserQuota::default();
+        // Live from seq 10 on; then a resume from 0 replays 1..=12.
+        assert_eq!(q.take(0, 10, 5, 7), Take::Deliver);
+        assert_eq!(q.take(0, 12, 5, 7), Take::Deliver);
+        let replay: Vec<Take> = (1..=12).map(|seq| q.take(0, seq, 5, 7)).collect();
+        let delivered: Vec<u64> =
+            (1..=12).zip(&replay).filter(|(_, t)| **t == Take::Deliver).map(|(s, _)| s).collect();
+        assert_eq!(delivered, [1, 2, 3, 10, 12], "three never-charged ones fill the quota of 5");
+        assert_eq!(q.used(7), 5);
+        // The same seq of another log is another message.
+        assert_eq!(q.take(1, 1, 5, 7), Take::Exhausted { notify: false });
+        let held = q.held_bytes();
+        assert!(
+            (5 * 8..=2 * 5 * 8).contains(&held),
+            "8 B per charged message, at most twice while growing: {held}"
+        );
+    }
+
+    #[test]
+    fn stale_users_are_forgotten_on_a_new_day_and_held_ones_kept() {
+        let book = QuotaBook::default();
+        let held = book.user("held", 100);
+        assert_eq!(held.take(0, 1, 5, 100), Take::Deliver);
+        book.user("gone", 100).take(0, 1, 5, 100);
+        assert_eq!(book.len(), 2);
+        let _ = book.user("new", 101);
+        assert_eq!(book.len(), 2, "'gone' dropped: nobody holds it and its day is over");
+        assert!(Arc::ptr_eq(&held, &book.user("held", 101)), "a connected user keeps its entry");
     }
 }

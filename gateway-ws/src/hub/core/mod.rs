@@ -223,7 +223,7 @@ impl Core {
             heartbeat_interval_s: self.src.hub.heartbeat_timeout.as_secs() / 2,
             server: protocol::SERVER,
         });
-        let quota = self.src.quotas.user(&session.user_id);
+        let quota = self.src.quotas.user(&session.user_id, crate::hub::quota::utc_day(now.unix.0));
         let mut peer = Peer::new(session, quota, self.src.conn.max_message, now.mono);
         self.attached += 1;
         peer.serial = self.attached;

@@ -347,6 +347,31 @@ fn the_daily_quota_counts_per_user_across_connections_and_resets_at_midnight_utc
 }
 
 #[test]
+fn a_resume_replay_is_charged_for_every_message_never_charged_before() {
+    let mut h = harness();
+    let mut s = session("u-replayer", Tier::Premium);
+    s.max_signals_per_day = Some(3);
+    let c = h.connect(s);
+    let before: Vec<u128> = (0..5).map(|_| h.route(8_000, Category::Equity)).collect();
+    h.subscribe(c, "signals_premium");
+    let live = h.route(8_000, Category::Equity);
+    assert_eq!(h.signals(c), [(6, live)]);
+    // Replaying the ring from the start: the quota had 2 left, and seq 6 was paid for.
+    let epoch = epoch_of(&h.channels, Tier::Premium);
+    h.send(c, &format!(r#"{{"type":"SUBSCRIBE","channel":"signals_premium","since":0,"epoch":"{epoch}"}}"#));
+    let frames = h.read(c);
+    assert_eq!(frames[0].json()["type"], "SUBSCRIBED");
+    let replayed: Vec<u64> = frames[1..].iter().map(|f| f.json()["seq"].as_u64().unwrap()).collect();
+    assert_eq!(
+        replayed,
+        [1, 2, 6],
+        "the quota's 3 a day: seq 1 and 2 charged, 6 charged before, 3..=5 refused"
+    );
+    assert_eq!(frames.len(), 4, "{frames:?}");
+    let _ = before;
+}
+
+#[test]
 fn the_tiers_own_limit_applies_when_the_token_names_none() {
     let mut h = harness();
     let c = h.connect(session("u-basic", Tier::Basic));
