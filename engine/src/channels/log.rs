@@ -75,6 +75,9 @@ pub struct ReadError {
 /// How many appends ahead of its eviction a message is prefetched.
 const EVICT_AHEAD: usize = 8;
 
+/// Messages a resume copies per hold of the ring's lock.
+pub const REPLAY_BATCH: usize = 256;
+
 #[derive(Debug)]
 pub struct ChannelLog {
     name: String,
@@ -86,6 +89,9 @@ pub struct ChannelLog {
     /// Last published seq, readable without the lock.
     head: AtomicU64,
     ring: Mutex<Ring>,
+    /// Times the ring's lock was taken (tests).
+    #[cfg(test)]
+    locked: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Debug)]
@@ -107,6 +113,8 @@ impl ChannelLog {
             follows: false,
             head: AtomicU64::new(0),
             ring: Mutex::new(Ring { msgs: VecDeque::with_capacity(capacity), lost_through: 0 }),
+            #[cfg(test)]
+            locked: Default::default(),
         }
     }
 
@@ -144,6 +152,8 @@ impl ChannelLog {
     }
 
     fn ring(&self) -> MutexGuard<'_, Ring> {
+        #[cfg(test)]
+        self.locked.fetch_add(1, Ordering::Relaxed);
         // The ring is consistent after every statement, so a panic elsewhere while
         // holding the lock leaves nothing half-done.
         self.ring.lock().unwrap_or_else(PoisonError::into_inner)
@@ -181,20 +191,39 @@ impl ChannelLog {
 
     /// Subscribes, replaying `since+1 ..= head` when `resume` asks for it and the ring
     /// still holds all of it under the same epoch.
+    ///
+    /// The replay is copied [`REPLAY_BATCH`] messages per hold of the ring's lock, which
+    /// the pipeline's writer takes for every message: a resume across the whole ring
+    /// (10,000 by default, at up to the message rate per connection) must not stall
+    /// the writer for the length of the copy. Should the ring move past the gap while
+    /// it is copied, the resume is answered as not recovered.
     pub fn subscribe(&self, resume: Option<Resume>) -> Subscription {
         let ring = self.ring();
         let head = ring.msgs.back().map_or(0, |(seq, _)| *seq).max(ring.lost_through);
+        let lost_through = ring.lost_through;
+        drop(ring);
         let mut sub =
             Subscription { epoch: self.epoch, head, recovered: None, replay: Vec::new(), cursor: head };
-        if let Some(r) = resume {
-            let ahead = self.follows && r.since > head && r.since - head <= self.capacity as u64;
-            let ok = r.epoch == self.epoch && (ahead || (r.since <= head && r.since >= ring.lost_through));
-            sub.recovered = Some(ok);
-            if ok {
-                let start = ring.msgs.partition_point(|(seq, _)| *seq <= r.since);
-                sub.replay.extend(ring.msgs.range(start..).map(|(_, m)| m.clone()));
+        let Some(r) = resume else { return sub };
+        let ahead = self.follows && r.since > head && r.since - head <= self.capacity as u64;
+        let ok = r.epoch == self.epoch && (ahead || (r.since <= head && r.since >= lost_through));
+        sub.recovered = Some(ok);
+        let mut after = r.since;
+        while ok && after < head {
+            match self.read_after(after, &mut sub.replay, REPLAY_BATCH) {
+                Ok(next) if next > after => after = next,
+                Ok(_) => break,
+                Err(_) => {
+                    sub.recovered = Some(false);
+                    sub.replay.clear();
+                    break;
+                }
             }
         }
+        // Only up to the head this subscription was taken at: live reading goes on from
+        // the cursor.
+        let past = sub.replay.partition_point(|m| m.seq() <= head);
+        sub.replay.truncate(past);
         sub
     }
 
@@ -255,6 +284,20 @@ mod tests {
             assert_eq!(sub.cursor, 6);
         }
         assert_eq!(log.subscribe(None).recovered, None);
+    }
+
+    #[test]
+    fn a_resume_across_the_whole_ring_copies_it_a_batch_per_lock() {
+        let log = ChannelLog::new("t".into(), Epoch(7), 10_000);
+        for s in 1..=10_000 {
+            log.append(msg(s));
+        }
+        let before = log.locked.load(Ordering::Relaxed);
+        let sub = log.subscribe(Some(Resume { since: 0, epoch: Epoch(7) }));
+        let holds = log.locked.load(Ordering::Relaxed) - before;
+        assert_eq!(sub.recovered, Some(true));
+        assert_eq!(seqs(&sub.replay), (1..=10_000).collect::<Vec<_>>());
+        assert_eq!(holds, 1 + 10_000usize.div_ceil(REPLAY_BATCH), "the head, then one hold per batch");
     }
 
     #[test]

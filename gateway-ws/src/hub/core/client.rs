@@ -21,26 +21,43 @@ impl Core {
     pub(super) fn on_frame(&mut self, i: usize, frame: Inbound) {
         match frame {
             Inbound::Text(text) => self.on_message(i, &text),
+            // Control frames take from the same bucket as messages: a PING costs a
+            // PONG, and a flood of them (even empty) would otherwise cost the shard.
             Inbound::Ping(p) => {
-                let limit = self.src.conn.outbound_limit;
-                if let Some(c) = self.conns[i].as_mut() {
-                    c.outbox.push(Out::Frame(outbound::pong(&p).into()), limit);
+                if self.admit(i) {
+                    let limit = self.src.conn.outbound_limit;
+                    if let Some(c) = self.conns[i].as_mut() {
+                        c.outbox.push(Out::Frame(outbound::pong(&p).into()), limit);
+                    }
+                    self.mark_dirty(i);
                 }
-                self.mark_dirty(i);
             }
-            Inbound::Pong => {}
+            Inbound::Pong => {
+                self.admit(i);
+            }
             // Echo the client's code (RFC 6455 §5.5.1), then end.
             Inbound::Close(code) => self.close(i, outbound::close_raw(code.unwrap_or(1000), "")),
         }
     }
 
-    fn on_message(&mut self, i: usize, text: &str) {
+    /// Takes a token from connection `i`'s message rate; over it, ERROR `rate_limited`
+    /// (which counts towards the 1008 close of too many errors) and false.
+    fn admit(&mut self, i: usize) -> bool {
         let per_sec = self.src.conn.max_messages_per_sec;
-        let Some(c) = self.conns[i].as_mut() else { return };
-        if !c.admit_message(per_sec, self.now.mono) {
-            let msg = format!("more than {per_sec} messages per second");
-            return self.refuse(i, &Refusal::new(ErrorCode::RateLimited, msg));
+        let Some(c) = self.conns[i].as_mut() else { return false };
+        if c.admit_message(per_sec, self.now.mono) {
+            return true;
         }
+        let msg = format!("more than {per_sec} messages per second (control frames included)");
+        self.refuse(i, &Refusal::new(ErrorCode::RateLimited, msg));
+        false
+    }
+
+    fn on_message(&mut self, i: usize, text: &str) {
+        if !self.admit(i) {
+            return;
+        }
+        let Some(c) = self.conns[i].as_mut() else { return };
         match protocol::parse(text) {
             Ok(ClientMessage::Ping) => self.reply(i, protocol::PONG),
             Ok(ClientMessage::Subscribe { channel, resume }) => self.subscribe(i, channel, resume),

@@ -146,22 +146,16 @@ impl Core {
     }
 
     /// Subscribes connection `i` to the conflated price stream: the latest price of
-    /// every symbol first, then changes.
+    /// every symbol first, then changes. The snapshot is one bit per symbol in the
+    /// outbox; the frames are the shard's, shared by every subscriber.
     pub(super) fn add_price_sub(&mut self, i: usize) {
-        let ticks = Arc::clone(&self.src.ticks);
+        // Bring the shard's frames up to date; subscribers already here get what
+        // changed now rather than at the next price turn.
+        self.fan_out_prices();
         let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) else { return };
-        // The first subscriber's snapshot is what the shard has now sent: the next
-        // price turn sends only what changes after it, not the snapshot again. (With
-        // subscribers already here, a change they still wait for goes to the newcomer
-        // too, at worst once more than needed.)
-        let first = self.price_subs.is_empty();
-        if first && self.price_versions.len() < ticks.len() {
-            self.price_versions.resize(ticks.len(), 0);
-        }
-        for (sym, tick, version) in ticks.iter() {
-            c.outbox.push_price(sym.0, price_frame(&tick));
-            if first && let Some(seen) = self.price_versions.get_mut(sym.0 as usize) {
-                *seen = version;
+        for (k, frame) in self.price_frames.iter().enumerate() {
+            if frame.is_some() {
+                c.outbox.push_price(k as u32);
             }
         }
         c.prices = true;
@@ -264,6 +258,9 @@ impl Core {
         }
     }
 
+    /// Makes a frame for every symbol whose tick changed since the last turn and marks
+    /// it pending on every price subscriber (who gets the latest frame when its socket
+    /// can take it).
     pub(super) fn fan_out_prices(&mut self) {
         let ticks = Arc::clone(&self.src.ticks);
         for (sym, tick, version) in ticks.iter() {
@@ -273,16 +270,16 @@ impl Core {
             let k = sym.0 as usize;
             if k >= self.price_versions.len() {
                 self.price_versions.resize(k + 1, 0);
+                self.price_frames.resize(k + 1, None);
             }
-            let seen = &mut self.price_versions[k];
-            if version <= *seen {
+            if version <= self.price_versions[k] {
                 continue;
             }
-            *seen = version;
-            let frame = price_frame(&tick);
+            self.price_versions[k] = version;
+            self.price_frames[k] = Some(price_frame(&tick));
             for &i in &self.price_subs {
                 let Some(c) = self.conns[i].as_mut() else { continue };
-                c.outbox.push_price(sym.0, Arc::clone(&frame));
+                c.outbox.push_price(sym.0);
                 c.mark_dirty(&mut self.dirty, i);
             }
         }

@@ -141,7 +141,9 @@ pub struct Core {
     subs: [Vec<Sub>; LOGS],
     cursors: [u64; LOGS],
     price_subs: Vec<ConnId>,
+    /// Per symbol id: the tick version and the price frame this shard last made.
     price_versions: Vec<u64>,
+    price_frames: Vec<Option<Arc<[u8]>>>,
     /// Connections with something to write, in the order they got it.
     dirty: VecDeque<ConnId>,
     /// Subscriptions waiting for a history read-back, and reads to start.
@@ -182,6 +184,7 @@ impl Core {
             cursors: [0; LOGS],
             price_subs: Vec::new(),
             price_versions: Vec::new(),
+            price_frames: Vec::new(),
             dirty: VecDeque::new(),
             pending: Vec::new(),
             requests: VecDeque::new(),
@@ -344,7 +347,7 @@ impl Core {
     /// returns how many (0: nothing left).
     pub fn fill<'a>(&'a mut self, i: ConnId, slices: &mut [IoSlice<'a>; IOVECS]) -> usize {
         let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) else { return 0 };
-        c.outbox.settle();
+        c.outbox.settle(&self.price_frames);
         c.outbox.fill(slices)
     }
 
@@ -381,6 +384,11 @@ impl Core {
     /// [`history_done`](Core::history_done).
     pub fn poll_request(&mut self) -> Option<HistoryRequest> {
         self.requests.pop_front()
+    }
+
+    /// Bytes in connection `i`'s write queue (pending prices are bits until queued).
+    pub fn queued_bytes(&self, i: ConnId) -> usize {
+        self.conns.get(i).and_then(Option::as_ref).map_or(0, |c| c.outbox.queued_bytes())
     }
 
     /// Adds this core's delivery counts to the shared counters.

@@ -5,6 +5,13 @@
 //! until the socket can take them: a slow client gets the latest price, never a
 //! backlog. Past `limit` bytes the queue is dropped and a 4008 close goes out instead
 //! (the client can resume with `since`).
+//!
+//! A pending price is one bit (its symbol id), not a frame: the frame is the shard's
+//! latest for that symbol, taken when the socket can write it, at most [`IOVECS`]
+//! frames ahead. So a snapshot of the whole tick book costs a subscriber one bit per
+//! symbol (8 KiB at 65,536 symbols), a pending price is never more than the latest,
+//! and price bytes in the queue (counted against `limit`) are at most a `writev`'s
+//! worth: a price never closes a connection as a slow consumer, signals do.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -65,9 +72,8 @@ pub struct Outbox {
     /// Bytes of `frames`, and how much of the first one is already written.
     bytes: usize,
     written: usize,
-    /// Pending price frames, the latest per symbol id, in the order symbols became
-    /// pending. Few symbols per connection: a vector beats a map here.
-    prices: Vec<(u32, Arc<[u8]>)>,
+    /// Symbols with a price to send.
+    prices: PendingPrices,
     /// A close frame is queued (last); nothing is accepted after it.
     closing: bool,
 }
@@ -84,7 +90,6 @@ impl Outbox {
             let keep = usize::from(self.written > 0);
             self.frames.truncate(keep);
             self.bytes = self.frames.front().map_or(0, |f| f.bytes().len());
-            self.prices.clear();
             self.close(outbound::close(CloseCode::SlowConsumer));
             return Pushed::Overflow;
         }
@@ -98,23 +103,21 @@ impl Outbox {
         self.push(Out::Frame(outbound::text(json).into()), limit)
     }
 
-    /// Replaces any pending price of `symbol` with `frame` (conflation).
-    pub fn push_price(&mut self, symbol: u32, frame: Arc<[u8]>) {
-        if self.closing {
-            return;
-        }
-        match self.prices.iter_mut().find(|(s, _)| *s == symbol) {
-            Some(p) => p.1 = frame,
-            None => self.prices.push((symbol, frame)),
+    /// Marks `symbol`'s price pending: the latest frame of the symbol goes out when the
+    /// socket can take it (conflation).
+    pub fn push_price(&mut self, symbol: u32) {
+        if !self.closing {
+            self.prices.insert(symbol);
         }
     }
 
     /// Sends what is queued, then `frame` (a close frame); nothing is accepted after.
+    /// Pending prices are dropped (a closing client has no use for them).
     pub fn close(&mut self, frame: Vec<u8>) {
         if self.closing {
             return;
         }
-        self.settle();
+        self.prices.clear();
         self.bytes += frame.len();
         self.frames.push_back(Out::Frame(frame.into()));
         self.closing = true;
@@ -122,7 +125,7 @@ impl Outbox {
 
     /// Nothing left to write (prices included).
     pub fn is_empty(&self) -> bool {
-        self.frames.is_empty() && self.prices.is_empty()
+        self.frames.is_empty() && self.prices.count == 0
     }
 
     /// The close frame has been written in full.
@@ -130,12 +133,22 @@ impl Outbox {
         self.closing && self.frames.is_empty()
     }
 
-    /// Commits pending prices to the write queue (they are about to be written).
-    pub fn settle(&mut self) {
-        for (_, f) in self.prices.drain(..) {
-            self.bytes += f.len();
-            self.frames.push_back(Out::Frame(f));
+    /// Moves pending prices into the write queue, up to a `writev`'s worth of frames
+    /// queued: `latest[symbol]` is each symbol's latest price frame.
+    pub fn settle(&mut self, latest: &[Option<Arc<[u8]>>]) {
+        while self.frames.len() < IOVECS
+            && let Some(symbol) = self.prices.pop()
+        {
+            if let Some(Some(f)) = latest.get(symbol as usize) {
+                self.bytes += f.len();
+                self.frames.push_back(Out::Frame(Arc::clone(f)));
+            }
         }
+    }
+
+    /// Symbols with a price waiting to be queued.
+    pub fn pending_prices(&self) -> usize {
+        self.prices.count
     }
 
     /// Fills `slices` with the unwritten bytes, first frame first; returns how many.
@@ -172,14 +185,63 @@ impl Outbox {
     }
 }
 
+/// A set of symbol ids, one bit each, taken out in id order from where the last one
+/// was taken (so a symbol that changes often cannot starve the others).
+#[derive(Debug, Default)]
+struct PendingPrices {
+    words: Vec<u64>,
+    count: usize,
+    /// The word the next search starts at.
+    from: usize,
+}
+
+impl PendingPrices {
+    fn insert(&mut self, symbol: u32) {
+        let (w, bit) = (symbol as usize / 64, 1u64 << (symbol % 64));
+        if w >= self.words.len() {
+            self.words.resize(w + 1, 0);
+        }
+        if self.words[w] & bit == 0 {
+            self.words[w] |= bit;
+            self.count += 1;
+        }
+    }
+
+    fn pop(&mut self) -> Option<u32> {
+        if self.count == 0 {
+            return None;
+        }
+        let n = self.words.len();
+        for k in 0..n {
+            let w = (self.from + k) % n;
+            let word = self.words[w];
+            if word != 0 {
+                let bit = word.trailing_zeros();
+                self.words[w] &= word - 1; // clears the lowest set bit
+                self.count -= 1;
+                self.from = w;
+                return Some((w * 64) as u32 + bit);
+            }
+        }
+        None
+    }
+
+    fn clear(&mut self) {
+        *self = Self::default();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn written(o: &mut Outbox) -> Vec<Vec<u8>> {
-        o.settle();
+    fn written(o: &mut Outbox, latest: &[Option<Arc<[u8]>>]) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
-        while !o.is_empty() {
+        loop {
+            o.settle(latest);
+            if o.is_empty() {
+                break;
+            }
             let mut sl = [IoSlice::new(&[]); IOVECS];
             let n = o.fill(&mut sl);
             let chunk: Vec<u8> = sl[..n].iter().flat_map(|s| s.iter().copied()).collect();
@@ -192,7 +254,7 @@ mod tests {
     }
 
     fn stream(o: &mut Outbox) -> Vec<u8> {
-        written(o).concat()
+        written(o, &[]).concat()
     }
 
     #[test]
@@ -221,18 +283,35 @@ mod tests {
     }
 
     #[test]
-    fn prices_conflate_per_symbol_and_a_close_comes_after_the_queue() {
+    fn prices_conflate_per_symbol_to_the_latest_and_a_close_drops_them() {
         let mut o = Outbox::default();
-        o.push_price(1, Arc::from(&b"p1-old"[..]));
-        o.push_price(2, Arc::from(&b"p2"[..]));
-        o.push_price(1, Arc::from(&b"p1-new"[..]));
+        let mut latest: Vec<Option<Arc<[u8]>>> = vec![None, Some(Arc::from(&b"p1-old"[..])), None];
+        o.push_price(1);
+        o.push_price(2);
+        latest[2] = Some(Arc::from(&b"p2"[..]));
+        o.push_price(1);
+        latest[1] = Some(Arc::from(&b"p1-new"[..]));
         o.push_text(b"hello", 1 << 20);
-        o.close(outbound::close(CloseCode::GoingAway));
-        o.push_price(3, Arc::from(&b"p3"[..]));
-        let s = stream(&mut o);
+        assert_eq!(o.pending_prices(), 2, "one per symbol");
         let hello = outbound::text(b"hello");
-        let close = outbound::close(CloseCode::GoingAway);
-        assert_eq!(s, [&hello[..], b"p1-new", b"p2", &close[..]].concat());
+        assert_eq!(written(&mut o, &latest).concat(), [&hello[..], b"p1-new", b"p2"].concat());
+        o.push_price(1);
+        o.close(outbound::close(CloseCode::GoingAway));
+        o.push_price(2);
+        assert_eq!(stream(&mut o), outbound::close(CloseCode::GoingAway));
+    }
+
+    #[test]
+    fn pending_prices_enter_the_queue_a_writev_at_a_time_and_all_get_out() {
+        let frame: Arc<[u8]> = Arc::from(&[b'p'; 100][..]);
+        let latest = vec![Some(frame); 2_000];
+        let mut o = Outbox::default();
+        for k in (0..2_000).rev() {
+            o.push_price(k);
+        }
+        o.settle(&latest);
+        assert_eq!(o.queued_bytes(), IOVECS * 100, "a writev's worth queued, the rest one bit each");
+        assert_eq!(written(&mut o, &latest).concat().len(), 2_000 * 100, "every symbol once");
     }
 
     #[test]

@@ -582,6 +582,32 @@ fn prices_start_with_a_snapshot_and_conflate_to_the_latest_per_symbol() {
     assert_eq!(updates, ["2455.0000"]);
 }
 
+#[test]
+fn a_price_snapshot_of_a_big_book_stays_inside_the_outbound_bound_and_arrives_whole() {
+    // 3,000 symbols of ~150-byte frames: 450 KB of snapshot against a 64 KiB bound.
+    let limit = 64 * 1024;
+    let conn = ConnConfig { outbound_limit: limit, ..ConnConfig::default() };
+    let mut h = Setup { conn, ..Setup::default() }.build();
+    for k in 0..3_000 {
+        h.tick(&format!("SYM{k}"), "NSE", "100.00");
+    }
+    let c = h.connect(session("u-book", Tier::Free));
+    h.send(c, r#"{"type":"SUBSCRIBE","channel":"prices_general"}"#);
+    let mut slices = [IoSlice::new(&[]); IOVECS];
+    let n = h.core.fill(c, &mut slices);
+    assert!(n > 0);
+    let queued = h.core.queued_bytes(c);
+    assert!(queued <= limit, "pending prices count against the bound once queued: {queued} B queued");
+    let frames = h.read(c);
+    assert_eq!(frames[0].json()["type"], "SUBSCRIBED");
+    let mut symbols: Vec<String> =
+        frames[1..].iter().map(|f| f.json()["data"]["symbol"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(symbols.len(), 3_000, "not closed as a slow consumer: every symbol once");
+    symbols.sort();
+    symbols.dedup();
+    assert_eq!(symbols.len(), 3_000);
+}
+
 // ----- tokens, heartbeats -----
 
 #[test]
@@ -721,6 +747,27 @@ fn a_ping_frame_is_answered_with_its_payload_and_a_close_is_echoed() {
     let close = client_frame(true, 8, &1000u16.to_be_bytes(), Some([1, 1, 1, 1]));
     h.core.received(c, &close, h.clock);
     assert_eq!(h.read(c), [Frame::Close(1000)]);
+}
+
+#[test]
+fn ping_frames_share_the_message_rate_and_a_flood_of_them_is_closed_1008() {
+    let mut h = harness();
+    let c = h.connect(session("u-pinger", Tier::Free));
+    let burst = 2 * ConnConfig::default().max_messages_per_sec as usize;
+    let ping = client_frame(true, 9, b"", Some([9, 9, 9, 9]));
+    for _ in 0..burst {
+        h.core.received(c, &ping, h.clock);
+    }
+    assert_eq!(h.read(c).len(), burst, "a PONG each within the rate");
+    h.core.received(c, &ping, h.clock);
+    let r = h.read(c);
+    assert_eq!(r.len(), 1, "no PONG past the rate: {r:?}");
+    assert_eq!(r[0].json()["code"], "rate_limited");
+    let flood: Vec<u8> = (0..1_000).flat_map(|_| ping.clone()).collect();
+    h.core.received(c, &flood, h.clock);
+    let r = h.read(c);
+    assert_eq!(r.last(), Some(&Frame::Close(1008)), "too many errors: {r:?}");
+    assert_eq!(r.len(), MAX_ERRORS + 1, "ERRORs up to the limit, then the close, and nothing for the rest");
 }
 
 // ----- drain -----
