@@ -17,11 +17,13 @@
 //!   messages; the subscribe-with-replay handoff the gateway builds on.
 //! - [`policy`]: the tier table (fixtures/tiers.toml).
 //! - [`config`]: engine settings with their defaults.
+//! - [`critical`]: threads whose death ends the process (stage, hub shards).
 //!
 //! [`Engine`] wires them together.
 
 pub mod channels;
 pub mod config;
+pub mod critical;
 pub mod feed;
 pub mod kafka;
 pub mod model;

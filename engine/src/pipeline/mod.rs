@@ -136,19 +136,18 @@ const BATCH: usize = 256;
 /// Runs `stage` on a thread of its own until every [`IngestSender`] is gone.
 ///
 /// The thread runs a current-thread tokio runtime only to wait on the queue and on the
-/// next delayed release together; all the work is synchronous.
+/// next delayed release together; all the work is synchronous. Its death (a panic)
+/// ends the process ([`crate::critical`]): a node that acknowledges signals it can no
+/// longer route must not stay up.
 pub fn spawn_stage(
     mut stage: Stage,
     mut rx: mpsc::Receiver<IngestItem>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new().name("signalcast-stage".into()).spawn(move || {
-        let rt = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
-            Ok(rt) => rt,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot start the pipeline stage runtime");
-                return;
-            }
-        };
+    crate::critical::spawn("signalcast-stage".into(), crate::critical::exit_process(), move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|e| format!("cannot start the pipeline stage runtime: {e}"))?;
         rt.block_on(async move {
             let mut batch = Vec::with_capacity(BATCH);
             loop {
@@ -173,5 +172,6 @@ pub fn spawn_stage(
             }
             tracing::debug!("pipeline stage stopped: ingest queue closed");
         });
+        Ok(())
     })
 }

@@ -83,6 +83,9 @@ enum Cmd {
     /// Tell every client to go (SYSTEM_MESSAGE drain, then 1001).
     Drain,
     Stop,
+    /// Dies as a bug would (tests of what a shard's death does).
+    #[cfg(test)]
+    Crash,
 }
 
 struct ShardHandle {
@@ -121,13 +124,28 @@ pub enum AttachError {
 }
 
 impl Hub {
-    /// Starts the shard threads and hooks them to the engine's bell.
+    /// Starts the shard threads and hooks them to the engine's bell. A shard that dies
+    /// ends the process ([`engine::critical::exit_process`]): its connections are
+    /// gone, and a process with a dead shard would fail every Nth upgrade; a restart
+    /// lets clients reconnect and resume.
     pub fn start(
         engine: Arc<Engine>,
         auth: Arc<dyn Authenticator>,
         stats: Arc<GatewayStats>,
         hub: HubConfig,
         conn: ConnConfig,
+    ) -> std::io::Result<Self> {
+        Self::start_with(engine, auth, stats, hub, conn, engine::critical::exit_process())
+    }
+
+    /// [`start`](Hub::start), with what to do when a shard dies.
+    pub fn start_with(
+        engine: Arc<Engine>,
+        auth: Arc<dyn Authenticator>,
+        stats: Arc<GatewayStats>,
+        hub: HubConfig,
+        conn: ConnConfig,
+        on_death: engine::critical::OnDeath,
     ) -> std::io::Result<Self> {
         let n = if hub.shards == 0 {
             std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
@@ -154,8 +172,11 @@ impl Hub {
             let (tx, rx) = std::sync::mpsc::sync_channel(1_024);
             let shard = shard::Shard::new(i, src.clone(), engine.history.clone(), tx.clone(), rx)?;
             shards.push(ShardHandle { tx, waker: shard.waker() });
-            threads
-                .push(std::thread::Builder::new().name(format!("hub-shard-{i}")).spawn(move || shard.run())?);
+            threads.push(engine::critical::spawn(
+                format!("hub-shard-{i}"),
+                Arc::clone(&on_death),
+                move || shard.run(),
+            )?);
         }
         let wakers: Vec<Arc<mio::Waker>> = shards.iter().map(|s| Arc::clone(&s.waker)).collect();
         engine.channels.listen(Arc::new(move || {
@@ -238,5 +259,44 @@ impl Drop for Hub {
         for s in &self.shards {
             let _ = s.send(Cmd::Stop);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    #[test]
+    fn a_shard_that_dies_is_reported_not_left_half_alive() {
+        let engine = Arc::new(
+            Engine::start(engine::config::EngineConfig::default(), engine::policy::TierPolicy::default())
+                .unwrap(),
+        );
+        let accounts = crate::auth::Accounts::from_toml(crate::config::fixtures::ACCOUNTS).unwrap();
+        let auth = Arc::new(crate::auth::DevAuth::new(b"a secret for this test, 32 bytes+", accounts));
+        let deaths = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&deaths);
+        let on_death: engine::critical::OnDeath =
+            Arc::new(move |t: &str, why: &str| seen.lock().unwrap().push(format!("{t}: {why}")));
+        let hub = Hub::start_with(
+            engine,
+            auth,
+            Arc::default(),
+            HubConfig { shards: 2, ..HubConfig::default() },
+            ConnConfig::default(),
+            on_death,
+        )
+        .unwrap();
+        hub.shards[1].send(Cmd::Crash).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while deaths.lock().unwrap().is_empty() {
+            assert!(std::time::Instant::now() < deadline, "the death was never reported");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(*deaths.lock().unwrap(), ["hub-shard-1: panicked: hub shard 1 crashed on request"]);
+        hub.stop();
+        assert_eq!(deaths.lock().unwrap().len(), 1, "a shard told to stop is not a death");
     }
 }

@@ -85,7 +85,8 @@ impl Shard {
         Arc::clone(&self.waker)
     }
 
-    pub(super) fn run(mut self) {
+    /// Runs until told to stop (`Ok`) or the poller fails (`Err`).
+    pub(super) fn run(mut self) -> Result<(), String> {
         let mut events = Events::with_capacity(1024);
         let mut readable = Vec::new();
         loop {
@@ -93,8 +94,7 @@ impl Shard {
             if let Err(e) = self.poll.poll(&mut events, Some(timeout))
                 && e.kind() != std::io::ErrorKind::Interrupted
             {
-                tracing::error!(shard = self.index, error = %e, "poll failed; shard stops");
-                break;
+                return Err(format!("poll failed: {e}"));
             }
             for ev in &events {
                 let i = ev.token().0;
@@ -133,6 +133,7 @@ impl Shard {
             self.finish(i);
         }
         tracing::debug!(shard = self.index, "hub shard stopped");
+        Ok(())
     }
 
     fn timeout(&self) -> Duration {
@@ -150,6 +151,8 @@ impl Shard {
                 Ok(Cmd::Rights(e)) => self.core.rights(&e, Clock::now()),
                 Ok(Cmd::History(done)) => self.core.history_done(*done, Clock::now()),
                 Ok(Cmd::Drain) => self.core.drain(),
+                #[cfg(test)]
+                Ok(Cmd::Crash) => panic!("hub shard {} crashed on request", self.index),
                 Ok(Cmd::Stop) | Err(TryRecvError::Disconnected) => return false,
                 Err(TryRecvError::Empty) => return true,
             }
