@@ -60,7 +60,9 @@ mod tests {
 
     use super::*;
 
-    fn recorder() -> (OnDeath, Arc<Mutex<Vec<(String, String)>>>) {
+    type Deaths = Arc<Mutex<Vec<(String, String)>>>;
+
+    fn recorder() -> (OnDeath, Deaths) {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = Arc::clone(&seen);
         (Arc::new(move |t: &str, w: &str| log.lock().unwrap().push((t.to_owned(), w.to_owned()))), seen)
