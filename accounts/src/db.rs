@@ -17,6 +17,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "init", include_str!("../migrations/V1__init.sql")),
     (2, "admin_audit", include_str!("../migrations/V2__admin_audit.sql")),
     (3, "sealed_keys", include_str!("../migrations/V3__sealed_keys.sql")),
+    (4, "producer_rights", include_str!("../migrations/V4__producer_rights.sql")),
 ];
 
 /// An arbitrary constant: the advisory lock key of the migrator.

@@ -8,7 +8,9 @@ use engine::model::{Category, Tier};
 const QUERY: &str = "
     SELECT u.id, u.email, u.status, COALESCE(p.tier, 'free'),
            COALESCE(s.categories, ARRAY['equity','crypto','forex','commodity']),
-           COALESCE(s.real_time_access, true), s.max_signals_per_day
+           COALESCE(s.real_time_access, true), s.max_signals_per_day,
+           (SELECT EXTRACT(EPOCH FROM MAX(c.at))::bigint FROM auth.entitlement_changes c
+             WHERE c.user_id = u.id)
     FROM user_management.users u
     LEFT JOIN finance.user_subscriptions us ON us.user_id = u.id AND us.status = 'active'
     LEFT JOIN finance.subscription_plans p ON p.id = us.plan_id
@@ -36,5 +38,6 @@ pub async fn of(
             .collect(),
         real_time: row.get(5),
         max_signals_per_day: limit.and_then(|l| u32::try_from(l).ok()),
+        changed_at: row.get(7),
     }))
 }

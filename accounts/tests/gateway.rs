@@ -537,3 +537,148 @@ async fn unknown_key_ids_do_not_amplify_into_jwks_fetches_and_jwks_needs_no_data
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+fn login(s: &Sidecar, email: &str, password: &str) -> String {
+    let (st, tokens) =
+        http(s.addr, "POST", "/v1/auth/login", None, Some(&json!({"email": email, "password": password})));
+    assert_eq!(st, 200, "{tokens}");
+    tokens["access_token"].as_str().unwrap().to_owned()
+}
+
+async fn welcome_tier(gw: &gateway::Running, token: &str) -> (Ws, String) {
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{}/ws?token={token}", gw.http_addr)).await.unwrap();
+    let welcome = next(&mut ws, Duration::from_secs(5)).await.unwrap().unwrap();
+    let tier = welcome["data"]["tier"].as_str().unwrap().to_owned();
+    (ws, tier)
+}
+
+/// [4/10] 1 and 6: a token issued before a downgrade opens only the new tier — on a
+/// gateway that saw the change live, on one started after it (from the snapshot), and
+/// through REFRESH; and only producers granted the right may send ticks, the right
+/// following the sidecar live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_token_cannot_undo_a_downgrade_and_ticks_need_the_producers_right() {
+    let db = Postgres::start();
+    let sidecar = Sidecar::start(&db);
+    for tier in ["basic", "premium"] {
+        admin(&sidecar, "POST", "/v1/admin/plans", json!({"id": tier, "name": tier, "tier": tier}));
+    }
+    let user =
+        json!({"id": "u-down", "email": "down@example.com", "password": "pass-word-9", "plan": "premium"});
+    assert_eq!(admin(&sidecar, "POST", "/v1/admin/users", user), 201);
+    let live = gateway_on(&sidecar).await;
+    // Tokens carry whole seconds: keep the change a second after the premium token.
+    let premium = login(&sidecar, "down@example.com", "pass-word-9");
+    let (mut held, tier) = welcome_tier(&live, &premium).await;
+    assert_eq!(tier, "premium");
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(
+        admin(&sidecar, "POST", "/v1/admin/subscriptions", json!({"user_id": "u-down", "plan_id": "basic"})),
+        200
+    );
+    let seen = until(&mut held, "SYSTEM_MESSAGE", Duration::from_secs(2)).await;
+    assert_eq!(seen.last().unwrap()["data"]["event"], "entitlements_changed");
+
+    // Reconnecting with the token issued before the downgrade: basic, not premium.
+    let (mut again, tier) = welcome_tier(&live, &premium).await;
+    assert_eq!(tier, "basic", "the old token's premium claim is overridden");
+    assert_eq!(subscribe(&mut again, "signals_premium").await["code"], "forbidden");
+    assert_eq!(subscribe(&mut again, "signals_basic").await["type"], "SUBSCRIBED");
+    // REFRESH with it on a connection opened with a fresh (basic) token: still basic.
+    let fresh = login(&sidecar, "down@example.com", "pass-word-9");
+    let (mut ws, tier) = welcome_tier(&live, &fresh).await;
+    assert_eq!(tier, "basic");
+    ws.send(Message::text(json!({"type": "REFRESH", "token": premium}).to_string())).await.unwrap();
+    let seen = until(&mut ws, "SYSTEM_MESSAGE", Duration::from_secs(2)).await;
+    assert_eq!(seen.last().unwrap()["data"]["event"], "token_refreshed", "{seen:?}");
+    assert_eq!(subscribe(&mut ws, "signals_premium").await["code"], "forbidden");
+    // A gateway that starts after the change learns it from the snapshot.
+    let later = gateway_on(&sidecar).await;
+    let (_, tier) = welcome_tier(&later, &premium).await;
+    assert_eq!(tier, "basic", "a gateway started after the downgrade");
+
+    // Ticks: a producer without the right is refused; granted live, its ticks move prices.
+    let (st, key) = http(
+        sidecar.admin_addr,
+        "POST",
+        "/v1/admin/producer-keys",
+        Some(ADMIN),
+        Some(&json!({"producer_id": "feed-x"})),
+    );
+    assert_eq!(st, 201);
+    let key = key["key"].as_str().unwrap().to_owned();
+    let feed = later.feed_addr.expect("a feed").to_string();
+    let connect = || {
+        engine::feed::Producer::connect(engine::feed::ProducerConfig::new(
+            feed.clone(),
+            "feed-x",
+            key.clone(),
+        ))
+    };
+    let until_key = Instant::now() + Duration::from_secs(5);
+    let producer = loop {
+        match connect().await {
+            Ok(p) => break p,
+            Err(e) => {
+                assert!(Instant::now() < until_key, "the key never opened the feed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let tick = || engine::testkit::tick("RELIANCE", "NSE", "2456.80");
+    let refused = async {
+        for _ in 0..50 {
+            if let Err(e) = producer.send_tick(&tick()).await {
+                return e;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("a producer without the right kept sending ticks");
+    }
+    .await;
+    assert!(
+        matches!(&refused, engine::feed::ProducerError::Refused { code, .. } if code == "forbidden_tick"),
+        "{refused}"
+    );
+    let (mut prices, _) = welcome_tier(&later, &fresh).await;
+    assert_eq!(subscribe(&mut prices, "prices_general").await["type"], "SUBSCRIBED");
+    let put = |ticks: bool| {
+        http(
+            sidecar.admin_addr,
+            "PUT",
+            "/v1/admin/producers/feed-x",
+            Some(ADMIN),
+            Some(&json!({"ticks": ticks})),
+        )
+        .0
+    };
+    assert_eq!(put(true), 200);
+    // Granted: a tick (from a new connection, until the right has reached the gateway)
+    // moves the price clients see.
+    let until_granted = Instant::now() + Duration::from_secs(5);
+    'granted: loop {
+        assert!(Instant::now() < until_granted, "the granted producer's tick never became a price");
+        let p = connect().await.unwrap();
+        let _ = p.send_tick(&tick()).await;
+        while let Some(Ok(v)) = next(&mut prices, Duration::from_millis(300)).await {
+            if v["type"] == "PRICE_UPDATE" && v["data"]["last"] == "2456.8000" {
+                break 'granted;
+            }
+        }
+    }
+    assert_eq!(
+        http(
+            sidecar.admin_addr,
+            "PUT",
+            "/v1/admin/producers/feed-x",
+            Some(ADMIN),
+            Some(&json!({"ticks": "yes"}))
+        )
+        .0,
+        422,
+        "a malformed right is refused"
+    );
+    live.shutdown().await;
+    later.shutdown().await;
+}

@@ -41,6 +41,11 @@ pub struct Entitlements {
     pub categories: Vec<Category>,
     pub real_time: bool,
     pub max_signals_per_day: Option<u32>,
+    /// Unix seconds of the user's last change. A token issued at or before it carries
+    /// older rights: the gateway applies these instead (a downgrade is not undone by
+    /// reconnecting with an older token). Absent: unknown, so these always apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed_at: Option<i64>,
 }
 
 impl Entitlements {
@@ -65,6 +70,26 @@ pub struct Snapshot {
     pub keys: Vec<ProducerKey>,
     /// Ids of users who are not active.
     pub suspended: Vec<String>,
+    /// The current rights of every user changed within `token_ttl_secs`: tokens issued
+    /// before such a change may still be alive.
+    #[serde(default)]
+    pub recent: Vec<Entitlements>,
+    /// The longest an access token lives: a change older than this outlived every
+    /// token issued before it.
+    #[serde(default)]
+    pub token_ttl_secs: u64,
+    /// Producers with rights beyond signals (ticks).
+    #[serde(default)]
+    pub producers: Vec<ProducerRights>,
+}
+
+/// What a producer may send besides signals.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProducerRights {
+    pub producer_id: String,
+    /// May send market ticks (which move the prices every client sees).
+    #[serde(default)]
+    pub ticks: bool,
 }
 
 /// One event of `GET /v1/gateway/changes` (its SSE `id` is `position`). Each carries
@@ -83,8 +108,13 @@ pub enum Change {
     /// A user's status, subscription or signal subscription; `user` is `None` when the
     /// user no longer exists.
     User { user_id: String, user: Option<Entitlements> },
-    /// A producer's active keys, all of them.
-    Producer { producer_id: String, keys: Vec<ProducerKey> },
+    /// A producer's active keys, all of them, and its rights.
+    Producer {
+        producer_id: String,
+        keys: Vec<ProducerKey>,
+        #[serde(default)]
+        ticks: bool,
+    },
     /// The signing keys changed: fetch the JWKS.
     Keys,
 }

@@ -37,6 +37,10 @@ pub struct EngineConfig {
     /// Largest `analysis` JSON accepted, in bytes.
     pub max_analysis_bytes: usize,
     pub missing_tick: MissingTick,
+    /// A tick stamped more than this far ahead of the engine's clock is dropped
+    /// (`future_tick`): its symbol would otherwise refuse every real tick until a
+    /// restart.
+    pub max_tick_ahead_ms: u64,
 }
 
 impl Default for EngineConfig {
@@ -49,6 +53,7 @@ impl Default for EngineConfig {
             delay_capacity: 65_536,
             max_analysis_bytes: 4_096,
             missing_tick: MissingTick::Pass,
+            max_tick_ahead_ms: 10_000,
         }
     }
 }

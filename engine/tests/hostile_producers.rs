@@ -143,3 +143,34 @@ async fn a_second_connection_of_the_same_producer_replaces_the_first() {
     let msgs = wait_for(&t.engine, t.engine.channels.live(Tier::Basic), 2).await;
     assert_eq!(msgs.iter().map(id_of).collect::<Vec<_>>(), vec![1, 2]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ticks_need_the_right_and_a_seq_near_u64_max_cannot_poison_the_producer() {
+    let t = start(EngineConfig::default()).await;
+    let addr = t.feed_addr;
+
+    // gamma may send signals, not ticks: refused, and its tick never reaches the book.
+    let mut tick_frame = hello("gamma", "key-gamma", PROTOCOL_VERSION);
+    ProducerMessage::Tick(tick("RELIANCE", "NSE", "1.00")).encode(&mut tick_frame);
+    let got = exchange(addr, &tick_frame).await;
+    assert!(matches!(got[0], EngineMessage::Welcome { .. }));
+    assert_eq!(error_code(&got), "forbidden_tick");
+    let alpha = producer(addr, "alpha").await;
+    alpha.send_tick(&tick("RELIANCE", "NSE", "2456.80")).await.unwrap();
+    eventually("alpha's tick in the book", || {
+        t.engine.ticks.iter().any(|(_, k, _)| k.last.raw() == 24_568_000)
+    })
+    .await;
+    assert_eq!(t.engine.ticks.len(), 1, "gamma's tick never reached the book");
+
+    // A seq 2^32 past gamma's highest (0 so far) is refused; the producer is not poisoned.
+    let mut poison = hello("gamma", "key-gamma", PROTOCOL_VERSION);
+    engine::feed::codec::encode_signal(&mut poison, u64::MAX, None, &equity(1, 9_500));
+    let got = exchange(addr, &poison).await;
+    assert_eq!(error_code(&got), "bad_seq");
+    let gamma = producer(addr, "gamma").await;
+    gamma.send_signal(&equity(2, 9_500)).await.unwrap();
+    gamma.flush().await.unwrap();
+    let routed = wait_for(&t.engine, t.engine.channels.live(Tier::Premium), 1).await;
+    assert_eq!(id_of(&routed[0]), 2, "a normal seq still routes after the refused one");
+}

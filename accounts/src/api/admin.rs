@@ -270,6 +270,36 @@ pub(crate) async fn issue_producer_key(
     Ok((StatusCode::CREATED, Json(json!({"id": id, "producer_id": k.producer_id, "key": key}))))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ProducerRightsBody {
+    ticks: bool,
+}
+
+/// Sets what producer `producer_id` may send besides signals (`ticks`); gateways apply it
+/// to its live connections at once.
+pub(crate) async fn set_producer_rights(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    Path(producer_id): Path<String>,
+    Json(r): Json<ProducerRightsBody>,
+) -> Result<Json<Value>, ApiError> {
+    admin(&app, &headers)?;
+    if producer_id.is_empty() || producer_id.len() > 64 {
+        return Err(ApiError::bad_request("producer_id must be 1 to 64 bytes"));
+    }
+    app.pool
+        .get()
+        .await?
+        .execute(
+            "INSERT INTO auth.producers (producer_id, ticks) VALUES ($1, $2)
+             ON CONFLICT (producer_id) DO UPDATE SET ticks = EXCLUDED.ticks, updated_at = now()",
+            &[&producer_id, &r.ticks],
+        )
+        .await?;
+    Ok(Json(json!({"producer_id": producer_id, "ticks": r.ticks})))
+}
+
 pub(crate) async fn revoke_producer_key(
     State(app): State<Shared>,
     headers: HeaderMap,

@@ -15,7 +15,7 @@ use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use contract::{Change, ChangeEvent, ProducerKey, Snapshot};
+use contract::{Change, ChangeEvent, ProducerKey, ProducerRights, Snapshot};
 use futures_util::stream::{self, Stream, StreamExt};
 use serde::Deserialize;
 
@@ -45,8 +45,19 @@ async fn active_keys(
         .collect())
 }
 
-/// What a gateway needs besides the stream: every active producer key (SHA-256 only),
-/// the suspended users, and the change-log position both are as of.
+async fn may_send_ticks(
+    client: &impl deadpool_postgres::GenericClient,
+    producer: &str,
+) -> Result<bool, ApiError> {
+    let row =
+        client.query_opt("SELECT ticks FROM auth.producers WHERE producer_id = $1", &[&producer]).await?;
+    Ok(row.is_some_and(|r| r.get(0)))
+}
+
+/// What a gateway needs besides the stream: every active producer key (SHA-256 only)
+/// and the producers' rights, the suspended users, the current rights of users changed
+/// recently enough for a token issued before the change to be alive, and the change-log
+/// position all of it is as of.
 pub(crate) async fn snapshot(
     State(app): State<Shared>,
     headers: HeaderMap,
@@ -68,8 +79,33 @@ pub(crate) async fn snapshot(
         .iter()
         .map(|r| r.get(0))
         .collect();
+    let producers = tx
+        .query("SELECT producer_id, ticks FROM auth.producers WHERE ticks ORDER BY producer_id", &[])
+        .await?
+        .iter()
+        .map(|r| ProducerRights { producer_id: r.get(0), ticks: r.get(1) })
+        .collect();
+    // A minute beyond the token lifetime covers the gateways' leeway and clock skew.
+    let token_ttl_secs = app.config.access_ttl.as_secs();
+    let window = (token_ttl_secs + 60) as f64;
+    let changed: Vec<String> = tx
+        .query(
+            "SELECT DISTINCT user_id FROM auth.entitlement_changes
+             WHERE user_id IS NOT NULL AND at > now() - make_interval(secs => $1)",
+            &[&window],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut recent = Vec::with_capacity(changed.len());
+    for id in changed {
+        if let Some(e) = entitlements::of(&tx, &id).await? {
+            recent.push(e);
+        }
+    }
     tx.commit().await?;
-    Ok(Json(Snapshot { position, keys, suspended }))
+    Ok(Json(Snapshot { position, keys, suspended, recent, token_ttl_secs, producers }))
 }
 
 #[derive(Deserialize)]
@@ -131,7 +167,8 @@ async fn read(app: &App, after: i64) -> Result<Vec<(i64, ChangeEvent)>, ApiError
             }
             (None, Some(producer_id)) => {
                 let keys = active_keys(&client, Some(&producer_id)).await?;
-                Change::Producer { producer_id, keys }
+                let ticks = may_send_ticks(&client, &producer_id).await?;
+                Change::Producer { producer_id, keys, ticks }
             }
             (None, None) => Change::Keys,
         };

@@ -272,6 +272,7 @@ pub fn decode_body(method: &str, path: &str, body: &[u8]) -> Result<(), (u16, St
         ("post", "/v1/admin/plans") => checked(parse::<admin::NewPlan>(body)?.validate()),
         ("post", "/v1/admin/subscriptions") => parse::<admin::NewSubscription>(body).map(drop),
         ("post", "/v1/admin/producer-keys") => parse::<admin::NewProducerKey>(body).map(drop),
+        ("put", "/v1/admin/producers/{producer_id}") => parse::<admin::ProducerRightsBody>(body).map(drop),
         _ => Ok(()),
     }
 }
@@ -293,6 +294,7 @@ routes! {
     post "/v1/admin/subscriptions" => admin::subscribe,
     post "/v1/admin/producer-keys" => admin::issue_producer_key,
     delete "/v1/admin/producer-keys/{id}" => admin::revoke_producer_key,
+    put "/v1/admin/producers/{producer_id}" => admin::set_producer_rights,
     post "/v1/admin/signing-keys/rotate" => admin::rotate_signing_key,
     post "/v1/admin/signing-keys/{kid}/retire" => admin::retire_signing_key,
     get "/v1/gateway/snapshot" => feed::snapshot,

@@ -14,6 +14,11 @@ use serde::Deserialize;
 pub trait ProducerAuth: Send + Sync + fmt::Debug {
     fn verify(&self, producer_id: &str, api_key: &str) -> bool;
 
+    /// Whether `producer_id` may send market ticks. Ticks move the price every client
+    /// sees (and which signal outcomes follow), so only producers granted the right
+    /// may send them; the rest are refused with `forbidden_tick`.
+    fn may_send_ticks(&self, producer_id: &str) -> bool;
+
     /// Changes whenever keys may have been revoked: connected producers are verified
     /// again then, and cut if their key no longer holds. `None`: keys never change.
     fn revisions(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
@@ -24,6 +29,8 @@ pub trait ProducerAuth: Send + Sync + fmt::Debug {
 /// A fixed table of producer ids and keys.
 pub struct StaticKeys {
     keys: HashMap<String, String>,
+    /// Producers that may send ticks.
+    ticks: std::collections::HashSet<String>,
 }
 
 impl fmt::Debug for StaticKeys {
@@ -55,23 +62,39 @@ struct KeysFile {
 struct KeyEntry {
     id: String,
     api_key: String,
+    /// May send market ticks (default: no).
+    #[serde(default)]
+    ticks: bool,
 }
 
 impl StaticKeys {
+    /// Producers that may send signals only (see [`StaticKeys::with_ticks`]).
     pub fn new<I: IntoIterator<Item = (String, String)>>(entries: I) -> Self {
-        Self { keys: entries.into_iter().collect() }
+        Self { keys: entries.into_iter().collect(), ticks: Default::default() }
     }
 
-    /// `[[producer]] id = "…" api_key = "…"` entries.
+    /// Grants the right to send ticks to `producers`.
+    #[must_use]
+    pub fn with_ticks<I: IntoIterator<Item = String>>(mut self, producers: I) -> Self {
+        self.ticks.extend(producers);
+        self
+    }
+
+    /// `[[producer]] id = "…" api_key = "…" ticks = true|false` entries (`ticks`: may
+    /// send market ticks; default false).
     pub fn from_toml(text: &str) -> Result<Self, KeysError> {
         let file: KeysFile = toml::from_str(text)?;
         let mut keys = HashMap::new();
+        let mut ticks = std::collections::HashSet::new();
         for e in file.producer {
+            if e.ticks {
+                ticks.insert(e.id.clone());
+            }
             if keys.insert(e.id.clone(), e.api_key).is_some() {
                 return Err(KeysError::Duplicate(e.id));
             }
         }
-        Ok(Self { keys })
+        Ok(Self { keys, ticks })
     }
 
     pub fn load(path: &Path) -> Result<Self, KeysError> {
@@ -94,6 +117,10 @@ impl StaticKeys {
 impl ProducerAuth for StaticKeys {
     fn verify(&self, producer_id: &str, api_key: &str) -> bool {
         self.keys.get(producer_id).is_some_and(|k| constant_time_eq(k.as_bytes(), api_key.as_bytes()))
+    }
+
+    fn may_send_ticks(&self, producer_id: &str) -> bool {
+        self.ticks.contains(producer_id)
     }
 }
 
@@ -121,6 +148,13 @@ mod tests {
         );
         let k = StaticKeys::new([("a".to_owned(), "k".to_owned())]);
         assert!(k.verify("a", "k") && !k.verify("a", "kk"));
+        assert!(!k.may_send_ticks("a"), "signals only unless granted");
+        assert!(StaticKeys::new([]).with_ticks(["a".to_owned()]).may_send_ticks("a"));
+        let file = StaticKeys::from_toml(
+            "[[producer]]\nid='t'\napi_key='k'\nticks=true\n[[producer]]\nid='s'\napi_key='j'",
+        )
+        .unwrap();
+        assert!(file.may_send_ticks("t") && !file.may_send_ticks("s") && !file.may_send_ticks("nobody"));
         assert!(!format!("{k:?}").contains("\"k\""));
     }
 }

@@ -149,7 +149,17 @@ struct Session {
     out: Vec<u8>,
     scratch: AlignedVec,
     ctx: FeedContext,
+    /// The producer may send ticks (checked again when its rights change).
+    may_tick: bool,
+    /// The highest producer seq seen or acknowledged: the next may be at most
+    /// [`MAX_SEQ_STEP`] above it.
+    last_seq: u64,
 }
+
+/// How far one signal's `producer_seq` may jump past the producer's highest. Seqs need
+/// not be contiguous, but a seq near `u64::MAX` would make every later signal of the
+/// producer a "resend" until the engine restarts.
+pub const MAX_SEQ_STEP: u64 = 1 << 32;
 
 async fn session<S>(
     stream: S,
@@ -168,6 +178,8 @@ async fn session<S>(
         out: Vec::with_capacity(256),
         scratch: AlignedVec::new(),
         ctx,
+        may_tick: false,
+        last_seq: 0,
     };
     let end = if admitted {
         s.run(peer, stop).await
@@ -224,6 +236,8 @@ impl Session {
             return refuse("auth_failed", "unknown producer id or wrong API key");
         }
         let (slot, session) = self.ctx.producers.attach(&hello.producer_id);
+        self.may_tick = self.ctx.auth.may_send_ticks(&slot.id);
+        self.last_seq = slot.acked();
         self.ctx.stats.connected.fetch_add(1, Ordering::Relaxed);
         self.ctx.stats.sessions.fetch_add(1, Ordering::Relaxed);
         let _connected = Connected(Arc::clone(&self.ctx.stats));
@@ -276,6 +290,7 @@ impl Session {
                     if !self.ctx.auth.verify(&slot.id, api_key) {
                         return refuse("key_revoked", "this producer's API key was revoked");
                     }
+                    self.may_tick = self.ctx.auth.may_send_ticks(&slot.id);
                 }
                 _ = stop.changed() => return refuse("shutting_down", "the engine is shutting down"),
             }
@@ -289,6 +304,16 @@ impl Session {
                 ProducerMessage::decode(kind, &payload, &mut self.scratch, self.ctx.max_analysis_bytes)?;
             let item = match msg {
                 ProducerMessage::Signal { producer_seq, sent_at, signal } => {
+                    if producer_seq > self.last_seq.saturating_add(MAX_SEQ_STEP) {
+                        return Err(refuse(
+                            "bad_seq",
+                            format!(
+                                "producer_seq {producer_seq} jumps more than 2^32 past this producer's highest ({})",
+                                self.last_seq
+                            ),
+                        ));
+                    }
+                    self.last_seq = self.last_seq.max(producer_seq);
                     self.ctx.stats.signals.fetch_add(1, Ordering::Relaxed);
                     IngestItem::Signal(SignalItem {
                         origin: Origin::Producer { slot, seq: producer_seq },
@@ -296,6 +321,12 @@ impl Session {
                         ingest_ts: UnixNanos::now(),
                         sent_ts: sent_at,
                     })
+                }
+                ProducerMessage::Tick(_) if !self.may_tick => {
+                    return Err(refuse(
+                        "forbidden_tick",
+                        "this producer may not send ticks (the operator grants the right)",
+                    ));
                 }
                 ProducerMessage::Tick(t) => {
                     self.ctx.stats.ticks.fetch_add(1, Ordering::Relaxed);

@@ -21,6 +21,7 @@ use crate::ticks::{TickUpdate, TickWriter};
 pub struct Stage {
     policy: Arc<TierPolicy>,
     missing_tick: MissingTick,
+    max_tick_ahead_ns: i64,
     ticks: TickWriter,
     channels: Arc<ChannelSet>,
     producers: Arc<ProducerRegistry>,
@@ -58,6 +59,8 @@ impl Stage {
         });
         Self {
             missing_tick: config.missing_tick,
+            max_tick_ahead_ns: i64::try_from(config.max_tick_ahead_ms.saturating_mul(1_000_000))
+                .unwrap_or(i64::MAX),
             ticks,
             seqs: ProducerSeqs::default(),
             ids: RecentIds::new(config.dedup_window),
@@ -98,14 +101,18 @@ impl Stage {
     pub fn handle(&mut self, item: IngestItem, now: UnixNanos) {
         match item {
             IngestItem::Signal(s) => self.on_signal(s, now),
-            IngestItem::Tick(t) => self.on_tick(&t),
+            IngestItem::Tick(t) => self.on_tick(&t, now),
             IngestItem::Routed(r) => self.on_routed(*r),
             IngestItem::Done(d) => self.done.push(d),
         }
     }
 
-    fn on_tick(&mut self, t: &Tick) {
+    fn on_tick(&mut self, t: &Tick, now: UnixNanos) {
         self.stats.tick_in();
+        if t.ts.0 > now.0.saturating_add(self.max_tick_ahead_ns) {
+            self.stats.dropped(DropReason::FutureTick);
+            return;
+        }
         match self.ticks.update(t) {
             TickUpdate::Applied(_) => {}
             TickUpdate::Stale(_) => self.stats.dropped(DropReason::StaleTick),

@@ -24,12 +24,15 @@ pub enum DropReason {
     StaleTick,
     /// A tick for a new symbol with the tick book full (ticks only).
     TickBookFull,
+    /// A tick stamped further in the future than `max_tick_ahead_ms` (ticks only): held,
+    /// it would make every real tick of its symbol "stale" until a restart.
+    FutureTick,
     /// A delayed view overflowed and lost its oldest message (per channel message).
     DelayOverflow,
 }
 
 impl DropReason {
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::BelowConfidence,
         Self::Expired,
         Self::DuplicateSeq,
@@ -38,6 +41,7 @@ impl DropReason {
         Self::NoTier,
         Self::StaleTick,
         Self::TickBookFull,
+        Self::FutureTick,
         Self::DelayOverflow,
     ];
 
@@ -52,6 +56,7 @@ impl DropReason {
             Self::NoTier => "no_tier",
             Self::StaleTick => "stale_tick",
             Self::TickBookFull => "tick_book_full",
+            Self::FutureTick => "future_tick",
             Self::DelayOverflow => "delay_overflow",
         }
     }

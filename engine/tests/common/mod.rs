@@ -32,7 +32,9 @@ pub async fn start(config: EngineConfig) -> TestEngine {
 
 pub async fn start_with(config: EngineConfig, feed_config: FeedConfig) -> TestEngine {
     let engine = Engine::start(config, TierPolicy::default()).unwrap();
-    let keys = StaticKeys::new(KEYS.iter().map(|(i, k)| ((*i).to_owned(), (*k).to_owned())));
+    // gamma sends signals only.
+    let keys = StaticKeys::new(KEYS.iter().map(|(i, k)| ((*i).to_owned(), (*k).to_owned())))
+        .with_ticks(["alpha".to_owned(), "beta".to_owned()]);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let feed_addr = listener.local_addr().unwrap();
     let ctx = engine.feed_context(Arc::new(keys), feed_config);

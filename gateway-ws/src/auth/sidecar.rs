@@ -49,6 +49,11 @@ pub struct SidecarAuth {
     was_up: AtomicBool,
     /// Producer id -> SHA-256 (hex) of each active API key.
     producers: RwLock<HashMap<String, HashSet<String>>>,
+    /// Producers that may send ticks.
+    tick_producers: RwLock<HashSet<String>>,
+    /// Users whose rights changed recently enough for a token issued before the change
+    /// to be alive: their current rights, which override such a token.
+    changed: RwLock<Changed>,
     /// Bumped when producer keys change: connected producers are verified again.
     revision: tokio::sync::watch::Sender<u64>,
 }
@@ -135,6 +140,8 @@ impl SidecarAuth {
             feed_up: AtomicBool::new(false),
             was_up: AtomicBool::new(false),
             producers: RwLock::new(HashMap::new()),
+            tick_producers: RwLock::new(HashSet::new()),
+            changed: RwLock::new(Changed::default()),
             revision: tokio::sync::watch::Sender::new(0),
         });
         tokio::spawn(Arc::clone(&me).keep_keys());
@@ -219,7 +226,10 @@ impl SidecarAuth {
             producers.entry(k.producer_id).or_default().insert(k.key_sha256);
         }
         *write(&self.producers) = producers;
+        *write(&self.tick_producers) =
+            snap.producers.into_iter().filter(|p| p.ticks).map(|p| p.producer_id).collect();
         *write(&self.suspended) = snap.suspended.into_iter().collect();
+        write(&self.changed).load(snap.recent, snap.token_ttl_secs);
         self.revision.send_modify(|r| *r += 1);
         if *after == 0 {
             *after = snap.position;
@@ -240,13 +250,21 @@ impl SidecarAuth {
                         suspended.insert(e.id.clone());
                     }
                     drop(suspended);
+                    write(&self.changed).insert(e.clone());
                     on_change(&e);
                 }
                 // A user that no longer exists: its tokens cannot be refreshed; what is
                 // connected ends with its token.
                 Change::User { user: None, .. } => {}
-                Change::Producer { producer_id, keys } => {
+                Change::Producer { producer_id, keys, ticks } => {
                     let keys: HashSet<String> = keys.into_iter().map(|k| k.key_sha256).collect();
+                    let mut tick_producers = write(&self.tick_producers);
+                    if ticks {
+                        tick_producers.insert(producer_id.clone());
+                    } else {
+                        tick_producers.remove(&producer_id);
+                    }
+                    drop(tick_producers);
                     write(&self.producers).insert(producer_id, keys);
                     self.revision.send_modify(|r| *r += 1);
                 }
@@ -284,8 +302,53 @@ impl engine::feed::ProducerAuth for SidecarAuth {
         read(&self.producers).get(producer_id).is_some_and(|keys| keys.contains(&hex))
     }
 
+    fn may_send_ticks(&self, producer_id: &str) -> bool {
+        read(&self.tick_producers).contains(producer_id)
+    }
+
     fn revisions(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         Some(self.revision.subscribe())
+    }
+}
+
+/// Users' current rights from the change feed, kept while a token issued before the
+/// change may be alive (`token_ttl` plus a minute), then forgotten: memory is bounded
+/// by the users changed within a token's lifetime, not by every user ever changed.
+#[derive(Debug, Default)]
+struct Changed {
+    by_user: HashMap<String, Entitlements>,
+    token_ttl_secs: u64,
+    pruned_at: i64,
+}
+
+impl Changed {
+    fn load(&mut self, recent: Vec<Entitlements>, token_ttl_secs: u64) {
+        self.token_ttl_secs = token_ttl_secs;
+        self.by_user = recent.into_iter().map(|e| (e.id.clone(), e)).collect();
+    }
+
+    fn insert(&mut self, e: Entitlements) {
+        let now = engine::model::UnixNanos::now().0 / 1_000_000_000;
+        if now - self.pruned_at >= 60 && self.token_ttl_secs > 0 {
+            self.pruned_at = now;
+            let keep_after = now - self.token_ttl_secs as i64 - 60;
+            self.by_user.retain(|_, e| e.changed_at.is_none_or(|t| t > keep_after));
+        }
+        self.by_user.insert(e.id.clone(), e);
+    }
+
+    /// `session` (from a token issued at `iat`) with the user's current rights when they
+    /// changed at or after `iat`.
+    fn clamp(&self, mut session: Session, iat: i64) -> Session {
+        if let Some(e) = self.by_user.get(&session.user_id)
+            && iat <= e.changed_at.unwrap_or(i64::MAX)
+        {
+            session.tier = e.tier;
+            session.categories = e.categories.iter().copied().collect();
+            session.real_time = e.real_time;
+            session.max_signals_per_day = e.max_signals_per_day;
+        }
+        session
     }
 }
 
@@ -329,6 +392,9 @@ impl Authenticator for SidecarAuth {
         if read(&self.suspended).contains(&claims.sub) {
             return Err(AuthError::Suspended);
         }
-        Ok(Session::from(claims))
+        let iat = claims.iat;
+        // A token issued before the user's last change carries old rights (a
+        // downgrade would be undone by reconnecting): the current ones apply.
+        Ok(read(&self.changed).clamp(Session::from(claims), iat))
     }
 }

@@ -158,6 +158,20 @@ fn enriches_with_the_latest_tick_or_null() {
 }
 
 #[test]
+fn a_tick_from_the_far_future_is_dropped_and_cannot_freeze_its_symbol() {
+    let mut h = harness(EngineConfig::default());
+    h.stage.handle(IngestItem::Tick(tick(99_990_000, UnixNanos(i64::MAX))), T0);
+    h.stage.handle(IngestItem::Tick(tick(99_990_000, T0.plus_nanos(10 * SEC + 1))), T0);
+    assert_eq!(h.stats.drops(DropReason::FutureTick), 2, "past the 10 s default");
+    h.stage.handle(IngestItem::Tick(tick(24_568_000, T0)), T0);
+    h.stage.handle(IngestItem::Tick(tick(24_569_000, T0.plus_nanos(10 * SEC))), T0);
+    h.stage.handle(local(signal(1, 9_500)), T0);
+    let m = data(&read_all(h.channels.live(Tier::Premium))[0]).market.unwrap();
+    assert_eq!(m.last.raw(), 24_569_000, "real ticks still move the price; 10 s ahead is within bounds");
+    assert_eq!(h.stats.drops(DropReason::StaleTick), 0);
+}
+
+#[test]
 fn duplicates_by_producer_seq_and_by_id_are_dropped_and_acked() {
     let mut h = harness(EngineConfig::default());
     let (slot, _) = h.producers.attach("p");

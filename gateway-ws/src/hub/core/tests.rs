@@ -675,6 +675,7 @@ fn a_downgrade_closes_the_channels_above_the_new_tier_and_a_suspension_closes_40
         real_time: true,
         max_signals_per_day: None,
         status: "active".into(),
+        changed_at: None,
     };
     h.core.rights(&e, h.clock);
     let frames = h.read(c);
