@@ -71,8 +71,14 @@ pub struct FeedConfig {
     /// Time allowed for one write to a producer (WELCOME, ACK, ERROR).
     #[serde(with = "millis", rename = "write_timeout_ms")]
     pub write_timeout: Duration,
-    /// Producer connections at once; more get ERROR `too_many_connections`.
+    /// Authenticated producer connections at once; more get ERROR
+    /// `too_many_connections` after their HELLO.
     pub max_connections: usize,
+    /// Connections that have not sent a valid HELLO yet, at once (0: no cap): past it a
+    /// new connection is closed at once, so idle sockets cannot hold producers' places.
+    pub max_unauthenticated: usize,
+    /// The same, per peer address.
+    pub max_unauthenticated_per_ip: usize,
     /// An ACK goes out at most this often, unless `ack_every` signals are waiting.
     #[serde(with = "millis", rename = "ack_interval_ms")]
     pub ack_interval: Duration,
@@ -86,6 +92,8 @@ impl Default for FeedConfig {
             idle_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(5),
             max_connections: 1_024,
+            max_unauthenticated: 1_024,
+            max_unauthenticated_per_ip: 256,
             ack_interval: Duration::from_millis(1),
             ack_every: 256,
         }

@@ -18,12 +18,14 @@
 //! - [`policy`]: the tier table (fixtures/tiers.toml).
 //! - [`config`]: engine settings with their defaults.
 //! - [`critical`]: threads whose death ends the process (stage, hub shards).
+//! - [`doorway`]: caps on sockets that have not authenticated yet.
 //!
 //! [`Engine`] wires them together.
 
 pub mod channels;
 pub mod config;
 pub mod critical;
+pub mod doorway;
 pub mod feed;
 pub mod kafka;
 pub mod model;

@@ -174,3 +174,79 @@ async fn ticks_need_the_right_and_a_seq_near_u64_max_cannot_poison_the_producer(
     let routed = wait_for(&t.engine, t.engine.channels.live(Tier::Premium), 1).await;
     assert_eq!(id_of(&routed[0]), 2, "a normal seq still routes after the refused one");
 }
+
+/// Connects from `source` (any 127.0.0.0/8 address is loopback), sends `bytes`, and
+/// returns the first frame the engine answers, if any within 5 s.
+async fn first_frame_from(
+    source: &str,
+    addr: std::net::SocketAddr,
+    bytes: &[u8],
+) -> (TcpStream, Option<EngineMessage>) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let mut s = socket.connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut buf = BytesMut::new();
+    let mut scratch = AlignedVec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some((kind, payload)) = next_frame(&mut buf).unwrap() {
+            return (s, Some(EngineMessage::decode(kind, &payload, &mut scratch).unwrap()));
+        }
+        match tokio::time::timeout_at(deadline, s.read_buf(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return (s, None),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_unauthenticated_sockets_hold_no_producer_place_and_are_capped_per_address() {
+    let feed = FeedConfig {
+        max_connections: 2,
+        max_unauthenticated: 10,
+        max_unauthenticated_per_ip: 5,
+        handshake_timeout: Duration::from_secs(2),
+        ..FeedConfig::default()
+    };
+    let t = start_with(EngineConfig::default(), feed).await;
+    let addr = t.feed_addr;
+    // Five idle sockets from one address fill its share of the door.
+    let mut idle = Vec::new();
+    for _ in 0..5 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        idle.push(socket.connect(addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_, sixth) = first_frame_from("127.0.0.1", addr, &[]).await;
+    assert!(
+        matches!(&sixth, Some(EngineMessage::Error { code, .. }) if code == "too_many_connections"),
+        "a sixth from the same address is turned away at once: {sixth:?}"
+    );
+    // Producers from elsewhere still get in: the idle sockets hold none of their 2 places.
+    let (_a, first) =
+        first_frame_from("127.0.0.2", addr, &hello("alpha", "key-alpha", PROTOCOL_VERSION)).await;
+    assert!(matches!(first, Some(EngineMessage::Welcome { .. })), "{first:?}");
+    let (_b, second) =
+        first_frame_from("127.0.0.3", addr, &hello("beta", "key-beta", PROTOCOL_VERSION)).await;
+    assert!(matches!(second, Some(EngineMessage::Welcome { .. })), "{second:?}");
+    // The producers' own cap applies after HELLO.
+    let (_, third) =
+        first_frame_from("127.0.0.4", addr, &hello("gamma", "key-gamma", PROTOCOL_VERSION)).await;
+    assert!(
+        matches!(&third, Some(EngineMessage::Error { code, .. }) if code == "too_many_connections"),
+        "{third:?}"
+    );
+    // The idle ones are cut at the HELLO deadline, and their address gets its places back.
+    for mut s in idle {
+        let mut sink = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut sink)).await;
+        assert!(read.is_ok(), "an idle socket outlived the HELLO deadline");
+    }
+    let (_, back) = first_frame_from("127.0.0.1", addr, &[]).await;
+    assert!(
+        matches!(&back, Some(EngineMessage::Error { code, .. }) if code == "handshake_timeout"),
+        "let in again, then timed out for want of a HELLO: {back:?}"
+    );
+}

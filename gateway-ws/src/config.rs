@@ -34,9 +34,17 @@ pub struct Config {
     pub price_interval_ms: u64,
     /// On shutdown, how long connections get to close after the drain notice.
     pub drain_timeout_secs: u64,
-    /// Time a client gets to complete its TLS handshake and send its request headers;
-    /// a slower one (slowloris) is disconnected.
+    /// Time a client gets to complete its TLS handshake and send its request headers,
+    /// together; a slower one (slowloris) is disconnected.
     pub handshake_timeout_ms: u64,
+    /// Client sockets open at once on the client listener, upgraded or not (0: no cap);
+    /// past it a new one gets 503 and is closed.
+    pub max_connections: usize,
+    /// Client sockets that have not finished their upgrade yet, at once (0: no cap).
+    pub max_unauthenticated: usize,
+    /// The same, per peer address. Behind a load balancer every client has its address:
+    /// the default admits 10,000 clients reconnecting through one at once.
+    pub max_unauthenticated_per_ip: usize,
     /// Open WebSocket connections per client IP (the socket's peer: behind a proxy,
     /// the proxy's); 0 = no limit. More get HTTP 429 before the upgrade.
     pub max_connections_per_ip: usize,
@@ -161,7 +169,10 @@ impl Default for Config {
             price_interval_ms: 20,
             drain_timeout_secs: 5,
             socket_send_buffer: None,
-            handshake_timeout_ms: 10_000,
+            handshake_timeout_ms: 5_000,
+            max_connections: 100_000,
+            max_unauthenticated: 16_384,
+            max_unauthenticated_per_ip: 10_000,
             max_connections_per_ip: 0,
             max_connections_per_user: 0,
             allowed_origins: Vec::new(),

@@ -64,7 +64,19 @@ pub async fn serve<I>(io: I, peer: Option<IpAddr>, app: Arc<App>)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let header_timeout = app.handshake_timeout;
+    let deadline = tokio::time::Instant::now() + app.handshake_timeout;
+    serve_within(io, peer, app, deadline).await;
+}
+
+/// [`serve`], with the request headers due by `deadline` (what is left of the budget
+/// the TLS handshake started).
+pub async fn serve_within<I>(io: I, peer: Option<IpAddr>, app: Arc<App>, deadline: tokio::time::Instant)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let header_timeout = deadline
+        .saturating_duration_since(tokio::time::Instant::now())
+        .max(std::time::Duration::from_millis(1));
     let svc = service_fn(move |req| {
         let app = Arc::clone(&app);
         async move { Ok::<_, Infallible>(route(req, peer, app)) }

@@ -135,6 +135,12 @@ impl GatewayStats {
         self.connections[tier.index()].load(Ordering::Relaxed)
     }
 
+    /// WebSocket connections open, every tier.
+    pub fn open_connections(&self) -> usize {
+        let n: i64 = self.connections.iter().map(|c| c.load(Ordering::Relaxed)).sum();
+        usize::try_from(n).unwrap_or(0)
+    }
+
     pub fn delivered_count(&self, tier: Tier) -> u64 {
         self.delivered[tier.index()].load(Ordering::Relaxed)
     }

@@ -40,8 +40,12 @@ pub struct App {
     /// The accounts sidecar, when tokens come from it.
     sidecar: Option<Arc<SidecarAuth>>,
     socket_send_buffer: Option<usize>,
-    /// TLS handshake and request headers must be in within this.
+    /// TLS handshake and request headers must be in within this, together.
     pub handshake_timeout: Duration,
+    /// Sockets that have not finished their upgrade yet, capped in total and per address.
+    pub doorway: Arc<engine::doorway::Doorway>,
+    /// Client sockets at once, upgraded or not (0: no cap).
+    max_connections: usize,
     /// The dashboard's token picker: only when tokens are signed with the public dev
     /// secret (see [`crate::dashboard::dev_tokens`]).
     pub dev_tokens: Option<(Arc<DevAuth>, Duration)>,
@@ -155,8 +159,28 @@ pub fn dev_auth(config: &Config) -> Result<DevAuth, StartError> {
     Ok(DevAuth::new(config.auth.dev_secret.as_bytes(), Accounts::from_toml(&text)?))
 }
 
+/// Connections the kernel queues for `accept` (capped by `net.core.somaxconn`). Tokio's
+/// default of 1,024 overflows in a reconnect storm: the SYNs past it are dropped and
+/// retried after 1, 3, 7… s, which stretched 10,000 reconnects from one address to a
+/// minute.
+const LISTEN_BACKLOG: i32 = 16_384;
+
 async fn bind(addr: &str) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr: addr.to_owned(), source })
+    let err = |source| StartError::Bind { addr: addr.to_owned(), source };
+    let resolved = tokio::net::lookup_host(addr).await.map_err(err)?.next().ok_or_else(|| {
+        err(std::io::Error::new(std::io::ErrorKind::NotFound, "the address resolves to nothing"))
+    })?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(resolved),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .map_err(err)?;
+    socket.set_reuse_address(true).map_err(err)?;
+    socket.bind(&resolved.into()).map_err(err)?;
+    socket.listen(LISTEN_BACKLOG).map_err(err)?;
+    socket.set_nonblocking(true).map_err(err)?;
+    TcpListener::from_std(socket.into()).map_err(err)
 }
 
 /// Binds the configured addresses and starts everything.
@@ -241,6 +265,11 @@ pub async fn start_on(
         draining: AtomicBool::new(false),
         socket_send_buffer: config.socket_send_buffer,
         handshake_timeout: Duration::from_millis(config.handshake_timeout_ms.max(1)),
+        doorway: engine::doorway::Doorway::new(engine::doorway::DoorwayConfig {
+            max_total: config.max_unauthenticated,
+            max_per_ip: config.max_unauthenticated_per_ip,
+        }),
+        max_connections: config.max_connections,
         dev_tokens,
     });
     let acceptor = tls.as_ref().map(|(acceptor, _)| acceptor.clone());
@@ -436,6 +465,29 @@ pub(crate) async fn until_set(flag: &mut watch::Receiver<bool>) {
     let _ = flag.wait_for(|set| *set).await;
 }
 
+/// The answer to a socket turned away before its request is read.
+const TURNED_AWAY: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+
+/// Why a client socket was closed at accept.
+#[derive(Debug, thiserror::Error)]
+enum TurnedAway {
+    #[error("{0} client connections are open")]
+    Full(usize),
+    #[error(transparent)]
+    Door(#[from] engine::doorway::Turned),
+}
+
+impl App {
+    fn admit_socket(&self, ip: std::net::IpAddr) -> Result<engine::doorway::Unauthenticated, TurnedAway> {
+        let open = self.stats.open_connections() + self.doorway.inside();
+        if self.max_connections > 0 && open >= self.max_connections {
+            return Err(TurnedAway::Full(self.max_connections));
+        }
+        Ok(self.doorway.enter(ip)?)
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
@@ -446,6 +498,19 @@ async fn accept_loop(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    // Before its upgrade a socket only holds a place at the door: a cap
+                    // in total and per address, and one short budget for TLS and headers.
+                    let ticket = match app.admit_socket(peer.ip()) {
+                        Ok(t) => t,
+                        Err(why) => {
+                            tracing::debug!(%peer, %why, "client socket turned away");
+                            if tls.is_none() {
+                                // Best effort, never waiting: the socket is closed next.
+                                let _ = stream.try_write(TURNED_AWAY);
+                            }
+                            continue;
+                        }
+                    };
                     let _ = stream.set_nodelay(true);
                     if let Some(size) = app.socket_send_buffer {
                         let _ = socket2::SockRef::from(&stream).set_send_buffer_size(size);
@@ -453,16 +518,17 @@ async fn accept_loop(
                     let app = Arc::clone(&app);
                     let tls = tls.clone();
                     tokio::spawn(async move {
+                        let deadline = tokio::time::Instant::now() + app.handshake_timeout;
                         match tls {
-                            None => http::serve(stream, Some(peer.ip()), app).await,
-                            Some(acceptor) => {
-                                match tokio::time::timeout(app.handshake_timeout, acceptor.accept(stream)).await {
-                                    Ok(Ok(s)) => http::serve(s, Some(peer.ip()), app).await,
-                                    Ok(Err(e)) => tracing::debug!(error = %e, "tls handshake failed"),
-                                    Err(_) => tracing::debug!("tls handshake timed out"),
-                                }
-                            }
+                            None => http::serve_within(stream, Some(peer.ip()), app, deadline).await,
+                            Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+                                Ok(Ok(s)) => http::serve_within(s, Some(peer.ip()), app, deadline).await,
+                                Ok(Err(e)) => tracing::debug!(error = %e, "tls handshake failed"),
+                                Err(_) => tracing::debug!("tls handshake timed out"),
+                            },
                         }
+                        // Upgraded (the hub counts it now) or gone.
+                        drop(ticket);
                     });
                 }
                 Err(e) => {

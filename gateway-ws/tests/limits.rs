@@ -391,3 +391,67 @@ async fn message_rate_and_subscription_count_are_capped_per_connection() {
         (json!("ERROR"), json!("too_many_subscriptions"))
     );
 }
+
+/// A WebSocket upgrade from `source` (any 127.0.0.0/8 address is loopback): 101, or the
+/// HTTP status it got, or 0 when the socket was closed without an answer.
+async fn upgrade_from(source: &str, server: &gateway::Running, token: &str) -> u16 {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let stream = socket.connect(server.http_addr).await.unwrap();
+    match tokio_tungstenite::client_async(url(server, token), stream).await {
+        Ok(_) => 101,
+        Err(tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+        Err(_) => 0,
+    }
+}
+
+/// [4/10] 3: sockets that have not upgraded yet are capped per address and in total,
+/// for one short budget; past the cap a socket gets 503 at once, and clients from
+/// elsewhere are not locked out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sockets_before_the_upgrade_are_capped_per_address_and_in_total() {
+    use tokio::io::AsyncReadExt;
+    let mut c = config();
+    c.max_unauthenticated_per_ip = 3;
+    c.max_unauthenticated = 5;
+    c.max_connections = 6;
+    c.handshake_timeout_ms = 1_500;
+    let server = start(c).await;
+    let t = token(&server, "u-premium-1");
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        idle.push(socket.connect(server.http_addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(upgrade_from("127.0.0.1", &server, &t).await, 503, "a fourth from the same address");
+    let mut open = Vec::new();
+    for source in ["127.0.0.2", "127.0.0.3"] {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+        let stream = socket.connect(server.http_addr).await.unwrap();
+        let (ws, _) = tokio_tungstenite::client_async(url(&server, &t), stream).await.unwrap();
+        open.push(ws);
+    }
+    // 3 idle + 2 upgrading = 5 inside the door at most; 3 idle + 2 open + this one = 6.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.4:0".parse().unwrap()).unwrap();
+    let mut held = socket.connect(server.http_addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(upgrade_from("127.0.0.5", &server, &t).await, 503, "the global cap of 6 sockets");
+    drop(open);
+    // The idle ones are cut when their budget (TLS and headers together) runs out.
+    for mut s in idle {
+        let mut sink = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut sink)).await;
+        assert!(read.is_ok(), "an idle socket outlived its 1.5 s budget");
+    }
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), held.read_to_end(&mut sink)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while upgrade_from("127.0.0.1", &server, &t).await != 101 {
+        assert!(std::time::Instant::now() < deadline, "the address never got its places back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -16,11 +16,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 
 use super::codec::{CodecError, EngineMessage, PROTOCOL_VERSION, ProducerMessage, next_frame};
 use super::{ProducerAuth, ProducerRegistry, ProducerSlot};
 use crate::config::FeedConfig;
+use crate::doorway::{Doorway, DoorwayConfig, Turned, Unauthenticated};
 use crate::model::UnixNanos;
 use crate::pipeline::{IngestItem, IngestSender, Origin, SignalItem};
 
@@ -83,6 +84,10 @@ impl FeedStats {
 /// (ERROR `shutting_down`) and waits for them to finish.
 pub async fn run(listener: TcpListener, ctx: FeedContext, shutdown: impl Future<Output = ()>) {
     let limit = Arc::new(Semaphore::new(ctx.config.max_connections));
+    let door = Doorway::new(DoorwayConfig {
+        max_total: ctx.config.max_unauthenticated,
+        max_per_ip: ctx.config.max_unauthenticated_per_ip,
+    });
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut sessions = JoinSet::new();
     tokio::pin!(shutdown);
@@ -91,17 +96,31 @@ pub async fn run(listener: TcpListener, ctx: FeedContext, shutdown: impl Future<
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let permit = Arc::clone(&limit).try_acquire_owned().ok();
+                    // Before HELLO a socket holds only a place at the door, never a
+                    // producer's: idle sockets cannot lock producers out.
+                    let ticket = match door.enter(peer.ip()) {
+                        Ok(t) => t,
+                        Err(turned) => {
+                            tracing::debug!(%peer, %turned, "producer connection turned away before HELLO");
+                            ctx.stats.errors.fetch_add(1, Ordering::Relaxed);
+                            if ctx.tls.is_none() {
+                                // Best effort, never waiting: the socket is closed next.
+                                let _ = stream.try_write(&turned_away(&turned));
+                            }
+                            continue;
+                        }
+                    };
                     let ctx = ctx.clone();
-                    let stop = stop_rx.clone();
+                    let (stop, limit) = (stop_rx.clone(), Arc::clone(&limit));
                     sessions.spawn(async move {
-                        let _permit = permit.as_ref();
                         let _ = stream.set_nodelay(true);
+                        // TLS and HELLO share one budget.
+                        let deadline = Instant::now() + ctx.config.handshake_timeout;
+                        let door = Door { ticket: Some(ticket), deadline, limit };
                         match ctx.tls.clone() {
-                            None => session(stream, peer, ctx, permit.is_some(), stop).await,
-                            // The handshake comes out of the HELLO's time budget.
-                            Some(FeedTls(tls)) => match timeout(ctx.config.handshake_timeout, tls.accept(stream)).await {
-                                Ok(Ok(stream)) => session(stream, peer, ctx, permit.is_some(), stop).await,
+                            None => session(stream, peer, ctx, door, stop).await,
+                            Some(FeedTls(tls)) => match timeout_at(deadline, tls.accept(stream)).await {
+                                Ok(Ok(stream)) => session(stream, peer, ctx, door, stop).await,
                                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "producer TLS handshake failed"),
                                 Err(_) => tracing::debug!(%peer, "producer TLS handshake timed out"),
                             },
@@ -119,6 +138,22 @@ pub async fn run(listener: TcpListener, ctx: FeedContext, shutdown: impl Future<
     }
     let _ = stop_tx.send(true);
     while sessions.join_next().await.is_some() {}
+}
+
+/// The ERROR frame for a connection turned away at the door.
+fn turned_away(turned: &Turned) -> Vec<u8> {
+    let mut out = Vec::new();
+    EngineMessage::Error { code: "too_many_connections".to_owned(), message: turned.to_string() }
+        .encode(&mut out);
+    out
+}
+
+/// A connection's way in: its place among the unauthenticated until HELLO is verified,
+/// the deadline for that, and the producers' places it then needs one of.
+struct Door {
+    ticket: Option<Unauthenticated>,
+    deadline: Instant,
+    limit: Arc<Semaphore>,
 }
 
 /// Why a session ended.
@@ -161,13 +196,8 @@ struct Session {
 /// producer a "resend" until the engine restarts.
 pub const MAX_SEQ_STEP: u64 = 1 << 32;
 
-async fn session<S>(
-    stream: S,
-    peer: SocketAddr,
-    ctx: FeedContext,
-    admitted: bool,
-    stop: watch::Receiver<bool>,
-) where
+async fn session<S>(stream: S, peer: SocketAddr, ctx: FeedContext, door: Door, stop: watch::Receiver<bool>)
+where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
     let (rd, wr) = tokio::io::split(stream);
@@ -181,11 +211,7 @@ async fn session<S>(
         may_tick: false,
         last_seq: 0,
     };
-    let end = if admitted {
-        s.run(peer, stop).await
-    } else {
-        refuse("too_many_connections", "producer connection limit reached")
-    };
+    let end = s.run(peer, door, stop).await;
     match end {
         End::Closed => {}
         End::Io(e) => tracing::debug!(%peer, error = %e, "producer connection failed"),
@@ -218,9 +244,8 @@ async fn changed(revisions: &mut Option<watch::Receiver<u64>>) -> Option<()> {
 }
 
 impl Session {
-    async fn run(&mut self, peer: SocketAddr, mut stop: watch::Receiver<bool>) -> End {
-        let cfg = self.ctx.config.clone();
-        let hello = match timeout(cfg.handshake_timeout, self.next_message()).await {
+    async fn run(&mut self, peer: SocketAddr, mut door: Door, mut stop: watch::Receiver<bool>) -> End {
+        let hello = match timeout_at(door.deadline, self.next_message()).await {
             Err(_) => return refuse("handshake_timeout", "no HELLO within the handshake timeout"),
             Ok(Err(end)) => return end,
             Ok(Ok(ProducerMessage::Hello(h))) => h,
@@ -235,6 +260,11 @@ impl Session {
         if !self.ctx.auth.verify(&hello.producer_id, &hello.api_key.0) {
             return refuse("auth_failed", "unknown producer id or wrong API key");
         }
+        // Authenticated: out of the door's count, into a producer's place.
+        let Ok(_place) = Arc::clone(&door.limit).try_acquire_owned() else {
+            return refuse("too_many_connections", "producer connection limit reached");
+        };
+        door.ticket = None;
         let (slot, session) = self.ctx.producers.attach(&hello.producer_id);
         self.may_tick = self.ctx.auth.may_send_ticks(&slot.id);
         self.last_seq = slot.acked();
