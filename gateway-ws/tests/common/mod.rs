@@ -300,3 +300,28 @@ pub fn base64url(bytes: &[u8]) -> String {
     }
     out
 }
+
+/// The binary on its embedded default with `env` added, and the premium ready URL it
+/// prints.
+pub async fn serve_default(env: &[(&str, &str)]) -> (tokio::process::Child, String) {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_signalcast"))
+        // Ephemeral ports, so that tests never collide with anything on 8080/7000.
+        .env("SIGNALCAST_LISTEN", "127.0.0.1:0")
+        .env("SIGNALCAST_FEED_LISTEN", "127.0.0.1:0")
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stdout.take().unwrap()));
+    let url = loop {
+        let line =
+            tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await.unwrap().unwrap().unwrap();
+        if line.starts_with("premium") {
+            break line.split_whitespace().last().unwrap().to_owned();
+        }
+    };
+    (child, url)
+}
