@@ -323,5 +323,7 @@ pub async fn serve_default(env: &[(&str, &str)]) -> (tokio::process::Child, Stri
             break line.split_whitespace().last().unwrap().to_owned();
         }
     };
+    // Keep reading: a closed pipe would make the server's next line a panic.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     (child, url)
 }
