@@ -188,7 +188,12 @@ async fn delivery_latency_counts_live_deliveries_and_keeps_delays_apart() {
     p.flush().await.unwrap();
     live.signals(1).await;
     delayed.signals(1).await;
-    let m = server.app.metrics();
+    let m = metrics_once(
+        &server,
+        "signalcast_deferred_delivery_latency_seconds_count{kind=\"delayed_view\"}",
+        1.0,
+    )
+    .await;
     assert_eq!(sample(&m, "signalcast_delivery_latency_seconds_count"), Some(1.0), "the live one only");
     assert_eq!(
         sample(&m, "signalcast_delivery_latency_seconds_bucket{le=\"0.5\"}"),
@@ -212,7 +217,8 @@ async fn delivery_latency_counts_live_deliveries_and_keeps_delays_apart() {
     let mut again = Client::connect(&url(&server, &token(&server, "u-premium-1"))).await;
     again.send(serde_json::json!({"type": "SUBSCRIBE", "channel": "signals_premium", "since": 0, "epoch": epoch})).await;
     again.signals(2).await;
-    let m = server.app.metrics();
+    let m = metrics_once(&server, "signalcast_deferred_delivery_latency_seconds_count{kind=\"replay\"}", 2.0)
+        .await;
     assert_eq!(sample(&m, "signalcast_deferred_delivery_latency_seconds_count{kind=\"replay\"}"), Some(2.0));
     server.shutdown().await;
 }

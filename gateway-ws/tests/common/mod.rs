@@ -190,6 +190,20 @@ pub fn sample(exposition: &str, series: &str) -> Option<f64> {
     exposition.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
 }
 
+/// The server's metrics once `series` reads `value` (shards publish their counts after
+/// a write sweep, so a client can read a message a moment before it is counted); the
+/// last exposition read if it never does within 5 s.
+pub async fn metrics_once(server: &Running, series: &str, value: f64) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = server.app.metrics();
+        if sample(&m, series) == Some(value) || std::time::Instant::now() >= deadline {
+            return m;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub fn id_of(v: &Value) -> u128 {
     uuid::Uuid::parse_str(v["data"]["id"].as_str().unwrap()).unwrap().as_u128()
 }
