@@ -43,6 +43,11 @@ test("the dashboard shows live signals and survives a cut network and a gateway 
     // The dev token picker picks the enterprise user: every tier's table is on.
     await page.waitForSelector('#state[data-state="open"]', { timeout: 10_000 });
     assert.equal(await text(page, "#tier"), "enterprise");
+    // The page's socket carried its token in the subprotocol: nothing in the request
+    // line a proxy logs, and Chromium accepted the gateway's answer (signalcast.v1).
+    const upgrade = proxy.upgrades[0] ?? "";
+    assert.match(upgrade, /^GET \/ws HTTP\/1\.1\r\n/, upgrade);
+    assert.match(upgrade, /^sec-websocket-protocol: signalcast\.v1, signalcast\.token\.ey[\w-]+\.[\w-]+\.[\w-]+\r?$/im, upgrade);
     await page.waitForSelector("#tier-enterprise tbody tr", { timeout: 10_000 });
     const firstSignal = Date.now() - started;
     assert.ok(firstSignal < 10_000, `first signal after ${firstSignal} ms`);
