@@ -80,6 +80,77 @@ where
     }
 }
 
+/// Connections served at once on the metrics listener; one more is closed at once. A
+/// scraper needs one; the bound keeps a flood there from costing the process a task
+/// (and a socket) per connection.
+const METRICS_CONNECTIONS: usize = 32;
+
+/// The metrics listener (`metrics_listen`): `GET /metrics` and nothing else, TLS as on
+/// the client port, the same header time limit.
+pub(crate) async fn metrics_accept_loop(
+    listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    app: Arc<App>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(METRICS_CONNECTIONS));
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics listener: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = crate::server::until_set(&mut stop) => return,
+        };
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            continue; // dropped: closed at once
+        };
+        let (app, tls) = (Arc::clone(&app), tls.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            match tls {
+                None => serve_metrics(stream, app).await,
+                Some(acceptor) => {
+                    if let Ok(Ok(s)) =
+                        tokio::time::timeout(app.handshake_timeout, acceptor.accept(stream)).await
+                    {
+                        serve_metrics(s, app).await;
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn serve_metrics<I>(io: I, app: Arc<App>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let header_timeout = app.handshake_timeout;
+    let svc = service_fn(move |req: Request<Incoming>| {
+        let app = Arc::clone(&app);
+        async move {
+            Ok::<_, Infallible>(match (req.method(), req.uri().path()) {
+                (&Method::GET, "/metrics") => {
+                    respond(StatusCode::OK, crate::metrics::CONTENT_TYPE, app.metrics())
+                }
+                _ => json_error(StatusCode::NOT_FOUND, "not_found", "this listener serves GET /metrics only"),
+            })
+        }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(TokioIo::new(io), svc);
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "metrics connection ended with an error");
+    }
+}
+
 fn route(req: Request<Incoming>, peer: Option<IpAddr>, app: Arc<App>) -> Response<Body> {
     if req.method() != Method::GET {
         return json_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "only GET is served");
@@ -110,6 +181,11 @@ fn route(req: Request<Incoming>, peer: Option<IpAddr>, app: Arc<App>) -> Respons
                 "not ready: no signing keys or snapshot from the accounts sidecar yet\n",
             ),
         },
+        "/metrics" if app.metrics_elsewhere => json_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "/metrics is served on the metrics listener (metrics_listen)",
+        ),
         "/metrics" => respond(StatusCode::OK, crate::metrics::CONTENT_TYPE, app.metrics()),
         "/dev/tokens" => match &app.dev_tokens {
             Some((auth, ttl)) => {
