@@ -1,6 +1,7 @@
 //! The HTTP side of `/ws`: any bytes as a request on the gateway's port, served by the
-//! real `gateway::http::serve` (hyper, token extraction from the query and the
-//! Authorization header, JWT verification, the upgrade decision) over an in-memory
+//! real `gateway::http::serve` (hyper, token extraction from the query, the
+//! Authorization header and the `Sec-WebSocket-Protocol` subprotocols, JWT
+//! verification, the upgrade decision) over an in-memory
 //! stream, against a real gateway started once. No panic; every request gets an answer
 //! or the connection is closed.
 #![no_main]

@@ -20,6 +20,9 @@ pub struct Config {
     pub listen: String,
     /// The producers' TCP feed.
     pub feed_listen: String,
+    /// A listener of its own for `/metrics` (TLS with `[tls]`, like `listen`); when set,
+    /// `listen` answers 404 for `/metrics`. Unset: `/metrics` is served on `listen`.
+    pub metrics_listen: Option<String>,
     pub tls: Option<TlsConfig>,
     /// Hub shards; 0 = one per core.
     pub shards: usize,
@@ -157,6 +160,7 @@ impl Default for Config {
         Self {
             listen: "127.0.0.1:8080".into(),
             feed_listen: "127.0.0.1:7000".into(),
+            metrics_listen: None,
             tls: None,
             shards: 0,
             workers: 0,

@@ -9,8 +9,8 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{
-    AUTHORIZATION, CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, HeaderValue, ORIGIN,
-    X_CONTENT_TYPE_OPTIONS,
+    AUTHORIZATION, CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, HeaderMap, HeaderValue, ORIGIN,
+    SEC_WEBSOCKET_PROTOCOL, X_CONTENT_TYPE_OPTIONS,
 };
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -92,6 +92,77 @@ where
     }
 }
 
+/// Connections served at once on the metrics listener; one more is closed at once. A
+/// scraper needs one; the bound keeps a flood there from costing the process a task
+/// (and a socket) per connection.
+const METRICS_CONNECTIONS: usize = 32;
+
+/// The metrics listener (`metrics_listen`): `GET /metrics` and nothing else, TLS as on
+/// the client port, the same header time limit.
+pub(crate) async fn metrics_accept_loop(
+    listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    app: Arc<App>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(METRICS_CONNECTIONS));
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics listener: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = crate::server::until_set(&mut stop) => return,
+        };
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            continue; // dropped: closed at once
+        };
+        let (app, tls) = (Arc::clone(&app), tls.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            match tls {
+                None => serve_metrics(stream, app).await,
+                Some(acceptor) => {
+                    if let Ok(Ok(s)) =
+                        tokio::time::timeout(app.handshake_timeout, acceptor.accept(stream)).await
+                    {
+                        serve_metrics(s, app).await;
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn serve_metrics<I>(io: I, app: Arc<App>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let header_timeout = app.handshake_timeout;
+    let svc = service_fn(move |req: Request<Incoming>| {
+        let app = Arc::clone(&app);
+        async move {
+            Ok::<_, Infallible>(match (req.method(), req.uri().path()) {
+                (&Method::GET, "/metrics") => {
+                    respond(StatusCode::OK, crate::metrics::CONTENT_TYPE, app.metrics())
+                }
+                _ => json_error(StatusCode::NOT_FOUND, "not_found", "this listener serves GET /metrics only"),
+            })
+        }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(TokioIo::new(io), svc);
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "metrics connection ended with an error");
+    }
+}
+
 fn route(req: Request<Incoming>, peer: Option<IpAddr>, app: Arc<App>) -> Response<Body> {
     if req.method() != Method::GET {
         return json_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "only GET is served");
@@ -122,6 +193,11 @@ fn route(req: Request<Incoming>, peer: Option<IpAddr>, app: Arc<App>) -> Respons
                 "not ready: no signing keys or snapshot from the accounts sidecar yet\n",
             ),
         },
+        "/metrics" if app.metrics_elsewhere => json_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "/metrics is served on the metrics listener (metrics_listen)",
+        ),
         "/metrics" => respond(StatusCode::OK, crate::metrics::CONTENT_TYPE, app.metrics()),
         "/dev/tokens" => match &app.dev_tokens {
             Some((auth, ttl)) => {
@@ -154,9 +230,12 @@ fn websocket(mut req: Request<Incoming>, peer: Option<IpAddr>, app: Arc<App>) ->
     if let Err(e) = app.admission.check_origin(origin.as_deref(), host) {
         return json_error(StatusCode::FORBIDDEN, "origin_not_allowed", &e.to_string());
     }
-    let token = query_token(req.uri().query()).or_else(|| bearer(req.headers().get(AUTHORIZATION)));
+    let token = match request_token(&req) {
+        Ok(t) => t,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, e.code(), &e.to_string()),
+    };
     // The token is checked before the upgrade: a bad one never gets a WebSocket.
-    let session = match token.ok_or(AuthError::Missing).and_then(|t| app.auth.authenticate(&t)) {
+    let session = match token.value.ok_or(AuthError::Missing).and_then(|t| app.auth.authenticate(&t)) {
         Ok(s) => s,
         Err(e) => {
             app.stats.auth_failed();
@@ -174,10 +253,16 @@ fn websocket(mut req: Request<Incoming>, peer: Option<IpAddr>, app: Arc<App>) ->
         Ok(a) => a,
         Err(e) => return json_error(StatusCode::TOO_MANY_REQUESTS, "too_many_connections", &e.to_string()),
     };
-    let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
+    let (mut response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(pair) => pair,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, "bad_upgrade", &e.to_string()),
     };
+    // Only the protocol name is echoed, never the token entry the client offered beside
+    // it (a browser fails a connection whose answer names a protocol it did not offer,
+    // or names none when it offered some).
+    if token.v1_offered {
+        response.headers_mut().insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(PROTOCOL));
+    }
     app.stats.upgraded();
     tokio::spawn(async move {
         let attach = match upgrade.await {
@@ -213,6 +298,89 @@ fn into_io(upgraded: Upgraded) -> std::io::Result<(Io, BytesMut)> {
         }
         Err(_) => Err(std::io::Error::other("upgraded connection of an unknown kind")),
     }
+}
+
+/// The WebSocket subprotocol the gateway speaks, offered by clients in
+/// `Sec-WebSocket-Protocol` and echoed in the 101.
+pub const PROTOCOL: &str = "signalcast.v1";
+
+/// The prefix of the subprotocol entry that carries the token:
+/// `Sec-WebSocket-Protocol: signalcast.v1, signalcast.token.<JWT>` (a JWT is base64url
+/// and dots, all valid token characters of the header). Unlike `?token=`, a header
+/// stays out of the request line that proxies and access logs record.
+pub const TOKEN_PROTOCOL_PREFIX: &str = "signalcast.token.";
+
+/// The token of an upgrade request, and whether [`PROTOCOL`] was offered.
+#[derive(Debug, Default)]
+struct RequestToken {
+    value: Option<String>,
+    v1_offered: bool,
+}
+
+/// Why a request's token could not be read (HTTP 400; a token that was read but does not
+/// verify is a 401).
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+enum TokenRequestError {
+    #[error(
+        "the token came more than once (Sec-WebSocket-Protocol and ?token= or Authorization): send it one way only"
+    )]
+    Ambiguous,
+    #[error("more than one signalcast.token. entry in Sec-WebSocket-Protocol")]
+    TwoTokenProtocols,
+    #[error("offer signalcast.v1 along with signalcast.token.<JWT> in Sec-WebSocket-Protocol")]
+    NoProtocol,
+    #[error("Sec-WebSocket-Protocol is not ASCII")]
+    BadHeader,
+}
+
+impl TokenRequestError {
+    fn code(&self) -> &'static str {
+        match self {
+            Self::Ambiguous | Self::TwoTokenProtocols => "ambiguous_token",
+            Self::NoProtocol | Self::BadHeader => "bad_protocol",
+        }
+    }
+}
+
+/// Where the token is: the `signalcast.token.` subprotocol (recommended), `?token=`
+/// (kept for web clients that cannot set headers either way), or `Authorization:
+/// Bearer`. A subprotocol token together with either of the others is refused rather
+/// than one silently preferred: two tokens on one request are a client's mistake (or a
+/// proxy's addition) that should show. Between `?token=` and `Authorization`, the query
+/// wins, as it always has.
+fn request_token<B>(req: &Request<B>) -> Result<RequestToken, TokenRequestError> {
+    let (v1_offered, header_token) = offered_protocols(req.headers())?;
+    let other = query_token(req.uri().query()).or_else(|| bearer(req.headers().get(AUTHORIZATION)));
+    let value = match (header_token, other) {
+        (Some(_), Some(_)) => return Err(TokenRequestError::Ambiguous),
+        // Without signalcast.v1 the 101 could echo nothing but the token itself.
+        (Some(_), None) if !v1_offered => return Err(TokenRequestError::NoProtocol),
+        (Some(t), None) | (None, Some(t)) => Some(t),
+        (None, None) => None,
+    };
+    Ok(RequestToken { value, v1_offered })
+}
+
+/// Reads every `Sec-WebSocket-Protocol` line (comma-separated entries): whether
+/// [`PROTOCOL`] is among them, and the token of the one [`TOKEN_PROTOCOL_PREFIX`] entry.
+/// An empty token counts as none (401 `no token`).
+fn offered_protocols(headers: &HeaderMap) -> Result<(bool, Option<String>), TokenRequestError> {
+    let (mut v1, mut token, mut tokens) = (false, None, 0usize);
+    for line in headers.get_all(SEC_WEBSOCKET_PROTOCOL) {
+        let line = line.to_str().map_err(|_| TokenRequestError::BadHeader)?;
+        for entry in line.split(',').map(|e| e.trim_matches([' ', '\t'])) {
+            if entry == PROTOCOL {
+                v1 = true;
+            } else if let Some(t) = entry.strip_prefix(TOKEN_PROTOCOL_PREFIX) {
+                tokens += 1;
+                token = Some(t.to_owned()).filter(|t| !t.is_empty());
+            }
+        }
+    }
+    if tokens > 1 {
+        return Err(TokenRequestError::TwoTokenProtocols);
+    }
+    Ok((v1, token))
 }
 
 /// `token=` from the query string, percent-decoded.
@@ -262,5 +430,45 @@ mod tests {
         assert_eq!(bearer(Some(&HeaderValue::from_static("Bearer xyz"))).as_deref(), Some("xyz"));
         assert_eq!(bearer(Some(&HeaderValue::from_static("Basic xyz"))), None);
         assert_eq!(percent_decode("%zz%4"), "%zz%4");
+    }
+
+    fn upgrade_request(uri: &str, headers: &[(&str, &str)]) -> Request<()> {
+        let mut b = Request::get(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn the_token_subprotocol_is_read_and_ambiguity_refused() {
+        let proto = "Sec-WebSocket-Protocol";
+        let read = |uri: &str, headers: &[(&str, &str)]| request_token(&upgrade_request(uri, headers));
+        let t = read("/ws", &[(proto, "signalcast.v1, signalcast.token.a.b-c_d")]).unwrap();
+        assert_eq!((t.value.as_deref(), t.v1_offered), (Some("a.b-c_d"), true));
+        // Two header lines, any order, extra protocols ignored.
+        let t = read("/ws", &[(proto, "x, signalcast.token.abc"), (proto, "signalcast.v1")]).unwrap();
+        assert_eq!((t.value.as_deref(), t.v1_offered), (Some("abc"), true));
+        // ?token= and Bearer alone as before; signalcast.v1 may come with them.
+        let t = read("/ws?token=q", &[(proto, "signalcast.v1")]).unwrap();
+        assert_eq!((t.value.as_deref(), t.v1_offered), (Some("q"), true));
+        let t = read("/ws?token=q", &[("Authorization", "Bearer b")]).unwrap();
+        assert_eq!((t.value.as_deref(), t.v1_offered), (Some("q"), false), "the query before the header");
+        let t = read("/ws", &[(proto, "signalcast.v1, signalcast.token.")]).unwrap();
+        assert_eq!(t.value, None, "an empty token is none (401)");
+
+        let both = [(proto, "signalcast.v1, signalcast.token.h")];
+        assert_eq!(read("/ws?token=q", &both).unwrap_err(), TokenRequestError::Ambiguous);
+        let with_bearer = [both[0], ("Authorization", "Bearer b")];
+        assert_eq!(read("/ws", &with_bearer).unwrap_err(), TokenRequestError::Ambiguous);
+        assert_eq!(
+            read("/ws", &[(proto, "signalcast.v1, signalcast.token.a, signalcast.token.b")]).unwrap_err(),
+            TokenRequestError::TwoTokenProtocols
+        );
+        assert_eq!(read("/ws", &[(proto, "signalcast.token.a")]).unwrap_err(), TokenRequestError::NoProtocol);
+        let mut req = upgrade_request("/ws", &[]);
+        req.headers_mut()
+            .insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_bytes(b"signalcast.v1, \xff").unwrap());
+        assert_eq!(request_token(&req).unwrap_err(), TokenRequestError::BadHeader);
     }
 }

@@ -36,6 +36,9 @@ pub struct App {
     pub plan: Plan,
     pub admission: Arc<crate::admission::Admission>,
     exposition: metrics::Exposition,
+    /// `/metrics` has a listener of its own (`metrics_listen`): the client port answers
+    /// 404 for it.
+    pub metrics_elsewhere: bool,
     draining: AtomicBool,
     /// The accounts sidecar, when tokens come from it.
     sidecar: Option<Arc<SidecarAuth>>,
@@ -133,6 +136,8 @@ pub struct Running {
     pub http_addr: SocketAddr,
     /// The producers' TCP feed; none on a gateway node.
     pub feed_addr: Option<SocketAddr>,
+    /// `/metrics` on a listener of its own (`metrics_listen`).
+    pub metrics_addr: Option<SocketAddr>,
     pub tls: bool,
     pub engine: Arc<Engine>,
     pub app: Arc<App>,
@@ -209,7 +214,14 @@ pub async fn start_on(
     };
     let http_addr = local(&http_listener, &config.listen)?;
     let feed_addr = if plan.feed { Some(local(&feed_listener, &config.feed_listen)?) } else { None };
+    // The metrics listener serves no credential (no tokens, no feed): any address may do.
     check_exposure(&config, &[Some(http_addr), feed_addr].into_iter().flatten().collect::<Vec<_>>())?;
+    // Bound before anything starts, so that a taken port stops the server at once.
+    let metrics_listener = match &config.metrics_listen {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    let metrics_addr = metrics_listener.as_ref().map(|l| local(l, "metrics_listen")).transpose()?;
 
     let policy = match &config.policy_file {
         Some(p) => TierPolicy::load(p)?,
@@ -262,6 +274,7 @@ pub async fn start_on(
         plan,
         admission: Arc::new(crate::admission::Admission::new(config.admission())),
         exposition,
+        metrics_elsewhere: metrics_listener.is_some(),
         draining: AtomicBool::new(false),
         socket_send_buffer: config.socket_send_buffer,
         handshake_timeout: Duration::from_millis(config.handshake_timeout_ms.max(1)),
@@ -273,6 +286,12 @@ pub async fn start_on(
         dev_tokens,
     });
     let acceptor = tls.as_ref().map(|(acceptor, _)| acceptor.clone());
+    if let Some(listener) = metrics_listener {
+        let (app, stop) = (Arc::clone(&app), stop_rx.clone());
+        tasks.push(tokio::spawn(http::metrics_accept_loop(listener, acceptor.clone(), app, stop)));
+    } else if !http_addr.ip().is_loopback() {
+        tracing::info!(%http_addr, "/metrics is served on the client port; metrics_listen gives it a listener of its own");
+    }
     tasks.push(tokio::spawn(accept_loop(http_listener, acceptor, Arc::clone(&app), stop_rx.clone())));
     if let (Some((_, cert)), Some(t)) = (tls.as_ref(), config.tls.as_ref()) {
         let every = Duration::from_millis(t.reload_interval_ms.max(10));
@@ -287,6 +306,7 @@ pub async fn start_on(
         role = plan.role.as_str(),
         %http_addr,
         ?feed_addr,
+        ?metrics_addr,
         tls = tls.is_some(),
         shards = app.hub.shards(),
         kafka = %config.kafka.brokers,
@@ -295,6 +315,7 @@ pub async fn start_on(
     Ok(Running {
         http_addr,
         feed_addr,
+        metrics_addr,
         tls: tls.is_some(),
         engine,
         app,

@@ -29,6 +29,75 @@ async fn the_embedded_default_serves_a_signal_within_10_s_and_drains_on_sigterm(
     assert!(status.success(), "{status}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_in_the_subprotocol_never_reaches_the_log_or_the_metrics() {
+    let log = std::env::temp_dir().join(format!("signalcast-trace-{}.log", std::process::id()));
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_signalcast"))
+        .env("SIGNALCAST_LISTEN", "127.0.0.1:0")
+        .env("SIGNALCAST_FEED_LISTEN", "127.0.0.1:0")
+        .env("SIGNALCAST_DEMO__ENABLED", "false")
+        // Everything the process logs, at every level.
+        .env("SIGNALCAST_LOG", "trace")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = loop {
+        let line =
+            tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await.unwrap().unwrap().unwrap();
+        if line.starts_with("premium") {
+            break line.split_whitespace().last().unwrap().to_owned();
+        }
+    };
+    let (base, token) = url.split_once("?token=").unwrap();
+    let offer = |t: &str| {
+        let mut req =
+            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(base).unwrap();
+        req.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            format!("signalcast.v1, signalcast.token.{t}").parse().unwrap(),
+        );
+        req
+    };
+    let (ws, _) = tokio_tungstenite::connect_async(offer(token)).await.unwrap();
+    let mut c = Client::from_ws(ws).await;
+    assert_eq!(c.subscribe("signals_premium").await["type"], "SUBSCRIBED");
+    // A forged one (another signature) is refused, and must not be logged either.
+    let forged = format!("{}.bm90LXRoZS1zaWduYXR1cmU", token.rsplit_once('.').unwrap().0);
+    assert!(tokio_tungstenite::connect_async(offer(&forged)).await.is_err());
+
+    let host = base.trim_start_matches("ws://").trim_end_matches("/ws");
+    let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut s,
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut metrics = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut s, &mut metrics).await.unwrap();
+    assert!(metrics.contains("signalcast_auth_failures_total 1"), "{metrics}");
+
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    tokio::time::timeout(Duration::from_secs(10), child.wait()).await.unwrap().unwrap();
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let _ = std::fs::remove_file(&log);
+    assert!(
+        logged.contains("signalcast serving") && logged.contains("TRACE"),
+        "the log was written:\n{logged}"
+    );
+    let signature = token.rsplit('.').next().unwrap();
+    let payload = token.split('.').nth(1).unwrap();
+    for (what, text) in [("log", &logged), ("metrics", &metrics)] {
+        for secret in [signature, payload, "bm90LXRoZS1zaWduYXR1cmU", "signalcast.token."] {
+            assert!(!text.contains(secret), "the {what} holds {secret}");
+        }
+    }
+}
+
 #[test]
 fn help_never_prints_a_secret_from_the_environment() {
     let secrets = [

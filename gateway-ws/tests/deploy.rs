@@ -202,6 +202,57 @@ fn kubernetes_manifests_parse_and_fit_together() {
     let path = common::temp_file("signalcast.toml", s(&cm["data"]["signalcast.toml"], "signalcast.toml"));
     let config = Config::load(Some(&path)).unwrap();
     assert!(config.kafka.enabled() && config.auth.accounts_url.is_some());
+
+    // Prometheus scrapes the metrics listener, not the client port: the ConfigMap gives
+    // /metrics a port of its own, every scraped pod names it, no Service forwards it,
+    // and only a rule naming who may come in opens it.
+    let listen = config.metrics_listen.as_deref().expect("metrics_listen in the ConfigMap");
+    let metrics_port = listen.rsplit(':').next().unwrap().parse::<i64>().unwrap();
+    let mut scraped = BTreeSet::new();
+    for d in &by_kind["Deployment"] {
+        let name = s(&d["metadata"]["name"], "name");
+        let annotations = &d["spec"]["template"]["metadata"]["annotations"];
+        if annotations["prometheus.io/scrape"].as_str() != Some("true") {
+            continue;
+        }
+        let port = s(&annotations["prometheus.io/port"], "prometheus.io/port");
+        assert_eq!(port, metrics_port.to_string(), "{name} is scraped on metrics_listen");
+        let named = d["spec"]["template"]["spec"]["containers"]
+            .as_vec()
+            .unwrap()
+            .iter()
+            .flat_map(|c| c["ports"].as_vec().cloned().unwrap_or_default())
+            .any(|p| {
+                p["name"].as_str() == Some("metrics") && p["containerPort"].as_i64() == Some(metrics_port)
+            });
+        assert!(named, "{name} declares its metrics port");
+        scraped.insert(name.to_owned());
+    }
+    assert!(scraped.contains("signalcast-gateway") && scraped.contains("signalcast-engine"), "{scraped:?}");
+    for svc in &by_kind["Service"] {
+        for p in svc["spec"]["ports"].as_vec().unwrap() {
+            assert_ne!(
+                p["targetPort"].as_str(),
+                Some("metrics"),
+                "{:?} forwards the metrics port",
+                svc["metadata"]
+            );
+        }
+    }
+    for p in policies {
+        for rule in p["spec"]["ingress"].as_vec().unwrap() {
+            let opens_metrics = rule["ports"]
+                .as_vec()
+                .into_iter()
+                .flatten()
+                .any(|x| x["port"].as_i64() == Some(metrics_port));
+            assert!(
+                !opens_metrics || !rule["from"].is_badvalue(),
+                "{:?}: the metrics port from anywhere",
+                p["metadata"]
+            );
+        }
+    }
 }
 
 /// Metric names the gateway exports (rendered by a real server).

@@ -73,6 +73,7 @@ async fn wss_with_a_test_certificate_works_end_to_end() {
         reload_interval_ms: 5_000,
         feed: false,
     });
+    cfg.metrics_listen = Some("127.0.0.1:0".into());
     let server = start(cfg).await;
     assert!(server.tls);
 
@@ -117,6 +118,25 @@ async fn wss_with_a_test_certificate_works_end_to_end() {
             .await
             .is_err()
     );
+
+    // The metrics listener speaks TLS with the same certificate (the manifests' scrape
+    // scheme is https), and nothing in plain HTTP.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let metrics = server.metrics_addr.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(tls_client(&[&cert], &[&rustls::version::TLS13]));
+    let tcp = tokio::net::TcpStream::connect(metrics).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    tls.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut out = Vec::new();
+    let _ = tls.read_to_end(&mut out).await; // a peer that closes without close_notify is fine here
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 200") && out.contains("signalcast_connections"), "{out}");
+    let mut plain = tokio::net::TcpStream::connect(metrics).await.unwrap();
+    plain.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(15), plain.read_to_end(&mut out)).await;
+    assert!(!String::from_utf8_lossy(&out).contains("signalcast_connections"), "metrics in plain HTTP");
     server.shutdown().await;
 }
 

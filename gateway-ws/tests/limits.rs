@@ -87,6 +87,22 @@ async fn refused_with(server: &gateway::Running, token: &str) -> u16 {
     }
 }
 
+/// The answer to an upgrade request: the status, and the refusal's body (what a refused
+/// client reads).
+async fn answer<R>(req: R) -> (u16, String)
+where
+    R: tungstenite::client::IntoClientRequest + Unpin,
+{
+    match tokio_tungstenite::connect_async(req).await {
+        Err(tungstenite::Error::Http(resp)) => (
+            resp.status().as_u16(),
+            String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default()).into_owned(),
+        ),
+        Err(e) => panic!("{e}"),
+        Ok(_) => (101, String::new()),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_tokens_get_401_before_any_upgrade() {
     let server = start(config()).await;
@@ -146,10 +162,17 @@ async fn bad_tokens_get_401_before_any_upgrade() {
         ("missing", ""),
     ] {
         assert_eq!(refused_with(&server, t).await, 401, "{what}");
+        // In the subprotocol (what the SDK and the dashboard send), the same refusal
+        // with the same reason.
+        let by_protocol = answer(protocol_request(&server, t)).await;
+        assert_eq!(by_protocol.0, 401, "{what} in Sec-WebSocket-Protocol");
+        assert_eq!(by_protocol, answer(url(&server, t)).await, "{what}: the same answer either way");
     }
     assert_eq!(refused_with(&server, &token(&server, "u-premium-1")).await, 101);
     // The same claims, honestly signed, pass: each refusal above is its mutation's doing.
     assert_eq!(refused_with(&server, &hs256(jsonwebtoken::Header::default(), &valid)).await, 101);
+    let honest = hs256(jsonwebtoken::Header::default(), &valid);
+    assert_eq!(answer(protocol_request(&server, &honest)).await.0, 101, "and in the subprotocol");
     // Authorization: Bearer works as well as ?token=.
     let mut req =
         tungstenite::client::IntoClientRequest::into_client_request(format!("ws://{}/ws", server.http_addr))
@@ -157,6 +180,56 @@ async fn bad_tokens_get_401_before_any_upgrade() {
     req.headers_mut()
         .insert("Authorization", format!("Bearer {}", token(&server, "u-free-1")).parse().unwrap());
     assert!(tokio_tungstenite::connect_async(req).await.is_ok());
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_in_the_subprotocol_opens_a_socket_and_only_signalcast_v1_is_echoed() {
+    use tungstenite::client::IntoClientRequest;
+    let server = start(config()).await;
+    let tok = token(&server, "u-premium-1");
+
+    // Header token: accepted, and the 101 names signalcast.v1 and nothing of the token.
+    let (ws, resp) = tokio_tungstenite::connect_async(protocol_request(&server, &tok)).await.unwrap();
+    let echoed: Vec<_> = resp.headers().get_all("sec-websocket-protocol").iter().collect();
+    assert_eq!(echoed, ["signalcast.v1"]);
+    let signature = tok.rsplit('.').next().unwrap();
+    for (name, value) in resp.headers() {
+        assert!(!String::from_utf8_lossy(value.as_bytes()).contains(signature), "{name} carries the token");
+    }
+    let mut c = Client::from_ws(ws).await;
+    assert_eq!(c.subscribe("signals_premium").await["type"], "SUBSCRIBED");
+
+    // ?token= still works, with no protocol answered when none was offered; and with
+    // signalcast.v1 offered alongside, that is echoed.
+    let (_plain, resp) = tokio_tungstenite::connect_async(url(&server, &tok)).await.unwrap();
+    assert!(resp.headers().get("sec-websocket-protocol").is_none());
+    let mut req = url(&server, &tok).into_client_request().unwrap();
+    req.headers_mut().insert("Sec-WebSocket-Protocol", "signalcast.v1".parse().unwrap());
+    let (_v1, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(resp.headers()["sec-websocket-protocol"], "signalcast.v1");
+
+    // A token sent two ways is refused, whichever the second is, before any verification.
+    let failures = || sample(&server.app.metrics(), "signalcast_auth_failures_total").unwrap();
+    let before = failures();
+    let mut both = protocol_request(&server, &tok);
+    *both.uri_mut() = format!("ws://{}/ws?token={tok}", server.http_addr).parse().unwrap();
+    let (status, body) = answer(both).await;
+    assert_eq!((status, body.contains("ambiguous_token")), (400, true), "{body}");
+    let mut bearer = protocol_request(&server, &tok);
+    bearer.headers_mut().insert("Authorization", format!("Bearer {tok}").parse().unwrap());
+    let (status, body) = answer(bearer).await;
+    assert_eq!((status, body.contains("ambiguous_token")), (400, true), "{body}");
+    // A token entry without signalcast.v1: the answer could only echo the token.
+    let mut alone = format!("ws://{}/ws", server.http_addr).into_client_request().unwrap();
+    alone.headers_mut().insert("Sec-WebSocket-Protocol", format!("signalcast.token.{tok}").parse().unwrap());
+    let (status, body) = answer(alone).await;
+    assert_eq!((status, body.contains("bad_protocol")), (400, true), "{body}");
+    assert_eq!(failures(), before, "a malformed request is not an auth failure");
+
+    // A bad token counts as an auth failure whichever way it came.
+    assert_eq!(answer(protocol_request(&server, "not-a-jwt")).await.0, 401);
+    assert_eq!(failures(), before + 1.0);
     server.shutdown().await;
 }
 

@@ -30,7 +30,18 @@ export interface WebSocketLike {
   close(code?: number, reason?: string): void;
 }
 
-export type WebSocketConstructor = new (url: string) => WebSocketLike;
+/** What the client needs of a WebSocket constructor: the browser's `WebSocket(url,
+ * protocols)`, or `ws` under Node. */
+export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike;
+
+/** The subprotocol the gateway speaks; it answers with this one in the handshake. */
+export const PROTOCOL = "signalcast.v1";
+/** The token travels as a second offered subprotocol, `signalcast.token.<JWT>`: in a
+ * header (`Sec-WebSocket-Protocol`), not in the URL, whose query proxies and access
+ * logs record. The gateway never echoes it. */
+export const TOKEN_PROTOCOL_PREFIX = "signalcast.token.";
+// RFC 7230 token characters: what a subprotocol may hold (a JWT always fits).
+const TOKEN_CHARS = /^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/;
 
 export type ConnectionState = "idle" | "connecting" | "open" | "reconnecting" | "closed";
 
@@ -227,10 +238,15 @@ export class SignalcastClient {
     if (this.#state === "closed") {
       return;
     }
-    const sep = this.#options.url.includes("?") ? "&" : "?";
     let ws: WebSocketLike;
     try {
-      ws = new this.#options.WebSocket(`${this.#options.url}${sep}token=${encodeURIComponent(token)}`);
+      if (TOKEN_CHARS.test(token)) {
+        ws = new this.#options.WebSocket(this.#options.url, [PROTOCOL, TOKEN_PROTOCOL_PREFIX + token]);
+      } else {
+        // Not a JWT (no subprotocol may carry it): the query, which the gateway also reads.
+        const sep = this.#options.url.includes("?") ? "&" : "?";
+        ws = new this.#options.WebSocket(`${this.#options.url}${sep}token=${encodeURIComponent(token)}`);
+      }
     } catch {
       return this.#retry();
     }

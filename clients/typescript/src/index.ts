@@ -1,5 +1,5 @@
 // @signalcast/client: a typed client for signalcast's WebSocket protocol.
-export { SignalcastClient } from "./client.js";
+export { PROTOCOL, SignalcastClient, TOKEN_PROTOCOL_PREFIX } from "./client.js";
 export type {
   ChannelListener,
   ChannelMessage,

@@ -7,7 +7,9 @@ import { after, before, describe, test } from "node:test";
 import WebSocket from "ws";
 
 import {
+  PROTOCOL,
   SignalcastClient,
+  TOKEN_PROTOCOL_PREFIX,
   backoffDelay,
   type ChannelMessage,
   type ClientOptions,
@@ -83,6 +85,28 @@ describe("against a signalcast process", () => {
   });
   after(async () => {
     await server.stop();
+  });
+
+  test("the token travels in the subprotocol, never in the URL, and the gateway answers signalcast.v1", async () => {
+    const opened: { url: string; protocols: unknown }[] = [];
+    const sockets: WebSocket[] = [];
+    class Recording extends WebSocket {
+      constructor(url: string, protocols?: string | string[]) {
+        super(url, protocols);
+        opened.push({ url, protocols });
+        sockets.push(this);
+      }
+    }
+    const t = token("u-premium-1");
+    const c = new SignalcastClient({ url: server.ws, token: t, WebSocket: Recording as unknown as WebSocketConstructor });
+    const welcomes: string[] = [];
+    c.on("welcome", (w) => welcomes.push(w.user));
+    c.connect();
+    await until("welcome", 5000, () => welcomes.length === 1);
+    assert.deepEqual(welcomes, ["u-premium-1"], "the gateway read the token from the header");
+    assert.deepEqual(opened, [{ url: server.ws, protocols: [PROTOCOL, TOKEN_PROTOCOL_PREFIX + t] }]);
+    assert.equal(sockets[0]!.protocol, "signalcast.v1", "only the protocol name is echoed");
+    c.close();
   });
 
   test("per-channel listeners get their own channel, and unsubscribing stops it", async () => {

@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { test } from "node:test";
 import { chromium, type Page } from "playwright-core";
 
-import { Proxy, Server, freePort, repo } from "./harness.js";
+import { Proxy, Server, freePort, repo, token } from "./harness.js";
 
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 // Without these, Chromium reaches out to Google at start, which this network refuses.
@@ -43,6 +43,11 @@ test("the dashboard shows live signals and survives a cut network and a gateway 
     // The dev token picker picks the enterprise user: every tier's table is on.
     await page.waitForSelector('#state[data-state="open"]', { timeout: 10_000 });
     assert.equal(await text(page, "#tier"), "enterprise");
+    // The page's socket carried its token in the subprotocol: nothing in the request
+    // line a proxy logs, and Chromium accepted the gateway's answer (signalcast.v1).
+    const upgrade = proxy.upgrades[0] ?? "";
+    assert.match(upgrade, /^GET \/ws HTTP\/1\.1\r\n/, upgrade);
+    assert.match(upgrade, /^sec-websocket-protocol: signalcast\.v1, signalcast\.token\.ey[\w-]+\.[\w-]+\.[\w-]+\r?$/im, upgrade);
     await page.waitForSelector("#tier-enterprise tbody tr", { timeout: 10_000 });
     const firstSignal = Date.now() - started;
     assert.ok(firstSignal < 10_000, `first signal after ${firstSignal} ms`);
@@ -101,6 +106,32 @@ test("the dashboard shows live signals and survives a cut network and a gateway 
   } finally {
     await browser.close();
     await proxy.close();
+    await server.stop();
+  }
+});
+
+test("a token given in the page's fragment connects and leaves the address bar; charts say where /metrics went", async () => {
+  assert.ok(existsSync(CHROMIUM), `${CHROMIUM} is missing`);
+  const metricsPort = await freePort();
+  const server = await Server.start({ env: { SIGNALCAST_METRICS_LISTEN: `127.0.0.1:${metricsPort}` } });
+  const browser = await chromium.launch({ executablePath: CHROMIUM, args: FLAGS, headless: true });
+  const errors: string[] = [];
+  try {
+    const page = await browser.newPage();
+    page.on("pageerror", (e) => errors.push(String(e)));
+    const t = token("u-basic-1");
+    // The fragment never leaves the browser: the page's own request carries no token.
+    await page.goto(`${server.http}/#token=${t}`);
+    await page.waitForSelector('#state[data-state="open"]', { timeout: 10_000 });
+    assert.equal(await text(page, "#user"), "u-basic-1", "the given token, not the picker's");
+    assert.ok(!page.url().includes(t.split(".")[2]!), `the token left the address bar: ${page.url()}`);
+    // /metrics has its own listener here: the client port answers 404 and the page says why.
+    await page.waitForSelector("#metrics-elsewhere:not([hidden])", { timeout: 10_000 });
+    const scraped = await fetch(`http://127.0.0.1:${metricsPort}/metrics`);
+    assert.equal(scraped.status, 200);
+    assert.deepEqual(errors, [], "no script error on the page");
+  } finally {
+    await browser.close();
     await server.stop();
   }
 });

@@ -163,12 +163,21 @@ export class Proxy {
     private readonly server: net.Server,
     private readonly sockets: Set<net.Socket>,
     readonly port: number,
+    /** The head (request line and headers) of every WebSocket upgrade that went
+     * through, as a proxy's access log would see it. */
+    readonly upgrades: string[],
   ) {}
 
   static async start(target: number): Promise<Proxy> {
     const sockets = new Set<net.Socket>();
+    const upgrades: string[] = [];
     const server = net.createServer((client) => {
       const upstream = net.connect(target, "127.0.0.1");
+      client.on("data", (chunk: Buffer) => {
+        const text = chunk.toString("latin1");
+        const head = text.slice(0, text.indexOf("\r\n\r\n"));
+        if (/^GET /.test(head) && /^upgrade:\s*websocket/im.test(head)) upgrades.push(head);
+      });
       for (const s of [client, upstream]) {
         sockets.add(s);
         s.on("close", () => sockets.delete(s));
@@ -180,7 +189,7 @@ export class Proxy {
       upstream.on("close", () => client.destroy());
     });
     await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
-    return new Proxy(server, sockets, (server.address() as net.AddressInfo).port);
+    return new Proxy(server, sockets, (server.address() as net.AddressInfo).port, upgrades);
   }
 
   /** Resets every connection through the proxy, as a network failure does. */

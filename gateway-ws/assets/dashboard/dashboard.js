@@ -211,6 +211,9 @@ async function poll() {
   let m;
   try {
     const r = await fetch("/metrics", { cache: "no-store" });
+    // 404: the gateway serves /metrics on its own listener (`metrics_listen`), not here.
+    $("metrics-elsewhere").hidden = r.status !== 404;
+    if (!r.ok) throw new Error(`/metrics: ${r.status}`);
     m = parseMetrics(await r.text());
   } catch {
     previous = null; // the gateway is away; the next scrape starts a new delta
@@ -300,10 +303,26 @@ function format(v) {
 
 // --- start ---
 
+function readGivenToken() {
+  const fragment = new URLSearchParams(location.hash.slice(1));
+  const query = new URLSearchParams(location.search);
+  const token = fragment.get("token") || query.get("token");
+  if (fragment.has("token") || query.has("token")) {
+    query.delete("token");
+    const rest = query.toString();
+    history.replaceState(null, "", location.pathname + (rest ? `?${rest}` : ""));
+  }
+  return token;
+}
+
 async function start() {
   // The user's own (highest) tier first.
   for (const t of [...TIERS].reverse()) tierView(t);
-  const given = new URLSearchParams(location.search).get("token");
+  // A token handed over in the page's address: the fragment (`/#token=…`) never leaves
+  // the browser; `?token=` (sent with the page's request, so in access logs) is still
+  // read. Either is taken out of the address bar and history at once. The socket itself
+  // carries the token in its subprotocol (the client does that), never in its URL.
+  const given = readGivenToken();
   let devTokens = [];
   try {
     const r = await fetch("/dev/tokens");

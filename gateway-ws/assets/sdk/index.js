@@ -1,4 +1,4 @@
 // @signalcast/client: a typed client for signalcast's WebSocket protocol.
-export { SignalcastClient } from "./client.js";
+export { PROTOCOL, SignalcastClient, TOKEN_PROTOCOL_PREFIX } from "./client.js";
 export { backoffDelay, defaultBackoff } from "./backoff.js";
 export * from "./messages.js";

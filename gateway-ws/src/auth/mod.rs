@@ -49,7 +49,9 @@ impl From<Claims> for Session {
 /// Why a token was refused (the HTTP 401 body says which).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
-    #[error("no token: use ?token= or Authorization: Bearer")]
+    #[error(
+        "no token: offer it as the subprotocol signalcast.token.<JWT> (with signalcast.v1), or use ?token= or Authorization: Bearer"
+    )]
     Missing,
     #[error("invalid token: {0}")]
     Invalid(String),

@@ -80,6 +80,20 @@ pub fn url(server: &Running, token: &str) -> String {
     format!("ws://{}/ws?token={token}", server.http_addr)
 }
 
+/// An upgrade request for `/ws` that carries the token in the WebSocket subprotocol, as
+/// the TypeScript client does: `Sec-WebSocket-Protocol: signalcast.v1,
+/// signalcast.token.<JWT>` (nothing in the URL).
+pub fn protocol_request(
+    server: &Running,
+    token: &str,
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{}/ws", server.http_addr).into_client_request().unwrap();
+    let offer = format!("signalcast.v1, signalcast.token.{token}");
+    req.headers_mut().insert("Sec-WebSocket-Protocol", offer.parse().unwrap());
+    req
+}
+
 /// A valid signal; `n` makes the id.
 #[allow(unused_imports)] // not every test binary uses both
 pub use engine::testkit::{signal, tick};
