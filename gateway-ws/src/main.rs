@@ -168,13 +168,23 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let running = gateway::start(config.clone()).await?;
     let scheme = if running.tls { "wss" } else { "ws" };
     let feed = running.feed_addr.map_or_else(|| "none".to_owned(), |a| format!("tcp://{a}"));
-    println!(
-        "\nsignalcast {} ({} role) on http://{}  (feed: {feed})",
+    let http = if running.tls { "https" } else { "http" };
+    let metrics = running.metrics_addr.unwrap_or(running.http_addr);
+    // Ready lines go to stdout, which may be a pipe whose reader has gone (`| head`):
+    // a failed write must not panic the main thread and take the server down.
+    macro_rules! say {
+        ($($arg:tt)*) => {{
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stdout(), $($arg)*);
+        }};
+    }
+    say!(
+        "\nsignalcast {} ({} role) on {http}://{}  (feed: {feed})",
         env!("CARGO_PKG_VERSION"),
         config.role.as_str(),
         running.http_addr,
     );
-    println!("metrics: http://{}/metrics\n", running.http_addr);
+    say!("metrics: {http}://{metrics}/metrics\n");
     let ttl = Duration::from_secs(config.auth.token_ttl_secs);
     // Ready-made tokens only for the public dev secret on loopback: anything else has
     // real users, who get tokens from the sidecar or `signalcast token`.
@@ -184,11 +194,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             running.dev_auth.accounts().iter().find(|a| a.tier == tier && !a.suspended && a.real_time_access);
         if let Some(user) = user {
             let token = running.dev_auth.mint(&user.id, ttl)?;
-            println!("{tier:<10} {}: {scheme}://{}/ws?token={token}", user.id, running.http_addr);
+            say!("{tier:<10} {}: {scheme}://{}/ws?token={token}", user.id, running.http_addr);
         }
     }
     if dev {
-        println!("\nthen send: {{\"type\":\"SUBSCRIBE\",\"channel\":\"signals_premium\"}}\n");
+        say!("\nthen send: {{\"type\":\"SUBSCRIBE\",\"channel\":\"signals_premium\"}}\n");
     }
     shutdown_signal().await;
     tracing::info!("shutting down: draining connections");

@@ -6,6 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::Client;
+use tokio::io::AsyncBufReadExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_embedded_default_serves_a_signal_within_10_s_and_drains_on_sigterm() {
@@ -318,4 +319,37 @@ fn every_environment_variable_is_in_the_documented_table() {
     for var in vars {
         assert!(table.contains(&format!("`{var}`")), "{var} is not in docs/configuration.md's table");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stdout_does_not_take_the_server_down() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_signalcast"))
+        .env("SIGNALCAST_LISTEN", format!("127.0.0.1:{port}"))
+        .env("SIGNALCAST_FEED_LISTEN", "127.0.0.1:0")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // The reader goes before the server prints its ready lines (`signalcast | head -1`).
+    drop(child.stdout.take());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let live = std::net::TcpStream::connect(("127.0.0.1", port)).ok().and_then(|mut s| {
+            use std::io::{Read, Write};
+            s.write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+            let mut out = String::new();
+            s.read_to_string(&mut out).ok()?;
+            Some(out)
+        });
+        if live.is_some_and(|r| r.starts_with("HTTP/1.1 200")) {
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the server exited: {:?}", child.try_wait());
+        assert!(Instant::now() < deadline, "never served");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(child.try_wait().unwrap().is_none(), "the server died after its ready lines");
 }
