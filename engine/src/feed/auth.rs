@@ -14,6 +14,14 @@ use serde::Deserialize;
 pub trait ProducerAuth: Send + Sync + fmt::Debug {
     fn verify(&self, producer_id: &str, api_key: &str) -> bool;
 
+    /// SHA-256 of each active API key of `producer_id`: the keys that sign its Kafka
+    /// records (`kafka::signing`). Empty for an unknown producer, or when this source
+    /// cannot tell (then signed records are refused, never accepted unchecked).
+    fn signing_keys(&self, producer_id: &str) -> Vec<[u8; 32]> {
+        let _ = producer_id;
+        Vec::new()
+    }
+
     /// Changes whenever keys may have been revoked: connected producers are verified
     /// again then, and cut if their key no longer holds. `None`: keys never change.
     fn revisions(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
@@ -94,6 +102,10 @@ impl StaticKeys {
 impl ProducerAuth for StaticKeys {
     fn verify(&self, producer_id: &str, api_key: &str) -> bool {
         self.keys.get(producer_id).is_some_and(|k| constant_time_eq(k.as_bytes(), api_key.as_bytes()))
+    }
+
+    fn signing_keys(&self, producer_id: &str) -> Vec<[u8; 32]> {
+        self.keys.get(producer_id).map(|k| crate::kafka::signing::signing_key(k)).into_iter().collect()
     }
 }
 

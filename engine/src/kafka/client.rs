@@ -71,6 +71,63 @@ impl ClientContext for StatsContext {
 
 impl ConsumerContext for StatsContext {}
 
+/// Remembers the first authentication error librdkafka reports (SASL refused).
+#[derive(Debug, Default)]
+struct AuthWatch(std::sync::Mutex<Option<String>>);
+
+impl AuthWatch {
+    fn saw(&self, reason: &str) {
+        let mut seen = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        seen.get_or_insert_with(|| reason.to_owned());
+    }
+}
+
+impl ClientContext for AuthWatch {
+    // librdkafka tells a refused SCRAM proof in its log, a refused mechanism as an
+    // error; both come with a poll.
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        if message.contains("SASL authentication error") || message.contains("Authentication failed") {
+            self.saw(message);
+        }
+        tracing::warn!(?level, fac, message, "librdkafka");
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(error, KafkaError::Global(RDKafkaErrorCode::Authentication)) {
+            self.saw(reason);
+        }
+        tracing::debug!(error = %error, reason, "kafka client error");
+    }
+}
+
+impl ConsumerContext for AuthWatch {}
+
+/// Checks at start that the brokers answer and accept the node's credentials: a node
+/// with a wrong SASL password stops with that said, instead of waiting and retrying
+/// without end (librdkafka's way).
+pub fn check_brokers(cfg: &KafkaConfig) -> Result<(), KafkaError> {
+    let consumer: BaseConsumer<AuthWatch> = client_config(cfg).create_with_context(AuthWatch::default())?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let result = consumer.fetch_metadata(None, Duration::from_secs(1));
+        // Serves librdkafka's queued logs and errors to the context (nothing is
+        // subscribed, so no record comes).
+        let _ = consumer.poll(Duration::from_millis(100));
+        let refused = consumer.context().0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        if let Some(reason) = refused {
+            return Err(KafkaError::ClientCreation(format!(
+                "the Kafka brokers {} refused this node's credentials ([kafka.client] sasl.*): {reason}",
+                cfg.brokers
+            )));
+        }
+        match result {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => {}
+        }
+    }
+}
+
 /// Creates the topics signalcast needs when they are missing: the input topics and
 /// the DLQ with `cfg.partitions`, each `signals.<tier>` with exactly one partition.
 pub async fn ensure_topics(cfg: &KafkaConfig) -> Result<(), KafkaError> {
