@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 seconds="${FUZZ_SECONDS:-60}"
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(feed_frames client_messages upgrade_request kafka_value sidecar_bodies)
+  targets=(feed_frames client_messages upgrade_request kafka_value kafka_relay sidecar_bodies)
 fi
 
 if ! cargo fuzz --version >/dev/null 2>&1; then

@@ -17,6 +17,11 @@ for component in rustfmt clippy; do
 done
 
 step "test dependencies"
+# librdkafka is built with OpenSSL (SASL/SCRAM and TLS to the brokers): its headers.
+if ! pkg-config --exists openssl 2>/dev/null; then
+  if [ "$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libssl-dev pkg-config
+  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libssl-dev pkg-config; fi
+fi
 # The README test runs the pages' commands as written, some with curl.
 if ! command -v curl >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl

@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use engine::feed::codec::{ApiKey, FrameKind, Hello, ProducerMessage, write_frame};
-use engine::model::{Signal, Tick, UnixNanos};
+use engine::model::{Category, MarketSnapshot, Signal, Tick, UnixNanos};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = std::env::args().nth(1).unwrap_or_else(|| "fuzz/corpus".into());
@@ -57,6 +57,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut rkyv = vec![2u8];
         rkyv.extend_from_slice(&frame[5..]); // a value is a frame's payload
         std::fs::write(values.join(format!("seed-rkyv-{i}")), &rkyv)?;
+    }
+    // Relayed signals.<tier> values: the first byte picks the sc-category header
+    // (fuzz_targets/kafka_relay.rs), the rest is what an engine writes.
+    let relay = root.join("kafka_relay");
+    std::fs::create_dir_all(&relay)?;
+    let pick = 1 + [Category::Equity, Category::Crypto, Category::Forex, Category::Commodity]
+        .iter()
+        .position(|c| *c == signal.category)
+        .unwrap_or(0) as u8;
+    let market = MarketSnapshot {
+        bid: tick.bid,
+        ask: tick.ask,
+        last: tick.last,
+        volume: tick.volume,
+        tick_ts: tick.ts,
+        tick_age_ms: 3,
+    };
+    for (name, m) in [("seed-data-market", Some(&market)), ("seed-data-no-market", None)] {
+        let mut data = vec![pick];
+        let (at, sent) = (UnixNanos(1_795_416_858_124_000_000), Some(UnixNanos(1_795_416_858_123_900_000)));
+        engine::pipeline::encode::signal_data(&mut data, &signal, m, at, at, sent);
+        std::fs::write(relay.join(name), &data)?;
     }
     println!("seeds written under {}", root.display());
     Ok(())

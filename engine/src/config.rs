@@ -145,6 +145,21 @@ pub struct KafkaConfig {
     /// Gateway role: a resume from before the ring is read back from the topic when it
     /// asks for at most this many messages; deeper ones get `recovered: false`.
     pub history_max_messages: u64,
+    /// `raw-signals` records must carry a producer id and an HMAC of the record made
+    /// with that producer's key (docs/kafka.md); unsigned or badly signed ones go to
+    /// the DLQ. `false` only where the broker's ACLs alone decide who may write.
+    pub require_signed_signals: bool,
+    /// A signed record whose signing time is older than this when it is consumed goes
+    /// to the DLQ (`stale_signature`): the bound on replaying a captured record.
+    #[serde(with = "millis", rename = "signature_max_age_ms")]
+    pub signature_max_age: std::time::Duration,
+    /// Gateway role: the largest `signals.<tier>` value relayed; larger ones are
+    /// dropped and counted. Each ring entry is at most this (plus the envelope).
+    pub relay_max_record_bytes: usize,
+    /// How long a poison record's copy to the DLQ is tried before it is given up
+    /// (counted, logged) and the partition moves on; permanent errors give up at once.
+    #[serde(with = "millis", rename = "dlq_timeout_ms")]
+    pub dlq_timeout: std::time::Duration,
     /// More librdkafka properties (e.g. `security.protocol`), passed as they are.
     pub client: std::collections::BTreeMap<String, String>,
 }
@@ -163,6 +178,10 @@ impl Default for KafkaConfig {
             fetch_wait_max: Duration::from_millis(10),
             partitions: 6,
             history_max_messages: 50_000,
+            require_signed_signals: true,
+            signature_max_age: Duration::from_secs(600),
+            relay_max_record_bytes: 8192,
+            dlq_timeout: Duration::from_secs(30),
             client: std::collections::BTreeMap::new(),
         }
     }
@@ -193,6 +212,10 @@ impl std::fmt::Debug for KafkaConfig {
             .field("fetch_wait_max", &self.fetch_wait_max)
             .field("partitions", &self.partitions)
             .field("history_max_messages", &self.history_max_messages)
+            .field("require_signed_signals", &self.require_signed_signals)
+            .field("signature_max_age", &self.signature_max_age)
+            .field("relay_max_record_bytes", &self.relay_max_record_bytes)
+            .field("dlq_timeout", &self.dlq_timeout)
             .field("client", &client)
             .finish()
     }

@@ -396,6 +396,21 @@ impl Collector for Gateway {
                 &kafka.publish_failed,
             ),
             ("signalcast_kafka_relayed", "Records read from signals.<tier> (gateway role).", &kafka.relayed),
+            (
+                "signalcast_kafka_unauthenticated",
+                "raw-signals records refused for their signature (unsigned, unknown producer, bad or stale).",
+                &kafka.unauthenticated,
+            ),
+            (
+                "signalcast_kafka_dlq_failed",
+                "Poison records the DLQ did not take (permanent error or dlq_timeout); given up.",
+                &kafka.dlq_failed,
+            ),
+            (
+                "signalcast_kafka_relay_rejected",
+                "signals.<tier> records dropped before any client: too large or not a routed signal.",
+                &kafka.relay_rejected,
+            ),
         ] {
             counter(e, name, help, KafkaStats::get(c))?;
         }

@@ -248,7 +248,7 @@ pub async fn start_on(
         None => Arc::new(FeedStats::default()),
     };
     let relay_stop = Arc::new(AtomicBool::new(false));
-    start_kafka(&config, plan, &engine, &kafka_stats, &relay_stop, &stop_rx, &mut tasks)?;
+    start_kafka(&config, plan, &engine, sidecar.as_ref(), &kafka_stats, &relay_stop, &stop_rx, &mut tasks)?;
 
     // Tokens for the asking only where the secret is public anyway and only on loopback.
     let dev_tokens = (config.public_dev_secret()
@@ -367,14 +367,7 @@ fn start_feed(
     stop: &watch::Receiver<bool>,
     tasks: &mut Tasks,
 ) -> Result<Arc<FeedStats>, StartError> {
-    let producer_auth: Arc<dyn ProducerAuth> = match sidecar {
-        Some(s) => Arc::clone(s) as Arc<dyn ProducerAuth>,
-        None => Arc::new(match &config.producers_file {
-            Some(p) => StaticKeys::load(p)?,
-            None => StaticKeys::from_toml(fixtures::PRODUCERS)?,
-        }),
-    };
-    let mut ctx = engine.feed_context(producer_auth, config.feed.clone());
+    let mut ctx = engine.feed_context(producer_auth(config, sidecar)?, config.feed.clone());
     ctx.tls = tls.map(engine::feed::FeedTls);
     let stats = Arc::clone(&ctx.stats);
     let mut feed_stop = stop.clone();
@@ -384,12 +377,29 @@ fn start_feed(
     Ok(stats)
 }
 
+/// Producers' keys: the sidecar's (revocations apply at once) or the producers file's.
+/// The TCP feed checks HELLOs with them, Kafka ingest the signatures of records.
+fn producer_auth(
+    config: &Config,
+    sidecar: Option<&Arc<SidecarAuth>>,
+) -> Result<Arc<dyn ProducerAuth>, StartError> {
+    Ok(match sidecar {
+        Some(s) => Arc::clone(s) as Arc<dyn ProducerAuth>,
+        None => Arc::new(match &config.producers_file {
+            Some(p) => StaticKeys::load(p)?,
+            None => StaticKeys::from_toml(fixtures::PRODUCERS)?,
+        }),
+    })
+}
+
 /// Kafka's part of the node: the relay of `signals.<tier>` on a gateway node, ingest of
 /// `raw-signals` and `market-data` elsewhere.
+#[allow(clippy::too_many_arguments)]
 fn start_kafka(
     config: &Config,
     plan: Plan,
     engine: &Engine,
+    sidecar: Option<&Arc<SidecarAuth>>,
     stats: &Arc<KafkaStats>,
     relay_stop: &Arc<AtomicBool>,
     stop: &watch::Receiver<bool>,
@@ -403,6 +413,7 @@ fn start_kafka(
                 engine.ingest(),
                 config.engine.ring_capacity,
                 Arc::clone(stats),
+                producer_auth(config, sidecar)?,
                 Arc::clone(relay_stop),
             )?;
         }
@@ -411,6 +422,7 @@ fn start_kafka(
                 ingest: engine.ingest(),
                 max_analysis_bytes: config.engine.max_analysis_bytes,
                 stats: Arc::clone(stats),
+                producers: producer_auth(config, sidecar)?,
             };
             let (cfg, mut kafka_stop) = (config.kafka.clone(), stop.clone());
             tasks.push(tokio::spawn(async move {
@@ -435,6 +447,8 @@ async fn kafka_options(
     if plan.kafka == KafkaPart::Off {
         return Ok(options);
     }
+    let cfg = config.kafka.clone();
+    blocking(move || kafka::check_brokers(&cfg)).await?;
     kafka::ensure_topics(&config.kafka).await?;
     match plan.kafka {
         KafkaPart::Off | KafkaPart::Ingest => {}

@@ -23,6 +23,7 @@ use engine::kafka::rdkafka::consumer::{BaseConsumer, Consumer};
 use engine::kafka::rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use engine::kafka::rdkafka::producer::{FutureProducer, FutureRecord};
 use engine::kafka::rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use engine::kafka::signing;
 use engine::model::{Category, UnixNanos};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -69,6 +70,10 @@ struct Broker {
     addr: String,
     storage: String,
     dir: TempDir,
+    /// `--authentication`: SASL required of every client.
+    authentication: bool,
+    /// The SCRAM user the test's own clients log in as.
+    credentials: Option<(String, String)>,
 }
 
 impl Broker {
@@ -87,21 +92,45 @@ impl Broker {
         let addr = format!("127.0.0.1:{port}");
         // tansu reads .env from its working directory: give it an empty one.
         let dir = TempDir::new("tansu");
-        let child = Self::spawn(&dir, &addr, storage);
-        Self { child, addr, storage: storage.to_owned(), dir }
+        let child = Self::spawn(&dir, &addr, storage, false);
+        Self { child, addr, storage: storage.to_owned(), dir, authentication: false, credentials: None }
     }
 
-    fn spawn(dir: &TempDir, addr: &str, storage: &str) -> Child {
+    /// A broker that requires SASL/SCRAM-SHA-256 of every client, knowing `users`
+    /// (name, password). tansu creates users only through an unauthenticated broker, so
+    /// they are created first on an open one over the same SQLite file.
+    fn start_authenticated(users: &[(&str, &str)]) -> Self {
+        let mut broker = Self::start_persistent();
+        for (name, password) in users {
+            let out = Command::new(tansu_binary())
+                .current_dir(&broker.dir.0)
+                .args(["user", "create", "--broker", &format!("tcp://{}", broker.addr)])
+                .args(["--mechanism", "scram256", name, password])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "tansu user create: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        broker.kill();
+        broker.authentication = true;
+        broker.credentials = users.first().map(|(u, p)| ((*u).to_owned(), (*p).to_owned()));
+        broker.restart();
+        broker
+    }
+
+    fn spawn(dir: &TempDir, addr: &str, storage: &str, authentication: bool) -> Child {
         let url = format!("tcp://{addr}");
-        let child = Command::new(tansu_binary())
-            .current_dir(&dir.0)
-            .args(["broker", "--storage-engine", storage])
-            .args(["--listener-url", &url, "--advertised-listener-url", &url])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
+        let mut cmd = Command::new(tansu_binary());
+        cmd.current_dir(&dir.0).args(["broker", "--storage-engine", storage]).args([
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ]);
+        if authentication {
+            cmd.arg("--authentication");
+        }
+        let child =
+            cmd.env("RUST_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::inherit()).spawn().unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(addr).is_err() {
             assert!(Instant::now() < deadline, "tansu did not listen on {addr}");
@@ -118,12 +147,17 @@ impl Broker {
 
     /// A new broker process on the same address and storage.
     fn restart(&mut self) {
-        self.child = Self::spawn(&self.dir, &self.addr, &self.storage);
+        self.child = Self::spawn(&self.dir, &self.addr, &self.storage, self.authentication);
     }
 
     fn client(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.addr);
+        if let Some((user, password)) = &self.credentials {
+            for (k, v) in sasl(user, password) {
+                c.set(k, v);
+            }
+        }
         c
     }
 
@@ -147,6 +181,17 @@ impl Drop for Broker {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The librdkafka properties of a SASL/SCRAM-SHA-256 login (no TLS: tansu's cannot be
+/// tested here).
+fn sasl<'a>(user: &'a str, password: &'a str) -> [(&'static str, &'a str); 4] {
+    [
+        ("security.protocol", "SASL_PLAINTEXT"),
+        ("sasl.mechanism", "SCRAM-SHA-256"),
+        ("sasl.username", user),
+        ("sasl.password", password),
+    ]
 }
 
 struct TempDir(PathBuf);
@@ -266,6 +311,37 @@ async fn produce(p: &FutureProducer, topic: &str, key: &str, value: &[u8], heade
     p.send(r, Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
 }
 
+/// A producer of fixtures/producers.toml (dev keys): the signer of test records.
+const PRODUCER: &str = "model-alpha";
+const PRODUCER_KEY: &str = "dev-alpha-0c1d2e3f4a5b6c7d";
+
+fn now_ms() -> u64 {
+    u64::try_from(UnixNanos::now().0 / 1_000_000).unwrap()
+}
+
+/// `extra` plus the headers that say who wrote a `raw-signals` record (docs/kafka.md).
+fn signed_by(
+    producer: &str,
+    api_key: &str,
+    at: u64,
+    key: &str,
+    value: &[u8],
+    extra: Option<OwnedHeaders>,
+) -> OwnedHeaders {
+    let signature = signing::sign(&signing::signing_key(api_key), producer, at, key.as_bytes(), value);
+    extra
+        .unwrap_or_default()
+        .insert(Header { key: signing::PRODUCER_HEADER, value: Some(producer) })
+        .insert(Header { key: signing::SIGNED_AT_HEADER, value: Some(&at.to_string()) })
+        .insert(Header { key: signing::SIGNATURE_HEADER, value: Some(&signature) })
+}
+
+/// A `raw-signals` record signed by [`PRODUCER`].
+async fn produce_signal(p: &FutureProducer, key: &str, value: &[u8], extra: Option<OwnedHeaders>) {
+    let headers = signed_by(PRODUCER, PRODUCER_KEY, now_ms(), key, value, extra);
+    produce(p, "raw-signals", key, value, Some(headers)).await;
+}
+
 /// The next SIGNAL_UPDATE, or None if the connection ends (or nothing comes in `wait`).
 async fn next_signal(c: &mut Client, wait: Duration) -> Option<Value> {
     let deadline = tokio::time::Instant::now() + wait;
@@ -294,7 +370,7 @@ fn feed(p: FutureProducer, ids: std::ops::RangeInclusive<u128>) -> tokio::task::
     tokio::spawn(async move {
         for n in ids {
             let (key, value) = signal_json(n);
-            produce(&p, "raw-signals", &key, value.as_bytes(), None).await;
+            produce_signal(&p, &key, value.as_bytes(), None).await;
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         p
@@ -351,16 +427,25 @@ async fn python_json_producer_to_engine_to_gateway_to_websocket() {
 }
 
 fn python_produce(broker: &Broker, topic: &str, key: &str, value: &str) {
+    // Signs as docs/kafka.md shows producers in other languages how to.
     let script = r#"
-import sys
+import hashlib, hmac, sys, time
 from confluent_kafka import Producer
-brokers, topic, key, value = sys.argv[1:5]
+brokers, topic, key, value, producer, api_key = sys.argv[1:7]
+key, value = key.encode(), value.encode()
+signed_at = str(int(time.time() * 1000))
+message = b"signalcast-kafka-v1\n%s\n%s\n%d\n%s%s" % (producer.encode(), signed_at.encode(), len(key), key, value)
+signature = hmac.new(hashlib.sha256(api_key.encode()).digest(), message, hashlib.sha256).hexdigest()
+headers = [("signalcast-producer", producer), ("signalcast-signed-at", signed_at), ("signalcast-signature", signature)]
 p = Producer({"bootstrap.servers": brokers})
-p.produce(topic, key=key.encode(), value=value.encode())
+p.produce(topic, key=key, value=value, headers=headers)
 left = p.flush(30)
 sys.exit(1 if left else 0)
 "#;
-    let out = Command::new("python3").args(["-c", script, &broker.addr, topic, key, value]).output().unwrap();
+    let out = Command::new("python3")
+        .args(["-c", script, &broker.addr, topic, key, value, PRODUCER, PRODUCER_KEY])
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "python producer failed (pip install confluent-kafka): {}",
@@ -432,7 +517,7 @@ async fn an_engine_killed_mid_stream_and_restarted_loses_nothing_and_routes_noth
     // An at-least-once producer resends a few it already sent, after the restart.
     for n in 1..=20 {
         let (key, value) = signal_json(n);
-        produce(&p, "raw-signals", &key, value.as_bytes(), None).await;
+        produce_signal(&p, &key, value.as_bytes(), None).await;
     }
     read_until(&mut client, &mut seen, N as usize, Duration::from_secs(60), "the rest").await;
     client.no_signal_within(Duration::from_secs(3)).await;
@@ -455,16 +540,16 @@ async fn a_poison_record_goes_to_the_dlq_and_the_partition_moves_on() {
     client.subscribe("signals_enterprise").await;
 
     let p = broker.producer();
-    produce(&p, "raw-signals", "RELIANCE", b"{\"id\": not json", None).await;
+    produce_signal(&p, "RELIANCE", b"{\"id\": not json", None).await;
     let unknown = OwnedHeaders::new().insert(Header { key: "content-type", value: Some("text/csv") });
-    produce(&p, "raw-signals", "RELIANCE", b"a,b,c", Some(unknown)).await;
+    produce_signal(&p, "RELIANCE", b"a,b,c", Some(unknown)).await;
     let (key, value) = signal_json(0xd1);
-    produce(&p, "raw-signals", &key, value.as_bytes(), None).await;
+    produce_signal(&p, &key, value.as_bytes(), None).await;
     // The same partition carries an rkyv record (the TCP frame's payload) too.
     let mut frame = Vec::new();
     encode_signal(&mut frame, 1, None, &common::signal(0xd2, 8_000, Category::Equity));
     let rkyv = OwnedHeaders::new().insert(Header { key: "content-type", value: Some("application/x-rkyv") });
-    produce(&p, "raw-signals", "RELIANCE", &frame[5..], Some(rkyv)).await;
+    produce_signal(&p, "RELIANCE", &frame[5..], Some(rkyv)).await;
 
     let first = next_signal(&mut client, Duration::from_secs(60)).await.expect("the valid JSON signal");
     let second = next_signal(&mut client, Duration::from_secs(10)).await.expect("the rkyv signal");
@@ -545,7 +630,9 @@ async fn two_engines_share_the_partitions_and_each_holds_the_ticks_of_its_symbol
     let p = broker.producer();
     for (i, symbol) in symbols.iter().enumerate() {
         let tick = common::tick(symbol, "NSE", &format!("{}.2500", 100 + i));
-        produce(&p, "market-data", symbol, &serde_json::to_vec(&tick).unwrap(), None).await;
+        let value = serde_json::to_vec(&tick).unwrap();
+        let headers = signed_by(PRODUCER, PRODUCER_KEY, now_ms(), symbol, &value, None);
+        produce(&p, "market-data", symbol, &value, Some(headers)).await;
     }
     eventually(30, "every tick consumed by one engine or the other", async || {
         first.metric("signalcast_ticks_received_total").await
@@ -562,7 +649,7 @@ async fn two_engines_share_the_partitions_and_each_holds_the_ticks_of_its_symbol
     for (i, symbol) in symbols.iter().enumerate() {
         let mut s = common::signal(0xe0 + i as u128, 8_000, Category::Equity);
         s.symbol = engine::model::Symbol::new(symbol).unwrap();
-        produce(&p, "raw-signals", symbol, &serde_json::to_vec(&s).unwrap(), None).await;
+        produce_signal(&p, symbol, &serde_json::to_vec(&s).unwrap(), None).await;
     }
     let mut enriched = Vec::new();
     while enriched.len() < symbols.len() {
@@ -602,7 +689,7 @@ async fn a_resume_from_before_the_ring_is_read_back_from_kafka() {
     let p = broker.producer();
     for n in 1..=100 {
         let (key, value) = signal_json(n);
-        produce(&p, "raw-signals", &key, value.as_bytes(), None).await;
+        produce_signal(&p, &key, value.as_bytes(), None).await;
     }
     eventually(60, "the gateway has all 100", async || {
         gw.metric("signalcast_channel_head_seq{tier=\"enterprise\"}").await >= 100.0
@@ -622,7 +709,7 @@ async fn a_resume_from_before_the_ring_is_read_back_from_kafka() {
     assert_eq!(got, (11..=100).map(|s| (s, u128::from(s as u32))).collect::<Vec<_>>(), "11..=100 in order");
     // Then live, with nothing in between missing.
     let (key, value) = signal_json(101);
-    produce(&p, "raw-signals", &key, value.as_bytes(), None).await;
+    produce_signal(&p, &key, value.as_bytes(), None).await;
     let live = next_signal(&mut late, Duration::from_secs(30)).await.expect("live after the read-back");
     assert_eq!(seq_and_id(&live), (101, 101));
 
@@ -677,4 +764,246 @@ async fn a_broker_killed_and_restarted_costs_connected_clients_nothing() {
     }
     let dups = engine.metric("signalcast_drops_total{reason=\"duplicate_id\"}").await;
     println!("records the engine read twice across the restart and dropped by id: {dups}");
+}
+
+/// The records of the DLQ as (error.code, value), until `n` are in (20 s at most).
+fn read_dlq(broker: &Broker, n: usize) -> Vec<(Option<String>, Option<Vec<u8>>)> {
+    let dlq: BaseConsumer = broker.client().set("group.id", "dlq-reader").create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for partition in 0..6 {
+        tpl.add_partition_offset("raw-signals.dlq", partition, Offset::Beginning).unwrap();
+    }
+    dlq.assign(&tpl).unwrap();
+    let mut dead = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while dead.len() < n && Instant::now() < deadline {
+        if let Some(Ok(m)) = dlq.poll(Duration::from_millis(200)) {
+            let code = m
+                .headers()
+                .and_then(|h| h.iter().find(|h| h.key == "error.code")?.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned());
+            dead.push((code, m.payload().map(<[u8]>::to_vec)));
+        }
+    }
+    dead
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_signals_without_a_producers_signature_go_to_the_dlq_and_never_reach_clients() {
+    let _serial = serial().await;
+    let broker = Broker::start();
+    broker.create_input_topics(1).await;
+    let node = Node::start("all", &broker, &[]).await;
+    let mut client = Client::connect(&node.ws_url("u-enterprise-1")).await;
+    client.subscribe("signals_enterprise").await;
+
+    let p = broker.producer();
+    // Written straight to Kafka, past the producers' keys: unsigned, signed by a
+    // producer nobody knows, with a wrong key, and a signed record altered on the way.
+    let (k1, v1) = signal_json(0xa1);
+    let forged =
+        [(0xa2, None), (0xa3, Some(("mallory", "guessed"))), (0xa4, Some((PRODUCER, "not-the-key")))];
+    for (id, signer) in forged {
+        let (key, value) = signal_json(id);
+        let headers = signer.map(|(who, k)| signed_by(who, k, now_ms(), &key, value.as_bytes(), None));
+        produce(&p, "raw-signals", &key, value.as_bytes(), headers).await;
+    }
+    // A genuine signature, of another record.
+    let (key, value) = signal_json(0xa7);
+    let stolen = signed_by(PRODUCER, PRODUCER_KEY, now_ms(), &k1, v1.as_bytes(), None);
+    produce(&p, "raw-signals", &key, value.as_bytes(), Some(stolen)).await;
+    // A genuine record signed twenty minutes ago: a captured record replayed.
+    let (key, value) = signal_json(0xa5);
+    let old = signed_by(PRODUCER, PRODUCER_KEY, now_ms() - 20 * 60 * 1000, &key, value.as_bytes(), None);
+    produce(&p, "raw-signals", &key, value.as_bytes(), Some(old)).await;
+    let (key, value) = signal_json(0xa6);
+    produce_signal(&p, &key, value.as_bytes(), None).await;
+
+    let got = next_signal(&mut client, Duration::from_secs(60)).await.expect("the signed signal");
+    assert_eq!(common::id_of(&got), 0xa6, "only the signed record is routed: {got}");
+    client.no_signal_within(Duration::from_secs(2)).await;
+    let codes: Vec<Option<String>> = read_dlq(&broker, 5).into_iter().map(|(c, _)| c).collect();
+    assert_eq!(
+        codes,
+        ["unsigned", "unknown_producer", "bad_signature", "bad_signature", "stale_signature"]
+            .map(|c| Some(c.to_owned()))
+            .to_vec()
+    );
+    assert_eq!(node.metric("signalcast_kafka_unauthenticated_total").await, 5.0);
+    assert_eq!(node.metric("signalcast_kafka_dead_lettered_total").await, 5.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_signals_tier_record_is_dropped_and_counted_and_clients_stay_connected() {
+    let _serial = serial().await;
+    let broker = Broker::start();
+    broker.create_input_topics(1).await;
+    let gw = Node::start("gateway", &broker, &[]).await;
+    let mut client = Client::connect(&gw.ws_url("u-enterprise-1")).await;
+    client.subscribe("signals_enterprise").await;
+
+    // Whoever can write to signals.enterprise, as an engine would (headers and all).
+    let s = common::signal(0xb1, 8_000, Category::Equity);
+    let now = UnixNanos::now();
+    let mut good = Vec::new();
+    engine::pipeline::encode::signal_data(&mut good, &s, None, now, now, None);
+    let headers = |category: &str| {
+        let ts = now.0.to_string();
+        OwnedHeaders::new()
+            .insert(Header { key: "content-type", value: Some("application/json") })
+            .insert(Header { key: "sc-category", value: Some(category) })
+            .insert(Header { key: "sc-ingest-ts", value: Some(&ts) })
+            .insert(Header { key: "sc-routed-ts", value: Some(&ts) })
+    };
+    let mut invalid_utf8 = good.clone();
+    invalid_utf8[12] = 0xff;
+    let mut huge = good.clone();
+    let at = huge.len() - 1;
+    huge.splice(at..at, format!(",\"pad\":\"{}\"", "x".repeat(10_000)).into_bytes());
+    let p = broker.producer();
+    let key = s.id.hyphenated().to_string();
+    for (value, category) in [
+        (b"{\"id\": not json".to_vec(), "equity"),
+        (invalid_utf8, "equity"),
+        (huge, "equity"),
+        (good.clone(), "crypto"),
+        (b"[1,2,3]".to_vec(), "equity"),
+        (good.clone(), "equity"),
+    ] {
+        produce(&p, "signals.enterprise", &key, &value, Some(headers(category))).await;
+    }
+    let got = next_signal(&mut client, Duration::from_secs(30)).await.expect("the well-formed record");
+    assert_eq!((common::id_of(&got), got["seq"].as_u64()), (0xb1, Some(6)), "{got}");
+    assert_eq!(got["data"], serde_json::from_slice::<Value>(&good).unwrap());
+    // Still connected: a PING is answered (a broken frame would have closed it, 1007).
+    client.send(json!({"type":"PING"})).await;
+    assert_eq!(client.next_of(&["PONG"]).await["type"], "PONG");
+    assert_eq!(gw.metric("signalcast_kafka_relay_rejected_total").await, 5.0);
+    assert_eq!(gw.metric("signalcast_kafka_relayed_total").await, 6.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_record_the_dlq_refuses_is_given_up_and_the_partition_moves_on() {
+    let _serial = serial().await;
+    let broker = Broker::start();
+    broker.create_input_topics(1).await;
+    let node = Node::start("all", &broker, &[]).await;
+    let mut client = Client::connect(&node.ws_url("u-enterprise-1")).await;
+    client.subscribe("signals_enterprise").await;
+
+    // 1.5 MB: poison (over 64 KiB), and over the DLQ producer's message.max.bytes
+    // (librdkafka's 1,000,000): the DLQ can never take it.
+    let p: FutureProducer =
+        broker.client().set("linger.ms", "0").set("message.max.bytes", "4000000").create().unwrap();
+    let huge = vec![b' '; 1_500_000];
+    produce_signal(&p, "RELIANCE", &huge, None).await;
+    let (key, value) = signal_json(0xc1);
+    produce_signal(&p, &key, value.as_bytes(), None).await;
+
+    let got =
+        next_signal(&mut client, Duration::from_secs(60)).await.expect("the record after the poison one");
+    assert_eq!(common::id_of(&got), 0xc1);
+    assert_eq!(node.metric("signalcast_kafka_dlq_failed_total").await, 1.0);
+    assert_eq!(node.metric("signalcast_kafka_dead_lettered_total").await, 0.0);
+    // Later poison the DLQ can take still goes there.
+    produce_signal(&p, "RELIANCE", b"{\"id\": not json", None).await;
+    let dead = read_dlq(&broker, 1);
+    assert_eq!(dead.first().map(|d| d.0.clone()), Some(Some("invalid_json".to_owned())), "{dead:?}");
+}
+
+/// Writes `[kafka.client]` SASL settings to a config file for a node.
+fn sasl_config(dir: &TempDir, name: &str, user: &str, password: &str) -> String {
+    let mut toml = String::from("[kafka.client]\n");
+    for (k, v) in sasl(user, password) {
+        toml.push_str(&format!("\"{k}\" = \"{v}\"\n"));
+    }
+    let path = dir.0.join(name);
+    std::fs::write(&path, toml).unwrap();
+    path.display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sasl_scram_credentials_let_nodes_in_and_wrong_ones_stop_the_node_clearly() {
+    let _serial = serial().await;
+    let broker = Broker::start_authenticated(&[("signalcast", "s3cret-scram")]);
+    broker.create_input_topics(1).await;
+    let dir = TempDir::new("sasl");
+    let good = sasl_config(&dir, "good.toml", "signalcast", "s3cret-scram");
+    let engine = Node::start("engine", &broker, &[("SIGNALCAST_CONFIG", &good)]).await;
+    let gw = Node::start("gateway", &broker, &[("SIGNALCAST_CONFIG", &good)]).await;
+    let mut client = Client::connect(&gw.ws_url("u-enterprise-1")).await;
+    client.subscribe("signals_enterprise").await;
+    let p = broker.producer();
+    let (key, value) = signal_json(0x5a51);
+    produce_signal(&p, &key, value.as_bytes(), None).await;
+    let got =
+        next_signal(&mut client, Duration::from_secs(60)).await.expect("through the authenticated broker");
+    assert_eq!(common::id_of(&got), 0x5a51);
+    assert_eq!(engine.metric("signalcast_kafka_published_total").await, 2.0);
+
+    // A wrong password: the node says so and stops, rather than retrying in silence.
+    let bad = sasl_config(&dir, "bad.toml", "signalcast", "wrong");
+    let out = tokio::task::spawn_blocking({
+        let addr = broker.addr.clone();
+        move || {
+            Command::new(env!("CARGO_BIN_EXE_signalcast"))
+                .args(["serve", "--role", "engine", "--kafka-brokers", &addr])
+                .env("SIGNALCAST_CONFIG", &bad)
+                .env("SIGNALCAST_LISTEN", format!("127.0.0.1:{}", free_port()))
+                .env("SIGNALCAST_FEED_LISTEN", format!("127.0.0.1:{}", free_port()))
+                .env("SIGNALCAST_DEMO__ENABLED", "false")
+                .env("SIGNALCAST_LOG", "warn")
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a node with a wrong password must not start: {stderr}");
+    assert!(stderr.contains("refused this node's credentials"), "{stderr}");
+}
+
+/// [4/10] 6 on Kafka: a `market-data` record moves prices only when signed by a
+/// producer with the right to send ticks, on an engine node (refused ones go to the DLQ)
+/// and on a gateway node, which reads the topic itself for `prices_general`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ticks_on_kafka_need_a_signature_and_the_producers_tick_right() {
+    let _serial = serial().await;
+    let broker = Broker::start();
+    broker.create_input_topics(1).await;
+    let engine = Node::start("engine", &broker, &[]).await;
+    let gw = Node::start("gateway", &broker, &[]).await;
+    let mut client = Client::connect(&gw.ws_url("u-free-1")).await;
+    assert_eq!(client.subscribe("prices_general").await["type"], "SUBSCRIBED");
+    let p = broker.producer();
+    let tick = |symbol: &str| serde_json::to_vec(&common::tick(symbol, "NSE", "100.2500")).unwrap();
+    // Unsigned, and signed by analyst-desk (a known producer without the tick right).
+    produce(&p, "market-data", "UNSIGNED", &tick("UNSIGNED"), None).await;
+    let (desk, alpha) = (tick("DESK"), tick("ALPHA")); // signed as sent: made once
+    let desk_sig = signed_by("analyst-desk", "dev-desk-8899aabbccddeeff", now_ms(), "DESK", &desk, None);
+    produce(&p, "market-data", "DESK", &desk, Some(desk_sig)).await;
+    let alpha_sig = signed_by(PRODUCER, PRODUCER_KEY, now_ms(), "ALPHA", &alpha, None);
+    produce(&p, "market-data", "ALPHA", &alpha, Some(alpha_sig)).await;
+
+    let mut symbols = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while let Ok(Some(Ok(WsMessage::Text(t)))) = tokio::time::timeout_at(deadline, client.ws.next()).await {
+        let v: Value = serde_json::from_str(t.as_str()).unwrap();
+        if v["type"] == "PRICE_UPDATE" {
+            symbols.push(v["data"]["symbol"].as_str().unwrap().to_owned());
+            if symbols.iter().any(|s| s == "ALPHA") {
+                break;
+            }
+        }
+    }
+    assert_eq!(symbols, ["ALPHA"], "only the tick of a producer with the right moves prices");
+    client.no_signal_within(Duration::from_millis(500)).await;
+    let codes: Vec<Option<String>> = read_dlq(&broker, 2).into_iter().map(|(c, _)| c).collect();
+    assert_eq!(codes, [Some("unsigned".to_owned()), Some("forbidden_tick".to_owned())]);
+    eventually(30, "the gateway counted both refusals", async || {
+        gw.metric("signalcast_kafka_unauthenticated_total").await >= 2.0
+    })
+    .await;
+    assert_eq!(engine.metric("signalcast_kafka_unauthenticated_total").await, 2.0);
 }

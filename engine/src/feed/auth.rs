@@ -19,6 +19,14 @@ pub trait ProducerAuth: Send + Sync + fmt::Debug {
     /// may send them; the rest are refused with `forbidden_tick`.
     fn may_send_ticks(&self, producer_id: &str) -> bool;
 
+    /// SHA-256 of each active API key of `producer_id`: the keys that sign its Kafka
+    /// records (`kafka::signing`). Empty for an unknown producer, or when this source
+    /// cannot tell (then signed records are refused, never accepted unchecked).
+    fn signing_keys(&self, producer_id: &str) -> Vec<[u8; 32]> {
+        let _ = producer_id;
+        Vec::new()
+    }
+
     /// Changes whenever keys may have been revoked: connected producers are verified
     /// again then, and cut if their key no longer holds. `None`: keys never change.
     fn revisions(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
@@ -121,6 +129,10 @@ impl ProducerAuth for StaticKeys {
 
     fn may_send_ticks(&self, producer_id: &str) -> bool {
         self.ticks.contains(producer_id)
+    }
+
+    fn signing_keys(&self, producer_id: &str) -> Vec<[u8; 32]> {
+        self.keys.get(producer_id).map(|k| crate::kafka::signing::signing_key(k)).into_iter().collect()
     }
 }
 

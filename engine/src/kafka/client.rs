@@ -44,6 +44,34 @@ pub(super) fn header<'a>(m: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a [
     m.headers().and_then(|h| h.iter().find(|h| h.key.eq_ignore_ascii_case(name))?.value)
 }
 
+/// Who signed record `m`, checked before its value is even decoded (when
+/// `require_signed_signals`); a `market-data` record's signer must also hold the right
+/// to send ticks.
+pub(super) fn authenticate(
+    cfg: &crate::config::KafkaConfig,
+    producers: &dyn crate::feed::ProducerAuth,
+    m: &BorrowedMessage<'_>,
+    tick: bool,
+) -> Result<(), ValueError> {
+    use super::signing;
+    if !cfg.require_signed_signals {
+        return Ok(());
+    }
+    let claimed = signing::Claimed {
+        producer: header(m, signing::PRODUCER_HEADER),
+        signed_at: header(m, signing::SIGNED_AT_HEADER),
+        signature: header(m, signing::SIGNATURE_HEADER),
+    };
+    let now_ms = u64::try_from(crate::model::UnixNanos::now().0 / 1_000_000).unwrap_or(0);
+    let key = m.key().unwrap_or_default();
+    let value = m.payload().unwrap_or_default();
+    let producer = signing::verify(producers, claimed, key, value, now_ms, cfg.signature_max_age)?;
+    if tick && !producers.may_send_ticks(&producer) {
+        return Err(ValueError::ForbiddenTick(producer));
+    }
+    Ok(())
+}
+
 /// How the record's value is encoded (its `content-type` header).
 pub(super) fn content_type(m: &BorrowedMessage<'_>) -> Result<ContentType, ValueError> {
     ContentType::from_header(header(m, super::headers::CONTENT_TYPE))
@@ -70,6 +98,63 @@ impl ClientContext for StatsContext {
 }
 
 impl ConsumerContext for StatsContext {}
+
+/// Remembers the first authentication error librdkafka reports (SASL refused).
+#[derive(Debug, Default)]
+struct AuthWatch(std::sync::Mutex<Option<String>>);
+
+impl AuthWatch {
+    fn saw(&self, reason: &str) {
+        let mut seen = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        seen.get_or_insert_with(|| reason.to_owned());
+    }
+}
+
+impl ClientContext for AuthWatch {
+    // librdkafka tells a refused SCRAM proof in its log, a refused mechanism as an
+    // error; both come with a poll.
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        if message.contains("SASL authentication error") || message.contains("Authentication failed") {
+            self.saw(message);
+        }
+        tracing::warn!(?level, fac, message, "librdkafka");
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(error, KafkaError::Global(RDKafkaErrorCode::Authentication)) {
+            self.saw(reason);
+        }
+        tracing::debug!(error = %error, reason, "kafka client error");
+    }
+}
+
+impl ConsumerContext for AuthWatch {}
+
+/// Checks at start that the brokers answer and accept the node's credentials: a node
+/// with a wrong SASL password stops with that said, instead of waiting and retrying
+/// without end (librdkafka's way).
+pub fn check_brokers(cfg: &KafkaConfig) -> Result<(), KafkaError> {
+    let consumer: BaseConsumer<AuthWatch> = client_config(cfg).create_with_context(AuthWatch::default())?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let result = consumer.fetch_metadata(None, Duration::from_secs(1));
+        // Serves librdkafka's queued logs and errors to the context (nothing is
+        // subscribed, so no record comes).
+        let _ = consumer.poll(Duration::from_millis(100));
+        let refused = consumer.context().0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        if let Some(reason) = refused {
+            return Err(KafkaError::ClientCreation(format!(
+                "the Kafka brokers {} refused this node's credentials ([kafka.client] sasl.*): {reason}",
+                cfg.brokers
+            )));
+        }
+        match result {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => {}
+        }
+    }
+}
 
 /// Creates the topics signalcast needs when they are missing: the input topics and
 /// the DLQ with `cfg.partitions`, each `signals.<tier>` with exactly one partition.

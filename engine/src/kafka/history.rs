@@ -52,10 +52,11 @@ impl KafkaHistory {
             .set("enable.auto.commit", "false")
             .create()?;
         let topics = Tier::ALL.map(|t| cfg.signals_topic(t));
+        let max_bytes = cfg.relay_max_record_bytes;
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
         std::thread::Builder::new()
             .name("signalcast-history".into())
-            .spawn(move || serve(&consumer, &topics, &rx))
+            .spawn(move || serve(&consumer, &topics, max_bytes, &rx))
             .map_err(|e| KafkaError::ClientCreation(e.to_string()))?;
         Ok(Self { tx, max_messages })
     }
@@ -77,10 +78,10 @@ impl History for KafkaHistory {
     }
 }
 
-fn serve(consumer: &BaseConsumer, topics: &[String; 4], rx: &Receiver<Request>) {
+fn serve(consumer: &BaseConsumer, topics: &[String; 4], max_bytes: usize, rx: &Receiver<Request>) {
     let (mut text, mut scratch) = (Vec::new(), Vec::new());
     while let Ok(r) = rx.recv() {
-        let result = read(consumer, topics, &r, &mut text, &mut scratch);
+        let result = read(consumer, topics, max_bytes, &r, &mut text, &mut scratch);
         if let Err(e) = &result {
             tracing::warn!(tier = %r.tier.as_str(), from = r.from, to = r.to, error = %e, "history read failed");
         }
@@ -91,6 +92,7 @@ fn serve(consumer: &BaseConsumer, topics: &[String; 4], rx: &Receiver<Request>) 
 fn read(
     consumer: &BaseConsumer,
     topics: &[String; 4],
+    max_bytes: usize,
     r: &Request,
     text: &mut Vec<u8>,
     scratch: &mut Vec<u8>,
@@ -136,8 +138,13 @@ fn read(
                 continue 'attempt;
             }
             seen_any = true;
-            let item =
-                routed(topics, &m).ok_or_else(|| incomplete(&format!("record {} unreadable", m.offset())))?;
+            // A record the relay dropped is skipped here too, never served.
+            let Some(item) = routed(topics, &m, max_bytes) else {
+                if u64::try_from(m.offset()).ok().map(|o| o + 1) == Some(next) {
+                    next += 1;
+                }
+                continue;
+            };
             if item.seq != next {
                 return Err(HistoryError::Incomplete(format!("seq {} where {next} was due", item.seq)));
             }

@@ -21,10 +21,13 @@ use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rkyv::util::AlignedVec;
 
-use super::client::{StatsContext, client_config, content_type};
+use rdkafka::types::RDKafkaErrorCode;
+
+use super::client::{StatsContext, authenticate, client_config, content_type};
 use super::value::{self, ValueError};
 use super::{KafkaError, KafkaStats, headers};
 use crate::config::KafkaConfig;
+use crate::feed::ProducerAuth;
 use crate::model::UnixNanos;
 use crate::pipeline::{Done, IngestItem, IngestSender, Origin, SignalItem};
 
@@ -34,6 +37,9 @@ pub struct IngestContext {
     pub ingest: IngestSender,
     pub max_analysis_bytes: usize,
     pub stats: Arc<KafkaStats>,
+    /// The producers' keys (the file or the sidecar, as for the TCP feed): who may
+    /// sign `raw-signals` records.
+    pub producers: Arc<dyn ProducerAuth>,
 }
 
 /// Records between two offset markers at most.
@@ -90,7 +96,10 @@ pub async fn run_ingest(
             .set("statistics.interval.ms", "1000")
             .create_with_context(StatsContext(Arc::clone(&ctx.stats)))?,
     );
-    let dlq: FutureProducer = client_config(&cfg).set("message.timeout.ms", "0").create()?;
+    // librdkafka retries transient errors itself, for at most dlq_timeout.
+    let dlq: FutureProducer = client_config(&cfg)
+        .set("message.timeout.ms", cfg.dlq_timeout.as_millis().max(1).to_string())
+        .create()?;
     consumer.subscribe(&[&cfg.raw_signals_topic, &cfg.market_data_topic])?;
     tracing::info!(brokers = %cfg.brokers, group = %cfg.group_id, "kafka ingest started");
 
@@ -118,7 +127,7 @@ pub async fn run_ingest(
             continue;
         };
         let taken = match received {
-            Ok(m) => take(&cfg, &m, ctx.max_analysis_bytes, &mut scratch),
+            Ok(m) => take(&cfg, &ctx, &m, &mut scratch),
             Err(e) => {
                 tracing::warn!(error = %e, "kafka consume error");
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -133,17 +142,14 @@ pub async fn run_ingest(
                 }
             }
             Err((error, poison)) => {
-                dead_letter(
-                    &cfg,
-                    &dlq,
-                    taken.topic.name(&cfg),
-                    taken.partition,
-                    taken.offset,
-                    &error,
-                    poison,
-                )
-                .await;
-                KafkaStats::count(&ctx.stats.dead_lettered);
+                if error.is_unauthenticated() {
+                    KafkaStats::count(&ctx.stats.unauthenticated);
+                }
+                let at = (taken.topic.name(&cfg), taken.partition, taken.offset);
+                match dead_letter(&cfg, &dlq, at, &error, poison).await {
+                    Ok(()) => KafkaStats::count(&ctx.stats.dead_lettered),
+                    Err(()) => KafkaStats::count(&ctx.stats.dlq_failed),
+                }
             }
         }
         pending.push((taken.topic, taken.partition, taken.offset));
@@ -190,9 +196,11 @@ async fn mark(
     let _ = ctx.ingest.send(IngestItem::Done(done)).await;
 }
 
-fn take(cfg: &KafkaConfig, m: &BorrowedMessage<'_>, max_analysis: usize, scratch: &mut AlignedVec) -> Taken {
+fn take(cfg: &KafkaConfig, ctx: &IngestContext, m: &BorrowedMessage<'_>, scratch: &mut AlignedVec) -> Taken {
+    let max_analysis = ctx.max_analysis_bytes;
     let topic = if m.topic() == cfg.market_data_topic { Topic::MarketData } else { Topic::RawSignals };
-    let decoded = content_type(m).and_then(|ct| {
+    let authenticated = authenticate(cfg, ctx.producers.as_ref(), m, topic == Topic::MarketData);
+    let decoded = authenticated.and_then(|()| content_type(m)).and_then(|ct| {
         let value = m.payload().unwrap_or_default();
         if topic == Topic::MarketData {
             value::decode_tick(value, ct, scratch).map(IngestItem::Tick)
@@ -226,17 +234,39 @@ fn take(cfg: &KafkaConfig, m: &BorrowedMessage<'_>, max_analysis: usize, scratch
     }
 }
 
-/// Sends a poison record to the DLQ with the reason and its origin in headers; waits
-/// (retrying) until the broker has it, since its offset is committed after this.
+/// Errors after which trying again cannot help: the DLQ will never take this record.
+fn permanent(e: &KafkaError) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        e,
+        KafkaError::MessageProduction(
+            C::MessageSizeTooLarge
+                | C::InvalidMessageSize
+                | C::InvalidMessage
+                | C::InvalidRecord
+                | C::MessageBatchTooLarge
+                | C::TopicAuthorizationFailed
+                | C::ClusterAuthorizationFailed
+                | C::InvalidTopic
+                | C::UnknownTopic
+                | C::PolicyViolation
+                | C::UnsupportedForMessageFormat
+                | C::InvalidArgument
+        )
+    )
+}
+
+/// Sends a poison record to the DLQ with the reason and its origin in headers, and
+/// waits until the broker has it (its offset is committed after this). Bounded: a
+/// permanent error gives up at once, a transient one after `dlq_timeout`; then the
+/// record is logged and counted, and the partition moves on without it (`Err`).
 async fn dead_letter(
     cfg: &KafkaConfig,
     dlq: &FutureProducer,
-    topic: &str,
-    partition: i32,
-    offset: i64,
+    (topic, partition, offset): (&str, i32, i64),
     error: &ValueError,
     poison: Poison,
-) {
+) -> Result<(), ()> {
     tracing::warn!(%topic, partition, offset, code = error.code(), %error, "poison record to the DLQ");
     let message = error.to_string();
     let (p, o) = (partition.to_string(), offset.to_string());
@@ -250,6 +280,7 @@ async fn dead_letter(
     ] {
         hs = hs.insert(Header { key, value: Some(value) });
     }
+    let started = tokio::time::Instant::now();
     loop {
         let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&cfg.dlq_topic).headers(hs.clone());
         if let Some(k) = &poison.key {
@@ -258,12 +289,20 @@ async fn dead_letter(
         if let Some(v) = &poison.value {
             record = record.payload(v.as_slice());
         }
-        match dlq.send(record, Duration::from_secs(10)).await {
-            Ok(_) => return,
-            Err((e, _)) => {
-                tracing::warn!(error = %e, "DLQ produce failed; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
+        let left = cfg.dlq_timeout.saturating_sub(started.elapsed());
+        let e = match dlq.send(record, left).await {
+            Ok(_) => return Ok(()),
+            Err((e, _)) => e,
+        };
+        if permanent(&e) || started.elapsed() + Duration::from_millis(500) >= cfg.dlq_timeout {
+            tracing::error!(
+                %topic, partition, offset, code = error.code(), dlq = %cfg.dlq_topic, error = %e,
+                permanent = permanent(&e),
+                "the DLQ did not take a poison record; it is given up and the partition moves on"
+            );
+            return Err(());
         }
+        tracing::warn!(error = %e, "DLQ produce failed; retrying");
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

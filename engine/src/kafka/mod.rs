@@ -1,6 +1,8 @@
 //! Kafka: the second way in (`raw-signals`, `market-data`) and the backbone of scale-out.
 //!
-//! - [`value`]: record values (JSON or rkyv) to signals and ticks; sans-IO, always built.
+//! - [`value`]: record values (JSON or rkyv) to signals and ticks, and the check of a
+//!   relayed `signals.<tier>` value; sans-IO, always built.
+//! - [`signing`]: the producer signature `raw-signals` records carry; sans-IO.
 //! - `ingest` (engine and single-node roles): the `signalcast-engine` consumer group on
 //!   `raw-signals` and `market-data` into the stage; poison records to the DLQ; offsets
 //!   stored only when the stage says the records before them are routed.
@@ -10,8 +12,9 @@
 //!   appends: every gateway builds the same channel logs.
 //! - `history` (gateway role): resumes from before the ring, read back by offset.
 //!
-//! Everything but [`value`] and [`KafkaStats`] needs the `kafka` feature (librdkafka).
+//! Everything but [`value`], [`signing`] and [`KafkaStats`] needs the `kafka` feature (librdkafka).
 
+pub mod signing;
 pub mod value;
 
 #[cfg(feature = "kafka")]
@@ -26,7 +29,7 @@ mod publish;
 mod relay;
 
 #[cfg(feature = "kafka")]
-pub use client::{KafkaError, ensure_topics, epochs, recent_ids};
+pub use client::{KafkaError, check_brokers, ensure_topics, epochs, recent_ids};
 #[cfg(feature = "kafka")]
 pub use history::KafkaHistory;
 #[cfg(feature = "kafka")]
@@ -65,12 +68,21 @@ pub struct KafkaStats {
     pub consumed: AtomicU64,
     /// Poison records sent to the DLQ.
     pub dead_lettered: AtomicU64,
+    /// `raw-signals` records refused for their signature (unsigned, unknown producer,
+    /// bad or stale signature); also counted in `dead_lettered` once the DLQ has them.
+    pub unauthenticated: AtomicU64,
+    /// Poison records the DLQ did not take (a permanent error, or `dlq_timeout`):
+    /// logged, given up, and their partition moved on.
+    pub dlq_failed: AtomicU64,
     /// Records produced to `signals.<tier>` (engine role).
     pub published: AtomicU64,
     /// Records that could not be produced and were given up (a permanent error).
     pub publish_failed: AtomicU64,
     /// Records read from `signals.<tier>` (gateway role).
     pub relayed: AtomicU64,
+    /// `signals.<tier>` records dropped before they reach a client: too large, not a
+    /// routed signal, or a value that is not the SIGNAL_UPDATE `data` an engine writes.
+    pub relay_rejected: AtomicU64,
     /// Consumer lag per topic (sum over the partitions this node holds), from
     /// librdkafka's statistics.
     lag: Mutex<BTreeMap<String, i64>>,

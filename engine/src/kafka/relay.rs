@@ -17,7 +17,7 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use rkyv::util::AlignedVec;
 
-use super::client::{StatsContext, client_config, content_type, header};
+use super::client::{StatsContext, authenticate, client_config, content_type, header};
 use super::value;
 use super::{KafkaError, KafkaStats, headers};
 use crate::config::KafkaConfig;
@@ -25,11 +25,14 @@ use crate::model::{Category, Tier, UnixNanos};
 use crate::pipeline::{IngestItem, IngestSender, RoutedItem};
 
 /// Starts the relay thread; it runs until `stop` is set or the engine stops.
+/// `producers` decides whose `market-data` records move prices (signed, with the right
+/// to send ticks), as on an engine node.
 pub fn spawn_relay(
     cfg: &KafkaConfig,
     ingest: IngestSender,
     ring_capacity: usize,
     stats: Arc<KafkaStats>,
+    producers: Arc<dyn crate::feed::ProducerAuth>,
     stop: Arc<AtomicBool>,
 ) -> Result<JoinHandle<()>, KafkaError> {
     let consumer: BaseConsumer<StatsContext> = client_config(cfg)
@@ -55,17 +58,43 @@ pub fn spawn_relay(
     }
     consumer.assign(&tpl)?;
     let market = cfg.market_data_topic.clone();
+    let kafka = cfg.clone();
+    let max_bytes = cfg.relay_max_record_bytes;
     std::thread::Builder::new()
         .name("signalcast-relay".into())
         .spawn(move || {
             let mut scratch = AlignedVec::new();
+            let mut runs = [Run::default(); 4];
             while !stop.load(Ordering::Acquire) {
                 let Some(m) = consumer.poll(Duration::from_millis(100)) else { continue };
                 let item = match m {
-                    Ok(m) if m.topic() == market => tick(&m, &mut scratch),
+                    Ok(m) if m.topic() == market => {
+                        match authenticate(&kafka, producers.as_ref(), &m, true) {
+                            Ok(()) => tick(&m, &mut scratch),
+                            Err(e) => {
+                                // Logged at debug: a flood of forged ticks must not
+                                // flood the log; the counter shows it.
+                                tracing::debug!(error = %e, "market-data record refused");
+                                KafkaStats::count(&stats.unauthenticated);
+                                None
+                            }
+                        }
+                    }
                     Ok(m) => {
                         KafkaStats::count(&stats.relayed);
-                        routed(&topics, &m).map(|r| {
+                        let r = routed(&topics, &m, max_bytes);
+                        let run = topics.iter().position(|t| t == m.topic()).and_then(|i| runs.get_mut(i));
+                        if let Some(run) = run {
+                            match &r {
+                                None => run.rejected(m.offset()),
+                                Some(_) => run.accepted(m.offset()),
+                            };
+                        }
+                        if r.is_none() {
+                            KafkaStats::count(&stats.relay_rejected);
+                        }
+                        r.map(|mut r| {
+                            r.skipped = run_before(&runs, &topics, &m);
                             let hop_us = (UnixNanos::now().0 - r.routed_ts.0) / 1_000;
                             tracing::trace!(seq = r.seq, tier = r.tier.as_str(), hop_us, "relayed");
                             IngestItem::Routed(Box::new(r))
@@ -87,13 +116,41 @@ pub fn spawn_relay(
         .map_err(|e| KafkaError::ClientCreation(e.to_string()))
 }
 
+/// The records of one tier topic the relay dropped just before the current offset.
+#[derive(Clone, Copy, Debug, Default)]
+struct Run {
+    /// How many consecutive offsets were dropped, ending at `end`.
+    len: u64,
+    end: i64,
+    /// The run that ended right before the last accepted record.
+    before_last: u64,
+}
+
+impl Run {
+    fn rejected(&mut self, offset: i64) {
+        self.len = if self.len > 0 && offset == self.end + 1 { self.len + 1 } else { 1 };
+        self.end = offset;
+    }
+
+    fn accepted(&mut self, offset: i64) {
+        self.before_last = if self.len > 0 && self.end + 1 == offset { self.len } else { 0 };
+        self.len = 0;
+    }
+}
+
+fn run_before(runs: &[Run; 4], topics: &[String; 4], m: &BorrowedMessage<'_>) -> u64 {
+    topics.iter().position(|t| t == m.topic()).and_then(|i| runs.get(i)).map_or(0, |r| r.before_last)
+}
+
 fn nanos(m: &BorrowedMessage<'_>, name: &str) -> Option<UnixNanos> {
     std::str::from_utf8(header(m, name)?).ok()?.parse().ok().map(UnixNanos)
 }
 
 /// A `signals.<tier>` record as the channel message it stands for; `None` (logged) for
-/// a record no engine wrote.
-pub(super) fn routed(topics: &[String; 4], m: &BorrowedMessage<'_>) -> Option<RoutedItem> {
+/// a record no engine wrote: no client ever sees its bytes ([`value::relayed_signal`]).
+/// Its seq is then missing from the channel (resumes across it are `recovered: false`),
+/// the same on every gateway.
+pub(super) fn routed(topics: &[String; 4], m: &BorrowedMessage<'_>, max_bytes: usize) -> Option<RoutedItem> {
     let tier = Tier::ALL[topics.iter().position(|t| t == m.topic())?];
     let category = header(m, headers::CATEGORY)
         .and_then(|v| std::str::from_utf8(v).ok())
@@ -104,14 +161,22 @@ pub(super) fn routed(topics: &[String; 4], m: &BorrowedMessage<'_>) -> Option<Ro
         tracing::warn!(topic = m.topic(), offset = m.offset(), "not a routed signal record; skipped");
         return None;
     };
+    let data = match value::relayed_signal(data, Some(category), max_bytes) {
+        Ok(data) => data,
+        Err(e) => {
+            tracing::warn!(topic = m.topic(), offset = m.offset(), code = e.code(), error = %e, "relayed record dropped");
+            return None;
+        }
+    };
     Some(RoutedItem {
         tier,
         seq: u64::try_from(m.offset()).ok()? + 1,
         category,
-        data: data.to_vec(),
+        data,
         ingest_ts,
         routed_ts,
         sent_ts: nanos(m, headers::SENT_TS),
+        skipped: 0,
     })
 }
 

@@ -8,7 +8,7 @@
 use rkyv::util::AlignedVec;
 
 use crate::feed::codec::{FrameKind, ProducerMessage};
-use crate::model::{Signal, Tick, UnixNanos};
+use crate::model::{Category, EnrichedSignal, Signal, Tick, UnixNanos};
 
 /// Largest value accepted, JSON or rkyv. A signal is a few hundred bytes plus at most
 /// `max_analysis_bytes` of analysis.
@@ -56,6 +56,18 @@ pub enum ValueError {
     InvalidSignal(String),
     #[error("invalid tick: {0}")]
     InvalidTick(String),
+    #[error(
+        "unsigned record (signalcast-producer, signalcast-signed-at and signalcast-signature are required)"
+    )]
+    Unsigned,
+    #[error("unknown producer {0:?}")]
+    UnknownProducer(String),
+    #[error("bad signature: {0}")]
+    BadSignature(&'static str),
+    #[error("signed at {signed_at_ms} ms, outside the accepted age at {now_ms} ms (replay, or a clock off)")]
+    StaleSignature { signed_at_ms: u64, now_ms: u64 },
+    #[error("producer {0:?} may not send ticks")]
+    ForbiddenTick(String),
 }
 
 impl ValueError {
@@ -69,8 +81,88 @@ impl ValueError {
             Self::Rkyv(_) => "invalid_archive",
             Self::InvalidSignal(_) => "invalid_signal",
             Self::InvalidTick(_) => "invalid_tick",
+            Self::Unsigned => "unsigned",
+            Self::UnknownProducer(_) => "unknown_producer",
+            Self::BadSignature(_) => "bad_signature",
+            Self::StaleSignature { .. } => "stale_signature",
+            Self::ForbiddenTick(_) => "forbidden_tick",
         }
     }
+
+    /// The record was refused for who sent it, not for what it holds.
+    pub fn is_unauthenticated(&self) -> bool {
+        matches!(
+            self,
+            Self::Unsigned
+                | Self::UnknownProducer(_)
+                | Self::BadSignature(_)
+                | Self::StaleSignature { .. }
+                | Self::ForbiddenTick(_)
+        )
+    }
+}
+
+/// Why a relayed `signals.<tier>` record is dropped before it reaches any client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RelayError {
+    #[error("value is {len} bytes, over relay_max_record_bytes = {max}")]
+    TooLarge { len: usize, max: usize },
+    #[error("no value")]
+    Empty,
+    #[error("not the data of a SIGNAL_UPDATE: {0}")]
+    Shape(String),
+    #[error("invalid signal: {0}")]
+    InvalidSignal(String),
+    #[error("the sc-category header says {header:?}, the signal {signal:?}")]
+    CategoryMismatch { header: Option<Category>, signal: Category },
+}
+
+impl RelayError {
+    /// A short stable code for logs.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::TooLarge { .. } => "too_large",
+            Self::Empty => "empty",
+            Self::Shape(_) => "invalid_json",
+            Self::InvalidSignal(_) => "invalid_signal",
+            Self::CategoryMismatch { .. } => "category_mismatch",
+        }
+    }
+}
+
+/// A `signals.<tier>` value as the `data` a client may receive: at most `max_bytes`,
+/// UTF-8 JSON of exactly the enriched signal an engine writes (docs/protocol.md), whose
+/// category is the record's `sc-category`. The bytes returned are written again by the
+/// engine's own encoder, so unknown fields and odd spacing never reach a client.
+/// Whoever can write to `signals.<tier>` can still forge a well-formed signal: that is
+/// for the broker's ACLs (docs/kafka.md).
+pub fn relayed_signal(
+    value: &[u8],
+    category: Option<Category>,
+    max_bytes: usize,
+) -> Result<Vec<u8>, RelayError> {
+    if value.is_empty() {
+        return Err(RelayError::Empty);
+    }
+    if value.len() > max_bytes {
+        return Err(RelayError::TooLarge { len: value.len(), max: max_bytes });
+    }
+    let e: EnrichedSignal = serde_json::from_slice(value).map_err(|e| RelayError::Shape(e.to_string()))?;
+    // The analysis cannot be larger than the record that holds it.
+    e.signal.validate(max_bytes).map_err(|e| RelayError::InvalidSignal(e.to_string()))?;
+    if category != Some(e.signal.category) {
+        return Err(RelayError::CategoryMismatch { header: category, signal: e.signal.category });
+    }
+    let mut data = Vec::with_capacity(value.len());
+    crate::pipeline::encode::signal_data(
+        &mut data,
+        &e.signal,
+        e.market.as_ref(),
+        e.ingest_ts,
+        e.routed_ts,
+        e.sent_ts,
+    );
+    Ok(data)
 }
 
 fn check_size(value: &[u8]) -> Result<(), ValueError> {
@@ -189,6 +281,53 @@ mod tests {
             decode_tick(bad.as_bytes(), ContentType::Json, &mut scratch).unwrap_err().code(),
             "invalid_tick"
         );
+    }
+
+    #[test]
+    fn relayed_values_are_checked_and_rewritten_by_the_engines_encoder() {
+        use crate::model::MarketSnapshot;
+        let s = fixture_signal();
+        let mut data = Vec::new();
+        let market = MarketSnapshot {
+            bid: s.entry_price,
+            ask: s.entry_price,
+            last: s.entry_price,
+            volume: 10,
+            tick_ts: UnixNanos(1_000),
+            tick_age_ms: 1,
+        };
+        crate::pipeline::encode::signal_data(
+            &mut data,
+            &s,
+            Some(&market),
+            UnixNanos(2_000),
+            UnixNanos(3_000),
+            None,
+        );
+        // What an engine writes passes unchanged.
+        assert_eq!(relayed_signal(&data, Some(s.category), 8192).unwrap(), data);
+        let text = String::from_utf8(data.clone()).unwrap();
+        let other = if s.category == Category::Crypto { Category::Equity } else { Category::Crypto };
+        let mut invalid_utf8 = data.clone();
+        invalid_utf8[10] = 0xff;
+        let with_extra = text.replacen('{', "{\"injected\":\"<script>\",", 1);
+        let cases: Vec<(Vec<u8>, Option<Category>, &str)> = vec![
+            (Vec::new(), Some(s.category), "empty"),
+            (b"{\"id\": not json".to_vec(), Some(s.category), "invalid_json"),
+            (invalid_utf8, Some(s.category), "invalid_json"),
+            (b"[1,2,3]".to_vec(), Some(s.category), "invalid_json"),
+            (text.replace("\"symbol\":", "\"symbol_\":").into_bytes(), Some(s.category), "invalid_json"),
+            (data.clone(), Some(other), "category_mismatch"),
+            (data.clone(), None, "category_mismatch"),
+            (vec![b' '; 8193], Some(s.category), "too_large"),
+        ];
+        for (value, category, code) in cases {
+            let err = relayed_signal(&value, category, 8192).unwrap_err();
+            assert_eq!(err.code(), code, "{err}");
+        }
+        // An unknown field is not passed on: the encoder writes only the known ones.
+        let rewritten = relayed_signal(with_extra.as_bytes(), Some(s.category), 8192).unwrap();
+        assert_eq!(rewritten, data);
     }
 
     #[test]

@@ -68,6 +68,10 @@ pub struct RoutedItem {
     pub ingest_ts: UnixNanos,
     pub routed_ts: UnixNanos,
     pub sent_ts: Option<UnixNanos>,
+    /// The seqs just before this one that the relay dropped on purpose (records that
+    /// were not a routed signal): a gap of these is not a loss, so readers and resumes
+    /// across it go on; any older gap still is one.
+    pub skipped: u64,
 }
 
 impl RoutedItem {

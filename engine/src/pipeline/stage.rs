@@ -185,10 +185,12 @@ impl Stage {
             self.stats.dropped(DropReason::DuplicateSeq);
             return;
         }
-        if r.seq > head + 1 {
-            self.channels.live(r.tier).mark_lost(r.seq - 1);
+        // Seqs the relay dropped on purpose are missing, not lost.
+        let lost_through = r.seq.saturating_sub(r.skipped).saturating_sub(1);
+        if lost_through > head {
+            self.channels.live(r.tier).mark_lost(lost_through);
             if let Some(view) = self.channels.delayed(r.tier) {
-                view.mark_lost(r.seq - 1);
+                view.mark_lost(lost_through);
             }
         }
         self.stats.routed_to(r.tier);

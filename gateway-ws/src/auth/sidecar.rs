@@ -306,6 +306,24 @@ impl engine::feed::ProducerAuth for SidecarAuth {
         read(&self.tick_producers).contains(producer_id)
     }
 
+    /// The sidecar's SHA-256 of each key is the HMAC key of signed Kafka records.
+    fn signing_keys(&self, producer_id: &str) -> Vec<[u8; 32]> {
+        let decode = |hex: &str| -> Option<[u8; 32]> {
+            let mut out = [0u8; 32];
+            if hex.len() != 64 {
+                return None;
+            }
+            for (i, b) in out.iter_mut().enumerate() {
+                *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+            }
+            Some(out)
+        };
+        read(&self.producers)
+            .get(producer_id)
+            .map(|keys| keys.iter().filter_map(|k| decode(k)).collect())
+            .unwrap_or_default()
+    }
+
     fn revisions(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         Some(self.revision.subscribe())
     }
