@@ -50,10 +50,14 @@ pub fn spawn_relay(
         tpl.add_partition_offset(topic, 0, Offset::Offset(start))?;
     }
     // Prices: only what happens from now on (the latest tick per symbol is what counts).
+    // "Now" is the high watermark read here, not `Offset::End`, which librdkafka resolves
+    // at its first fetch: ticks written between this gateway's start and that fetch
+    // were lost (a price stale until the symbol's next tick).
     let metadata = consumer.fetch_metadata(Some(&cfg.market_data_topic), Duration::from_secs(10))?;
     for t in metadata.topics() {
         for p in t.partitions() {
-            tpl.add_partition_offset(t.name(), p.id(), Offset::End)?;
+            let (_, high) = consumer.fetch_watermarks(t.name(), p.id(), Duration::from_secs(10))?;
+            tpl.add_partition_offset(t.name(), p.id(), Offset::Offset(high))?;
         }
     }
     consumer.assign(&tpl)?;
