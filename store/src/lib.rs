@@ -1,0 +1,116 @@
+//! The durable signal store: every routed signal, append-only, with the market snapshot it
+//! was routed with and each channel and seq it entered; later facts about a signal (its
+//! outcome) in rows of their own.
+//!
+//! One logical schema, two backends: SQLite (a file in the data directory, compiled in:
+//! the embedded default needs no server) here, PostgreSQL for deployments. The store is
+//! what a restarted node rebuilds its channels from (epochs, heads, rings), what history
+//! is read from, and what an ACK waits for.
+//!
+//! - [`sqlite`]: the SQLite backend.
+//! - [`Routed`]: what the pipeline hands the store for one routed signal.
+//! - [`Query`], [`Page`]: history, newest first, keyset-paginated.
+
+pub mod sqlite;
+
+use engine::model::{Category, Signal, SignalType, Tier, UnixNanos};
+
+pub use sqlite::{Durability, SqliteStore};
+
+/// One routed signal as stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Routed {
+    pub signal: Signal,
+    /// The producer that sent it (`None` for records whose producer is not known).
+    pub producer: Option<String>,
+    /// The `data` object of its SIGNAL_UPDATE, as the engine encoded it.
+    pub data: String,
+    /// The market snapshot it was routed with, as JSON (`None`: no tick was known).
+    pub market: Option<String>,
+    pub ingest_ts: UnixNanos,
+    pub routed_ts: UnixNanos,
+    /// Each channel (tier) it entered, with its seq there.
+    pub channels: Vec<(Tier, u64)>,
+}
+
+/// Why the store failed. Opening names the path and what to do; writing says whether
+/// the disk is full or read-only, since the node then stops acknowledging.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create the data directory {path}: {source}")]
+    CreateDir { path: String, source: std::io::Error },
+    #[error(
+        "the signal store {path} cannot be written ({reason}): give the process a writable \
+         data directory (--data-dir, [store] data_dir)"
+    )]
+    NotWritable { path: String, reason: String },
+    #[error("the signal store {path} is not a signalcast store, or is damaged: {reason}")]
+    Corrupt { path: String, reason: String },
+    #[error("the disk holding the signal store is full")]
+    Full,
+    #[error("the signal store failed: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("a bad history cursor")]
+    BadCursor,
+}
+
+/// A history request: what the caller may see and what they ask for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Query {
+    /// Only signals that entered a channel at or below this tier (the caller's).
+    pub tier: Option<Tier>,
+    /// Only signals of these categories (empty: all).
+    pub categories: Vec<Category>,
+    pub symbol: Option<String>,
+    pub exchange: Option<String>,
+    pub signal_type: Option<SignalType>,
+    pub source: Option<uuid::Uuid>,
+    /// Routed at or after / strictly before (ns since the epoch).
+    pub from: Option<UnixNanos>,
+    pub to: Option<UnixNanos>,
+    /// Items per page.
+    pub limit: usize,
+    /// Where the previous page ended ([`Page::next`]).
+    pub cursor: Option<Cursor>,
+}
+
+/// One history item.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Item {
+    /// The SIGNAL_UPDATE `data`.
+    pub data: String,
+    pub routed_ts: UnixNanos,
+    /// The seq it had on each channel it entered.
+    pub channels: Vec<(Tier, u64)>,
+}
+
+/// A page of history, newest first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Page {
+    pub items: Vec<Item>,
+    /// Where the next (older) page starts, if there may be one.
+    pub next: Option<Cursor>,
+}
+
+/// A position in the store's order (routed time, then insertion), opaque to clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cursor {
+    routed_ts: i64,
+    pos: i64,
+}
+
+impl Cursor {
+    /// The opaque form clients pass back: hex of both numbers.
+    pub fn encode(&self) -> String {
+        format!("{:016x}{:016x}", self.routed_ts as u64, self.pos as u64)
+    }
+
+    pub fn decode(s: &str) -> Result<Self, StoreError> {
+        if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(StoreError::BadCursor);
+        }
+        let part =
+            |r: std::ops::Range<usize>| u64::from_str_radix(&s[r], 16).map_err(|_| StoreError::BadCursor);
+        Ok(Self { routed_ts: part(0..16)? as i64, pos: part(16..32)? as i64 })
+    }
+}

@@ -1,0 +1,297 @@
+//! The SQLite backend: one file, `signals.db`, in the data directory.
+//!
+//! One writer (the pipeline's store thread) appends a batch per transaction: the batch's
+//! rows become durable together at the commit (group commit), and only then may its
+//! producers be acknowledged. WAL mode lets readers (history, resumes) read while the
+//! writer appends.
+
+use std::path::{Path, PathBuf};
+
+use engine::model::{Category, SignalType, Tier, UnixNanos};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, params, params_from_iter};
+
+use super::{Cursor, Item, Page, Query, Routed, StoreError};
+
+/// The schema, in order; the applied count is SQLite's `user_version`.
+const MIGRATIONS: &[&str] = &[include_str!("../migrations/sqlite/V1__signals.sql")];
+
+/// When a commit is on the disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// Every commit is fsynced before it returns (`synchronous = FULL`): an ACK survives a
+    /// power loss.
+    #[default]
+    Full,
+    /// Commits are in the write-ahead log, fsynced at checkpoints (`synchronous =
+    /// NORMAL`): an ACK survives the process's crash, not the machine's.
+    Process,
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub struct SqliteStore {
+    conn: Connection,
+    path: PathBuf,
+}
+
+/// Maps a write error to what it means for the operator.
+fn write_error(e: rusqlite::Error, path: &Path) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DiskFull) => StoreError::Full,
+        Some(ErrorCode::ReadOnly | ErrorCode::CannotOpen | ErrorCode::PermissionDenied) => {
+            StoreError::NotWritable { path: path.display().to_string(), reason: e.to_string() }
+        }
+        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => {
+            StoreError::Corrupt { path: path.display().to_string(), reason: e.to_string() }
+        }
+        _ => StoreError::Sqlite(e),
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store in `dir`. A directory that cannot be created
+    /// or written, or a file that is not a store, is an error naming the path.
+    pub fn open(dir: &Path, durability: Durability) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|source| StoreError::CreateDir { path: dir.display().to_string(), source })?;
+        let path = dir.join("signals.db");
+        let conn = Connection::open(&path).map_err(|e| write_error(e, &path))?;
+        let sync = match durability {
+            Durability::Full => "FULL",
+            Durability::Process => "NORMAL",
+        };
+        // journal_mode answers with a row; WAL needs a writable directory, so this is
+        // where a read-only one shows.
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(|e| write_error(e, &path))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::NotWritable {
+                path: path.display().to_string(),
+                reason: format!("write-ahead logging unavailable (journal mode {mode})"),
+            });
+        }
+        conn.execute_batch(&format!("PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON;"))
+            .map_err(|e| write_error(e, &path))?;
+        let mut store = Self { conn, path };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// The store's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let applied: usize = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| write_error(e, &path))?;
+        if applied > MIGRATIONS.len() {
+            return Err(StoreError::Corrupt {
+                path: path.display().to_string(),
+                reason: format!("schema version {applied} is newer than this binary's {}", MIGRATIONS.len()),
+            });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+            let tx = self.conn.transaction().map_err(|e| write_error(e, &path))?;
+            tx.execute_batch(sql).map_err(|e| write_error(e, &path))?;
+            tx.pragma_update(None, "user_version", i + 1).map_err(|e| write_error(e, &path))?;
+            tx.commit().map_err(|e| write_error(e, &path))?;
+        }
+        Ok(())
+    }
+
+    /// Appends a batch in one transaction; returns how many signals were new (a signal
+    /// id already stored is left as it is: appending is idempotent by id).
+    pub fn append(&mut self, batch: &[Routed]) -> Result<usize, StoreError> {
+        let path = self.path.clone();
+        let tx = self.conn.transaction().map_err(|e| write_error(e, &path))?;
+        let mut added = 0;
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO trading_signals (id, source_id, source_type, producer_id, symbol,
+                     exchange, category, signal_type, entry_price, target_price, stop_loss,
+                     quantity_recommended, confidence_level, generated_at, expires_at, analysis_data,
+                     market_conditions, ingest_ts, routed_ts, created_at, data)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+                     ?18, ?19, ?20, ?21)",
+                )
+                .map_err(|e| write_error(e, &path))?;
+            let mut channel = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO signal_channels (tier, seq, pos)
+                     SELECT ?1, ?2, pos FROM trading_signals WHERE id = ?3",
+                )
+                .map_err(|e| write_error(e, &path))?;
+            let created = UnixNanos::now().0;
+            for r in batch {
+                let s = &r.signal;
+                let id = s.id.hyphenated().to_string();
+                let analysis = s.analysis.as_ref().map(|a| a.as_str().to_owned());
+                added += insert
+                    .execute(params![
+                        id,
+                        s.source_id.hyphenated().to_string(),
+                        s.source_type.as_str(),
+                        r.producer,
+                        s.symbol.as_str(),
+                        s.exchange.as_str(),
+                        s.category.as_str(),
+                        s.signal_type.as_str(),
+                        s.entry_price.raw(),
+                        s.target_price.raw(),
+                        s.stop_loss.raw(),
+                        s.quantity_recommended,
+                        s.confidence.hundredths(),
+                        s.generated_at.0,
+                        s.expires_at.0,
+                        analysis,
+                        r.market,
+                        r.ingest_ts.0,
+                        r.routed_ts.0,
+                        created,
+                        r.data,
+                    ])
+                    .map_err(|e| write_error(e, &path))?;
+                for (tier, seq) in &r.channels {
+                    channel.execute(params![tier.index(), seq, id]).map_err(|e| write_error(e, &path))?;
+                }
+            }
+        }
+        tx.commit().map_err(|e| write_error(e, &path))?;
+        Ok(added)
+    }
+
+    /// Records the epoch of `tier`'s log (kept across restarts).
+    pub fn set_epoch(&mut self, tier: Tier, epoch: u64) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO channel_epochs (tier, epoch) VALUES (?1, ?2)
+                 ON CONFLICT (tier) DO UPDATE SET epoch = excluded.epoch",
+                params![tier.index(), epoch as i64],
+            )
+            .map_err(|e| write_error(e, &self.path))?;
+        Ok(())
+    }
+
+    /// The epoch recorded for `tier`, if any.
+    pub fn epoch(&self, tier: Tier) -> Result<Option<u64>, StoreError> {
+        let e: Option<i64> = self
+            .conn
+            .query_row("SELECT epoch FROM channel_epochs WHERE tier = ?1", [tier.index()], |r| r.get(0))
+            .optional()?;
+        Ok(e.map(|e| e as u64))
+    }
+
+    /// The highest seq stored for `tier` (0 if none).
+    pub fn head(&self, tier: Tier) -> Result<u64, StoreError> {
+        let head: Option<i64> = self.conn.query_row(
+            "SELECT MAX(seq) FROM signal_channels WHERE tier = ?1",
+            [tier.index()],
+            |r| r.get(0),
+        )?;
+        Ok(head.unwrap_or(0) as u64)
+    }
+
+    /// Up to `limit` messages of `tier` with seq above `after`, in seq order: (seq, the
+    /// SIGNAL_UPDATE data, routed time). What a ring is rebuilt from, and a resume from
+    /// before the ring is served from.
+    pub fn after(
+        &self,
+        tier: Tier,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, String, UnixNanos)>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT c.seq, s.data, s.routed_ts FROM signal_channels c JOIN trading_signals s ON s.pos = c.pos
+             WHERE c.tier = ?1 AND c.seq > ?2 ORDER BY c.seq LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![tier.index(), after as i64, limit as i64], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?, UnixNanos(r.get(2)?)))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// A page of history, newest first (routed time, then insertion order).
+    pub fn history(&self, q: &Query) -> Result<Page, StoreError> {
+        let mut sql = String::from("SELECT s.pos, s.routed_ts, s.data FROM trading_signals s WHERE 1 = 1");
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        let mut arg = |sql: &mut String, clause: &str, v: rusqlite::types::Value| {
+            args.push(v);
+            sql.push_str(&clause.replace('?', &format!("?{}", args.len())));
+        };
+        if let Some(t) = q.tier {
+            arg(
+                &mut sql,
+                " AND EXISTS (SELECT 1 FROM signal_channels c WHERE c.pos = s.pos AND c.tier <= ?)",
+                (t.index() as i64).into(),
+            );
+        }
+        if !q.categories.is_empty() && q.categories.len() < Category::ALL.len() {
+            sql.push_str(" AND s.category IN (");
+            for (i, c) in q.categories.iter().enumerate() {
+                if i > 0 {
+                    sql.push(',');
+                }
+                arg(&mut sql, "?", c.as_str().to_owned().into());
+            }
+            sql.push(')');
+        }
+        if let Some(v) = &q.symbol {
+            arg(&mut sql, " AND s.symbol = ?", v.clone().into());
+        }
+        if let Some(v) = &q.exchange {
+            arg(&mut sql, " AND s.exchange = ?", v.clone().into());
+        }
+        if let Some(v) = q.signal_type {
+            arg(&mut sql, " AND s.signal_type = ?", sig(v).into());
+        }
+        if let Some(v) = q.source {
+            arg(&mut sql, " AND s.source_id = ?", v.hyphenated().to_string().into());
+        }
+        if let Some(v) = q.from {
+            arg(&mut sql, " AND s.routed_ts >= ?", v.0.into());
+        }
+        if let Some(v) = q.to {
+            arg(&mut sql, " AND s.routed_ts < ?", v.0.into());
+        }
+        if let Some(c) = q.cursor {
+            arg(&mut sql, " AND (s.routed_ts, s.pos) < (?", c.routed_ts.into());
+            arg(&mut sql, ", ?)", c.pos.into());
+        }
+        let limit = q.limit.max(1);
+        arg(&mut sql, " ORDER BY s.routed_ts DESC, s.pos DESC LIMIT ?", (limit as i64 + 1).into());
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let mut rows: Vec<(i64, i64, String)> = stmt
+            .query_map(params_from_iter(args.iter()), |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        let more = rows.len() > limit;
+        rows.truncate(limit);
+        let mut channels =
+            self.conn.prepare_cached("SELECT tier, seq FROM signal_channels WHERE pos = ?1 ORDER BY tier")?;
+        let mut items = Vec::with_capacity(rows.len());
+        for (pos, routed, data) in &rows {
+            let seqs = channels
+                .query_map([pos], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)? as u64)))?
+                .filter_map(|r| r.ok())
+                .filter_map(|(t, seq)| Tier::ALL.get(t as usize).map(|t| (*t, seq)))
+                .filter(|(t, _)| q.tier.is_none_or(|max| *t <= max))
+                .collect();
+            items.push(Item { data: data.clone(), routed_ts: UnixNanos(*routed), channels: seqs });
+        }
+        let next =
+            rows.last().filter(|_| more).map(|(pos, routed, _)| Cursor { routed_ts: *routed, pos: *pos });
+        Ok(Page { items, next })
+    }
+}
+
+fn sig(t: SignalType) -> String {
+    t.as_str().to_owned()
+}
+
+#[cfg(test)]
+mod tests;

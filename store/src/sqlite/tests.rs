@@ -1,0 +1,158 @@
+//! The SQLite store against real files in a temporary directory.
+
+use engine::model::{Category, SignalType, Tier, UnixNanos};
+use engine::testkit::signal_at;
+
+use super::*;
+
+/// A directory removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let n = std::sync::atomic::AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "signalcast-store-{name}-{}-{}",
+            std::process::id(),
+            n.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+const T0: i64 = 1_795_400_000_000_000_000;
+
+/// Signal `n` on `symbol`, routed at T0 + n ms into `channels`.
+fn routed(n: u128, symbol: &str, category: Category, channels: &[(Tier, u64)]) -> Routed {
+    let at = UnixNanos(T0 + n as i64 * 1_000_000);
+    let signal = signal_at(n, 9_000, symbol, "NSE", category, at);
+    Routed {
+        data: format!(r#"{{"id":"{}","n":{n}}}"#, signal.id),
+        signal,
+        producer: Some("model-alpha".into()),
+        market: Some(r#"{"last":"100.0000"}"#.into()),
+        ingest_ts: at,
+        routed_ts: at,
+        channels: channels.to_vec(),
+    }
+}
+
+fn ns(page: &Page) -> Vec<u64> {
+    page.items
+        .iter()
+        .map(|i| {
+            let at = i.data.find("\"n\":").unwrap() + 4;
+            i.data[at..i.data.len() - 1].parse().unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn a_batch_is_stored_with_its_channels_and_appending_it_again_changes_nothing() {
+    let dir = TempDir::new("append");
+    let mut store = SqliteStore::open(&dir.0, Durability::Full).unwrap();
+    let batch = [
+        routed(1, "RELIANCE", Category::Equity, &[(Tier::Enterprise, 1), (Tier::Premium, 1)]),
+        routed(2, "TCS", Category::Equity, &[(Tier::Enterprise, 2)]),
+    ];
+    assert_eq!(store.append(&batch).unwrap(), 2);
+    assert_eq!(store.append(&batch).unwrap(), 0, "idempotent by signal id");
+    assert_eq!((store.head(Tier::Enterprise).unwrap(), store.head(Tier::Premium).unwrap()), (2, 1));
+    assert_eq!(store.head(Tier::Free).unwrap(), 0);
+    let after = store.after(Tier::Enterprise, 0, 10).unwrap();
+    assert_eq!(after.iter().map(|(s, _, _)| *s).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(after[0].1, batch[0].data, "the data as encoded");
+    assert_eq!(store.after(Tier::Enterprise, 1, 10).unwrap().len(), 1);
+
+    // Reopened (a restart): everything is still there, the epoch too.
+    store.set_epoch(Tier::Enterprise, 0xfeed).unwrap();
+    drop(store);
+    let store = SqliteStore::open(&dir.0, Durability::Process).unwrap();
+    assert_eq!(store.head(Tier::Enterprise).unwrap(), 2);
+    assert_eq!(store.epoch(Tier::Enterprise).unwrap(), Some(0xfeed));
+    assert_eq!(store.epoch(Tier::Free).unwrap(), None);
+}
+
+#[test]
+fn history_is_newest_first_filtered_by_what_the_caller_may_see_and_pages_without_gap_or_repeat() {
+    let dir = TempDir::new("history");
+    let mut store = SqliteStore::open(&dir.0, Durability::Process).unwrap();
+    // 250 signals: every third a crypto signal on BTC that only reached enterprise.
+    let batch: Vec<Routed> = (1..=250u128)
+        .map(|n| {
+            if n % 3 == 0 {
+                routed(n, "BTC-USDT", Category::Crypto, &[(Tier::Enterprise, n as u64)])
+            } else {
+                routed(
+                    n,
+                    "RELIANCE",
+                    Category::Equity,
+                    &[(Tier::Enterprise, n as u64), (Tier::Free, n as u64)],
+                )
+            }
+        })
+        .collect();
+    store.append(&batch).unwrap();
+
+    let mut q = Query { limit: 100, ..Query::default() };
+    let mut seen = Vec::new();
+    loop {
+        let page = store.history(&q).unwrap();
+        seen.extend(ns(&page));
+        match page.next {
+            Some(c) => q.cursor = Some(Cursor::decode(&c.encode()).unwrap()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, (1..=250).rev().collect::<Vec<u64>>(), "newest first, each once");
+
+    // A free-tier caller sees only what entered signals_free, with that seq only.
+    let free = store.history(&Query { tier: Some(Tier::Free), limit: 5, ..Query::default() }).unwrap();
+    assert_eq!(ns(&free), [250, 248, 247, 245, 244]);
+    assert_eq!(free.items[0].channels, [(Tier::Free, 250)]);
+    let premium_view = Query { tier: Some(Tier::Premium), limit: 500, ..Query::default() };
+    assert_eq!(store.history(&premium_view).unwrap().items.len(), 167);
+
+    let crypto = Query { categories: vec![Category::Crypto], limit: 3, ..Query::default() };
+    assert_eq!(ns(&store.history(&crypto).unwrap()), [249, 246, 243]);
+    let btc =
+        Query { symbol: Some("BTC-USDT".into()), exchange: Some("NSE".into()), limit: 2, ..Query::default() };
+    assert_eq!(ns(&store.history(&btc).unwrap()), [249, 246]);
+    let sells = Query { signal_type: Some(SignalType::Sell), limit: 500, ..Query::default() };
+    assert!(store.history(&sells).unwrap().items.len() < 250);
+    let range = Query {
+        from: Some(UnixNanos(T0 + 10_000_000)),
+        to: Some(UnixNanos(T0 + 13_000_000)),
+        limit: 50,
+        ..Query::default()
+    };
+    assert_eq!(ns(&store.history(&range).unwrap()), [12, 11, 10], "from inclusive, to exclusive");
+    assert!(matches!(Cursor::decode("not-a-cursor"), Err(StoreError::BadCursor)));
+}
+
+#[test]
+fn a_file_that_is_not_a_store_is_refused_with_its_path() {
+    let dir = TempDir::new("corrupt");
+    std::fs::create_dir_all(&dir.0).unwrap();
+    std::fs::write(dir.0.join("signals.db"), vec![0x42u8; 8192]).unwrap();
+    let err = SqliteStore::open(&dir.0, Durability::Full).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+    assert!(err.to_string().contains("signals.db"), "{err}");
+}
+
+#[test]
+fn a_data_directory_that_cannot_be_created_is_refused_with_its_path() {
+    let dir = TempDir::new("blocked");
+    std::fs::write(&dir.0, b"a file where the directory should be").unwrap();
+    let err = SqliteStore::open(&dir.0.join("data"), Durability::Full).unwrap_err();
+    assert!(matches!(err, StoreError::CreateDir { .. }), "{err:?}");
+    assert!(err.to_string().contains("data"), "{err}");
+    let _ = std::fs::remove_file(&dir.0);
+}
