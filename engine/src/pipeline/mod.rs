@@ -120,6 +120,33 @@ pub struct Routed<'a> {
     pub sent_ts: Option<UnixNanos>,
 }
 
+/// One routed signal for an [`Archive`], with every channel and seq it takes.
+#[derive(Clone, Copy, Debug)]
+pub struct Archived<'a> {
+    pub signal: &'a crate::model::Signal,
+    /// The producer that sent it, when known.
+    pub producer: Option<&'a str>,
+    /// The `data` of its SIGNAL_UPDATE.
+    pub data: &'a [u8],
+    pub market: Option<&'a crate::model::MarketSnapshot>,
+    pub ingest_ts: UnixNanos,
+    pub routed_ts: UnixNanos,
+    pub channels: &'a [(Tier, u64)],
+}
+
+/// Where a node keeps what it routes before anyone sees it: with an archive, a batch's
+/// signals enter the channel logs (and their producers are acknowledged) only once
+/// [`Archive::commit`] has returned. Fan-out follows the write, so a seq a client saw
+/// is never given to another message after a crash.
+pub trait Archive: Send + std::fmt::Debug {
+    /// Adds one routed signal to the batch being written.
+    fn stage(&mut self, routed: &Archived<'_>);
+    /// Makes everything staged durable. An error keeps it staged: the stage retries,
+    /// and until a commit succeeds nothing more is routed or acknowledged (the ingest
+    /// queue fills and producers are slowed).
+    fn commit(&mut self) -> Result<(), String>;
+}
+
 /// Where an engine node's stage sends routed signals instead of its own channel logs.
 pub trait Publish: Send + std::fmt::Debug {
     /// Queues one routed signal; must not lose it (wait, retry) and must keep order per tier.

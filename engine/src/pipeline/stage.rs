@@ -5,8 +5,8 @@ use std::sync::Arc;
 use super::dedup::{ProducerSeqs, RecentIds};
 use super::delay::DelayLine;
 use super::{
-    Done, DropReason, IngestItem, Origin, PipelineStats, Publish, Routed, RoutedItem, SignalItem, encode,
-    enrich, filter, route,
+    Archive, Archived, Done, DropReason, IngestItem, Origin, PipelineStats, Publish, Routed, RoutedItem,
+    SignalItem, encode, enrich, filter, route,
 };
 use crate::channels::{ChannelName, ChannelSet, Message, MessageMeta};
 use crate::config::{EngineConfig, MissingTick};
@@ -41,6 +41,10 @@ pub struct Stage {
     appended: bool,
     /// Engine role: routed signals go here instead of the channel logs.
     sink: Option<Box<dyn Publish>>,
+    /// Where routed signals are made durable before they enter the channel logs, and
+    /// what waits for the commit: (tier, message meta, data) per channel.
+    archive: Option<Box<dyn Archive>>,
+    held: Vec<(Tier, MessageMeta, Vec<u8>)>,
     /// Callbacks to run once this batch is routed (and durable).
     done: Vec<Done>,
 }
@@ -73,6 +77,8 @@ impl Stage {
             scratch: Vec::with_capacity(1024),
             appended: false,
             sink: None,
+            archive: None,
+            held: Vec::new(),
             done: Vec::new(),
             policy,
             channels,
@@ -86,6 +92,14 @@ impl Stage {
     #[must_use]
     pub fn with_sink(mut self, sink: Box<dyn Publish>) -> Self {
         self.sink = Some(sink);
+        self
+    }
+
+    /// Makes routed signals durable in `archive` before they enter the channel logs and
+    /// before their producers are acknowledged ([`Archive`]).
+    #[must_use]
+    pub fn with_archive(mut self, archive: Box<dyn Archive>) -> Self {
+        self.archive = Some(archive);
         self
     }
 
@@ -151,6 +165,9 @@ impl Stage {
         }
         self.data.clear();
         encode::signal_data(&mut self.data, s, market.as_ref(), item.ingest_ts, now, item.sent_ts);
+        if self.archive.is_some() {
+            return self.hold(&item, market.as_ref(), tiers, now);
+        }
         for tier in Tier::ALL.into_iter().filter(|t| tiers & 1 << t.index() != 0) {
             self.stats.routed_to(tier);
             if let Some(sink) = &mut self.sink {
@@ -172,6 +189,66 @@ impl Stage {
                 routed_ts: now,
                 sent_ts: item.sent_ts,
             };
+            self.append(tier, &meta);
+        }
+    }
+
+    /// With an archive: takes the signal's seqs (after the ones already held in this
+    /// batch), stages it in the archive, and holds its messages until the commit.
+    fn hold(
+        &mut self,
+        item: &SignalItem,
+        market: Option<&crate::model::MarketSnapshot>,
+        tiers: u8,
+        now: UnixNanos,
+    ) {
+        let mut channels = [(Tier::Free, 0u64); 4];
+        let mut n = 0;
+        for tier in Tier::ALL.into_iter().filter(|t| tiers & 1 << t.index() != 0) {
+            self.stats.routed_to(tier);
+            let held = self.held.iter().filter(|(t, ..)| *t == tier).count() as u64;
+            let seq = self.channels.live(tier).head() + held + 1;
+            let meta = MessageMeta {
+                seq,
+                category: item.signal.category,
+                ingest_ts: item.ingest_ts,
+                routed_ts: now,
+                sent_ts: item.sent_ts,
+            };
+            self.held.push((tier, meta, self.data.clone()));
+            channels[n] = (tier, seq);
+            n += 1;
+        }
+        let producer = match item.origin {
+            Origin::Producer { slot, .. } => self.slot(slot),
+            _ => None,
+        };
+        let Some(archive) = self.archive.as_mut() else { return };
+        archive.stage(&Archived {
+            signal: &item.signal,
+            producer: producer.as_ref().map(|p| p.id.as_str()),
+            data: &self.data,
+            market,
+            ingest_ts: item.ingest_ts,
+            routed_ts: now,
+            channels: &channels[..n],
+        });
+    }
+
+    /// Commits the archive's batch, retrying with a growing pause while it fails (a full
+    /// or read-only disk): nothing is routed or acknowledged meanwhile, so the ingest
+    /// queue fills and producers are slowed. Then the held messages enter the logs.
+    fn commit_archive(&mut self) {
+        let Some(archive) = self.archive.as_mut() else { return };
+        let mut pause = std::time::Duration::from_millis(10);
+        while let Err(e) = archive.commit() {
+            self.stats.store_failed();
+            tracing::error!(error = %e, "the signal store cannot commit; nothing is acknowledged until it can");
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(std::time::Duration::from_secs(1));
+        }
+        for (tier, meta, data) in std::mem::take(&mut self.held) {
+            self.data = data;
             self.append(tier, &meta);
         }
     }
@@ -241,6 +318,7 @@ impl Stage {
         if let Some(sink) = &mut self.sink {
             sink.flush();
         }
+        self.commit_archive();
         self.touched.sort_unstable();
         self.touched.dedup();
         for i in 0..self.touched.len() {

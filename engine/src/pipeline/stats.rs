@@ -69,6 +69,7 @@ pub struct PipelineStats {
     ticks_in: AtomicU64,
     routed: [AtomicU64; 4],
     drops: [AtomicU64; DropReason::ALL.len()],
+    store_failures: AtomicU64,
 }
 
 impl PipelineStats {
@@ -82,6 +83,15 @@ impl PipelineStats {
 
     pub(crate) fn routed_to(&self, tier: Tier) {
         self.routed[tier.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn store_failed(&self) {
+        self.store_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Commits of the signal store that failed (each retried).
+    pub fn store_failures(&self) -> u64 {
+        self.store_failures.load(Ordering::Relaxed)
     }
 
     pub(crate) fn dropped(&self, reason: DropReason) {

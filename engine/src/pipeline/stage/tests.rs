@@ -230,3 +230,83 @@ fn a_full_delay_line_drops_its_oldest_and_says_so() {
     assert_eq!(view.read_after(1, &mut out, 10), Ok(3));
     assert_eq!(out.iter().map(Message::seq).collect::<Vec<_>>(), vec![2, 3]);
 }
+
+/// An archive in memory whose commits can be made to fail, and which records what the
+/// rest of the world could see at each commit.
+#[derive(Debug)]
+struct MemArchive {
+    staged: Vec<(u128, Option<String>, Vec<(Tier, u64)>)>,
+    committed: Arc<std::sync::Mutex<Vec<(u128, Option<String>, Vec<(Tier, u64)>)>>>,
+    fail: Arc<std::sync::atomic::AtomicUsize>,
+    /// At each commit attempt: the enterprise log's head and the producer's ack.
+    seen: Arc<std::sync::Mutex<Vec<(u64, u64)>>>,
+    channels: Arc<ChannelSet>,
+    slot: Arc<crate::feed::ProducerSlot>,
+}
+
+impl Archive for MemArchive {
+    fn stage(&mut self, r: &Archived<'_>) {
+        self.staged.push((r.signal.id.as_u128(), r.producer.map(str::to_owned), r.channels.to_vec()));
+    }
+
+    fn commit(&mut self) -> Result<(), String> {
+        self.seen.lock().unwrap().push((self.channels.live(Tier::Enterprise).head(), self.slot.acked()));
+        if self.fail.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+            self.fail.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            return Err("disk full".into());
+        }
+        self.committed.lock().unwrap().append(&mut self.staged);
+        Ok(())
+    }
+}
+
+#[test]
+fn with_an_archive_nothing_is_seen_or_acknowledged_before_the_commit_and_a_failing_one_holds_everything() {
+    let h = harness(EngineConfig::default());
+    let (slot, _) = h.producers.attach("p");
+    let committed = Arc::default();
+    let fail = Arc::new(std::sync::atomic::AtomicUsize::new(2));
+    let seen = Arc::default();
+    let archive = MemArchive {
+        staged: Vec::new(),
+        committed: Arc::clone(&committed),
+        fail: Arc::clone(&fail),
+        seen: Arc::clone(&seen),
+        channels: Arc::clone(&h.channels),
+        slot: Arc::clone(&slot),
+    };
+    let mut stage = h.stage.with_archive(Box::new(archive));
+    stage.handle(from_producer(slot.index, 1, signal(1, 9_500)), T0);
+    stage.handle(from_producer(slot.index, 2, signal(2, 8_000)), T0); // premium and up
+    assert_eq!(h.channels.live(Tier::Enterprise).head(), 0, "held until the commit");
+    stage.finish_batch();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [(0, 0), (0, 0), (0, 0)],
+        "two failed commits and the good one: nothing visible, nothing acknowledged before it"
+    );
+    assert_eq!(h.stats.store_failures(), 2);
+    let stored = committed.lock().unwrap().clone();
+    assert_eq!(
+        stored,
+        [
+            (
+                1,
+                Some("p".to_owned()),
+                vec![(Tier::Free, 1), (Tier::Basic, 1), (Tier::Premium, 1), (Tier::Enterprise, 1)]
+            ),
+            (2, Some("p".to_owned()), vec![(Tier::Premium, 2), (Tier::Enterprise, 2)]),
+        ],
+        "each signal with the seqs it takes, in order"
+    );
+    assert_eq!(slot.acked(), 2);
+    let live = read_all(h.channels.live(Tier::Enterprise));
+    assert_eq!(live.iter().map(Message::seq).collect::<Vec<_>>(), [1, 2], "the same seqs in the log");
+    assert_eq!(read_all(h.channels.live(Tier::Free)).len(), 1);
+
+    // The next batch goes on from the committed heads.
+    stage.handle(from_producer(slot.index, 3, signal(3, 9_500)), T0);
+    stage.finish_batch();
+    assert_eq!(committed.lock().unwrap()[2].2[3], (Tier::Enterprise, 3));
+    assert_eq!(h.channels.live(Tier::Enterprise).head(), 3);
+}
