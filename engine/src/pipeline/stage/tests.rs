@@ -233,10 +233,13 @@ fn a_full_delay_line_drops_its_oldest_and_says_so() {
 
 /// An archive in memory whose commits can be made to fail, and which records what the
 /// rest of the world could see at each commit.
+/// (signal id, producer, channels and seqs) of one archived signal.
+type Entry = (u128, Option<String>, Vec<(Tier, u64)>);
+
 #[derive(Debug)]
 struct MemArchive {
-    staged: Vec<(u128, Option<String>, Vec<(Tier, u64)>)>,
-    committed: Arc<std::sync::Mutex<Vec<(u128, Option<String>, Vec<(Tier, u64)>)>>>,
+    staged: Vec<Entry>,
+    committed: Arc<std::sync::Mutex<Vec<Entry>>>,
     fail: Arc<std::sync::atomic::AtomicUsize>,
     /// At each commit attempt: the enterprise log's head and the producer's ack.
     seen: Arc<std::sync::Mutex<Vec<(u64, u64)>>>,
