@@ -8,13 +8,16 @@
 //! is read from, and what an ACK waits for.
 //!
 //! - [`sqlite`]: the SQLite backend.
+//! - [`archive`]: the store as the pipeline's archive (fan-out follows the commit).
 //! - [`Routed`]: what the pipeline hands the store for one routed signal.
 //! - [`Query`], [`Page`]: history, newest first, keyset-paginated.
 
+pub mod archive;
 pub mod sqlite;
 
 use engine::model::{Category, Signal, SignalType, Tier, UnixNanos};
 
+pub use archive::StoreArchive;
 pub use sqlite::{Durability, SqliteStore};
 
 /// One routed signal as stored.
