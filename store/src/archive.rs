@@ -1,9 +1,11 @@
 //! The store as the pipeline's [`Archive`]: a batch's routed signals are appended in one
 //! transaction when the stage commits, and only then enter the channel logs.
 
-use engine::pipeline::{Archive, Archived};
+use engine::channels::{Epoch, MessageMeta};
+use engine::model::Tier;
+use engine::pipeline::{Archive, Archived, Stage};
 
-use super::{Routed, SqliteStore};
+use super::{Routed, SqliteStore, StoreError};
 
 /// See the module docs.
 #[derive(Debug)]
@@ -45,6 +47,60 @@ impl Archive for StoreArchive {
         self.batch.clear();
         Ok(())
     }
+}
+
+/// The epochs of a node's channels, kept across restarts: the stored ones, or new
+/// random ones, stored now (the first start on this data directory).
+pub fn epochs(store: &mut SqliteStore) -> Result<[Epoch; 4], StoreError> {
+    let mut out = [Epoch(0); 4];
+    for tier in Tier::ALL {
+        let epoch = match store.epoch(tier)? {
+            Some(e) => Epoch(e),
+            None => {
+                let e = Epoch::random();
+                store.set_epoch(tier, e.0)?;
+                e
+            }
+        };
+        out[tier.index()] = epoch;
+    }
+    Ok(out)
+}
+
+/// Puts a restarted node's state back into its new `stage` (whose channels carry the
+/// stored [`epochs`]): the last `ring_capacity` messages of each channel, in seq order
+/// (the delayed views refill from them), and the last `dedup_window` signal ids, so
+/// that a producer resending after the restart is not routed twice. Returns how many
+/// messages were put back.
+pub fn restore(
+    store: &SqliteStore,
+    stage: &mut Stage,
+    ring_capacity: usize,
+    dedup_window: usize,
+) -> Result<usize, StoreError> {
+    let mut restored = 0;
+    for tier in Tier::ALL {
+        let head = store.head(tier)?;
+        let from = head.saturating_sub(ring_capacity as u64);
+        let mut text = Vec::new();
+        for m in store.after(tier, from, ring_capacity)? {
+            let meta = MessageMeta {
+                seq: m.seq,
+                category: m.category,
+                ingest_ts: m.ingest_ts,
+                routed_ts: m.routed_ts,
+                sent_ts: None,
+            };
+            text.clear();
+            text.extend_from_slice(m.data.as_bytes());
+            stage.restore(tier, &meta, &text);
+            restored += 1;
+        }
+    }
+    let mut ids = store.recent_ids(dedup_window)?;
+    ids.reverse(); // oldest first: the window forgets the oldest
+    stage.seed_ids(ids);
+    Ok(restored)
 }
 
 #[cfg(test)]
@@ -101,12 +157,78 @@ mod tests {
         let mut live = Vec::new();
         channels.live(Tier::Enterprise).read_after(0, &mut live, 10).unwrap();
         let stored = store.after(Tier::Enterprise, 0, 10).unwrap();
-        for (m, (seq, data, _)) in live.iter().zip(&stored) {
-            assert_eq!(m.seq(), *seq);
+        for (m, s) in live.iter().zip(&stored) {
+            assert_eq!(m.seq(), s.seq);
             let json = std::str::from_utf8(m.json()).unwrap();
-            assert!(json.contains(data.as_str()), "the log's message carries the stored data: {json}");
+            assert!(json.contains(s.data.as_str()), "the log's message carries the stored data: {json}");
         }
         assert_eq!(stored.len(), 3);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_restarted_node_keeps_its_epochs_rings_and_de_duplication() {
+        let dir = std::env::temp_dir().join(format!("signalcast-store-restart-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = EngineConfig { ring_capacity: 2, ..EngineConfig::default() };
+        let policy = Arc::new(TierPolicy::default());
+        let now = UnixNanos::now();
+        let signal = |n: u128| engine::testkit::signal_at(n, 9_500, "RELIANCE", "NSE", Category::Equity, now);
+        let item = |n: u128| {
+            IngestItem::Signal(SignalItem {
+                origin: Origin::Local,
+                signal: signal(n),
+                ingest_ts: now,
+                sent_ts: None,
+            })
+        };
+        // A node's life: a stage over channels with the store's epochs, restored from it.
+        let start = || {
+            let mut store = SqliteStore::open(&dir, Durability::Full).unwrap();
+            let epochs = epochs(&mut store).unwrap();
+            let channels = Arc::new(ChannelSet::with_epochs(&policy, config.ring_capacity, epochs));
+            let (_book, writer) = TickBook::new(config.max_symbols);
+            let stats = Arc::new(PipelineStats::default());
+            let mut stage = Stage::new(
+                &config,
+                Arc::clone(&policy),
+                writer,
+                Arc::clone(&channels),
+                Arc::new(ProducerRegistry::default()),
+                Arc::clone(&stats),
+            );
+            let restored = restore(&store, &mut stage, config.ring_capacity, config.dedup_window).unwrap();
+            (stage.with_archive(Box::new(StoreArchive::new(store))), channels, stats, restored)
+        };
+        let (mut stage, channels, _, restored) = start();
+        assert_eq!(restored, 0);
+        for n in 1..=3 {
+            stage.handle(item(n), now);
+        }
+        stage.finish_batch();
+        let epoch = channels.live(Tier::Premium).epoch();
+        let before: Vec<Vec<u8>> = {
+            let mut out = Vec::new();
+            channels.live(Tier::Premium).read_after(1, &mut out, 10).unwrap();
+            out.iter().map(|m| m.frame().to_vec()).collect()
+        };
+        drop(stage); // the process ends
+
+        let (mut stage, channels, stats, restored) = start();
+        assert_eq!(restored, 4 * 2, "a ring's worth per channel");
+        let log = channels.live(Tier::Premium);
+        assert_eq!((log.epoch(), log.head()), (epoch, 3), "same epoch, same head");
+        let sub = log.subscribe(Some(engine::channels::Resume { since: 1, epoch }));
+        assert_eq!(sub.recovered, Some(true));
+        let again: Vec<Vec<u8>> = sub.replay.iter().map(|m| m.frame().to_vec()).collect();
+        assert_eq!(again, before, "the very frames the live channel sent");
+        assert_eq!(log.subscribe(Some(engine::channels::Resume { since: 0, epoch })).recovered, Some(false));
+        // A resend after the restart is dropped; a new signal takes the next seq.
+        stage.handle(item(2), now);
+        stage.handle(item(4), now);
+        stage.finish_batch();
+        assert_eq!(stats.drops(engine::pipeline::DropReason::DuplicateId), 1);
+        assert_eq!(log.head(), 4);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

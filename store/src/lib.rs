@@ -18,7 +18,7 @@ pub mod sqlite;
 use engine::model::{Category, Signal, SignalType, Tier, UnixNanos};
 
 pub use archive::StoreArchive;
-pub use sqlite::{Durability, SqliteStore};
+pub use sqlite::{Durability, SqliteStore, Stored};
 
 /// One routed signal as stored.
 #[derive(Clone, Debug, PartialEq)]

@@ -15,6 +15,18 @@ use super::{Cursor, Item, Page, Query, Routed, StoreError};
 /// The schema, in order; the applied count is SQLite's `user_version`.
 const MIGRATIONS: &[&str] = &[include_str!("../migrations/sqlite/V1__signals.sql")];
 
+/// One channel message as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stored {
+    pub seq: u64,
+    /// The SIGNAL_UPDATE data.
+    pub data: String,
+    pub category: Category,
+    pub ingest_ts: UnixNanos,
+    pub routed_ts: UnixNanos,
+    pub id: uuid::Uuid,
+}
+
 /// When a commit is on the disk.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Durability {
@@ -197,23 +209,49 @@ impl SqliteStore {
         Ok(head.unwrap_or(0) as u64)
     }
 
-    /// Up to `limit` messages of `tier` with seq above `after`, in seq order: (seq, the
-    /// SIGNAL_UPDATE data, routed time). What a ring is rebuilt from, and a resume from
-    /// before the ring is served from.
-    pub fn after(
-        &self,
-        tier: Tier,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<(u64, String, UnixNanos)>, StoreError> {
+    /// Up to `limit` messages of `tier` with seq above `after`, in seq order. What a ring
+    /// is rebuilt from, and a resume from before the ring is served from.
+    pub fn after(&self, tier: Tier, after: u64, limit: usize) -> Result<Vec<Stored>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT c.seq, s.data, s.routed_ts FROM signal_channels c JOIN trading_signals s ON s.pos = c.pos
+            "SELECT c.seq, s.data, s.routed_ts, s.ingest_ts, s.category, s.id
+             FROM signal_channels c JOIN trading_signals s ON s.pos = c.pos
              WHERE c.tier = ?1 AND c.seq > ?2 ORDER BY c.seq LIMIT ?3",
         )?;
         let rows = stmt.query_map(params![tier.index(), after as i64, limit as i64], |r| {
-            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?, UnixNanos(r.get(2)?)))
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, String>(5)?,
+            ))
         })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let bad = |what: &str| StoreError::Corrupt {
+            path: self.path.display().to_string(),
+            reason: what.to_owned(),
+        };
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, data, routed, ingest, category, id) = row?;
+            out.push(Stored {
+                seq: seq as u64,
+                data,
+                routed_ts: UnixNanos(routed),
+                ingest_ts: UnixNanos(ingest),
+                category: category.parse().map_err(|_| bad("an unknown category"))?,
+                id: uuid::Uuid::parse_str(&id).map_err(|_| bad("a signal id that is not a UUID"))?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The ids of the last `n` signals stored, newest first (the de-duplication window).
+    pub fn recent_ids(&self, n: usize) -> Result<Vec<uuid::Uuid>, StoreError> {
+        let mut stmt =
+            self.conn.prepare_cached("SELECT id FROM trading_signals ORDER BY pos DESC LIMIT ?1")?;
+        let ids = stmt.query_map([n as i64], |r| r.get::<_, String>(0))?;
+        Ok(ids.filter_map(Result::ok).filter_map(|id| uuid::Uuid::parse_str(&id).ok()).collect())
     }
 
     /// A page of history, newest first (routed time, then insertion order).

@@ -53,6 +53,12 @@ impl ChannelSet {
         Self::build(policy, ring_capacity, Tier::ALL.map(|_| Epoch::random()), false)
     }
 
+    /// Logs of this node with given epochs: a node restarted from its store keeps its
+    /// channels' epochs, so that clients' resumes still name them.
+    pub fn with_epochs(policy: &TierPolicy, ring_capacity: usize, epochs: [Epoch; 4]) -> Self {
+        Self::build(policy, ring_capacity, epochs, false)
+    }
+
     /// Logs that follow seqs assigned elsewhere, with given epochs: every gateway node
     /// that serves the same `signals.<tier>` topic derives the same epoch, and a client
     /// may resume on any of them (see [`ChannelLog::following`]).

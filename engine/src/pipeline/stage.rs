@@ -103,6 +103,26 @@ impl Stage {
         self
     }
 
+    /// Puts back message `meta.seq` of `signals_<tier>` from the store, before anything
+    /// is routed: oldest first, the last ring's worth. Seqs before the first one put
+    /// back are marked lost (a resume from there needs history), and each message goes
+    /// through the delay line again, so the delayed views are rebuilt too.
+    pub fn restore(&mut self, tier: Tier, meta: &MessageMeta, data: &[u8]) {
+        let live = self.channels.live(tier);
+        if live.head() == 0 && meta.seq > 1 {
+            live.mark_lost(meta.seq - 1);
+            if let Some(view) = self.channels.delayed(tier) {
+                view.mark_lost(meta.seq - 1);
+            }
+        }
+        if meta.seq <= self.channels.live(tier).head() {
+            return;
+        }
+        self.data.clear();
+        self.data.extend_from_slice(data);
+        self.append(tier, meta);
+    }
+
     /// Remembers ids routed before this stage started (read back from where an earlier
     /// run published them), so that signals re-consumed after a crash are not routed twice.
     pub fn seed_ids(&mut self, ids: impl IntoIterator<Item = uuid::Uuid>) {

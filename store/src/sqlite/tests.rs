@@ -67,8 +67,10 @@ fn a_batch_is_stored_with_its_channels_and_appending_it_again_changes_nothing() 
     assert_eq!((store.head(Tier::Enterprise).unwrap(), store.head(Tier::Premium).unwrap()), (2, 1));
     assert_eq!(store.head(Tier::Free).unwrap(), 0);
     let after = store.after(Tier::Enterprise, 0, 10).unwrap();
-    assert_eq!(after.iter().map(|(s, _, _)| *s).collect::<Vec<_>>(), [1, 2]);
-    assert_eq!(after[0].1, batch[0].data, "the data as encoded");
+    assert_eq!(after.iter().map(|m| m.seq).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(after[0].data, batch[0].data, "the data as encoded");
+    assert_eq!((after[1].category, after[1].id), (Category::Equity, batch[1].signal.id));
+    assert_eq!(store.recent_ids(1).unwrap(), [batch[1].signal.id]);
     assert_eq!(store.after(Tier::Enterprise, 1, 10).unwrap().len(), 1);
 
     // Reopened (a restart): everything is still there, the epoch too.
