@@ -67,6 +67,13 @@ fn main() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-store");
     let store = build(&dir);
     let day = 86_400 * SEC;
+    let day_range = Query {
+        tier: Some(Tier::Enterprise),
+        from: Some(UnixNanos(T0 + 5 * day)),
+        to: Some(UnixNanos(T0 + 6 * day)),
+        limit: 100,
+        ..Query::default()
+    };
     let queries = [
         ("latest for a tier (premium)", Query { tier: Some(Tier::Premium), limit: 100, ..Query::default() }),
         (
@@ -88,26 +95,8 @@ fn main() {
                 ..Query::default()
             },
         ),
-        (
-            "a day's range",
-            Query {
-                tier: Some(Tier::Enterprise),
-                from: Some(UnixNanos(T0 + 5 * day)),
-                to: Some(UnixNanos(T0 + 6 * day)),
-                limit: 100,
-                ..Query::default()
-            },
-        ),
-        (
-            "a day's range, page 50",
-            Query {
-                tier: Some(Tier::Enterprise),
-                from: Some(UnixNanos(T0 + 5 * day)),
-                to: Some(UnixNanos(T0 + 6 * day)),
-                limit: 100,
-                ..Query::default()
-            },
-        ),
+        ("a day's range", day_range.clone()),
+        ("a day's range, page 50", day_range),
     ];
     println!("| query (page of 100, {SIGNALS} signals) | p50 µs | p99 µs | max µs |");
     println!("|---|---|---|---|");
