@@ -15,6 +15,9 @@ use crate::model::{Tick, Tier, UnixNanos};
 use crate::policy::TierPolicy;
 use crate::ticks::{TickUpdate, TickWriter};
 
+/// A signal waiting for the archive's commit: its data once, and the channels it takes.
+type Held = (Vec<u8>, Vec<(Tier, MessageMeta)>);
+
 /// De-duplicate, filter, enrich, route, encode, append; see the module docs of
 /// [`crate::pipeline`].
 #[derive(Debug)]
@@ -44,7 +47,9 @@ pub struct Stage {
     /// Where routed signals are made durable before they enter the channel logs, and
     /// what waits for the commit: (tier, message meta, data) per channel.
     archive: Option<Box<dyn Archive>>,
-    held: Vec<(Tier, MessageMeta, Vec<u8>)>,
+    held: Vec<Held>,
+    /// Messages held per tier: the next seq of a tier is its head plus these plus one.
+    held_per_tier: [u64; 4],
     /// Callbacks to run once this batch is routed (and durable).
     done: Vec<Done>,
 }
@@ -79,6 +84,7 @@ impl Stage {
             sink: None,
             archive: None,
             held: Vec::new(),
+            held_per_tier: [0; 4],
             done: Vec::new(),
             policy,
             channels,
@@ -223,11 +229,11 @@ impl Stage {
         now: UnixNanos,
     ) {
         let mut channels = [(Tier::Free, 0u64); 4];
-        let mut n = 0;
+        let mut metas = Vec::with_capacity(4);
         for tier in Tier::ALL.into_iter().filter(|t| tiers & 1 << t.index() != 0) {
             self.stats.routed_to(tier);
-            let held = self.held.iter().filter(|(t, ..)| *t == tier).count() as u64;
-            let seq = self.channels.live(tier).head() + held + 1;
+            self.held_per_tier[tier.index()] += 1;
+            let seq = self.channels.live(tier).head() + self.held_per_tier[tier.index()];
             let meta = MessageMeta {
                 seq,
                 category: item.signal.category,
@@ -235,10 +241,11 @@ impl Stage {
                 routed_ts: now,
                 sent_ts: item.sent_ts,
             };
-            self.held.push((tier, meta, self.data.clone()));
-            channels[n] = (tier, seq);
-            n += 1;
+            channels[metas.len()] = (tier, seq);
+            metas.push((tier, meta));
         }
+        let n = metas.len();
+        self.held.push((self.data.clone(), metas));
         let producer = match item.origin {
             Origin::Producer { slot, .. } => self.slot(slot),
             _ => None,
@@ -267,9 +274,12 @@ impl Stage {
             std::thread::sleep(pause);
             pause = (pause * 2).min(std::time::Duration::from_secs(1));
         }
-        for (tier, meta, data) in std::mem::take(&mut self.held) {
+        self.held_per_tier = [0; 4];
+        for (data, metas) in std::mem::take(&mut self.held) {
             self.data = data;
-            self.append(tier, &meta);
+            for (tier, meta) in metas {
+                self.append(tier, &meta);
+            }
         }
     }
 
