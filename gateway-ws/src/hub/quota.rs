@@ -88,6 +88,7 @@ impl UserQuota {
     }
 
     /// Memory this user's charged set holds (bytes of seqs).
+    #[cfg(test)]
     pub fn held_bytes(&self) -> usize {
         let d = self.day.lock().unwrap_or_else(PoisonError::into_inner);
         d.charged.iter().map(|c| c.capacity() * std::mem::size_of::<u64>()).sum()
@@ -123,12 +124,9 @@ impl QuotaBook {
     }
 
     /// Users with an entry.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.users.lock().unwrap_or_else(PoisonError::into_inner).by_id.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

@@ -147,6 +147,7 @@ impl Outbox {
     }
 
     /// Symbols with a price waiting to be queued.
+    #[cfg(test)]
     pub fn pending_prices(&self) -> usize {
         self.prices.count
     }
