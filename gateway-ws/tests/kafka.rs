@@ -32,6 +32,21 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 /// One test at a time: each starts a broker and several debug-build processes, which
 /// is all two cores can take.
+/// The setup of most single-node tests: the test alone, a broker with the input topics
+/// (one partition each), a node of `role`, and an enterprise client subscribed to
+/// `signals_enterprise` on it.
+async fn one_node_and_a_subscriber(
+    role: &str,
+) -> (tokio::sync::MutexGuard<'static, ()>, Broker, Node, Client) {
+    let serial = serial().await;
+    let broker = Broker::start();
+    broker.create_input_topics(1).await;
+    let node = Node::start(role, &broker, &[]).await;
+    let mut client = Client::connect(&node.ws_url("u-enterprise-1")).await;
+    client.subscribe("signals_enterprise").await;
+    (serial, broker, node, client)
+}
+
 async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
     static LOCK: OnceLock<tokio::sync::Mutex<()>> = OnceLock::new();
     LOCK.get_or_init(|| tokio::sync::Mutex::new(())).lock().await
@@ -532,12 +547,7 @@ async fn an_engine_killed_mid_stream_and_restarted_loses_nothing_and_routes_noth
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_record_goes_to_the_dlq_and_the_partition_moves_on() {
-    let _serial = serial().await;
-    let broker = Broker::start();
-    broker.create_input_topics(1).await;
-    let node = Node::start("all", &broker, &[]).await;
-    let mut client = Client::connect(&node.ws_url("u-enterprise-1")).await;
-    client.subscribe("signals_enterprise").await;
+    let (_serial, broker, node, mut client) = one_node_and_a_subscriber("all").await;
 
     let p = broker.producer();
     produce_signal(&p, "RELIANCE", b"{\"id\": not json", None).await;
@@ -790,12 +800,7 @@ fn read_dlq(broker: &Broker, n: usize) -> Vec<(Option<String>, Option<Vec<u8>>)>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_signals_without_a_producers_signature_go_to_the_dlq_and_never_reach_clients() {
-    let _serial = serial().await;
-    let broker = Broker::start();
-    broker.create_input_topics(1).await;
-    let node = Node::start("all", &broker, &[]).await;
-    let mut client = Client::connect(&node.ws_url("u-enterprise-1")).await;
-    client.subscribe("signals_enterprise").await;
+    let (_serial, broker, node, mut client) = one_node_and_a_subscriber("all").await;
 
     let p = broker.producer();
     // Written straight to Kafka, past the producers' keys: unsigned, signed by a
@@ -835,12 +840,7 @@ async fn raw_signals_without_a_producers_signature_go_to_the_dlq_and_never_reach
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_signals_tier_record_is_dropped_and_counted_and_clients_stay_connected() {
-    let _serial = serial().await;
-    let broker = Broker::start();
-    broker.create_input_topics(1).await;
-    let gw = Node::start("gateway", &broker, &[]).await;
-    let mut client = Client::connect(&gw.ws_url("u-enterprise-1")).await;
-    client.subscribe("signals_enterprise").await;
+    let (_serial, broker, gw, mut client) = one_node_and_a_subscriber("gateway").await;
 
     // Whoever can write to signals.enterprise, as an engine would (headers and all).
     let s = common::signal(0xb1, 8_000, Category::Equity);
@@ -884,12 +884,7 @@ async fn a_broken_signals_tier_record_is_dropped_and_counted_and_clients_stay_co
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_record_the_dlq_refuses_is_given_up_and_the_partition_moves_on() {
-    let _serial = serial().await;
-    let broker = Broker::start();
-    broker.create_input_topics(1).await;
-    let node = Node::start("all", &broker, &[]).await;
-    let mut client = Client::connect(&node.ws_url("u-enterprise-1")).await;
-    client.subscribe("signals_enterprise").await;
+    let (_serial, broker, node, mut client) = one_node_and_a_subscriber("all").await;
 
     // 1.5 MB: poison (over 64 KiB), and over the DLQ producer's message.max.bytes
     // (librdkafka's 1,000,000): the DLQ can never take it.
