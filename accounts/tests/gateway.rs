@@ -96,6 +96,12 @@ async fn rights_change_on_a_live_connection_within_a_second() {
     assert_eq!(admin(&sidecar, "POST", "/v1/admin/users", user), 201);
 
     let mut config = gateway::Config::default();
+
+    config.store.data_dir = std::env::temp_dir().join(format!(
+        "signalcast-accounts-test-{}-{}",
+        std::process::id(),
+        engine::model::UnixNanos::now().0
+    ));
     config.demo.enabled = false;
     config.shards = 2;
     config.auth.accounts_url = Some(format!("http://{}", sidecar.addr));

@@ -11,6 +11,11 @@ use serde_json::json;
 
 fn gateway_config(sidecar: &Sidecar, ca: Option<&TestCert>) -> gateway::Config {
     let mut config = gateway::Config::default();
+    config.store.data_dir = std::env::temp_dir().join(format!(
+        "signalcast-accounts-test-{}-{}",
+        std::process::id(),
+        engine::model::UnixNanos::now().0
+    ));
     config.demo.enabled = false;
     config.auth.accounts_url = Some(format!("https://localhost:{}", sidecar.addr.port()));
     config.auth.accounts_gateway_token = GATEWAY.to_owned();

@@ -190,6 +190,13 @@ fn main() -> anyhow::Result<()> {
                 config.listen = ws.to_string();
                 config.feed_listen = publish.to_string();
                 config.demo.enabled = false;
+                // The store is on, as in production; a fresh one per server unless given.
+                if std::env::var_os("SIGNALCAST_STORE__DATA_DIR").is_none() {
+                    let dir =
+                        std::env::temp_dir().join(format!("signalcast-bench-data-{}", std::process::id()));
+                    let _ = std::fs::remove_dir_all(&dir);
+                    config.store.data_dir = dir;
+                }
                 let _running = gateway::start(config).await?;
                 std::future::pending::<()>().await;
                 Ok(())

@@ -97,8 +97,13 @@ fn stage(c: &mut Criterion) {
                     s.generated_at = now;
                     s.expires_at = UnixNanos(now.0 + ttl);
                     next_id += 1;
-                    let item =
-                        SignalItem { origin: Origin::Local, signal: s, ingest_ts: now, sent_ts: Some(now) };
+                    let item = SignalItem {
+                        origin: Origin::Local,
+                        signal: s,
+                        ingest_ts: now,
+                        sent_ts: Some(now),
+                        verdict: None,
+                    };
                     stage.handle(IngestItem::Signal(item), now);
                     if k % 256 == 255 {
                         stage.release_due(now);

@@ -7,7 +7,7 @@ use tokio::sync::mpsc;
 use crate::channels::{ChannelSet, Epoch, History};
 use crate::config::{EngineConfig, FeedConfig};
 use crate::feed::{FeedContext, FeedStats, ProducerAuth, ProducerRegistry};
-use crate::pipeline::{IngestSender, PipelineStats, Publish, Stage, spawn_stage};
+use crate::pipeline::{Archive, IngestSender, PipelineStats, Publish, Stage, spawn_stage};
 use crate::policy::TierPolicy;
 use crate::ticks::TickBook;
 
@@ -40,6 +40,26 @@ pub struct EngineOptions {
     pub epochs: Option<[Epoch; 4]>,
     /// Gateway role: older messages, read back from the topics.
     pub history: Option<Arc<dyn History>>,
+    /// A single node's durable store: the epochs it keeps for the channels, what routed
+    /// signals are committed to before fan-out and ACK, and how a new stage is filled
+    /// from it (rings, delayed views, de-duplication) before it takes anything.
+    pub durable: Option<Durable>,
+}
+
+/// How a node's engine is made durable (see [`EngineOptions::durable`]).
+pub struct Durable {
+    pub epochs: [Epoch; 4],
+    pub archive: Box<dyn Archive>,
+    pub restore: Restore,
+}
+
+/// Fills a new stage from the store before it takes anything (see [`Durable`]).
+pub type Restore = Box<dyn FnOnce(&mut Stage) -> std::io::Result<()> + Send>;
+
+impl std::fmt::Debug for Durable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Durable").field("epochs", &self.epochs).field("archive", &self.archive).finish()
+    }
 }
 
 impl Engine {
@@ -56,9 +76,10 @@ impl Engine {
     ) -> std::io::Result<Self> {
         let policy = Arc::new(policy);
         let (ticks, writer) = TickBook::new(config.max_symbols);
-        let channels = Arc::new(match options.epochs {
-            Some(epochs) => ChannelSet::following(&policy, config.ring_capacity, epochs),
-            None => ChannelSet::new(&policy, config.ring_capacity),
+        let channels = Arc::new(match (options.epochs, &options.durable) {
+            (Some(epochs), _) => ChannelSet::following(&policy, config.ring_capacity, epochs),
+            (None, Some(d)) => ChannelSet::with_epochs(&policy, config.ring_capacity, d.epochs),
+            (None, None) => ChannelSet::new(&policy, config.ring_capacity),
         });
         let producers = Arc::new(ProducerRegistry::default());
         let stats = Arc::new(PipelineStats::default());
@@ -74,6 +95,10 @@ impl Engine {
         stage.seed_ids(options.seen_ids);
         if let Some(sink) = options.sink {
             stage = stage.with_sink(sink);
+        }
+        if let Some(durable) = options.durable {
+            (durable.restore)(&mut stage)?;
+            stage = stage.with_archive(durable.archive);
         }
         spawn_stage(stage, rx)?;
         Ok(Self { ingest: tx, channels, ticks, producers, stats, policy, config, history: options.history })

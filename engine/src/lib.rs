@@ -38,4 +38,4 @@ pub mod ticks;
 mod engine;
 mod hash;
 
-pub use engine::{Engine, EngineOptions};
+pub use engine::{Durable, Engine, EngineOptions};

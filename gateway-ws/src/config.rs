@@ -71,6 +71,10 @@ pub struct Config {
     /// What this node runs (docs/deploy.md); `engine` and `gateway` need `[kafka]`.
     pub role: Role,
     pub kafka: KafkaConfig,
+    /// The signal store of a single node (role `all`).
+    pub store: StoreConfig,
+    /// `POST /v1/signals` and `/v1/ticks` on nodes that run the engine.
+    pub http_ingest: HttpIngestConfig,
     /// The one opt-in that lets a server listen on a non-loopback address while public
     /// development credentials are in force (the public dev secret, fixture producer
     /// keys and accounts, `/dev/tokens`, the demo producer). Anyone who can reach such
@@ -101,6 +105,77 @@ impl Role {
             Self::Gateway => "gateway",
         }
     }
+}
+
+/// Where a single node keeps every routed signal (docs/configuration.md, `[store]`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// The data directory (`signals.db` and its lock); relative paths are taken from the
+    /// working directory. One process per directory.
+    pub data_dir: PathBuf,
+    /// When a commit (and so an ACK) is on the disk: `full` fsyncs every batch, `process`
+    /// leaves it to checkpoints (survives the process's crash, not the machine's).
+    pub fsync: Fsync,
+    /// Signals routed longer ago than this are pruned; 0 keeps them for ever.
+    pub retention_days: u32,
+    /// The most the store may grow to, in MiB (0: as far as the disk allows). Past it
+    /// the node behaves as on a full disk: nothing more is routed or acknowledged.
+    pub max_size_mb: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("signalcast-data"),
+            fsync: Fsync::Full,
+            retention_days: 30,
+            max_size_mb: 0,
+        }
+    }
+}
+
+impl StoreConfig {
+    pub fn settings(&self) -> store::Settings {
+        store::Settings {
+            durability: match self.fsync {
+                Fsync::Full => store::Durability::Full,
+                Fsync::Process => store::Durability::Process,
+            },
+            max_bytes: self.max_size_mb.saturating_mul(1 << 20),
+        }
+    }
+
+    pub fn retention(&self) -> Option<Duration> {
+        (self.retention_days > 0).then(|| Duration::from_secs(u64::from(self.retention_days) * 86_400))
+    }
+}
+
+/// Bounds of HTTP ingest (docs/configuration.md, `[http_ingest]`).
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpIngestConfig {
+    /// The largest request body; larger gets 413.
+    pub max_body_bytes: usize,
+    /// Items (signals or ticks) per request; more gets 413.
+    pub max_items: usize,
+    /// Items a second per producer, with a burst of one second's worth; past it 429.
+    pub items_per_sec: u32,
+}
+
+impl Default for HttpIngestConfig {
+    fn default() -> Self {
+        Self { max_body_bytes: 1 << 20, max_items: 1_000, items_per_sec: 20_000 }
+    }
+}
+
+/// See [`StoreConfig::fsync`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fsync {
+    #[default]
+    Full,
+    Process,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -189,6 +264,8 @@ impl Default for Config {
             feed: FeedConfig::default(),
             role: Role::All,
             kafka: KafkaConfig::default(),
+            store: StoreConfig::default(),
+            http_ingest: HttpIngestConfig::default(),
             unsafe_public_dev_credentials: false,
         }
     }

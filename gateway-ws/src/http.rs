@@ -79,7 +79,13 @@ where
         .max(std::time::Duration::from_millis(1));
     let svc = service_fn(move |req| {
         let app = Arc::clone(&app);
-        async move { Ok::<_, Infallible>(route(req, peer, app)) }
+        async move {
+            Ok::<_, Infallible>(if req.uri().path().starts_with("/v1/") {
+                crate::api::handle(req, peer, app).await
+            } else {
+                route(req, peer, app)
+            })
+        }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -178,6 +184,11 @@ fn route(req: Request<Incoming>, peer: Option<IpAddr>, app: Arc<App>) -> Respons
         "/health/ready" if app.is_draining() => {
             respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n")
         }
+        "/health/ready" if app.engine.stats.store_stalled() => respond(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "not ready: the signal store cannot commit (disk full or read-only); nothing is acknowledged\n",
+        ),
         "/health/ready" => match app.accounts_state() {
             None | Some(AccountsState::Live) => respond(StatusCode::OK, "text/plain", "ready\n"),
             // Tokens still verify with the keys held, so clients can (re)connect here.

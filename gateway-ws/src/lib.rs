@@ -23,6 +23,7 @@
 //! - [`config`]: `signalcast.toml` and its defaults.
 
 pub mod admission;
+pub mod api;
 pub mod auth;
 pub mod config;
 pub mod conn;

@@ -46,6 +46,10 @@ enum Command {
         /// and with --role engine|gateway scale out on signals.<tier>.
         #[arg(long, env = "SIGNALCAST_KAFKA__BROKERS")]
         kafka_brokers: Option<String>,
+        /// Where a single node keeps its signal store (default: signalcast-data under
+        /// the working directory). One process per directory.
+        #[arg(long, env = "SIGNALCAST_STORE__DATA_DIR")]
+        data_dir: Option<PathBuf>,
     },
     /// Mint a dev token (HS256, embedded default) for a fixture user.
     Token {
@@ -118,8 +122,13 @@ fn run() -> anyhow::Result<()> {
     // Only the commands that use settings load them: `version` and `produce` start
     // whatever the environment holds.
     let load = || Config::load(cli.config.as_deref()).map_err(|e| anyhow::anyhow!("{e}"));
-    let default =
-        Command::Serve { accounts_url: None, accounts_gateway_token: None, role: None, kafka_brokers: None };
+    let default = Command::Serve {
+        accounts_url: None,
+        accounts_gateway_token: None,
+        role: None,
+        kafka_brokers: None,
+        data_dir: None,
+    };
     match cli.command.clone().unwrap_or(default) {
         Command::Version => {
             println!("signalcast {}", env!("CARGO_PKG_VERSION"));
@@ -133,10 +142,13 @@ fn run() -> anyhow::Result<()> {
             println!("{}", auth.mint(&user, ttl).with_context(|| format!("user {user}"))?);
             Ok(())
         }
-        Command::Serve { accounts_url, accounts_gateway_token, role, kafka_brokers } => {
+        Command::Serve { accounts_url, accounts_gateway_token, role, kafka_brokers, data_dir } => {
             let mut config = load()?;
             if let Some(role) = role {
                 config.role = role;
+            }
+            if let Some(dir) = data_dir {
+                config.store.data_dir = dir;
             }
             if let Some(brokers) = kafka_brokers {
                 config.kafka.brokers = brokers;
@@ -184,7 +196,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         config.role.as_str(),
         running.http_addr,
     );
-    say!("metrics: {http}://{metrics}/metrics\n");
+    say!("metrics: {http}://{metrics}/metrics");
+    if let Some(path) = &running.store_path {
+        say!("signal store: {}", path.display());
+    }
+    say!("");
     let ttl = Duration::from_secs(config.auth.token_ttl_secs);
     // Ready-made tokens only for the public dev secret on loopback: anything else has
     // real users, who get tokens from the sidecar or `signalcast token`.

@@ -338,6 +338,18 @@ impl Collector for Gateway {
         )?;
         counter(
             e,
+            "signalcast_store_failures",
+            "Commits of the signal store that failed (each retried; nothing is acknowledged meanwhile).",
+            engine.stats.store_failures(),
+        )?;
+        gauge(
+            e,
+            "signalcast_store_stalled",
+            "1 while the pipeline waits for the signal store to take a batch (disk full, read-only).",
+            i64::from(engine.stats.store_stalled()),
+        )?;
+        counter(
+            e,
             "signalcast_ticks_received",
             "Ticks taken by the pipeline stage.",
             engine.stats.ticks_in(),

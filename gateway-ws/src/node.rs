@@ -29,6 +29,9 @@ pub struct Plan {
     pub kafka: KafkaPart,
     /// Tokens, rights and producer keys come from the accounts sidecar.
     pub sidecar: bool,
+    /// The durable signal store in the data directory (one node: with Kafka in
+    /// scale-out, the topics are the log).
+    pub store: bool,
     /// The built-in demo producer (one node, embedded accounts: its key is a fixture
     /// key the sidecar does not know).
     pub demo: bool,
@@ -57,6 +60,7 @@ impl Plan {
             clients: role != Role::Engine,
             kafka,
             sidecar,
+            store: role == Role::All,
             demo: config.demo.enabled && !sidecar && role == Role::All,
         })
     }

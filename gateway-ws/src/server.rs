@@ -30,6 +30,15 @@ use crate::{demo, http, tls};
 /// What request handlers share.
 #[derive(Debug)]
 pub struct App {
+    pub engine: Arc<Engine>,
+    /// Readers of the signal store (history), on a node that keeps one.
+    pub store: Option<Arc<store::Readers>>,
+    /// History reads at once.
+    pub store_reads: tokio::sync::Semaphore,
+    /// Per-user and per-producer rates of the HTTP API.
+    pub api_rates: crate::api::rate::RateLimits,
+    /// HTTP ingest, on a node that runs the engine.
+    pub ingest: Option<HttpIngest>,
     pub auth: Arc<dyn Authenticator>,
     pub hub: Hub,
     pub stats: Arc<GatewayStats>,
@@ -52,6 +61,14 @@ pub struct App {
     /// The dashboard's token picker: only when tokens are signed with the public dev
     /// secret (see [`crate::dashboard::dev_tokens`]).
     pub dev_tokens: Option<(Arc<DevAuth>, Duration)>,
+}
+
+/// What `POST /v1/signals` and `/v1/ticks` need.
+#[derive(Debug)]
+pub struct HttpIngest {
+    pub queue: engine::pipeline::IngestSender,
+    pub producers: Arc<dyn ProducerAuth>,
+    pub config: crate::config::HttpIngestConfig,
 }
 
 impl App {
@@ -98,6 +115,8 @@ pub enum StartError {
     NeedsKafka(#[from] NeedsKafka),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
     /// A non-loopback listener with public development credentials in force.
     #[error(
         "refusing to listen on {addr} with public development credentials in force: {}. \
@@ -143,6 +162,8 @@ pub struct Running {
     pub app: Arc<App>,
     /// The embedded default's token issuer (to print and mint dev tokens).
     pub dev_auth: Arc<DevAuth>,
+    /// The signal store's file, on a node that keeps one.
+    pub store_path: Option<std::path::PathBuf>,
     stop: watch::Sender<bool>,
     /// Stops the gateway role's relay thread (a blocking Kafka poll loop).
     relay_stop: Arc<AtomicBool>,
@@ -230,7 +251,15 @@ pub async fn start_on(
     let tls = config.tls.as_ref().map(|t| tls::acceptor(&t.cert, &t.key)).transpose()?;
     let dev_auth = Arc::new(dev_auth(&config)?);
     let kafka_stats = Arc::new(KafkaStats::default());
-    let options = kafka_options(&config, plan, &kafka_stats).await?;
+    let mut options = kafka_options(&config, plan, &kafka_stats).await?;
+    let (durable, store_path) = match plan.store {
+        true => {
+            let (d, path) = durable(&config)?;
+            (Some(d), Some(path))
+        }
+        false => (None, None),
+    };
+    options.durable = durable;
     let engine =
         Arc::new(Engine::start_with(config.engine.clone(), policy, options).map_err(StartError::Engine)?);
 
@@ -267,6 +296,18 @@ pub async fn start_on(
             exposition.with_accounts(move || up.state() == AccountsState::Live, move || keys.key_count());
     }
     let app = Arc::new(App {
+        engine: Arc::clone(&engine),
+        store: store_path.as_ref().map(|_| Arc::new(store::Readers::new(config.store.data_dir.clone()))),
+        store_reads: tokio::sync::Semaphore::new(crate::api::signals::READS_AT_ONCE),
+        api_rates: crate::api::rate::RateLimits::default(),
+        ingest: match plan.feed {
+            true => Some(HttpIngest {
+                queue: engine.ingest(),
+                producers: producer_auth(&config, sidecar.as_ref())?,
+                config: config.http_ingest,
+            }),
+            false => None,
+        },
         sidecar,
         auth,
         hub,
@@ -320,6 +361,7 @@ pub async fn start_on(
         engine,
         app,
         dev_auth,
+        store_path,
         stop,
         relay_stop,
         tasks,
@@ -466,6 +508,24 @@ async fn kafka_options(
         }
     }
     Ok(options)
+}
+
+/// A single node's store: opened (the directory locked, the schema migrated), its
+/// epochs, and how the new stage is filled from it before it takes anything.
+fn durable(config: &Config) -> Result<(engine::Durable, std::path::PathBuf), StartError> {
+    let dir = &config.store.data_dir;
+    let mut writer = store::SqliteStore::open_with(dir, config.store.settings())?;
+    let path = std::path::absolute(writer.path()).unwrap_or_else(|_| writer.path().to_owned());
+    let epochs = store::archive::epochs(&mut writer)?;
+    let reader = store::SqliteStore::open_reader(dir)?;
+    let (ring, window) = (config.engine.ring_capacity, config.engine.dedup_window);
+    let restore = Box::new(move |stage: &mut engine::pipeline::Stage| {
+        let n = store::archive::restore(&reader, stage, ring, window).map_err(std::io::Error::other)?;
+        tracing::info!(messages = n, "channels restored from the signal store");
+        Ok(())
+    });
+    let archive = store::StoreArchive::new(writer).with_retention(config.store.retention());
+    Ok((engine::Durable { epochs, archive: Box::new(archive), restore }, path))
 }
 
 /// Runs a librdkafka call that blocks (metadata, reading back) off the runtime's workers.

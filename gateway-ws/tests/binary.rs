@@ -36,6 +36,7 @@ async fn a_token_in_the_subprotocol_never_reaches_the_log_or_the_metrics() {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_signalcast"))
         .env("SIGNALCAST_LISTEN", "127.0.0.1:0")
         .env("SIGNALCAST_FEED_LISTEN", "127.0.0.1:0")
+        .env("SIGNALCAST_STORE__DATA_DIR", common::data_dir())
         .env("SIGNALCAST_DEMO__ENABLED", "false")
         // Everything the process logs, at every level.
         .env("SIGNALCAST_LOG", "trace")
@@ -327,6 +328,7 @@ async fn a_closed_stdout_does_not_take_the_server_down() {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_signalcast"))
         .env("SIGNALCAST_LISTEN", format!("127.0.0.1:{port}"))
         .env("SIGNALCAST_FEED_LISTEN", "127.0.0.1:0")
+        .env("SIGNALCAST_STORE__DATA_DIR", common::data_dir())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)

@@ -1,6 +1,6 @@
 //! The workspace's `rust-version` is what the code needs: no dependency asks for more.
 //! (The code's own needs are held by clippy's `incompatible_msrv`, which reads the
-//! same field, and by let-chains, which need 1.88.)
+//! same field, by let-chains, which need 1.88, and by `File::try_lock`, 1.89.)
 #![allow(clippy::unwrap_used)]
 
 use std::process::Command;
@@ -22,7 +22,7 @@ fn rust_version_covers_every_dependency() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let ours = version(env!("CARGO_PKG_RUST_VERSION"));
-    assert!(ours >= (1, 88, 0), "let-chains need 1.88");
+    assert!(ours >= (1, 89, 0), "let-chains need 1.88, the store's directory lock 1.89");
     let mut needs: Vec<((u64, u64, u64), String)> = meta["packages"]
         .as_array()
         .unwrap()

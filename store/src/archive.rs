@@ -7,16 +7,59 @@ use engine::pipeline::{Archive, Archived, Stage};
 
 use super::{Routed, SqliteStore, StoreError};
 
+/// Signals removed per prune transaction: a bounded pause for the stage, which prunes
+/// between batches, so that retention never stops ingest for long.
+const PRUNE_CHUNK: usize = 2_000;
+
+/// How often the stage looks for signals past retention when none were due last time.
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// See the module docs.
 #[derive(Debug)]
 pub struct StoreArchive {
     store: SqliteStore,
     batch: Vec<Routed>,
+    /// Signals older than this are pruned (None: kept for ever).
+    retention: Option<std::time::Duration>,
+    next_prune: std::time::Instant,
 }
 
 impl StoreArchive {
     pub fn new(store: SqliteStore) -> Self {
-        Self { store, batch: Vec::new() }
+        Self { store, batch: Vec::new(), retention: None, next_prune: std::time::Instant::now() }
+    }
+
+    /// Prunes signals routed longer than `retention` ago, a chunk at a time between
+    /// batches.
+    #[must_use]
+    pub fn with_retention(mut self, retention: Option<std::time::Duration>) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// One chunk of pruning, when due.
+    fn prune_due(&mut self) {
+        let Some(retention) = self.retention else { return };
+        let now = std::time::Instant::now();
+        if now < self.next_prune {
+            return;
+        }
+        let keep_ns = i64::try_from(retention.as_nanos()).unwrap_or(i64::MAX);
+        let before = engine::model::UnixNanos(engine::model::UnixNanos::now().0.saturating_sub(keep_ns));
+        match self.store.prune(before, PRUNE_CHUNK) {
+            // A full chunk: more may be due, go on after the next batch.
+            Ok(n) if n == PRUNE_CHUNK => {}
+            Ok(n) => {
+                if n > 0 {
+                    tracing::info!(signals = n, "pruned signals past retention");
+                }
+                self.next_prune = now + PRUNE_EVERY;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "pruning the signal store failed; trying again later");
+                self.next_prune = now + PRUNE_EVERY;
+            }
+        }
     }
 
     pub fn store(&self) -> &SqliteStore {
@@ -39,12 +82,12 @@ impl Archive for StoreArchive {
     }
 
     fn commit(&mut self) -> Result<(), String> {
-        if self.batch.is_empty() {
-            return Ok(());
+        if !self.batch.is_empty() {
+            // On error the batch stays staged and the stage tries again.
+            self.store.append(&self.batch).map_err(|e| e.to_string())?;
+            self.batch.clear();
         }
-        // On error the batch stays staged and the stage tries again.
-        self.store.append(&self.batch).map_err(|e| e.to_string())?;
-        self.batch.clear();
+        self.prune_due();
         Ok(())
     }
 }
@@ -143,7 +186,13 @@ mod tests {
             let signal = engine::testkit::signal_at(n, confidence, "RELIANCE", "NSE", Category::Equity, now);
             let origin = Origin::Producer { slot: slot.index, seq: n as u64 };
             stage.handle(
-                IngestItem::Signal(SignalItem { origin, signal, ingest_ts: now, sent_ts: None }),
+                IngestItem::Signal(SignalItem {
+                    origin,
+                    signal,
+                    ingest_ts: now,
+                    sent_ts: None,
+                    verdict: None,
+                }),
                 now,
             );
         }
@@ -180,6 +229,7 @@ mod tests {
                 signal: signal(n),
                 ingest_ts: now,
                 sent_ts: None,
+                verdict: None,
             })
         };
         // A node's life: a stage over channels with the store's epochs, restored from it.

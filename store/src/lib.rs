@@ -13,12 +13,14 @@
 //! - [`Query`], [`Page`]: history, newest first, keyset-paginated.
 
 pub mod archive;
+mod readers;
 pub mod sqlite;
 
 use engine::model::{Category, Signal, SignalType, Tier, UnixNanos};
 
 pub use archive::StoreArchive;
-pub use sqlite::{Durability, SqliteStore, Stored};
+pub use readers::Readers;
+pub use sqlite::{Durability, Settings, SqliteStore, Stored};
 
 /// One routed signal as stored.
 #[derive(Clone, Debug, PartialEq)]
@@ -49,8 +51,13 @@ pub enum StoreError {
     NotWritable { path: String, reason: String },
     #[error("the signal store {path} is not a signalcast store, or is damaged: {reason}")]
     Corrupt { path: String, reason: String },
-    #[error("the disk holding the signal store is full")]
+    #[error("the disk holding the signal store is full (or the store reached its max_size_mb)")]
     Full,
+    #[error(
+        "the data directory {path} is in use by another signalcast process: give each \
+         process its own (--data-dir, [store] data_dir)"
+    )]
+    InUse { path: String },
     #[error("the signal store failed: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("a bad history cursor")]
@@ -68,6 +75,10 @@ pub struct Query {
     pub exchange: Option<String>,
     pub signal_type: Option<SignalType>,
     pub source: Option<uuid::Uuid>,
+    /// Only signals whose latest status is this.
+    pub status: Option<Status>,
+    /// Only signals that have not expired at this time.
+    pub active_at: Option<UnixNanos>,
     /// Routed at or after / strictly before (ns since the epoch).
     pub from: Option<UnixNanos>,
     pub to: Option<UnixNanos>,
@@ -75,6 +86,37 @@ pub struct Query {
     pub limit: usize,
     /// Where the previous page ended ([`Page::next`]).
     pub cursor: Option<Cursor>,
+}
+
+/// Where a signal stands: `open` from routing, then closed once by its outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Open,
+    TargetHit,
+    StopHit,
+    Expired,
+    Closed,
+}
+
+impl Status {
+    pub const ALL: [Self; 5] = [Self::Open, Self::TargetHit, Self::StopHit, Self::Expired, Self::Closed];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::TargetHit => "target_hit",
+            Self::StopHit => "stop_hit",
+            Self::Expired => "expired",
+            Self::Closed => "closed",
+        }
+    }
+}
+
+impl std::str::FromStr for Status {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s).ok_or(())
+    }
 }
 
 /// One history item.

@@ -13,7 +13,13 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, params, params_from_ite
 use super::{Cursor, Item, Page, Query, Routed, StoreError};
 
 /// The schema, in order; the applied count is SQLite's `user_version`.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/sqlite/V1__signals.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/sqlite/V1__signals.sql"),
+    include_str!("../migrations/sqlite/V2__heads.sql"),
+];
+
+/// Event kinds that close a signal (its outcome, [`crate::Status`]).
+const CLOSING: &str = "('target_hit', 'stop_hit', 'expired', 'closed')";
 
 /// One channel message as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,11 +45,23 @@ pub enum Durability {
     Process,
 }
 
+/// How the writer opens the store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    pub durability: Durability,
+    /// The most the file may grow to, in bytes (0: as far as the disk allows). Past it a
+    /// commit fails as on a full disk.
+    pub max_bytes: u64,
+}
+
 /// See the module docs.
 #[derive(Debug)]
 pub struct SqliteStore {
     conn: Connection,
     path: PathBuf,
+    /// The writer holds the data directory's lock for as long as it lives: a second
+    /// process on the same directory is refused at start instead of interleaving seqs.
+    _lock: Option<std::fs::File>,
 }
 
 /// Maps a write error to what it means for the operator.
@@ -64,11 +82,33 @@ impl SqliteStore {
     /// Opens (creating if needed) the store in `dir`. A directory that cannot be created
     /// or written, or a file that is not a store, is an error naming the path.
     pub fn open(dir: &Path, durability: Durability) -> Result<Self, StoreError> {
+        Self::open_with(dir, Settings { durability, ..Settings::default() })
+    }
+
+    /// [`SqliteStore::open`] with every setting. Takes the data directory's lock (the
+    /// `LOCK` file): one writer per directory.
+    pub fn open_with(dir: &Path, settings: Settings) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|source| StoreError::CreateDir { path: dir.display().to_string(), source })?;
+        let lock_path = dir.join("LOCK");
+        let not_writable =
+            |reason: String| StoreError::NotWritable { path: lock_path.display().to_string(), reason };
+        let lock = std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| not_writable(e.to_string()))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::InUse { path: dir.display().to_string() });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(not_writable(e.to_string())),
+        }
         let path = dir.join("signals.db");
         let conn = Connection::open(&path).map_err(|e| write_error(e, &path))?;
-        let sync = match durability {
+        let sync = match settings.durability {
             Durability::Full => "FULL",
             Durability::Process => "NORMAL",
         };
@@ -85,9 +125,61 @@ impl SqliteStore {
         }
         conn.execute_batch(&format!("PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON;"))
             .map_err(|e| write_error(e, &path))?;
-        let mut store = Self { conn, path };
+        let mut store = Self { conn, path, _lock: Some(lock) };
         store.migrate()?;
+        if settings.max_bytes > 0 {
+            let page: u64 = store.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+            let pages = (settings.max_bytes / page.max(1)).max(1);
+            let _: i64 =
+                store.conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |r| r.get(0))?;
+        }
         Ok(store)
+    }
+
+    /// A connection that only reads (history, resumes from before the ring), beside the
+    /// writer: WAL lets it read committed batches while the writer appends.
+    pub fn open_reader(dir: &Path) -> Result<Self, StoreError> {
+        let path = dir.join("signals.db");
+        let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(&path, flags).map_err(|e| write_error(e, &path))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(Self { conn, path, _lock: None })
+    }
+
+    /// Removes up to `max_rows` of the oldest signals routed before `before`, with their
+    /// channel rows and events, in one transaction. The channels' heads are kept first,
+    /// so that a seq is never reused. Returns how many signals went.
+    pub fn prune(&mut self, before: UnixNanos, max_rows: usize) -> Result<usize, StoreError> {
+        let path = self.path.clone();
+        let err = |e| write_error(e, &path);
+        let tx = self.conn.transaction().map_err(err)?;
+        tx.execute(
+            "UPDATE channel_epochs SET pruned_head = MAX(pruned_head,
+                 COALESCE((SELECT MAX(seq) FROM signal_channels c WHERE c.tier = channel_epochs.tier), 0))",
+            [],
+        )
+        .map_err(err)?;
+        let oldest = "SELECT pos FROM trading_signals WHERE routed_ts < ?1 ORDER BY routed_ts, pos LIMIT ?2";
+        let args = params![before.0, max_rows as i64];
+        tx.execute(
+            &format!(
+                "DELETE FROM signal_events WHERE signal_id IN
+                 (SELECT id FROM trading_signals WHERE pos IN ({oldest}))"
+            ),
+            args,
+        )
+        .map_err(err)?;
+        tx.execute(&format!("DELETE FROM signal_channels WHERE pos IN ({oldest})"), args).map_err(err)?;
+        let gone =
+            tx.execute(&format!("DELETE FROM trading_signals WHERE pos IN ({oldest})"), args).map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(gone)
+    }
+
+    /// Signals stored.
+    pub fn count(&self) -> Result<u64, StoreError> {
+        let n: i64 = self.conn.query_row("SELECT COUNT(*) FROM trading_signals", [], |r| r.get(0))?;
+        Ok(n as u64)
     }
 
     /// The store's file.
@@ -199,10 +291,11 @@ impl SqliteStore {
         Ok(e.map(|e| e as u64))
     }
 
-    /// The highest seq stored for `tier` (0 if none).
+    /// The highest seq `tier` has given (0 if none), pruned messages included.
     pub fn head(&self, tier: Tier) -> Result<u64, StoreError> {
         let head: Option<i64> = self.conn.query_row(
-            "SELECT MAX(seq) FROM signal_channels WHERE tier = ?1",
+            "SELECT MAX(COALESCE((SELECT MAX(seq) FROM signal_channels WHERE tier = ?1), 0),
+                        COALESCE((SELECT pruned_head FROM channel_epochs WHERE tier = ?1), 0))",
             [tier.index()],
             |r| r.get(0),
         )?;
@@ -256,7 +349,12 @@ impl SqliteStore {
 
     /// A page of history, newest first (routed time, then insertion order).
     pub fn history(&self, q: &Query) -> Result<Page, StoreError> {
-        let mut sql = String::from("SELECT s.pos, s.routed_ts, s.data FROM trading_signals s WHERE 1 = 1");
+        // An item is the signal's latest form: its last event (an outcome) or as routed.
+        let mut sql = String::from(
+            "SELECT s.pos, s.routed_ts, COALESCE((SELECT e.data FROM signal_events e
+                 WHERE e.signal_id = s.id ORDER BY e.event_pos DESC LIMIT 1), s.data)
+             FROM trading_signals s WHERE 1 = 1",
+        );
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
         let mut arg = |sql: &mut String, clause: &str, v: rusqlite::types::Value| {
             args.push(v);
@@ -290,6 +388,20 @@ impl SqliteStore {
         }
         if let Some(v) = q.source {
             arg(&mut sql, " AND s.source_id = ?", v.hyphenated().to_string().into());
+        }
+        match q.status {
+            None => {}
+            Some(crate::Status::Open) => sql.push_str(&format!(
+                " AND NOT EXISTS (SELECT 1 FROM signal_events e WHERE e.signal_id = s.id AND e.kind IN {CLOSING})"
+            )),
+            Some(closed) => arg(
+                &mut sql,
+                " AND EXISTS (SELECT 1 FROM signal_events e WHERE e.signal_id = s.id AND e.kind = ?)",
+                closed.as_str().to_owned().into(),
+            ),
+        }
+        if let Some(v) = q.active_at {
+            arg(&mut sql, " AND s.expires_at > ?", v.0.into());
         }
         if let Some(v) = q.from {
             arg(&mut sql, " AND s.routed_ts >= ?", v.0.into());

@@ -248,6 +248,11 @@ pub fn repo_file(rel: &str) -> PathBuf {
 /// A gateway following `sidecar`, ready.
 pub async fn gateway_on(sidecar: &Sidecar) -> gateway::Running {
     let mut config = gateway::Config::default();
+    config.store.data_dir = std::env::temp_dir().join(format!(
+        "signalcast-accounts-test-{}-{}",
+        std::process::id(),
+        engine::model::UnixNanos::now().0
+    ));
     config.demo.enabled = false;
     config.auth.accounts_url = Some(format!("http://{}", sidecar.addr));
     config.auth.accounts_gateway_token = GATEWAY.to_owned();

@@ -350,6 +350,7 @@ impl Session {
                         signal,
                         ingest_ts: UnixNanos::now(),
                         sent_ts: sent_at,
+                        verdict: None,
                     })
                 }
                 ProducerMessage::Tick(_) if !self.may_tick => {

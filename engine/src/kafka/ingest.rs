@@ -216,6 +216,7 @@ fn take(cfg: &KafkaConfig, ctx: &IngestContext, m: &BorrowedMessage<'_>, scratch
                 signal,
                 ingest_ts: UnixNanos::now(),
                 sent_ts,
+                verdict: None,
             }))
         }
     });

@@ -55,6 +55,41 @@ pub struct SignalItem {
     pub ingest_ts: UnixNanos,
     /// The producer's send time, when given.
     pub sent_ts: Option<UnixNanos>,
+    /// Where an HTTP request learns what became of this signal.
+    pub verdict: Option<Arc<Verdict>>,
+}
+
+/// What the stage decided for one signal of an HTTP request, read once the request's
+/// [`Done`] has run (so after the commit: `Routed` means stored).
+#[derive(Debug)]
+pub struct Verdict {
+    /// The producer that sent it (stored with the signal).
+    pub producer: Arc<str>,
+    outcome: std::sync::Mutex<Option<Outcome>>,
+}
+
+/// See [`Verdict`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Routed to at least one channel (stored, with an archive).
+    Routed,
+    /// Dropped for a reason: a duplicate, below the confidence bar, expired, …
+    Dropped(DropReason),
+}
+
+impl Verdict {
+    pub fn new(producer: Arc<str>) -> Arc<Self> {
+        Arc::new(Self { producer, outcome: std::sync::Mutex::new(None) })
+    }
+
+    pub(crate) fn set(&self, outcome: Outcome) {
+        *self.outcome.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(outcome);
+    }
+
+    /// The decision, once the stage has taken the signal.
+    pub fn outcome(&self) -> Option<Outcome> {
+        *self.outcome.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// A signal another node already routed to `signals_<tier>` with `seq` (a gateway node

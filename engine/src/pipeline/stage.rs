@@ -5,8 +5,8 @@ use std::sync::Arc;
 use super::dedup::{ProducerSeqs, RecentIds};
 use super::delay::DelayLine;
 use super::{
-    Archive, Archived, Done, DropReason, IngestItem, Origin, PipelineStats, Publish, Routed, RoutedItem,
-    SignalItem, encode, enrich, filter, route,
+    Archive, Archived, Done, DropReason, IngestItem, Origin, Outcome, PipelineStats, Publish, Routed,
+    RoutedItem, SignalItem, encode, enrich, filter, route,
 };
 use crate::channels::{ChannelName, ChannelSet, Message, MessageMeta};
 use crate::config::{EngineConfig, MissingTick};
@@ -161,38 +161,46 @@ impl Stage {
     }
 
     fn on_signal(&mut self, item: SignalItem, now: UnixNanos) {
+        let outcome = self.route_signal(&item, now);
+        if let Some(v) = &item.verdict {
+            v.set(outcome);
+        }
+    }
+
+    fn route_signal(&mut self, item: &SignalItem, now: UnixNanos) -> Outcome {
         self.stats.signal_in();
         if let Origin::Producer { slot, seq } = item.origin {
             if !self.seqs.accept(slot, seq) {
                 self.stats.dropped(DropReason::DuplicateSeq);
-                return;
+                return Outcome::Dropped(DropReason::DuplicateSeq);
             }
             self.touched.push(slot);
         }
         let s = &item.signal;
         if !self.ids.insert(s.id) {
             self.stats.dropped(DropReason::DuplicateId);
-            return;
+            return Outcome::Dropped(DropReason::DuplicateId);
         }
         if let Err(reason) = filter::check(&self.policy, s, now) {
             self.stats.dropped(reason);
-            return;
+            return Outcome::Dropped(reason);
         }
         let market = self.ticks.latest(&s.symbol, &s.exchange).map(|t| enrich::snapshot(&t, now));
         if market.is_none() && self.missing_tick == MissingTick::Drop {
             self.stats.dropped(DropReason::MissingTick);
-            return;
+            return Outcome::Dropped(DropReason::MissingTick);
         }
         // A bitmask, not the iterator: appending needs `&mut self`.
         let tiers: u8 = route::tiers(&self.policy, s.confidence).fold(0, |m, t| m | 1 << t.index());
         if tiers == 0 {
             self.stats.dropped(DropReason::NoTier);
-            return;
+            return Outcome::Dropped(DropReason::NoTier);
         }
         self.data.clear();
         encode::signal_data(&mut self.data, s, market.as_ref(), item.ingest_ts, now, item.sent_ts);
         if self.archive.is_some() {
-            return self.hold(&item, market.as_ref(), tiers, now);
+            self.hold(item, market.as_ref(), tiers, now);
+            return Outcome::Routed;
         }
         for tier in Tier::ALL.into_iter().filter(|t| tiers & 1 << t.index() != 0) {
             self.stats.routed_to(tier);
@@ -217,6 +225,7 @@ impl Stage {
             };
             self.append(tier, &meta);
         }
+        Outcome::Routed
     }
 
     /// With an archive: takes the signal's seqs (after the ones already held in this
@@ -250,10 +259,12 @@ impl Stage {
             Origin::Producer { slot, .. } => self.slot(slot),
             _ => None,
         };
+        let producer = producer.as_ref().map(|p| p.id.as_str());
+        let producer = producer.or(item.verdict.as_ref().map(|v| &*v.producer));
         let Some(archive) = self.archive.as_mut() else { return };
         archive.stage(&Archived {
             signal: &item.signal,
-            producer: producer.as_ref().map(|p| p.id.as_str()),
+            producer,
             data: &self.data,
             market,
             ingest_ts: item.ingest_ts,
@@ -270,10 +281,12 @@ impl Stage {
         let mut pause = std::time::Duration::from_millis(10);
         while let Err(e) = archive.commit() {
             self.stats.store_failed();
+            self.stats.set_store_stalled(true);
             tracing::error!(error = %e, "the signal store cannot commit; nothing is acknowledged until it can");
             std::thread::sleep(pause);
             pause = (pause * 2).min(std::time::Duration::from_secs(1));
         }
+        self.stats.set_store_stalled(false);
         self.held_per_tier = [0; 4];
         for (data, metas) in std::mem::take(&mut self.held) {
             self.data = data;

@@ -70,6 +70,8 @@ pub struct PipelineStats {
     routed: [AtomicU64; 4],
     drops: [AtomicU64; DropReason::ALL.len()],
     store_failures: AtomicU64,
+    /// The stage is waiting for the store to take a batch (disk full, read-only).
+    store_stalled: std::sync::atomic::AtomicBool,
 }
 
 impl PipelineStats {
@@ -87,6 +89,16 @@ impl PipelineStats {
 
     pub(crate) fn store_failed(&self) {
         self.store_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_store_stalled(&self, stalled: bool) {
+        self.store_stalled.store(stalled, Ordering::Relaxed);
+    }
+
+    /// The stage is waiting for the signal store: nothing is routed or acknowledged
+    /// until a commit succeeds.
+    pub fn store_stalled(&self) -> bool {
+        self.store_stalled.load(Ordering::Relaxed)
     }
 
     /// Commits of the signal store that failed (each retried).

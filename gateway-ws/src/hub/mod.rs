@@ -106,6 +106,7 @@ pub struct Hub {
     shards: Vec<ShardHandle>,
     threads: std::sync::Mutex<Vec<JoinHandle<()>>>,
     next: AtomicUsize,
+    quotas: Arc<QuotaBook>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -152,6 +153,7 @@ impl Hub {
         } else {
             hub.shards
         };
+        let quotas = Arc::new(QuotaBook::default());
         let src = core::Sources {
             channels: Arc::clone(&engine.channels),
             ticks: Arc::clone(&engine.ticks),
@@ -159,7 +161,7 @@ impl Hub {
             history: engine.history.is_some(),
             auth,
             stats,
-            quotas: Arc::new(QuotaBook::default()),
+            quotas: Arc::clone(&quotas),
             hub,
             conn,
         };
@@ -184,7 +186,12 @@ impl Hub {
                 let _ = w.wake();
             }
         }));
-        Ok(Self { shards, threads: std::sync::Mutex::new(threads), next: AtomicUsize::new(0) })
+        Ok(Self { shards, threads: std::sync::Mutex::new(threads), next: AtomicUsize::new(0), quotas })
+    }
+
+    /// The daily quotas of every user, which HTTP history charges too.
+    pub fn quotas(&self) -> &QuotaBook {
+        &self.quotas
     }
 
     /// Places a connection on the next shard (round robin).

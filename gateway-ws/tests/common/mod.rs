@@ -46,9 +46,18 @@ pub fn temp_file(name: &str, text: &str) -> PathBuf {
     path
 }
 
-/// Test defaults: no demo producer, fast delays, one-second heartbeat margins left alone.
+/// A data directory no other server uses (one process per directory).
+pub fn data_dir() -> PathBuf {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::env::temp_dir().join(format!("signalcast-test-{}", std::process::id())).join(format!("data-{n}"))
+}
+
+/// Test defaults: no demo producer, fast delays, one-second heartbeat margins left alone,
+/// a data directory of its own.
 pub fn config() -> Config {
     let mut c = Config::default();
+    c.store.data_dir = data_dir();
     c.demo.enabled = false;
     c.policy_file = Some(temp_file("tiers.toml", FAST_TIERS));
     c.shards = 2;
@@ -336,6 +345,7 @@ pub async fn serve_default(env: &[(&str, &str)]) -> (tokio::process::Child, Stri
         // Ephemeral ports, so that tests never collide with anything on 8080/7000.
         .env("SIGNALCAST_LISTEN", "127.0.0.1:0")
         .env("SIGNALCAST_FEED_LISTEN", "127.0.0.1:0")
+        .env("SIGNALCAST_STORE__DATA_DIR", data_dir())
         .envs(env.iter().copied())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())

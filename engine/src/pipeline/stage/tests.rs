@@ -42,7 +42,13 @@ fn signal(n: u128, confidence: u16) -> Signal {
 }
 
 fn local(s: Signal) -> IngestItem {
-    IngestItem::Signal(SignalItem { origin: Origin::Local, signal: s, ingest_ts: T0, sent_ts: None })
+    IngestItem::Signal(SignalItem {
+        origin: Origin::Local,
+        signal: s,
+        ingest_ts: T0,
+        sent_ts: None,
+        verdict: None,
+    })
 }
 
 fn from_producer(slot: u32, seq: u64, s: Signal) -> IngestItem {
@@ -51,6 +57,7 @@ fn from_producer(slot: u32, seq: u64, s: Signal) -> IngestItem {
         signal: s,
         ingest_ts: T0,
         sent_ts: None,
+        verdict: None,
     })
 }
 

@@ -179,7 +179,13 @@ impl Harness {
     }
 
     fn route_signal(&mut self, s: Signal) {
-        let item = SignalItem { origin: Origin::Local, signal: s, ingest_ts: self.clock.unix, sent_ts: None };
+        let item = SignalItem {
+            origin: Origin::Local,
+            signal: s,
+            ingest_ts: self.clock.unix,
+            sent_ts: None,
+            verdict: None,
+        };
         self.stage.handle(IngestItem::Signal(item), self.clock.unix);
         self.stage.finish_batch();
         self.core.fan_out(self.clock);
