@@ -10,6 +10,7 @@
 //! - [`report`]: tables, JSON, SVG charts, docs/PERFORMANCE.md.
 //! - [`scenarios`]: what each command of the binary runs.
 
+pub mod ingest;
 pub mod proto;
 pub mod reference;
 pub mod report;

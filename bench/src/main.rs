@@ -144,6 +144,16 @@ enum Cmd {
         #[arg(long, default_value = "docs")]
         docs: PathBuf,
     },
+    /// What the signal store costs producers: acknowledged signals/s over the TCP feed,
+    /// ACK latency at 1,000/s, and HTTP ingest signals/s over keep-alive.
+    Ingest {
+        /// Signals for the throughput runs.
+        #[arg(long, default_value_t = 200_000)]
+        signals: u64,
+        /// Signals per HTTP request (JSON lines).
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+    },
     /// (internal) signalcast on the given addresses, embedded default (plus any
     /// SIGNALCAST_* variables), no demo.
     #[command(hide = true)]
@@ -201,6 +211,9 @@ fn main() -> anyhow::Result<()> {
                 std::future::pending::<()>().await;
                 Ok(())
             })
+        }
+        Cmd::Ingest { signals, batch } => {
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(bench::ingest::run(signals, batch))
         }
         cmd => tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(orchestrate(cmd)),
     }

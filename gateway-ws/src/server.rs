@@ -165,8 +165,11 @@ pub struct Running {
     /// The signal store's file, on a node that keeps one.
     pub store_path: Option<std::path::PathBuf>,
     stop: watch::Sender<bool>,
-    /// Stops the gateway role's relay thread (a blocking Kafka poll loop).
+    /// Stops the gateway role's relay thread (a blocking Kafka poll loop) and the quota
+    /// writer.
     relay_stop: Arc<AtomicBool>,
+    /// Writes quota charges to the store each second; flushes once more when stopped.
+    quota_writer: Option<std::thread::JoinHandle<()>>,
     tasks: Vec<JoinHandle<()>>,
     drain_timeout: Duration,
 }
@@ -255,6 +258,10 @@ pub async fn start_on(
     let (durable, store_path) = match plan.store {
         true => {
             let (d, path) = durable(&config)?;
+            // Resumes from before the ring are read back from the store.
+            let history = store::StoreHistory::start(config.store.data_dir.clone(), STORE_HISTORY_MAX)
+                .map_err(StartError::Engine)?;
+            options.history = Some(Arc::new(history));
             (Some(d), Some(path))
         }
         false => (None, None),
@@ -288,6 +295,12 @@ pub async fn start_on(
         Hub::start(Arc::clone(&engine), Arc::clone(&auth), Arc::clone(&stats), config.hub(), config.conn())
             .map_err(StartError::Hub)?;
     let _ = rights.set(hub.rights());
+    // Quota charges outlive a restart: today's are read back before the first client,
+    // and new ones are written each second.
+    let quota_writer = match &store_path {
+        Some(_) => Some(quota_writer(&config, hub.quotas(), Arc::clone(&relay_stop))?),
+        None => None,
+    };
     let mut exposition =
         metrics::Exposition::new(Arc::clone(&stats), Arc::clone(&engine), feed_stats, kafka_stats);
     if let Some(s) = &sidecar {
@@ -364,6 +377,7 @@ pub async fn start_on(
         store_path,
         stop,
         relay_stop,
+        quota_writer,
         tasks,
         drain_timeout: Duration::from_secs(config.drain_timeout_secs),
     })
@@ -510,6 +524,49 @@ async fn kafka_options(
     Ok(options)
 }
 
+/// How often quota charges are written to the store: the most a crash leaves uncounted.
+const QUOTA_FLUSH: Duration = Duration::from_secs(1);
+
+/// Reads today's quota charges back into `quotas` and starts the thread that writes new
+/// ones to the store every [`QUOTA_FLUSH`] (and once more when `stop` is set).
+fn quota_writer(
+    config: &Config,
+    quotas: &crate::hub::QuotaBook,
+    stop: Arc<AtomicBool>,
+) -> Result<std::thread::JoinHandle<()>, StartError> {
+    let mut side = store::SqliteStore::open_side(&config.store.data_dir)?;
+    let today = crate::hub::quota::utc_day(engine::model::UnixNanos::now().0);
+    let journal = quotas.journal();
+    let charges = side.charges(today)?;
+    tracing::info!(charges = charges.len(), "today's quota charges read back from the signal store");
+    quotas.restore(today, charges.into_iter().map(|c| (c.user, c.log, c.seq)));
+    let flush = move |side: &mut store::SqliteStore| {
+        let rows: Vec<store::Charge> = journal
+            .take()
+            .into_iter()
+            .map(|(day, user, log, seq)| store::Charge { day, user: user.to_string(), log, seq })
+            .collect();
+        let today = crate::hub::quota::utc_day(engine::model::UnixNanos::now().0);
+        if let Err(e) = side.charge(&rows, today.saturating_sub(1)) {
+            tracing::warn!(error = %e, charges = rows.len(), "quota charges could not be stored");
+        }
+    };
+    std::thread::Builder::new()
+        .name("signalcast-quota-writer".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Acquire) {
+                std::thread::sleep(QUOTA_FLUSH);
+                flush(&mut side);
+            }
+            flush(&mut side);
+        })
+        .map_err(StartError::Engine)
+}
+
+/// The deepest resume a single node reads back from its store (as a gateway node's
+/// `kafka.history_max_messages` default).
+const STORE_HISTORY_MAX: u64 = 50_000;
+
 /// A single node's store: opened (the directory locked, the schema migrated), its
 /// epochs, and how the new stage is filled from it before it takes anything.
 fn durable(config: &Config) -> Result<(engine::Durable, std::path::PathBuf), StartError> {
@@ -655,6 +712,9 @@ impl Running {
         }
         let app = Arc::clone(&self.app);
         let _ = tokio::task::spawn_blocking(move || app.hub.stop()).await;
+        if let Some(w) = self.quota_writer {
+            let _ = tokio::task::spawn_blocking(move || w.join()).await;
+        }
         tracing::info!("signalcast stopped");
     }
 }

@@ -382,6 +382,9 @@ async fn readme_commands_run_as_written() {
     let _ports = PORTS_LOCK.lock().await;
     ports_free();
     let mut page = Page::new("README.md");
+    // A fresh machine has no store yet: the checks below expect the README's fixed ids
+    // to be new (a second run on the same store would answer them `duplicate`).
+    let _ = std::fs::remove_dir_all(root().join("signalcast-data"));
     let premium_url = Arc::new(Mutex::new(String::new()));
     let checks: Vec<(&'static str, Check)> = vec![
         // The first command: serves on loopback, prints a URL per tier, signals flow.
@@ -394,6 +397,9 @@ async fn readme_commands_run_as_written() {
                         assert!(printed_url(&out, tier).starts_with("ws://127.0.0.1:8080/ws?token="));
                     }
                     assert!(out.contains("http://127.0.0.1:8080"), "{out}");
+                    let store = root().join("signalcast-data").join("signals.db");
+                    assert!(out.contains(&format!("signal store: {}", store.display())), "{out}");
+                    assert!(store.exists(), "the store is where the server said");
                     let url = printed_url(&out, "premium");
                     *premium_url.lock().unwrap() = url.clone();
                     let mut c = Client::connect(&url).await;
@@ -431,6 +437,26 @@ async fn readme_commands_run_as_written() {
                     // `produce` has exited: what arrives now is the built-in demo's.
                     signal_where(&mut c, Duration::from_secs(20), |_| true).await;
                 }
+            })
+        }),
+        // HTTP ingest: stored, then routed to premium (88.00).
+        ("http://127.0.0.1:8080/v1/signals --data", {
+            check(|out| async move {
+                let v: Value = serde_json::from_str(out.trim()).unwrap_or_else(|_| panic!("{out}"));
+                assert_eq!(v["results"][0]["status"], "accepted", "{v}");
+                assert_eq!(v["results"][0]["id"], "7c0f9a51-2b3d-4e6f-8a9b-0c1d2e3f4a5b");
+            })
+        }),
+        // History: the signal just posted, with its premium seq.
+        ("/v1/signals/history?symbol=HTTPDEMO", {
+            check(|out| async move {
+                let json = out.lines().rev().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("{out}"));
+                let v: Value = serde_json::from_str(json).unwrap();
+                let item = &v["items"][0];
+                assert_eq!(item["id"], "7c0f9a51-2b3d-4e6f-8a9b-0c1d2e3f4a5b", "{v}");
+                assert_eq!(item["signal_type"], "sell");
+                assert!(item["channels"]["signals_premium"].as_u64().is_some_and(|s| s > 0), "{v}");
+                assert!(item["channels"].get("signals_enterprise").is_none(), "{v}");
             })
         }),
         // A file of a tick and a signal: the signal is routed with that tick's snapshot.

@@ -13,14 +13,16 @@
 //! - [`Query`], [`Page`]: history, newest first, keyset-paginated.
 
 pub mod archive;
+pub mod history;
 mod readers;
 pub mod sqlite;
 
 use engine::model::{Category, Signal, SignalType, Tier, UnixNanos};
 
 pub use archive::StoreArchive;
+pub use history::StoreHistory;
 pub use readers::Readers;
-pub use sqlite::{Durability, Settings, SqliteStore, Stored};
+pub use sqlite::{Charge, Durability, Settings, SqliteStore, Stored};
 
 /// One routed signal as stored.
 #[derive(Clone, Debug, PartialEq)]

@@ -16,7 +16,17 @@ use super::{Cursor, Item, Page, Query, Routed, StoreError};
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/V1__signals.sql"),
     include_str!("../migrations/sqlite/V2__heads.sql"),
+    include_str!("../migrations/sqlite/V3__quota.sql"),
 ];
+
+/// One quota charge: `user` was charged for message `seq` of log `log` on UTC `day`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Charge {
+    pub day: u32,
+    pub user: String,
+    pub log: u8,
+    pub seq: u64,
+}
 
 /// Event kinds that close a signal (its outcome, [`crate::Status`]).
 const CLOSING: &str = "('target_hit', 'stop_hit', 'expired', 'closed')";
@@ -174,6 +184,46 @@ impl SqliteStore {
             tx.execute(&format!("DELETE FROM trading_signals WHERE pos IN ({oldest})"), args).map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(gone)
+    }
+
+    /// A connection that writes beside the pipeline's writer (quota charges), in the
+    /// same process: SQLite serializes the two writers' transactions.
+    pub fn open_side(dir: &Path) -> Result<Self, StoreError> {
+        let path = dir.join("signals.db");
+        let conn = Connection::open(&path).map_err(|e| write_error(e, &path))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(Self { conn, path, _lock: None })
+    }
+
+    /// Records quota charges (idempotent), and forgets days before `keep_from`.
+    pub fn charge(&mut self, charges: &[Charge], keep_from: u32) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let err = |e| write_error(e, &path);
+        let tx = self.conn.transaction().map_err(err)?;
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO quota_charges (day, user_id, log, seq) VALUES (?1, ?2, ?3, ?4)",
+                )
+                .map_err(err)?;
+            for c in charges {
+                insert.execute(params![c.day, c.user, c.log, c.seq as i64]).map_err(err)?;
+            }
+        }
+        tx.execute("DELETE FROM quota_charges WHERE day < ?1", [keep_from]).map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(())
+    }
+
+    /// Every charge of `day`.
+    pub fn charges(&self, day: u32) -> Result<Vec<Charge>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT user_id, log, seq FROM quota_charges WHERE day = ?1 ORDER BY user_id, log, seq",
+        )?;
+        let rows = stmt.query_map([day], |r| {
+            Ok(Charge { day, user: r.get(0)?, log: r.get(1)?, seq: r.get::<_, i64>(2)? as u64 })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Signals stored.

@@ -10,6 +10,10 @@
 //! (20 a day), 1.6 KiB (3.2 KiB) for basic (200) and 16 KiB (32 KiB) for premium (2,000);
 //! users without a limit never touch it. Yesterday's sets are freed on the user's first
 //! delivery of a new day, or with the user's entry (`QuotaBook::user`).
+//!
+//! On a node with a signal store, every new charge is also put in a [`Journal`] that the
+//! server writes to the store each second, and the day's charges are read back at start
+//! ([`QuotaBook::restore`]): a crash leaves at most a second of deliveries uncounted.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -23,6 +27,41 @@ pub struct UserQuota {
     /// One lock per user: contended only by the same user's connections on two shards
     /// at the same instant.
     day: Mutex<Day>,
+    id: Arc<str>,
+    journal: Option<Arc<Journal>>,
+}
+
+/// Charges not yet written to the store: (day, user, log, seq). Bounded: past
+/// [`JOURNAL_MAX`] waiting charges new ones are not journaled (counted), so a store
+/// that cannot keep up costs memory only up to the bound.
+#[derive(Debug, Default)]
+pub struct Journal {
+    waiting: Mutex<Vec<(u32, Arc<str>, u8, u64)>>,
+    lost: std::sync::atomic::AtomicU64,
+}
+
+/// Charges waiting for the store at most (about 40 MB).
+pub const JOURNAL_MAX: usize = 1_000_000;
+
+impl Journal {
+    fn push(&self, day: u32, user: &Arc<str>, log: usize, seq: u64) {
+        let mut w = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        if w.len() >= JOURNAL_MAX {
+            self.lost.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return;
+        }
+        w.push((day, Arc::clone(user), log as u8, seq));
+    }
+
+    /// Takes every waiting charge.
+    pub fn take(&self) -> Vec<(u32, Arc<str>, u8, u64)> {
+        std::mem::take(&mut *self.waiting.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Charges never journaled because the journal was full.
+    pub fn lost(&self) -> u64 {
+        self.lost.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -75,7 +114,22 @@ impl UserQuota {
         }
         charged.insert(pos, seq);
         *used += 1;
+        drop(d);
+        if let Some(j) = &self.journal {
+            j.push(day, &self.id, log, seq);
+        }
         Take::Deliver
+    }
+
+    /// Puts back a charge read from the store (no journal, no limit).
+    fn preload(&self, log: usize, seq: u64, day: u32) {
+        let mut d = self.today(day);
+        let Day { charged, used, .. } = &mut *d;
+        let Some(charged) = charged.get_mut(log) else { return };
+        if let Err(pos) = charged.binary_search(&seq) {
+            charged.insert(pos, seq);
+            *used += 1;
+        }
     }
 
     /// Today's deliveries have reached `limit` (nothing more would be delivered today).
@@ -101,6 +155,7 @@ impl UserQuota {
 #[derive(Debug, Default)]
 pub struct QuotaBook {
     users: Mutex<Users>,
+    journal: std::sync::OnceLock<Arc<Journal>>,
 }
 
 #[derive(Debug, Default)]
@@ -120,7 +175,29 @@ impl QuotaBook {
                 Arc::strong_count(q) > 1 || q.day.lock().unwrap_or_else(PoisonError::into_inner).day == day
             });
         }
-        Arc::clone(users.by_id.entry(id.to_owned()).or_default())
+        if let Some(q) = users.by_id.get(id) {
+            return Arc::clone(q);
+        }
+        let q = Arc::new(UserQuota {
+            id: Arc::from(id),
+            journal: self.journal.get().cloned(),
+            day: Mutex::new(Day::default()),
+        });
+        users.by_id.insert(id.to_owned(), Arc::clone(&q));
+        q
+    }
+
+    /// Journals every new charge from now on (for users whose entry is made after this:
+    /// call it before the first connection).
+    pub fn journal(&self) -> Arc<Journal> {
+        Arc::clone(self.journal.get_or_init(|| Arc::new(Journal::default())))
+    }
+
+    /// Puts back the charges of `day` read from the store.
+    pub fn restore(&self, day: u32, charges: impl IntoIterator<Item = (String, u8, u64)>) {
+        for (user, log, seq) in charges {
+            self.user(&user, day).preload(usize::from(log), seq, day);
+        }
     }
 
     /// Users with an entry.

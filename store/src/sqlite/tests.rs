@@ -158,3 +158,66 @@ fn a_data_directory_that_cannot_be_created_is_refused_with_its_path() {
     assert!(err.to_string().contains("data"), "{err}");
     let _ = std::fs::remove_file(&dir.0);
 }
+
+#[test]
+fn a_second_writer_on_the_same_directory_is_refused_and_readers_are_not() {
+    let dir = TempDir::new("lock");
+    let mut store = SqliteStore::open(&dir.0, Durability::Full).unwrap();
+    let err = SqliteStore::open(&dir.0, Durability::Full).unwrap_err();
+    assert!(matches!(err, StoreError::InUse { .. }), "{err}");
+    assert!(err.to_string().contains("in use by another signalcast process"), "{err}");
+    store.append(&[routed(1, "RELIANCE", Category::Equity, &[(Tier::Premium, 1)])]).unwrap();
+    let reader = SqliteStore::open_reader(&dir.0).unwrap();
+    assert_eq!(reader.count().unwrap(), 1, "a reader sees the writer's commits");
+    drop(store);
+    SqliteStore::open(&dir.0, Durability::Full).expect("the lock goes with its writer");
+}
+
+#[test]
+fn a_full_store_fails_the_commit_whole_and_takes_the_batch_once_there_is_room() {
+    let dir = TempDir::new("full");
+    let settings = Settings { durability: Durability::Full, max_bytes: 256 * 1024 };
+    let mut store = SqliteStore::open_with(&dir.0, settings).unwrap();
+    let mut n = 0u128;
+    let err = loop {
+        let batch: Vec<Routed> = (0..50)
+            .map(|_| {
+                n += 1;
+                let mut r = routed(n, "RELIANCE", Category::Equity, &[(Tier::Enterprise, n as u64)]);
+                r.data = format!(r#"{{"id":"{}","n":{n},"pad":"{}"}}"#, r.signal.id, "x".repeat(400));
+                r
+            })
+            .collect();
+        match store.append(&batch) {
+            Ok(_) => assert!(n < 100_000, "the cap never bit"),
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(err, StoreError::Full), "{err}");
+    let stored = store.count().unwrap();
+    assert_eq!(stored % 50, 0, "a failed batch leaves nothing behind: {stored}");
+    assert_eq!(store.head(Tier::Enterprise).unwrap(), stored, "heads are the committed ones");
+}
+
+#[test]
+fn pruning_removes_the_oldest_and_never_lowers_a_head() {
+    let dir = TempDir::new("prune");
+    let mut store = SqliteStore::open(&dir.0, Durability::Full).unwrap();
+    for t in Tier::ALL {
+        store.set_epoch(t, 7).unwrap();
+    }
+    let batch: Vec<Routed> =
+        (1..=10).map(|n| routed(n, "RELIANCE", Category::Equity, &[(Tier::Premium, n as u64)])).collect();
+    store.append(&batch).unwrap();
+    // Routed at T0 + n ms: everything before T0 + 6 ms goes, three at a time.
+    let before = UnixNanos(T0 + 6_000_000);
+    assert_eq!(store.prune(before, 3).unwrap(), 3);
+    assert_eq!(store.prune(before, 3).unwrap(), 2);
+    assert_eq!(store.prune(before, 3).unwrap(), 0);
+    assert_eq!(store.count().unwrap(), 5);
+    assert_eq!(store.after(Tier::Premium, 0, 100).unwrap().first().map(|m| m.seq), Some(6));
+    // Everything goes: the head stays, so the next signal cannot take seq 1 again.
+    store.prune(UnixNanos(i64::MAX), 100).unwrap();
+    assert_eq!(store.count().unwrap(), 0);
+    assert_eq!(store.head(Tier::Premium).unwrap(), 10);
+}
