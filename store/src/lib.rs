@@ -3,21 +3,24 @@
 //! outcome) in rows of their own.
 //!
 //! One logical schema, two backends: SQLite (a file in the data directory, compiled in:
-//! the embedded default needs no server) here, PostgreSQL for deployments. The store is
+//! the embedded default needs no server) and PostgreSQL for deployments. The store is
 //! what a restarted node rebuilds its channels from (epochs, heads, rings), what history
 //! is read from, and what an ACK waits for.
 //!
 //! - [`sqlite`]: the SQLite backend.
+//! - [`postgres`]: the PostgreSQL backend (schema `signals`), the same methods, async.
 //! - [`archive`]: the store as the pipeline's archive (fan-out follows the commit).
 //! - [`Routed`]: what the pipeline hands the store for one routed signal.
 //! - [`Query`], [`Page`]: history, newest first, keyset-paginated.
 
 pub mod archive;
+pub mod postgres;
 pub mod sqlite;
 
 use engine::model::{Category, Signal, SignalType, Tier, UnixNanos};
 
 pub use archive::StoreArchive;
+pub use postgres::PgStore;
 pub use sqlite::{Durability, SqliteStore, Stored};
 
 /// One routed signal as stored.
@@ -55,6 +58,19 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("a bad history cursor")]
     BadCursor,
+    #[error("the PostgreSQL signal store failed: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("the PostgreSQL signal store cannot be reached: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    /// A database URL that does not parse, a CA file that cannot be read.
+    #[error("the PostgreSQL signal store's settings: {0}")]
+    Settings(String),
+    /// An applied migration's SQL is not what this binary carries.
+    #[error(
+        "signal store migration V{version}__{name} was applied with another checksum: applied \
+         migrations must not be edited; add a new one"
+    )]
+    MigrationEdited { version: i32, name: String },
 }
 
 /// A history request: what the caller may see and what they ask for.
