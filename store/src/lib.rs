@@ -10,10 +10,13 @@
 //! - [`sqlite`]: the SQLite backend.
 //! - [`postgres`]: the PostgreSQL backend (schema `signals`), the same methods, async.
 //! - [`archive`]: the store as the pipeline's archive (fan-out follows the commit).
+//! - [`archiver`]: with Kafka, the process that fills the PostgreSQL store from the
+//!   `signals.<tier>` topics (the topics stay the log).
 //! - [`Routed`]: what the pipeline hands the store for one routed signal.
 //! - [`Query`], [`Page`]: history, newest first, keyset-paginated.
 
 pub mod archive;
+pub mod archiver;
 pub mod postgres;
 pub mod sqlite;
 
