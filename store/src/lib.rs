@@ -61,9 +61,9 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("a bad history cursor")]
     BadCursor,
-    #[error("the PostgreSQL signal store failed: {0}")]
+    #[error("the PostgreSQL signal store failed: {}", chain(.0))]
     Postgres(#[from] tokio_postgres::Error),
-    #[error("the PostgreSQL signal store cannot be reached: {0}")]
+    #[error("the PostgreSQL signal store cannot be reached: {}", chain(.0))]
     Pool(#[from] deadpool_postgres::PoolError),
     /// A database URL that does not parse, a CA file that cannot be read.
     #[error("the PostgreSQL signal store's settings: {0}")]
@@ -74,6 +74,22 @@ pub enum StoreError {
          migrations must not be edited; add a new one"
     )]
     MigrationEdited { version: i32, name: String },
+}
+
+/// An error and its causes, `: `-separated (tokio-postgres's errors name only their
+/// kind, "db error", and keep the server's message as their source).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
 }
 
 /// A history request: what the caller may see and what they ask for.

@@ -288,6 +288,7 @@ async fn a_server_that_is_not_there_and_a_bad_url_are_clear_errors() {
     let err =
         PgStore::connect(&format!("postgres://postgres@127.0.0.1:{port}/postgres"), None).await.unwrap_err();
     assert!(err.to_string().contains("cannot be reached"), "{err}");
+    assert!(err.to_string().contains("refused"), "the cause is told: {err}");
     let err = PgStore::connect("postgres://:not-a-port/x", None).await.unwrap_err();
     assert!(err.to_string().contains("invalid database url"), "{err}");
     let err = PgStore::connect(
@@ -297,4 +298,28 @@ async fn a_server_that_is_not_there_and_a_bad_url_are_clear_errors() {
     .await
     .unwrap_err();
     assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_the_server_is_verified_against_the_ca_file() {
+    let dir = TempDir::new("pg-tls");
+    let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    let server = rcgen::generate_simple_self_signed(names.clone()).unwrap();
+    let other = rcgen::generate_simple_self_signed(names).unwrap();
+    let (ca, other_ca) = (dir.0.join("ca.pem"), dir.0.join("other.pem"));
+    std::fs::write(&ca, server.cert.pem()).unwrap();
+    std::fs::write(&other_ca, other.cert.pem()).unwrap();
+    // A cluster that accepts TLS only.
+    let pg = Postgres::start_tls(&server.cert.pem(), &server.signing_key.serialize_pem());
+
+    let store = PgStore::connect(&pg.url(), Some(&ca)).await.unwrap();
+    let r = routed(1, 1, "TCS", Category::Equity, &[(Tier::Enterprise, 1)]);
+    assert_eq!(store.append(&[r]).await.unwrap(), 1);
+    assert_eq!(store.head(Tier::Enterprise).await.unwrap(), 1);
+
+    // Another CA: the chain is verified, the server refused.
+    let err = PgStore::connect(&pg.url(), Some(&other_ca)).await.unwrap_err();
+    assert!(err.to_string().to_lowercase().contains("certificate"), "{err}");
+    // No CA file: in clear, which this cluster refuses.
+    assert!(PgStore::connect(&pg.url(), None).await.is_err());
 }
