@@ -3,17 +3,22 @@
 //! outcome) in rows of their own.
 //!
 //! One logical schema, two backends: SQLite (a file in the data directory, compiled in:
-//! the embedded default needs no server) here, PostgreSQL for deployments. The store is
+//! the embedded default needs no server) and PostgreSQL for deployments. The store is
 //! what a restarted node rebuilds its channels from (epochs, heads, rings), what history
 //! is read from, and what an ACK waits for.
 //!
 //! - [`sqlite`]: the SQLite backend.
+//! - [`postgres`]: the PostgreSQL backend (schema `signals`), the same methods, async.
 //! - [`archive`]: the store as the pipeline's archive (fan-out follows the commit).
+//! - [`archiver`]: with Kafka, the process that fills the PostgreSQL store from the
+//!   `signals.<tier>` topics (the topics stay the log).
 //! - [`Routed`]: what the pipeline hands the store for one routed signal.
 //! - [`Query`], [`Page`]: history, newest first, keyset-paginated.
 
 pub mod archive;
+pub mod archiver;
 pub mod history;
+pub mod postgres;
 mod readers;
 pub mod sqlite;
 
@@ -21,6 +26,7 @@ use engine::model::{Category, Signal, SignalType, Tier, UnixNanos};
 
 pub use archive::StoreArchive;
 pub use history::StoreHistory;
+pub use postgres::PgStore;
 pub use readers::Readers;
 pub use sqlite::{Charge, Durability, Settings, SqliteStore, Stored};
 
@@ -64,6 +70,35 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("a bad history cursor")]
     BadCursor,
+    #[error("the PostgreSQL signal store failed: {}", chain(.0))]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("the PostgreSQL signal store cannot be reached: {}", chain(.0))]
+    Pool(#[from] deadpool_postgres::PoolError),
+    /// A database URL that does not parse, a CA file that cannot be read.
+    #[error("the PostgreSQL signal store's settings: {0}")]
+    Settings(String),
+    /// An applied migration's SQL is not what this binary carries.
+    #[error(
+        "signal store migration V{version}__{name} was applied with another checksum: applied \
+         migrations must not be edited; add a new one"
+    )]
+    MigrationEdited { version: i32, name: String },
+}
+
+/// An error and its causes, `: `-separated (tokio-postgres's errors name only their
+/// kind, "db error", and keep the server's message as their source).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
 }
 
 /// A history request: what the caller may see and what they ask for.

@@ -23,8 +23,9 @@ use crate::model::Tier;
 
 pub use rdkafka::error::KafkaError;
 
-/// The properties every client gets: brokers, then the operator's extras.
-pub(super) fn client_config(cfg: &KafkaConfig) -> ClientConfig {
+/// The properties every client gets: brokers, then the operator's extras (SASL, TLS).
+/// Public for the other Kafka clients of the workspace (the store's archiver).
+pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cfg.brokers);
     c.set("client.id", "signalcast");

@@ -29,7 +29,7 @@ mod publish;
 mod relay;
 
 #[cfg(feature = "kafka")]
-pub use client::{KafkaError, check_brokers, ensure_topics, epochs, recent_ids};
+pub use client::{KafkaError, check_brokers, client_config, ensure_topics, epochs, recent_ids};
 #[cfg(feature = "kafka")]
 pub use history::KafkaHistory;
 #[cfg(feature = "kafka")]
@@ -39,7 +39,7 @@ pub use publish::KafkaSink;
 #[cfg(feature = "kafka")]
 pub use rdkafka;
 #[cfg(feature = "kafka")]
-pub use relay::spawn_relay;
+pub use relay::{routed as routed_record, spawn_relay};
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};

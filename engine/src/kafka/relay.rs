@@ -153,8 +153,9 @@ fn nanos(m: &BorrowedMessage<'_>, name: &str) -> Option<UnixNanos> {
 /// A `signals.<tier>` record as the channel message it stands for; `None` (logged) for
 /// a record no engine wrote: no client ever sees its bytes ([`value::relayed_signal`]).
 /// Its seq is then missing from the channel (resumes across it are `recovered: false`),
-/// the same on every gateway.
-pub(super) fn routed(topics: &[String; 4], m: &BorrowedMessage<'_>, max_bytes: usize) -> Option<RoutedItem> {
+/// the same on every gateway. Public for the store's archiver, which reads the topics
+/// the same way (what it stores is what the channels hold).
+pub fn routed(topics: &[String; 4], m: &BorrowedMessage<'_>, max_bytes: usize) -> Option<RoutedItem> {
     let tier = Tier::ALL[topics.iter().position(|t| t == m.topic())?];
     let category = header(m, headers::CATEGORY)
         .and_then(|v| std::str::from_utf8(v).ok())
