@@ -90,6 +90,22 @@ enum Command {
         #[arg(long)]
         tls_ca: Option<PathBuf>,
     },
+    /// Fill the PostgreSQL signal store from the `signals.<tier>` topics (scale-out on
+    /// Kafka: one archiver per cluster; docs/store.md). Runs until SIGTERM / Ctrl-C.
+    Archive {
+        /// Kafka bootstrap servers (host:port,…); the rest of [kafka] (SASL, TLS, topic
+        /// prefix) comes from the configuration.
+        #[arg(long, env = "SIGNALCAST_KAFKA__BROKERS")]
+        kafka_brokers: Option<String>,
+        /// The PostgreSQL store: postgres://user[:password]@host:port/db (or libpq
+        /// key=value). Its migrations are applied at start.
+        #[arg(long, env = "SIGNALCAST_ARCHIVE_DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+        /// Verify the database server's certificate against this CA file (PEM); TLS is
+        /// then required whatever sslmode the URL names.
+        #[arg(long, env = "SIGNALCAST_ARCHIVE_DATABASE_CA_FILE")]
+        database_ca_file: Option<PathBuf>,
+    },
     /// Print the version.
     Version,
 }
@@ -161,6 +177,17 @@ fn run() -> anyhow::Result<()> {
             }
             runtime(config.workers)?.block_on(serve(config))
         }
+        Command::Archive { kafka_brokers, database_url, database_ca_file } => {
+            let mut config = load()?;
+            if let Some(brokers) = kafka_brokers {
+                config.kafka.brokers = brokers;
+            }
+            anyhow::ensure!(
+                !config.kafka.brokers.is_empty(),
+                "signalcast archive reads Kafka: give --kafka-brokers (or [kafka] brokers)"
+            );
+            runtime(2)?.block_on(archive(config.kafka, database_url, database_ca_file))
+        }
         Command::Produce { addr, producer, key, file, rate, count, tls_ca } => {
             let tls = tls_ca.as_deref().map(gateway::tls::connector).transpose()?;
             runtime(1)?.block_on(produce(addr, producer, key, file, rate, count, tls))
@@ -219,6 +246,20 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     shutdown_signal().await;
     tracing::info!("shutting down: draining connections");
     running.shutdown().await;
+    Ok(())
+}
+
+/// `signalcast archive`: the brokers and the database are checked at start (a wrong
+/// SASL password or an unreachable database stops it with that said), then the topics
+/// are archived until a shutdown signal; progress is in PostgreSQL, so a restart resumes.
+async fn archive(kafka: engine::config::KafkaConfig, url: String, ca: Option<PathBuf>) -> anyhow::Result<()> {
+    let check = kafka.clone();
+    tokio::task::spawn_blocking(move || engine::kafka::check_brokers(&check))
+        .await?
+        .with_context(|| format!("the Kafka brokers {}", kafka.brokers))?;
+    let store = store::PgStore::connect(&url, ca.as_deref()).await?;
+    tracing::info!(brokers = %kafka.brokers, "archiving signals.<tier> into PostgreSQL");
+    store::archiver::run(kafka, store, shutdown_signal()).await?;
     Ok(())
 }
 
