@@ -29,6 +29,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("/assets/dashboard/dashboard.css", CSS, include_str!("../assets/dashboard/dashboard.css")),
     ("/assets/sdk/index.js", JS, include_str!("../assets/sdk/index.js")),
     ("/assets/sdk/client.js", JS, include_str!("../assets/sdk/client.js")),
+    ("/assets/sdk/api.js", JS, include_str!("../assets/sdk/api.js")),
     ("/assets/sdk/backoff.js", JS, include_str!("../assets/sdk/backoff.js")),
     ("/assets/sdk/messages.js", JS, include_str!("../assets/sdk/messages.js")),
 ];

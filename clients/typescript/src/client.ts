@@ -2,6 +2,15 @@
 // backoff when it drops, and every channel resumed from the last seq seen, so that a
 // reconnect costs nothing, or says so with a `resume` event whose `recovered` is false.
 
+import {
+  getPage,
+  httpBase,
+  query,
+  type FetchLike,
+  type HistoryPage,
+  type HistoryParams,
+  type LiveParams,
+} from "./api.js";
 import { backoffDelay, defaultBackoff, type BackoffOptions } from "./backoff.js";
 import {
   CloseCode,
@@ -66,6 +75,11 @@ export interface ClientOptions {
   backoff?: Partial<BackoffOptions>;
   /** Close codes after which reconnecting cannot help (default: 4003, suspended). */
   fatalCloseCodes?: number[];
+  /** The `fetch` for the HTTP API (`history`, `live`); default `globalThis.fetch`. */
+  fetch?: FetchLike;
+  /** The gateway's HTTP base, e.g. `https://signals.example.com`; default: from `url`
+   * (`wss://host/ws` → `https://host`). */
+  httpUrl?: string;
 }
 
 /** A channel's place in its stream: what a resume asks for. */
@@ -111,7 +125,9 @@ interface ChannelState {
 const OPEN = 1;
 
 export class SignalcastClient {
-  readonly #options: Required<Omit<ClientOptions, "backoff">> & { backoff: BackoffOptions };
+  readonly #options: Required<Omit<ClientOptions, "backoff" | "fetch" | "httpUrl">> & { backoff: BackoffOptions };
+  readonly #fetch: FetchLike | undefined;
+  readonly #httpUrl: string | undefined;
   readonly #channels = new Map<ChannelName, ChannelState>();
   readonly #handlers: { [K in keyof ClientEvents]: Set<ClientEvents[K]> } = {
     state: new Set(),
@@ -149,6 +165,8 @@ export class SignalcastClient {
       backoff: { ...defaultBackoff, ...options.backoff },
       fatalCloseCodes: options.fatalCloseCodes ?? [CloseCode.Suspended],
     };
+    this.#fetch = options.fetch;
+    this.#httpUrl = options.httpUrl?.replace(/\/+$/, "");
   }
 
   get state(): ConnectionState {
@@ -223,6 +241,57 @@ export class SignalcastClient {
     if (this.#channels.delete(channel) && this.#isOpen()) {
       this.#send({ type: "UNSUBSCRIBE", channel });
     }
+  }
+
+  // --- the HTTP API (docs/gateway-openapi.yaml) ---
+
+  /**
+   * One page of past signals the token may see, newest first
+   * (`GET /v1/signals/history`). Pass the page's `next` as `cursor` for the next older
+   * page. Throws `SignalcastHttpError` when the gateway refuses (400 bad parameter, 401,
+   * 403 origin, 429 with `retryAfter`, 503 no store).
+   */
+  async history(params: HistoryParams = {}): Promise<HistoryPage> {
+    return this.#get("/v1/signals/history", query(params), params.signal);
+  }
+
+  /** One page of the signals still open and unexpired, newest first
+   * (`GET /v1/signals/live`); errors as `history`. */
+  async live(params: LiveParams = {}): Promise<HistoryPage> {
+    return this.#get("/v1/signals/live", query({ limit: params.limit, cursor: params.cursor }), params.signal);
+  }
+
+  /**
+   * Every page of `history(params)`, newest first, following each page's `next` until
+   * the last: `for await (const page of client.historyPages({symbol: "TCS"}))`. Stop
+   * early with `break`. A refused request throws (a 429 as well: wait `retryAfter`
+   * seconds, then go on from the last page's `next`).
+   */
+  async *historyPages(params: HistoryParams = {}): AsyncGenerator<HistoryPage, void, undefined> {
+    let cursor = params.cursor;
+    for (;;) {
+      const page = await this.history(cursor === undefined ? params : { ...params, cursor });
+      yield page;
+      if (page.next === null) {
+        return;
+      }
+      cursor = page.next;
+    }
+  }
+
+  async #get(path: string, qs: string, signal?: AbortSignal): Promise<HistoryPage> {
+    const base = this.#httpUrl ?? httpBase(this.#options.url);
+    const fetchImpl =
+      this.#fetch ??
+      ((input, init) => {
+        const g = globalThis as { fetch?: FetchLike };
+        if (!g.fetch) {
+          throw new Error("no fetch implementation: pass options.fetch");
+        }
+        return g.fetch(input, init);
+      });
+    const token = await this.#token();
+    return getPage(fetchImpl, `${base}${path}${qs ? `?${qs}` : ""}`, token, signal);
   }
 
   // --- the connection ---

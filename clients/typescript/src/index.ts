@@ -12,6 +12,18 @@ export type {
   WebSocketConstructor,
   WebSocketLike,
 } from "./client.js";
+export { SignalcastHttpError, httpBase } from "./api.js";
+export type {
+  FetchLike,
+  HistoryItem,
+  HistoryPage,
+  HistoryParams,
+  LiveParams,
+  PageParams,
+  SignalStatus,
+  SignalType,
+  TimeParam,
+} from "./api.js";
 export { backoffDelay, defaultBackoff } from "./backoff.js";
 export type { BackoffOptions } from "./backoff.js";
 export * from "./messages.js";

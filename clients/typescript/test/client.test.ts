@@ -197,7 +197,7 @@ describe("against a signalcast process", () => {
   });
 });
 
-test("a restarted server: the client reconnects by itself and says recovered: false", async () => {
+test("a server restarted without its store: the client reconnects by itself and says recovered: false", async () => {
   const server = await Server.start({ httpPort: await freePort() });
   const c = client({ url: server.ws, token: () => token("u-enterprise-1"), backoff: { initialMs: 50, maxMs: 500 } });
   const resumes: ResumeEvent[] = [];
@@ -211,10 +211,11 @@ test("a restarted server: the client reconnects by itself and says recovered: fa
   await until("signals before", 10_000, () => seqs.length > 0);
   const before = c.position("signals_enterprise")!;
 
+  // A fresh data directory: a node that lost its signal store (a replaced machine).
   await server.restart("SIGKILL");
   await until("resumed on the new process", 15_000, () => resumes.length === 1);
   const r = resumes[0]!;
-  assert.equal(r.recovered, false, "a new process has a new epoch: told, not silently cut");
+  assert.equal(r.recovered, false, "a store-less process has a new epoch: told, not silently cut");
   assert.deepEqual(r.since, before);
   assert.notEqual(r.epoch, before.epoch);
   const n = seqs.length;
@@ -222,6 +223,35 @@ test("a restarted server: the client reconnects by itself and says recovered: fa
   await until("signals after", 10_000, () => seqs.length > n);
   assert.equal(c.position("signals_enterprise")!.epoch, r.epoch);
   assert.deepEqual(states, ["connecting", "open", "reconnecting", "open"]);
+  c.close();
+  await server.stop();
+});
+
+test("a server restarted on its data directory: the client resumes recovered: true, nothing lost", async () => {
+  const server = await Server.start({ httpPort: await freePort() });
+  const c = client({ url: server.ws, token: () => token("u-enterprise-1"), backoff: { initialMs: 50, maxMs: 500 } });
+  const resumes: ResumeEvent[] = [];
+  c.on("resume", (e) => resumes.push(e));
+  c.connect();
+  const seqs = collect(c, "signals_enterprise");
+  await until("open", 5000, () => c.state === "open");
+  await produce(server, 30, 0);
+  const head = await server.metric('signalcast_channel_head_seq{tier="enterprise"}');
+  await until(`signals to ${head}`, 10_000, () => seqs.at(-1) === head);
+  const before = c.position("signals_enterprise")!;
+
+  // The store keeps the channels' epochs, heads and rings across the kill.
+  await server.restart("SIGKILL", { keepData: true });
+  await until("resumed on the new process", 15_000, () => resumes.length === 1);
+  const r = resumes[0]!;
+  assert.equal(r.recovered, true, JSON.stringify(r));
+  assert.deepEqual(r.since, before);
+  assert.equal(r.epoch, before.epoch, "the same epoch");
+  await produce(server, 30, 0);
+  const after = await server.metric('signalcast_channel_head_seq{tier="enterprise"}');
+  await until(`signals to ${after}`, 10_000, () => seqs.at(-1) === after);
+  assert.ok(after > head);
+  assert.ok(contiguous(seqs), "no gap, no repeat across the restart");
   c.close();
   await server.stop();
 });

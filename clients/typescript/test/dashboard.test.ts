@@ -1,14 +1,15 @@
 // The gateway's dashboard (`/`) in a real headless Chromium (Debian's, driven by
 // playwright-core): it loads on the embedded default, shows a signal within 10 s, rides
 // out a cut network (resumed, nothing lost) and a gateway restart (told: recovered
-// false), and a screenshot of it is taken and checked.
+// false), and a screenshot of it is taken and checked; it scrolls back through history
+// (/v1/signals/history) below the live rows.
 import assert from "node:assert/strict";
 import { existsSync, mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
 import { chromium, type Page } from "playwright-core";
 
-import { Proxy, Server, freePort, repo, token } from "./harness.js";
+import { Proxy, Server, freePort, publish, rawSignal, repo, token } from "./harness.js";
 
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 // Without these, Chromium reaches out to Google at start, which this network refuses.
@@ -130,6 +131,76 @@ test("a token given in the page's fragment connects and leaves the address bar; 
     const scraped = await fetch(`http://127.0.0.1:${metricsPort}/metrics`);
     assert.equal(scraped.status, 200);
     assert.deepEqual(errors, [], "no script error on the page");
+  } finally {
+    await browser.close();
+    await server.stop();
+  }
+});
+
+test("scrolling back: older signals from history appear below the live ones, each once, under the page's CSP", async () => {
+  assert.ok(existsSync(CHROMIUM), `${CHROMIUM} is missing`);
+  const server = await Server.start();
+  const browser = await chromium.launch({ executablePath: CHROMIUM, args: FLAGS, headless: true });
+  const errors: string[] = [];
+  try {
+    // 70 signals before the page opens: history only (a new subscription starts live).
+    const before = await publish(server, Array.from({ length: 70 }, (_, i) => rawSignal(i + 1)));
+    const page = await browser.newPage({ viewport: { width: 1440, height: 1000 } });
+    page.on("pageerror", (e) => errors.push(String(e)));
+    page.on("console", (m) => {
+      // (The browser's own request for /favicon.ico is answered 404: not the page's doing.)
+      if (m.location().url.endsWith("/favicon.ico")) return;
+      if (m.type() === "error" || /Content.Security.Policy/i.test(m.text())) errors.push(`${m.text()} (${m.location().url})`);
+    });
+    await page.goto(server.http);
+    await page.waitForSelector('#state[data-state="open"]', { timeout: 10_000 });
+    assert.equal(await text(page, "#tier"), "enterprise");
+    await page.waitForSelector("#tier-enterprise .empty:not([hidden])");
+    // Three live ones.
+    const live = await publish(server, [71, 72, 73].map((n) => rawSignal(n, { symbol: "TCS" })));
+    const rows = page.locator("#tier-enterprise tbody tr");
+    await page.waitForFunction(() => document.querySelectorAll("#tier-enterprise tbody tr").length === 3, null, { timeout: 10_000 });
+    const seqsOf = async () => rows.evaluateAll((trs) => trs.map((t) => Number(t.getAttribute("data-seq"))));
+    const idsOf = async () => rows.evaluateAll((trs) => trs.map((t) => t.getAttribute("data-id")));
+    assert.deepEqual(await seqsOf(), [73, 72, 71]);
+
+    // "load older": the page below the live rows, through the page's own token.
+    await page.locator("#tier-enterprise .load-older").click();
+    await page.waitForFunction(() => document.querySelectorAll("#tier-enterprise tbody tr.older").length > 0, null, { timeout: 10_000 });
+    await page.waitForSelector('#tier-enterprise[data-older="more"]');
+    let seqs = await seqsOf();
+    assert.ok(seqs.length > 3 + 25 && seqs.length < 73, `a page or so: ${seqs.length} rows`);
+    assert.deepEqual(seqs, Array.from({ length: seqs.length }, (_, i) => 73 - i), "live, then older ones below, no gap, no repeat");
+    assert.equal(await page.locator("#tier-enterprise tbody tr.older").count(), seqs.length - 3);
+    assert.equal(await page.locator("#tier-enterprise tbody tr.older td").nth(1).textContent(), "RELIANCE");
+
+    // Scrolling the table to its end loads the rest, down to the first signal.
+    const scroller = page.locator("#tier-enterprise .rows");
+    assert.ok(await scroller.evaluate((el) => el.scrollHeight > el.clientHeight), "the table scrolls");
+    await scroller.hover();
+    for (let i = 0; i < 40 && (await page.locator("#tier-enterprise").getAttribute("data-older")) !== "done"; i++) {
+      await page.mouse.wheel(0, 2000);
+      await page.waitForTimeout(100);
+    }
+    await page.waitForSelector('#tier-enterprise[data-older="done"]', { timeout: 10_000 });
+    seqs = await seqsOf();
+    assert.deepEqual(seqs, Array.from({ length: 73 }, (_, i) => 73 - i), "every signal, once, newest first");
+    assert.deepEqual(await idsOf(), [...before, ...live].reverse());
+    assert.match(await text(page, "#tier-enterprise .older-state"), /70 older shown.*beginning of history/);
+    assert.ok(await page.locator("#tier-enterprise .load-older").isDisabled());
+    // The free table takes the signals of its own channel (95.00: all of them).
+    await page.locator("#tier-free .load-older").click();
+    await page.waitForFunction(() => document.querySelectorAll("#tier-free tbody tr.older").length > 25, null, { timeout: 10_000 });
+    const free = await page.locator("#tier-free tbody tr").evaluateAll((trs) => trs.map((t) => Number(t.getAttribute("data-seq"))));
+    assert.deepEqual(free, Array.from({ length: free.length }, (_, i) => 73 - i), "the free channel's seqs");
+
+    // A live signal still goes on top, and the older rows stay.
+    await publish(server, [rawSignal(74)]);
+    await page.waitForFunction(() => document.querySelector("#tier-enterprise tbody tr")?.getAttribute("data-seq") === "74", null, {
+      timeout: 10_000,
+    });
+    assert.equal(await rows.count(), 74);
+    assert.deepEqual(errors, [], "no script error and no CSP violation on the page");
   } finally {
     await browser.close();
     await server.stop();

@@ -2,8 +2,9 @@
 // `token` and `produce` subcommands, and a TCP proxy that can cut every connection
 // through it (a network failure without a server restart).
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import net from "node:net";
+import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -65,21 +66,29 @@ export interface ServerOptions {
   demo?: boolean;
   httpPort?: number;
   feedPort?: number;
+  /** The data directory (signal store); default: a fresh temporary one, removed at stop. */
+  dataDir?: string;
   env?: Record<string, string>;
 }
 
-/** A `signalcast serve` process in single-node mode. */
+/** A `signalcast serve` process in single-node mode, with a data directory (its signal
+ * store) of its own: one process per directory. */
 export class Server {
   private constructor(
     private child: ChildProcess,
     readonly httpPort: number,
     readonly feedPort: number,
+    private dataDir: string,
+    /** Whether `dataDir` is ours to remove. */
+    private ownDir: boolean,
     private readonly options: ServerOptions,
   ) {}
 
   static async start(options: ServerOptions = {}): Promise<Server> {
     const httpPort = options.httpPort ?? (await freePort());
     const feedPort = options.feedPort ?? (await freePort());
+    const ownDir = options.dataDir === undefined;
+    const dataDir = options.dataDir ?? mkdtempSync(join(tmpdir(), "signalcast-ts-"));
     const child = spawn(binary(), ["serve"], {
       env: childEnv({
         SIGNALCAST_LISTEN: `127.0.0.1:${httpPort}`,
@@ -87,12 +96,18 @@ export class Server {
         SIGNALCAST_DEMO__ENABLED: options.demo ? "true" : "false",
         SIGNALCAST_DRAIN_TIMEOUT_SECS: "2",
         SIGNALCAST_LOG: "warn",
+        SIGNALCAST_STORE__DATA_DIR: dataDir,
         ...options.env,
       }),
       stdio: ["ignore", "ignore", "inherit"],
     });
-    const server = new Server(child, httpPort, feedPort, options);
-    await server.ready();
+    const server = new Server(child, httpPort, feedPort, dataDir, ownDir, options);
+    try {
+      await server.ready();
+    } catch (e) {
+      await server.stop("SIGKILL");
+      throw e;
+    }
     return server;
   }
 
@@ -120,19 +135,37 @@ export class Server {
     return line ? Number(line.slice(series.length + 1)) : 0;
   }
 
-  /** SIGTERM (drain) or SIGKILL, and waits for the exit. */
-  async stop(signal: NodeJS.Signals = "SIGTERM"): Promise<void> {
-    if (this.child.exitCode !== null || this.child.signalCode !== null) return;
-    const exited = new Promise((r) => this.child.once("exit", r));
-    this.child.kill(signal);
-    await exited;
+  /** SIGTERM (drain) or SIGKILL, and waits for the exit; removes the data directory
+   * unless `keepData`. */
+  async stop(signal: NodeJS.Signals = "SIGTERM", keepData = false): Promise<void> {
+    if (this.child.exitCode === null && this.child.signalCode === null) {
+      const exited = new Promise((r) => this.child.once("exit", r));
+      this.child.kill(signal);
+      await exited;
+    }
+    if (!keepData && this.ownDir) {
+      rmSync(this.dataDir, { recursive: true, force: true });
+    }
   }
 
-  /** Stops with `signal` and starts again on the same ports. */
-  async restart(signal: NodeJS.Signals): Promise<void> {
-    await this.stop(signal);
-    const next = await Server.start({ ...this.options, httpPort: this.httpPort, feedPort: this.feedPort });
+  /**
+   * Stops with `signal` and starts again on the same ports: by default on a fresh data
+   * directory (a node that lost its store: new epochs, nothing to resume from), with
+   * `keepData` on the same one (its store survives: epochs, rings and history).
+   */
+  async restart(signal: NodeJS.Signals, { keepData = false }: { keepData?: boolean } = {}): Promise<void> {
+    await this.stop(signal, keepData);
+    const next = await Server.start({
+      ...this.options,
+      httpPort: this.httpPort,
+      feedPort: this.feedPort,
+      dataDir: keepData ? this.dataDir : undefined,
+    });
     this.child = next.child;
+    if (!keepData) {
+      this.dataDir = next.dataDir;
+      this.ownDir = true;
+    }
   }
 }
 
@@ -143,6 +176,54 @@ export function token(user: string, ttlSecs?: number): string {
   const out = spawnSync(binary(), args, { encoding: "utf8", env: childEnv() });
   if (out.status !== 0) throw new Error(`signalcast token: ${out.stderr}`);
   return out.stdout.trim();
+}
+
+/** The dev producer of the embedded default (fixtures/producers.toml). */
+export const PRODUCER = { id: "model-alpha", key: "dev-alpha-0c1d2e3f4a5b6c7d" };
+
+/** A raw signal (docs/kafka.md) on RELIANCE@NSE by default, generated now and valid
+ * for an hour, confident enough for every tier; `n` makes its id. */
+export function rawSignal(n: number, fields: Record<string, unknown> = {}): Record<string, unknown> {
+  const now = Date.now() * 1000;
+  return {
+    id: `00000000-0000-4000-8000-${n.toString(16).padStart(12, "0")}`,
+    source_id: "5eacdd1d-446b-4985-8de0-f44da0e8f005",
+    source_type: "algorithm",
+    symbol: "RELIANCE",
+    exchange: "NSE",
+    category: "equity",
+    signal_type: "buy",
+    entry_price: "2456.7500",
+    target_price: "2500.0000",
+    stop_loss: "2430.0000",
+    quantity_recommended: 10,
+    confidence: 95,
+    generated_at: now,
+    expires_at: now + 3_600_000_000,
+    analysis: null,
+    ...fields,
+  };
+}
+
+/** Publishes signals through `POST /v1/signals`, one request each (so each is routed
+ * after the one before); resolves once all are stored, with their ids. */
+export async function publish(server: Server, signals: Record<string, unknown>[]): Promise<string[]> {
+  const auth = `Basic ${Buffer.from(`${PRODUCER.id}:${PRODUCER.key}`).toString("base64")}`;
+  const ids: string[] = [];
+  for (const s of signals) {
+    const r = await fetch(`${server.http}/v1/signals`, {
+      method: "POST",
+      headers: { Authorization: auth, "Content-Type": "application/json" },
+      body: JSON.stringify(s),
+    });
+    const body = (await r.json()) as { results?: { id?: string; status: string; error?: string; message?: string }[] };
+    const result = body.results?.[0];
+    if (r.status !== 200 || result?.status !== "accepted") {
+      throw new Error(`POST /v1/signals: ${r.status} ${JSON.stringify(body)}`);
+    }
+    ids.push(String(result.id));
+  }
+  return ids;
 }
 
 /** Replays the embedded fixtures (signals and ticks) into the feed; resolves when all

@@ -1,9 +1,13 @@
 // The live dashboard: signals per tier as they arrive (through the TypeScript client,
-// served from /assets/sdk/), and charts of the server's own /metrics.
+// served from /assets/sdk/), older ones from the gateway's history on demand ("load
+// older", or scrolling a table to its end), and charts of the server's own /metrics.
 import { SignalcastClient } from "/assets/sdk/index.js";
 
 const TIERS = ["free", "basic", "premium", "enterprise"];
-const ROWS = 10; // signals kept per tier table
+const ROWS = 10; // live signals kept per tier table until older ones are loaded
+const MAX_ROWS = 1000; // rows a table keeps at most once older ones are loaded
+const HISTORY_PAGE = 50; // signals asked per history request
+const HISTORY_PAGES = 4; // requests at most per "load older" (lower tiers skip many)
 const POLL_MS = 2000; // /metrics
 const WINDOW = 150; // chart points (5 minutes at 2 s)
 
@@ -76,7 +80,136 @@ function tierView(tier) {
   node.querySelector(".name").textContent = tier;
   $("tiers").append(node);
   const body = node.querySelector("tbody");
+  const rows = node.querySelector(".rows");
+  const button = node.querySelector(".load-older");
+  const olderState = node.querySelector(".older-state");
+  const channel = `signals_${tier}`;
   let count = 0;
+  // Scrolling back: ids shown (history and live overlap at their seam), the cursor of
+  // the next older page and the bound (`to`) its pages share, whether the beginning was
+  // reached, and the number of older rows shown.
+  let shown = new Set();
+  let older = { cursor: null, to: null, done: false, loading: false, rows: 0, withheld: 0 };
+
+  function row(s, seq, fresh) {
+    const tr = document.createElement("tr");
+    tr.className = fresh ? "fresh" : "older";
+    tr.dataset.seq = String(seq);
+    tr.dataset.id = s.id;
+    tr.dataset.generated = String(s.generated_at);
+    tr.dataset.routed = String(s.routed_ts);
+    const k = s.market; // the symbol's latest tick when the signal was routed, or null
+    const cells = [
+      ["age", ""],
+      ["", s.symbol, s.id],
+      ["dim", s.exchange],
+      ["dim", s.category],
+      ["dim", s.source_type],
+      [s.signal_type, s.signal_type],
+      ["num", s.entry_price],
+      ["num", s.target_price],
+      ["num", s.stop_loss],
+      ["num", s.confidence.toFixed(2)],
+      ["num", k ? k.bid : "no tick"],
+      ["num", k ? k.ask : ""],
+      ["num", k ? k.last : ""],
+      ["num", k ? `${k.tick_age_ms} ms` : ""],
+      ["num dim", String(seq)],
+    ];
+    for (const [cls, text, title] of cells) {
+      const td = document.createElement("td");
+      if (cls) td.className = cls;
+      td.textContent = text;
+      if (title) td.title = title;
+      tr.append(td);
+    }
+    updateAge(tr);
+    return tr;
+  }
+
+  function trim() {
+    // Live rows only: the newest ROWS; once older ones are shown (or being loaded below
+    // the oldest row), all of them up to MAX_ROWS.
+    const keep = older.rows > 0 || older.loading ? MAX_ROWS : ROWS;
+    while (body.rows.length > keep) {
+      const last = body.rows[body.rows.length - 1];
+      shown.delete(last.dataset.id);
+      if (last.classList.contains("older")) older.rows -= 1;
+      body.deleteRow(-1);
+      // The next scroll back starts below what is left.
+      older.cursor = null;
+      older.to = null;
+      older.done = false;
+    }
+  }
+
+  function showOlderState(text) {
+    olderState.textContent = text;
+    button.disabled = older.done || older.loading;
+    node.dataset.older = older.done ? "done" : older.loading ? "loading" : "more";
+  }
+
+  /** One step back through /v1/signals/history with the connected token: below the
+   * table's oldest row, the signals that entered this tier's channel. */
+  async function loadOlder() {
+    if (older.loading || older.done || !client) return;
+    const c = client;
+    older.loading = true;
+    showOlderState("loading…");
+    let added = 0;
+    let message = "";
+    try {
+      for (let pages = 0; pages < HISTORY_PAGES && added < HISTORY_PAGE / 2 && !older.done; pages++) {
+        if (older.cursor === null) {
+          // Through the oldest row's routing time (µs; `to` is exclusive, so + 1: a
+          // signal routed in the same µs is not skipped, and the ids seen are not repeated).
+          const last = body.rows[body.rows.length - 1];
+          older.to = last ? Number(last.dataset.routed) + 1 : null;
+        }
+        const params = { limit: HISTORY_PAGE };
+        if (older.cursor !== null) params.cursor = older.cursor;
+        if (older.to !== null) params.to = older.to;
+        const page = await c.history(params);
+        if (c !== client) return; // another token was picked meanwhile
+        for (const item of page.items) {
+          const seq = item.channels[channel];
+          if (seq === undefined || shown.has(item.id)) continue;
+          shown.add(item.id);
+          body.append(row(item, seq, false));
+          older.rows += 1;
+          added += 1;
+        }
+        older.withheld += page.withheld ?? 0;
+        older.cursor = page.next;
+        older.done = page.next === null;
+      }
+      message = older.done ? "the beginning of history" : "";
+    } catch (e) {
+      message =
+        e && e.status === 429
+          ? `too many requests: try again in ${e.retryAfter ?? "a few"} s`
+          : `could not load older signals: ${e && e.message ? e.message : e}`;
+    } finally {
+      if (c === client) {
+        older.loading = false;
+        trim();
+        const parts = [];
+        if (older.rows > 0) parts.push(`${older.rows} older shown`);
+        if (older.withheld > 0) parts.push(`${older.withheld} withheld (daily quota)`);
+        if (message) parts.push(message);
+        showOlderState(parts.join(" · "));
+        node.querySelector(".empty").hidden = body.rows.length > 0 || !older.done;
+        if (body.rows.length === 0 && older.done) node.querySelector(".empty").textContent = "no signals yet";
+      }
+    }
+  }
+
+  button.addEventListener("click", () => void loadOlder());
+  // Infinite scroll: a table scrolled to (near) its end asks for the next older page.
+  rows.addEventListener("scroll", () => {
+    if (rows.scrollTop > 0 && rows.scrollTop + rows.clientHeight >= rows.scrollHeight - 48) void loadOlder();
+  });
+
   v = {
     subscribed: false,
     show() {
@@ -87,46 +220,22 @@ function tierView(tier) {
       node.hidden = true;
       body.replaceChildren();
       count = 0;
+      shown = new Set();
+      older = { cursor: null, to: null, done: false, loading: false, rows: 0, withheld: 0 };
+      node.querySelector(".empty").textContent = "waiting for signals…";
+      node.querySelector(".empty").hidden = false;
+      showOlderState("");
     },
     add(m) {
       const s = m.data;
-      const tr = document.createElement("tr");
-      tr.className = "fresh";
-      tr.dataset.seq = String(m.seq);
-      tr.dataset.id = s.id;
-      tr.dataset.generated = String(s.generated_at);
-      const k = s.market; // the symbol's latest tick when the signal was routed, or null
-      const cells = [
-        ["age", ""],
-        ["", s.symbol, s.id],
-        ["dim", s.exchange],
-        ["dim", s.category],
-        ["dim", s.source_type],
-        [s.signal_type, s.signal_type],
-        ["num", s.entry_price],
-        ["num", s.target_price],
-        ["num", s.stop_loss],
-        ["num", s.confidence.toFixed(2)],
-        ["num", k ? k.bid : "no tick"],
-        ["num", k ? k.ask : ""],
-        ["num", k ? k.last : ""],
-        ["num", k ? `${k.tick_age_ms} ms` : ""],
-        ["num dim", String(m.seq)],
-      ];
-      for (const [cls, text, title] of cells) {
-        const td = document.createElement("td");
-        if (cls) td.className = cls;
-        td.textContent = text;
-        if (title) td.title = title;
-        tr.append(td);
-      }
-      body.prepend(tr);
-      while (body.rows.length > ROWS) body.deleteRow(-1);
+      if (shown.has(s.id)) return;
+      shown.add(s.id);
+      body.prepend(row(s, m.seq, true));
+      trim();
       count += 1;
       node.querySelector(".count").textContent = `${count} signal${count === 1 ? "" : "s"}`;
       node.querySelector(".seq").textContent = `seq ${m.seq}`;
       node.querySelector(".empty").hidden = true;
-      updateAge(tr);
     },
   };
   views.set(tier, v);
@@ -136,7 +245,8 @@ function tierView(tier) {
 function updateAge(tr) {
   const micros = Number(tr.dataset.generated);
   const s = Math.max(0, (Date.now() * 1000 - micros) / 1e6);
-  tr.cells[0].textContent = s < 60 ? `${s.toFixed(1)} s` : `${Math.floor(s / 60)} min`;
+  tr.cells[0].textContent =
+    s < 60 ? `${s.toFixed(1)} s` : s < 3600 ? `${Math.floor(s / 60)} min` : s < 172800 ? `${Math.floor(s / 3600)} h` : `${Math.floor(s / 86400)} d`;
 }
 
 setInterval(() => document.querySelectorAll("tr[data-generated]").forEach(updateAge), 1000);

@@ -1,6 +1,7 @@
 // The client: one WebSocket to a signalcast gateway, kept alive (PING), re-opened with
 // backoff when it drops, and every channel resumed from the last seq seen, so that a
 // reconnect costs nothing, or says so with a `resume` event whose `recovered` is false.
+import { getPage, httpBase, query, } from "./api.js";
 import { backoffDelay, defaultBackoff } from "./backoff.js";
 import { CloseCode, } from "./messages.js";
 /** The subprotocol the gateway speaks; it answers with this one in the handshake. */
@@ -14,6 +15,8 @@ const TOKEN_CHARS = /^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/;
 const OPEN = 1;
 export class SignalcastClient {
     #options;
+    #fetch;
+    #httpUrl;
     #channels = new Map();
     #handlers = {
         state: new Set(),
@@ -49,6 +52,8 @@ export class SignalcastClient {
             backoff: { ...defaultBackoff, ...options.backoff },
             fatalCloseCodes: options.fatalCloseCodes ?? [CloseCode.Suspended],
         };
+        this.#fetch = options.fetch;
+        this.#httpUrl = options.httpUrl?.replace(/\/+$/, "");
     }
     get state() {
         return this.#state;
@@ -115,6 +120,51 @@ export class SignalcastClient {
         if (this.#channels.delete(channel) && this.#isOpen()) {
             this.#send({ type: "UNSUBSCRIBE", channel });
         }
+    }
+    // --- the HTTP API (docs/gateway-openapi.yaml) ---
+    /**
+     * One page of past signals the token may see, newest first
+     * (`GET /v1/signals/history`). Pass the page's `next` as `cursor` for the next older
+     * page. Throws `SignalcastHttpError` when the gateway refuses (400 bad parameter, 401,
+     * 403 origin, 429 with `retryAfter`, 503 no store).
+     */
+    async history(params = {}) {
+        return this.#get("/v1/signals/history", query(params), params.signal);
+    }
+    /** One page of the signals still open and unexpired, newest first
+     * (`GET /v1/signals/live`); errors as `history`. */
+    async live(params = {}) {
+        return this.#get("/v1/signals/live", query({ limit: params.limit, cursor: params.cursor }), params.signal);
+    }
+    /**
+     * Every page of `history(params)`, newest first, following each page's `next` until
+     * the last: `for await (const page of client.historyPages({symbol: "TCS"}))`. Stop
+     * early with `break`. A refused request throws (a 429 as well: wait `retryAfter`
+     * seconds, then go on from the last page's `next`).
+     */
+    async *historyPages(params = {}) {
+        let cursor = params.cursor;
+        for (;;) {
+            const page = await this.history(cursor === undefined ? params : { ...params, cursor });
+            yield page;
+            if (page.next === null) {
+                return;
+            }
+            cursor = page.next;
+        }
+    }
+    async #get(path, qs, signal) {
+        const base = this.#httpUrl ?? httpBase(this.#options.url);
+        const fetchImpl = this.#fetch ??
+            ((input, init) => {
+                const g = globalThis;
+                if (!g.fetch) {
+                    throw new Error("no fetch implementation: pass options.fetch");
+                }
+                return g.fetch(input, init);
+            });
+        const token = await this.#token();
+        return getPage(fetchImpl, `${base}${path}${qs ? `?${qs}` : ""}`, token, signal);
     }
     // --- the connection ---
     async #open() {
