@@ -6,6 +6,7 @@
 //! 2. the TCP feed at 1,000 signals/s: each signal's ACK latency (send to ACK);
 //! 3. HTTP ingest over one keep-alive connection, JSON lines of `batch` signals per
 //!    request: signals per second, answered once stored.
+#![allow(clippy::print_stdout)] // a bench's report
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -33,9 +34,8 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 pub async fn run(signals: u64, batch: usize) -> anyhow::Result<()> {
-    let template: Signal = serde_json::from_str(
-        gateway::config::fixtures::SIGNALS.lines().next().context("a fixture signal")?,
-    )?;
+    let template: Signal =
+        serde_json::from_str(gateway::config::fixtures::SIGNALS.lines().next().context("a fixture signal")?)?;
     let run = UnixNanos::now().0 as u64;
     let server = crate::targets::Server::start(crate::targets::Target::Signalcast).await?;
     let feed = server.publish;

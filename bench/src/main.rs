@@ -212,9 +212,10 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             })
         }
-        Cmd::Ingest { signals, batch } => {
-            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(bench::ingest::run(signals, batch))
-        }
+        Cmd::Ingest { signals, batch } => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(bench::ingest::run(signals, batch)),
         cmd => tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(orchestrate(cmd)),
     }
 }

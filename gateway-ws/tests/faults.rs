@@ -147,7 +147,17 @@ struct Server {
 
 impl Server {
     async fn start(http: SocketAddr, feed: SocketAddr, data: &std::path::Path) -> Self {
+        Self::start_with(http, feed, data, &[]).await
+    }
+
+    async fn start_with(
+        http: SocketAddr,
+        feed: SocketAddr,
+        data: &std::path::Path,
+        env: &[(&str, &str)],
+    ) -> Self {
         let child = Command::new(env!("CARGO_BIN_EXE_signalcast"))
+            .envs(env.iter().copied())
             .env("SIGNALCAST_STORE__DATA_DIR", data)
             .env("SIGNALCAST_LISTEN", http.to_string())
             .env("SIGNALCAST_FEED_LISTEN", feed.to_string())
@@ -261,6 +271,115 @@ async fn a_restarted_server_loses_nothing_it_acknowledged_and_resumes_its_client
         .map(|m| m.id.as_u128())
         .collect();
     assert!(produced.iter().all(|id| stored.contains(id)), "each produced id is stored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_does_not_give_users_their_days_quota_again() {
+    let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let feed: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let data = common::data_dir();
+    let server = Server::start(http, feed, &data).await;
+    let publish = |range: std::ops::RangeInclusive<u128>| async move {
+        let p =
+            Producer::connect(ProducerConfig::new(feed.to_string(), common::PRODUCER.0, common::PRODUCER.1))
+                .await
+                .unwrap();
+        for n in range {
+            p.send_signal(&common::signal(n, 9_500, Category::Equity)).await.unwrap();
+        }
+        p.flush().await.unwrap();
+        p.close().await.unwrap();
+    };
+    // u-premium-capped may receive 5 a day; it receives 3 live.
+    let mut c = common::Client::connect(&dev_url(http, "u-premium-capped")).await;
+    assert_eq!(c.subscribe("signals_premium").await["type"], "SUBSCRIBED");
+    publish(1..=3).await;
+    let got: Vec<u128> = c.signals(3).await.iter().map(common::id_of).collect();
+    assert_eq!(got, [1, 2, 3]);
+    // Charges reach the store within a second; then the process dies without a word.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    server.stop("-KILL").await;
+
+    let server = Server::start(http, feed, &data).await;
+    publish(4..=8).await;
+    // After the restart 3 of the 5 are still spent: history gives the 3 already charged
+    // (free) and 2 new ones, and withholds the other 3.
+    let token = dev_url(http, "u-premium-capped").split("token=").nth(1).unwrap().to_owned();
+    let mut s = tokio::net::TcpStream::connect(http).await.unwrap();
+    let req = format!(
+        "GET /v1/signals/history HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let body: serde_json::Value = serde_json::from_str(out.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let ids: Vec<u128> = body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| uuid::Uuid::parse_str(i["id"].as_str().unwrap()).unwrap().as_u128())
+        .collect();
+    assert_eq!(ids, [8, 7, 3, 2, 1], "{body}");
+    assert_eq!(body["withheld"], 3);
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_store_stops_acknowledging_and_acknowledges_nothing_it_did_not_store() {
+    let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let feed: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let data = common::data_dir();
+    // A store capped at 1 MiB fills after some hundreds of signals.
+    let server = Server::start_with(http, feed, &data, &[("SIGNALCAST_STORE__MAX_SIZE_MB", "1")]).await;
+    let mut c = common::Client::connect(&dev_url(http, "u-enterprise-1")).await;
+    assert_eq!(c.subscribe("signals_enterprise").await["type"], "SUBSCRIBED");
+    let p = std::sync::Arc::new(
+        Producer::connect(ProducerConfig::new(feed.to_string(), common::PRODUCER.0, common::PRODUCER.1))
+            .await
+            .unwrap(),
+    );
+    let sender = std::sync::Arc::clone(&p);
+    let sending = tokio::spawn(async move {
+        for n in 1..=5_000u128 {
+            let mut s = common::signal(n, 9_500, Category::Equity);
+            s.analysis =
+                engine::model::Analysis::from_json(format!(r#"{{"notes":"{}"}}"#, "x".repeat(500))).ok();
+            if sender.send_signal(&s).await.is_err() {
+                break;
+            }
+        }
+    });
+    // The node says it is not ready once a commit fails, and the ACKs stop.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = get(http, "/health/ready").await.unwrap_or_default();
+        if ready.starts_with("HTTP/1.1 503") {
+            assert!(ready.contains("signal store cannot commit"), "{ready}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the store never filled: {ready}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(metric(http, "signalcast_store_failures_total").await >= 1.0);
+    assert_eq!(metric(http, "signalcast_store_stalled").await, 1.0);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stored = store::SqliteStore::open_reader(&data).unwrap().count().unwrap();
+    assert!((100..5_000).contains(&stored), "{stored} stored");
+    // Every delivery was stored first: the client got exactly the stored ones, in order.
+    let mut got = Vec::new();
+    while let Some(m) = c.try_next(Duration::from_millis(300)).await {
+        if m["type"] == "SIGNAL_UPDATE" {
+            got.push(common::id_of(&m));
+        }
+    }
+    assert_eq!(got, (1..=u128::from(stored)).collect::<Vec<_>>(), "delivered = stored");
+    assert!(p.acked() <= stored, "acknowledged {} of {stored} stored", p.acked());
+    assert!(p.acked() > 0);
+    sending.abort();
+    server.stop("-KILL").await;
+    // What the producer was told is stored is in the store after the crash.
+    let after = store::SqliteStore::open_reader(&data).unwrap().count().unwrap();
+    assert_eq!(after, stored, "nothing beyond what was committed");
 }
 
 // The checker itself: each rule fails the ledgers it is meant to fail.

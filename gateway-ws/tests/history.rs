@@ -304,3 +304,24 @@ async fn http_ingest_answers_per_item_once_stored_and_never_routes_a_retry_twice
     assert_eq!(status, 200, "{body}");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_from_before_the_ring_is_read_back_from_the_store() {
+    let mut config = common::config();
+    config.engine.ring_capacity = 4;
+    let server = common::start(config).await;
+    let signals: Vec<_> = (1..=12).map(|n| common::signal(n, 9_500, Category::Equity)).collect();
+    publish(&server, &signals).await;
+    let epoch = server.engine.channels.live(engine::model::Tier::Premium).epoch();
+    let mut c = common::Client::connect(&common::url(&server, &common::token(&server, "u-premium-1"))).await;
+    c.send(
+        json!({"type": "SUBSCRIBE", "channel": "signals_premium", "since": 2, "epoch": epoch.to_string()}),
+    )
+    .await;
+    let sub = c.next_of(&["SUBSCRIBED", "ERROR"]).await;
+    assert_eq!(sub["recovered"], true, "{sub}");
+    let got: Vec<(u64, u128)> =
+        c.signals(10).await.iter().map(|m| (m["seq"].as_u64().unwrap(), common::id_of(m))).collect();
+    assert_eq!(got, (3..=12).map(|n| (n, u128::from(n))).collect::<Vec<_>>(), "seqs 3..=12, in order");
+    server.shutdown().await;
+}

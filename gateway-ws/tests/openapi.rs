@@ -52,7 +52,8 @@ async fn the_openapi_document_and_the_router_have_the_same_routes() {
         assert!(answer.starts_with("HTTP/1.1 401"), "{method} {path}: {answer}");
         assert!(answer.contains("\"error\":\"unauthorized\""), "{answer}");
     }
-    let answer = raw(server.http_addr, "GET /v1/nothing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    let answer =
+        raw(server.http_addr, "GET /v1/nothing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
     server.shutdown().await;
 }

@@ -42,7 +42,9 @@ impl StoreHistory {
     /// A resume deeper than `max_messages` is not read back.
     pub fn start(dir: PathBuf, max_messages: u64) -> std::io::Result<Self> {
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
-        std::thread::Builder::new().name("signalcast-store-history".into()).spawn(move || serve(&dir, &rx))?;
+        std::thread::Builder::new()
+            .name("signalcast-store-history".into())
+            .spawn(move || serve(&dir, &rx))?;
         Ok(Self { tx, max_messages })
     }
 }

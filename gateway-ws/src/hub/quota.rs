@@ -36,9 +36,12 @@ pub struct UserQuota {
 /// that cannot keep up costs memory only up to the bound.
 #[derive(Debug, Default)]
 pub struct Journal {
-    waiting: Mutex<Vec<(u32, Arc<str>, u8, u64)>>,
+    waiting: Mutex<Vec<Charged>>,
     lost: std::sync::atomic::AtomicU64,
 }
+
+/// One journaled charge: (UTC day, user, log, seq).
+pub type Charged = (u32, Arc<str>, u8, u64);
 
 /// Charges waiting for the store at most (about 40 MB).
 pub const JOURNAL_MAX: usize = 1_000_000;
@@ -54,7 +57,7 @@ impl Journal {
     }
 
     /// Takes every waiting charge.
-    pub fn take(&self) -> Vec<(u32, Arc<str>, u8, u64)> {
+    pub fn take(&self) -> Vec<Charged> {
         std::mem::take(&mut *self.waiting.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
