@@ -62,10 +62,7 @@ pub async fn run(signals: u64, batch: usize) -> anyhow::Result<()> {
         next += Duration::from_millis(1);
         let sent = Instant::now();
         p.send_signal(&signal(&template, run, base + i)).await?;
-        let want = p.last_seq();
-        while p.acked() < want {
-            tokio::task::yield_now().await;
-        }
+        p.flush().await?; // returns once the engine has acknowledged it
         lat.push(sent.elapsed());
         if let Some(wait) = next.checked_duration_since(Instant::now()) {
             tokio::time::sleep(wait).await;

@@ -98,7 +98,7 @@ impl Engine {
         }
         if let Some(durable) = options.durable {
             (durable.restore)(&mut stage)?;
-            stage = stage.with_archive(durable.archive);
+            stage = stage.with_archive_thread(durable.archive)?;
         }
         spawn_stage(stage, rx)?;
         Ok(Self { ingest: tx, channels, ticks, producers, stats, policy, config, history: options.history })

@@ -528,7 +528,8 @@ async fn kafka_options(
 const QUOTA_FLUSH: Duration = Duration::from_secs(1);
 
 /// Reads today's quota charges back into `quotas` and starts the thread that writes new
-/// ones to the store every [`QUOTA_FLUSH`] (and once more when `stop` is set).
+/// ones to the store every [`QUOTA_FLUSH`] (and once more when `stop` is set), and
+/// checkpoints the store's write-ahead log as often.
 fn quota_writer(
     config: &Config,
     quotas: &crate::hub::QuotaBook,
@@ -549,6 +550,10 @@ fn quota_writer(
         let today = crate::hub::quota::utc_day(engine::model::UnixNanos::now().0);
         if let Err(e) = side.charge(&rows, today.saturating_sub(1)) {
             tracing::warn!(error = %e, charges = rows.len(), "quota charges could not be stored");
+        }
+        // The pipeline's writer leaves checkpoints to this thread.
+        if let Err(e) = side.checkpoint() {
+            tracing::warn!(error = %e, "the signal store's checkpoint failed");
         }
     };
     std::thread::Builder::new()

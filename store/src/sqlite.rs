@@ -133,8 +133,14 @@ impl SqliteStore {
                 reason: format!("write-ahead logging unavailable (journal mode {mode})"),
             });
         }
-        conn.execute_batch(&format!("PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON;"))
-            .map_err(|e| write_error(e, &path))?;
+        // Checkpoints are not the writer's: `checkpoint` runs them from another thread
+        // (the WAL would otherwise be copied into the database inside a commit, on the
+        // pipeline's thread, every 4 MiB). The writer still checkpoints past 64 MiB of
+        // log, for users of the store that run none.
+        conn.execute_batch(&format!(
+            "PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 16384;"
+        ))
+        .map_err(|e| write_error(e, &path))?;
         let mut store = Self { conn, path, _lock: Some(lock) };
         store.migrate()?;
         if settings.max_bytes > 0 {
@@ -226,6 +232,15 @@ impl SqliteStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Copies the write-ahead log into the database where no reader needs it (a passive
+    /// checkpoint: never waits for readers or the writer), so that the log stays short.
+    /// Run it from a connection beside the writer, about once a second.
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        let _: (i64, i64, i64) =
+            self.conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(())
+    }
+
     /// Signals stored.
     pub fn count(&self) -> Result<u64, StoreError> {
         let n: i64 = self.conn.query_row("SELECT COUNT(*) FROM trading_signals", [], |r| r.get(0))?;
@@ -276,17 +291,17 @@ impl SqliteStore {
                 )
                 .map_err(|e| write_error(e, &path))?;
             let mut channel = tx
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO signal_channels (tier, seq, pos)
-                     SELECT ?1, ?2, pos FROM trading_signals WHERE id = ?3",
-                )
+                .prepare_cached("INSERT OR IGNORE INTO signal_channels (tier, seq, pos) VALUES (?1, ?2, ?3)")
+                .map_err(|e| write_error(e, &path))?;
+            let mut pos_of = tx
+                .prepare_cached("SELECT pos FROM trading_signals WHERE id = ?1")
                 .map_err(|e| write_error(e, &path))?;
             let created = UnixNanos::now().0;
             for r in batch {
                 let s = &r.signal;
                 let id = s.id.hyphenated().to_string();
                 let analysis = s.analysis.as_ref().map(|a| a.as_str().to_owned());
-                added += insert
+                let new = insert
                     .execute(params![
                         id,
                         s.source_id.hyphenated().to_string(),
@@ -311,8 +326,16 @@ impl SqliteStore {
                         r.data,
                     ])
                     .map_err(|e| write_error(e, &path))?;
+                added += new;
+                // A new row's pos is the one just inserted; a stored id's is looked up
+                // (an append repeated by an archiver, a signal reaching another channel).
+                let pos: i64 = if new == 1 {
+                    tx.last_insert_rowid()
+                } else {
+                    pos_of.query_row([&id], |row| row.get(0)).map_err(|e| write_error(e, &path))?
+                };
                 for (tier, seq) in &r.channels {
-                    channel.execute(params![tier.index(), seq, id]).map_err(|e| write_error(e, &path))?;
+                    channel.execute(params![tier.index(), seq, pos]).map_err(|e| write_error(e, &path))?;
                 }
             }
         }

@@ -14,6 +14,7 @@
 //! The stage is sans-IO: it is handed items and the time, which makes it testable
 //! deterministically. [`spawn_stage`] runs it on its own thread.
 
+mod commit;
 pub mod encode;
 
 mod dedup;
@@ -197,7 +198,7 @@ pub type IngestSender = mpsc::Sender<IngestItem>;
 
 /// Items the stage takes from the queue at once; its acks and the channel bell are
 /// per batch.
-const BATCH: usize = 256;
+const BATCH: usize = 1024;
 
 /// Runs `stage` on a thread of its own until every [`IngestSender`] is gone.
 ///
@@ -216,18 +217,28 @@ pub fn spawn_stage(
             .map_err(|e| format!("cannot start the pipeline stage runtime: {e}"))?;
         rt.block_on(async move {
             let mut batch = Vec::with_capacity(BATCH);
+            let stored = stage.commit_waker();
             loop {
                 let wait = stage
                     .next_release()
-                    .map(|at| Duration::from_nanos(at.0.saturating_sub(UnixNanos::now().0).max(0) as u64));
-                let received = match wait {
-                    Some(d) => tokio::select! {
-                        n = rx.recv_many(&mut batch, BATCH) => Some(n),
-                        () = tokio::time::sleep(d) => None,
-                    },
-                    None => Some(rx.recv_many(&mut batch, BATCH).await),
+                    .map(|at| Duration::from_nanos(at.0.saturating_sub(UnixNanos::now().0).max(0) as u64))
+                    .unwrap_or(Duration::from_secs(3600));
+                let received = tokio::select! {
+                    n = rx.recv_many(&mut batch, BATCH) => Some(n),
+                    () = tokio::time::sleep(wait) => None,
+                    () = async {
+                        match &stored {
+                            Some(n) => n.notified().await,
+                            None => std::future::pending().await,
+                        }
+                    } => {
+                        // A batch is stored: let it out now, not with the next one.
+                        stage.poll_committed();
+                        continue;
+                    }
                 };
                 if received == Some(0) {
+                    stage.wait_committed();
                     break; // every sender is gone
                 }
                 for item in batch.drain(..) {

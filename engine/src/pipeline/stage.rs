@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use super::dedup::{ProducerSeqs, RecentIds};
 use super::delay::DelayLine;
+use super::commit::{self, Committer, Staged};
 use super::{
     Archive, Archived, Done, DropReason, IngestItem, Origin, Outcome, PipelineStats, Publish, Routed,
     RoutedItem, SignalItem, encode, enrich, filter, route,
@@ -17,6 +18,16 @@ use crate::ticks::{TickUpdate, TickWriter};
 
 /// A signal waiting for the archive's commit: its data once, and the channels it takes.
 type Held = (Vec<u8>, Vec<(Tier, MessageMeta)>);
+
+/// A batch routed and not yet let out: its messages wait for the archive's commit, and
+/// so do its acknowledgements (producer slot, seq) and [`Done`] callbacks.
+#[derive(Debug, Default)]
+struct Batch {
+    held: Vec<Held>,
+    per_tier: [u64; 4],
+    acks: Vec<(u32, u64)>,
+    done: Vec<Done>,
+}
 
 /// De-duplicate, filter, enrich, route, encode, append; see the module docs of
 /// [`crate::pipeline`].
@@ -47,8 +58,16 @@ pub struct Stage {
     /// Where routed signals are made durable before they enter the channel logs, and
     /// what waits for the commit: (tier, message meta, data) per channel.
     archive: Option<Box<dyn Archive>>,
+    /// Or the archive on a thread of its own (see [`super::commit`]), with what the
+    /// current batch stages for it and the batch it is writing.
+    committer: Option<Committer>,
+    staged: Vec<Staged>,
+    in_flight: Option<Batch>,
+    /// The current batch's held messages, and their count per tier.
     held: Vec<Held>,
-    /// Messages held per tier: the next seq of a tier is its head plus these plus one.
+    batch_per_tier: [u64; 4],
+    /// Messages held per tier, in flight included: the next seq of a tier is its head
+    /// plus these plus one.
     held_per_tier: [u64; 4],
     /// Callbacks to run once this batch is routed (and durable).
     done: Vec<Done>,
@@ -83,7 +102,11 @@ impl Stage {
             appended: false,
             sink: None,
             archive: None,
+            committer: None,
+            staged: Vec::new(),
+            in_flight: None,
             held: Vec::new(),
+            batch_per_tier: [0; 4],
             held_per_tier: [0; 4],
             done: Vec::new(),
             policy,
@@ -102,11 +125,56 @@ impl Stage {
     }
 
     /// Makes routed signals durable in `archive` before they enter the channel logs and
-    /// before their producers are acknowledged ([`Archive`]).
+    /// before their producers are acknowledged ([`Archive`]). The commit runs on the
+    /// stage's thread, at the end of each batch (deterministic: what tests drive).
     #[must_use]
     pub fn with_archive(mut self, archive: Box<dyn Archive>) -> Self {
         self.archive = Some(archive);
         self
+    }
+
+    /// [`Stage::with_archive`] with the archive on a thread of its own: a batch is
+    /// written while the next one is routed ([`super::commit`]). What a node runs.
+    pub fn with_archive_thread(mut self, archive: Box<dyn Archive>) -> std::io::Result<Self> {
+        self.committer = Some(Committer::start(archive, Arc::clone(&self.stats))?);
+        Ok(self)
+    }
+
+    /// Woken when the archive's thread has stored a batch; the stage's loop then calls
+    /// [`Stage::poll_committed`].
+    pub fn commit_waker(&self) -> Option<Arc<tokio::sync::Notify>> {
+        self.committer.as_ref().map(Committer::waker)
+    }
+
+    /// Lets out the batch in flight if the archive's thread has stored it.
+    pub fn poll_committed(&mut self) {
+        let Some(c) = &self.committer else { return };
+        if self.in_flight.is_none() {
+            return;
+        }
+        match c.is_done() {
+            Ok(false) => {}
+            Ok(true) => {
+                if let Some(b) = self.in_flight.take() {
+                    self.let_out(b);
+                }
+            }
+            // The store's thread died: the process is ending (a critical thread).
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Waits for the batch in flight and lets it out (before handing over the next, and
+    /// when the stage stops).
+    pub fn wait_committed(&mut self) {
+        let Some(b) = self.in_flight.take() else { return };
+        if let Some(c) = &self.committer
+            && let Err(e) = c.wait()
+        {
+            // The store's thread died: the process is ending (a critical thread).
+            panic!("{e}");
+        }
+        self.let_out(b);
     }
 
     /// Puts back message `meta.seq` of `signals_<tier>` from the store, before anything
@@ -198,7 +266,7 @@ impl Stage {
         }
         self.data.clear();
         encode::signal_data(&mut self.data, s, market.as_ref(), item.ingest_ts, now, item.sent_ts);
-        if self.archive.is_some() {
+        if self.archive.is_some() || self.committer.is_some() {
             self.hold(item, market.as_ref(), tiers, now);
             return Outcome::Routed;
         }
@@ -242,6 +310,7 @@ impl Stage {
         for tier in Tier::ALL.into_iter().filter(|t| tiers & 1 << t.index() != 0) {
             self.stats.routed_to(tier);
             self.held_per_tier[tier.index()] += 1;
+            self.batch_per_tier[tier.index()] += 1;
             let seq = self.channels.live(tier).head() + self.held_per_tier[tier.index()];
             let meta = MessageMeta {
                 seq,
@@ -261,6 +330,19 @@ impl Stage {
         };
         let producer = producer.as_ref().map(|p| p.id.as_str());
         let producer = producer.or(item.verdict.as_ref().map(|v| &*v.producer));
+        if self.committer.is_some() {
+            self.staged.push(Staged {
+                signal: item.signal.clone(),
+                producer: producer.map(str::to_owned),
+                data: self.data.clone(),
+                market: market.copied(),
+                ingest_ts: item.ingest_ts,
+                routed_ts: now,
+                channels,
+                n,
+            });
+            return;
+        }
         let Some(archive) = self.archive.as_mut() else { return };
         archive.stage(&Archived {
             signal: &item.signal,
@@ -273,26 +355,28 @@ impl Stage {
         });
     }
 
-    /// Commits the archive's batch, retrying with a growing pause while it fails (a full
-    /// or read-only disk): nothing is routed or acknowledged meanwhile, so the ingest
-    /// queue fills and producers are slowed. Then the held messages enter the logs.
-    fn commit_archive(&mut self) {
-        let Some(archive) = self.archive.as_mut() else { return };
-        let mut pause = std::time::Duration::from_millis(10);
-        while let Err(e) = archive.commit() {
-            self.stats.store_failed();
-            self.stats.set_store_stalled(true);
-            tracing::error!(error = %e, "the signal store cannot commit; nothing is acknowledged until it can");
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(std::time::Duration::from_secs(1));
-        }
-        self.stats.set_store_stalled(false);
-        self.held_per_tier = [0; 4];
-        for (data, metas) in std::mem::take(&mut self.held) {
+    /// Lets a batch out: its messages enter the logs (and delay lines), its producers
+    /// are acknowledged, its callbacks run, and the channel bell rings.
+    fn let_out(&mut self, b: Batch) {
+        for (data, metas) in b.held {
             self.data = data;
             for (tier, meta) in metas {
                 self.append(tier, &meta);
             }
+        }
+        for (held, n) in self.held_per_tier.iter_mut().zip(b.per_tier) {
+            *held -= n;
+        }
+        for (index, seq) in b.acks {
+            if let Some(slot) = self.slot(index) {
+                slot.set_acked(seq);
+            }
+        }
+        for d in b.done {
+            (d.0)();
+        }
+        if std::mem::take(&mut self.appended) {
+            self.channels.notify();
         }
     }
 
@@ -355,29 +439,46 @@ impl Stage {
         self.delays.iter().flatten().filter_map(DelayLine::next_release).min()
     }
 
-    /// Ends a batch: makes the sink durable, acknowledges producers, runs [`Done`]
-    /// callbacks and rings the channel bell once.
+    /// Ends a batch: makes the sink or the archive durable, then acknowledges
+    /// producers, runs [`Done`] callbacks and rings the channel bell once. With the
+    /// archive on its own thread, the batch is handed over and let out when stored
+    /// ([`Stage::poll_committed`]), once the one before it is.
     pub fn finish_batch(&mut self) {
         if let Some(sink) = &mut self.sink {
             sink.flush();
         }
-        self.commit_archive();
-        self.touched.sort_unstable();
-        self.touched.dedup();
-        for i in 0..self.touched.len() {
-            let index = self.touched[i];
-            let seq = self.seqs.last(index);
-            if let Some(slot) = self.slot(index) {
-                slot.set_acked(seq);
-            }
+        let mut touched = std::mem::take(&mut self.touched);
+        touched.sort_unstable();
+        touched.dedup();
+        let acks = touched.iter().map(|&i| (i, self.seqs.last(i))).collect();
+        touched.clear();
+        self.touched = touched;
+        let batch = Batch {
+            held: std::mem::take(&mut self.held),
+            per_tier: std::mem::take(&mut self.batch_per_tier),
+            acks,
+            done: std::mem::take(&mut self.done),
+        };
+        if let Some(archive) = self.archive.as_mut() {
+            commit::commit(archive.as_mut(), &self.stats);
+            return self.let_out(batch);
         }
-        self.touched.clear();
-        for d in self.done.drain(..) {
-            (d.0)();
+        if self.committer.is_none() {
+            return self.let_out(batch);
         }
-        if std::mem::take(&mut self.appended) {
-            self.channels.notify();
+        // Acknowledgements are cumulative: this batch waits for the one before it.
+        self.wait_committed();
+        let staged = std::mem::take(&mut self.staged);
+        if staged.is_empty() {
+            return self.let_out(batch);
         }
+        if let Some(c) = &self.committer
+            && let Err(e) = c.submit(staged)
+        {
+            // The store's thread died: the process is ending (a critical thread).
+            panic!("{e}");
+        }
+        self.in_flight = Some(batch);
     }
 
     fn slot(&mut self, index: u32) -> Option<Arc<ProducerSlot>> {
