@@ -168,15 +168,23 @@ impl Server {
         if target == Target::SignalcastKafka {
             return Self::start_scaled_out(&exe).await;
         }
+        let mut data = None;
         let (endpoint, publish, child, pid) = match target {
             Target::Signalcast | Target::Reference => {
                 let (ws, publish) = (free_port()?, free_port()?);
                 let sub = if target == Target::Signalcast { "serve-signalcast" } else { "serve-reference" };
-                let child = Command::new(exe)
-                    .args([sub, "--ws", &local(ws).to_string(), "--publish", &local(publish).to_string()])
-                    .stdout(std::process::Stdio::null())
-                    .kill_on_drop(true)
-                    .spawn()?;
+                let mut cmd = Command::new(exe);
+                cmd.args([sub, "--ws", &local(ws).to_string(), "--publish", &local(publish).to_string()]);
+                if target == Target::Signalcast && std::env::var_os("SIGNALCAST_STORE__DATA_DIR").is_none() {
+                    // The server's signal store, removed with the server (a run of a
+                    // million signals leaves gigabytes).
+                    let dir = std::env::temp_dir()
+                        .join(format!("signalcast-bench-data-{}-{ws}", std::process::id()));
+                    let _ = std::fs::remove_dir_all(&dir);
+                    cmd.env("SIGNALCAST_STORE__DATA_DIR", &dir);
+                    data = Some(TempDir(dir));
+                }
+                let child = cmd.stdout(std::process::Stdio::null()).kill_on_drop(true).spawn()?;
                 let pid = child.id().context("child pid")?;
                 wait_port(local(ws)).await?;
                 wait_port(local(publish)).await?;
@@ -207,7 +215,7 @@ impl Server {
                 (Endpoint { target, addr: local(ws), path }, local(publish), None, pid)
             }
         };
-        Ok(Self { target, endpoint, publish, pid, child, helpers: Vec::new(), _dir: None })
+        Ok(Self { target, endpoint, publish, pid, child, helpers: Vec::new(), _dir: data })
     }
 
     /// A broker, an engine node and a gateway node; clients on the gateway, the

@@ -108,9 +108,13 @@ impl Role {
 }
 
 /// Where a single node keeps every routed signal (docs/configuration.md, `[store]`).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
+    /// Keep the store (a single node). Off: channels live in memory only, a restart
+    /// starts new epochs (`recovered: false`), and ACKs mean "routed", not "stored"; for
+    /// measuring what the store costs, not for production.
+    pub enabled: bool,
     /// The data directory (`signals.db` and its lock); relative paths are taken from the
     /// working directory. One process per directory.
     pub data_dir: PathBuf,
@@ -122,16 +126,39 @@ pub struct StoreConfig {
     /// The most the store may grow to, in MiB (0: as far as the disk allows). Past it
     /// the node behaves as on a full disk: nothing more is routed or acknowledged.
     pub max_size_mb: u64,
+    /// Scale-out gateways: the PostgreSQL signal store (`signalcast archive` fills it)
+    /// that history is read from, with credentials that may only read.
+    pub database_url: Option<String>,
+    /// Verify the database server's certificate against this CA file (PEM).
+    pub database_ca_file: Option<PathBuf>,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
+            enabled: true,
             data_dir: PathBuf::from("signalcast-data"),
             fsync: Fsync::Full,
             retention_days: 30,
             max_size_mb: 0,
+            database_url: None,
+            database_ca_file: None,
         }
+    }
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("enabled", &self.enabled)
+            .field("data_dir", &self.data_dir)
+            .field("fsync", &self.fsync)
+            .field("retention_days", &self.retention_days)
+            .field("max_size_mb", &self.max_size_mb)
+            // The URL may hold a password.
+            .field("database_url", &self.database_url.as_ref().map(|_| "<redacted>"))
+            .field("database_ca_file", &self.database_ca_file)
+            .finish()
     }
 }
 

@@ -60,7 +60,7 @@ impl Plan {
             clients: role != Role::Engine,
             kafka,
             sidecar,
-            store: role == Role::All,
+            store: role == Role::All && config.store.enabled,
             demo: config.demo.enabled && !sidecar && role == Role::All,
         })
     }

@@ -31,8 +31,9 @@ use crate::{demo, http, tls};
 #[derive(Debug)]
 pub struct App {
     pub engine: Arc<Engine>,
-    /// Readers of the signal store (history), on a node that keeps one.
-    pub store: Option<Arc<store::Readers>>,
+    /// Where history is read from: the node's own store, or (scale-out gateways) the
+    /// PostgreSQL store the archiver fills.
+    pub store: Option<crate::api::signals::HistorySource>,
     /// History reads at once.
     pub store_reads: tokio::sync::Semaphore,
     /// Per-user and per-producer rates of the HTTP API.
@@ -253,6 +254,11 @@ pub async fn start_on(
     };
     let tls = config.tls.as_ref().map(|t| tls::acceptor(&t.cert, &t.key)).transpose()?;
     let dev_auth = Arc::new(dev_auth(&config)?);
+    // Rights changes from the accounts feed go to the hub, which starts after auth.
+    // Checked before the store is opened: a link that cannot be made (no CA file, plain
+    // HTTP beyond loopback) stops the start before the data directory is locked.
+    let rights: Arc<OnceLock<RightsSender>> = Arc::new(OnceLock::new());
+    let (auth, sidecar) = start_auth(&config, &dev_auth, &rights)?;
     let kafka_stats = Arc::new(KafkaStats::default());
     let mut options = kafka_options(&config, plan, &kafka_stats).await?;
     let (durable, store_path) = match plan.store {
@@ -272,9 +278,6 @@ pub async fn start_on(
 
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
-    // Rights changes from the accounts feed go to the hub, which starts after auth.
-    let rights: Arc<OnceLock<RightsSender>> = Arc::new(OnceLock::new());
-    let (auth, sidecar) = start_auth(&config, &dev_auth, &rights)?;
     let feed_stats = match feed_addr {
         Some(_) => {
             let feed_tls = tls.as_ref().filter(|_| config.tls.as_ref().is_some_and(|t| t.feed));
@@ -310,7 +313,7 @@ pub async fn start_on(
     }
     let app = Arc::new(App {
         engine: Arc::clone(&engine),
-        store: store_path.as_ref().map(|_| Arc::new(store::Readers::new(config.store.data_dir.clone()))),
+        store: history_source(&config, plan, store_path.is_some()).await?,
         store_reads: tokio::sync::Semaphore::new(crate::api::signals::READS_AT_ONCE),
         api_rates: crate::api::rate::RateLimits::default(),
         ingest: match plan.feed {
@@ -522,6 +525,26 @@ async fn kafka_options(
         }
     }
     Ok(options)
+}
+
+/// Where the node's history comes from (docs/history.md).
+async fn history_source(
+    config: &Config,
+    plan: Plan,
+    own_store: bool,
+) -> Result<Option<crate::api::signals::HistorySource>, StartError> {
+    use crate::api::signals::HistorySource;
+    if own_store {
+        return Ok(Some(HistorySource::Sqlite(Arc::new(store::Readers::new(config.store.data_dir.clone())))));
+    }
+    match (&config.store.database_url, plan.clients) {
+        (Some(url), true) => {
+            let pg = store::PgStore::connect_reader(url, config.store.database_ca_file.as_deref()).await?;
+            tracing::info!("history is read from the PostgreSQL signal store");
+            Ok(Some(HistorySource::Postgres(pg)))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// How often quota charges are written to the store: the most a crash leaves uncounted.

@@ -131,6 +131,14 @@ fn kubernetes_manifests_parse_and_fit_together() {
                 continue;
             }
             let args = strings(&c["args"]);
+            if args.first() == Some(&"archive") {
+                // `signalcast archive`: its database from a secret, [kafka] from the file.
+                let env: BTreeSet<&str> =
+                    c["env"].as_vec().unwrap().iter().map(|e| s(&e["name"], "env name")).collect();
+                assert!(env.contains("SIGNALCAST_ARCHIVE_DATABASE_URL") && env.contains("SIGNALCAST_CONFIG"));
+                roles.insert("archive".to_owned());
+                continue;
+            }
             check_serve_args(&args);
             roles.insert(args[args.iter().position(|a| *a == "--role").unwrap() + 1].to_owned());
             for e in c["env"].as_vec().into_iter().flatten() {
@@ -144,7 +152,7 @@ fn kubernetes_manifests_parse_and_fit_together() {
         }
         pods.insert(name, (pod_labels, ports));
     }
-    assert_eq!(roles, BTreeSet::from(["engine".to_owned(), "gateway".to_owned()]));
+    assert_eq!(roles, BTreeSet::from(["archive".to_owned(), "engine".to_owned(), "gateway".to_owned()]));
 
     // NetworkPolicies: the sidecar's port and the feed are fenced off, each policy
     // selecting the pods of a Deployment here (or PostgreSQL, which runs elsewhere).

@@ -241,6 +241,7 @@ impl Node {
         let feed = format!("127.0.0.1:{}", free_port());
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_signalcast"));
         cmd.args(["serve", "--role", role, "--kafka-brokers", &broker.addr])
+            .env("SIGNALCAST_STORE__DATA_DIR", common::data_dir())
             .env("SIGNALCAST_LISTEN", http.to_string())
             .env("SIGNALCAST_FEED_LISTEN", &feed)
             .env("SIGNALCAST_DEMO__ENABLED", "false")

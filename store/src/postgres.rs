@@ -96,6 +96,23 @@ impl PgStore {
         ca_file: Option<&Path>,
         pool_size: usize,
     ) -> Result<Self, StoreError> {
+        let store = Self::pool(url, ca_file, pool_size)?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// A store that only reads (a gateway's history), with credentials that may only
+    /// read: no migration is attempted; the first query fails clearly if the schema is
+    /// not there yet (the archiver creates it).
+    pub async fn connect_reader(url: &str, ca_file: Option<&Path>) -> Result<Self, StoreError> {
+        let store = Self::pool(url, ca_file, DEFAULT_POOL_SIZE)?;
+        // One round trip now, so that a wrong URL or password stops the start.
+        let client = store.pool.get().await.map_err(|e| StoreError::Settings(e.to_string()))?;
+        client.query_one("SELECT 1", &[]).await?;
+        Ok(store)
+    }
+
+    fn pool(url: &str, ca_file: Option<&Path>, pool_size: usize) -> Result<Self, StoreError> {
         let mut config: tokio_postgres::Config =
             url.parse().map_err(|e| StoreError::Settings(format!("invalid database url: {e}")))?;
         // Fast recycling: pooled connections hold no session state worth resetting.
@@ -115,9 +132,7 @@ impl PgStore {
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::Settings(e.to_string()))?;
-        let store = Self { pool };
-        store.migrate().await?;
-        Ok(store)
+        Ok(Self { pool })
     }
 
     /// Applies the migrations that are not applied yet; returns how many were.

@@ -19,6 +19,16 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/V3__quota.sql"),
 ];
 
+/// The column of `tier`'s seq in `trading_signals`.
+fn seq_column(tier: Tier) -> &'static str {
+    match tier {
+        Tier::Free => "seq_free",
+        Tier::Basic => "seq_basic",
+        Tier::Premium => "seq_premium",
+        Tier::Enterprise => "seq_enterprise",
+    }
+}
+
 /// One quota charge: `user` was charged for message `seq` of log `log` on UTC `day`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Charge {
@@ -138,7 +148,7 @@ impl SqliteStore {
         // pipeline's thread, every 4 MiB). The writer still checkpoints past 64 MiB of
         // log, for users of the store that run none.
         conn.execute_batch(&format!(
-            "PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 16384;"
+            "PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 16384; PRAGMA cache_size = -65536;"
         ))
         .map_err(|e| write_error(e, &path))?;
         let mut store = Self { conn, path, _lock: Some(lock) };
@@ -169,12 +179,17 @@ impl SqliteStore {
         let path = self.path.clone();
         let err = |e| write_error(e, &path);
         let tx = self.conn.transaction().map_err(err)?;
-        tx.execute(
-            "UPDATE channel_epochs SET pruned_head = MAX(pruned_head,
-                 COALESCE((SELECT MAX(seq) FROM signal_channels c WHERE c.tier = channel_epochs.tier), 0))",
-            [],
-        )
-        .map_err(err)?;
+        for tier in Tier::ALL {
+            let col = seq_column(tier);
+            tx.execute(
+                &format!(
+                    "UPDATE channel_epochs SET pruned_head = MAX(pruned_head,
+                     COALESCE((SELECT MAX({col}) FROM trading_signals), 0)) WHERE tier = ?1"
+                ),
+                [tier.index()],
+            )
+            .map_err(err)?;
+        }
         let oldest = "SELECT pos FROM trading_signals WHERE routed_ts < ?1 ORDER BY routed_ts, pos LIMIT ?2";
         let args = params![before.0, max_rows as i64];
         tx.execute(
@@ -185,7 +200,6 @@ impl SqliteStore {
             args,
         )
         .map_err(err)?;
-        tx.execute(&format!("DELETE FROM signal_channels WHERE pos IN ({oldest})"), args).map_err(err)?;
         let gone =
             tx.execute(&format!("DELETE FROM trading_signals WHERE pos IN ({oldest})"), args).map_err(err)?;
         tx.commit().map_err(err)?;
@@ -236,8 +250,9 @@ impl SqliteStore {
     /// checkpoint: never waits for readers or the writer), so that the log stays short.
     /// Run it from a connection beside the writer, about once a second.
     pub fn checkpoint(&self) -> Result<(), StoreError> {
-        let _: (i64, i64, i64) =
-            self.conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        let _: (i64, i64, i64) = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         Ok(())
     }
 
@@ -284,23 +299,29 @@ impl SqliteStore {
                 .prepare_cached(
                     "INSERT OR IGNORE INTO trading_signals (id, source_id, source_type, producer_id, symbol,
                      exchange, category, signal_type, entry_price, target_price, stop_loss,
-                     quantity_recommended, confidence_level, generated_at, expires_at, analysis_data,
-                     market_conditions, ingest_ts, routed_ts, created_at, data)
+                     quantity_recommended, confidence_level, generated_at, expires_at, ingest_ts,
+                     routed_ts, created_at, data, seq_free, seq_basic, seq_premium, seq_enterprise)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                     ?18, ?19, ?20, ?21)",
+                     ?18, ?19, ?20, ?21, ?22, ?23)",
                 )
                 .map_err(|e| write_error(e, &path))?;
-            let mut channel = tx
-                .prepare_cached("INSERT OR IGNORE INTO signal_channels (tier, seq, pos) VALUES (?1, ?2, ?3)")
-                .map_err(|e| write_error(e, &path))?;
-            let mut pos_of = tx
-                .prepare_cached("SELECT pos FROM trading_signals WHERE id = ?1")
+            // A stored id gets the channels it did not have (an archiver's append of the
+            // same signal from another tier's topic); a seq it has stays.
+            let mut more = tx
+                .prepare_cached(
+                    "UPDATE trading_signals SET seq_free = COALESCE(seq_free, ?2),
+                     seq_basic = COALESCE(seq_basic, ?3), seq_premium = COALESCE(seq_premium, ?4),
+                     seq_enterprise = COALESCE(seq_enterprise, ?5) WHERE id = ?1",
+                )
                 .map_err(|e| write_error(e, &path))?;
             let created = UnixNanos::now().0;
             for r in batch {
                 let s = &r.signal;
                 let id = s.id.hyphenated().to_string();
-                let analysis = s.analysis.as_ref().map(|a| a.as_str().to_owned());
+                let mut seqs: [Option<i64>; 4] = [None; 4];
+                for (tier, seq) in &r.channels {
+                    seqs[tier.index()] = Some(*seq as i64);
+                }
                 let new = insert
                     .execute(params![
                         id,
@@ -318,24 +339,20 @@ impl SqliteStore {
                         s.confidence.hundredths(),
                         s.generated_at.0,
                         s.expires_at.0,
-                        analysis,
-                        r.market,
                         r.ingest_ts.0,
                         r.routed_ts.0,
                         created,
                         r.data,
+                        seqs[0],
+                        seqs[1],
+                        seqs[2],
+                        seqs[3],
                     ])
                     .map_err(|e| write_error(e, &path))?;
                 added += new;
-                // A new row's pos is the one just inserted; a stored id's is looked up
-                // (an append repeated by an archiver, a signal reaching another channel).
-                let pos: i64 = if new == 1 {
-                    tx.last_insert_rowid()
-                } else {
-                    pos_of.query_row([&id], |row| row.get(0)).map_err(|e| write_error(e, &path))?
-                };
-                for (tier, seq) in &r.channels {
-                    channel.execute(params![tier.index(), seq, pos]).map_err(|e| write_error(e, &path))?;
+                if new == 0 && !r.channels.is_empty() {
+                    more.execute(params![id, seqs[0], seqs[1], seqs[2], seqs[3]])
+                        .map_err(|e| write_error(e, &path))?;
                 }
             }
         }
@@ -366,9 +383,12 @@ impl SqliteStore {
 
     /// The highest seq `tier` has given (0 if none), pruned messages included.
     pub fn head(&self, tier: Tier) -> Result<u64, StoreError> {
+        let col = seq_column(tier);
         let head: Option<i64> = self.conn.query_row(
-            "SELECT MAX(COALESCE((SELECT MAX(seq) FROM signal_channels WHERE tier = ?1), 0),
-                        COALESCE((SELECT pruned_head FROM channel_epochs WHERE tier = ?1), 0))",
+            &format!(
+                "SELECT MAX(COALESCE((SELECT MAX({col}) FROM trading_signals), 0),
+                            COALESCE((SELECT pruned_head FROM channel_epochs WHERE tier = ?1), 0))"
+            ),
             [tier.index()],
             |r| r.get(0),
         )?;
@@ -378,12 +398,12 @@ impl SqliteStore {
     /// Up to `limit` messages of `tier` with seq above `after`, in seq order. What a ring
     /// is rebuilt from, and a resume from before the ring is served from.
     pub fn after(&self, tier: Tier, after: u64, limit: usize) -> Result<Vec<Stored>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT c.seq, s.data, s.routed_ts, s.ingest_ts, s.category, s.id
-             FROM signal_channels c JOIN trading_signals s ON s.pos = c.pos
-             WHERE c.tier = ?1 AND c.seq > ?2 ORDER BY c.seq LIMIT ?3",
-        )?;
-        let rows = stmt.query_map(params![tier.index(), after as i64, limit as i64], |r| {
+        let col = seq_column(tier);
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {col}, data, routed_ts, ingest_ts, category, id FROM trading_signals
+             WHERE {col} > ?1 ORDER BY {col} LIMIT ?2"
+        ))?;
+        let rows = stmt.query_map(params![after as i64, limit as i64], |r| {
             Ok((
                 r.get::<_, i64>(0)?,
                 r.get::<_, String>(1)?,
@@ -425,7 +445,8 @@ impl SqliteStore {
         // An item is the signal's latest form: its last event (an outcome) or as routed.
         let mut sql = String::from(
             "SELECT s.pos, s.routed_ts, COALESCE((SELECT e.data FROM signal_events e
-                 WHERE e.signal_id = s.id ORDER BY e.event_pos DESC LIMIT 1), s.data)
+                 WHERE e.signal_id = s.id ORDER BY e.event_pos DESC LIMIT 1), s.data),
+                 s.seq_free, s.seq_basic, s.seq_premium, s.seq_enterprise
              FROM trading_signals s WHERE 1 = 1",
         );
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
@@ -434,11 +455,10 @@ impl SqliteStore {
             sql.push_str(&clause.replace('?', &format!("?{}", args.len())));
         };
         if let Some(t) = q.tier {
-            arg(
-                &mut sql,
-                " AND EXISTS (SELECT 1 FROM signal_channels c WHERE c.pos = s.pos AND c.tier <= ?)",
-                (t.index() as i64).into(),
-            );
+            // Entered a channel up to the caller's tier.
+            let cols: Vec<String> =
+                Tier::ALL[..=t.index()].iter().map(|t| format!("s.{} IS NOT NULL", seq_column(*t))).collect();
+            sql.push_str(&format!(" AND ({})", cols.join(" OR ")));
         }
         if !q.categories.is_empty() && q.categories.len() < Category::ALL.len() {
             sql.push_str(" AND s.category IN (");
@@ -489,25 +509,29 @@ impl SqliteStore {
         let limit = q.limit.max(1);
         arg(&mut sql, " ORDER BY s.routed_ts DESC, s.pos DESC LIMIT ?", (limit as i64 + 1).into());
         let mut stmt = self.conn.prepare_cached(&sql)?;
-        let mut rows: Vec<(i64, i64, String)> = stmt
-            .query_map(params_from_iter(args.iter()), |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        type Row = (i64, i64, String, [Option<i64>; 4]);
+        let mut rows: Vec<Row> = stmt
+            .query_map(params_from_iter(args.iter()), |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, [r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?]))
+            })?
             .collect::<Result<_, _>>()?;
         let more = rows.len() > limit;
         rows.truncate(limit);
-        let mut channels =
-            self.conn.prepare_cached("SELECT tier, seq FROM signal_channels WHERE pos = ?1 ORDER BY tier")?;
-        let mut items = Vec::with_capacity(rows.len());
-        for (pos, routed, data) in &rows {
-            let seqs = channels
-                .query_map([pos], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)? as u64)))?
-                .filter_map(|r| r.ok())
-                .filter_map(|(t, seq)| Tier::ALL.get(t as usize).map(|t| (*t, seq)))
-                .filter(|(t, _)| q.tier.is_none_or(|max| *t <= max))
-                .collect();
-            items.push(Item { data: data.clone(), routed_ts: UnixNanos(*routed), channels: seqs });
-        }
         let next =
-            rows.last().filter(|_| more).map(|(pos, routed, _)| Cursor { routed_ts: *routed, pos: *pos });
+            rows.last().filter(|_| more).map(|(pos, routed, _, _)| Cursor { routed_ts: *routed, pos: *pos });
+        let items = rows
+            .into_iter()
+            .map(|(_, routed, data, seqs)| Item {
+                data,
+                routed_ts: UnixNanos(routed),
+                channels: Tier::ALL
+                    .into_iter()
+                    .zip(seqs)
+                    .filter(|(t, _)| q.tier.is_none_or(|max| *t <= max))
+                    .filter_map(|(t, seq)| seq.map(|s| (t, s as u64)))
+                    .collect(),
+            })
+            .collect();
         Ok(Page { items, next })
     }
 }

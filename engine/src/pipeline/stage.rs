@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
+use super::commit::{self, Committer, Staged};
 use super::dedup::{ProducerSeqs, RecentIds};
 use super::delay::DelayLine;
-use super::commit::{self, Committer, Staged};
 use super::{
     Archive, Archived, Done, DropReason, IngestItem, Origin, Outcome, PipelineStats, Publish, Routed,
     RoutedItem, SignalItem, encode, enrich, filter, route,

@@ -32,6 +32,30 @@ pub const MAX_LIMIT: usize = 500;
 /// Store reads at once (each on a blocking thread): more wait their turn.
 pub const READS_AT_ONCE: usize = 4;
 
+/// Where history is read from.
+#[derive(Clone, Debug)]
+pub enum HistorySource {
+    /// A single node's own store (read on blocking threads).
+    Sqlite(Arc<store::Readers>),
+    /// Scale-out: the PostgreSQL store `signalcast archive` fills.
+    Postgres(store::PgStore),
+}
+
+impl HistorySource {
+    async fn page(&self, q: Query) -> Result<store::Page, String> {
+        match self {
+            Self::Sqlite(readers) => {
+                let readers = Arc::clone(readers);
+                tokio::task::spawn_blocking(move || readers.read(|s| s.history(&q)))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())
+            }
+            Self::Postgres(pg) => pg.history(&q).await.map_err(|e| e.to_string()),
+        }
+    }
+}
+
 /// Serves one request; `live` is the list of open, unexpired signals.
 pub async fn serve<B>(req: &Request<B>, app: &Arc<App>, live: bool) -> Response<Body> {
     let Some(token) = req
@@ -86,20 +110,19 @@ pub async fn serve<B>(req: &Request<B>, app: &Arc<App>, live: bool) -> Response<
         query.status = Some(Status::Open);
         query.active_at = Some(now);
     }
-    let Some(readers) = app.store.clone() else {
+    let Some(source) = app.store.clone() else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "no_store",
-            "this node keeps no signal store: ask a node that does (docs/deploy.md)",
+            "this node has no signal store to read history from ([store] database_url on gateways; docs/deploy.md)",
         );
     };
     let Ok(_permit) = app.store_reads.acquire().await else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "draining", "server shutting down");
     };
-    let q = query.clone();
-    let page = match tokio::task::spawn_blocking(move || readers.read(|s| s.history(&q))).await {
-        Ok(Ok(page)) => page,
-        Ok(Err(e)) => {
+    let page = match source.page(query.clone()).await {
+        Ok(page) => page,
+        Err(e) => {
             tracing::warn!(error = %e, "history read failed");
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -107,7 +130,6 @@ pub async fn serve<B>(req: &Request<B>, app: &Arc<App>, live: bool) -> Response<
                 "the signal store could not be read",
             );
         }
-        Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the history read failed"),
     };
     let limit = session.max_signals_per_day.or(policy.rule(session.tier).signals_per_day);
     let today = utc_day(now.0);

@@ -1,6 +1,12 @@
 -- Every routed signal, append-only, after the source architecture's
 -- signals.trading_signals. Prices are DECIMAL(15,4) kept as integer ten-thousandths,
 -- confidence DECIMAL(5,2) as hundredths, times as integer nanoseconds since the epoch.
+--
+-- One row per signal also carries the seq it took on each channel (NULL where it did
+-- not enter): one insert per signal instead of one more per channel, which is most of
+-- what the store costs the pipeline (docs/PERFORMANCE.md). analysis_data and
+-- market_conditions are read out of the stored SIGNAL_UPDATE data (generated columns,
+-- not stored twice).
 CREATE TABLE trading_signals (
     pos                  INTEGER PRIMARY KEY,  -- the store's order: keyset pagination
     id                   TEXT    NOT NULL UNIQUE,
@@ -18,29 +24,29 @@ CREATE TABLE trading_signals (
     confidence_level     INTEGER NOT NULL,
     generated_at         INTEGER NOT NULL,
     expires_at           INTEGER NOT NULL,
-    analysis_data        TEXT,                 -- JSON
-    market_conditions    TEXT,                 -- JSON: the snapshot it was routed with
     ingest_ts            INTEGER NOT NULL,
     routed_ts            INTEGER NOT NULL,
     created_at           INTEGER NOT NULL,
-    data                 TEXT    NOT NULL      -- the SIGNAL_UPDATE data, encoded once
+    seq_free             INTEGER,              -- the seq it took on signals_free, …
+    seq_basic            INTEGER,
+    seq_premium          INTEGER,
+    seq_enterprise       INTEGER,
+    data                 TEXT    NOT NULL,     -- the SIGNAL_UPDATE data, encoded once
+    analysis_data        TEXT GENERATED ALWAYS AS (json_extract(data, '$.analysis')) VIRTUAL,
+    market_conditions    TEXT GENERATED ALWAYS AS (json_extract(data, '$.market')) VIRTUAL
 );
 CREATE INDEX trading_signals_routed ON trading_signals (routed_ts, pos);
 CREATE INDEX trading_signals_symbol ON trading_signals (symbol, exchange, routed_ts, pos);
 CREATE INDEX trading_signals_source ON trading_signals (source_id, routed_ts, pos);
-
--- Each channel (tier) and seq a signal entered; a seq is never reused.
-CREATE TABLE signal_channels (
-    tier INTEGER NOT NULL,  -- 0 free, 1 basic, 2 premium, 3 enterprise
-    seq  INTEGER NOT NULL,
-    pos  INTEGER NOT NULL REFERENCES trading_signals (pos),
-    PRIMARY KEY (tier, seq)
-) WITHOUT ROWID;
-CREATE INDEX signal_channels_pos ON signal_channels (pos, tier);
+-- A seq is never given twice on a channel.
+CREATE UNIQUE INDEX trading_signals_seq_free ON trading_signals (seq_free) WHERE seq_free IS NOT NULL;
+CREATE UNIQUE INDEX trading_signals_seq_basic ON trading_signals (seq_basic) WHERE seq_basic IS NOT NULL;
+CREATE UNIQUE INDEX trading_signals_seq_premium ON trading_signals (seq_premium) WHERE seq_premium IS NOT NULL;
+CREATE UNIQUE INDEX trading_signals_seq_enterprise ON trading_signals (seq_enterprise) WHERE seq_enterprise IS NOT NULL;
 
 -- The epoch of each channel's log.
 CREATE TABLE channel_epochs (
-    tier  INTEGER PRIMARY KEY,
+    tier  INTEGER PRIMARY KEY,  -- 0 free, 1 basic, 2 premium, 3 enterprise
     epoch INTEGER NOT NULL
 );
 
