@@ -9,6 +9,8 @@
 
 mod common;
 mod ledger;
+#[path = "../../accounts/tests/common/pg.rs"]
+mod pg;
 
 use std::collections::HashSet;
 use std::net::{SocketAddr, TcpListener as StdListener};
@@ -440,6 +442,65 @@ async fn python_json_producer_to_engine_to_gateway_to_websocket() {
     // An engine node serves no WebSocket clients.
     let refused = engine.get("/ws").await.unwrap();
     assert!(refused.starts_with("HTTP/1.1 404") && refused.contains("engine_node"), "{refused}");
+}
+
+/// Kills a child process when the test ends, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaled_out_history_is_what_the_archiver_wrote_to_postgresql() {
+    let _serial = serial().await;
+    let broker = Broker::start();
+    broker.create_input_topics(1).await;
+    let db = pg::Postgres::start();
+    let _engine = Node::start("engine", &broker, &[]).await;
+    let _archiver = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_signalcast"))
+            .args(["archive", "--kafka-brokers", &broker.addr, "--database-url", &db.url()])
+            .env("SIGNALCAST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let gw = Node::start("gateway", &broker, &[("SIGNALCAST_STORE__DATABASE_URL", &db.url())]).await;
+    for n in [0xA1u128, 0xA2] {
+        let (key, value) = signal_json(n);
+        python_produce(&broker, "raw-signals", &key, &value);
+    }
+    // History on the gateway: read from PostgreSQL, newest first, with each channel's
+    // seq = offset + 1 as the gateway's own channels gave them.
+    let token = gw.ws_url("u-premium-1").split("token=").nth(1).unwrap().to_owned();
+    let mut page = serde_json::Value::Null;
+    eventually(60, "the archived signals in the gateway's history", async || {
+        let mut s = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+        let req = format!(
+            "GET /v1/signals/history HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        page = serde_json::from_str(out.split("\r\n\r\n").nth(1).unwrap_or("null")).unwrap_or_default();
+        page["items"].as_array().is_some_and(|i| i.len() == 2)
+    })
+    .await;
+    let ids: Vec<u128> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| uuid::Uuid::parse_str(i["id"].as_str().unwrap()).unwrap().as_u128())
+        .collect();
+    assert_eq!(ids, [0xA2, 0xA1], "{page}");
+    assert_eq!(page["items"][1]["channels"]["signals_premium"], 1, "{page}");
+    assert_eq!(page["items"][0]["channels"]["signals_premium"], 2, "{page}");
+    assert!(page["items"][0]["channels"].get("signals_enterprise").is_none(), "only the caller's channels");
 }
 
 fn python_produce(broker: &Broker, topic: &str, key: &str, value: &str) {
