@@ -1,5 +1,6 @@
 //! A throwaway PostgreSQL cluster: initdb + pg_ctl on a free loopback port, removed on
-//! drop. Shared by the accounts tests and the README test (gateway-ws/tests/readme.rs).
+//! drop. Shared by the accounts tests, the README and Kafka tests (gateway-ws/tests) and the
+//! store tests (store/tests), which include this file by path.
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::net::TcpListener;

@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod broker;
+#[path = "../../../accounts/tests/common/pg.rs"]
 pub mod pg;
 
 use engine::model::{Category, SignalType, Tier, UnixNanos};
