@@ -72,9 +72,13 @@ impl Archive for StoreArchive {
         self.batch.push(Routed {
             signal: r.signal.clone(),
             producer: r.producer.map(str::to_owned),
-            // The engine's encoder writes UTF-8 JSON only.
-            data: String::from_utf8_lossy(r.data).into_owned(),
-            market: r.market.and_then(|m| serde_json::to_string(m).ok()),
+            // The engine's encoder writes UTF-8 JSON only (checked, not trusted: the
+            // lossy path is for a bug, and costs a scan per signal when used always).
+            data: std::str::from_utf8(r.data)
+                .map_or_else(|_| String::from_utf8_lossy(r.data).into_owned(), str::to_owned),
+            // SQLite reads market_conditions out of `data` (a generated column): the
+            // snapshot is not encoded a second time.
+            market: None,
             ingest_ts: r.ingest_ts,
             routed_ts: r.routed_ts,
             channels: r.channels.to_vec(),

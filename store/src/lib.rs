@@ -39,6 +39,8 @@ pub struct Routed {
     /// The `data` object of its SIGNAL_UPDATE, as the engine encoded it.
     pub data: String,
     /// The market snapshot it was routed with, as JSON (`None`: no tick was known).
+    /// PostgreSQL stores it in its own column; SQLite reads it out of `data` and
+    /// ignores this.
     pub market: Option<String>,
     pub ingest_ts: UnixNanos,
     pub routed_ts: UnixNanos,

@@ -29,6 +29,30 @@ struct Batch {
     done: Vec<Done>,
 }
 
+impl Batch {
+    /// Appends `later` (routed after `self`): acknowledgements stay in order, so the
+    /// last one per producer wins, as when the two are let out one after the other.
+    fn merge(&mut self, later: Batch) {
+        self.held.extend(later.held);
+        for (n, m) in self.per_tier.iter_mut().zip(later.per_tier) {
+            *n += m;
+        }
+        self.acks.extend(later.acks);
+        self.done.extend(later.done);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.held.is_empty() && self.acks.is_empty() && self.done.is_empty()
+    }
+}
+
+/// The most signals one commit takes. Batches routed while the store writes wait and
+/// are written together in one transaction: under load a commit grows towards this
+/// bound, which is what keeps the store ahead (most of a commit's cost is the index
+/// pages it rewrites, shared by all of its rows; docs/DECISIONS.md). At the bound the
+/// stage waits for the store, and the ingest queue behind it slows producers.
+const MERGE_MAX: usize = 8 * super::BATCH;
+
 /// De-duplicate, filter, enrich, route, encode, append; see the module docs of
 /// [`crate::pipeline`].
 #[derive(Debug)]
@@ -59,9 +83,11 @@ pub struct Stage {
     /// what waits for the commit: (tier, message meta, data) per channel.
     archive: Option<Box<dyn Archive>>,
     /// Or the archive on a thread of its own (see [`super::commit`]), with what the
-    /// current batch stages for it and the batch it is writing.
+    /// batches since the last hand-over stage for it, those batches (waiting for the
+    /// store to finish the one it is writing), and the batches it is writing.
     committer: Option<Committer>,
     staged: Vec<Staged>,
+    waiting: Batch,
     in_flight: Option<Batch>,
     /// The current batch's held messages, and their count per tier.
     held: Vec<Held>,
@@ -104,6 +130,7 @@ impl Stage {
             archive: None,
             committer: None,
             staged: Vec::new(),
+            waiting: Batch::default(),
             in_flight: None,
             held: Vec::new(),
             batch_per_tier: [0; 4],
@@ -146,7 +173,8 @@ impl Stage {
         self.committer.as_ref().map(Committer::waker)
     }
 
-    /// Lets out the batch in flight if the archive's thread has stored it.
+    /// Lets out the batches in flight if the archive's thread has stored them, and hands
+    /// over those that waited behind them.
     pub fn poll_committed(&mut self) {
         let Some(c) = &self.committer else { return };
         if self.in_flight.is_none() {
@@ -158,15 +186,23 @@ impl Stage {
                 if let Some(b) = self.in_flight.take() {
                     self.let_out(b);
                 }
+                self.hand_over();
             }
             // The store's thread died: the process is ending (a critical thread).
             Err(e) => panic!("{e}"),
         }
     }
 
-    /// Waits for the batch in flight and lets it out (before handing over the next, and
-    /// when the stage stops).
+    /// Waits until everything routed is stored and let out (when the stage stops).
     pub fn wait_committed(&mut self) {
+        while self.in_flight.is_some() {
+            self.wait_in_flight();
+            self.hand_over();
+        }
+    }
+
+    /// Waits for the batches in flight and lets them out.
+    fn wait_in_flight(&mut self) {
         let Some(b) = self.in_flight.take() else { return };
         if let Some(c) = &self.committer
             && let Err(e) = c.wait()
@@ -175,6 +211,24 @@ impl Stage {
             panic!("{e}");
         }
         self.let_out(b);
+    }
+
+    /// Hands the waiting batches to the archive's thread (nothing may be in flight), or
+    /// lets them out at once when they stored nothing (drops, duplicates).
+    fn hand_over(&mut self) {
+        debug_assert!(self.in_flight.is_none(), "one commit at a time");
+        let batch = std::mem::take(&mut self.waiting);
+        let staged = std::mem::take(&mut self.staged);
+        if staged.is_empty() {
+            return self.let_out(batch);
+        }
+        if let Some(c) = &self.committer
+            && let Err(e) = c.submit(staged)
+        {
+            // The store's thread died: the process is ending (a critical thread).
+            panic!("{e}");
+        }
+        self.in_flight = Some(batch);
     }
 
     /// Puts back message `meta.seq` of `signals_<tier>` from the store, before anything
@@ -466,19 +520,21 @@ impl Stage {
         if self.committer.is_none() {
             return self.let_out(batch);
         }
-        // Acknowledgements are cumulative: this batch waits for the one before it.
-        self.wait_committed();
-        let staged = std::mem::take(&mut self.staged);
-        if staged.is_empty() {
-            return self.let_out(batch);
+        // Acknowledgements are cumulative: this batch waits for the ones before it, and
+        // while the store writes those, for their commit together with what follows.
+        self.waiting.merge(batch);
+        if self.in_flight.is_some() {
+            self.poll_committed();
         }
-        if let Some(c) = &self.committer
-            && let Err(e) = c.submit(staged)
-        {
-            // The store's thread died: the process is ending (a critical thread).
-            panic!("{e}");
+        if self.in_flight.is_some() {
+            if self.staged.len() < MERGE_MAX {
+                return;
+            }
+            self.wait_in_flight();
         }
-        self.in_flight = Some(batch);
+        if !self.waiting.is_empty() || !self.staged.is_empty() {
+            self.hand_over();
+        }
     }
 
     fn slot(&mut self, index: u32) -> Option<Arc<ProducerSlot>> {

@@ -320,3 +320,68 @@ fn with_an_archive_nothing_is_seen_or_acknowledged_before_the_commit_and_a_faili
     assert_eq!(committed.lock().unwrap()[2].2[3], (Tier::Enterprise, 3));
     assert_eq!(h.channels.live(Tier::Enterprise).head(), 3);
 }
+
+/// An archive whose commits each wait for a go from the test, and which records how
+/// many signals each commit took.
+#[derive(Debug)]
+struct GatedArchive {
+    staged: usize,
+    go: std::sync::mpsc::Receiver<()>,
+    commits: Arc<std::sync::Mutex<Vec<usize>>>,
+}
+
+impl Archive for GatedArchive {
+    fn stage(&mut self, _: &Archived<'_>) {
+        self.staged += 1;
+    }
+
+    fn commit(&mut self) -> Result<(), String> {
+        self.go.recv().map_err(|_| "the test is gone".to_owned())?;
+        self.commits.lock().unwrap().push(std::mem::take(&mut self.staged));
+        Ok(())
+    }
+}
+
+#[test]
+fn batches_routed_while_the_store_writes_are_committed_together_and_let_out_in_order() {
+    let h = harness(EngineConfig::default());
+    let (slot, _) = h.producers.attach("p");
+    let (go, gate) = std::sync::mpsc::channel();
+    let commits = Arc::default();
+    let archive = GatedArchive { staged: 0, go: gate, commits: Arc::clone(&commits) };
+    let mut stage = h.stage.with_archive_thread(Box::new(archive)).unwrap();
+
+    stage.handle(from_producer(slot.index, 1, signal(1, 9_500)), T0);
+    stage.finish_batch(); // in flight, its commit waiting for a go
+    for n in 2..=3 {
+        stage.handle(from_producer(slot.index, n, signal(u128::from(n), 9_500)), T0);
+        stage.finish_batch(); // waits behind it: the stage goes on routing
+    }
+    assert_eq!(h.channels.live(Tier::Enterprise).head(), 0, "nothing seen before its commit");
+    assert_eq!(slot.acked(), 0, "nothing acknowledged before its commit");
+
+    go.send(()).unwrap();
+    let waker = stage.commit_waker().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while h.channels.live(Tier::Enterprise).head() == 0 && std::time::Instant::now() < deadline {
+        wait_for_bell(&waker);
+        stage.poll_committed();
+    }
+    assert_eq!(h.channels.live(Tier::Enterprise).head(), 1, "the first batch out on its own");
+    assert_eq!(slot.acked(), 1, "and only its producer seq acknowledged");
+
+    go.send(()).unwrap();
+    stage.wait_committed();
+    assert_eq!(*commits.lock().unwrap(), [1, 2], "the two waiting batches in one commit");
+    let live = read_all(h.channels.live(Tier::Enterprise));
+    assert_eq!(live.iter().map(Message::seq).collect::<Vec<_>>(), [1, 2, 3], "in seq order");
+    assert_eq!(slot.acked(), 3);
+}
+
+/// Waits (bounded) for the archive thread's bell, from a test with no runtime.
+fn wait_for_bell(bell: &tokio::sync::Notify) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    rt.block_on(async {
+        let _ = tokio::time::timeout(Duration::from_millis(100), bell.notified()).await;
+    });
+}
