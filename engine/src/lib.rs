@@ -29,6 +29,7 @@ pub mod doorway;
 pub mod feed;
 pub mod kafka;
 pub mod model;
+pub mod outcome;
 pub mod pipeline;
 pub mod policy;
 #[cfg(any(test, feature = "testkit"))]
