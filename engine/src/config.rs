@@ -41,6 +41,10 @@ pub struct EngineConfig {
     /// (`future_tick`): its symbol would otherwise refuse every real tick until a
     /// restart.
     pub max_tick_ahead_ms: u64,
+    /// Routed signals whose outcome is tracked at once (docs/outcomes.md); past it a
+    /// signal is routed and stored but stays open (counted,
+    /// `signalcast_outcomes_untracked_total`). 0 turns outcome tracking off.
+    pub max_open_signals: usize,
 }
 
 impl Default for EngineConfig {
@@ -54,6 +58,7 @@ impl Default for EngineConfig {
             max_analysis_bytes: 4_096,
             missing_tick: MissingTick::Pass,
             max_tick_ahead_ms: 10_000,
+            max_open_signals: 200_000,
         }
     }
 }

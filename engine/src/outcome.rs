@@ -260,7 +260,8 @@ impl Tracker {
         }
     }
 
-    /// Closes every signal whose `expires_at` is at or before `now`.
+    /// Closes every signal whose `expires_at` is at or before `now` (`closed_at` is its
+    /// `expires_at`).
     pub fn expire(&mut self, now: UnixNanos, out: &mut Vec<Close>) {
         while let Some(&Reverse((at, key, generation))) = self.expiry.peek()
             && at <= now.0
@@ -274,7 +275,8 @@ impl Tracker {
                 .as_ref()
                 .and_then(|s| self.books.get(&(s.signal.symbol, s.signal.exchange)))
                 .and_then(|b| b.last);
-            self.close(key, Status::Expired, last, now, out);
+            // Closed at its expiry, however late the stage's clock noticed it.
+            self.close(key, Status::Expired, last, UnixNanos(at), out);
         }
     }
 

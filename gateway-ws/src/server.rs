@@ -603,9 +603,10 @@ fn durable(config: &Config) -> Result<(engine::Durable, std::path::PathBuf), Sta
     let path = std::path::absolute(writer.path()).unwrap_or_else(|_| writer.path().to_owned());
     let epochs = store::archive::epochs(&mut writer)?;
     let reader = store::SqliteStore::open_reader(dir)?;
-    let (ring, window) = (config.engine.ring_capacity, config.engine.dedup_window);
+    let (ring, window, open) =
+        (config.engine.ring_capacity, config.engine.dedup_window, config.engine.max_open_signals);
     let restore = Box::new(move |stage: &mut engine::pipeline::Stage| {
-        let n = store::archive::restore(&reader, stage, ring, window).map_err(std::io::Error::other)?;
+        let n = store::archive::restore(&reader, stage, ring, window, open).map_err(std::io::Error::other)?;
         tracing::info!(messages = n, "channels restored from the signal store");
         Ok(())
     });

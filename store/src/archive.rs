@@ -2,10 +2,10 @@
 //! transaction when the stage commits, and only then enter the channel logs.
 
 use engine::channels::{Epoch, MessageMeta};
-use engine::model::Tier;
-use engine::pipeline::{Archive, Archived, Stage};
+use engine::model::{Tier, UnixNanos};
+use engine::pipeline::{Archive, Archived, ArchivedClose, Stage};
 
-use super::{Routed, SqliteStore, StoreError};
+use super::{ClosedSignal, Routed, SqliteStore, StoreError};
 
 /// Signals removed per prune transaction: a bounded pause for the stage, which prunes
 /// between batches, so that retention never stops ingest for long.
@@ -19,6 +19,7 @@ const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 pub struct StoreArchive {
     store: SqliteStore,
     batch: Vec<Routed>,
+    closes: Vec<ClosedSignal>,
     /// Signals older than this are pruned (None: kept for ever).
     retention: Option<std::time::Duration>,
     next_prune: std::time::Instant,
@@ -26,7 +27,13 @@ pub struct StoreArchive {
 
 impl StoreArchive {
     pub fn new(store: SqliteStore) -> Self {
-        Self { store, batch: Vec::new(), retention: None, next_prune: std::time::Instant::now() }
+        Self {
+            store,
+            batch: Vec::new(),
+            closes: Vec::new(),
+            retention: None,
+            next_prune: std::time::Instant::now(),
+        }
     }
 
     /// Prunes signals routed longer than `retention` ago, a chunk at a time between
@@ -85,11 +92,26 @@ impl Archive for StoreArchive {
         });
     }
 
+    fn stage_close(&mut self, c: &ArchivedClose<'_>) {
+        self.closes.push(ClosedSignal {
+            id: c.close.signal.id,
+            status: c.close.status,
+            entry: c.close.entry,
+            exit: c.close.exit,
+            return_pct: c.close.return_pct,
+            closed_at: c.close.closed_at,
+            data: std::str::from_utf8(c.data)
+                .map_or_else(|_| String::from_utf8_lossy(c.data).into_owned(), str::to_owned),
+            channels: c.channels.to_vec(),
+        });
+    }
+
     fn commit(&mut self) -> Result<(), String> {
-        if !self.batch.is_empty() {
+        if !self.batch.is_empty() || !self.closes.is_empty() {
             // On error the batch stays staged and the stage tries again.
-            self.store.append(&self.batch).map_err(|e| e.to_string())?;
+            self.store.append_all(&self.batch, &self.closes).map_err(|e| e.to_string())?;
             self.batch.clear();
+            self.closes.clear();
         }
         self.prune_due();
         Ok(())
@@ -124,6 +146,7 @@ pub fn restore(
     stage: &mut Stage,
     ring_capacity: usize,
     dedup_window: usize,
+    max_open: usize,
 ) -> Result<usize, StoreError> {
     let mut restored = 0;
     for tier in Tier::ALL {
@@ -137,6 +160,7 @@ pub fn restore(
                 ingest_ts: m.ingest_ts,
                 routed_ts: m.routed_ts,
                 sent_ts: None,
+                outcome: m.outcome,
             };
             text.clear();
             text.extend_from_slice(m.data.as_bytes());
@@ -147,6 +171,12 @@ pub fn restore(
     let mut ids = store.recent_ids(dedup_window)?;
     ids.reverse(); // oldest first: the window forgets the oldest
     stage.seed_ids(ids);
+    // Open signals are tracked again; those that expired while the node was down close
+    // at its first pass (looking back a week at most: older ones stay as they were).
+    let week_ago = UnixNanos(UnixNanos::now().0.saturating_sub(7 * 86_400 * 1_000_000_000));
+    for signal in store.open_signals(week_ago, max_open)? {
+        stage.reopen(signal);
+    }
     Ok(restored)
 }
 
@@ -251,7 +281,14 @@ mod tests {
                 Arc::new(ProducerRegistry::default()),
                 Arc::clone(&stats),
             );
-            let restored = restore(&store, &mut stage, config.ring_capacity, config.dedup_window).unwrap();
+            let restored = restore(
+                &store,
+                &mut stage,
+                config.ring_capacity,
+                config.dedup_window,
+                config.max_open_signals,
+            )
+            .unwrap();
             (stage.with_archive(Box::new(StoreArchive::new(store))), channels, stats, restored)
         };
         let (mut stage, channels, _, restored) = start();

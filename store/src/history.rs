@@ -103,6 +103,7 @@ fn serve(dir: &std::path::Path, rx: &Receiver<Request>) {
                     ingest_ts: m.ingest_ts,
                     routed_ts: m.routed_ts,
                     sent_ts: None,
+                    outcome: m.outcome,
                 };
                 Message::new(&meta, &text, &mut scratch)
             })

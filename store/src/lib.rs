@@ -48,6 +48,22 @@ pub struct Routed {
     pub channels: Vec<(Tier, u64)>,
 }
 
+/// A signal's close as stored: a later fact about it, in its own row
+/// (`signal_events`), with the seq its SIGNAL_UPDATE took on each channel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClosedSignal {
+    pub id: uuid::Uuid,
+    pub status: Status,
+    pub entry: Option<engine::model::Price>,
+    pub exit: Option<engine::model::Price>,
+    /// Ten-thousandths of a percent.
+    pub return_pct: Option<i64>,
+    pub closed_at: UnixNanos,
+    /// The `data` of its SIGNAL_UPDATE (the signal with its status and outcome).
+    pub data: String,
+    pub channels: Vec<(Tier, u64)>,
+}
+
 /// Why the store failed. Opening names the path and what to do; writing says whether
 /// the disk is full or read-only, since the node then stops acknowledging.
 #[derive(Debug, thiserror::Error)]
@@ -128,35 +144,7 @@ pub struct Query {
 }
 
 /// Where a signal stands: `open` from routing, then closed once by its outcome.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Status {
-    Open,
-    TargetHit,
-    StopHit,
-    Expired,
-    Closed,
-}
-
-impl Status {
-    pub const ALL: [Self; 5] = [Self::Open, Self::TargetHit, Self::StopHit, Self::Expired, Self::Closed];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Open => "open",
-            Self::TargetHit => "target_hit",
-            Self::StopHit => "stop_hit",
-            Self::Expired => "expired",
-            Self::Closed => "closed",
-        }
-    }
-}
-
-impl std::str::FromStr for Status {
-    type Err = ();
-    fn from_str(s: &str) -> Result<Self, ()> {
-        Self::ALL.into_iter().find(|v| v.as_str() == s).ok_or(())
-    }
-}
+pub use engine::outcome::Status;
 
 /// One history item.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -273,6 +273,7 @@ impl PgStore {
                     routed_ts: UnixNanos(r.get(2)),
                     ingest_ts: UnixNanos(r.get(3)),
                     category: r.get::<_, &str>(4).parse().map_err(|_| corrupt("an unknown category"))?,
+                    outcome: false,
                     id: r.get(5),
                 })
             })

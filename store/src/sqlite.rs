@@ -10,13 +10,14 @@ use std::path::{Path, PathBuf};
 use engine::model::{Category, SignalType, Tier, UnixNanos};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params, params_from_iter};
 
-use super::{Cursor, Item, Page, Query, Routed, StoreError};
+use super::{ClosedSignal, Cursor, Item, Page, Query, Routed, StoreError};
 
 /// The schema, in order; the applied count is SQLite's `user_version`.
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/V1__signals.sql"),
     include_str!("../migrations/sqlite/V2__heads.sql"),
     include_str!("../migrations/sqlite/V3__quota.sql"),
+    include_str!("../migrations/sqlite/V4__outcomes.sql"),
 ];
 
 /// The column of `tier`'s seq in `trading_signals`.
@@ -51,6 +52,8 @@ pub struct Stored {
     pub ingest_ts: UnixNanos,
     pub routed_ts: UnixNanos,
     pub id: uuid::Uuid,
+    /// A signal's close rather than the signal.
+    pub outcome: bool,
 }
 
 /// When a commit is on the disk.
@@ -184,7 +187,8 @@ impl SqliteStore {
             tx.execute(
                 &format!(
                     "UPDATE channel_epochs SET pruned_head = MAX(pruned_head,
-                     COALESCE((SELECT MAX({col}) FROM trading_signals), 0)) WHERE tier = ?1"
+                     COALESCE((SELECT MAX({col}) FROM trading_signals), 0),
+                     COALESCE((SELECT MAX({col}) FROM signal_events), 0)) WHERE tier = ?1"
                 ),
                 [tier.index()],
             )
@@ -291,6 +295,13 @@ impl SqliteStore {
     /// Appends a batch in one transaction; returns how many signals were new (a signal
     /// id already stored is left as it is: appending is idempotent by id).
     pub fn append(&mut self, batch: &[Routed]) -> Result<usize, StoreError> {
+        self.append_all(batch, &[])
+    }
+
+    /// Stores `batch`, then `closes` (of signals in it or stored before), in one
+    /// transaction. A close already stored is passed over (a signal closes once).
+    /// Returns how many signals were new.
+    pub fn append_all(&mut self, batch: &[Routed], closes: &[ClosedSignal]) -> Result<usize, StoreError> {
         let path = self.path.clone();
         let tx = self.conn.transaction().map_err(|e| write_error(e, &path))?;
         let mut added = 0;
@@ -355,6 +366,36 @@ impl SqliteStore {
                         .map_err(|e| write_error(e, &path))?;
                 }
             }
+            if !closes.is_empty() {
+                let mut close = tx
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO signal_events (signal_id, kind, at, data, entry_price,
+                         exit_price, return_pct, seq_free, seq_basic, seq_premium, seq_enterprise)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                    )
+                    .map_err(|e| write_error(e, &path))?;
+                for c in closes {
+                    let mut seqs: [Option<i64>; 4] = [None; 4];
+                    for (tier, seq) in &c.channels {
+                        seqs[tier.index()] = Some(*seq as i64);
+                    }
+                    close
+                        .execute(params![
+                            c.id.hyphenated().to_string(),
+                            c.status.as_str(),
+                            c.closed_at.0,
+                            c.data,
+                            c.entry.map(|p| p.raw()),
+                            c.exit.map(|p| p.raw()),
+                            c.return_pct,
+                            seqs[0],
+                            seqs[1],
+                            seqs[2],
+                            seqs[3],
+                        ])
+                        .map_err(|e| write_error(e, &path))?;
+                }
+            }
         }
         tx.commit().map_err(|e| write_error(e, &path))?;
         Ok(added)
@@ -387,6 +428,7 @@ impl SqliteStore {
         let head: Option<i64> = self.conn.query_row(
             &format!(
                 "SELECT MAX(COALESCE((SELECT MAX({col}) FROM trading_signals), 0),
+                            COALESCE((SELECT MAX({col}) FROM signal_events), 0),
                             COALESCE((SELECT pruned_head FROM channel_epochs WHERE tier = ?1), 0))"
             ),
             [tier.index()],
@@ -399,9 +441,16 @@ impl SqliteStore {
     /// is rebuilt from, and a resume from before the ring is served from.
     pub fn after(&self, tier: Tier, after: u64, limit: usize) -> Result<Vec<Stored>, StoreError> {
         let col = seq_column(tier);
+        // Signals and closes share the channel's seqs: each side in seq order, at most
+        // `limit` of each, then merged.
         let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT {col}, data, routed_ts, ingest_ts, category, id FROM trading_signals
-             WHERE {col} > ?1 ORDER BY {col} LIMIT ?2"
+            "SELECT * FROM (SELECT {col}, data, routed_ts, ingest_ts, category, id, 0 FROM trading_signals
+               WHERE {col} > ?1 ORDER BY {col} LIMIT ?2)
+             UNION ALL
+             SELECT * FROM (SELECT e.{col}, e.data, e.at, e.at, s.category, s.id, 1
+               FROM signal_events e JOIN trading_signals s ON s.id = e.signal_id
+               WHERE e.{col} > ?1 ORDER BY e.{col} LIMIT ?2)
+             ORDER BY 1 LIMIT ?2"
         ))?;
         let rows = stmt.query_map(params![after as i64, limit as i64], |r| {
             Ok((
@@ -411,6 +460,7 @@ impl SqliteStore {
                 r.get::<_, i64>(3)?,
                 r.get::<_, String>(4)?,
                 r.get::<_, String>(5)?,
+                r.get::<_, bool>(6)?,
             ))
         })?;
         let bad = |what: &str| StoreError::Corrupt {
@@ -419,8 +469,9 @@ impl SqliteStore {
         };
         let mut out = Vec::new();
         for row in rows {
-            let (seq, data, routed, ingest, category, id) = row?;
+            let (seq, data, routed, ingest, category, id, outcome) = row?;
             out.push(Stored {
+                outcome,
                 seq: seq as u64,
                 data,
                 routed_ts: UnixNanos(routed),
@@ -533,6 +584,68 @@ impl SqliteStore {
             })
             .collect();
         Ok(Page { items, next })
+    }
+}
+
+impl SqliteStore {
+    /// The signals still open (no close stored) that expire after `expiring_after`,
+    /// newest last, at most `limit`: what a restarted node tracks again. Each comes with
+    /// the tiers that carried it and its data as routed.
+    pub fn open_signals(
+        &self,
+        expiring_after: UnixNanos,
+        limit: usize,
+    ) -> Result<Vec<engine::outcome::Tracked>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT * FROM (SELECT s.id, s.source_id, s.symbol, s.exchange, s.category, s.signal_type,
+                    s.target_price, s.stop_loss, s.expires_at, json_extract(s.data, '$.market.last'),
+                    s.seq_free, s.seq_basic, s.seq_premium, s.seq_enterprise, s.data, s.pos
+             FROM trading_signals s
+             WHERE s.expires_at > ?1 AND NOT EXISTS
+                   (SELECT 1 FROM signal_events e WHERE e.signal_id = s.id AND e.kind IN {CLOSING})
+             ORDER BY s.pos DESC LIMIT ?2) ORDER BY pos"
+        ))?;
+        let bad = |what: String| StoreError::Corrupt { path: self.path.display().to_string(), reason: what };
+        let rows = stmt.query_map(params![expiring_after.0, limit as i64], |r| {
+            let mut tiers = 0u8;
+            for (i, col) in (10..14).enumerate() {
+                if r.get::<_, Option<i64>>(col)?.is_some() {
+                    tiers |= 1 << i;
+                }
+            }
+            Ok((
+                [r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?],
+                [r.get::<_, i64>(6)?, r.get(7)?, r.get(8)?],
+                r.get::<_, Option<String>>(9)?,
+                tiers,
+                r.get::<_, String>(14)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let ([id, source, symbol, exchange, category, kind], [target, stop, expires], last, tiers, data) =
+                row?;
+            let price =
+                |raw: i64| engine::model::Price::from_raw(raw).ok_or_else(|| bad(format!("price {raw}")));
+            out.push(engine::outcome::Tracked {
+                id: uuid::Uuid::parse_str(&id).map_err(|e| bad(format!("id {id:?}: {e}")))?,
+                source_id: uuid::Uuid::parse_str(&source)
+                    .map_err(|e| bad(format!("source {source:?}: {e}")))?,
+                symbol: engine::model::Symbol::new(&symbol)
+                    .map_err(|e| bad(format!("symbol {symbol:?}: {e}")))?,
+                exchange: engine::model::Exchange::new(&exchange)
+                    .map_err(|e| bad(format!("exchange {exchange:?}: {e}")))?,
+                category: category.parse().map_err(|_| bad(format!("category {category:?}")))?,
+                signal_type: kind.parse().map_err(|_| bad(format!("signal type {kind:?}")))?,
+                target: price(target)?,
+                stop: price(stop)?,
+                expires_at: UnixNanos(expires),
+                entry: last.as_deref().and_then(|l| l.parse().ok()),
+                tiers,
+                data: data.into_bytes().into(),
+            });
+        }
+        Ok(out)
     }
 }
 

@@ -257,6 +257,7 @@ mod tests {
             ingest_ts: UnixNanos(0),
             routed_ts: UnixNanos(0),
             sent_ts: None,
+            outcome: false,
         };
         Message::new(&meta, format!("m{seq}").as_bytes(), &mut Vec::new())
     }

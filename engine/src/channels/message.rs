@@ -13,6 +13,9 @@ pub struct MessageMeta {
     pub ingest_ts: UnixNanos,
     pub routed_ts: UnixNanos,
     pub sent_ts: Option<UnixNanos>,
+    /// A signal's close (docs/outcomes.md): delivered to whoever its channel and
+    /// categories reach, charged to no quota.
+    pub outcome: bool,
 }
 
 /// One immutable buffer: a 40-byte metadata header, then the message as a complete
@@ -32,7 +35,11 @@ const ROUTED: usize = 16;
 const SENT: usize = 24;
 const CATEGORY: usize = 32;
 const JSON_AT: usize = 33;
+const FLAGS: usize = 34;
 const FRAME: usize = 40;
+
+/// [`FLAGS`] bit: the message is a close ([`MessageMeta::outcome`]).
+const OUTCOME: u8 = 1;
 
 impl Message {
     /// Builds the message around `json` (the WebSocket payload), using `scratch` so
@@ -46,6 +53,7 @@ impl Message {
         scratch.push(meta.category.code());
         let header_at = FRAME;
         scratch.resize(FRAME, 0);
+        scratch[FLAGS] = if meta.outcome { OUTCOME } else { 0 };
         frame_header(scratch, 0x1, json.len());
         scratch[JSON_AT] = (scratch.len() - header_at) as u8;
         scratch.extend_from_slice(json);
@@ -80,6 +88,11 @@ impl Message {
         (t != i64::MIN).then_some(UnixNanos(t))
     }
 
+    /// Whether this is a signal's close (no quota is charged for it).
+    pub fn is_outcome(&self) -> bool {
+        self.0[FLAGS] & OUTCOME != 0
+    }
+
     pub fn meta(&self) -> MessageMeta {
         MessageMeta {
             seq: self.seq(),
@@ -87,6 +100,7 @@ impl Message {
             ingest_ts: self.ingest_ts(),
             routed_ts: self.routed_ts(),
             sent_ts: self.sent_ts(),
+            outcome: self.is_outcome(),
         }
     }
 
@@ -165,6 +179,7 @@ mod tests {
                 ingest_ts: UnixNanos(-5),
                 routed_ts: UnixNanos(1_795_400_000_124_100_000),
                 sent_ts: if len % 2 == 0 { None } else { Some(UnixNanos(7)) },
+                outcome: false,
             };
             let m = Message::new(&meta, &json, &mut Vec::new());
             assert_eq!(m.meta(), meta);

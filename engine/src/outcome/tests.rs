@@ -51,8 +51,10 @@ fn open(t: &mut Tracker, s: Tracked) -> Vec<Close> {
     out
 }
 
-/// (id, status, entry, exit, return) of each close.
-fn summary(closes: &[Close]) -> Vec<(u128, &'static str, Option<String>, Option<String>, Option<i64>)> {
+/// (id, status, entry, exit, return) of a close.
+type Summary = (u128, &'static str, Option<String>, Option<String>, Option<i64>);
+
+fn summary(closes: &[Close]) -> Vec<Summary> {
     closes
         .iter()
         .map(|c| {
@@ -132,7 +134,7 @@ fn at_expiry_an_open_signal_closes_at_the_last_known_price_or_with_no_exit() {
     out.clear();
     t.expire(UnixNanos(T0.0 + 7_200 * SEC), &mut out);
     assert_eq!(summary(&out), [(1, "expired", s("100.0000"), s("103.0000"), Some(30_000))]);
-    assert_eq!(out[0].closed_at, UnixNanos(T0.0 + 7_200 * SEC));
+    assert_eq!(out[0].closed_at, UnixNanos(T0.0 + 3_600 * SEC), "closed at its expiry");
     assert!(t.is_empty());
 }
 

@@ -12,12 +12,45 @@ use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 
 use tokio::sync::Notify;
 
-use super::{Archive, Archived, PipelineStats};
+use super::{Archive, Archived, ArchivedClose, PipelineStats};
 use crate::model::{MarketSnapshot, Signal, Tier, UnixNanos};
+use crate::outcome::Close;
+
+/// What a batch hands to the archive: routed signals and closes, in routing order.
+#[derive(Debug)]
+pub(crate) enum Staged {
+    Signal(StagedSignal),
+    Close(StagedClose),
+}
+
+/// A signal's close, owned, on its way to the archive.
+#[derive(Debug)]
+pub(crate) struct StagedClose {
+    pub close: Close,
+    pub data: Vec<u8>,
+    pub channels: [(Tier, u64); 4],
+    pub n: usize,
+}
+
+impl Staged {
+    /// Hands this to `archive`.
+    pub fn stage_into(&self, archive: &mut dyn Archive) {
+        match self {
+            Self::Signal(s) => archive.stage(&s.archived()),
+            Self::Close(c) => {
+                archive.stage_close(&ArchivedClose {
+                    close: &c.close,
+                    data: &c.data,
+                    channels: &c.channels[..c.n],
+                });
+            }
+        }
+    }
+}
 
 /// One routed signal, owned, on its way to the archive.
 #[derive(Debug)]
-pub(crate) struct Staged {
+pub(crate) struct StagedSignal {
     pub signal: Signal,
     pub producer: Option<String>,
     pub data: Vec<u8>,
@@ -28,7 +61,7 @@ pub(crate) struct Staged {
     pub n: usize,
 }
 
-impl Staged {
+impl StagedSignal {
     fn archived(&self) -> Archived<'_> {
         Archived {
             signal: &self.signal,
@@ -61,7 +94,7 @@ impl Committer {
         crate::critical::spawn("signalcast-store".into(), crate::critical::exit_process(), move || {
             while let Ok(batch) = rx.recv() {
                 for s in &batch {
-                    archive.stage(&s.archived());
+                    s.stage_into(archive.as_mut());
                 }
                 commit(archive.as_mut(), &stats);
                 if done_tx.send(()).is_err() {

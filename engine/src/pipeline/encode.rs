@@ -100,7 +100,49 @@ pub fn signal_data(
         Some(a) => key(out, a.as_str()),
         None => key(out, "null"),
     }
-    out.push(b'}');
+    key(out, OPEN_TAIL);
+}
+
+/// How a routed signal's `data` ends: its status, open.
+const OPEN_TAIL: &str = ",\"status\":\"open\"}";
+
+/// The `data` of a close: the signal's `data` as routed (`routed`) with its new status
+/// and its `outcome`.
+pub fn close_data(out: &mut Vec<u8>, routed: &[u8], close: &crate::outcome::Close) {
+    out.clear();
+    // The routed data ends with the open status (or, stored before statuses existed,
+    // with the object's brace alone).
+    let body =
+        routed.strip_suffix(OPEN_TAIL.as_bytes()).or_else(|| routed.strip_suffix(b"}")).unwrap_or(routed);
+    out.extend_from_slice(body);
+    key(out, ",\"status\":\"");
+    key(out, close.status.as_str());
+    key(out, OUTCOME_KEY);
+    opt_price(out, close.entry);
+    key(out, ",\"exit_price\":");
+    opt_price(out, close.exit);
+    key(out, ",\"return_pct\":");
+    opt_price(out, close.return_pct.and_then(crate::model::Price::from_raw));
+    key(out, ",\"closed_at\":");
+    micros(out, close.closed_at);
+    key(out, "}}");
+}
+
+/// Whether `data` is a close's ([`close_data`]): its outcome object is the last field,
+/// so only the tail is looked at.
+pub fn is_close(data: &[u8]) -> bool {
+    // The outcome object is at most ~140 bytes (three 4-decimal prices and a time).
+    let tail = &data[data.len().saturating_sub(200)..];
+    tail.windows(OUTCOME_KEY.len()).any(|w| w == OUTCOME_KEY.as_bytes())
+}
+
+const OUTCOME_KEY: &str = "\",\"outcome\":{\"entry_price\":";
+
+fn opt_price(out: &mut Vec<u8>, p: Option<crate::model::Price>) {
+    match p {
+        Some(p) => price(out, p),
+        None => key(out, "null"),
+    }
 }
 
 /// Writes the full SIGNAL_UPDATE for one channel into `out`, around an already

@@ -119,6 +119,8 @@ impl RoutedItem {
             ingest_ts: self.ingest_ts,
             routed_ts: self.routed_ts,
             sent_ts: self.sent_ts,
+            // A close's data ends with its outcome (another node's tracker made it).
+            outcome: encode::is_close(&self.data),
         }
     }
 }
@@ -170,6 +172,16 @@ pub struct Archived<'a> {
     pub channels: &'a [(Tier, u64)],
 }
 
+/// A signal's close for an [`Archive`]: a later fact about a stored signal, with every
+/// channel and seq its `SIGNAL_UPDATE` takes.
+#[derive(Clone, Copy, Debug)]
+pub struct ArchivedClose<'a> {
+    pub close: &'a crate::outcome::Close,
+    /// The `data` of its SIGNAL_UPDATE (the signal with its status and outcome).
+    pub data: &'a [u8],
+    pub channels: &'a [(Tier, u64)],
+}
+
 /// Where a node keeps what it routes before anyone sees it: with an archive, a batch's
 /// signals enter the channel logs (and their producers are acknowledged) only once
 /// [`Archive::commit`] has returned. Fan-out follows the write, so a seq a client saw
@@ -177,6 +189,9 @@ pub struct Archived<'a> {
 pub trait Archive: Send + std::fmt::Debug {
     /// Adds one routed signal to the batch being written.
     fn stage(&mut self, routed: &Archived<'_>);
+    /// Adds a signal's close to the batch being written (after the signals staged
+    /// before it, its own among them).
+    fn stage_close(&mut self, close: &ArchivedClose<'_>);
     /// Makes everything staged durable. An error keeps it staged: the stage retries,
     /// and until a commit succeeds nothing more is routed or acknowledged (the ingest
     /// queue fills and producers are slowed).

@@ -2,17 +2,18 @@
 
 use std::sync::Arc;
 
-use super::commit::{self, Committer, Staged};
+use super::commit::{self, Committer, Staged, StagedClose, StagedSignal};
 use super::dedup::{ProducerSeqs, RecentIds};
 use super::delay::DelayLine;
 use super::{
-    Archive, Archived, Done, DropReason, IngestItem, Origin, Outcome, PipelineStats, Publish, Routed,
-    RoutedItem, SignalItem, encode, enrich, filter, route,
+    Archive, Archived, ArchivedClose, Done, DropReason, IngestItem, Origin, Outcome, PipelineStats, Publish,
+    Routed, RoutedItem, SignalItem, encode, enrich, filter, route,
 };
 use crate::channels::{ChannelName, ChannelSet, Message, MessageMeta};
 use crate::config::{EngineConfig, MissingTick};
 use crate::feed::{ProducerRegistry, ProducerSlot};
 use crate::model::{Tick, Tier, UnixNanos};
+use crate::outcome::{Close, Tracked, Tracker};
 use crate::policy::TierPolicy;
 use crate::ticks::{TickUpdate, TickWriter};
 
@@ -97,6 +98,10 @@ pub struct Stage {
     held_per_tier: [u64; 4],
     /// Callbacks to run once this batch is routed (and durable).
     done: Vec<Done>,
+    /// What became of each routed signal (`None`: `max_open_signals` is 0), and the
+    /// closes it reported, waiting to be published.
+    tracker: Option<Tracker>,
+    closes: Vec<Close>,
 }
 
 impl Stage {
@@ -136,6 +141,8 @@ impl Stage {
             batch_per_tier: [0; 4],
             held_per_tier: [0; 4],
             done: Vec::new(),
+            tracker: (config.max_open_signals > 0).then(|| Tracker::new(config.max_open_signals)),
+            closes: Vec::new(),
             policy,
             channels,
             producers,
@@ -276,7 +283,12 @@ impl Stage {
             return;
         }
         match self.ticks.update(t) {
-            TickUpdate::Applied(_) => {}
+            TickUpdate::Applied(_) => {
+                if let Some(tracker) = &mut self.tracker {
+                    tracker.on_tick(&t.symbol, &t.exchange, t.last, t.ts, &mut self.closes);
+                    self.publish_closes(now);
+                }
+            }
             TickUpdate::Stale(_) => self.stats.dropped(DropReason::StaleTick),
             TickUpdate::BookFull => self.stats.dropped(DropReason::TickBookFull),
         }
@@ -322,8 +334,15 @@ impl Stage {
         encode::signal_data(&mut self.data, s, market.as_ref(), item.ingest_ts, now, item.sent_ts);
         if self.archive.is_some() || self.committer.is_some() {
             self.hold(item, market.as_ref(), tiers, now);
-            return Outcome::Routed;
+        } else {
+            self.publish(item, tiers, now);
         }
+        self.track(&item.signal, market.as_ref(), tiers, now);
+        Outcome::Routed
+    }
+
+    /// Without an archive: the routed signal goes to the sink or the channel logs.
+    fn publish(&mut self, item: &SignalItem, tiers: u8, now: UnixNanos) {
         for tier in Tier::ALL.into_iter().filter(|t| tiers & 1 << t.index() != 0) {
             self.stats.routed_to(tier);
             if let Some(sink) = &mut self.sink {
@@ -344,10 +363,99 @@ impl Stage {
                 ingest_ts: item.ingest_ts,
                 routed_ts: now,
                 sent_ts: item.sent_ts,
+                outcome: false,
             };
             self.append(tier, &meta);
         }
-        Outcome::Routed
+    }
+
+    /// Starts tracking what becomes of a routed signal (`self.data` is its data); an
+    /// `exit` may close its source's positions at once.
+    fn track(
+        &mut self,
+        s: &crate::model::Signal,
+        market: Option<&crate::model::MarketSnapshot>,
+        tiers: u8,
+        now: UnixNanos,
+    ) {
+        let Some(tracker) = &mut self.tracker else { return };
+        let tracked = Tracked {
+            id: s.id,
+            source_id: s.source_id,
+            symbol: s.symbol,
+            exchange: s.exchange,
+            category: s.category,
+            signal_type: s.signal_type,
+            target: s.target_price,
+            stop: s.stop_loss,
+            expires_at: s.expires_at,
+            entry: market.map(|m| m.last),
+            tiers,
+            data: self.data.as_slice().into(),
+        };
+        if tracker.open(tracked, now, &mut self.closes).is_err() {
+            self.stats.untracked();
+        }
+        self.publish_closes(now);
+    }
+
+    /// Puts a signal that was open when the node stopped back under tracking (read
+    /// back from the store at start, before anything is routed).
+    pub fn reopen(&mut self, signal: Tracked) {
+        let Some(tracker) = &mut self.tracker else { return };
+        if tracker.open(signal, UnixNanos(0), &mut self.closes).is_err() {
+            self.stats.untracked();
+        }
+        self.stats.set_open_signals(tracker.len());
+    }
+
+    /// Publishes the closes the tracker reported: each on every channel that carried
+    /// its signal, with new seqs, held for the archive as signals are.
+    fn publish_closes(&mut self, now: UnixNanos) {
+        if let Some(t) = &self.tracker {
+            self.stats.set_open_signals(t.len());
+        }
+        for close in std::mem::take(&mut self.closes) {
+            self.stats.closed(close.status);
+            encode::close_data(&mut self.data, &close.signal.data, &close);
+            let tiers = close.signal.tiers;
+            if self.archive.is_none() && self.committer.is_none() {
+                for tier in Tier::ALL.into_iter().filter(|t| tiers & 1 << t.index() != 0) {
+                    if let Some(sink) = &mut self.sink {
+                        sink.publish(&Routed {
+                            tier,
+                            id: close.signal.id,
+                            category: close.signal.category,
+                            data: &self.data,
+                            ingest_ts: now,
+                            routed_ts: now,
+                            sent_ts: None,
+                        });
+                        continue;
+                    }
+                    let meta = MessageMeta {
+                        seq: self.channels.live(tier).head() + 1,
+                        category: close.signal.category,
+                        ingest_ts: now,
+                        routed_ts: now,
+                        sent_ts: None,
+                        outcome: true,
+                    };
+                    self.append(tier, &meta);
+                }
+                continue;
+            }
+            let (channels, n) = self.hold_messages(tiers, close.signal.category, now, now, None, true);
+            if self.committer.is_some() {
+                self.staged.push(Staged::Close(StagedClose { close, data: self.data.clone(), channels, n }));
+            } else if let Some(archive) = self.archive.as_mut() {
+                archive.stage_close(&ArchivedClose {
+                    close: &close,
+                    data: &self.data,
+                    channels: &channels[..n],
+                });
+            }
+        }
     }
 
     /// With an archive: takes the signal's seqs (after the ones already held in this
@@ -359,25 +467,8 @@ impl Stage {
         tiers: u8,
         now: UnixNanos,
     ) {
-        let mut channels = [(Tier::Free, 0u64); 4];
-        let mut metas = Vec::with_capacity(4);
-        for tier in Tier::ALL.into_iter().filter(|t| tiers & 1 << t.index() != 0) {
-            self.stats.routed_to(tier);
-            self.held_per_tier[tier.index()] += 1;
-            self.batch_per_tier[tier.index()] += 1;
-            let seq = self.channels.live(tier).head() + self.held_per_tier[tier.index()];
-            let meta = MessageMeta {
-                seq,
-                category: item.signal.category,
-                ingest_ts: item.ingest_ts,
-                routed_ts: now,
-                sent_ts: item.sent_ts,
-            };
-            channels[metas.len()] = (tier, seq);
-            metas.push((tier, meta));
-        }
-        let n = metas.len();
-        self.held.push((self.data.clone(), metas));
+        let (channels, n) =
+            self.hold_messages(tiers, item.signal.category, item.ingest_ts, now, item.sent_ts, false);
         let producer = match item.origin {
             Origin::Producer { slot, .. } => self.slot(slot),
             _ => None,
@@ -385,7 +476,7 @@ impl Stage {
         let producer = producer.as_ref().map(|p| p.id.as_str());
         let producer = producer.or(item.verdict.as_ref().map(|v| &*v.producer));
         if self.committer.is_some() {
-            self.staged.push(Staged {
+            self.staged.push(Staged::Signal(StagedSignal {
                 signal: item.signal.clone(),
                 producer: producer.map(str::to_owned),
                 data: self.data.clone(),
@@ -394,7 +485,7 @@ impl Stage {
                 routed_ts: now,
                 channels,
                 n,
-            });
+            }));
             return;
         }
         let Some(archive) = self.archive.as_mut() else { return };
@@ -407,6 +498,36 @@ impl Stage {
             routed_ts: now,
             channels: &channels[..n],
         });
+    }
+
+    /// Takes the next seq of each tier in `tiers` (after those already held) for
+    /// `self.data`, and holds its messages until the commit: the channels and seqs, and
+    /// how many.
+    fn hold_messages(
+        &mut self,
+        tiers: u8,
+        category: crate::model::Category,
+        ingest_ts: UnixNanos,
+        routed_ts: UnixNanos,
+        sent_ts: Option<UnixNanos>,
+        outcome: bool,
+    ) -> ([(Tier, u64); 4], usize) {
+        let mut channels = [(Tier::Free, 0u64); 4];
+        let mut metas = Vec::with_capacity(4);
+        for tier in Tier::ALL.into_iter().filter(|t| tiers & 1 << t.index() != 0) {
+            if !outcome {
+                self.stats.routed_to(tier);
+            }
+            self.held_per_tier[tier.index()] += 1;
+            self.batch_per_tier[tier.index()] += 1;
+            let seq = self.channels.live(tier).head() + self.held_per_tier[tier.index()];
+            let meta = MessageMeta { seq, category, ingest_ts, routed_ts, sent_ts, outcome };
+            channels[metas.len()] = (tier, seq);
+            metas.push((tier, meta));
+        }
+        let n = metas.len();
+        self.held.push((self.data.clone(), metas));
+        (channels, n)
     }
 
     /// Lets a batch out: its messages enter the logs (and delay lines), its producers
@@ -474,8 +595,15 @@ impl Stage {
         self.appended = true;
     }
 
-    /// Moves every delayed message that is due at `now` into its delayed view.
+    /// Closes the signals that expired by `now`, then moves every delayed message that
+    /// is due into its delayed view.
     pub fn release_due(&mut self, now: UnixNanos) {
+        if let Some(tracker) = &mut self.tracker {
+            tracker.expire(now, &mut self.closes);
+            if !self.closes.is_empty() {
+                self.publish_closes(now);
+            }
+        }
         for tier in Tier::ALL {
             let (Some(line), Some(view)) = (&mut self.delays[tier.index()], self.channels.delayed(tier))
             else {
@@ -488,9 +616,10 @@ impl Stage {
         }
     }
 
-    /// The earliest pending delayed release.
+    /// The earliest pending delayed release or expiry.
     pub fn next_release(&self) -> Option<UnixNanos> {
-        self.delays.iter().flatten().filter_map(DelayLine::next_release).min()
+        let expiry = self.tracker.as_ref().and_then(Tracker::next_expiry);
+        self.delays.iter().flatten().filter_map(DelayLine::next_release).chain(expiry).min()
     }
 
     /// Ends a batch: makes the sink or the archive durable, then acknowledges

@@ -70,6 +70,12 @@ pub struct PipelineStats {
     routed: [AtomicU64; 4],
     drops: [AtomicU64; DropReason::ALL.len()],
     store_failures: AtomicU64,
+    /// Closes published, per status (docs/outcomes.md), and signals not tracked
+    /// because the tracker was full.
+    closes: [AtomicU64; 5],
+    untracked: AtomicU64,
+    /// Signals being tracked now.
+    open_signals: AtomicU64,
     /// The stage is waiting for the store to take a batch (disk full, read-only).
     store_stalled: std::sync::atomic::AtomicBool,
 }
@@ -85,6 +91,33 @@ impl PipelineStats {
 
     pub(crate) fn routed_to(&self, tier: Tier) {
         self.routed[tier.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn closed(&self, status: crate::outcome::Status) {
+        self.closes[status as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn untracked(&self) {
+        self.untracked.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_open_signals(&self, n: usize) {
+        self.open_signals.store(n as u64, Ordering::Relaxed);
+    }
+
+    /// Closes published with `status`.
+    pub fn closes(&self, status: crate::outcome::Status) -> u64 {
+        self.closes[status as usize].load(Ordering::Relaxed)
+    }
+
+    /// Routed signals whose outcome is not tracked (the tracker was full).
+    pub fn outcomes_untracked(&self) -> u64 {
+        self.untracked.load(Ordering::Relaxed)
+    }
+
+    /// Signals whose outcome is being tracked.
+    pub fn open_signals(&self) -> u64 {
+        self.open_signals.load(Ordering::Relaxed)
     }
 
     pub(crate) fn store_failed(&self) {

@@ -4,6 +4,7 @@ use engine::model::{Category, SignalType, Tier, UnixNanos};
 use engine::testkit::signal_at;
 
 use super::*;
+use crate::Status;
 
 /// A directory removed when dropped.
 struct TempDir(PathBuf);
@@ -220,4 +221,62 @@ fn pruning_removes_the_oldest_and_never_lowers_a_head() {
     store.prune(UnixNanos(i64::MAX), 100).unwrap();
     assert_eq!(store.count().unwrap(), 0);
     assert_eq!(store.head(Tier::Premium).unwrap(), 10);
+}
+
+fn close_of(n: u128, status: Status, channels: &[(Tier, u64)]) -> ClosedSignal {
+    ClosedSignal {
+        id: uuid::Uuid::from_u128(n),
+        status,
+        entry: "100".parse().ok(),
+        exit: "110".parse().ok(),
+        return_pct: Some(100_000),
+        closed_at: UnixNanos(T0 + 60_000_000_000),
+        data: format!(r#"{{"id":"{}","status":"{}","n":{n}}}"#, uuid::Uuid::from_u128(n), status.as_str()),
+        channels: channels.to_vec(),
+    }
+}
+
+#[test]
+fn closes_take_their_channels_seqs_and_are_read_back_in_order_with_the_signals() {
+    let dir = TempDir::new("closes");
+    let mut store = SqliteStore::open(&dir.0, Durability::Full).unwrap();
+    let p = Tier::Premium;
+    store
+        .append_all(
+            &[routed(1, "TCS", Category::Equity, &[(p, 1)]), routed(2, "TCS", Category::Equity, &[(p, 2)])],
+            &[close_of(1, Status::TargetHit, &[(p, 3)])],
+        )
+        .unwrap();
+    store.append_all(&[routed(3, "TCS", Category::Equity, &[(p, 4)])], &[]).unwrap();
+    // A second close of the same signal is passed over: a signal closes once.
+    store.append_all(&[], &[close_of(1, Status::StopHit, &[(p, 9)])]).unwrap();
+    assert_eq!(store.head(p).unwrap(), 4, "the close's seq counts in the head");
+
+    let back = store.after(p, 1, 10).unwrap();
+    let seqs: Vec<(u64, bool)> = back.iter().map(|m| (m.seq, m.outcome)).collect();
+    assert_eq!(seqs, [(2, false), (3, true), (4, false)]);
+    assert_eq!(back[1].id, uuid::Uuid::from_u128(1));
+    assert!(back[1].data.contains("target_hit"));
+
+    // History shows each signal's latest form; `status` filters on it.
+    let q = |status| Query { tier: Some(p), status, limit: 10, ..Query::default() };
+    let all = store.history(&q(None)).unwrap();
+    assert_eq!(ns(&all), [3, 2, 1]);
+    assert!(all.items[2].data.contains("\"status\":\"target_hit\""), "{}", all.items[2].data);
+    assert_eq!(ns(&store.history(&q(Some(Status::Open))).unwrap()), [3, 2]);
+    assert_eq!(ns(&store.history(&q(Some(Status::TargetHit))).unwrap()), [1]);
+    assert!(store.history(&q(Some(Status::StopHit))).unwrap().items.is_empty());
+
+    // What a restart tracks again: the signals with no close.
+    let open = store.open_signals(UnixNanos(T0), 10).unwrap();
+    let ids: Vec<u128> = open.iter().map(|t| t.id.as_u128()).collect();
+    assert_eq!(ids, [2, 3], "oldest first");
+    assert_eq!(open[0].entry, None, "its data carries no market snapshot");
+    assert_eq!(open[0].tiers, 1 << Tier::Premium.index());
+    assert_eq!(open[0].signal_type, SignalType::Buy);
+    assert_eq!(store.open_signals(UnixNanos(T0), 1).unwrap().len(), 1, "at most the limit, newest kept");
+    assert!(
+        store.open_signals(UnixNanos(T0 + 7_200_000_000_000), 10).unwrap().is_empty(),
+        "expired long ago"
+    );
 }

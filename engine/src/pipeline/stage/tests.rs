@@ -220,7 +220,7 @@ fn delayed_view_releases_the_same_messages_after_the_delay() {
     assert!(rx.has_changed().unwrap());
     // Premium's real-time users read live; its delayed view serves rt=false users.
     assert_eq!(TierPolicy::default().delayed_view(Tier::Premium), Duration::from_secs(30));
-    assert_eq!(h.stage.next_release(), None);
+    assert_eq!(h.stage.next_release(), Some(T0.plus_nanos(3_600 * SEC)), "then the signals' expiry");
 }
 
 #[test]
@@ -257,6 +257,11 @@ struct MemArchive {
 impl Archive for MemArchive {
     fn stage(&mut self, r: &Archived<'_>) {
         self.staged.push((r.signal.id.as_u128(), r.producer.map(str::to_owned), r.channels.to_vec()));
+    }
+
+    fn stage_close(&mut self, c: &ArchivedClose<'_>) {
+        let what = format!("close: {}", c.close.status.as_str());
+        self.staged.push((c.close.signal.id.as_u128(), Some(what), c.channels.to_vec()));
     }
 
     fn commit(&mut self) -> Result<(), String> {
@@ -335,6 +340,10 @@ impl Archive for GatedArchive {
         self.staged += 1;
     }
 
+    fn stage_close(&mut self, _: &ArchivedClose<'_>) {
+        self.staged += 1;
+    }
+
     fn commit(&mut self) -> Result<(), String> {
         self.go.recv().map_err(|_| "the test is gone".to_owned())?;
         self.commits.lock().unwrap().push(std::mem::take(&mut self.staged));
@@ -384,4 +393,114 @@ fn wait_for_bell(bell: &tokio::sync::Notify) {
     rt.block_on(async {
         let _ = tokio::time::timeout(Duration::from_millis(100), bell.notified()).await;
     });
+}
+
+fn priced(symbol: &str, last: &str, at: UnixNanos) -> IngestItem {
+    IngestItem::Tick(Tick { ts: at, ..crate::testkit::tick(symbol, "NSE", last) })
+}
+
+#[test]
+fn a_close_follows_its_signal_on_every_channel_that_carried_it_with_new_seqs() {
+    let mut h = harness(EngineConfig::default());
+    h.stage.handle(priced("RELIANCE", "2456.75", T0), T0);
+    h.stage.handle(local(signal(1, 8_000)), T0); // premium and enterprise; buy, target 2520
+    h.stage.handle(local(signal(2, 9_500)), T0); // every tier
+    h.stage.finish_batch();
+    h.stage.handle(priced("RELIANCE", "2519.99", T0.plus_nanos(SEC)), T0.plus_nanos(SEC));
+    assert_eq!(h.channels.live(Tier::Enterprise).head(), 2, "not at the target yet");
+    h.stage.handle(priced("RELIANCE", "2530", T0.plus_nanos(2 * SEC)), T0.plus_nanos(2 * SEC));
+    h.stage.finish_batch();
+
+    let enterprise = read_all(h.channels.live(Tier::Enterprise));
+    assert_eq!(enterprise.len(), 4, "two signals, two closes");
+    let close: serde_json::Value = serde_json::from_slice(enterprise[2].json()).unwrap();
+    assert_eq!(close["seq"], 3);
+    assert_eq!(close["data"]["id"], uuid::Uuid::from_u128(1).to_string());
+    assert_eq!(close["data"]["status"], "target_hit");
+    assert_eq!(
+        close["data"]["outcome"],
+        serde_json::json!({"entry_price": "2456.7500", "exit_price": "2530.0000", "return_pct": "2.9816",
+                           "closed_at": T0.plus_nanos(2 * SEC).as_micros()})
+    );
+    assert!(enterprise[2].is_outcome() && !enterprise[0].is_outcome(), "a close is marked: no quota");
+    let first: serde_json::Value = serde_json::from_slice(enterprise[0].json()).unwrap();
+    assert_eq!(first["data"]["status"], "open");
+    // Signal 1 never entered the free channel: neither does its close.
+    let free = read_all(h.channels.live(Tier::Free));
+    let ids: Vec<String> = free
+        .iter()
+        .map(|m| {
+            serde_json::from_slice::<serde_json::Value>(m.json()).unwrap()["data"]["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(ids, [uuid::Uuid::from_u128(2).to_string(), uuid::Uuid::from_u128(2).to_string()]);
+    assert_eq!(h.stats.closes(crate::outcome::Status::TargetHit), 2);
+    assert_eq!(h.stats.open_signals(), 0);
+}
+
+#[test]
+fn with_an_archive_a_close_is_stored_after_its_signal_and_held_like_one() {
+    let h = harness(EngineConfig::default());
+    let (slot, _) = h.producers.attach("p");
+    let committed = Arc::default();
+    let archive = MemArchive {
+        staged: Vec::new(),
+        committed: Arc::clone(&committed),
+        fail: Arc::default(),
+        seen: Arc::default(),
+        channels: Arc::clone(&h.channels),
+        slot: Arc::clone(&slot),
+    };
+    let mut stage = h.stage.with_archive(Box::new(archive));
+    // No tick yet: the entry is the first tick after routing, which here also hits the stop.
+    stage.handle(from_producer(slot.index, 1, signal(1, 8_000)), T0);
+    stage.handle(priced("RELIANCE", "2400", T0.plus_nanos(SEC)), T0.plus_nanos(SEC));
+    assert_eq!(h.channels.live(Tier::Enterprise).head(), 0, "held until the commit");
+    stage.finish_batch();
+    assert_eq!(
+        *committed.lock().unwrap(),
+        [
+            (1, Some("p".to_owned()), vec![(Tier::Premium, 1), (Tier::Enterprise, 1)]),
+            (1, Some("close: stop_hit".to_owned()), vec![(Tier::Premium, 2), (Tier::Enterprise, 2)]),
+        ]
+    );
+    let live = read_all(h.channels.live(Tier::Premium));
+    assert_eq!(live.iter().map(Message::seq).collect::<Vec<_>>(), [1, 2]);
+    let close: serde_json::Value = serde_json::from_slice(live[1].json()).unwrap();
+    assert_eq!(close["data"]["outcome"]["entry_price"], "2400.0000");
+    assert_eq!(close["data"]["outcome"]["return_pct"], "0.0000");
+}
+
+#[test]
+fn an_expired_signal_closes_when_the_stage_reaches_its_expiry() {
+    let mut h = harness(EngineConfig::default());
+    h.stage.handle(local(signal(1, 9_500)), T0);
+    h.stage.finish_batch();
+    let expiry = T0.plus_nanos(3_600 * SEC);
+    assert_eq!(h.stage.next_release(), Some(T0.plus_nanos(30 * SEC)), "the free view's delay first");
+    h.stage.release_due(T0.plus_nanos(30 * SEC));
+    assert_eq!(h.stage.next_release(), Some(expiry));
+    h.stage.release_due(expiry);
+    h.stage.finish_batch();
+    let live = read_all(h.channels.live(Tier::Basic));
+    let close: serde_json::Value = serde_json::from_slice(live[1].json()).unwrap();
+    assert_eq!(close["data"]["status"], "expired");
+    assert_eq!(
+        close["data"]["outcome"],
+        serde_json::json!({"entry_price": null, "exit_price": null, "return_pct": null, "closed_at": expiry.as_micros()})
+    );
+}
+
+#[test]
+fn with_tracking_off_nothing_closes() {
+    let mut h = harness(EngineConfig { max_open_signals: 0, ..EngineConfig::default() });
+    h.stage.handle(priced("RELIANCE", "2456.75", T0), T0);
+    h.stage.handle(local(signal(1, 9_500)), T0);
+    h.stage.handle(priced("RELIANCE", "3000", T0), T0);
+    h.stage.release_due(T0.plus_nanos(7_200 * SEC));
+    h.stage.finish_batch();
+    assert_eq!(h.channels.live(Tier::Enterprise).head(), 1);
 }

@@ -314,7 +314,9 @@ pub(super) fn deliver(
     if !sub.categories.contains(m.category()) {
         return Delivery::Skipped;
     }
+    // A close (a signal's outcome) is charged to no quota.
     if let Some(max) = sub.limit
+        && !m.is_outcome()
         && let Take::Exhausted { notify } = sub.quota.take(log, seq, max, today)
     {
         return if notify { Delivery::Exhausted } else { Delivery::Skipped };

@@ -323,6 +323,7 @@ mod tests {
             ingest_ts: engine::model::UnixNanos(0),
             routed_ts: engine::model::UnixNanos(0),
             sent_ts: None,
+            outcome: false,
         };
         let msg = Message::new(&meta, b"{\"x\":1}", &mut Vec::new());
         let mut o = Outbox::default();

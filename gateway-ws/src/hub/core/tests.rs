@@ -343,13 +343,54 @@ fn the_daily_quota_counts_per_user_across_connections_and_resets_at_midnight_utc
     let midnight = (utc_day(h.clock.unix.0) as i64 + 1) * 86_400 * 1_000_000_000;
     h.advance(Duration::from_nanos((midnight - h.clock.unix.0 - 1) as u64));
     h.route(8_000, Category::Equity);
-    assert!(h.read(desk).is_empty(), "one nanosecond before midnight is still yesterday");
+    // The day's signals expired on the way: their closes arrive (charged to no quota).
+    let mut frames = h.read(desk);
+    frames.extend(h.read(phone));
+    assert!(
+        frames.iter().all(|f| f.json()["data"]["status"] == "expired"),
+        "one nanosecond before midnight is still yesterday: {frames:?}"
+    );
     h.advance(Duration::from_nanos(1));
     let next_day = h.route(8_000, Category::Equity);
     assert_eq!(h.ids(desk), [next_day]);
     assert_eq!(h.ids(phone), [next_day]);
     let r = h.subscribe(other, "signals_premium");
     assert_eq!(r["type"], "SUBSCRIBED", "{r}");
+}
+
+#[test]
+fn a_close_is_charged_to_no_quota_and_follows_its_signals_channel_and_category() {
+    let mut h = harness();
+    let mut capped = session("u-capped", Tier::Premium);
+    capped.max_signals_per_day = Some(1);
+    let capped = h.connect(capped);
+    let mut crypto_only = session("u-crypto", Tier::Enterprise);
+    crypto_only.categories = CategoryMask::NONE.with(Category::Crypto);
+    let crypto_only = h.connect(crypto_only);
+    let basic = h.connect(session("u-basic", Tier::Basic));
+    for (c, ch) in
+        [(capped, "signals_premium"), (crypto_only, "signals_enterprise"), (basic, "signals_basic")]
+    {
+        assert_eq!(h.subscribe(c, ch)["type"], "SUBSCRIBED");
+    }
+    h.tick("RELIANCE", "NSE", "2456.75");
+    let first = h.route(8_000, Category::Equity); // premium and up; a buy with target 2520
+    let second = h.route(8_000, Category::Equity);
+    assert_eq!(h.ids(capped), [first], "the quota of 1 is spent on the first");
+
+    h.tick("RELIANCE", "NSE", "2525");
+    h.core.fan_out(h.clock);
+    let closes = h.read(capped);
+    let got: Vec<(String, String)> = closes
+        .iter()
+        .map(|f| {
+            (f.json()["data"]["id"].as_str().unwrap().to_owned(), f.json()["data"]["status"].to_string())
+        })
+        .collect();
+    let want = |n: u128| (uuid::Uuid::from_u128(n).to_string(), "\"target_hit\"".to_owned());
+    assert_eq!(got, [want(first), want(second)], "closes reach a spent quota: they are not charged");
+    assert!(h.read(crypto_only).is_empty(), "equity closes stay out of a crypto-only mask");
+    assert!(h.read(basic).is_empty(), "signals_basic never carried them");
 }
 
 #[test]
@@ -503,6 +544,7 @@ fn message(h: &Harness, seq: u64, id: u128) -> Message {
         ingest_ts: h.clock.unix,
         routed_ts: h.clock.unix,
         sent_ts: None,
+        outcome: false,
     };
     let json = format!(
         r#"{{"type":"SIGNAL_UPDATE","channel":"signals_premium","seq":{seq},"data":{{"id":"{}"}}}}"#,
