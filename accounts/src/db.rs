@@ -18,6 +18,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (2, "admin_audit", include_str!("../migrations/V2__admin_audit.sql")),
     (3, "sealed_keys", include_str!("../migrations/V3__sealed_keys.sql")),
     (4, "producer_rights", include_str!("../migrations/V4__producer_rights.sql")),
+    (5, "producer_sources", include_str!("../migrations/V5__producer_sources.sql")),
 ];
 
 /// An arbitrary constant: the advisory lock key of the migrator.

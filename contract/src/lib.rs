@@ -90,6 +90,9 @@ pub struct ProducerRights {
     /// May send market ticks (which move the prices every client sees).
     #[serde(default)]
     pub ticks: bool,
+    /// The signal sources (`source_id` UUIDs) it may publish under.
+    #[serde(default)]
+    pub sources: Vec<String>,
 }
 
 /// One event of `GET /v1/gateway/changes` (its SSE `id` is `position`). Each carries
@@ -114,6 +117,8 @@ pub enum Change {
         keys: Vec<ProducerKey>,
         #[serde(default)]
         ticks: bool,
+        #[serde(default)]
+        sources: Vec<String>,
     },
     /// The signing keys changed: fetch the JWKS.
     Keys,

@@ -145,7 +145,7 @@ async fn a_second_connection_of_the_same_producer_replaces_the_first() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ticks_need_the_right_and_a_seq_near_u64_max_cannot_poison_the_producer() {
+async fn ticks_need_the_right_sources_their_producers_and_a_seq_near_u64_max_cannot_poison_the_producer() {
     let t = start(EngineConfig::default()).await;
     let addr = t.feed_addr;
 
@@ -173,6 +173,19 @@ async fn ticks_need_the_right_and_a_seq_near_u64_max_cannot_poison_the_producer(
     gamma.flush().await.unwrap();
     let routed = wait_for(&t.engine, t.engine.channels.live(Tier::Premium), 1).await;
     assert_eq!(id_of(&routed[0]), 2, "a normal seq still routes after the refused one");
+
+    // A signal under a source gamma is not bound to: refused, never routed.
+    let mut foreign = equity(3, 9_500);
+    foreign.source_id = uuid::Uuid::from_u128(0xbad);
+    let mut frame = hello("gamma", "key-gamma", PROTOCOL_VERSION);
+    engine::feed::codec::encode_signal(&mut frame, 3, None, &foreign);
+    let got = exchange(addr, &frame).await;
+    assert_eq!(error_code(&got), "foreign_source");
+    let gamma = producer(addr, "gamma").await;
+    gamma.send_signal(&equity(4, 9_500)).await.unwrap();
+    gamma.flush().await.unwrap();
+    let routed = wait_for(&t.engine, t.engine.channels.live(Tier::Premium), 2).await;
+    assert_eq!(routed.iter().map(id_of).collect::<Vec<_>>(), [2, 4], "signal 3 never routed");
 }
 
 /// Connects from `source` (any 127.0.0.0/8 address is loopback), sends `bytes`, and

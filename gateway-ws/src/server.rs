@@ -36,6 +36,9 @@ pub struct App {
     pub store: Option<crate::api::signals::HistorySource>,
     /// History reads at once.
     pub store_reads: tokio::sync::Semaphore,
+    /// The last scoreboard computed, and when (`GET /v1/sources` serves it for
+    /// [`crate::api::sources::SCOREBOARD_MAX_AGE`]).
+    pub scoreboard: tokio::sync::Mutex<Option<(std::time::Instant, Arc<String>)>>,
     /// Per-user and per-producer rates of the HTTP API.
     pub api_rates: crate::api::rate::RateLimits,
     /// HTTP ingest, on a node that runs the engine.
@@ -315,6 +318,7 @@ pub async fn start_on(
         engine: Arc::clone(&engine),
         store: history_source(&config, plan, store_path.is_some()).await?,
         store_reads: tokio::sync::Semaphore::new(crate::api::signals::READS_AT_ONCE),
+        scoreboard: tokio::sync::Mutex::new(None),
         api_rates: crate::api::rate::RateLimits::default(),
         ingest: match plan.feed {
             true => Some(HttpIngest {

@@ -20,6 +20,7 @@ pub mod archiver;
 pub mod history;
 pub mod postgres;
 mod readers;
+pub mod scoreboard;
 pub mod sqlite;
 
 use engine::model::{Category, Signal, SignalType, Tier, UnixNanos};

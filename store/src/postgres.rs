@@ -280,6 +280,52 @@ impl PgStore {
             .collect()
     }
 
+    /// Every stored signal with its status, for the scoreboard (as
+    /// [`SqliteStore::score_rows`](crate::SqliteStore::score_rows)); the return is read
+    /// out of the close's data.
+    pub async fn score_rows(
+        &self,
+        symbol: Option<(&str, Option<&str>)>,
+    ) -> Result<Vec<crate::scoreboard::ScoreRow>, StoreError> {
+        let client = self.pool.get().await?;
+        let mut sql = String::from(
+            "SELECT s.source_id, s.source_type, s.category, s.signal_type, s.routed_ts,
+                    COALESCE(e.kind, 'open'), e.data::jsonb #>> '{outcome,return_pct}',
+                    (s.confidence_level * 100)::bigint
+             FROM signals.trading_signals s
+             LEFT JOIN signals.signal_events e ON e.signal_id = s.id
+                  AND e.kind IN ('target_hit', 'stop_hit', 'expired', 'closed')",
+        );
+        let mut args: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = Vec::new();
+        let (sym, exch);
+        if let Some((symbol, exchange)) = symbol {
+            sym = symbol.to_owned();
+            sql.push_str(" WHERE s.symbol = $1");
+            args.push(&sym);
+            if let Some(e) = exchange {
+                exch = e.to_owned();
+                sql.push_str(" AND s.exchange = $2");
+                args.push(&exch);
+            }
+        }
+        let rows = client.query(&sql, &args).await?;
+        rows.iter()
+            .map(|r| {
+                let text = |i: usize| r.get::<_, &str>(i);
+                Ok(crate::scoreboard::ScoreRow {
+                    source_id: r.get(0),
+                    source_type: text(1).to_owned(),
+                    category: text(2).parse().map_err(|_| corrupt("an unknown category"))?,
+                    signal_type: text(3).parse().map_err(|_| corrupt("an unknown signal type"))?,
+                    routed_ts: UnixNanos(r.get(4)),
+                    status: text(5).parse().map_err(|()| corrupt("an unknown status"))?,
+                    return_pct: r.get::<_, Option<&str>>(6).and_then(crate::scoreboard::parse_return),
+                    confidence: r.get(7),
+                })
+            })
+            .collect()
+    }
+
     /// The ids of the last `n` signals stored, newest first (the de-duplication window).
     pub async fn recent_ids(&self, n: usize) -> Result<Vec<uuid::Uuid>, StoreError> {
         let client = self.pool.get().await?;

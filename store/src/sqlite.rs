@@ -649,6 +649,57 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// Every stored signal with its status, for the scoreboard; only `symbol`'s (on
+    /// `exchange`, when given) for a symbol's figures.
+    pub fn score_rows(
+        &self,
+        symbol: Option<(&str, Option<&str>)>,
+    ) -> Result<Vec<crate::scoreboard::ScoreRow>, StoreError> {
+        let mut sql = format!(
+            "SELECT s.source_id, s.source_type, s.category, s.signal_type, s.routed_ts,
+                    COALESCE(e.kind, 'open'), e.return_pct, s.confidence_level
+             FROM trading_signals s
+             LEFT JOIN signal_events e ON e.signal_id = s.id AND e.kind IN {CLOSING}"
+        );
+        let mut args: Vec<String> = Vec::new();
+        if let Some((symbol, exchange)) = symbol {
+            sql.push_str(" WHERE s.symbol = ?1");
+            args.push(symbol.to_owned());
+            if let Some(e) = exchange {
+                sql.push_str(" AND s.exchange = ?2");
+                args.push(e.to_owned());
+            }
+        }
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let bad = |what: String| StoreError::Corrupt { path: self.path.display().to_string(), reason: what };
+        let rows = stmt.query_map(params_from_iter(args.iter()), |r| {
+            Ok((
+                [r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(5)?],
+                r.get::<_, i64>(4)?,
+                r.get::<_, Option<i64>>(6)?,
+                r.get::<_, i64>(7)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let ([source, source_type, category, kind, status], routed, return_pct, confidence) = row?;
+            out.push(crate::scoreboard::ScoreRow {
+                source_id: uuid::Uuid::parse_str(&source)
+                    .map_err(|e| bad(format!("source {source:?}: {e}")))?,
+                source_type,
+                category: category.parse().map_err(|_| bad(format!("category {category:?}")))?,
+                signal_type: kind.parse().map_err(|_| bad(format!("signal type {kind:?}")))?,
+                routed_ts: UnixNanos(routed),
+                status: status.parse().map_err(|()| bad(format!("status {status:?}")))?,
+                return_pct,
+                confidence,
+            });
+        }
+        Ok(out)
+    }
+}
+
 fn sig(t: SignalType) -> String {
     t.as_str().to_owned()
 }

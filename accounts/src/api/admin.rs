@@ -273,11 +273,16 @@ pub(crate) async fn issue_producer_key(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ProducerRightsBody {
-    ticks: bool,
+    ticks: Option<bool>,
+    sources: Option<Vec<String>>,
 }
 
-/// Sets what producer `producer_id` may send besides signals (`ticks`); gateways apply it
-/// to its live connections at once.
+/// The most sources one producer may be bound to.
+const MAX_SOURCES: usize = 1_000;
+
+/// Sets what producer `producer_id` may send: `ticks` (market ticks) and `sources` (the
+/// signal sources it may publish under), each left as it was when absent; gateways
+/// apply it to its live connections at once.
 pub(crate) async fn set_producer_rights(
     State(app): State<Shared>,
     headers: HeaderMap,
@@ -288,16 +293,41 @@ pub(crate) async fn set_producer_rights(
     if producer_id.is_empty() || producer_id.len() > 64 {
         return Err(ApiError::bad_request("producer_id must be 1 to 64 bytes"));
     }
-    app.pool
+    if r.ticks.is_none() && r.sources.is_none() {
+        return Err(ApiError::bad_request("give ticks, sources or both"));
+    }
+    let sources = match r.sources {
+        Some(list) => {
+            if list.len() > MAX_SOURCES {
+                return Err(ApiError::bad_request(&format!("at most {MAX_SOURCES} sources per producer")));
+            }
+            let mut canonical = Vec::with_capacity(list.len());
+            for s in &list {
+                let id = uuid::Uuid::parse_str(s)
+                    .map_err(|_| ApiError::bad_request(&format!("source {s:?} is not a UUID")))?;
+                canonical.push(id.hyphenated().to_string());
+            }
+            canonical.sort();
+            canonical.dedup();
+            Some(canonical)
+        }
+        None => None,
+    };
+    let row = app
+        .pool
         .get()
         .await?
-        .execute(
-            "INSERT INTO auth.producers (producer_id, ticks) VALUES ($1, $2)
-             ON CONFLICT (producer_id) DO UPDATE SET ticks = EXCLUDED.ticks, updated_at = now()",
-            &[&producer_id, &r.ticks],
+        .query_one(
+            "INSERT INTO auth.producers (producer_id, ticks, sources)
+             VALUES ($1, COALESCE($2, false), COALESCE($3, '{}'))
+             ON CONFLICT (producer_id) DO UPDATE SET ticks = COALESCE($2, auth.producers.ticks),
+                 sources = COALESCE($3, auth.producers.sources), updated_at = now()
+             RETURNING ticks, sources",
+            &[&producer_id, &r.ticks, &sources],
         )
         .await?;
-    Ok(Json(json!({"producer_id": producer_id, "ticks": r.ticks})))
+    let (ticks, sources): (bool, Vec<String>) = (row.get(0), row.get(1));
+    Ok(Json(json!({"producer_id": producer_id, "ticks": ticks, "sources": sources})))
 }
 
 pub(crate) async fn revoke_producer_key(

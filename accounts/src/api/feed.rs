@@ -45,13 +45,16 @@ async fn active_keys(
         .collect())
 }
 
-async fn may_send_ticks(
+/// What `producer` may send besides signals of no source: ticks, and the sources it is
+/// bound to.
+async fn rights(
     client: &impl deadpool_postgres::GenericClient,
     producer: &str,
-) -> Result<bool, ApiError> {
-    let row =
-        client.query_opt("SELECT ticks FROM auth.producers WHERE producer_id = $1", &[&producer]).await?;
-    Ok(row.is_some_and(|r| r.get(0)))
+) -> Result<(bool, Vec<String>), ApiError> {
+    let row = client
+        .query_opt("SELECT ticks, sources FROM auth.producers WHERE producer_id = $1", &[&producer])
+        .await?;
+    Ok(row.map_or((false, Vec::new()), |r| (r.get(0), r.get(1))))
 }
 
 /// What a gateway needs besides the stream: every active producer key (SHA-256 only)
@@ -80,10 +83,14 @@ pub(crate) async fn snapshot(
         .map(|r| r.get(0))
         .collect();
     let producers = tx
-        .query("SELECT producer_id, ticks FROM auth.producers WHERE ticks ORDER BY producer_id", &[])
+        .query(
+            "SELECT producer_id, ticks, sources FROM auth.producers
+             WHERE ticks OR cardinality(sources) > 0 ORDER BY producer_id",
+            &[],
+        )
         .await?
         .iter()
-        .map(|r| ProducerRights { producer_id: r.get(0), ticks: r.get(1) })
+        .map(|r| ProducerRights { producer_id: r.get(0), ticks: r.get(1), sources: r.get(2) })
         .collect();
     // A minute beyond the token lifetime covers the gateways' leeway and clock skew.
     let token_ttl_secs = app.config.access_ttl.as_secs();
@@ -167,8 +174,8 @@ async fn read(app: &App, after: i64) -> Result<Vec<(i64, ChangeEvent)>, ApiError
             }
             (None, Some(producer_id)) => {
                 let keys = active_keys(&client, Some(&producer_id)).await?;
-                let ticks = may_send_ticks(&client, &producer_id).await?;
-                Change::Producer { producer_id, keys, ticks }
+                let (ticks, sources) = rights(&client, &producer_id).await?;
+                Change::Producer { producer_id, keys, ticks, sources }
             }
             (None, None) => Change::Keys,
         };

@@ -19,6 +19,12 @@ pub trait ProducerAuth: Send + Sync + fmt::Debug {
     /// may send them; the rest are refused with `forbidden_tick`.
     fn may_send_ticks(&self, producer_id: &str) -> bool;
 
+    /// Whether `producer_id` is bound to signal source `source_id`: only a source's own
+    /// producers may publish under its id, so that no one can close another source's
+    /// signals or fake its record (docs/outcomes.md). Others are refused with
+    /// `foreign_source`.
+    fn may_publish_as(&self, producer_id: &str, source_id: &uuid::Uuid) -> bool;
+
     /// SHA-256 of each active API key of `producer_id`: the keys that sign its Kafka
     /// records (`kafka::signing`). Empty for an unknown producer, or when this source
     /// cannot tell (then signed records are refused, never accepted unchecked).
@@ -39,6 +45,8 @@ pub struct StaticKeys {
     keys: HashMap<String, String>,
     /// Producers that may send ticks.
     ticks: std::collections::HashSet<String>,
+    /// The signal sources each producer is bound to.
+    sources: HashMap<String, std::collections::HashSet<uuid::Uuid>>,
 }
 
 impl fmt::Debug for StaticKeys {
@@ -56,6 +64,8 @@ pub enum KeysError {
     Parse(#[from] toml::de::Error),
     #[error("producer {0:?} is listed twice")]
     Duplicate(String),
+    #[error("producer {producer:?}: source {source_id:?} is not a UUID")]
+    Source { producer: String, source_id: String },
 }
 
 #[derive(Deserialize)]
@@ -73,12 +83,22 @@ struct KeyEntry {
     /// May send market ticks (default: no).
     #[serde(default)]
     ticks: bool,
+    /// The signal sources (`source_id`s) it may publish under (default: none).
+    #[serde(default)]
+    sources: Vec<String>,
 }
 
 impl StaticKeys {
     /// Producers that may send signals only (see [`StaticKeys::with_ticks`]).
     pub fn new<I: IntoIterator<Item = (String, String)>>(entries: I) -> Self {
-        Self { keys: entries.into_iter().collect(), ticks: Default::default() }
+        Self { keys: entries.into_iter().collect(), ticks: Default::default(), sources: HashMap::new() }
+    }
+
+    /// Binds `producer` to signal sources `sources` (see [`ProducerAuth::may_publish_as`]).
+    #[must_use]
+    pub fn with_sources<I: IntoIterator<Item = uuid::Uuid>>(mut self, producer: &str, sources: I) -> Self {
+        self.sources.entry(producer.to_owned()).or_default().extend(sources);
+        self
     }
 
     /// Grants the right to send ticks to `producers`.
@@ -88,21 +108,28 @@ impl StaticKeys {
         self
     }
 
-    /// `[[producer]] id = "…" api_key = "…" ticks = true|false` entries (`ticks`: may
-    /// send market ticks; default false).
+    /// `[[producer]] id = "…" api_key = "…" ticks = true|false sources = ["<uuid>", …]`
+    /// entries (`ticks`: may send market ticks, default false; `sources`: the signal
+    /// sources it may publish under, default none).
     pub fn from_toml(text: &str) -> Result<Self, KeysError> {
         let file: KeysFile = toml::from_str(text)?;
         let mut keys = HashMap::new();
         let mut ticks = std::collections::HashSet::new();
+        let mut sources: HashMap<String, std::collections::HashSet<uuid::Uuid>> = HashMap::new();
         for e in file.producer {
             if e.ticks {
                 ticks.insert(e.id.clone());
+            }
+            for s in &e.sources {
+                let id = uuid::Uuid::parse_str(s)
+                    .map_err(|_| KeysError::Source { producer: e.id.clone(), source_id: s.clone() })?;
+                sources.entry(e.id.clone()).or_default().insert(id);
             }
             if keys.insert(e.id.clone(), e.api_key).is_some() {
                 return Err(KeysError::Duplicate(e.id));
             }
         }
-        Ok(Self { keys, ticks })
+        Ok(Self { keys, ticks, sources })
     }
 
     pub fn load(path: &Path) -> Result<Self, KeysError> {
@@ -129,6 +156,10 @@ impl ProducerAuth for StaticKeys {
 
     fn may_send_ticks(&self, producer_id: &str) -> bool {
         self.ticks.contains(producer_id)
+    }
+
+    fn may_publish_as(&self, producer_id: &str, source_id: &uuid::Uuid) -> bool {
+        self.sources.get(producer_id).is_some_and(|s| s.contains(source_id))
     }
 
     fn signing_keys(&self, producer_id: &str) -> Vec<[u8; 32]> {
@@ -168,5 +199,21 @@ mod tests {
         .unwrap();
         assert!(file.may_send_ticks("t") && !file.may_send_ticks("s") && !file.may_send_ticks("nobody"));
         assert!(!format!("{k:?}").contains("\"k\""));
+    }
+
+    #[test]
+    fn a_producer_publishes_only_under_the_sources_it_is_bound_to() {
+        let a = uuid::Uuid::from_u128(0xa);
+        let file = StaticKeys::from_toml(&format!(
+            "[[producer]]\nid='m'\napi_key='k'\nsources=['{a}']\n[[producer]]\nid='n'\napi_key='j'"
+        ))
+        .unwrap();
+        assert!(file.may_publish_as("m", &a));
+        assert!(!file.may_publish_as("m", &uuid::Uuid::from_u128(0xb)), "another source");
+        assert!(!file.may_publish_as("n", &a), "a producer bound to no source publishes under none");
+        let err = StaticKeys::from_toml("[[producer]]\nid='m'\napi_key='k'\nsources=['nope']").unwrap_err();
+        assert_eq!(err.to_string(), r#"producer "m": source "nope" is not a UUID"#);
+        let built = StaticKeys::new([("m".to_owned(), "k".to_owned())]).with_sources("m", [a]);
+        assert!(built.may_publish_as("m", &a) && !built.may_publish_as("x", &a));
     }
 }

@@ -293,7 +293,7 @@ impl Session {
         let mut acks = AckPacer { sent: slot.acked(), last_at: Instant::now() - cfg.ack_interval, due: None };
         let mut last_read = Instant::now();
         loop {
-            if let Err(end) = self.drain_frames(slot.index).await {
+            if let Err(end) = self.drain_frames(slot.index, &slot.id).await {
                 return end;
             }
             if let Some(up_to) = acks.poll(slot.acked(), Instant::now(), &cfg)
@@ -328,7 +328,7 @@ impl Session {
     }
 
     /// Decodes every whole frame in the buffer and hands it to the pipeline.
-    async fn drain_frames(&mut self, slot: u32) -> Result<(), End> {
+    async fn drain_frames(&mut self, slot: u32, producer: &str) -> Result<(), End> {
         while let Some((kind, payload)) = next_frame(&mut self.buf)? {
             let msg =
                 ProducerMessage::decode(kind, &payload, &mut self.scratch, self.ctx.max_analysis_bytes)?;
@@ -340,6 +340,15 @@ impl Session {
                             format!(
                                 "producer_seq {producer_seq} jumps more than 2^32 past this producer's highest ({})",
                                 self.last_seq
+                            ),
+                        ));
+                    }
+                    if !self.ctx.auth.may_publish_as(producer, &signal.source_id) {
+                        return Err(refuse(
+                            "foreign_source",
+                            format!(
+                                "this producer is not bound to source {} (the operator binds producers to their sources)",
+                                signal.source_id
                             ),
                         ));
                     }

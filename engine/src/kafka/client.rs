@@ -46,17 +46,17 @@ pub(super) fn header<'a>(m: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a [
 }
 
 /// Who signed record `m`, checked before its value is even decoded (when
-/// `require_signed_signals`); a `market-data` record's signer must also hold the right
-/// to send ticks.
+/// `require_signed_signals`; `None` otherwise); a `market-data` record's signer must
+/// also hold the right to send ticks.
 pub(super) fn authenticate(
     cfg: &crate::config::KafkaConfig,
     producers: &dyn crate::feed::ProducerAuth,
     m: &BorrowedMessage<'_>,
     tick: bool,
-) -> Result<(), ValueError> {
+) -> Result<Option<String>, ValueError> {
     use super::signing;
     if !cfg.require_signed_signals {
-        return Ok(());
+        return Ok(None);
     }
     let claimed = signing::Claimed {
         producer: header(m, signing::PRODUCER_HEADER),
@@ -70,7 +70,7 @@ pub(super) fn authenticate(
     if tick && !producers.may_send_ticks(&producer) {
         return Err(ValueError::ForbiddenTick(producer));
     }
-    Ok(())
+    Ok(Some(producer))
 }
 
 /// How the record's value is encoded (its `content-type` header).

@@ -200,12 +200,19 @@ fn take(cfg: &KafkaConfig, ctx: &IngestContext, m: &BorrowedMessage<'_>, scratch
     let max_analysis = ctx.max_analysis_bytes;
     let topic = if m.topic() == cfg.market_data_topic { Topic::MarketData } else { Topic::RawSignals };
     let authenticated = authenticate(cfg, ctx.producers.as_ref(), m, topic == Topic::MarketData);
-    let decoded = authenticated.and_then(|()| content_type(m)).and_then(|ct| {
+    let decoded = authenticated.and_then(|signer| Ok((signer, content_type(m)?))).and_then(|(signer, ct)| {
         let value = m.payload().unwrap_or_default();
         if topic == Topic::MarketData {
             value::decode_tick(value, ct, scratch).map(IngestItem::Tick)
         } else {
             let (signal, sent_at) = value::decode_signal(value, ct, max_analysis, scratch)?;
+            // A signed record's signer must be bound to the signal's source; unsigned
+            // topics trust the broker's ACLs (docs/kafka.md).
+            if let Some(producer) = signer
+                && !ctx.producers.may_publish_as(&producer, &signal.source_id)
+            {
+                return Err(ValueError::ForeignSource { producer, source_id: signal.source_id });
+            }
             // JSON producers give their send time as the record's CreateTime.
             let sent_ts = sent_at.or(match m.timestamp() {
                 Timestamp::CreateTime(ms) => UnixNanos::from_micros(ms.saturating_mul(1000)),

@@ -74,7 +74,7 @@ pub fn spawn_relay(
                 let item = match m {
                     Ok(m) if m.topic() == market => {
                         match authenticate(&kafka, producers.as_ref(), &m, true) {
-                            Ok(()) => tick(&m, &mut scratch),
+                            Ok(_) => tick(&m, &mut scratch),
                             Err(e) => {
                                 // Logged at debug: a flood of forged ticks must not
                                 // flood the log; the counter shows it.

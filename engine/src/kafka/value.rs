@@ -68,6 +68,8 @@ pub enum ValueError {
     StaleSignature { signed_at_ms: u64, now_ms: u64 },
     #[error("producer {0:?} may not send ticks")]
     ForbiddenTick(String),
+    #[error("producer {producer:?} is not bound to source {source_id}")]
+    ForeignSource { producer: String, source_id: uuid::Uuid },
 }
 
 impl ValueError {
@@ -86,6 +88,7 @@ impl ValueError {
             Self::BadSignature(_) => "bad_signature",
             Self::StaleSignature { .. } => "stale_signature",
             Self::ForbiddenTick(_) => "forbidden_tick",
+            Self::ForeignSource { .. } => "foreign_source",
         }
     }
 
@@ -98,6 +101,7 @@ impl ValueError {
                 | Self::BadSignature(_)
                 | Self::StaleSignature { .. }
                 | Self::ForbiddenTick(_)
+                | Self::ForeignSource { .. }
         )
     }
 }

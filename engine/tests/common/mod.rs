@@ -17,6 +17,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 
+/// The source of [`engine::testkit`]'s signals.
+pub const TESTKIT_SOURCE: uuid::Uuid = uuid::Uuid::from_u128(0xfeed);
+
 pub const KEYS: [(&str, &str); 3] = [("alpha", "key-alpha"), ("beta", "key-beta"), ("gamma", "key-gamma")];
 
 pub struct TestEngine {
@@ -32,9 +35,12 @@ pub async fn start(config: EngineConfig) -> TestEngine {
 
 pub async fn start_with(config: EngineConfig, feed_config: FeedConfig) -> TestEngine {
     let engine = Engine::start(config, TierPolicy::default()).unwrap();
-    // gamma sends signals only.
-    let keys = StaticKeys::new(KEYS.iter().map(|(i, k)| ((*i).to_owned(), (*k).to_owned())))
+    // gamma sends signals only; all three publish under the test kit's source only.
+    let mut keys = StaticKeys::new(KEYS.iter().map(|(i, k)| ((*i).to_owned(), (*k).to_owned())))
         .with_ticks(["alpha".to_owned(), "beta".to_owned()]);
+    for (id, _) in KEYS {
+        keys = keys.with_sources(id, [TESTKIT_SOURCE]);
+    }
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let feed_addr = listener.local_addr().unwrap();
     let ctx = engine.feed_context(Arc::new(keys), feed_config);

@@ -130,6 +130,16 @@ pub async fn serve(req: Request<Incoming>, app: &Arc<App>, ticks: bool) -> Respo
             }
         } else {
             match decode_signal(raw, ContentType::Json, app.engine.config.max_analysis_bytes, &mut scratch) {
+                Ok((signal, _)) if !ingest.producers.may_publish_as(&producer, &signal.source_id) => {
+                    Result_::Refused {
+                        id: Some(signal.id.hyphenated().to_string()),
+                        code: "foreign_source",
+                        message: format!(
+                            "producer {producer:?} is not bound to source {} (the operator binds producers to their sources)",
+                            signal.source_id
+                        ),
+                    }
+                }
                 Ok((signal, _)) => {
                     let id = signal.id.hyphenated().to_string();
                     let verdict = Verdict::new(Arc::clone(&producer));

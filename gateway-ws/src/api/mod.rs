@@ -3,6 +3,7 @@
 //! ingest for producers (their id and key as HTTP Basic).
 //!
 //! - [`signals`]: `GET /v1/signals/history`, `GET /v1/signals/live`.
+//! - [`sources`]: `GET /v1/sources`, `GET /v1/signals/stats` (the scoreboard).
 //! - [`ingest`]: `POST /v1/signals`, `POST /v1/ticks`.
 //! - [`rate`]: per-user and per-producer rates (429 with `Retry-After`).
 //! - [`time`]: the RFC 3339 times `from` and `to` accept.
@@ -10,6 +11,7 @@
 pub mod ingest;
 pub mod rate;
 pub mod signals;
+pub mod sources;
 pub mod time;
 
 use std::net::IpAddr;
@@ -33,6 +35,8 @@ pub type Body = Full<Bytes>;
 pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/signals/history"),
     ("get", "/v1/signals/live"),
+    ("get", "/v1/signals/stats"),
+    ("get", "/v1/sources"),
     ("post", "/v1/signals"),
     ("post", "/v1/ticks"),
 ];
@@ -67,7 +71,10 @@ pub async fn handle(req: Request<Incoming>, peer: Option<IpAddr>, app: Arc<App>)
     let _ = peer;
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
-    let readable = matches!(path.as_str(), "/v1/signals/history" | "/v1/signals/live");
+    let readable = matches!(
+        path.as_str(),
+        "/v1/signals/history" | "/v1/signals/live" | "/v1/signals/stats" | "/v1/sources"
+    );
     if readable {
         // Browsers read history from other origins only where allowed_origins says so.
         let origin = req.headers().get(ORIGIN).and_then(|v| v.to_str().ok()).map(str::to_owned);
@@ -77,6 +84,8 @@ pub async fn handle(req: Request<Incoming>, peer: Option<IpAddr>, app: Arc<App>)
         }
         let mut response = match method {
             Method::OPTIONS => preflight(),
+            Method::GET if path == "/v1/sources" => sources::scoreboard(&req, &app).await,
+            Method::GET if path == "/v1/signals/stats" => sources::symbol_stats(&req, &app).await,
             Method::GET => signals::serve(&req, &app, path == "/v1/signals/live").await,
             _ => not_allowed("GET"),
         };

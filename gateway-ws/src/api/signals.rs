@@ -42,6 +42,29 @@ pub enum HistorySource {
 }
 
 impl HistorySource {
+    /// Stored signals with their status, for the scoreboard (see
+    /// [`store::SqliteStore::score_rows`]).
+    pub async fn score_rows(
+        &self,
+        symbol: Option<(String, Option<String>)>,
+    ) -> Result<Vec<store::scoreboard::ScoreRow>, String> {
+        match self {
+            Self::Sqlite(readers) => {
+                let readers = Arc::clone(readers);
+                tokio::task::spawn_blocking(move || {
+                    readers.read(|s| s.score_rows(symbol.as_ref().map(|(s, e)| (s.as_str(), e.as_deref()))))
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())
+            }
+            Self::Postgres(pg) => pg
+                .score_rows(symbol.as_ref().map(|(s, e)| (s.as_str(), e.as_deref())))
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    }
+
     async fn page(&self, q: Query) -> Result<store::Page, String> {
         match self {
             Self::Sqlite(readers) => {
@@ -56,8 +79,9 @@ impl HistorySource {
     }
 }
 
-/// Serves one request; `live` is the list of open, unexpired signals.
-pub async fn serve<B>(req: &Request<B>, app: &Arc<App>, live: bool) -> Response<Body> {
+/// The caller's session from `Authorization: Bearer <JWT>`, charged one request of
+/// their tier's `api_requests_per_minute`; or the answer that refuses them.
+pub(super) fn authorize<B>(req: &Request<B>, app: &App) -> Result<Session, Response<Body>> {
     let Some(token) = req
         .headers()
         .get(AUTHORIZATION)
@@ -66,17 +90,17 @@ pub async fn serve<B>(req: &Request<B>, app: &Arc<App>, live: bool) -> Response<
         .map(str::trim)
         .filter(|t| !t.is_empty())
     else {
-        return error(
+        return Err(error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "send your access token: Authorization: Bearer <JWT>",
-        );
+        ));
     };
     let session = match app.auth.authenticate(token) {
         Ok(s) => s,
         Err(e) => {
             app.stats.auth_failed();
-            return error(StatusCode::UNAUTHORIZED, "unauthorized", &e.to_string());
+            return Err(error(StatusCode::UNAUTHORIZED, "unauthorized", &e.to_string()));
         }
     };
     let policy = &app.engine.policy;
@@ -88,12 +112,22 @@ pub async fn serve<B>(req: &Request<B>, app: &Arc<App>, live: bool) -> Response<
         per_minute,
         Instant::now(),
     ) {
-        return too_many(
+        return Err(too_many(
             "rate_limited",
             &format!("at most {per_minute} requests a minute on the {} tier", session.tier),
             wait,
-        );
+        ));
     }
+    Ok(session)
+}
+
+/// Serves one request; `live` is the list of open, unexpired signals.
+pub async fn serve<B>(req: &Request<B>, app: &Arc<App>, live: bool) -> Response<Body> {
+    let session = match authorize(req, app) {
+        Ok(s) => s,
+        Err(refusal) => return refusal,
+    };
+    let policy = &app.engine.policy;
     let now = UnixNanos::now();
     let delayed = !session.real_time || !policy.rule(session.tier).delay.is_zero();
     let delay = if delayed { policy.delayed_view(session.tier) } else { Duration::ZERO };

@@ -51,6 +51,8 @@ pub struct SidecarAuth {
     producers: RwLock<HashMap<String, HashSet<String>>>,
     /// Producers that may send ticks.
     tick_producers: RwLock<HashSet<String>>,
+    /// The signal sources each producer may publish under.
+    sources: RwLock<HashMap<String, HashSet<uuid::Uuid>>>,
     /// Users whose rights changed recently enough for a token issued before the change
     /// to be alive: their current rights, which override such a token.
     changed: RwLock<Changed>,
@@ -141,6 +143,7 @@ impl SidecarAuth {
             was_up: AtomicBool::new(false),
             producers: RwLock::new(HashMap::new()),
             tick_producers: RwLock::new(HashSet::new()),
+            sources: RwLock::new(HashMap::new()),
             changed: RwLock::new(Changed::default()),
             revision: tokio::sync::watch::Sender::new(0),
         });
@@ -227,7 +230,9 @@ impl SidecarAuth {
         }
         *write(&self.producers) = producers;
         *write(&self.tick_producers) =
-            snap.producers.into_iter().filter(|p| p.ticks).map(|p| p.producer_id).collect();
+            snap.producers.iter().filter(|p| p.ticks).map(|p| p.producer_id.clone()).collect();
+        *write(&self.sources) =
+            snap.producers.into_iter().map(|p| (p.producer_id, parse_sources(&p.sources))).collect();
         *write(&self.suspended) = snap.suspended.into_iter().collect();
         write(&self.changed).load(snap.recent, snap.token_ttl_secs);
         self.revision.send_modify(|r| *r += 1);
@@ -256,7 +261,8 @@ impl SidecarAuth {
                 // A user that no longer exists: its tokens cannot be refreshed; what is
                 // connected ends with its token.
                 Change::User { user: None, .. } => {}
-                Change::Producer { producer_id, keys, ticks } => {
+                Change::Producer { producer_id, keys, ticks, sources } => {
+                    write(&self.sources).insert(producer_id.clone(), parse_sources(&sources));
                     let keys: HashSet<String> = keys.into_iter().map(|k| k.key_sha256).collect();
                     let mut tick_producers = write(&self.tick_producers);
                     if ticks {
@@ -287,6 +293,12 @@ pub enum AccountsState {
     Degraded,
 }
 
+/// The sidecar checks each source is a UUID before storing it; one that is not binds
+/// nothing.
+fn parse_sources(sources: &[String]) -> HashSet<uuid::Uuid> {
+    sources.iter().filter_map(|s| uuid::Uuid::parse_str(s).ok()).collect()
+}
+
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     lock.read().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -304,6 +316,10 @@ impl engine::feed::ProducerAuth for SidecarAuth {
 
     fn may_send_ticks(&self, producer_id: &str) -> bool {
         read(&self.tick_producers).contains(producer_id)
+    }
+
+    fn may_publish_as(&self, producer_id: &str, source_id: &uuid::Uuid) -> bool {
+        read(&self.sources).get(producer_id).is_some_and(|s| s.contains(source_id))
     }
 
     /// The sidecar's SHA-256 of each key is the HMAC key of signed Kafka records.

@@ -1,0 +1,124 @@
+//! `GET /v1/sources` (the scoreboard per source) and `GET /v1/signals/stats?symbol=…`
+//! (one symbol's figures): what the sources' calls became (docs/outcomes.md).
+//!
+//! Every authenticated user may read both: they are counts and returns over every
+//! routed signal, never a signal, so they reveal nothing a tier withholds. Each request
+//! takes one of the caller's `api_requests_per_minute`. The scoreboard reads every
+//! stored signal, so one computed scoreboard is served to everyone for
+//! [`SCOREBOARD_MAX_AGE`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use engine::model::{Exchange, Symbol, UnixNanos};
+use hyper::{Request, Response, StatusCode};
+
+use super::signals::authorize;
+use super::{Body, error, json};
+use crate::server::App;
+
+/// How old a served scoreboard may be.
+pub const SCOREBOARD_MAX_AGE: Duration = Duration::from_secs(10);
+
+/// `GET /v1/sources`.
+pub async fn scoreboard<B>(req: &Request<B>, app: &Arc<App>) -> Response<Body> {
+    if let Err(refusal) = authorize(req, app) {
+        return refusal;
+    }
+    if let Some(q) = req.uri().query().filter(|q| !q.is_empty()) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            &format!("/v1/sources takes no parameters (got {q:?})"),
+        );
+    }
+    let Some(source) = app.store.clone() else { return no_store() };
+    // One computation at a time; those waiting get its result.
+    let mut cached = app.scoreboard.lock().await;
+    if let Some((at, body)) = cached.as_ref()
+        && at.elapsed() < SCOREBOARD_MAX_AGE
+    {
+        return json(StatusCode::OK, body.as_bytes().to_vec());
+    }
+    let Ok(_permit) = app.store_reads.acquire().await else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "draining", "server shutting down");
+    };
+    match source.score_rows(None).await {
+        Ok(rows) => {
+            let body = Arc::new(store::scoreboard::sources(rows, UnixNanos::now()).to_string());
+            *cached = Some((Instant::now(), Arc::clone(&body)));
+            json(StatusCode::OK, body.as_bytes().to_vec())
+        }
+        Err(e) => unreadable(&e),
+    }
+}
+
+/// `GET /v1/signals/stats?symbol=…[&exchange=…]`.
+pub async fn symbol_stats<B>(req: &Request<B>, app: &Arc<App>) -> Response<Body> {
+    if let Err(refusal) = authorize(req, app) {
+        return refusal;
+    }
+    let (symbol, exchange) = match parse(req.uri().query().unwrap_or("")) {
+        Ok(v) => v,
+        Err(message) => return error(StatusCode::BAD_REQUEST, "bad_request", &message),
+    };
+    let Some(source) = app.store.clone() else { return no_store() };
+    let Ok(_permit) = app.store_reads.acquire().await else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "draining", "server shutting down");
+    };
+    match source.score_rows(Some((symbol.clone(), exchange.clone()))).await {
+        Ok(rows) => {
+            let body = store::scoreboard::symbol(&symbol, exchange.as_deref(), rows);
+            json(StatusCode::OK, body.to_string())
+        }
+        Err(e) => unreadable(&e),
+    }
+}
+
+/// `symbol` (required) and `exchange`, checked as the feed checks them.
+fn parse(query: &str) -> Result<(String, Option<String>), String> {
+    let (mut symbol, mut exchange) = (None, None);
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match &*k {
+            "symbol" if symbol.is_none() => {
+                Symbol::new(&v).map_err(|e| format!("symbol: {e}"))?;
+                symbol = Some(v.into_owned());
+            }
+            "exchange" if exchange.is_none() => {
+                Exchange::new(&v).map_err(|e| format!("exchange: {e}"))?;
+                exchange = Some(v.into_owned());
+            }
+            "symbol" | "exchange" => return Err(format!("{k} is given twice")),
+            other => return Err(format!("unknown parameter {other:?} (symbol, exchange)")),
+        }
+    }
+    Ok((symbol.ok_or("symbol is required: /v1/signals/stats?symbol=RELIANCE")?, exchange))
+}
+
+fn no_store() -> Response<Body> {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no_store",
+        "this node has no signal store to read from ([store] database_url on gateways; docs/deploy.md)",
+    )
+}
+
+fn unreadable(e: &str) -> Response<Body> {
+    tracing::warn!(error = %e, "scoreboard read failed");
+    error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "the signal store could not be read")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse;
+
+    #[test]
+    fn symbol_is_required_and_checked() {
+        assert_eq!(parse("symbol=RELIANCE&exchange=NSE"), Ok(("RELIANCE".into(), Some("NSE".into()))));
+        assert_eq!(parse("symbol=EUR%2FUSD"), Ok(("EUR/USD".into(), None)));
+        assert!(parse("").unwrap_err().contains("symbol is required"));
+        assert!(parse("symbol=a%22b").unwrap_err().starts_with("symbol:"));
+        assert!(parse("symbol=A&symbol=B").unwrap_err().contains("twice"));
+        assert!(parse("symbol=A&tier=x").unwrap_err().contains("unknown parameter"));
+    }
+}
