@@ -10,8 +10,8 @@
 mod common;
 mod ledger;
 
-use std::net::{SocketAddr, TcpListener as StdListener};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -20,26 +20,8 @@ use engine::model::Category;
 use ledger::{Event, Ledger, Subscriber};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-async fn get(addr: SocketAddr, path: &str) -> Option<String> {
-    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.ok()?;
-    Some(out)
-}
-
 async fn metric(addr: SocketAddr, series: &str) -> f64 {
-    common::sample(&get(addr, "/metrics").await.unwrap_or_default(), series).unwrap_or(0.0)
-}
-
-fn kill(child: &Child, signal: &str) {
-    let pid = child.id().to_string();
-    assert!(Command::new("kill").args([signal, &pid]).status().unwrap().success());
+    common::sample(&common::get(addr, "/metrics").await.unwrap_or_default(), series).unwrap_or(0.0)
 }
 
 /// Waits until `n` signals have reached the first subscriber.
@@ -49,14 +31,6 @@ async fn progress_reaches(s: &std::sync::atomic::AtomicUsize, n: usize, what: &s
         assert!(Instant::now() < deadline, "{what}: only {} signals in 60 s", s.load(Ordering::Relaxed));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-fn dev_url(http: SocketAddr, user: &str) -> String {
-    let token = gateway::server::dev_auth(&gateway::Config::default())
-        .unwrap()
-        .mint(user, Duration::from_secs(3600))
-        .unwrap();
-    format!("ws://{http}/ws?token={token}")
 }
 
 fn report(name: &str, ledgers: &[(&str, &Ledger)], produced: &[u128]) -> Vec<ledger::Verdict> {
@@ -114,7 +88,7 @@ async fn a_producer_process_killed_mid_batch_and_rerun_repeats_nothing_and_loses
     };
     let mut first = produce("300");
     progress_reaches(&followers[0].2, 200, "the first producer run").await;
-    kill(&first, "-KILL"); // mid-batch: no goodbye; its unacknowledged frames die with it
+    common::kill(&first, "-KILL"); // mid-batch: no goodbye; its unacknowledged frames die with it
     first.wait().unwrap();
     let received_before = metric(server.http_addr, "signalcast_signals_received_total").await;
 
@@ -138,70 +112,12 @@ async fn a_producer_process_killed_mid_batch_and_rerun_repeats_nothing_and_loses
     server.shutdown().await;
 }
 
-/// A `signalcast serve` process in single-node mode on fixed ports and one data
-/// directory, so that a restarted one is where its clients and producers look for it,
-/// with what its predecessor stored.
-struct Server {
-    child: Child,
-}
-
-impl Server {
-    async fn start(http: SocketAddr, feed: SocketAddr, data: &std::path::Path) -> Self {
-        Self::start_with(http, feed, data, &[]).await
-    }
-
-    async fn start_with(
-        http: SocketAddr,
-        feed: SocketAddr,
-        data: &std::path::Path,
-        env: &[(&str, &str)],
-    ) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_signalcast"))
-            .envs(env.iter().copied())
-            .env("SIGNALCAST_STORE__DATA_DIR", data)
-            .env("SIGNALCAST_LISTEN", http.to_string())
-            .env("SIGNALCAST_FEED_LISTEN", feed.to_string())
-            .env("SIGNALCAST_DEMO__ENABLED", "false")
-            .env("SIGNALCAST_DRAIN_TIMEOUT_SECS", "2")
-            .env("SIGNALCAST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut s = Self { child };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !get(http, "/health/ready").await.is_some_and(|r| r.starts_with("HTTP/1.1 200")) {
-            assert!(s.child.try_wait().unwrap().is_none(), "signalcast exited at start");
-            assert!(Instant::now() < deadline, "signalcast not ready in 30 s");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        s
-    }
-
-    /// SIGTERM (drain) or SIGKILL, and waits for the exit.
-    async fn stop(mut self, signal: &str) {
-        kill(&self.child, signal);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "signalcast did not exit on {signal}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_server_loses_nothing_it_acknowledged_and_resumes_its_clients() {
-    let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let feed: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let http: SocketAddr = format!("127.0.0.1:{}", common::free_port()).parse().unwrap();
+    let feed: SocketAddr = format!("127.0.0.1:{}", common::free_port()).parse().unwrap();
     let data = common::data_dir();
-    let server = Server::start(http, feed, &data).await;
+    let server = common::Server::start(http, feed, &data).await;
     const N: u128 = 900;
     let produced: Vec<u128> = (1..=N).collect();
 
@@ -213,7 +129,7 @@ async fn a_restarted_server_loses_nothing_it_acknowledged_and_resumes_its_client
         ("u-premium-1", "signals_premium"),
     ] {
         let mut s = Subscriber::new(channel);
-        let url = dev_url(http, user);
+        let url = common::dev_url(http, user);
         s.connect(&url).await.unwrap();
         first_progress.get_or_insert_with(|| s.progress.clone());
         followers.push((channel, tokio::spawn(s.follow(vec![url], N, Duration::from_secs(120)))));
@@ -234,10 +150,10 @@ async fn a_restarted_server_loses_nothing_it_acknowledged_and_resumes_its_client
     let progress = first_progress.unwrap();
     progress_reaches(&progress, 250, "before the SIGTERM").await;
     server.stop("-TERM").await; // drain: notice, 1001, acknowledgements flushed
-    let server = Server::start(http, feed, &data).await;
+    let server = common::Server::start(http, feed, &data).await;
     progress_reaches(&progress, 550, "before the SIGKILL").await;
     server.stop("-KILL").await; // no drain, no goodbye
-    let server = Server::start(http, feed, &data).await;
+    let server = common::Server::start(http, feed, &data).await;
     let producer = feeding.await.unwrap();
     println!("producer reconnects: {}", producer.reconnects());
     let acked = producer.acked();
@@ -275,10 +191,10 @@ async fn a_restarted_server_loses_nothing_it_acknowledged_and_resumes_its_client
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_does_not_give_users_their_days_quota_again() {
-    let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let feed: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let http: SocketAddr = format!("127.0.0.1:{}", common::free_port()).parse().unwrap();
+    let feed: SocketAddr = format!("127.0.0.1:{}", common::free_port()).parse().unwrap();
     let data = common::data_dir();
-    let server = Server::start(http, feed, &data).await;
+    let server = common::Server::start(http, feed, &data).await;
     let publish = |range: std::ops::RangeInclusive<u128>| async move {
         let p =
             Producer::connect(ProducerConfig::new(feed.to_string(), common::PRODUCER.0, common::PRODUCER.1))
@@ -291,7 +207,7 @@ async fn a_crash_does_not_give_users_their_days_quota_again() {
         p.close().await.unwrap();
     };
     // u-premium-capped may receive 5 a day; it receives 3 live.
-    let mut c = common::Client::connect(&dev_url(http, "u-premium-capped")).await;
+    let mut c = common::Client::connect(&common::dev_url(http, "u-premium-capped")).await;
     assert_eq!(c.subscribe("signals_premium").await["type"], "SUBSCRIBED");
     publish(1..=3).await;
     let got: Vec<u128> = c.signals(3).await.iter().map(common::id_of).collect();
@@ -300,11 +216,11 @@ async fn a_crash_does_not_give_users_their_days_quota_again() {
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     server.stop("-KILL").await;
 
-    let server = Server::start(http, feed, &data).await;
+    let server = common::Server::start(http, feed, &data).await;
     publish(4..=8).await;
     // After the restart 3 of the 5 are still spent: history gives the 3 already charged
     // (free) and 2 new ones, and withholds the other 3.
-    let token = dev_url(http, "u-premium-capped").split("token=").nth(1).unwrap().to_owned();
+    let token = common::dev_url(http, "u-premium-capped").split("token=").nth(1).unwrap().to_owned();
     let mut s = tokio::net::TcpStream::connect(http).await.unwrap();
     let req = format!(
         "GET /v1/signals/history HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
@@ -326,12 +242,13 @@ async fn a_crash_does_not_give_users_their_days_quota_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_store_stops_acknowledging_and_acknowledges_nothing_it_did_not_store() {
-    let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let feed: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let http: SocketAddr = format!("127.0.0.1:{}", common::free_port()).parse().unwrap();
+    let feed: SocketAddr = format!("127.0.0.1:{}", common::free_port()).parse().unwrap();
     let data = common::data_dir();
     // A store capped at 1 MiB fills after some hundreds of signals.
-    let server = Server::start_with(http, feed, &data, &[("SIGNALCAST_STORE__MAX_SIZE_MB", "1")]).await;
-    let mut c = common::Client::connect(&dev_url(http, "u-enterprise-1")).await;
+    let server =
+        common::Server::start_with(http, feed, &data, &[("SIGNALCAST_STORE__MAX_SIZE_MB", "1")]).await;
+    let mut c = common::Client::connect(&common::dev_url(http, "u-enterprise-1")).await;
     assert_eq!(c.subscribe("signals_enterprise").await["type"], "SUBSCRIBED");
     let p = std::sync::Arc::new(
         Producer::connect(ProducerConfig::new(feed.to_string(), common::PRODUCER.0, common::PRODUCER.1))
@@ -352,7 +269,7 @@ async fn a_full_store_stops_acknowledging_and_acknowledges_nothing_it_did_not_st
     // The node says it is not ready once a commit fails, and the ACKs stop.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let ready = get(http, "/health/ready").await.unwrap_or_default();
+        let ready = common::get(http, "/health/ready").await.unwrap_or_default();
         if ready.starts_with("HTTP/1.1 503") {
             assert!(ready.contains("signal store cannot commit"), "{ready}");
             break;

@@ -160,7 +160,7 @@ pub fn sources(rows: impl IntoIterator<Item = ScoreRow>, now: UnixNanos) -> Valu
             (total, v)
         })
         .collect();
-    out.sort_by(|a, b| b.0.cmp(&a.0));
+    out.sort_by_key(|s| std::cmp::Reverse(s.0));
     json!({"generated_at": now.as_micros(), "sources": out.into_iter().map(|(_, v)| v).collect::<Vec<_>>()})
 }
 

@@ -80,7 +80,9 @@ impl HistorySource {
 }
 
 /// The caller's session from `Authorization: Bearer <JWT>`, charged one request of
-/// their tier's `api_requests_per_minute`; or the answer that refuses them.
+/// their tier's `api_requests_per_minute`; or the answer that refuses them (returned
+/// as is: it is the whole response, built once per refused request).
+#[allow(clippy::result_large_err)]
 pub(super) fn authorize<B>(req: &Request<B>, app: &App) -> Result<Session, Response<Body>> {
     let Some(token) = req
         .headers()

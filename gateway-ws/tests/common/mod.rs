@@ -3,9 +3,11 @@
 //! for what a well-behaved library refuses to send).
 #![allow(dead_code, clippy::unwrap_used)]
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
 use engine::feed::{Producer, ProducerConfig};
@@ -364,4 +366,88 @@ pub async fn serve_default(env: &[(&str, &str)]) -> (tokio::process::Child, Stri
     // Keep reading: a closed pipe would make the server's next line a panic.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     (child, url)
+}
+
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub async fn get(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.ok()?;
+    Some(out)
+}
+
+pub fn kill(child: &Child, signal: &str) {
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args([signal, &pid]).status().unwrap().success());
+}
+
+pub fn dev_url(http: SocketAddr, user: &str) -> String {
+    let token = gateway::server::dev_auth(&gateway::Config::default())
+        .unwrap()
+        .mint(user, Duration::from_secs(3600))
+        .unwrap();
+    format!("ws://{http}/ws?token={token}")
+}
+
+/// A `signalcast serve` process in single-node mode on fixed ports and one data
+/// directory, so that a restarted one is where its clients and producers look for it,
+/// with what its predecessor stored.
+pub struct Server {
+    pub child: Child,
+}
+
+impl Server {
+    pub async fn start(http: SocketAddr, feed: SocketAddr, data: &std::path::Path) -> Self {
+        Self::start_with(http, feed, data, &[]).await
+    }
+
+    pub async fn start_with(
+        http: SocketAddr,
+        feed: SocketAddr,
+        data: &std::path::Path,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_signalcast"))
+            .envs(env.iter().copied())
+            .env("SIGNALCAST_STORE__DATA_DIR", data)
+            .env("SIGNALCAST_LISTEN", http.to_string())
+            .env("SIGNALCAST_FEED_LISTEN", feed.to_string())
+            .env("SIGNALCAST_DEMO__ENABLED", "false")
+            .env("SIGNALCAST_DRAIN_TIMEOUT_SECS", "2")
+            .env("SIGNALCAST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut s = Self { child };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !get(http, "/health/ready").await.is_some_and(|r| r.starts_with("HTTP/1.1 200")) {
+            assert!(s.child.try_wait().unwrap().is_none(), "signalcast exited at start");
+            assert!(Instant::now() < deadline, "signalcast not ready in 30 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        s
+    }
+
+    /// SIGTERM (drain) or SIGKILL, and waits for the exit.
+    pub async fn stop(mut self, signal: &str) {
+        kill(&self.child, signal);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "signalcast did not exit on {signal}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
