@@ -28,6 +28,8 @@ pub struct Plan {
     /// None: a random one is generated (and printed).
     pub password: Option<String>,
     pub producer_id: String,
+    /// The signal sources (`source_id`) the producer may publish under.
+    pub sources: Vec<String>,
 }
 
 /// What was created, to show the operator once.
@@ -79,6 +81,13 @@ pub async fn run(p: &Plan) -> Result<Created, BootstrapError> {
     if status != StatusCode::CREATED {
         return Err(BootstrapError::Refused { what: "user", status, body: body.to_string() });
     }
+    // Bound before its key exists: the key's first change event already carries them.
+    let rights = json!({"sources": p.sources});
+    let path = format!("/v1/admin/producers/{}", p.producer_id);
+    let (status, body) = call_with(Method::PUT, &addr, &p.admin_token, &path, &rights).await?;
+    if status != StatusCode::OK {
+        return Err(BootstrapError::Refused { what: "producer sources", status, body: body.to_string() });
+    }
     let key = json!({"producer_id": p.producer_id});
     let (status, body) = call(&addr, &p.admin_token, "/v1/admin/producer-keys", &key).await?;
     let producer_key = match (status, body["key"].as_str()) {
@@ -103,6 +112,16 @@ async fn call(
     path: &str,
     body: &Value,
 ) -> Result<(StatusCode, Value), BootstrapError> {
+    call_with(Method::POST, addr, token, path, body).await
+}
+
+async fn call_with(
+    method: Method,
+    addr: &str,
+    token: &str,
+    path: &str,
+    body: &Value,
+) -> Result<(StatusCode, Value), BootstrapError> {
     let unreachable = |message: String| BootstrapError::Unreachable { addr: addr.to_owned(), message };
     let exchange = async {
         let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| unreachable(e.to_string()))?;
@@ -111,7 +130,7 @@ async fn call(
             .map_err(|e| unreachable(e.to_string()))?;
         tokio::spawn(conn);
         let req = Request::builder()
-            .method(Method::POST)
+            .method(method)
             .uri(path)
             .header(hyper::header::HOST, addr)
             .header(hyper::header::AUTHORIZATION, format!("Bearer {token}"))

@@ -127,6 +127,10 @@ enum Cmd {
         /// Producer id for the first producer key.
         #[arg(long)]
         producer: String,
+        /// A signal source (`source_id`, a UUID) the producer publishes under; repeat for
+        /// several. Its signals of any other source are refused.
+        #[arg(long = "source", required = true)]
+        sources: Vec<String>,
     },
 }
 
@@ -156,7 +160,7 @@ async fn main() -> anyhow::Result<()> {
             let n = accounts::seed::seed(&pool, &text, &password).await?;
             tracing::info!(users = n, file = %file.display(), "seeded");
         }
-        Some(Cmd::Bootstrap { url, admin_token, tier, user_id, email, password, producer }) => {
+        Some(Cmd::Bootstrap { url, admin_token, tier, user_id, email, password, producer, sources }) => {
             let plan = accounts::bootstrap::Plan {
                 url,
                 admin_token,
@@ -165,12 +169,14 @@ async fn main() -> anyhow::Result<()> {
                 email,
                 password,
                 producer_id: producer,
+                sources,
             };
             let c = accounts::bootstrap::run(&plan).await?;
             let plan_state = if c.plan_created { "created" } else { "existed" };
             println!("plan      {} ({plan_state})", c.plan_id);
             println!("user      {} ({}), password: {}", c.user_id, plan.email, c.password);
             println!("producer  {}, key: {}", c.producer_id, c.producer_key);
+            println!("          publishes under source {}", plan.sources.join(", "));
             println!("(shown once: the sidecar keeps only hashes of the password and the key)");
         }
     }

@@ -67,7 +67,13 @@ async fn the_sidecar_and_postgres_dying_cost_connected_clients_nothing() {
     }
 
     // The dev producer key of the gateway's fixtures is not in use with the sidecar: a
-    // key issued by it.
+    // key issued by it, to a producer bound to the test kit's source.
+    let bind =
+        json!({"sources": [engine::testkit::signal(1, 9_500, engine::model::Category::Equity).source_id]});
+    assert_eq!(
+        http(sidecar.admin_addr, "PUT", "/v1/admin/producers/steady", Some(ADMIN), Some(&bind)).0,
+        200
+    );
     let (st, key) = http(
         sidecar.admin_addr,
         "POST",

@@ -148,7 +148,13 @@ async fn rights_change_on_a_live_connection_within_a_second() {
     assert_eq!(subscribe(&mut ws, "signals_premium").await["type"], "SUBSCRIBED");
     assert_eq!(subscribe(&mut ws, "signals_enterprise").await["type"], "ERROR");
 
-    // A producer key issued by the sidecar opens the feed (once the gateway has it).
+    // A producer key issued by the sidecar opens the feed (once the gateway has it), for
+    // a producer bound to the test kit's source.
+    let bind = json!({"sources": [signal(1, 8_000).source_id]});
+    assert_eq!(
+        http(sidecar.admin_addr, "PUT", "/v1/admin/producers/model-live", Some(ADMIN), Some(&bind)).0,
+        200
+    );
     let (st, key) = http(
         sidecar.admin_addr,
         "POST",
@@ -685,6 +691,58 @@ async fn an_old_token_cannot_undo_a_downgrade_and_ticks_need_the_producers_right
         422,
         "a malformed right is refused"
     );
+
+    // Sources: feed-x is bound to none, so its signals are refused; bound (live), they
+    // route. The tick right it was granted stays (each field is left as it was).
+    let p = connect().await.unwrap();
+    let refused =
+        match p.send_signal(&engine::testkit::signal(90, 9_500, engine::model::Category::Equity)).await {
+            Err(e) => e,
+            Ok(()) => p.flush().await.expect_err("a signal of a source feed-x is not bound to"),
+        };
+    assert!(
+        matches!(&refused, engine::feed::ProducerError::Refused { code, .. } if code == "foreign_source"),
+        "{refused}"
+    );
+    let source = engine::testkit::signal(90, 9_500, engine::model::Category::Equity).source_id.to_string();
+    let (st, body) = http(
+        sidecar.admin_addr,
+        "PUT",
+        "/v1/admin/producers/feed-x",
+        Some(ADMIN),
+        Some(&json!({"sources": [source, "not-a-uuid"]})),
+    );
+    assert_eq!(st, 400, "{body}");
+    let (st, body) = http(
+        sidecar.admin_addr,
+        "PUT",
+        "/v1/admin/producers/feed-x",
+        Some(ADMIN),
+        Some(&json!({"sources": [source]})),
+    );
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(
+        (body["ticks"].as_bool(), body["sources"][0].as_str()),
+        (Some(true), Some(source.as_str())),
+        "{body}"
+    );
+    let (mut signals, _) = welcome_tier(&later, &fresh).await;
+    assert_eq!(subscribe(&mut signals, "signals_basic").await["type"], "SUBSCRIBED");
+    let until_bound = Instant::now() + Duration::from_secs(5);
+    'bound: loop {
+        assert!(Instant::now() < until_bound, "the bound producer's signal never arrived");
+        let p = connect().await.unwrap();
+        if p.send_signal(&engine::testkit::signal(91, 9_500, engine::model::Category::Equity)).await.is_ok()
+            && p.flush().await.is_ok()
+        {
+            while let Some(Ok(v)) = next(&mut signals, Duration::from_millis(300)).await {
+                if v["type"] == "SIGNAL_UPDATE" {
+                    break 'bound;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     live.shutdown().await;
     later.shutdown().await;
 }

@@ -11,6 +11,10 @@
 //!   256-item batch as the stage thread does. The clock advances 1 ms per signal
 //!   (1,000 signals/s of simulated time), so after 30,000 signals the delayed views
 //!   release as many messages as they take: the steady state.
+//! - `ticks/*`: one tick through the stage (tick book, then outcome tracking) with
+//!   100,000 open signals over 1,000 symbols, their targets and stops 2–50% away so that
+//!   the ticks (±0.5% around the entry) cross none: what tracking costs a tick that
+//!   closes nothing, against `untracked` (`max_open_signals = 0`).
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::sync::Arc;
@@ -118,9 +122,81 @@ fn stage(c: &mut Criterion) {
     g.finish();
 }
 
+fn ticks(c: &mut Criterion) {
+    const SYMBOLS: usize = 1_000;
+    const OPEN: u64 = 100_000;
+    let now = UnixNanos::now();
+    let symbol = |i: usize| format!("SYM{i:04}");
+    let mut g = c.benchmark_group("ticks");
+    g.throughput(Throughput::Elements(1));
+    for (name, max_open) in [("tracked_100k_open", 200_000), ("untracked", 0)] {
+        let config = EngineConfig { max_open_signals: max_open, ..EngineConfig::default() };
+        let policy = Arc::new(TierPolicy::default());
+        let (_book, writer) = TickBook::new(config.max_symbols);
+        let channels = Arc::new(ChannelSet::new(&policy, config.ring_capacity));
+        let stats = Arc::new(PipelineStats::default());
+        let mut stage = Stage::new(
+            &config,
+            policy,
+            writer,
+            channels,
+            Arc::new(ProducerRegistry::default()),
+            Arc::clone(&stats),
+        );
+        let tick_of = |i: usize, last: i64, at: UnixNanos| {
+            let mut t = engine::testkit::tick(&symbol(i), "NSE", "100");
+            t.last = engine::model::Price::from_raw(last).unwrap();
+            t.ts = at;
+            t
+        };
+        for i in 0..SYMBOLS {
+            stage.handle(IngestItem::Tick(tick_of(i, 1_000_000, now)), now);
+        }
+        for n in 0..OPEN {
+            let i = (n % SYMBOLS as u64) as usize;
+            let mut s = engine::testkit::signal_at(
+                u128::from(n) + 1,
+                9_500,
+                &symbol(i),
+                "NSE",
+                engine::model::Category::Equity,
+                now,
+            );
+            // 2% to 50% away from the entry of 100.
+            let away = 200 + (n % 4_800) as i64;
+            s.target_price = engine::model::Price::from_raw(1_000_000 + away * 100).unwrap();
+            s.stop_loss = engine::model::Price::from_raw(1_000_000 - away * 100).unwrap();
+            let item =
+                SignalItem { origin: Origin::Local, signal: s, ingest_ts: now, sent_ts: None, verdict: None };
+            stage.handle(IngestItem::Signal(item), now);
+            if n % 1_024 == 1_023 {
+                stage.finish_batch();
+            }
+        }
+        stage.finish_batch();
+        assert_eq!(stats.open_signals(), if max_open > 0 { OPEN } else { 0 });
+        let mut k: u64 = 0;
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    k += 1;
+                    let at = UnixNanos(now.0 + k as i64);
+                    // ±0.5% around 100.
+                    let last = 995_000 + (k.wrapping_mul(7_919) % 10_000) as i64;
+                    stage.handle(IngestItem::Tick(tick_of((k % SYMBOLS as u64) as usize, last, at)), at);
+                }
+                start.elapsed()
+            })
+        });
+        assert_eq!(stats.open_signals(), if max_open > 0 { OPEN } else { 0 }, "no tick closed anything");
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
-    targets = decode, stage
+    targets = decode, stage, ticks
 }
 criterion_main!(benches);

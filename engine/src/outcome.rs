@@ -216,8 +216,9 @@ impl Tracker {
         Ok(())
     }
 
-    /// A tick applied to the tick book: fills the entries that waited for it, then closes
-    /// every open signal of its symbol whose target or stop it reached.
+    /// A tick applied to the tick book (at `at`, the engine's time): fills the entries
+    /// that waited for it, then closes every open signal of its symbol whose target or
+    /// stop it reached.
     pub fn on_tick(
         &mut self,
         symbol: &Symbol,

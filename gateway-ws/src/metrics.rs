@@ -330,6 +330,28 @@ impl Collector for Gateway {
                 .map(|r| (r.as_str().to_owned(), ConstCounter::new(engine.stats.drops(*r)))),
             counter_t,
         )?;
+        family(
+            e,
+            "signalcast_outcomes_closed",
+            "Signals closed by their outcome (docs/outcomes.md), by status.",
+            "status",
+            engine::outcome::Status::ALL[1..]
+                .iter()
+                .map(|s| (s.as_str().to_owned(), ConstCounter::new(engine.stats.closes(*s)))),
+            counter_t,
+        )?;
+        gauge(
+            e,
+            "signalcast_outcomes_open",
+            "Routed signals whose outcome is being tracked.",
+            engine.stats.open_signals() as i64,
+        )?;
+        counter(
+            e,
+            "signalcast_outcomes_untracked",
+            "Routed signals not tracked because engine.max_open_signals were open (they stay open).",
+            engine.stats.outcomes_untracked(),
+        )?;
         counter(
             e,
             "signalcast_signals_received",

@@ -459,6 +459,41 @@ async fn readme_commands_run_as_written() {
                 assert!(item["channels"].get("signals_enterprise").is_none(), "{v}");
             })
         }),
+        // Step 5: two ticks close the HTTPDEMO sell at its target; history and the
+        // scoreboard show it.
+        ("http://127.0.0.1:8080/v1/ticks --data-binary", {
+            check(|out| async move {
+                let v: Value = serde_json::from_str(out.trim()).unwrap_or_else(|_| panic!("{out}"));
+                let statuses: Vec<&str> =
+                    v["results"].as_array().unwrap().iter().map(|r| r["status"].as_str().unwrap()).collect();
+                assert_eq!(statuses, ["accepted", "accepted"], "{v}");
+            })
+        }),
+        ("/v1/signals/history?status=target_hit&symbol=HTTPDEMO", {
+            check(|out| async move {
+                let json = out.lines().rev().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("{out}"));
+                let v: Value = serde_json::from_str(json).unwrap();
+                let item = &v["items"][0];
+                assert_eq!(item["id"], "7c0f9a51-2b3d-4e6f-8a9b-0c1d2e3f4a5b", "{v}");
+                assert_eq!(item["status"], "target_hit", "{v}");
+                assert_eq!(item["outcome"]["entry_price"], "250.0000", "{v}");
+                assert_eq!(item["outcome"]["exit_price"], "239.5000", "{v}");
+                assert_eq!(item["outcome"]["return_pct"], "4.2000", "{v}");
+            })
+        }),
+        ("127.0.0.1:8080/v1/sources", {
+            check(|out| async move {
+                let json = out.lines().rev().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("{out}"));
+                let v: Value = serde_json::from_str(json).unwrap();
+                let source = v["sources"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|s| s["source_id"] == "5eacdd1d-446b-4985-8de0-f44da0e8f005")
+                    .unwrap_or_else(|| panic!("{v}"));
+                assert!(source["windows"]["all"]["target_hit"].as_u64().is_some_and(|n| n >= 1), "{source}");
+            })
+        }),
         // A file of a tick and a signal: the signal is routed with that tick's snapshot.
         ("--file /tmp/signalcast-example.jsonl", {
             check_with_url(&premium_url, |out, url| {
@@ -584,6 +619,8 @@ async fn bootstrap_works(out: &str) {
     .unwrap();
     let mut s = common::signal(0xB007, 9_000, engine::model::Category::Equity);
     s.id = uuid::Uuid::from_u128(engine::model::UnixNanos::now().0 as u128);
+    // The source bootstrap bound the producer to (`--source`).
+    s.source_id = uuid::Uuid::parse_str("5eacdd1d-446b-4985-8de0-f44da0e8f005").unwrap();
     p.send_signal(&s).await.unwrap();
     p.flush().await.unwrap();
     let id = s.id.to_string();

@@ -234,7 +234,7 @@ mod tests {
             (all["signals"].as_u64(), all["open"].as_u64(), all["expired"].as_u64()),
             (Some(5), Some(1), Some(1))
         );
-        assert_eq!(all["median_return_pct"], "1.7500", "the mean of the middle two");
+        assert_eq!(all["median_return_pct"], "1.5000", "the mean of the middle two (0.5 and 2.5)");
         assert_eq!(s1["categories"]["crypto"]["all"]["target_hit"], 1);
         assert_eq!(s1["categories"]["equity"]["day"]["stop_hit"], 1);
         let s2 = &v["sources"][1];

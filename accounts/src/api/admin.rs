@@ -319,9 +319,9 @@ pub(crate) async fn set_producer_rights(
         .await?
         .query_one(
             "INSERT INTO auth.producers (producer_id, ticks, sources)
-             VALUES ($1, COALESCE($2, false), COALESCE($3, '{}'))
-             ON CONFLICT (producer_id) DO UPDATE SET ticks = COALESCE($2, auth.producers.ticks),
-                 sources = COALESCE($3, auth.producers.sources), updated_at = now()
+             VALUES ($1, COALESCE($2::boolean, false), COALESCE($3::text[], '{}'))
+             ON CONFLICT (producer_id) DO UPDATE SET ticks = COALESCE($2::boolean, auth.producers.ticks),
+                 sources = COALESCE($3::text[], auth.producers.sources), updated_at = now()
              RETURNING ticks, sources",
             &[&producer_id, &r.ticks, &sources],
         )

@@ -2,7 +2,7 @@
 // (`GET /v1/signals/history`) and the open ones (`GET /v1/signals/live`), read with the
 // same token as the socket, sent as `Authorization: Bearer`, never in the URL.
 
-import type { Category, EnrichedSignal, Micros } from "./messages.js";
+import type { Category, EnrichedSignal, Micros, SignalStatus } from "./messages.js";
 
 /** One signal of a history or live page: its SIGNAL_UPDATE `data`, in its latest form,
  * with the seq it had on each signal channel the caller may read
@@ -21,7 +21,48 @@ export interface HistoryPage {
 }
 
 export type SignalType = EnrichedSignal["signal_type"];
-export type SignalStatus = "open" | "target_hit" | "stop_hit" | "expired" | "closed";
+export type { SignalStatus };
+
+/** Counts and returns of a set of signals (docs/outcomes.md); rates and returns are
+ * 4-decimal strings, null when there is nothing to compute them from. */
+export interface Figures {
+  signals: number;
+  open: number;
+  target_hit: number;
+  stop_hit: number;
+  expired: number;
+  closed: number;
+  /** target_hit / (target_hit + stop_hit). */
+  hit_rate: string | null;
+  mean_return_pct: string | null;
+  median_return_pct: string | null;
+}
+
+/** Figures over the signals routed in the last day, week, and all time. */
+export interface Windows {
+  day: Figures;
+  week: Figures;
+  all: Figures;
+}
+
+/** `GET /v1/sources`: the scoreboard, most signals first. */
+export interface Scoreboard {
+  generated_at: Micros;
+  sources: {
+    source_id: string;
+    source_type: EnrichedSignal["source_type"];
+    windows: Windows;
+    categories: Partial<Record<Category, Windows>>;
+  }[];
+}
+
+/** `GET /v1/signals/stats`: one symbol's figures. */
+export interface SymbolStats extends Figures {
+  symbol: string;
+  exchange: string | null;
+  mean_confidence: string | null;
+  by_type: Partial<Record<SignalType, Figures & { mean_confidence: string | null }>>;
+}
 
 /** A point in time: a `Date`, an RFC 3339 string, or microseconds since the Unix epoch
  * (as the signals' own `*_at`/`*_ts` fields). */
@@ -130,6 +171,21 @@ export function query(params: HistoryParams): string {
 
 /** GET `url` with the token; the parsed page, or a `SignalcastHttpError`. */
 export async function getPage(fetchImpl: FetchLike, url: string, token: string, signal?: AbortSignal): Promise<HistoryPage> {
+  const r = await getJson(fetchImpl, url, token, signal);
+  const page = r.body as Partial<HistoryPage> | undefined;
+  if (!page || !Array.isArray(page.items) || (page.next !== null && typeof page.next !== "string")) {
+    throw new SignalcastHttpError(r.status, "bad_response", "the answer is not a page of signals");
+  }
+  return page as HistoryPage;
+}
+
+/** GET `url` with the token; the parsed JSON body, or a `SignalcastHttpError`. */
+export async function getJson(
+  fetchImpl: FetchLike,
+  url: string,
+  token: string,
+  signal?: AbortSignal,
+): Promise<{ status: number; body: unknown }> {
   const init: Parameters<FetchLike>[1] = {
     method: "GET",
     headers: { Authorization: `Bearer ${token}`, Accept: "application/json" },
@@ -154,9 +210,8 @@ export async function getPage(fetchImpl: FetchLike, url: string, token: string, 
     }
     throw new SignalcastHttpError(r.status, `http_${r.status}`, text.slice(0, 200) || `HTTP ${r.status}`, seconds);
   }
-  const page = body as Partial<HistoryPage> | undefined;
-  if (!page || !Array.isArray(page.items) || (page.next !== null && typeof page.next !== "string")) {
-    throw new SignalcastHttpError(r.status, "bad_response", "the answer is not a page of signals");
+  if (body === undefined) {
+    throw new SignalcastHttpError(r.status, "bad_response", "the answer is not JSON");
   }
-  return page as HistoryPage;
+  return { status: r.status, body };
 }

@@ -3,6 +3,8 @@
 // reconnect costs nothing, or says so with a `resume` event whose `recovered` is false.
 
 import {
+  SignalcastHttpError,
+  getJson,
   getPage,
   httpBase,
   query,
@@ -10,6 +12,8 @@ import {
   type HistoryPage,
   type HistoryParams,
   type LiveParams,
+  type Scoreboard,
+  type SymbolStats,
 } from "./api.js";
 import { backoffDelay, defaultBackoff, type BackoffOptions } from "./backoff.js";
 import {
@@ -279,9 +283,36 @@ export class SignalcastClient {
     }
   }
 
-  async #get(path: string, qs: string, signal?: AbortSignal): Promise<HistoryPage> {
+  /** The scoreboard of every signal source (`GET /v1/sources`, docs/outcomes.md):
+   * per source, counts, hit rate and returns over the last day, week and all time, and
+   * per category. Any signed-in user may read it; errors as `history`. */
+  async sources(options: { signal?: AbortSignal } = {}): Promise<Scoreboard> {
+    const r = await this.#getJson("/v1/sources", "", options.signal);
+    const board = r.body as Partial<Scoreboard>;
+    if (!Array.isArray(board.sources)) {
+      throw new SignalcastHttpError(r.status, "bad_response", "the answer is not a scoreboard");
+    }
+    return board as Scoreboard;
+  }
+
+  /** One symbol's figures by signal type and status (`GET /v1/signals/stats`). */
+  async symbolStats(symbol: string, options: { exchange?: string; signal?: AbortSignal } = {}): Promise<SymbolStats> {
+    const q = new URLSearchParams({ symbol });
+    if (options.exchange !== undefined) {
+      q.set("exchange", options.exchange);
+    }
+    const r = await this.#getJson("/v1/signals/stats", q.toString(), options.signal);
+    return r.body as SymbolStats;
+  }
+
+  async #getJson(path: string, qs: string, signal?: AbortSignal): Promise<{ status: number; body: unknown }> {
     const base = this.#httpUrl ?? httpBase(this.#options.url);
-    const fetchImpl =
+    const token = await this.#token();
+    return getJson(this.#fetchImpl(), `${base}${path}${qs ? `?${qs}` : ""}`, token, signal);
+  }
+
+  #fetchImpl(): FetchLike {
+    return (
       this.#fetch ??
       ((input, init) => {
         const g = globalThis as { fetch?: FetchLike };
@@ -289,9 +320,14 @@ export class SignalcastClient {
           throw new Error("no fetch implementation: pass options.fetch");
         }
         return g.fetch(input, init);
-      });
+      })
+    );
+  }
+
+  async #get(path: string, qs: string, signal?: AbortSignal): Promise<HistoryPage> {
+    const base = this.#httpUrl ?? httpBase(this.#options.url);
     const token = await this.#token();
-    return getPage(fetchImpl, `${base}${path}${qs ? `?${qs}` : ""}`, token, signal);
+    return getPage(this.#fetchImpl(), `${base}${path}${qs ? `?${qs}` : ""}`, token, signal);
   }
 
   // --- the connection ---

@@ -15,12 +15,15 @@ export type {
 export { SignalcastHttpError, httpBase } from "./api.js";
 export type {
   FetchLike,
+  Figures,
+  Scoreboard,
+  SymbolStats,
+  Windows,
   HistoryItem,
   HistoryPage,
   HistoryParams,
   LiveParams,
   PageParams,
-  SignalStatus,
   SignalType,
   TimeParam,
 } from "./api.js";

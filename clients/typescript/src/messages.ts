@@ -89,6 +89,22 @@ export interface EnrichedSignal {
   routed_ts: Micros;
   sent_ts: Micros | null;
   analysis: unknown;
+  /** `open` when routed; a later SIGNAL_UPDATE of the same id (new seq) closes it. */
+  status: SignalStatus;
+  /** How it closed (docs/outcomes.md); present once `status` is not `open`. */
+  outcome?: Outcome;
+}
+
+/** Where a signal stands. */
+export type SignalStatus = "open" | "target_hit" | "stop_hit" | "expired" | "closed";
+
+/** How a signal closed: prices and return (percent, signed) as 4-decimal strings, null
+ * where unknown (informational signals, no price ever seen). */
+export interface Outcome {
+  entry_price: Price | null;
+  exit_price: Price | null;
+  return_pct: string | null;
+  closed_at: Micros;
 }
 
 export interface SignalUpdate {

@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { test } from "node:test";
 import { chromium, type Page } from "playwright-core";
 
-import { Proxy, Server, freePort, publish, rawSignal, repo, token } from "./harness.js";
+import { PRODUCER, Proxy, Server, freePort, publish, rawSignal, repo, token } from "./harness.js";
 
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 // Without these, Chromium reaches out to Google at start, which this network refuses.
@@ -76,9 +76,10 @@ test("the dashboard shows live signals and survives a cut network and a gateway 
       seqBefore,
       { timeout: 15_000 },
     );
-    const seqs = (await page.locator("#tier-enterprise tbody tr").evaluateAll((trs) => trs.map((t) => Number(t.getAttribute("data-seq")))))
-      .reverse();
-    assert.ok(seqs.every((s, i) => i === 0 || s === seqs[i - 1]! + 1), `no gap across the cut: ${seqs}`);
+    // Every message of the channel, signals and their closes (docs/outcomes.md), in order.
+    const received = ((await page.locator("#tier-enterprise").getAttribute("data-received")) ?? "").split(",").map(Number);
+    assert.ok(received.length > 1 && received.some((s) => s <= seqBefore) && received.at(-1)! > seqBefore, `${received}`);
+    assert.ok(received.every((s, i) => i === 0 || s === received[i - 1]! + 1), `no gap across the cut: ${received}`);
 
     // The picture (README): after the resume, with a few scrapes in the charts.
     const dir = join(repo, "target", "dashboard");
@@ -200,6 +201,29 @@ test("scrolling back: older signals from history appear below the live ones, eac
       timeout: 10_000,
     });
     assert.equal(await rows.count(), 74);
+
+    // Two TCS ticks: the entry of 71..73 (routed with no snapshot), then past their
+    // target of 2500: each row shows its close, and the scoreboard counts them.
+    const auth = `Basic ${Buffer.from(`${PRODUCER.id}:${PRODUCER.key}`).toString("base64")}`;
+    const ticks = ["2456.7500", "2510.0000"]
+      .map((last, i) => JSON.stringify({ symbol: "TCS", exchange: "NSE", bid: last, ask: last, last, volume: 1, ts: i + 1 }))
+      .join("\n");
+    const posted = await fetch(`${server.http}/v1/ticks`, {
+      method: "POST",
+      headers: { Authorization: auth, "Content-Type": "application/x-ndjson" },
+      body: ticks,
+    });
+    assert.equal(posted.status, 200, await posted.text());
+    const closed = page.locator(`#tier-enterprise tbody tr[data-id="${live[2]}"]`);
+    await page.waitForSelector(`#tier-enterprise tbody tr[data-id="${live[2]}"][data-status="target_hit"]`, { timeout: 10_000 });
+    assert.equal(await closed.locator("td.status").textContent(), "target hit +2.1675%");
+    assert.equal(await rows.count(), 74, "a close updates its row, it adds none");
+    await page.waitForFunction(
+      () => Number(document.querySelector("#scoreboard tbody tr td:nth-child(5)")?.textContent) >= 3,
+      null,
+      { timeout: 40_000 },
+    );
+    assert.ok(await page.locator("#scoreboard").isVisible());
     assert.deepEqual(errors, [], "no script error and no CSP violation on the page");
   } finally {
     await browser.close();

@@ -285,7 +285,8 @@ impl Stage {
         match self.ticks.update(t) {
             TickUpdate::Applied(_) => {
                 if let Some(tracker) = &mut self.tracker {
-                    tracker.on_tick(&t.symbol, &t.exchange, t.last, t.ts, &mut self.closes);
+                    // Closed when the engine saw the tick (a producer's tick time is its own).
+                    tracker.on_tick(&t.symbol, &t.exchange, t.last, now, &mut self.closes);
                     self.publish_closes(now);
                 }
             }

@@ -9,6 +9,7 @@ const MAX_ROWS = 1000; // rows a table keeps at most once older ones are loaded
 const HISTORY_PAGE = 50; // signals asked per history request
 const HISTORY_PAGES = 4; // requests at most per "load older" (lower tiers skip many)
 const POLL_MS = 2000; // /metrics
+const SCOREBOARD_MS = 15000; // /v1/sources (the server computes it at most every 10 s)
 const WINDOW = 150; // chart points (5 minutes at 2 s)
 
 const $ = (id) => document.getElementById(id);
@@ -27,6 +28,7 @@ function connect(token) {
   if (client) client.close();
   for (const t of TIERS) tierView(t).reset();
   $("prices").replaceChildren();
+  $("scoreboard").hidden = true;
   pricesOn = false;
   client = new SignalcastClient({ url: wsUrl(), token, backoff: { initialMs: 200, maxMs: 5000 } });
   client.on("state", showState);
@@ -46,6 +48,7 @@ function connect(token) {
       pricesOn = true;
       client.subscribe("prices_general", (m) => showPrice(m.data));
     }
+    void showScoreboard();
   });
   client.on("resume", (e) => {
     const el = $("resume");
@@ -90,6 +93,9 @@ function tierView(tier) {
   // reached, and the number of older rows shown.
   let shown = new Set();
   let older = { cursor: null, to: null, done: false, loading: false, rows: 0, withheld: 0 };
+  // The seqs of the last messages received (signals and closes), oldest first, on the
+  // node as data-received: what shows that nothing was lost across a reconnect.
+  let received = [];
 
   function row(s, seq, fresh) {
     const tr = document.createElement("tr");
@@ -98,6 +104,7 @@ function tierView(tier) {
     tr.dataset.id = s.id;
     tr.dataset.generated = String(s.generated_at);
     tr.dataset.routed = String(s.routed_ts);
+    tr.dataset.status = s.status ?? "open";
     const k = s.market; // the symbol's latest tick when the signal was routed, or null
     const cells = [
       ["age", ""],
@@ -110,6 +117,7 @@ function tierView(tier) {
       ["num", s.target_price],
       ["num", s.stop_loss],
       ["num", s.confidence.toFixed(2)],
+      ...statusCell(s),
       ["num", k ? k.bid : "no tick"],
       ["num", k ? k.ask : ""],
       ["num", k ? k.last : ""],
@@ -221,6 +229,8 @@ function tierView(tier) {
       body.replaceChildren();
       count = 0;
       shown = new Set();
+      received = [];
+      delete node.dataset.received;
       older = { cursor: null, to: null, done: false, loading: false, rows: 0, withheld: 0 };
       node.querySelector(".empty").textContent = "waiting for signals…";
       node.querySelector(".empty").hidden = false;
@@ -228,7 +238,18 @@ function tierView(tier) {
     },
     add(m) {
       const s = m.data;
-      if (shown.has(s.id)) return;
+      received.push(m.seq);
+      if (received.length > 200) received = received.slice(-100);
+      node.dataset.received = received.join(",");
+      node.querySelector(".seq").textContent = `seq ${m.seq}`;
+      if (shown.has(s.id)) {
+        // A close (a later SIGNAL_UPDATE of the same id): its row shows how it ended.
+        if (s.status !== "open") {
+          const tr = body.querySelector(`tr[data-id="${CSS.escape(s.id)}"]`);
+          if (tr) setStatus(tr, s);
+        }
+        return;
+      }
       shown.add(s.id);
       body.prepend(row(s, m.seq, true));
       trim();
@@ -241,6 +262,77 @@ function tierView(tier) {
   views.set(tier, v);
   return v;
 }
+
+/** The status cell of a signal: its status, and its return once closed. */
+function statusCell(s) {
+  const status = s.status ?? "open";
+  const r = s.outcome ? s.outcome.return_pct : null;
+  const text = r === null || r === undefined ? status.replace("_", " ") : `${status.replace("_", " ")} ${r.startsWith("-") ? "" : "+"}${r}%`;
+  const title = s.outcome
+    ? `entry ${s.outcome.entry_price ?? "–"} → exit ${s.outcome.exit_price ?? "–"}`
+    : "tracked against the live ticks until its target, stop or expiry";
+  return [[`status ${status}`, text, title]];
+}
+
+function setStatus(tr, s) {
+  const [[cls, text, title]] = statusCell(s);
+  const td = tr.querySelector("td.status");
+  td.className = cls;
+  td.textContent = text;
+  td.title = title;
+  tr.dataset.status = s.status;
+}
+
+// --- scoreboard ---
+
+async function showScoreboard() {
+  const c = client;
+  if (!c) return;
+  let board;
+  try {
+    board = await c.sources();
+  } catch (e) {
+    console.info("scoreboard unavailable", e && e.message ? e.message : e);
+    return;
+  }
+  if (c !== client) return;
+  const section = $("scoreboard");
+  const body = section.querySelector("tbody");
+  body.replaceChildren();
+  for (const src of board.sources) {
+    const w = src.windows.week;
+    if (w.signals === 0) continue;
+    const tr = document.createElement("tr");
+    tr.dataset.source = src.source_id;
+    const pct = (v) => (v === null ? "–" : `${v.startsWith("-") ? "" : "+"}${v}%`);
+    const sign = (v) => (v === null ? "" : v.startsWith("-") ? "num down" : "num up");
+    const cells = [
+      ["", src.source_id.slice(0, 8), src.source_id],
+      ["dim", src.source_type],
+      ["num", String(w.signals)],
+      ["num", String(w.open)],
+      ["num", String(w.target_hit)],
+      ["num", String(w.stop_hit)],
+      ["num", String(w.expired)],
+      ["num", String(w.closed)],
+      ["num", w.hit_rate === null ? "–" : `${(Number(w.hit_rate) * 100).toFixed(1)}%`],
+      [sign(w.mean_return_pct), pct(w.mean_return_pct)],
+      [sign(w.median_return_pct), pct(w.median_return_pct)],
+    ];
+    for (const [cls, text, title] of cells) {
+      const td = document.createElement("td");
+      if (cls) td.className = cls;
+      td.textContent = text;
+      if (title) td.title = title;
+      tr.append(td);
+    }
+    body.append(tr);
+  }
+  section.querySelector(".empty").hidden = body.rows.length > 0;
+  section.hidden = false;
+}
+
+setInterval(() => void showScoreboard(), SCOREBOARD_MS);
 
 function updateAge(tr) {
   const micros = Number(tr.dataset.generated);
