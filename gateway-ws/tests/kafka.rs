@@ -501,6 +501,36 @@ async fn scaled_out_history_is_what_the_archiver_wrote_to_postgresql() {
     assert_eq!(page["items"][1]["channels"]["signals_premium"], 1, "{page}");
     assert_eq!(page["items"][0]["channels"]["signals_premium"], 2, "{page}");
     assert!(page["items"][0]["channels"].get("signals_enterprise").is_none(), "only the caller's channels");
+
+    // Outcomes in scale-out: two ticks on market-data (the entry, then past the target of
+    // 2520) close both on the engine node; the closes travel signals.<tier> and the
+    // archiver stores them as events, so history and the scoreboard show them.
+    for last in ["2456.7500", "2530.0000"] {
+        let tick = serde_json::json!({"symbol": "RELIANCE", "exchange": "NSE", "bid": last, "ask": last,
+                                      "last": last, "volume": 1, "ts": UnixNanos::now().as_micros()});
+        python_produce(&broker, "market-data", "RELIANCE", &tick.to_string());
+    }
+    let get = async |path: &str| -> serde_json::Value {
+        let mut s = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        serde_json::from_str(out.split("\r\n\r\n").nth(1).unwrap_or("null")).unwrap_or_default()
+    };
+    eventually(60, "the closes in the gateway's history", async || {
+        page = get("/v1/signals/history?status=target_hit").await;
+        page["items"].as_array().is_some_and(|i| i.len() == 2)
+    })
+    .await;
+    let first = &page["items"][1];
+    assert_eq!(first["outcome"]["entry_price"], "2456.7500", "{page}");
+    assert_eq!(first["outcome"]["exit_price"], "2530.0000", "{page}");
+    assert_eq!(first["channels"]["signals_premium"], 1, "an item's channels are its signal's seqs: {page}");
+    let board = get("/v1/sources").await;
+    assert_eq!(board["sources"][0]["windows"]["day"]["target_hit"], 2, "{board}");
 }
 
 fn python_produce(broker: &Broker, topic: &str, key: &str, value: &str) {

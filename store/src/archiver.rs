@@ -36,9 +36,9 @@ use engine::kafka::rdkafka::message::{BorrowedMessage, Message};
 use engine::kafka::rdkafka::statistics::Statistics;
 use engine::kafka::rdkafka::{ClientContext, Offset, TopicPartitionList};
 use engine::kafka::{KafkaError, client_config, routed_record};
-use engine::model::{EnrichedSignal, Tier};
+use engine::model::{EnrichedSignal, Tier, UnixNanos};
 
-use super::{PgStore, Routed, StoreError};
+use super::{ClosedSignal, PgStore, Routed, StoreError};
 
 /// How records are grouped into commits.
 #[derive(Clone, Copy, Debug)]
@@ -232,7 +232,7 @@ async fn commit(
         batch.offsets.iter().map(|((topic, partition), next)| (topic.clone(), *partition, *next)).collect();
     let mut backoff = Duration::from_millis(100);
     loop {
-        match store.append_with_offsets(&batch.rows, &offsets).await {
+        match store.append_with_offsets(&batch.rows, &batch.closes, &offsets).await {
             Ok(added) => {
                 stats.signals.fetch_add(added as u64, Ordering::Relaxed);
                 stats.records.fetch_add(batch.records as u64, Ordering::Relaxed);
@@ -267,6 +267,9 @@ async fn commit(
 struct Batch {
     rows: Vec<Routed>,
     index: HashMap<uuid::Uuid, usize>,
+    /// Closes, one per signal id (with every channel it came on).
+    closes: Vec<ClosedSignal>,
+    close_index: HashMap<uuid::Uuid, usize>,
     offsets: HashMap<(String, i32), i64>,
     /// Records taken (stored or rejected).
     records: usize,
@@ -278,6 +281,8 @@ impl Batch {
     fn clear(&mut self) {
         self.rows.clear();
         self.index.clear();
+        self.closes.clear();
+        self.close_index.clear();
         self.offsets.clear();
         self.records = 0;
     }
@@ -319,7 +324,14 @@ impl Batch {
         let next = self.offsets.entry((m.topic().to_owned(), m.partition())).or_insert(0);
         *next = (*next).max(m.offset() + 1);
         match record(topics, &m, max_bytes) {
-            Some(r) => self.push(r),
+            Some(Record::Signal(r)) => self.push(r),
+            Some(Record::Close(c)) => match self.close_index.get(&c.id) {
+                Some(&i) => self.closes[i].channels.extend_from_slice(&c.channels),
+                None => {
+                    self.close_index.insert(c.id, self.closes.len());
+                    self.closes.push(c);
+                }
+            },
             None => {
                 stats.rejected.fetch_add(1, Ordering::Relaxed);
             }
@@ -337,16 +349,29 @@ impl Batch {
     }
 }
 
+/// A `signals.<tier>` record: a routed signal, or a signal's close (docs/outcomes.md).
+enum Record {
+    Signal(Routed),
+    Close(ClosedSignal),
+}
+
 /// A `signals.<tier>` record as the row it stands for; `None` for what the relay would
 /// drop (no client has it: it is not archived either).
-fn record(topics: &[String; 4], m: &BorrowedMessage<'_>, max_bytes: usize) -> Option<Routed> {
+fn record(topics: &[String; 4], m: &BorrowedMessage<'_>, max_bytes: usize) -> Option<Record> {
     let item = routed_record(topics, m, max_bytes)?;
+    if engine::pipeline::encode::is_close(&item.data) {
+        let close = close_of(&item.data, item.tier, item.seq);
+        if close.is_none() {
+            tracing::warn!(topic = m.topic(), offset = m.offset(), "archiver: unreadable close");
+        }
+        return close.map(Record::Close);
+    }
     // The relay's data is the engine's own encoding of a checked enriched signal.
     let e: EnrichedSignal = serde_json::from_slice(&item.data)
         .inspect_err(|e| tracing::warn!(topic = m.topic(), offset = m.offset(), error = %e, "archiver: unreadable signal"))
         .ok()?;
     let data = String::from_utf8(item.data).ok()?;
-    Some(Routed {
+    Some(Record::Signal(Routed {
         market: e.market.as_ref().and_then(|m| serde_json::to_string(m).ok()),
         signal: e.signal,
         // signals.<tier> records do not name the producer.
@@ -355,5 +380,34 @@ fn record(topics: &[String; 4], m: &BorrowedMessage<'_>, max_bytes: usize) -> Op
         ingest_ts: item.ingest_ts,
         routed_ts: item.routed_ts,
         channels: vec![(item.tier, item.seq)],
+    }))
+}
+
+/// A close's data (the signal with `status` and `outcome`, as the engine encodes it) as
+/// the event row it stands for.
+fn close_of(data: &[u8], tier: Tier, seq: u64) -> Option<ClosedSignal> {
+    let v: serde_json::Value = serde_json::from_slice(data).ok()?;
+    let o = v.get("outcome")?;
+    let price = |key: &str| -> Option<Option<engine::model::Price>> {
+        match o.get(key)? {
+            serde_json::Value::Null => Some(None),
+            serde_json::Value::String(s) => s.parse().ok().map(Some),
+            _ => None,
+        }
+    };
+    let return_pct = match o.get("return_pct")? {
+        serde_json::Value::Null => None,
+        serde_json::Value::String(s) => Some(crate::scoreboard::parse_return(s)?),
+        _ => return None,
+    };
+    Some(ClosedSignal {
+        id: uuid::Uuid::parse_str(v.get("id")?.as_str()?).ok()?,
+        status: v.get("status")?.as_str()?.parse().ok()?,
+        entry: price("entry_price")?,
+        exit: price("exit_price")?,
+        return_pct,
+        closed_at: UnixNanos::from_micros(o.get("closed_at")?.as_i64()?)?,
+        data: String::from_utf8(data.to_vec()).ok()?,
+        channels: vec![(tier, seq)],
     })
 }

@@ -24,11 +24,13 @@ use tokio_postgres::config::SslMode;
 use tokio_postgres::types::ToSql;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::{Cursor, Item, Page, Query, Routed, StoreError, Stored};
+use super::{ClosedSignal, Cursor, Item, Page, Query, Routed, StoreError, Stored};
 
 /// (version, name, SQL), in order.
-const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "signals", include_str!("../migrations/postgres/V1__signals.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "signals", include_str!("../migrations/postgres/V1__signals.sql")),
+    (2, "outcomes", include_str!("../migrations/postgres/V2__outcomes.sql")),
+];
 
 /// The advisory lock key of the store's migrator (another key than accounts/' own).
 const MIGRATION_LOCK: i64 = 0x5167_6e61_6c73;
@@ -181,7 +183,14 @@ impl PgStore {
     /// id already stored is left as it is: appending is idempotent by id; its channel
     /// rows not yet stored are added).
     pub async fn append(&self, batch: &[Routed]) -> Result<usize, StoreError> {
-        self.append_with_offsets(batch, &[]).await
+        self.append_with_offsets(batch, &[], &[]).await
+    }
+
+    /// Stores `batch`, then `closes` (of signals in it or stored before; a close of a
+    /// signal not stored is passed over, as is a second close of one), in one
+    /// transaction; as [`SqliteStore::append_all`](crate::SqliteStore::append_all).
+    pub async fn append_all(&self, batch: &[Routed], closes: &[ClosedSignal]) -> Result<usize, StoreError> {
+        self.append_with_offsets(batch, closes, &[]).await
     }
 
     /// [`Self::append`], and in the same transaction the archiver's progress: for each
@@ -189,11 +198,15 @@ impl PgStore {
     pub(crate) async fn append_with_offsets(
         &self,
         batch: &[Routed],
+        closes: &[ClosedSignal],
         offsets: &[(String, i32, i64)],
     ) -> Result<usize, StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let added = insert(&tx, batch).await?;
+        if !closes.is_empty() {
+            insert_closes(&tx, closes).await?;
+        }
         if !offsets.is_empty() {
             let topics: Vec<&str> = offsets.iter().map(|(t, _, _)| t.as_str()).collect();
             let partitions: Vec<i32> = offsets.iter().map(|(_, p, _)| *p).collect();
@@ -259,8 +272,14 @@ impl PgStore {
         let client = self.pool.get().await?;
         let rows = client
             .query(
-                "SELECT c.seq, s.data, s.routed_ts, s.ingest_ts, s.category, s.id
+                // A close's seq names its event: its data, and its time (µs) as routed
+                // and ingest time.
+                "SELECT c.seq, COALESCE(e.data, s.data),
+                        COALESCE((extract(epoch FROM e.at) * 1000000)::int8 * 1000, s.routed_ts),
+                        COALESCE((extract(epoch FROM e.at) * 1000000)::int8 * 1000, s.ingest_ts),
+                        s.category, s.id, c.event_pos IS NOT NULL
                  FROM signals.signal_channels c JOIN signals.trading_signals s ON s.pos = c.pos
+                 LEFT JOIN signals.signal_events e ON e.event_pos = c.event_pos
                  WHERE c.tier = $1 AND c.seq > $2 ORDER BY c.seq LIMIT $3",
                 &[&tier_index(tier), &(after as i64), &(limit as i64)],
             )
@@ -273,7 +292,7 @@ impl PgStore {
                     routed_ts: UnixNanos(r.get(2)),
                     ingest_ts: UnixNanos(r.get(3)),
                     category: r.get::<_, &str>(4).parse().map_err(|_| corrupt("an unknown category"))?,
-                    outcome: false,
+                    outcome: r.get(6),
                     id: r.get(5),
                 })
             })
@@ -412,7 +431,8 @@ impl PgStore {
         let mut channels: HashMap<i64, Vec<(Tier, u64)>> = HashMap::with_capacity(rows.len());
         let channel_rows = client
             .query(
-                "SELECT pos, tier, seq FROM signals.signal_channels WHERE pos = ANY($1) ORDER BY pos, tier",
+                "SELECT pos, tier, seq FROM signals.signal_channels
+                 WHERE pos = ANY($1) AND event_pos IS NULL ORDER BY pos, tier",
                 &[&positions],
             )
             .await?;
@@ -535,4 +555,49 @@ async fn insert(tx: &impl GenericClient, batch: &[Routed]) -> Result<usize, Stor
         .await?;
     }
     Ok(added as usize)
+}
+
+/// Closes' event rows, then their channel rows (the close's seqs, naming its event).
+async fn insert_closes(
+    tx: &tokio_postgres::Transaction<'_>,
+    closes: &[ClosedSignal],
+) -> Result<(), StoreError> {
+    let ids: Vec<uuid::Uuid> = closes.iter().map(|c| c.id).collect();
+    let kinds: Vec<&str> = closes.iter().map(|c| c.status.as_str()).collect();
+    let at: Vec<SystemTime> = closes.iter().map(|c| system_time(c.closed_at)).collect();
+    let data: Vec<&str> = closes.iter().map(|c| c.data.as_str()).collect();
+    tx.execute(
+        "INSERT INTO signals.signal_events (signal_id, kind, at, data)
+         SELECT u.id, u.kind, u.at, u.data
+         FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::text[]) AS u(id, kind, at, data)
+         WHERE EXISTS (SELECT 1 FROM signals.trading_signals t WHERE t.id = u.id)
+         ON CONFLICT (signal_id) WHERE kind IN ('target_hit', 'stop_hit', 'expired', 'closed') DO NOTHING",
+        &[&ids, &kinds, &at, &data],
+    )
+    .await?;
+    let (mut tiers, mut seqs, mut of) = (Vec::new(), Vec::new(), Vec::new());
+    for c in closes {
+        for (tier, seq) in &c.channels {
+            tiers.push(tier_index(*tier));
+            seqs.push(*seq as i64);
+            of.push(c.id);
+        }
+    }
+    if !tiers.is_empty() {
+        tx.execute(
+            "INSERT INTO signals.signal_channels (tier, seq, pos, event_pos)
+             SELECT c.tier, c.seq, t.pos, e.event_pos
+             FROM unnest($1::int2[], $2::int8[], $3::uuid[]) AS c(tier, seq, id)
+             JOIN signals.trading_signals t ON t.id = c.id
+             JOIN signals.signal_events e ON e.signal_id = c.id
+                  AND e.kind IN ('target_hit', 'stop_hit', 'expired', 'closed')
+             -- A close stored already gets the channels it did not have; a seq it has stays.
+             WHERE NOT EXISTS (SELECT 1 FROM signals.signal_channels x
+                               WHERE x.event_pos = e.event_pos AND x.tier = c.tier)
+             ON CONFLICT DO NOTHING",
+            &[&tiers, &seqs, &of],
+        )
+        .await?;
+    }
+    Ok(())
 }

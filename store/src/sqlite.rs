@@ -374,12 +374,21 @@ impl SqliteStore {
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                     )
                     .map_err(|e| write_error(e, &path))?;
+                // A close stored already gets the channels it did not have (another
+                // tier's topic); a seq it has stays.
+                let mut more = tx
+                    .prepare_cached(&format!(
+                        "UPDATE signal_events SET seq_free = COALESCE(seq_free, ?2),
+                         seq_basic = COALESCE(seq_basic, ?3), seq_premium = COALESCE(seq_premium, ?4),
+                         seq_enterprise = COALESCE(seq_enterprise, ?5) WHERE signal_id = ?1 AND kind IN {CLOSING}"
+                    ))
+                    .map_err(|e| write_error(e, &path))?;
                 for c in closes {
                     let mut seqs: [Option<i64>; 4] = [None; 4];
                     for (tier, seq) in &c.channels {
                         seqs[tier.index()] = Some(*seq as i64);
                     }
-                    close
+                    let new = close
                         .execute(params![
                             c.id.hyphenated().to_string(),
                             c.status.as_str(),
@@ -394,6 +403,16 @@ impl SqliteStore {
                             seqs[3],
                         ])
                         .map_err(|e| write_error(e, &path))?;
+                    if new == 0 {
+                        more.execute(params![
+                            c.id.hyphenated().to_string(),
+                            seqs[0],
+                            seqs[1],
+                            seqs[2],
+                            seqs[3]
+                        ])
+                        .map_err(|e| write_error(e, &path))?;
+                    }
                 }
             }
         }

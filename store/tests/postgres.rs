@@ -8,7 +8,7 @@ mod common;
 use common::pg::Postgres;
 use common::{T0, TempDir, routed};
 use engine::model::{Category, SignalType, Tier, UnixNanos};
-use store::{Cursor, Durability, Page, PgStore, Query, Routed, SqliteStore};
+use store::{ClosedSignal, Cursor, Durability, Page, PgStore, Query, Routed, SqliteStore, Status};
 
 /// The scenario: batches with re-appends, a duplicate id inside a batch that brings one
 /// more channel, signals routed at the same instant (ordered by insertion), four symbols,
@@ -50,6 +50,49 @@ fn batches() -> Vec<Vec<Routed>> {
     all
 }
 
+/// Closes of some signals of `batches` (docs/outcomes.md), each taking the next seq of
+/// every channel its signal entered, in close order.
+fn closes(batches: &[Vec<Routed>]) -> Vec<ClosedSignal> {
+    let mut heads = [0u64; 4];
+    for (tier, seq) in batches.iter().flatten().flat_map(|r| r.channels.iter()) {
+        heads[tier.index()] = heads[tier.index()].max(*seq);
+    }
+    let statuses = [Status::TargetHit, Status::StopHit, Status::Expired, Status::Closed, Status::TargetHit];
+    [3u128, 8, 15, 22, 5]
+        .iter()
+        .zip(statuses)
+        .map(|(&n, status)| {
+            let signal = batches.iter().flatten().find(|r| r.signal.id.as_u128() == n).unwrap();
+            let mut tiers: Vec<Tier> = batches
+                .iter()
+                .flatten()
+                .filter(|r| r.signal.id.as_u128() == n)
+                .flat_map(|r| r.channels.iter().map(|(t, _)| *t))
+                .collect();
+            tiers.sort();
+            tiers.dedup();
+            let channels = tiers
+                .into_iter()
+                .map(|t| {
+                    heads[t.index()] += 1;
+                    (t, heads[t.index()])
+                })
+                .collect();
+            ClosedSignal {
+                id: signal.signal.id,
+                status,
+                entry: "100".parse().ok(),
+                exit: "104.5".parse().ok(),
+                return_pct: Some(45_000),
+                // Whole microseconds: PostgreSQL keeps a close's time to the µs.
+                closed_at: UnixNanos(T0 + 900_000_000_000 + n as i64 * 1_000),
+                data: format!(r#"{{"id":"{}","status":"{}","n":{n}}}"#, signal.signal.id, status.as_str()),
+                channels,
+            }
+        })
+        .collect()
+}
+
 fn queries() -> Vec<Query> {
     let q = |f: &dyn Fn(&mut Query)| {
         let mut q = Query { limit: 7, ..Query::default() };
@@ -77,6 +120,11 @@ fn queries() -> Vec<Query> {
             q.to = Some(UnixNanos(T0 + 90_000_000));
         }),
         q(&|q| q.status = Some(store::Status::Open)),
+        q(&|q| q.status = Some(store::Status::TargetHit)),
+        q(&|q| {
+            q.status = Some(store::Status::Closed);
+            q.tier = Some(Tier::Premium);
+        }),
         q(&|q| q.active_at = Some(UnixNanos(T0))),
         q(&|q| {
             q.tier = Some(Tier::Basic);
@@ -134,6 +182,20 @@ async fn one_logical_schema_the_same_scenario_gives_the_same_answers_on_sqlite_a
             assert_eq!(post.append(batch).await.unwrap(), 0);
         }
     }
+    // Closes: after their signals, with the next seqs; a second close of the same
+    // signal (another tier's topic, a replay) is passed over on both.
+    let closes = closes(&batches());
+    assert_eq!(lite.append_all(&[], &closes[..3]).unwrap(), 0);
+    post.append_all(&[], &closes[..3]).await.unwrap();
+    lite.append_all(&[], &closes[2..]).unwrap();
+    post.append_all(&[], &closes[2..]).await.unwrap();
+    let again = ClosedSignal {
+        status: Status::StopHit,
+        channels: vec![(Tier::Enterprise, 999)],
+        ..closes[0].clone()
+    };
+    lite.append_all(&[], std::slice::from_ref(&again)).unwrap();
+    post.append_all(&[], std::slice::from_ref(&again)).await.unwrap();
     lite.set_epoch(Tier::Premium, u64::MAX - 7).unwrap();
     post.set_epoch(Tier::Premium, u64::MAX - 7).await.unwrap();
 
@@ -148,7 +210,13 @@ async fn one_logical_schema_the_same_scenario_gives_the_same_answers_on_sqlite_a
             );
         }
     }
-    assert_eq!(post.head(Tier::Enterprise).await.unwrap(), 240);
+    assert_eq!(post.head(Tier::Enterprise).await.unwrap(), 245, "240 signals and 5 closes");
+    let tail = post.after(Tier::Enterprise, 240, 10).await.unwrap();
+    assert_eq!(
+        tail.iter().map(|m| (m.seq, m.outcome)).collect::<Vec<_>>(),
+        (241..=245).map(|s| (s, true)).collect::<Vec<_>>()
+    );
+    assert!(tail[0].data.contains("target_hit"), "{}", tail[0].data);
     assert_eq!(post.epoch(Tier::Premium).await.unwrap(), Some(u64::MAX - 7));
     assert_eq!(post.epoch(Tier::Free).await.unwrap(), None);
     assert_eq!(lite.recent_ids(50).unwrap(), post.recent_ids(50).await.unwrap());
@@ -273,7 +341,7 @@ async fn migrations_apply_once_when_processes_start_at_once_and_again_is_a_no_op
     tokio::spawn(conn);
     let n: i64 =
         client.query_one("SELECT count(*) FROM signals.schema_migrations", &[]).await.unwrap().get(0);
-    assert_eq!(n, 1);
+    assert_eq!(n, 2, "each migration once");
 
     // An applied migration edited afterwards stops the start, named.
     client

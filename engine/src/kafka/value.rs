@@ -166,7 +166,50 @@ pub fn relayed_signal(
         e.routed_ts,
         e.sent_ts,
     );
+    // A close (docs/outcomes.md): its status and outcome, checked, re-encoded as well.
+    let close: Relayed = serde_json::from_slice(value).map_err(|e| RelayError::Shape(e.to_string()))?;
+    match (close.status.as_deref(), close.outcome) {
+        (None | Some("open"), None) => {}
+        (Some(status), Some(o)) => {
+            let status = status
+                .parse::<crate::outcome::Status>()
+                .ok()
+                .filter(|s| *s != crate::outcome::Status::Open)
+                .ok_or_else(|| RelayError::Shape(format!("a close with status {status:?}")))?;
+            let closed_at = crate::model::UnixNanos::from_micros(o.closed_at)
+                .ok_or_else(|| RelayError::Shape("closed_at out of range".into()))?;
+            crate::pipeline::encode::strip_open(&mut data);
+            crate::pipeline::encode::outcome_tail(
+                &mut data,
+                status,
+                o.entry_price,
+                o.exit_price,
+                o.return_pct.map(crate::model::Price::raw),
+                closed_at,
+            );
+        }
+        _ => return Err(RelayError::Shape("status and outcome do not go together".into())),
+    }
     Ok(data)
+}
+
+/// What a relayed record adds to the signal when it is a close.
+#[derive(serde::Deserialize)]
+struct Relayed {
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    outcome: Option<RelayedOutcome>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RelayedOutcome {
+    entry_price: Option<crate::model::Price>,
+    exit_price: Option<crate::model::Price>,
+    /// Percent with 4 decimals, signed: the same fixed point as a price.
+    return_pct: Option<crate::model::Price>,
+    closed_at: i64,
 }
 
 fn check_size(value: &[u8]) -> Result<(), ValueError> {
@@ -332,6 +375,47 @@ mod tests {
         // An unknown field is not passed on: the encoder writes only the known ones.
         let rewritten = relayed_signal(with_extra.as_bytes(), Some(s.category), 8192).unwrap();
         assert_eq!(rewritten, data);
+
+        // A close passes with its status and outcome, re-encoded; a malformed one does not.
+        let tracked = crate::outcome::Tracked {
+            id: s.id,
+            source_id: s.source_id,
+            symbol: s.symbol,
+            exchange: s.exchange,
+            category: s.category,
+            signal_type: s.signal_type,
+            target: s.target_price,
+            stop: s.stop_loss,
+            expires_at: s.expires_at,
+            entry: Some(s.entry_price),
+            tiers: 0b1000,
+            data: data.as_slice().into(),
+        };
+        let close = crate::outcome::Close {
+            signal: tracked,
+            status: crate::outcome::Status::StopHit,
+            entry: Some(s.entry_price),
+            exit: "1.5".parse().ok(),
+            return_pct: Some(-12_345),
+            closed_at: UnixNanos(9_000),
+        };
+        let mut closed = Vec::new();
+        crate::pipeline::encode::close_data(&mut closed, &data, &close);
+        assert_eq!(relayed_signal(&closed, Some(s.category), 8192).unwrap(), closed);
+        assert!(crate::pipeline::encode::is_close(&closed));
+        let text = String::from_utf8(closed).unwrap();
+        for (bad, why) in [
+            (text.replace("\"stop_hit\"", "\"open\""), "open with an outcome"),
+            (text.replace("\"stop_hit\"", "\"won\""), "an unknown status"),
+            (text.replace("\"-1.2345\"", "\"lots\""), "a return that is not a decimal"),
+            (text.replace(",\"closed_at\":9", ",\"by\":\"x\",\"closed_at\":9"), "an unknown outcome field"),
+        ] {
+            assert_eq!(
+                relayed_signal(bad.as_bytes(), Some(s.category), 8192).unwrap_err().code(),
+                "invalid_json",
+                "{why}"
+            );
+        }
     }
 
     #[test]

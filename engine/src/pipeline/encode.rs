@@ -115,17 +115,38 @@ pub fn close_data(out: &mut Vec<u8>, routed: &[u8], close: &crate::outcome::Clos
     let body =
         routed.strip_suffix(OPEN_TAIL.as_bytes()).or_else(|| routed.strip_suffix(b"}")).unwrap_or(routed);
     out.extend_from_slice(body);
+    outcome_tail(out, close.status, close.entry, close.exit, close.return_pct, close.closed_at);
+}
+
+/// Ends a signal's `data` (its body written, without its closing brace) with `status`
+/// and `outcome`.
+pub fn outcome_tail(
+    out: &mut Vec<u8>,
+    status: crate::outcome::Status,
+    entry: Option<Price>,
+    exit: Option<Price>,
+    return_pct: Option<i64>,
+    closed_at: UnixNanos,
+) {
     key(out, ",\"status\":\"");
-    key(out, close.status.as_str());
+    key(out, status.as_str());
     key(out, OUTCOME_KEY);
-    opt_price(out, close.entry);
+    opt_price(out, entry);
     key(out, ",\"exit_price\":");
-    opt_price(out, close.exit);
+    opt_price(out, exit);
     key(out, ",\"return_pct\":");
-    opt_price(out, close.return_pct.and_then(crate::model::Price::from_raw));
+    opt_price(out, return_pct.and_then(Price::from_raw));
     key(out, ",\"closed_at\":");
-    micros(out, close.closed_at);
+    micros(out, closed_at);
     key(out, "}}");
+}
+
+/// `data` as [`signal_data`] wrote it, without its open status (and closing brace):
+/// where [`outcome_tail`] goes.
+pub fn strip_open(data: &mut Vec<u8>) {
+    if data.ends_with(OPEN_TAIL.as_bytes()) {
+        data.truncate(data.len() - OPEN_TAIL.len());
+    }
 }
 
 /// Whether `data` is a close's ([`close_data`]): its outcome object is the last field,
