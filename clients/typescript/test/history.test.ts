@@ -175,6 +175,25 @@ describe("history and live against a signalcast process", () => {
     assert.equal(second.next, null);
   });
 
+  test("sources() and symbolStats() read the scoreboard with any signed-in token", async () => {
+    const c = client({ url: server.ws, token: token("u-free-1") });
+    const board = await c.sources();
+    assert.equal(typeof board.generated_at, "number");
+    const source = board.sources.find((s) => s.source_id === "5eacdd1d-446b-4985-8de0-f44da0e8f005");
+    assert.ok(source, JSON.stringify(board));
+    assert.equal(source.windows.day.signals, 12);
+    assert.equal(source.windows.all.open, 12, "nothing closed yet");
+    assert.equal(source.windows.all.hit_rate, null);
+    assert.equal(source.categories.crypto?.all.signals, 2);
+    const tcs = await c.symbolStats("TCS", { exchange: "NSE" });
+    assert.equal(tcs.symbol, "TCS");
+    assert.equal(tcs.signals, 4);
+    assert.equal(tcs.by_type.buy?.open, 4);
+    assert.equal(tcs.mean_confidence, "95.00");
+    const e = await refusal(c.symbolStats(""));
+    assert.equal(e.status, 400);
+  });
+
   test("refusals throw SignalcastHttpError with the status, code and message", async () => {
     const c = client({ url: server.ws, token: token("u-premium-1") });
     for (const params of [{ limit: 0 }, { limit: 501 }, { source: "nope" }, { from: "yesterday" }, { cursor: "zz" }]) {

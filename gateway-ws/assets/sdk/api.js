@@ -62,6 +62,15 @@ export function query(params) {
 }
 /** GET `url` with the token; the parsed page, or a `SignalcastHttpError`. */
 export async function getPage(fetchImpl, url, token, signal) {
+    const r = await getJson(fetchImpl, url, token, signal);
+    const page = r.body;
+    if (!page || !Array.isArray(page.items) || (page.next !== null && typeof page.next !== "string")) {
+        throw new SignalcastHttpError(r.status, "bad_response", "the answer is not a page of signals");
+    }
+    return page;
+}
+/** GET `url` with the token; the parsed JSON body, or a `SignalcastHttpError`. */
+export async function getJson(fetchImpl, url, token, signal) {
     const init = {
         method: "GET",
         headers: { Authorization: `Bearer ${token}`, Accept: "application/json" },
@@ -87,9 +96,8 @@ export async function getPage(fetchImpl, url, token, signal) {
         }
         throw new SignalcastHttpError(r.status, `http_${r.status}`, text.slice(0, 200) || `HTTP ${r.status}`, seconds);
     }
-    const page = body;
-    if (!page || !Array.isArray(page.items) || (page.next !== null && typeof page.next !== "string")) {
-        throw new SignalcastHttpError(r.status, "bad_response", "the answer is not a page of signals");
+    if (body === undefined) {
+        throw new SignalcastHttpError(r.status, "bad_response", "the answer is not JSON");
     }
-    return page;
+    return { status: r.status, body };
 }

@@ -1,7 +1,7 @@
 // The client: one WebSocket to a signalcast gateway, kept alive (PING), re-opened with
 // backoff when it drops, and every channel resumed from the last seq seen, so that a
 // reconnect costs nothing, or says so with a `resume` event whose `recovered` is false.
-import { getPage, httpBase, query, } from "./api.js";
+import { SignalcastHttpError, getJson, getPage, httpBase, query, } from "./api.js";
 import { backoffDelay, defaultBackoff } from "./backoff.js";
 import { CloseCode, } from "./messages.js";
 /** The subprotocol the gateway speaks; it answers with this one in the handshake. */
@@ -153,18 +153,45 @@ export class SignalcastClient {
             cursor = page.next;
         }
     }
-    async #get(path, qs, signal) {
+    /** The scoreboard of every signal source (`GET /v1/sources`, docs/outcomes.md):
+     * per source, counts, hit rate and returns over the last day, week and all time, and
+     * per category. Any signed-in user may read it; errors as `history`. */
+    async sources(options = {}) {
+        const r = await this.#getJson("/v1/sources", "", options.signal);
+        const board = r.body;
+        if (!Array.isArray(board.sources)) {
+            throw new SignalcastHttpError(r.status, "bad_response", "the answer is not a scoreboard");
+        }
+        return board;
+    }
+    /** One symbol's figures by signal type and status (`GET /v1/signals/stats`). */
+    async symbolStats(symbol, options = {}) {
+        const q = new URLSearchParams({ symbol });
+        if (options.exchange !== undefined) {
+            q.set("exchange", options.exchange);
+        }
+        const r = await this.#getJson("/v1/signals/stats", q.toString(), options.signal);
+        return r.body;
+    }
+    async #getJson(path, qs, signal) {
         const base = this.#httpUrl ?? httpBase(this.#options.url);
-        const fetchImpl = this.#fetch ??
+        const token = await this.#token();
+        return getJson(this.#fetchImpl(), `${base}${path}${qs ? `?${qs}` : ""}`, token, signal);
+    }
+    #fetchImpl() {
+        return (this.#fetch ??
             ((input, init) => {
                 const g = globalThis;
                 if (!g.fetch) {
                     throw new Error("no fetch implementation: pass options.fetch");
                 }
                 return g.fetch(input, init);
-            });
+            }));
+    }
+    async #get(path, qs, signal) {
+        const base = this.#httpUrl ?? httpBase(this.#options.url);
         const token = await this.#token();
-        return getPage(fetchImpl, `${base}${path}${qs ? `?${qs}` : ""}`, token, signal);
+        return getPage(this.#fetchImpl(), `${base}${path}${qs ? `?${qs}` : ""}`, token, signal);
     }
     // --- the connection ---
     async #open() {
