@@ -72,8 +72,16 @@ fn stage(c: &mut Criterion) {
     }
     let mut g = c.benchmark_group("stage");
     g.throughput(Throughput::Elements(1));
-    for (name, templates) in [("fixture_mix", &fixture), ("every_tier", &all_tiers)] {
-        let config = EngineConfig::default();
+    for (name, templates, tracking) in [
+        ("fixture_mix", &fixture, true),
+        ("fixture_mix_untracked", &fixture, false),
+        ("every_tier", &all_tiers, true),
+    ] {
+        // Outcome tracking on (the default) or off (`max_open_signals = 0`).
+        let config = EngineConfig {
+            max_open_signals: if tracking { EngineConfig::default().max_open_signals } else { 0 },
+            ..EngineConfig::default()
+        };
         let policy = Arc::new(TierPolicy::default());
         let (_book, writer) = TickBook::new(config.max_symbols);
         let channels = Arc::new(ChannelSet::new(&policy, config.ring_capacity));
