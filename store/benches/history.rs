@@ -135,5 +135,9 @@ fn main() {
     }
     let t = Instant::now();
     let one = store.score_rows(Some(("S123", Some("NSE")))).expect("symbol rows");
-    println!("\none symbol's figures (GET /v1/signals/stats, {} signals): {} µs", one.len(), t.elapsed().as_micros());
+    println!(
+        "\none symbol's figures (GET /v1/signals/stats, {} signals): {} µs",
+        one.len(),
+        t.elapsed().as_micros()
+    );
 }

@@ -299,12 +299,12 @@ pub(crate) async fn set_producer_rights(
     let sources = match r.sources {
         Some(list) => {
             if list.len() > MAX_SOURCES {
-                return Err(ApiError::bad_request(&format!("at most {MAX_SOURCES} sources per producer")));
+                return Err(ApiError::bad_request(format!("at most {MAX_SOURCES} sources per producer")));
             }
             let mut canonical = Vec::with_capacity(list.len());
             for s in &list {
                 let id = uuid::Uuid::parse_str(s)
-                    .map_err(|_| ApiError::bad_request(&format!("source {s:?} is not a UUID")))?;
+                    .map_err(|_| ApiError::bad_request(format!("source {s:?} is not a UUID")))?;
                 canonical.push(id.hyphenated().to_string());
             }
             canonical.sort();
