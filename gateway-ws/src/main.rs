@@ -186,7 +186,8 @@ fn run() -> anyhow::Result<()> {
                 !config.kafka.brokers.is_empty(),
                 "signalcast archive reads Kafka: give --kafka-brokers (or [kafka] brokers)"
             );
-            runtime(2)?.block_on(archive(config.kafka, database_url, database_ca_file))
+            let retention = config.store.retention();
+            runtime(2)?.block_on(archive(config.kafka, database_url, database_ca_file, retention))
         }
         Command::Produce { addr, producer, key, file, rate, count, tls_ca } => {
             let tls = tls_ca.as_deref().map(gateway::tls::connector).transpose()?;
@@ -252,14 +253,21 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 /// `signalcast archive`: the brokers and the database are checked at start (a wrong
 /// SASL password or an unreachable database stops it with that said), then the topics
 /// are archived until a shutdown signal; progress is in PostgreSQL, so a restart resumes.
-async fn archive(kafka: engine::config::KafkaConfig, url: String, ca: Option<PathBuf>) -> anyhow::Result<()> {
+async fn archive(
+    kafka: engine::config::KafkaConfig,
+    url: String,
+    ca: Option<PathBuf>,
+    retention: Option<std::time::Duration>,
+) -> anyhow::Result<()> {
     let check = kafka.clone();
     tokio::task::spawn_blocking(move || engine::kafka::check_brokers(&check))
         .await?
         .with_context(|| format!("the Kafka brokers {}", kafka.brokers))?;
     let store = store::PgStore::connect(&url, ca.as_deref()).await?;
     tracing::info!(brokers = %kafka.brokers, "archiving signals.<tier> into PostgreSQL");
-    store::archiver::run(kafka, store, shutdown_signal()).await?;
+    let options = store::archiver::ArchiveOptions { retention, ..Default::default() };
+    let stats = std::sync::Arc::new(store::archiver::ArchiveStats::default());
+    store::archiver::run_with(kafka, store, options, stats, shutdown_signal()).await?;
     Ok(())
 }
 

@@ -50,11 +50,47 @@ pub struct ArchiveOptions {
     /// A restart reads from this many records before each stored offset (and passes
     /// over them): see the module docs.
     pub rewind: i64,
+    /// Signals routed longer ago than this are removed (`[store] retention_days`);
+    /// `None` keeps them for ever.
+    pub retention: Option<Duration>,
+    /// How often the store is pruned.
+    pub prune_every: Duration,
 }
 
 impl Default for ArchiveOptions {
     fn default() -> Self {
-        Self { max_batch: 1000, linger: Duration::from_millis(20), rewind: 10_000 }
+        Self {
+            max_batch: 1000,
+            linger: Duration::from_millis(20),
+            rewind: 10_000,
+            retention: Some(Duration::from_secs(30 * 86_400)),
+            prune_every: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Signals removed per prune transaction: a short lock, and the archiver's own commits
+/// between two.
+const PRUNE_ROWS: usize = 2_000;
+
+/// Prunes what `retention` no longer keeps, a transaction of [`PRUNE_ROWS`] at a time,
+/// at most 50 of them per call (the rest waits for the next one).
+async fn prune(store: &PgStore, retention: Duration, stats: &ArchiveStats) {
+    let keep = i64::try_from(retention.as_nanos()).unwrap_or(i64::MAX);
+    let before = UnixNanos(UnixNanos::now().0.saturating_sub(keep));
+    for _ in 0..50 {
+        match store.prune(before, PRUNE_ROWS).await {
+            Ok(n) => {
+                stats.pruned.fetch_add(n as u64, Ordering::Relaxed);
+                if n < PRUNE_ROWS {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "archiver: pruning failed; tried again later");
+                return;
+            }
+        }
     }
 }
 
@@ -75,6 +111,8 @@ pub struct ArchiveStats {
     pub commits: AtomicU64,
     /// Commits that failed (and were retried).
     pub commit_failures: AtomicU64,
+    /// Signals removed by retention.
+    pub pruned: AtomicU64,
     /// Per tier topic: the next offset stored in PostgreSQL, and the broker's high
     /// watermark (from librdkafka's statistics, every second; 0 before the first).
     committed: [AtomicI64; 4],
@@ -195,10 +233,18 @@ pub async fn run_with(
     consumer.assign(&tpl)?;
 
     tokio::pin!(stop);
+    let mut next_prune = tokio::time::Instant::now();
     loop {
         tokio::select! {
             biased;
             () = &mut stop => break,
+            () = tokio::time::sleep_until(next_prune), if options.retention.is_some() => {
+                if let Some(retention) = options.retention {
+                    prune(&store, retention, &stats).await;
+                }
+                next_prune = tokio::time::Instant::now() + options.prune_every;
+                continue;
+            }
             m = consumer.recv() => batch.take(m, &topics, kafka.relay_max_record_bytes, &stats),
         }
         let deadline = tokio::time::Instant::now() + options.linger;

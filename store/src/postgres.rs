@@ -224,6 +224,33 @@ impl PgStore {
         Ok(added)
     }
 
+    /// Removes up to `max_rows` of the oldest signals routed before `before`, with their
+    /// closes and channel rows, in one transaction; returns how many went. The archiver
+    /// calls it in short transactions so that pruning never holds its commits back.
+    pub async fn prune(&self, before: UnixNanos, max_rows: usize) -> Result<usize, StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let old = tx
+            .query(
+                "SELECT pos, id FROM signals.trading_signals WHERE routed_ts < $1
+                 ORDER BY routed_ts, pos LIMIT $2 FOR UPDATE",
+                &[&before.0, &(max_rows as i64)],
+            )
+            .await?;
+        if old.is_empty() {
+            return Ok(0);
+        }
+        let positions: Vec<i64> = old.iter().map(|r| r.get(0)).collect();
+        let ids: Vec<uuid::Uuid> = old.iter().map(|r| r.get(1)).collect();
+        // Channel rows name both the signal and its close: they go first.
+        tx.execute("DELETE FROM signals.signal_channels WHERE pos = ANY($1)", &[&positions]).await?;
+        tx.execute("DELETE FROM signals.signal_events WHERE signal_id = ANY($1)", &[&ids]).await?;
+        let gone =
+            tx.execute("DELETE FROM signals.trading_signals WHERE pos = ANY($1)", &[&positions]).await?;
+        tx.commit().await?;
+        Ok(gone as usize)
+    }
+
     /// The archiver's progress: (topic, partition, next offset to read).
     pub async fn archive_offsets(&self) -> Result<Vec<(String, i32, i64)>, StoreError> {
         let client = self.pool.get().await?;

@@ -393,3 +393,42 @@ async fn over_tls_the_server_is_verified_against_the_ca_file() {
     // No CA file: in clear, which this cluster refuses.
     assert!(PgStore::connect(&pg.url(), None).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pruning_removes_the_oldest_with_their_closes_and_channels_the_same_on_both() {
+    let pg = Postgres::start();
+    let dir = TempDir::new("prune");
+    let mut lite = SqliteStore::open(&dir.0, Durability::Process).unwrap();
+    let post = PgStore::connect(&pg.url(), None).await.unwrap();
+    let all = batches();
+    for batch in &all {
+        lite.append(batch).unwrap();
+        post.append(batch).await.unwrap();
+    }
+    let closes = closes(&all);
+    lite.append_all(&[], &closes).unwrap();
+    post.append_all(&[], &closes).await.unwrap();
+    // Routed before T0 + 100 ms: signals 1..=99 (and 100, routed at 99 ms); 30 at a time.
+    let before = UnixNanos(T0 + 100_000_000);
+    assert_eq!(post.prune(before, 30).await.unwrap(), 30);
+    assert_eq!(lite.prune(before, 30).unwrap(), 30);
+    let mut pruned = 30;
+    loop {
+        let (a, b) = (lite.prune(before, 30).unwrap(), post.prune(before, 30).await.unwrap());
+        assert_eq!(a, b);
+        pruned += a;
+        if a < 30 {
+            break;
+        }
+    }
+    assert_eq!(pruned, 100, "every signal routed before the bound, and nothing after it");
+    assert_eq!(post.prune(before, 30).await.unwrap(), 0);
+    let q = Query { limit: 500, tier: Some(Tier::Enterprise), ..Query::default() };
+    let (a, b) = (lite.history(&q).unwrap(), post.history(&q).await.unwrap());
+    assert_eq!(a, b);
+    assert_eq!(b.items.len(), 140, "240 - 100");
+    // The closes of pruned signals (3, 8, 15, 22, 5) are gone with them; none is left
+    // to read back.
+    let tail = post.after(Tier::Enterprise, 240, 10).await.unwrap();
+    assert!(tail.is_empty(), "{tail:?}");
+}
