@@ -108,7 +108,9 @@ pub fn return_pct(signal_type: SignalType, entry: Option<Price>, exit: Option<Pr
     let q = scaled / entry;
     let r = scaled % entry;
     let q = if 2 * r.abs() >= entry { q + scaled.signum() } else { q };
-    i64::try_from(q).ok()
+    // Within what a 4-decimal field holds (as a price), or unknown: the same on the
+    // socket and in both stores.
+    i64::try_from(q).ok().filter(|q| q.abs() <= Price::MAX_RAW)
 }
 
 /// The tracker is full: the signal is routed and stored but its outcome is not tracked.
@@ -133,8 +135,10 @@ struct Book {
     /// those that close when it falls to them (a buy's stop, a sell's target).
     up: BTreeSet<(i64, u32)>,
     down: BTreeSet<(i64, u32)>,
-    /// Buys and sells still waiting for their entry (routed with no snapshot).
-    pending: Vec<u32>,
+    /// Buys and sells still waiting for their entry (routed with no snapshot), with
+    /// their slot's generation: one closed meanwhile (its slot empty or reused) is
+    /// passed over, so a close never searches this list.
+    pending: Vec<(u32, u32)>,
     /// Open buys and sells by source, for a source's `exit`.
     positions: BTreeSet<(uuid::Uuid, u32)>,
     /// Every open signal of the book (informational ones too).
@@ -176,17 +180,31 @@ impl Tracker {
         self.open == 0
     }
 
-    /// Starts tracking a routed signal. An `exit` closes its source's open positions on
-    /// the same symbol and exchange first (into `out`); then it is tracked itself, as
-    /// every type is, until it closes.
+    /// Starts tracking a routed signal (routed at `now`). What expired by `now` closes
+    /// first; an `exit` then closes its source's open positions on the same symbol and
+    /// exchange (into `out`); then it is tracked itself, as every type is, until it
+    /// closes.
     pub fn open(&mut self, signal: Tracked, now: UnixNanos, out: &mut Vec<Close>) -> Result<(), AtCapacity> {
+        self.expire(now, out);
         if signal.signal_type == SignalType::Exit {
             self.exit(signal.source_id, &signal.symbol, &signal.exchange, now, out);
         }
+        self.insert(signal)
+    }
+
+    /// Tracks again a signal that was open when the node stopped (read back from the
+    /// store, oldest first): no `exit` is applied again, and nothing closes here (what
+    /// expired meanwhile closes at the stage's next pass).
+    pub fn reopen(&mut self, signal: Tracked) -> Result<(), AtCapacity> {
+        self.insert(signal)
+    }
+
+    fn insert(&mut self, signal: Tracked) -> Result<(), AtCapacity> {
         if self.open >= self.max_open {
             return Err(AtCapacity(self.max_open));
         }
         self.generation = self.generation.wrapping_add(1);
+        let generation = self.generation;
         let key = match self.free.pop() {
             Some(k) => k,
             None => {
@@ -195,22 +213,36 @@ impl Tracker {
             }
         };
         let book = self.books.entry((signal.symbol, signal.exchange)).or_default();
-        if let Some(entry) = signal.entry
-            && book.last.is_none()
-        {
+        // A routed snapshot is the symbol's price as of the routing (reopened signals come
+        // oldest first, so the newest snapshot is the last word).
+        if let Some(entry) = signal.entry {
             book.last = Some(entry);
         }
         book.count += 1;
         let position = matches!(signal.signal_type, SignalType::Buy | SignalType::Sell);
+        let pending = position && signal.entry.is_none();
         if position {
             book.positions.insert((signal.source_id, key));
-            match signal.entry {
-                Some(_) => levels(book, &signal, key, true),
-                None => book.pending.push(key),
+            if signal.entry.is_some() {
+                levels(book, &signal, key, true);
             }
         }
-        self.expiry.push(Reverse((signal.expires_at.0, key, self.generation)));
-        self.slots[key as usize] = Some(Slot { entry: signal.entry, signal, generation: self.generation });
+        self.expiry.push(Reverse((signal.expires_at.0, key, generation)));
+        self.slots[key as usize] = Some(Slot { entry: signal.entry, signal, generation });
+        if pending && let Some(s) = self.slots[key as usize].as_ref() {
+            let book_key = (s.signal.symbol, s.signal.exchange);
+            if let Some(book) = self.books.get_mut(&book_key) {
+                book.pending.push((key, generation));
+                // Entries closed before any tick leave stale pairs: kept within twice
+                // the book's open signals.
+                if book.pending.len() > 2 * book.count + 16 {
+                    let slots = &self.slots;
+                    book.pending.retain(|&(k, g)| {
+                        slots[k as usize].as_ref().is_some_and(|s| s.generation == g && s.entry.is_none())
+                    });
+                }
+            }
+        }
         self.open += 1;
         self.compact_expiry();
         Ok(())
@@ -227,10 +259,15 @@ impl Tracker {
         at: UnixNanos,
         out: &mut Vec<Close>,
     ) {
+        // What expired by now closes as expired, not as hit by a later tick.
+        self.expire(at, out);
         let Some(book) = self.books.get_mut(&(*symbol, *exchange)) else { return };
         book.last = Some(last);
-        for key in std::mem::take(&mut book.pending) {
-            if let Some(slot) = self.slots[key as usize].as_mut() {
+        for (key, generation) in std::mem::take(&mut book.pending) {
+            if let Some(slot) = self.slots[key as usize].as_mut()
+                && slot.generation == generation
+                && slot.entry.is_none()
+            {
                 slot.entry = Some(last);
                 levels(book, &slot.signal, key, true);
             }
@@ -317,7 +354,6 @@ impl Tracker {
         if let Some(book) = self.books.get_mut(&book_key) {
             if matches!(s.signal_type, SignalType::Buy | SignalType::Sell) {
                 levels(book, s, key, false);
-                book.pending.retain(|&k| k != key);
                 book.positions.remove(&(s.source_id, key));
             }
             book.count -= 1;

@@ -109,7 +109,9 @@ async fn a_close_reaches_the_socket_history_and_scoreboard_and_an_open_signal_su
     );
 
     // Routed with the 2530 snapshot as its entry; then the server dies without a word.
-    assert_eq!(publish(http_addr, &[buy(2, "2600", "2500")]).await[0]["status"], "accepted");
+    let mut second = buy(2, "2600", "2500");
+    second.entry_price = "2530".parse().unwrap();
+    assert_eq!(publish(http_addr, &[second]).await[0]["status"], "accepted");
     update_of(&mut client, 2).await;
     server.stop("-KILL").await;
     let server = common::Server::start(http_addr, feed, &data).await;

@@ -167,6 +167,7 @@ pub fn restore(
             stage.restore(tier, &meta, &text);
             restored += 1;
         }
+        stage.restore_head(tier, head);
     }
     let mut ids = store.recent_ids(dedup_window)?;
     ids.reverse(); // oldest first: the window forgets the oldest
@@ -320,6 +321,18 @@ mod tests {
         stage.finish_batch();
         assert_eq!(stats.drops(engine::pipeline::DropReason::DuplicateId), 1);
         assert_eq!(log.head(), 4);
+        drop(stage);
+
+        // Retention removes every stored message: the next life starts after the stored
+        // head, never at seq 1 again.
+        SqliteStore::open(&dir, Durability::Full).unwrap().prune(UnixNanos(i64::MAX), 100).unwrap();
+        let (mut stage, channels, _, restored) = start();
+        assert_eq!(restored, 0, "nothing left to put back");
+        let log = channels.live(Tier::Premium);
+        assert_eq!(log.head(), 4, "the stored head");
+        stage.handle(item(5), now);
+        stage.finish_batch();
+        assert_eq!(log.head(), 5);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -224,17 +224,19 @@ impl PgStore {
         Ok(added)
     }
 
-    /// Removes up to `max_rows` of the oldest signals routed before `before`, with their
-    /// closes and channel rows, in one transaction; returns how many went. The archiver
+    /// Removes up to `max_rows` of the oldest signals routed and expired before `before`
+    /// (a signal that may still close is kept), with their closes and channel rows, in
+    /// one transaction; returns how many went. The archiver
     /// calls it in short transactions so that pruning never holds its commits back.
     pub async fn prune(&self, before: UnixNanos, max_rows: usize) -> Result<usize, StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let old = tx
             .query(
-                "SELECT pos, id FROM signals.trading_signals WHERE routed_ts < $1
+                // Only signals that can no longer close (expired before the bound too).
+                "SELECT pos, id FROM signals.trading_signals WHERE routed_ts < $1 AND expires_at < $3
                  ORDER BY routed_ts, pos LIMIT $2 FOR UPDATE",
-                &[&before.0, &(max_rows as i64)],
+                &[&before.0, &(max_rows as i64), &system_time(before)],
             )
             .await?;
         if old.is_empty() {

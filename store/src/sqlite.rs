@@ -175,8 +175,9 @@ impl SqliteStore {
         Ok(Self { conn, path, _lock: None })
     }
 
-    /// Removes up to `max_rows` of the oldest signals routed before `before`, with their
-    /// channel rows and events, in one transaction. The channels' heads are kept first,
+    /// Removes up to `max_rows` of the oldest signals routed and expired before `before`
+    /// (a signal that may still close is kept), with their channel rows and events, in
+    /// one transaction. The channels' heads are kept first,
     /// so that a seq is never reused. Returns how many signals went.
     pub fn prune(&mut self, before: UnixNanos, max_rows: usize) -> Result<usize, StoreError> {
         let path = self.path.clone();
@@ -194,7 +195,10 @@ impl SqliteStore {
             )
             .map_err(err)?;
         }
-        let oldest = "SELECT pos FROM trading_signals WHERE routed_ts < ?1 ORDER BY routed_ts, pos LIMIT ?2";
+        // Only signals that can no longer close (expired before the bound too): a close
+        // always finds its signal, and stays with it.
+        let oldest = "SELECT pos FROM trading_signals WHERE routed_ts < ?1 AND expires_at < ?1
+                      ORDER BY routed_ts, pos LIMIT ?2";
         let args = params![before.0, max_rows as i64];
         tx.execute(
             &format!(
@@ -369,9 +373,12 @@ impl SqliteStore {
             if !closes.is_empty() {
                 let mut close = tx
                     .prepare_cached(
+                        // A close of a signal no longer stored (pruned) is passed over: the
+                        // foreign key would refuse it, and a refused commit stops the node.
                         "INSERT OR IGNORE INTO signal_events (signal_id, kind, at, data, entry_price,
                          exit_price, return_pct, seq_free, seq_basic, seq_premium, seq_enterprise)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11
+                         WHERE EXISTS (SELECT 1 FROM trading_signals WHERE id = ?1)",
                     )
                     .map_err(|e| write_error(e, &path))?;
                 // A close stored already gets the channels it did not have (another
@@ -403,15 +410,27 @@ impl SqliteStore {
                             seqs[3],
                         ])
                         .map_err(|e| write_error(e, &path))?;
-                    if new == 0 {
-                        more.execute(params![
-                            c.id.hyphenated().to_string(),
-                            seqs[0],
-                            seqs[1],
-                            seqs[2],
-                            seqs[3]
-                        ])
-                        .map_err(|e| write_error(e, &path))?;
+                    if new == 0
+                        && more
+                            .execute(params![
+                                c.id.hyphenated().to_string(),
+                                seqs[0],
+                                seqs[1],
+                                seqs[2],
+                                seqs[3]
+                            ])
+                            .map_err(|e| write_error(e, &path))?
+                            == 0
+                    {
+                        // Its signal is gone: the seqs it took still count in the heads,
+                        // so that none is given again after a restart.
+                        for (tier, seq) in &c.channels {
+                            tx.execute(
+                                "UPDATE channel_epochs SET pruned_head = MAX(pruned_head, ?2) WHERE tier = ?1",
+                                params![tier.index(), *seq as i64],
+                            )
+                            .map_err(|e| write_error(e, &path))?;
+                        }
                     }
                 }
             }

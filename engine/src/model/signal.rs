@@ -62,6 +62,24 @@ impl Signal {
         if self.expires_at <= self.generated_at {
             return Err(SignalError::ExpiresBeforeGenerated);
         }
+        // A position's levels on either side of its entry: a target already behind the
+        // entry would be "hit" by the next tick and fake its source's record.
+        let (entry, target, stop) = (self.entry_price, self.target_price, self.stop_loss);
+        match self.signal_type {
+            SignalType::Buy if !(stop < entry && entry < target) => {
+                return Err(SignalError::Field {
+                    field: "target_price",
+                    reason: "a buy's target must be above its entry price and its stop loss below".into(),
+                });
+            }
+            SignalType::Sell if !(target < entry && entry < stop) => {
+                return Err(SignalError::Field {
+                    field: "target_price",
+                    reason: "a sell's target must be below its entry price and its stop loss above".into(),
+                });
+            }
+            _ => {}
+        }
         if let Some(a) = &self.analysis {
             let len = a.as_str().len();
             if len > max_analysis_bytes {

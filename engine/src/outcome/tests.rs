@@ -242,3 +242,61 @@ fn returns_have_four_decimals_rounded_half_away_from_zero() {
     assert_eq!(r(SignalType::Hold, "3", "5"), None);
     assert_eq!(return_pct(SignalType::Buy, None, Some(p("5"))), None);
 }
+
+#[test]
+fn a_tick_after_the_expiry_closes_it_as_expired_not_as_hit() {
+    let mut t = Tracker::new(100);
+    let mut sig = tracked(1, 1, SignalType::Buy, Some("100"), "110", "95");
+    sig.expires_at = UnixNanos(T0.0 + 60 * SEC);
+    open(&mut t, sig);
+    // The expiry has passed when this tick is taken, before the stage's timer ran.
+    let c = tick(&mut t, "120", 61);
+    assert_eq!(summary(&c), [(1, "expired", s("100.0000"), s("100.0000"), Some(0))]);
+    assert_eq!(c[0].closed_at, UnixNanos(T0.0 + 60 * SEC));
+}
+
+#[test]
+fn a_slot_reused_after_a_close_is_not_mistaken_for_the_entry_it_waited_for() {
+    let mut t = Tracker::new(100);
+    // Waits for its entry, then expires: its slot is free, its pending pair stale.
+    let mut first = tracked(1, 1, SignalType::Buy, None, "110", "95");
+    first.expires_at = UnixNanos(T0.0 + SEC);
+    open(&mut t, first);
+    let mut out = Vec::new();
+    t.expire(UnixNanos(T0.0 + SEC), &mut out);
+    assert_eq!(summary(&out), [(1, "expired", None, None, None)]);
+    // The next signal takes the slot, with its own entry.
+    open(&mut t, tracked(2, 1, SignalType::Buy, Some("100"), "110", "95"));
+    assert!(tick(&mut t, "105", 2).is_empty(), "105 is no entry for signal 2: it has one");
+    let c = tick(&mut t, "111", 3);
+    assert_eq!(summary(&c), [(2, "target_hit", s("100.0000"), s("111.0000"), Some(110_000))]);
+    // Thousands of entries closed before any tick (the book kept alive by one that
+    // waits on) leave a bounded list of stale pairs.
+    open(&mut t, tracked(3, 1, SignalType::Sell, None, "90", "105"));
+    for n in 10..3_010u128 {
+        let mut sig = tracked(n, 1, SignalType::Sell, None, "90", "105");
+        sig.expires_at = UnixNanos(T0.0 + 10 * SEC + n as i64);
+        open(&mut t, sig);
+        t.expire(UnixNanos(T0.0 + 10 * SEC + n as i64), &mut out);
+    }
+    let book = &t.books[&(sym("RELIANCE"), nse())];
+    assert_eq!(book.count, 1);
+    assert!(book.pending.len() <= 2 + 16, "{} pairs", book.pending.len());
+}
+
+#[test]
+fn a_reopened_exit_closes_nothing_again_and_the_newest_snapshot_is_the_last_price() {
+    let mut t = Tracker::new(100);
+    t.reopen(tracked(1, 1, SignalType::Buy, Some("100"), "110", "95")).unwrap();
+    t.reopen(tracked(2, 1, SignalType::Exit, Some("104"), "1", "1")).unwrap();
+    assert_eq!(t.len(), 2, "the exit applied before the restart is not applied again");
+    let mut out = Vec::new();
+    t.expire(UnixNanos(T0.0 + 3_600 * SEC), &mut out);
+    let got = summary(&out);
+    assert!(got.contains(&(1, "expired", s("100.0000"), s("104.0000"), Some(40_000))), "{got:?}");
+}
+
+#[test]
+fn a_return_beyond_four_decimal_fields_is_unknown() {
+    assert_eq!(return_pct(SignalType::Buy, "0.0001".parse().ok(), "99999999999".parse().ok()), None);
+}

@@ -149,9 +149,14 @@ pub fn strip_open(data: &mut Vec<u8>) {
     }
 }
 
-/// Whether `data` is a close's ([`close_data`]): its outcome object is the last field,
-/// so only the tail is looked at.
+/// Whether `data`, as this encoder wrote it, is a close's ([`close_data`]): a signal's
+/// ends with its open status, a close's with its outcome (the last field, so only the
+/// tail is looked at). A producer's `analysis` comes before the status: whatever it
+/// holds, an open signal's data still ends with `"status":"open"}`.
 pub fn is_close(data: &[u8]) -> bool {
+    if data.ends_with(OPEN_TAIL.as_bytes()) {
+        return false;
+    }
     // The outcome object is at most ~140 bytes (three 4-decimal prices and a time).
     let tail = &data[data.len().saturating_sub(200)..];
     tail.windows(OUTCOME_KEY.len()).any(|w| w == OUTCOME_KEY.as_bytes())
@@ -281,5 +286,18 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["type"], "PRICE_UPDATE");
         assert_eq!(serde_json::from_value::<Tick>(v["data"].clone()).unwrap(), t);
+    }
+
+    #[test]
+    fn an_analysis_cannot_make_an_open_signal_look_closed() {
+        let mut s = crate::testkit::signal(1, 9_500, crate::model::Category::Equity);
+        s.analysis = Some(
+            crate::model::Analysis::from_json(r#"{"a":"","outcome":{"entry_price":"1.0000"}}"#.to_owned())
+                .unwrap(),
+        );
+        let mut data = Vec::new();
+        signal_data(&mut data, &s, None, UnixNanos(1), UnixNanos(2), None);
+        assert!(String::from_utf8_lossy(&data).contains(r#"","outcome":{"entry_price":"#));
+        assert!(!is_close(&data), "still an open signal");
     }
 }

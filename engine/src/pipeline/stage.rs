@@ -258,6 +258,18 @@ impl Stage {
         self.append(tier, meta);
     }
 
+    /// After [`Stage::restore`]: a channel whose stored head is above the last message put
+    /// back (the newest seqs were pruned, or a close of a pruned signal took them) goes
+    /// on after that head, those seqs marked lost: none is given twice.
+    pub fn restore_head(&mut self, tier: Tier, head: u64) {
+        if self.channels.live(tier).head() < head {
+            self.channels.live(tier).mark_lost(head);
+            if let Some(view) = self.channels.delayed(tier) {
+                view.mark_lost(head);
+            }
+        }
+    }
+
     /// Remembers ids routed before this stage started (read back from where an earlier
     /// run published them), so that signals re-consumed after a crash are not routed twice.
     pub fn seed_ids(&mut self, ids: impl IntoIterator<Item = uuid::Uuid>) {
@@ -404,7 +416,7 @@ impl Stage {
     /// back from the store at start, before anything is routed).
     pub fn reopen(&mut self, signal: Tracked) {
         let Some(tracker) = &mut self.tracker else { return };
-        if tracker.open(signal, UnixNanos(0), &mut self.closes).is_err() {
+        if tracker.reopen(signal).is_err() {
             self.stats.untracked();
         }
         self.stats.set_open_signals(tracker.len());

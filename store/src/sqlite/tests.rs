@@ -210,8 +210,10 @@ fn pruning_removes_the_oldest_and_never_lowers_a_head() {
     let batch: Vec<Routed> =
         (1..=10).map(|n| routed(n, "RELIANCE", Category::Equity, &[(Tier::Premium, n as u64)])).collect();
     store.append(&batch).unwrap();
-    // Routed at T0 + n ms: everything before T0 + 6 ms goes, three at a time.
-    let before = UnixNanos(T0 + 6_000_000);
+    // Routed at T0 + n ms, expiring an hour later: nothing that may still close goes.
+    assert_eq!(store.prune(UnixNanos(T0 + 6_000_000), 3).unwrap(), 0, "all still open");
+    // Expired before T0 + 1 h 6 ms: 1..=5 go, three at a time.
+    let before = UnixNanos(T0 + 3_600_000_000_000 + 6_000_000);
     assert_eq!(store.prune(before, 3).unwrap(), 3);
     assert_eq!(store.prune(before, 3).unwrap(), 2);
     assert_eq!(store.prune(before, 3).unwrap(), 0);
@@ -221,6 +223,11 @@ fn pruning_removes_the_oldest_and_never_lowers_a_head() {
     store.prune(UnixNanos(i64::MAX), 100).unwrap();
     assert_eq!(store.count().unwrap(), 0);
     assert_eq!(store.head(Tier::Premium).unwrap(), 10);
+    // A close of a signal pruned meanwhile is passed over, not an error that would stop
+    // the node's commits.
+    let late = close_of(3, Status::Expired, &[(Tier::Premium, 11)]);
+    assert_eq!(store.append_all(&[], &[late]).unwrap(), 0);
+    assert_eq!(store.head(Tier::Premium).unwrap(), 11, "its seq still counts");
 }
 
 fn close_of(n: u128, status: Status, channels: &[(Tier, u64)]) -> ClosedSignal {

@@ -25,7 +25,9 @@ prop_compose! {
         id in any::<[u8; 16]>(), source in any::<[u8; 16]>(),
         st in 0u8..4, cat in 0u8..4, sig in 0u8..4,
         symbol in text_strategy(20), exchange in text_strategy(50),
-        entry in price_strategy(), target in price_strategy(), stop in price_strategy(),
+        // Three distinct levels, placed by the signal's type (a buy's stop below its entry
+        // and its target above; a sell's the other way round: `Signal::validate`).
+        low in 1..=Price::MAX_RAW / 3, up in 1..=Price::MAX_RAW / 3, up2 in 1..=Price::MAX_RAW / 3,
         qty in proptest::option::of(any::<u32>()),
         conf in 0u16..=10_000,
         generated in -1_000_000_000_000_000_000i64..4_000_000_000_000_000_000,
@@ -37,7 +39,9 @@ prop_compose! {
             source_type: SourceType::from_code(st).unwrap(),
             symbol: Symbol::new(&symbol).unwrap(), exchange: Exchange::new(&exchange).unwrap(),
             category: Category::from_code(cat).unwrap(), signal_type: SignalType::from_code(sig).unwrap(),
-            entry_price: entry, target_price: target, stop_loss: stop,
+            entry_price: Price::from_raw(low + up).unwrap(),
+            target_price: Price::from_raw(if sig == 1 { low } else { low + up + up2 }).unwrap(),
+            stop_loss: Price::from_raw(if sig == 1 { low + up + up2 } else { low }).unwrap(),
             quantity_recommended: qty, confidence: Confidence::new(conf).unwrap(),
             generated_at: UnixNanos(generated), expires_at: UnixNanos(generated + ttl),
             analysis: analysis.map(|(n, s)| {
