@@ -504,3 +504,25 @@ fn with_tracking_off_nothing_closes() {
     h.stage.finish_batch();
     assert_eq!(h.channels.live(Tier::Enterprise).head(), 1);
 }
+
+#[test]
+fn a_delayed_view_releases_a_close_after_the_same_delay_as_its_signal() {
+    let mut h = harness(EngineConfig::default());
+    h.stage.handle(priced("RELIANCE", "2456.75", T0), T0);
+    h.stage.handle(local(signal(1, 9_500)), T0); // every tier; free reads a 30 s delayed view
+    h.stage.finish_batch();
+    let closed_at = T0.plus_nanos(5 * SEC);
+    h.stage.handle(priced("RELIANCE", "2530", closed_at), closed_at);
+    h.stage.finish_batch();
+    let view = h.channels.delayed(Tier::Free).unwrap();
+    h.stage.release_due(T0.plus_nanos(30 * SEC));
+    assert_eq!(read_all(view).len(), 1, "the signal, 30 s after its ingest; not yet its close");
+    h.stage.release_due(closed_at.plus_nanos(30 * SEC - 1));
+    assert_eq!(read_all(view).len(), 1);
+    h.stage.release_due(closed_at.plus_nanos(30 * SEC));
+    let delayed = read_all(view);
+    assert_eq!(delayed.len(), 2, "the close, 30 s after it was made");
+    let close: serde_json::Value = serde_json::from_slice(delayed[1].json()).unwrap();
+    assert_eq!(close["data"]["status"], "target_hit");
+    assert!(delayed[1].is_outcome());
+}
