@@ -141,6 +141,9 @@ pub struct Query {
     /// Items per page.
     pub limit: usize,
     /// Where the previous page ended ([`Page::next`]).
+    /// Closes made at or after this are not shown yet (a delayed caller's view: a
+    /// signal shows as it was routed, and `status` filters on what was known then).
+    pub events_before: Option<UnixNanos>,
     pub cursor: Option<Cursor>,
 }
 

@@ -387,12 +387,16 @@ impl PgStore {
     /// filters, order and cursors as [`crate::SqliteStore::history`].
     pub async fn history(&self, q: &Query) -> Result<Page, StoreError> {
         // An item is the signal's latest form: its last event (an outcome) or as routed.
-        let mut sql = String::from(
+        // A delayed caller sees only closes made before its bound ($1, always given).
+        let seen = "e.at < $1";
+        let mut sql = format!(
             "SELECT s.pos, s.routed_ts, COALESCE((SELECT e.data FROM signals.signal_events e
-                 WHERE e.signal_id = s.id ORDER BY e.event_pos DESC LIMIT 1), s.data)
-             FROM signals.trading_signals s WHERE true",
+                 WHERE e.signal_id = s.id AND {seen} ORDER BY e.event_pos DESC LIMIT 1), s.data)
+             FROM signals.trading_signals s WHERE true"
         );
-        let mut args: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
+        let bound =
+            q.events_before.map_or(SystemTime::UNIX_EPOCH + Duration::from_secs(1 << 40), system_time);
+        let mut args: Vec<Box<dyn ToSql + Sync + Send>> = vec![Box::new(bound)];
         let mut arg = |sql: &mut String, clause: &str, v: Box<dyn ToSql + Sync + Send>| {
             args.push(v);
             sql.push_str(&clause.replace('?', &format!("${}", args.len())));
@@ -422,13 +426,15 @@ impl PgStore {
         }
         match q.status {
             None => {}
-            Some(crate::Status::Open) => sql.push_str(
+            Some(crate::Status::Open) => sql.push_str(&format!(
                 " AND NOT EXISTS (SELECT 1 FROM signals.signal_events e WHERE e.signal_id = s.id
-                   AND e.kind IN ('target_hit', 'stop_hit', 'expired', 'closed'))",
-            ),
+                   AND e.kind IN ('target_hit', 'stop_hit', 'expired', 'closed') AND {seen})"
+            )),
             Some(closed) => arg(
                 &mut sql,
-                " AND EXISTS (SELECT 1 FROM signals.signal_events e WHERE e.signal_id = s.id AND e.kind = ?)",
+                &format!(
+                    " AND EXISTS (SELECT 1 FROM signals.signal_events e WHERE e.signal_id = s.id AND {seen} AND e.kind = ?)"
+                ),
                 Box::new(closed.as_str().to_owned()),
             ),
         }

@@ -532,13 +532,15 @@ impl SqliteStore {
     /// A page of history, newest first (routed time, then insertion order).
     pub fn history(&self, q: &Query) -> Result<Page, StoreError> {
         // An item is the signal's latest form: its last event (an outcome) or as routed.
-        let mut sql = String::from(
+        // A delayed caller sees only closes made before its bound (?1, always given).
+        let seen = "e.at < ?1";
+        let mut sql = format!(
             "SELECT s.pos, s.routed_ts, COALESCE((SELECT e.data FROM signal_events e
-                 WHERE e.signal_id = s.id ORDER BY e.event_pos DESC LIMIT 1), s.data),
+                 WHERE e.signal_id = s.id AND {seen} ORDER BY e.event_pos DESC LIMIT 1), s.data),
                  s.seq_free, s.seq_basic, s.seq_premium, s.seq_enterprise
-             FROM trading_signals s WHERE 1 = 1",
+             FROM trading_signals s WHERE 1 = 1"
         );
-        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        let mut args: Vec<rusqlite::types::Value> = vec![q.events_before.map_or(i64::MAX, |t| t.0).into()];
         let mut arg = |sql: &mut String, clause: &str, v: rusqlite::types::Value| {
             args.push(v);
             sql.push_str(&clause.replace('?', &format!("?{}", args.len())));
@@ -574,13 +576,18 @@ impl SqliteStore {
         match q.status {
             None => {}
             Some(crate::Status::Open) => sql.push_str(&format!(
-                " AND NOT EXISTS (SELECT 1 FROM signal_events e WHERE e.signal_id = s.id AND e.kind IN {CLOSING})"
+                " AND NOT EXISTS (SELECT 1 FROM signal_events e WHERE e.signal_id = s.id AND e.kind IN {CLOSING}
+                   AND {seen})"
             )),
-            Some(closed) => arg(
-                &mut sql,
-                " AND EXISTS (SELECT 1 FROM signal_events e WHERE e.signal_id = s.id AND e.kind = ?)",
-                closed.as_str().to_owned().into(),
-            ),
+            Some(closed) => {
+                // (`arg` numbers every `?` of its clause: the bound's goes in after.)
+                arg(
+                    &mut sql,
+                    " AND EXISTS (SELECT 1 FROM signal_events e WHERE e.signal_id = s.id AND e.kind = ?",
+                    closed.as_str().to_owned().into(),
+                );
+                sql.push_str(&format!(" AND {seen})"));
+            }
         }
         if let Some(v) = q.active_at {
             arg(&mut sql, " AND s.expires_at > ?", v.0.into());

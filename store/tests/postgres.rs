@@ -125,6 +125,12 @@ fn queries() -> Vec<Query> {
             q.status = Some(store::Status::Closed);
             q.tier = Some(Tier::Premium);
         }),
+        // A delayed caller's bound, between the closes' times.
+        q(&|q| q.events_before = Some(UnixNanos(T0 + 900_000_000_000 + 10_000))),
+        q(&|q| {
+            q.status = Some(store::Status::Open);
+            q.events_before = Some(UnixNanos(T0 + 900_000_000_000 + 10_000));
+        }),
         q(&|q| q.active_at = Some(UnixNanos(T0))),
         q(&|q| {
             q.tier = Some(Tier::Basic);

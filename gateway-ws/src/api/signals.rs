@@ -142,6 +142,10 @@ pub async fn serve<B>(req: &Request<B>, app: &Arc<App>, live: bool) -> Response<
         now.0.saturating_sub(i64::try_from(delay.as_nanos()).unwrap_or(i64::MAX)).saturating_add(1),
     );
     query.to = Some(query.to.map_or(newest, |t| UnixNanos(t.0.min(newest.0))));
+    // Closes too: a delayed caller learns how a signal ended after the same delay.
+    if delayed {
+        query.events_before = Some(newest);
+    }
     if live {
         query.status = Some(Status::Open);
         query.active_at = Some(now);

@@ -273,6 +273,12 @@ fn closes_take_their_channels_seqs_and_are_read_back_in_order_with_the_signals()
     assert_eq!(ns(&store.history(&q(Some(Status::Open))).unwrap()), [3, 2]);
     assert_eq!(ns(&store.history(&q(Some(Status::TargetHit))).unwrap()), [1]);
     assert!(store.history(&q(Some(Status::StopHit))).unwrap().items.is_empty());
+    // A delayed caller's view: a close made after its bound is not shown yet.
+    let delayed = |status| Query { events_before: Some(UnixNanos(T0 + 59_000_000_000)), ..q(status) };
+    let before_close = store.history(&delayed(None)).unwrap();
+    assert!(!before_close.items[2].data.contains("target_hit"), "{}", before_close.items[2].data);
+    assert_eq!(ns(&store.history(&delayed(Some(Status::Open))).unwrap()), [3, 2, 1]);
+    assert!(store.history(&delayed(Some(Status::TargetHit))).unwrap().items.is_empty());
 
     // What a restart tracks again: the signals with no close.
     let open = store.open_signals(UnixNanos(T0), 10).unwrap();
