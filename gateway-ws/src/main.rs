@@ -105,6 +105,10 @@ enum Command {
         /// then required whatever sslmode the URL names.
         #[arg(long, env = "SIGNALCAST_ARCHIVE_DATABASE_CA_FILE")]
         database_ca_file: Option<PathBuf>,
+        /// Serve Prometheus metrics (records, lag per tier, commits, pruning) on
+        /// `GET /metrics` at this address (default: none).
+        #[arg(long, env = "SIGNALCAST_ARCHIVE_METRICS_LISTEN")]
+        metrics_listen: Option<std::net::SocketAddr>,
     },
     /// Print the version.
     Version,
@@ -177,7 +181,7 @@ fn run() -> anyhow::Result<()> {
             }
             runtime(config.workers)?.block_on(serve(config))
         }
-        Command::Archive { kafka_brokers, database_url, database_ca_file } => {
+        Command::Archive { kafka_brokers, database_url, database_ca_file, metrics_listen } => {
             let mut config = load()?;
             if let Some(brokers) = kafka_brokers {
                 config.kafka.brokers = brokers;
@@ -187,7 +191,13 @@ fn run() -> anyhow::Result<()> {
                 "signalcast archive reads Kafka: give --kafka-brokers (or [kafka] brokers)"
             );
             let retention = config.store.retention();
-            runtime(2)?.block_on(archive(config.kafka, database_url, database_ca_file, retention))
+            runtime(2)?.block_on(archive(
+                config.kafka,
+                database_url,
+                database_ca_file,
+                retention,
+                metrics_listen,
+            ))
         }
         Command::Produce { addr, producer, key, file, rate, count, tls_ca } => {
             let tls = tls_ca.as_deref().map(gateway::tls::connector).transpose()?;
@@ -258,6 +268,7 @@ async fn archive(
     url: String,
     ca: Option<PathBuf>,
     retention: Option<std::time::Duration>,
+    metrics_listen: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<()> {
     let check = kafka.clone();
     tokio::task::spawn_blocking(move || engine::kafka::check_brokers(&check))
@@ -267,8 +278,58 @@ async fn archive(
     tracing::info!(brokers = %kafka.brokers, "archiving signals.<tier> into PostgreSQL");
     let options = store::archiver::ArchiveOptions { retention, ..Default::default() };
     let stats = std::sync::Arc::new(store::archiver::ArchiveStats::default());
+    if let Some(addr) = metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} for metrics"))?;
+        tracing::info!(%addr, "archiver metrics on GET /metrics");
+        tokio::spawn(serve_archive_metrics(listener, std::sync::Arc::clone(&stats)));
+    }
     store::archiver::run_with(kafka, store, options, stats, shutdown_signal()).await?;
     Ok(())
+}
+
+/// `GET /metrics` of the archiver: one request per connection, its head read within 5 s
+/// and 8 KiB, at most 32 connections at once (a scraper needs one).
+async fn serve_archive_metrics(
+    listener: tokio::net::TcpListener,
+    stats: std::sync::Arc<store::archiver::ArchiveStats>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(32));
+    loop {
+        let Ok((mut socket, _)) = listener.accept().await else { continue };
+        let Ok(permit) = std::sync::Arc::clone(&slots).try_acquire_owned() else { continue };
+        let stats = std::sync::Arc::clone(&stats);
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut head = Vec::with_capacity(1024);
+            let read = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8 * 1024 {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return false,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                true
+            })
+            .await;
+            if !matches!(read, Ok(true)) {
+                return;
+            }
+            let (status, kind, body) = if head.starts_with(b"GET /metrics ") {
+                ("200 OK", gateway::metrics::CONTENT_TYPE, gateway::metrics::archive_exposition(stats))
+            } else {
+                ("404 Not Found", "text/plain", "GET /metrics only\n".to_owned())
+            };
+            let answer = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = socket.write_all(answer.as_bytes()).await;
+        });
+    }
 }
 
 async fn shutdown_signal() {

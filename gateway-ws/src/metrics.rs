@@ -207,6 +207,61 @@ impl Exposition {
     }
 }
 
+/// `signalcast archive`'s metrics: what it stored, its lag per tier topic, pruning.
+pub fn archive_exposition(stats: Arc<store::archiver::ArchiveStats>) -> String {
+    #[derive(Debug)]
+    struct Archive(Arc<store::archiver::ArchiveStats>);
+    impl Collector for Archive {
+        fn encode(&self, mut enc: DescriptorEncoder<'_>) -> Fmt {
+            use store::archiver::ArchiveStats as S;
+            let (s, e) = (&self.0, &mut enc);
+            counter(
+                e,
+                "signalcast_archive_records",
+                "signals.<tier> records taken (each once).",
+                S::get(&s.records),
+            )?;
+            counter(e, "signalcast_archive_signals", "Signals new to the store.", S::get(&s.signals))?;
+            counter(
+                e,
+                "signalcast_archive_rejected",
+                "Records that are no routed signal (skipped).",
+                S::get(&s.rejected),
+            )?;
+            counter(
+                e,
+                "signalcast_archive_gaps",
+                "Offsets that never came (deleted before they were archived).",
+                S::get(&s.gaps),
+            )?;
+            counter(e, "signalcast_archive_commits", "Transactions committed.", S::get(&s.commits))?;
+            counter(
+                e,
+                "signalcast_archive_commit_failures",
+                "Commits that failed (each retried).",
+                S::get(&s.commit_failures),
+            )?;
+            counter(e, "signalcast_archive_pruned", "Signals removed by retention.", S::get(&s.pruned))?;
+            per_tier(
+                e,
+                "signalcast_archive_lag",
+                "Records of the tier's topic not yet stored.",
+                MetricType::Gauge,
+                |t| ConstGauge::new(s.lag(t)),
+            )?;
+            Ok(())
+        }
+    }
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Archive(stats)));
+    registry.register_collector(Box::new(Process));
+    let mut text = String::with_capacity(2 * 1024);
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &registry) {
+        tracing::error!(error = %e, "metrics encoding failed");
+    }
+    text
+}
+
 /// What `/metrics` answers with.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 

@@ -461,9 +461,11 @@ async fn scaled_out_history_is_what_the_archiver_wrote_to_postgresql() {
     broker.create_input_topics(1).await;
     let db = pg::Postgres::start();
     let _engine = Node::start("engine", &broker, &[]).await;
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let _archiver = KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_signalcast"))
             .args(["archive", "--kafka-brokers", &broker.addr, "--database-url", &db.url()])
+            .args(["--metrics-listen", &metrics.to_string()])
             .env("SIGNALCAST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -531,6 +533,15 @@ async fn scaled_out_history_is_what_the_archiver_wrote_to_postgresql() {
     assert_eq!(first["channels"]["signals_premium"], 1, "an item's channels are its signal's seqs: {page}");
     let board = get("/v1/sources").await;
     assert_eq!(board["sources"][0]["windows"]["day"]["target_hit"], 2, "{board}");
+
+    // The archiver's own metrics: every record of both tier topics, nothing behind.
+    let mut s = tokio::net::TcpStream::connect(metrics).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.unwrap();
+    assert_eq!(common::sample(&text, "signalcast_archive_records_total"), Some(8.0), "{text}");
+    assert_eq!(common::sample(&text, "signalcast_archive_signals_total"), Some(2.0), "{text}");
+    assert_eq!(common::sample(&text, "signalcast_archive_gaps_total"), Some(0.0), "{text}");
 }
 
 fn python_produce(broker: &Broker, topic: &str, key: &str, value: &str) {
