@@ -534,6 +534,18 @@ async fn scaled_out_history_is_what_the_archiver_wrote_to_postgresql() {
     let board = get("/v1/sources").await;
     assert_eq!(board["sources"][0]["windows"]["day"]["target_hit"], 2, "{board}");
 
+    // Each row names its producer (the signer of its raw-signals record).
+    let producers = Command::new("psql")
+        .args([
+            &db.url(),
+            "-At",
+            "-c",
+            "SELECT string_agg(DISTINCT coalesce(producer_id, '-'), ',') FROM signals.trading_signals",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&producers.stdout).trim(), PRODUCER, "{producers:?}");
+
     // The archiver's own metrics: every record of both tier topics, nothing behind.
     let mut s = tokio::net::TcpStream::connect(metrics).await.unwrap();
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();

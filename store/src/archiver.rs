@@ -420,8 +420,8 @@ fn record(topics: &[String; 4], m: &BorrowedMessage<'_>, max_bytes: usize) -> Op
     Some(Record::Signal(Routed {
         market: e.market.as_ref().and_then(|m| serde_json::to_string(m).ok()),
         signal: e.signal,
-        // signals.<tier> records do not name the producer.
-        producer: None,
+        // Named by the engine node that routed it (feed, HTTP and signed Kafka producers).
+        producer: engine::kafka::producer_of(m),
         data,
         ingest_ts: item.ingest_ts,
         routed_ts: item.routed_ts,

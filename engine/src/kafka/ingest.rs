@@ -208,10 +208,13 @@ fn take(cfg: &KafkaConfig, ctx: &IngestContext, m: &BorrowedMessage<'_>, scratch
             let (signal, sent_at) = value::decode_signal(value, ct, max_analysis, scratch)?;
             // A signed record's signer must be bound to the signal's source; unsigned
             // topics trust the broker's ACLs (docs/kafka.md).
-            if let Some(producer) = signer
-                && !ctx.producers.may_publish_as(&producer, &signal.source_id)
+            if let Some(producer) = &signer
+                && !ctx.producers.may_publish_as(producer, &signal.source_id)
             {
-                return Err(ValueError::ForeignSource { producer, source_id: signal.source_id });
+                return Err(ValueError::ForeignSource {
+                    producer: producer.clone(),
+                    source_id: signal.source_id,
+                });
             }
             // JSON producers give their send time as the record's CreateTime.
             let sent_ts = sent_at.or(match m.timestamp() {
@@ -223,7 +226,8 @@ fn take(cfg: &KafkaConfig, ctx: &IngestContext, m: &BorrowedMessage<'_>, scratch
                 signal,
                 ingest_ts: UnixNanos::now(),
                 sent_ts,
-                verdict: None,
+                // The signer, so that the signal is stored with its producer.
+                verdict: signer.map(|p| crate::pipeline::Verdict::new(p.into())),
             }))
         }
     });

@@ -41,6 +41,16 @@ pub use rdkafka;
 #[cfg(feature = "kafka")]
 pub use relay::{routed as routed_record, spawn_relay};
 
+/// The producer a `signals.<tier>` record names (`sc-producer`), when it is a valid
+/// producer id (1–64 bytes of UTF-8).
+#[cfg(feature = "kafka")]
+pub fn producer_of(m: &rdkafka::message::BorrowedMessage<'_>) -> Option<String> {
+    client::header(m, headers::PRODUCER)
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .filter(|p| (1..=64).contains(&p.len()))
+        .map(str::to_owned)
+}
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
@@ -52,6 +62,8 @@ pub mod headers {
     pub const INGEST_TS: &str = "sc-ingest-ts";
     pub const ROUTED_TS: &str = "sc-routed-ts";
     pub const SENT_TS: &str = "sc-sent-ts";
+    /// The producer that sent a routed signal (the archiver stores it).
+    pub const PRODUCER: &str = "sc-producer";
     /// On a DLQ record: why it is poison ([`super::value::ValueError::code`]), in words,
     /// and where it came from.
     pub const ERROR_CODE: &str = "error.code";

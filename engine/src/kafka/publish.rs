@@ -101,6 +101,9 @@ impl Publish for KafkaSink {
         if let Some(t) = r.sent_ts {
             hs = hs.insert(Header { key: headers::SENT_TS, value: Some(sent.format(t.0)) });
         }
+        if let Some(p) = r.producer {
+            hs = hs.insert(Header { key: headers::PRODUCER, value: Some(p) });
+        }
         let mut record =
             BaseRecord::to(&self.topics[r.tier.index()]).partition(0).key(&*key).payload(r.data).headers(hs);
         // Counted before the send: its delivery report may come before `send` returns.

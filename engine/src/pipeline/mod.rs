@@ -156,6 +156,8 @@ pub struct Routed<'a> {
     pub ingest_ts: UnixNanos,
     pub routed_ts: UnixNanos,
     pub sent_ts: Option<UnixNanos>,
+    /// The producer that sent it, when known (the archiver stores it).
+    pub producer: Option<&'a str>,
 }
 
 /// One routed signal for an [`Archive`], with every channel and seq it takes.

@@ -356,6 +356,11 @@ impl Stage {
 
     /// Without an archive: the routed signal goes to the sink or the channel logs.
     fn publish(&mut self, item: &SignalItem, tiers: u8, now: UnixNanos) {
+        let slot = match (&self.sink, item.origin) {
+            (Some(_), Origin::Producer { slot, .. }) => self.slot(slot),
+            _ => None,
+        };
+        let producer = slot.as_ref().map(|p| p.id.as_str()).or(item.verdict.as_ref().map(|v| &*v.producer));
         for tier in Tier::ALL.into_iter().filter(|t| tiers & 1 << t.index() != 0) {
             self.stats.routed_to(tier);
             if let Some(sink) = &mut self.sink {
@@ -367,6 +372,7 @@ impl Stage {
                     ingest_ts: item.ingest_ts,
                     routed_ts: now,
                     sent_ts: item.sent_ts,
+                    producer,
                 });
                 continue;
             }
@@ -443,6 +449,7 @@ impl Stage {
                             ingest_ts: now,
                             routed_ts: now,
                             sent_ts: None,
+                            producer: None,
                         });
                         continue;
                     }
