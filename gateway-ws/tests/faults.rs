@@ -280,8 +280,10 @@ async fn a_full_store_stops_acknowledging_and_acknowledges_nothing_it_did_not_st
     assert!(metric(http, "signalcast_store_failures_total").await >= 1.0);
     assert_eq!(metric(http, "signalcast_store_stalled").await, 1.0);
     tokio::time::sleep(Duration::from_millis(500)).await;
+    // How many got in depends on how the stage merged its batches into commits (a
+    // refused commit is all or nothing): some, never all.
     let stored = store::SqliteStore::open_reader(&data).unwrap().count().unwrap();
-    assert!((100..5_000).contains(&stored), "{stored} stored");
+    assert!((1..5_000).contains(&stored), "{stored} stored");
     // Every delivery was stored first: the client got exactly the stored ones, in order.
     let mut got = Vec::new();
     while let Some(m) = c.try_next(Duration::from_millis(300)).await {
