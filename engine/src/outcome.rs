@@ -78,6 +78,27 @@ pub struct Tracked {
     pub data: Box<[u8]>,
 }
 
+impl Tracked {
+    /// Signal `s` as routed into the channels of `tiers`, with `data` (its SIGNAL_UPDATE
+    /// data) and `entry` (its snapshot's `last`, if any).
+    pub fn new(s: &crate::model::Signal, entry: Option<Price>, tiers: u8, data: &[u8]) -> Self {
+        Self {
+            id: s.id,
+            source_id: s.source_id,
+            symbol: s.symbol,
+            exchange: s.exchange,
+            category: s.category,
+            signal_type: s.signal_type,
+            target: s.target_price,
+            stop: s.stop_loss,
+            expires_at: s.expires_at,
+            entry,
+            tiers,
+            data: data.into(),
+        }
+    }
+}
+
 /// A signal's close: what the stage publishes and stores.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Close {

@@ -377,20 +377,7 @@ mod tests {
         assert_eq!(rewritten, data);
 
         // A close passes with its status and outcome, re-encoded; a malformed one does not.
-        let tracked = crate::outcome::Tracked {
-            id: s.id,
-            source_id: s.source_id,
-            symbol: s.symbol,
-            exchange: s.exchange,
-            category: s.category,
-            signal_type: s.signal_type,
-            target: s.target_price,
-            stop: s.stop_loss,
-            expires_at: s.expires_at,
-            entry: Some(s.entry_price),
-            tiers: 0b1000,
-            data: data.as_slice().into(),
-        };
+        let tracked = crate::outcome::Tracked::new(&s, Some(s.entry_price), 0b1000, &data);
         let close = crate::outcome::Close {
             signal: tracked,
             status: crate::outcome::Status::StopHit,

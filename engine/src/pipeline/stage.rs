@@ -398,20 +398,7 @@ impl Stage {
         now: UnixNanos,
     ) {
         let Some(tracker) = &mut self.tracker else { return };
-        let tracked = Tracked {
-            id: s.id,
-            source_id: s.source_id,
-            symbol: s.symbol,
-            exchange: s.exchange,
-            category: s.category,
-            signal_type: s.signal_type,
-            target: s.target_price,
-            stop: s.stop_loss,
-            expires_at: s.expires_at,
-            entry: market.map(|m| m.last),
-            tiers,
-            data: self.data.as_slice().into(),
-        };
+        let tracked = Tracked::new(s, market.map(|m| m.last), tiers, &self.data);
         if tracker.open(tracked, now, &mut self.closes).is_err() {
             self.stats.untracked();
         }

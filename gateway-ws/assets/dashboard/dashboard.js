@@ -124,13 +124,7 @@ function tierView(tier) {
       ["num", k ? `${k.tick_age_ms} ms` : ""],
       ["num dim", String(seq)],
     ];
-    for (const [cls, text, title] of cells) {
-      const td = document.createElement("td");
-      if (cls) td.className = cls;
-      td.textContent = text;
-      if (title) td.title = title;
-      tr.append(td);
-    }
+    appendCells(tr, cells);
     updateAge(tr);
     return tr;
   }
@@ -263,6 +257,17 @@ function tierView(tier) {
   return v;
 }
 
+/** Appends a cell per [class, text, title?] to `tr` (text only: never HTML). */
+function appendCells(tr, cells) {
+  for (const [cls, text, title] of cells) {
+    const td = document.createElement("td");
+    if (cls) td.className = cls;
+    td.textContent = text;
+    if (title) td.title = title;
+    tr.append(td);
+  }
+}
+
 /** The status cell of a signal: its status, and its return once closed. */
 function statusCell(s) {
   const status = s.status ?? "open";
@@ -319,13 +324,7 @@ async function showScoreboard() {
       [sign(w.mean_return_pct), pct(w.mean_return_pct)],
       [sign(w.median_return_pct), pct(w.median_return_pct)],
     ];
-    for (const [cls, text, title] of cells) {
-      const td = document.createElement("td");
-      if (cls) td.className = cls;
-      td.textContent = text;
-      if (title) td.title = title;
-      tr.append(td);
-    }
+    appendCells(tr, cells);
     body.append(tr);
   }
   section.querySelector(".empty").hidden = body.rows.length > 0;
