@@ -27,6 +27,8 @@ use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use crate::hash::FastHash;
 use crate::model::{Category, Exchange, Price, SignalType, Symbol, UnixNanos};
 
+pub mod handover;
+
 /// What a signal became, as carried by its `status`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Status {
@@ -201,6 +203,11 @@ impl Tracker {
         self.open == 0
     }
 
+    /// The most open signals it keeps.
+    pub fn max_open(&self) -> usize {
+        self.max_open
+    }
+
     /// Starts tracking a routed signal (routed at `now`). What expired by `now` closes
     /// first; an `exit` then closes its source's open positions on the same symbol and
     /// exchange (into `out`); then it is tracked itself, as every type is, until it
@@ -337,6 +344,36 @@ impl Tracker {
             // Closed at its expiry, however late the stage's clock noticed it.
             self.close(key, Status::Expired, last, UnixNanos(at), out);
         }
+    }
+
+    /// Takes every open signal of the books `keys` out of tracking (their partition
+    /// moved to another node), oldest first, each with the entry it has now (one filled
+    /// by a tick after routing included).
+    pub(crate) fn take_books(
+        &mut self,
+        keys: &std::collections::HashSet<handover::Key, FastHash>,
+    ) -> Vec<Tracked> {
+        let mut taken: Vec<(u32, Tracked)> = Vec::new();
+        if keys.is_empty() {
+            return Vec::new();
+        }
+        for (k, slot) in self.slots.iter_mut().enumerate() {
+            if slot.as_ref().is_some_and(|s| keys.contains(&(s.signal.symbol, s.signal.exchange)))
+                && let Some(s) = slot.take()
+            {
+                self.free.push(k as u32);
+                self.open -= 1;
+                let mut t = s.signal;
+                t.entry = s.entry;
+                taken.push((s.generation, t));
+            }
+        }
+        for key in keys {
+            self.books.remove(key);
+        }
+        // Their expiry entries are stale now (empty or reused slots): passed over.
+        taken.sort_by_key(|(generation, _)| *generation);
+        taken.into_iter().map(|(_, t)| t).collect()
     }
 
     /// When the next open signal expires.

@@ -401,6 +401,12 @@ impl Collector for Gateway {
             "Routed signals whose outcome is being tracked.",
             engine.stats.open_signals() as i64,
         )?;
+        gauge(
+            e,
+            "signalcast_outcomes_standby",
+            "Engine nodes in scale-out: open signals of symbols whose partitions other nodes hold, kept for a takeover.",
+            engine.stats.standby_signals() as i64,
+        )?;
         counter(
             e,
             "signalcast_outcomes_untracked",

@@ -481,14 +481,29 @@ fn start_kafka(
             )?;
         }
         KafkaPart::Ingest | KafkaPart::Publish => {
+            // An engine node in scale-out rebuilds what is open from `signals.<tier>`
+            // before it takes any input record (docs/outcomes.md).
+            let handover = plan.kafka == KafkaPart::Publish && config.engine.max_open_signals > 0;
+            let caught_up = if handover {
+                Some(kafka::spawn_follower(&config.kafka, engine.ingest(), Arc::clone(relay_stop))?.1)
+            } else {
+                None
+            };
             let ctx = IngestContext {
                 ingest: engine.ingest(),
                 max_analysis_bytes: config.engine.max_analysis_bytes,
                 stats: Arc::clone(stats),
                 producers: producer_auth(config, sidecar)?,
+                handover,
             };
             let (cfg, mut kafka_stop) = (config.kafka.clone(), stop.clone());
             tasks.push(tokio::spawn(async move {
+                if let Some(caught_up) = caught_up {
+                    tokio::select! {
+                        _ = caught_up => {}
+                        () = until_set(&mut kafka_stop) => return,
+                    }
+                }
                 let stop = async move { until_set(&mut kafka_stop).await };
                 if let Err(e) = kafka::run_ingest(cfg, ctx, stop).await {
                     tracing::error!(error = %e, "kafka ingest could not start");
@@ -520,6 +535,7 @@ async fn kafka_options(
             options.seen_ids = blocking(move || kafka::recent_ids(&cfg, window)).await?;
             tracing::info!(ids = options.seen_ids.len(), "read back recently routed signal ids");
             options.sink = Some(Box::new(KafkaSink::new(&config.kafka, Arc::clone(stats))?));
+            options.handover = config.engine.max_open_signals > 0;
         }
         KafkaPart::Relay => {
             let cfg = config.kafka.clone();

@@ -280,6 +280,12 @@ impl Node {
         Some(out)
     }
 
+    /// The consumer lag of `topic` is exported: this node holds partitions of it.
+    async fn exports_lag(&self, topic: &str) -> bool {
+        let series = format!("signalcast_kafka_consumer_lag{{topic=\"{topic}\"}}");
+        self.get("/metrics").await.unwrap_or_default().contains(&series)
+    }
+
     /// A sample from /metrics (the first line starting with `series`).
     async fn metric(&self, series: &str) -> f64 {
         common::sample(&self.get("/metrics").await.unwrap_or_default(), series).unwrap_or(0.0)
@@ -721,13 +727,7 @@ async fn a_poison_record_goes_to_the_dlq_and_the_partition_moves_on() {
         ]
     );
     assert_eq!(node.metric("signalcast_kafka_dead_lettered_total").await, 2.0);
-    eventually(10, "the lag gauge is exported", async || {
-        node.get("/metrics")
-            .await
-            .unwrap_or_default()
-            .contains("signalcast_kafka_consumer_lag{topic=\"raw-signals\"}")
-    })
-    .await;
+    eventually(10, "the lag gauge is exported", async || node.exports_lag("raw-signals").await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -740,11 +740,7 @@ async fn two_engines_share_the_partitions_and_each_holds_the_ticks_of_its_symbol
     let gw = Node::start("gateway", &broker, &[]).await;
     // Both hold partitions once the second has any (the first gave some up).
     eventually(60, "the group rebalanced onto both engines", async || {
-        second
-            .get("/metrics")
-            .await
-            .unwrap_or_default()
-            .contains("signalcast_kafka_consumer_lag{topic=\"raw-signals\"}")
+        second.exports_lag("raw-signals").await
     })
     .await;
     let mut client = Client::connect(&gw.ws_url("u-enterprise-1")).await;
@@ -794,6 +790,120 @@ async fn two_engines_share_the_partitions_and_each_holds_the_ticks_of_its_symbol
         second.metric("signalcast_kafka_published_total").await,
     ];
     assert!(published[0] > 0.0 && published[1] > 0.0, "both engines routed: {published:?}");
+}
+
+/// A signed `market-data` tick of `symbol` at `last`, keyed by symbol.
+async fn produce_tick(p: &FutureProducer, symbol: &str, last: &str) {
+    let value = serde_json::to_vec(&common::tick(symbol, "NSE", last)).unwrap();
+    let headers = signed_by(PRODUCER, PRODUCER_KEY, now_ms(), symbol, &value, None);
+    produce(p, "market-data", symbol, &value, Some(headers)).await;
+}
+
+/// The next `n` closes on `c`: (id, status), sorted by id.
+async fn closes(c: &mut Client, n: usize, wait: Duration) -> Vec<(u128, String)> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let v = next_signal(c, wait).await.unwrap_or_else(|| panic!("{} of {n} closes came", out.len()));
+        if v["data"]["status"] != "open" {
+            out.push((common::id_of(&v), v["data"]["status"].as_str().unwrap().to_owned()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Open signals follow their symbol's partition (docs/outcomes.md, "Scale-out"): an
+/// engine that joins the group tracks the open signals of the partitions it is given,
+/// the one that gave them up stops tracking them, and when an engine dies the one that
+/// takes its partitions rebuilds what was open there from `signals.<tier>`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_signals_follow_their_partition_when_an_engine_joins_and_when_one_dies() {
+    let _serial = serial().await;
+    let broker = Broker::start();
+    broker.create_input_topics(4).await;
+    // The broker drops a member that died once it misses a rebalance: within the
+    // rebalance timeout (librdkafka's max.poll.interval.ms, 5 minutes by default).
+    let dir = TempDir::new("handover");
+    let config = dir.0.join("engine.toml");
+    std::fs::write(
+        &config,
+        "[kafka.client]\n\"max.poll.interval.ms\" = \"8000\"\n\"session.timeout.ms\" = \"6000\"\n",
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let engine_env = [("SIGNALCAST_CONFIG", config.as_str())];
+    let mut first = Node::start("engine", &broker, &engine_env).await;
+    let gw = Node::start("gateway", &broker, &[]).await;
+    let mut client = Client::connect(&gw.ws_url("u-enterprise-1")).await;
+    client.subscribe("signals_enterprise").await;
+
+    // Sixteen symbols at 100, and a buy on each: entry 100, target 110, stop 90.
+    let symbols: Vec<String> = (0..16).map(|i| format!("SYM{i:02}")).collect();
+    let p = broker.producer();
+    for symbol in &symbols {
+        produce_tick(&p, symbol, "100").await;
+    }
+    eventually(30, "the first engine has every tick", async || {
+        first.metric("signalcast_ticks_received_total").await >= 16.0
+    })
+    .await;
+    let id = |i: usize| 0x5100 + i as u128;
+    for (i, symbol) in symbols.iter().enumerate() {
+        let mut s = common::signal(id(i), 8_000, Category::Equity);
+        s.symbol = engine::model::Symbol::new(symbol).unwrap();
+        (s.entry_price, s.target_price, s.stop_loss) =
+            ("100".parse().unwrap(), "110".parse().unwrap(), "90".parse().unwrap());
+        produce_signal(&p, symbol, &serde_json::to_vec(&s).unwrap(), None).await;
+    }
+    for _ in &symbols {
+        let v = next_signal(&mut client, Duration::from_secs(30)).await.expect("each signal routed");
+        assert_eq!(v["data"]["status"], "open");
+    }
+    assert_eq!(first.metric("signalcast_outcomes_open").await, 16.0);
+
+    // A second engine joins: it reads what is open from the topics, and the group
+    // splits the partitions between the two.
+    let second = Node::start("engine", &broker, &engine_env).await;
+    eventually(60, "the group rebalanced onto both engines", async || {
+        second.exports_lag("market-data").await
+    })
+    .await;
+    // The first half reach their targets: whichever engine holds each symbol now closes
+    // it, once.
+    for symbol in &symbols[..8] {
+        produce_tick(&p, symbol, "111").await;
+    }
+    let expected: Vec<(u128, String)> = (0..8).map(|i| (id(i), "target_hit".to_owned())).collect();
+    assert_eq!(closes(&mut client, 8, Duration::from_secs(60)).await, expected);
+    let split = [
+        first.metric("signalcast_ticks_received_total").await,
+        second.metric("signalcast_ticks_received_total").await,
+    ];
+    assert!(split[1] > 0.0, "the second engine holds some symbols: ticks {split:?}");
+    // The second half waits on both in standby: neither tracks a symbol whose records
+    // it has not had since the rebalance (the first gave every partition up).
+    eventually(20, "the second half in standby on both engines", async || {
+        first.metric("signalcast_outcomes_standby").await == 8.0
+            && second.metric("signalcast_outcomes_standby").await == 8.0
+    })
+    .await;
+
+    // The first engine dies (SIGKILL: no goodbye) and a replacement starts, which
+    // rebuilds what is open from the topics; the partitions the first held go to the
+    // live engines, and whichever gets each symbol closes what the first had opened.
+    first.kill();
+    let third = Node::start("engine", &broker, &engine_env).await;
+    eventually(60, "the replacement holds partitions", async || third.exports_lag("market-data").await).await;
+    for symbol in &symbols[8..] {
+        produce_tick(&p, symbol, "89").await;
+    }
+    let expected: Vec<(u128, String)> = (8..16).map(|i| (id(i), "stop_hit".to_owned())).collect();
+    assert_eq!(closes(&mut client, 8, Duration::from_secs(60)).await, expected);
+    client.no_signal_within(Duration::from_secs(3)).await;
+    for node in [&second, &third] {
+        assert_eq!(node.metric("signalcast_outcomes_open").await, 0.0);
+        assert_eq!(node.metric("signalcast_outcomes_standby").await, 0.0);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -29,7 +29,7 @@ use super::{KafkaError, KafkaStats, headers};
 use crate::config::KafkaConfig;
 use crate::feed::ProducerAuth;
 use crate::model::UnixNanos;
-use crate::pipeline::{Done, IngestItem, IngestSender, Origin, SignalItem};
+use crate::pipeline::{Done, HandoverItem, IngestItem, IngestSender, Origin, SignalItem};
 
 /// What Kafka ingest needs from the engine.
 #[derive(Debug, Clone)]
@@ -40,7 +40,64 @@ pub struct IngestContext {
     /// The producers' keys (the file or the sidecar, as for the TCP feed): who may
     /// sign `raw-signals` records.
     pub producers: Arc<dyn ProducerAuth>,
+    /// An engine node in scale-out: tell the stage which partition each symbol's
+    /// records come from, and which partitions a rebalance took away, so that open
+    /// signals follow their partition ([`crate::outcome::handover`]).
+    pub handover: bool,
 }
+
+/// The ingest consumer's context: statistics as every client's, and the partitions a
+/// rebalance takes away (librdkafka calls it from inside the consumer's poll).
+struct IngestClient {
+    stats: StatsContext,
+    revoked: std::sync::Mutex<Vec<i32>>,
+    revoke: tokio::sync::Notify,
+}
+
+impl rdkafka::client::ClientContext for IngestClient {
+    fn stats(&self, s: rdkafka::Statistics) {
+        self.stats.stats(s);
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for IngestClient {
+    fn pre_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, r: &rdkafka::consumer::Rebalance<'_>) {
+        if let rdkafka::consumer::Rebalance::Revoke(tpl) = r {
+            let mut revoked = self.revoked.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            revoked.extend(tpl.elements().iter().map(|e| e.partition()));
+            self.revoke.notify_one();
+        }
+    }
+
+    fn post_rebalance(
+        &self,
+        _: &rdkafka::consumer::BaseConsumer<Self>,
+        r: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        match r {
+            rdkafka::consumer::Rebalance::Assign(tpl) => {
+                let assigned: Vec<(String, i32)> =
+                    tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
+                tracing::info!(?assigned, "input partitions assigned");
+            }
+            rdkafka::consumer::Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+            rdkafka::consumer::Rebalance::Revoke(_) => {}
+        }
+    }
+}
+
+impl IngestClient {
+    fn take_revoked(&self) -> Vec<i32> {
+        let mut v =
+            std::mem::take(&mut *self.revoked.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+}
+
+/// Which input partition each symbol's records came from, as the stage was told.
+type Learned = std::collections::HashMap<crate::outcome::handover::Key, i32>;
 
 /// Records between two offset markers at most.
 const MARK_EVERY: usize = 256;
@@ -82,7 +139,7 @@ pub async fn run_ingest(
     ctx: IngestContext,
     stop: impl Future<Output = ()> + Send,
 ) -> Result<(), KafkaError> {
-    let consumer: Arc<StreamConsumer<StatsContext>> = Arc::new(
+    let consumer: Arc<StreamConsumer<IngestClient>> = Arc::new(
         client_config(&cfg)
             .set("group.id", &cfg.group_id)
             .set("enable.auto.commit", "true")
@@ -94,8 +151,13 @@ pub async fn run_ingest(
             // Co-partitioning: partition i of both topics on the same node.
             .set("partition.assignment.strategy", "range")
             .set("statistics.interval.ms", "1000")
-            .create_with_context(StatsContext(Arc::clone(&ctx.stats)))?,
+            .create_with_context(IngestClient {
+                stats: StatsContext(Arc::clone(&ctx.stats)),
+                revoked: std::sync::Mutex::default(),
+                revoke: tokio::sync::Notify::new(),
+            })?,
     );
+    let mut learned = Learned::new();
     // librdkafka retries transient errors itself, for at most dlq_timeout.
     let dlq: FutureProducer = client_config(&cfg)
         .set("message.timeout.ms", cfg.dlq_timeout.as_millis().max(1).to_string())
@@ -117,6 +179,10 @@ pub async fn run_ingest(
         } else if pending.is_empty() {
             tokio::select! {
                 m = consumer.recv() => Some(m),
+                () = consumer.context().revoke.notified() => {
+                    revoked(&ctx, &consumer, &mut learned).await;
+                    continue;
+                }
                 () = &mut stop => break,
             }
         } else {
@@ -135,8 +201,13 @@ pub async fn run_ingest(
             }
         };
         KafkaStats::count(&ctx.stats.consumed);
+        // A rebalance inside this poll: the stage hears of it before any record after it.
+        revoked(&ctx, &consumer, &mut learned).await;
         match taken.outcome {
             Ok(item) => {
+                if ctx.handover && !owned(&ctx, &mut learned, &item, taken.partition).await {
+                    break;
+                }
                 if ctx.ingest.send(item).await.is_err() {
                     break; // the engine stopped
                 }
@@ -162,11 +233,36 @@ pub async fn run_ingest(
     Ok(())
 }
 
+/// Tells the stage which partitions a rebalance took (engine nodes in scale-out).
+async fn revoked(ctx: &IngestContext, consumer: &StreamConsumer<IngestClient>, learned: &mut Learned) {
+    let partitions = consumer.context().take_revoked();
+    if partitions.is_empty() || !ctx.handover {
+        return;
+    }
+    tracing::info!(?partitions, "input partitions revoked; their open signals go to standby");
+    learned.retain(|_, p| !partitions.contains(p));
+    let _ = ctx.ingest.send(IngestItem::Handover(HandoverItem::Revoked(partitions))).await;
+}
+
+/// Tells the stage, before `item`, that its symbol comes from `partition` here, when
+/// that is news. False when the stage is gone.
+async fn owned(ctx: &IngestContext, learned: &mut Learned, item: &IngestItem, partition: i32) -> bool {
+    let key = match item {
+        IngestItem::Signal(s) => (s.signal.symbol, s.signal.exchange),
+        IngestItem::Tick(t) => (t.symbol, t.exchange),
+        _ => return true,
+    };
+    if learned.insert(key, partition) == Some(partition) {
+        return true;
+    }
+    ctx.ingest.send(IngestItem::Handover(HandoverItem::Owned { key, partition })).await.is_ok()
+}
+
 /// Queues a marker that stores the highest offset taken per partition.
 async fn mark(
     cfg: &KafkaConfig,
     ctx: &IngestContext,
-    consumer: &Arc<StreamConsumer<StatsContext>>,
+    consumer: &Arc<StreamConsumer<IngestClient>>,
     pending: &mut Vec<(Topic, i32, i64)>,
 ) {
     if pending.is_empty() {

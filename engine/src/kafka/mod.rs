@@ -10,6 +10,8 @@
 //!   `signals.<tier>` (one partition: offset + 1 is the channel seq on every gateway).
 //! - `relay` (gateway role): `signals.<tier>` and `market-data` into a stage that only
 //!   appends: every gateway builds the same channel logs.
+//! - `follow` (engine role): every `signals.<tier>` record back into the stage, so that
+//!   open signals follow their symbols' partitions between engine nodes.
 //! - `history` (gateway role): resumes from before the ring, read back by offset.
 //!
 //! Everything but [`value`], [`signing`] and [`KafkaStats`] needs the `kafka` feature (librdkafka).
@@ -19,6 +21,8 @@ pub mod value;
 
 #[cfg(feature = "kafka")]
 mod client;
+#[cfg(feature = "kafka")]
+mod follow;
 #[cfg(feature = "kafka")]
 mod history;
 #[cfg(feature = "kafka")]
@@ -30,6 +34,8 @@ mod relay;
 
 #[cfg(feature = "kafka")]
 pub use client::{KafkaError, check_brokers, client_config, ensure_topics, epochs, recent_ids};
+#[cfg(feature = "kafka")]
+pub use follow::spawn_follower;
 #[cfg(feature = "kafka")]
 pub use history::KafkaHistory;
 #[cfg(feature = "kafka")]

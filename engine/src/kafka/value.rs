@@ -9,6 +9,7 @@ use rkyv::util::AlignedVec;
 
 use crate::feed::codec::{FrameKind, ProducerMessage};
 use crate::model::{Category, EnrichedSignal, Signal, Tick, UnixNanos};
+use crate::outcome::handover::PeerEvent;
 
 /// Largest value accepted, JSON or rkyv. A signal is a few hundred bytes plus at most
 /// `max_analysis_bytes` of analysis.
@@ -191,6 +192,24 @@ pub fn relayed_signal(
         _ => return Err(RelayError::Shape("status and outcome do not go together".into())),
     }
     Ok(data)
+}
+
+/// What a checked `signals.<tier>` value (the data [`relayed_signal`] returns) says for
+/// the outcome tracker of an engine node that follows the topics: a routed signal, with
+/// the bit of `tier` whose topic carried it, or a close.
+pub fn peer_event(data: &[u8], tier: crate::model::Tier) -> Result<PeerEvent, RelayError> {
+    let e: EnrichedSignal = serde_json::from_slice(data).map_err(|e| RelayError::Shape(e.to_string()))?;
+    let close: Relayed = serde_json::from_slice(data).map_err(|e| RelayError::Shape(e.to_string()))?;
+    let s = &e.signal;
+    Ok(match close.outcome {
+        Some(_) => PeerEvent::Close { id: s.id, key: (s.symbol, s.exchange) },
+        None => PeerEvent::Open(Box::new(crate::outcome::Tracked::new(
+            s,
+            e.market.as_ref().map(|m| m.last),
+            1 << tier.index(),
+            data,
+        ))),
+    })
 }
 
 /// What a relayed record adds to the signal when it is a close.
@@ -390,6 +409,18 @@ mod tests {
         crate::pipeline::encode::close_data(&mut closed, &data, &close);
         assert_eq!(relayed_signal(&closed, Some(s.category), 8192).unwrap(), closed);
         assert!(crate::pipeline::encode::is_close(&closed));
+        // A node following the topics reads the signal as open, its close as a close.
+        let PeerEvent::Open(open) = peer_event(&data, crate::model::Tier::Premium).unwrap() else {
+            panic!("a routed signal reads as open")
+        };
+        assert_eq!(
+            (open.id, open.tiers, &open.data[..]),
+            (s.id, 1 << crate::model::Tier::Premium.index(), &data[..])
+        );
+        assert_eq!(
+            peer_event(&closed, crate::model::Tier::Premium).unwrap(),
+            PeerEvent::Close { id: s.id, key: (s.symbol, s.exchange) }
+        );
         let text = String::from_utf8(closed).unwrap();
         for (bad, why) in [
             (text.replace("\"stop_hit\"", "\"open\""), "open with an outcome"),

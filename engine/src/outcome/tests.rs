@@ -300,3 +300,31 @@ fn a_reopened_exit_closes_nothing_again_and_the_newest_snapshot_is_the_last_pric
 fn a_return_beyond_four_decimal_fields_is_unknown() {
     assert_eq!(return_pct(SignalType::Buy, "0.0001".parse().ok(), "99999999999".parse().ok()), None);
 }
+
+#[test]
+fn a_moved_book_leaves_with_its_entries_and_closes_nothing_here_afterwards() {
+    let mut t = Tracker::new(10);
+    open(&mut t, tracked(1, 1, SignalType::Buy, None, "110", "90"));
+    open(&mut t, tracked(2, 1, SignalType::Sell, Some("100"), "90", "110"));
+    let mut other = tracked(3, 1, SignalType::Buy, Some("50"), "60", "40");
+    other.symbol = sym("INFY");
+    open(&mut t, other);
+    // The first tick fills the buy's entry; nothing closes.
+    assert!(tick(&mut t, "101", 1).is_empty());
+    let keys = [(sym("RELIANCE"), nse())].into_iter().collect();
+    let moved = t.take_books(&keys);
+    assert_eq!(moved.iter().map(|m| m.id.as_u128()).collect::<Vec<_>>(), [1, 2], "oldest first");
+    assert_eq!(moved[0].entry, Some(p("101")), "the entry a tick gave it goes along");
+    assert_eq!(t.len(), 1);
+    // Its levels and its expiry left with it: a tick past them and the clock close nothing.
+    assert!(tick(&mut t, "200", 2).is_empty());
+    let mut out = Vec::new();
+    t.expire(UnixNanos(i64::MAX), &mut out);
+    assert_eq!(summary(&out).len(), 1, "only INFY's signal was still here to expire");
+    // Taken back, they track as before (on the node that now holds the partition).
+    let mut back = Tracker::new(10);
+    for m in moved {
+        back.reopen(m).unwrap();
+    }
+    assert_eq!(summary(&tick(&mut back, "111", 3)).len(), 2, "the buy's target and the sell's stop");
+}

@@ -65,6 +65,10 @@ impl RecentIds {
         self.order.push_back(id);
         true
     }
+
+    pub(crate) fn contains(&self, id: Uuid) -> bool {
+        self.set.contains(&id.as_u128())
+    }
 }
 
 #[cfg(test)]

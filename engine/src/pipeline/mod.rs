@@ -17,7 +17,7 @@
 mod commit;
 pub mod encode;
 
-mod dedup;
+pub(crate) mod dedup;
 mod delay;
 mod enrich;
 mod filter;
@@ -143,6 +143,21 @@ pub enum IngestItem {
     Tick(Tick),
     Routed(Box<RoutedItem>),
     Done(Done),
+    /// Scale-out: which node tracks which symbol's open signals.
+    Handover(HandoverItem),
+}
+
+/// Scale-out: what moves open signals between engine nodes (see
+/// [`crate::outcome::handover`]).
+#[derive(Clone, Debug)]
+pub enum HandoverItem {
+    /// A record of the `signals.<tier>` follower.
+    Peer(crate::outcome::handover::PeerEvent),
+    /// A record of `key` came from input `partition` (sent before the record itself,
+    /// when the key is new on this node or its partition changed).
+    Owned { key: crate::outcome::handover::Key, partition: i32 },
+    /// These input partitions were taken from this node (a rebalance).
+    Revoked(Vec<i32>),
 }
 
 /// One routed signal for a sink: what a `signals.<tier>` record carries.

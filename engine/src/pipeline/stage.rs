@@ -6,13 +6,14 @@ use super::commit::{self, Committer, Staged, StagedClose, StagedSignal};
 use super::dedup::{ProducerSeqs, RecentIds};
 use super::delay::DelayLine;
 use super::{
-    Archive, Archived, ArchivedClose, Done, DropReason, IngestItem, Origin, Outcome, PipelineStats, Publish,
-    Routed, RoutedItem, SignalItem, encode, enrich, filter, route,
+    Archive, Archived, ArchivedClose, Done, DropReason, HandoverItem, IngestItem, Origin, Outcome,
+    PipelineStats, Publish, Routed, RoutedItem, SignalItem, encode, enrich, filter, route,
 };
 use crate::channels::{ChannelName, ChannelSet, Message, MessageMeta};
 use crate::config::{EngineConfig, MissingTick};
 use crate::feed::{ProducerRegistry, ProducerSlot};
 use crate::model::{Tick, Tier, UnixNanos};
+use crate::outcome::handover::{Handover, PeerEvent};
 use crate::outcome::{Close, Tracked, Tracker};
 use crate::policy::TierPolicy;
 use crate::ticks::{TickUpdate, TickWriter};
@@ -102,6 +103,9 @@ pub struct Stage {
     /// closes it reported, waiting to be published.
     tracker: Option<Tracker>,
     closes: Vec<Close>,
+    /// Scale-out (an engine node): the open signals of symbols other nodes track, and
+    /// which symbols this node tracks.
+    handover: Option<Handover>,
 }
 
 impl Stage {
@@ -143,11 +147,24 @@ impl Stage {
             done: Vec::new(),
             tracker: (config.max_open_signals > 0).then(|| Tracker::new(config.max_open_signals)),
             closes: Vec::new(),
+            handover: None,
             policy,
             channels,
             producers,
             stats,
         }
+    }
+
+    /// An engine node in scale-out: open signals follow their symbol's partition from
+    /// node to node (fed with [`IngestItem::Handover`]). Nothing without a tracker.
+    #[must_use]
+    pub fn with_handover(mut self) -> Self {
+        self.handover = self.tracker.as_ref().map(|_| Handover::new(self.max_open_signals()));
+        self
+    }
+
+    fn max_open_signals(&self) -> usize {
+        self.tracker.as_ref().map_or(0, Tracker::max_open)
     }
 
     /// Sends routed signals to `sink` (an engine node's `signals.<tier>` topics) instead
@@ -285,7 +302,42 @@ impl Stage {
             IngestItem::Tick(t) => self.on_tick(&t, now),
             IngestItem::Routed(r) => self.on_routed(*r),
             IngestItem::Done(d) => self.done.push(d),
+            IngestItem::Handover(h) => self.on_handover(h, now),
         }
+    }
+
+    fn on_handover(&mut self, item: HandoverItem, now: UnixNanos) {
+        let (Some(handover), Some(tracker)) = (&mut self.handover, &mut self.tracker) else { return };
+        let dropped = handover.dropped();
+        let reopen = match item {
+            HandoverItem::Peer(event) => {
+                // What another node routed: a re-read of its raw record after a
+                // takeover is a duplicate here too.
+                if let PeerEvent::Open(t) = &event {
+                    self.ids.insert(t.id);
+                }
+                handover.peer(event)
+            }
+            HandoverItem::Owned { key, partition } => handover.owned(key, partition),
+            HandoverItem::Revoked(partitions) => {
+                let keys = handover.revoke(&partitions);
+                handover.put_back(tracker.take_books(&keys));
+                Vec::new()
+            }
+        };
+        for signal in reopen {
+            if tracker.reopen(signal).is_err() {
+                self.stats.untracked();
+            }
+        }
+        // Standby was full: those will not be tracked here either.
+        for _ in dropped..handover.dropped() {
+            self.stats.untracked();
+        }
+        self.stats.set_standby_signals(handover.standby_len());
+        // What expired while nobody tracked it closes now.
+        tracker.expire(now, &mut self.closes);
+        self.publish_closes(now);
     }
 
     fn on_tick(&mut self, t: &Tick, now: UnixNanos) {
@@ -398,6 +450,9 @@ impl Stage {
         now: UnixNanos,
     ) {
         let Some(tracker) = &mut self.tracker else { return };
+        if let Some(h) = &mut self.handover {
+            h.tracked_here((s.symbol, s.exchange));
+        }
         let tracked = Tracked::new(s, market.map(|m| m.last), tiers, &self.data);
         if tracker.open(tracked, now, &mut self.closes).is_err() {
             self.stats.untracked();

@@ -76,6 +76,8 @@ pub struct PipelineStats {
     untracked: AtomicU64,
     /// Signals being tracked now.
     open_signals: AtomicU64,
+    /// Scale-out: open signals of symbols other nodes track, ready for a takeover.
+    standby_signals: AtomicU64,
     /// The stage is waiting for the store to take a batch (disk full, read-only).
     store_stalled: std::sync::atomic::AtomicBool,
 }
@@ -103,6 +105,16 @@ impl PipelineStats {
 
     pub(crate) fn set_open_signals(&self, n: usize) {
         self.open_signals.store(n as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_standby_signals(&self, n: usize) {
+        self.standby_signals.store(n as u64, Ordering::Relaxed);
+    }
+
+    /// Scale-out: open signals this engine node holds for a takeover (their symbols'
+    /// partitions are on other nodes).
+    pub fn standby_signals(&self) -> u64 {
+        self.standby_signals.load(Ordering::Relaxed)
     }
 
     /// Closes published with `status`.
