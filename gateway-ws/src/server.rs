@@ -36,9 +36,9 @@ pub struct App {
     pub store: Option<crate::api::signals::HistorySource>,
     /// History reads at once.
     pub store_reads: tokio::sync::Semaphore,
-    /// The last scoreboard computed, and when (`GET /v1/sources` serves it for
-    /// [`crate::api::sources::SCOREBOARD_MAX_AGE`]).
-    pub scoreboard: tokio::sync::Mutex<Option<(std::time::Instant, Arc<String>)>>,
+    /// The rows of the last scoreboard read, and when (`GET /v1/sources` counts them
+    /// for each caller for [`crate::api::sources::SCOREBOARD_MAX_AGE`]).
+    pub scoreboard: tokio::sync::Mutex<Option<(std::time::Instant, crate::api::sources::Rows)>>,
     /// Per-user and per-producer rates of the HTTP API.
     pub api_rates: crate::api::rate::RateLimits,
     /// HTTP ingest, on a node that runs the engine.

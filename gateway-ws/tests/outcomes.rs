@@ -152,5 +152,15 @@ async fn a_close_reaches_the_socket_history_and_scoreboard_and_an_open_signal_su
         (Some(2), Some(1))
     );
     assert_eq!(stats["mean_confidence"], "95.00");
+
+    // A call still open counts only for whoever has been shown it: a premium user (real
+    // time) at once, a free one (30 s delay) not yet; its closed ones count for both.
+    assert_eq!(publish(http_addr, &[buy(4, "2600", "2400")]).await[0]["status"], "accepted");
+    let path = "/v1/signals/stats?symbol=RELIANCE&exchange=NSE";
+    let counts = |v: &Value| (v["signals"].as_u64(), v["open"].as_u64());
+    assert_eq!(counts(&get(http_addr, "u-premium-1", path).await), (Some(3), Some(1)));
+    assert_eq!(counts(&get(http_addr, "u-free-1", path).await), (Some(2), Some(0)));
+    let board = get(http_addr, "u-free-1", "/v1/sources").await;
+    assert_eq!(counts(&board["sources"][0]["windows"]["day"]), (Some(2), Some(0)));
     drop(server);
 }

@@ -1,11 +1,13 @@
 //! What the sources' calls became, counted: the scoreboard per source (`GET /v1/sources`)
 //! and the figures of one symbol (`GET /v1/signals/stats`). Both are computed over every
-//! stored signal with its status (its close, or open), whatever its tier: they are
-//! counts and returns, never a signal, so they reveal nothing a caller's tier withholds.
+//! stored signal with its status (its close, or open), whatever its tier, as a
+//! [`Viewer`] may see them: a closed signal is history and counts for everyone; an open
+//! one is a live call, and counts only for a reader whose own channels carried it and
+//! whose delay has released it, so that no figure tells of a call a tier withholds.
 
 use std::collections::BTreeMap;
 
-use engine::model::{Category, Price, SignalType, UnixNanos};
+use engine::model::{Category, CategoryMask, Price, SignalType, UnixNanos};
 use serde_json::{Value, json};
 
 use crate::Status;
@@ -23,6 +25,29 @@ pub struct ScoreRow {
     pub return_pct: Option<i64>,
     /// Hundredths.
     pub confidence: i64,
+}
+
+/// Who reads the figures (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Viewer {
+    /// The reader's tier's confidence bar, in hundredths.
+    pub min_confidence: i64,
+    pub categories: CategoryMask,
+    /// Open signals routed after this are not yet released to the reader (their delay).
+    pub released_by: UnixNanos,
+}
+
+impl Viewer {
+    /// Everything counts (enterprise, real time, every category).
+    pub const ALL: Self =
+        Self { min_confidence: 0, categories: CategoryMask::ALL, released_by: UnixNanos(i64::MAX) };
+
+    pub fn sees(&self, row: &ScoreRow) -> bool {
+        row.status != Status::Open
+            || (row.confidence >= self.min_confidence
+                && self.categories.contains(row.category)
+                && row.routed_ts <= self.released_by)
+    }
 }
 
 /// Counts and returns of a set of signals.
@@ -117,7 +142,7 @@ const WINDOWS: [(&str, Option<i64>); 3] = [("day", Some(DAY)), ("week", Some(7 *
 
 /// `GET /v1/sources`: per source, its figures over the last day, week and all time,
 /// and the same per category; sources with the most signals first.
-pub fn sources(rows: impl IntoIterator<Item = ScoreRow>, now: UnixNanos) -> Value {
+pub fn sources<'a>(rows: impl IntoIterator<Item = &'a ScoreRow>, viewer: &Viewer, now: UnixNanos) -> Value {
     #[derive(Default)]
     struct Source {
         source_type: String,
@@ -125,14 +150,14 @@ pub fn sources(rows: impl IntoIterator<Item = ScoreRow>, now: UnixNanos) -> Valu
         categories: BTreeMap<&'static str, [Tally; 3]>,
     }
     let mut by_source: BTreeMap<uuid::Uuid, Source> = BTreeMap::new();
-    for row in rows {
+    for row in rows.into_iter().filter(|r| viewer.sees(r)) {
         let s = by_source.entry(row.source_id).or_default();
         s.source_type.clone_from(&row.source_type);
         let per_category = s.categories.entry(row.category.as_str()).or_default();
         for (i, (_, span)) in WINDOWS.iter().enumerate() {
             if span.is_none_or(|span| row.routed_ts.0 > now.0 - span) {
-                s.windows[i].add(&row);
-                per_category[i].add(&row);
+                s.windows[i].add(row);
+                per_category[i].add(row);
             }
         }
     }
@@ -166,12 +191,17 @@ pub fn sources(rows: impl IntoIterator<Item = ScoreRow>, now: UnixNanos) -> Valu
 
 /// `GET /v1/signals/stats`: one symbol's counts by type and status, mean confidence and
 /// hit rate.
-pub fn symbol(symbol: &str, exchange: Option<&str>, rows: impl IntoIterator<Item = ScoreRow>) -> Value {
+pub fn symbol<'a>(
+    symbol: &str,
+    exchange: Option<&str>,
+    rows: impl IntoIterator<Item = &'a ScoreRow>,
+    viewer: &Viewer,
+) -> Value {
     let mut all = Tally::default();
     let mut by_type: BTreeMap<&'static str, Tally> = BTreeMap::new();
-    for row in rows {
-        all.add(&row);
-        by_type.entry(row.signal_type.as_str()).or_default().add(&row);
+    for row in rows.into_iter().filter(|r| viewer.sees(r)) {
+        all.add(row);
+        by_type.entry(row.signal_type.as_str()).or_default().add(row);
     }
     let mut types = json!({});
     for (name, t) in &mut by_type {
@@ -220,7 +250,7 @@ mod tests {
             row(1, Category::Equity, Status::Expired, Some(5_000), 30),
             row(2, Category::Forex, Status::Closed, Some(-3), 0),
         ];
-        let v = sources(rows, now);
+        let v = sources(&rows, &Viewer::ALL, now);
         let s1 = &v["sources"][0];
         assert_eq!(s1["source_id"], uuid::Uuid::from_u128(1).to_string());
         assert_eq!(s1["windows"]["day"]["signals"], 2);
@@ -248,13 +278,41 @@ mod tests {
         let mut sell = row(1, Category::Equity, Status::StopHit, Some(-5), 0);
         sell.signal_type = SignalType::Sell;
         sell.confidence = 9_000;
-        let v =
-            symbol("RELIANCE", Some("NSE"), [row(1, Category::Equity, Status::TargetHit, Some(5), 0), sell]);
+        let rows = [row(1, Category::Equity, Status::TargetHit, Some(5), 0), sell];
+        let v = symbol("RELIANCE", Some("NSE"), &rows, &Viewer::ALL);
         assert_eq!(v["signals"], 2);
         assert_eq!(v["hit_rate"], "0.5000");
         assert_eq!(v["mean_confidence"], "88.63"); // 88.625 rounds half away from zero
         assert_eq!(v["by_type"]["sell"]["stop_hit"], 1);
         assert_eq!(v["by_type"]["buy"]["mean_confidence"], "87.25");
         assert_eq!(v["exchange"], "NSE");
+    }
+
+    #[test]
+    fn an_open_call_counts_only_for_a_reader_it_was_released_to_a_closed_one_for_all() {
+        let now = UnixNanos(100 * DAY);
+        let mut premium_open = row(1, Category::Equity, Status::Open, None, 0);
+        premium_open.confidence = 9_000;
+        let mut crypto_open = row(1, Category::Crypto, Status::Open, None, 0);
+        crypto_open.confidence = 6_000;
+        let mut premium_hit = row(1, Category::Equity, Status::TargetHit, Some(100), 0);
+        premium_hit.confidence = 9_000;
+        let rows = [premium_open, crypto_open, premium_hit];
+        let free = Viewer {
+            min_confidence: 7_500,
+            categories: [Category::Equity].into_iter().collect(),
+            released_by: UnixNanos(now.0 - 15 * 60 * 1_000_000_000),
+        };
+        let counts = |viewer: &Viewer| {
+            let v = symbol("RELIANCE", Some("NSE"), &rows, viewer);
+            (v["signals"].as_u64().unwrap(), v["open"].as_u64().unwrap())
+        };
+        // Routed a second ago: not yet released to a delayed reader; crypto is not its.
+        assert_eq!(counts(&free), (1, 0), "only the closed call");
+        assert_eq!(counts(&Viewer { released_by: now, ..free }), (2, 1), "released: the open equity call");
+        let low_bar = Viewer { min_confidence: 5_000, categories: CategoryMask::ALL, released_by: now };
+        assert_eq!(counts(&low_bar), (3, 2));
+        let source = &sources(&rows, &free, now)["sources"][0]["windows"]["all"];
+        assert_eq!((source["signals"].as_u64(), source["open"].as_u64()), (Some(1), Some(0)));
     }
 }

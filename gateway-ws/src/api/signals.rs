@@ -123,16 +123,23 @@ pub(super) fn authorize<B>(req: &Request<B>, app: &App) -> Result<Session, Respo
     Ok(session)
 }
 
+/// How long after routing the caller sees a signal: its delayed view's delay, or zero
+/// for a real-time caller.
+pub(super) fn caller_delay(session: &Session, policy: &engine::policy::TierPolicy) -> Duration {
+    let delayed = !session.real_time || !policy.rule(session.tier).delay.is_zero();
+    if delayed { policy.delayed_view(session.tier) } else { Duration::ZERO }
+}
+
 /// Serves one request; `live` is the list of open, unexpired signals.
 pub async fn serve<B>(req: &Request<B>, app: &Arc<App>, live: bool) -> Response<Body> {
     let session = match authorize(req, app) {
         Ok(s) => s,
         Err(refusal) => return refusal,
     };
-    let policy = &app.engine.policy;
     let now = UnixNanos::now();
-    let delayed = !session.real_time || !policy.rule(session.tier).delay.is_zero();
-    let delay = if delayed { policy.delayed_view(session.tier) } else { Duration::ZERO };
+    let policy = &app.engine.policy;
+    let delay = caller_delay(&session, policy);
+    let delayed = !delay.is_zero();
     let mut query = match parse_query(req.uri().query().unwrap_or(""), &session, live) {
         Ok(q) => q,
         Err(message) => return error(StatusCode::BAD_REQUEST, "bad_request", &message),
