@@ -34,8 +34,9 @@ pub struct EngineOptions {
     /// Engine role: routed signals go to this sink (`signals.<tier>`), not to channel logs.
     pub sink: Option<Box<dyn Publish>>,
     /// Engine role in scale-out: open signals follow their symbol's partition between
-    /// engine nodes (fed by the `signals.<tier>` follower and Kafka ingest).
-    pub handover: bool,
+    /// engine nodes (fed by the `signals.<tier>` follower and Kafka ingest, which writes
+    /// the rebalances here).
+    pub handover: Option<Arc<crate::outcome::handover::Rebalances>>,
     /// Signal ids an earlier run already routed (de-duplication across restarts).
     pub seen_ids: Vec<uuid::Uuid>,
     /// Gateway role: the epochs every gateway derives for the shared topics; the logs
@@ -99,8 +100,8 @@ impl Engine {
         if let Some(sink) = options.sink {
             stage = stage.with_sink(sink);
         }
-        if options.handover {
-            stage = stage.with_handover();
+        if let Some(rebalances) = options.handover {
+            stage = stage.with_handover(rebalances);
         }
         if let Some(durable) = options.durable {
             (durable.restore)(&mut stage)?;

@@ -178,6 +178,9 @@ pub struct Tracker {
     generation: u32,
     open: usize,
     max_open: usize,
+    /// The slot of each open signal, by id (a signal is tracked once, and another node's
+    /// close of it reaches it here in scale-out).
+    ids: HashMap<u128, u32, FastHash>,
 }
 
 impl Tracker {
@@ -191,6 +194,7 @@ impl Tracker {
             generation: 0,
             open: 0,
             max_open,
+            ids: HashMap::default(),
         }
     }
 
@@ -201,6 +205,17 @@ impl Tracker {
 
     pub fn is_empty(&self) -> bool {
         self.open == 0
+    }
+
+    /// Is signal `id` open here?
+    pub fn contains(&self, id: uuid::Uuid) -> bool {
+        self.ids.contains_key(&id.as_u128())
+    }
+
+    /// Stops tracking signal `id` without a close (another node closed it). True if it
+    /// was open here.
+    pub fn forget(&mut self, id: uuid::Uuid) -> bool {
+        self.ids.get(&id.as_u128()).copied().and_then(|key| self.unlink(key)).is_some()
     }
 
     /// The most open signals it keeps.
@@ -231,6 +246,9 @@ impl Tracker {
         if self.open >= self.max_open {
             return Err(AtCapacity(self.max_open));
         }
+        if self.contains(signal.id) {
+            return Ok(()); // tracked already: once is enough
+        }
         self.generation = self.generation.wrapping_add(1);
         let generation = self.generation;
         let key = match self.free.pop() {
@@ -256,6 +274,7 @@ impl Tracker {
             }
         }
         self.expiry.push(Reverse((signal.expires_at.0, key, generation)));
+        self.ids.insert(signal.id.as_u128(), key);
         self.slots[key as usize] = Some(Slot { entry: signal.entry, signal, generation });
         if pending && let Some(s) = self.slots[key as usize].as_ref() {
             let book_key = (s.signal.symbol, s.signal.exchange);
@@ -363,6 +382,7 @@ impl Tracker {
             {
                 self.free.push(k as u32);
                 self.open -= 1;
+                self.ids.remove(&s.signal.id.as_u128());
                 let mut t = s.signal;
                 t.entry = s.entry;
                 taken.push((s.generation, t));
@@ -404,9 +424,27 @@ impl Tracker {
     /// Removes `key` and reports its close with `exit` (informational types and unknown
     /// entries get neither exit nor return).
     fn close(&mut self, key: u32, status: Status, exit: Option<Price>, at: UnixNanos, out: &mut Vec<Close>) {
-        let Some(slot) = self.slots[key as usize].take() else { return };
+        let Some(slot) = self.unlink(key) else { return };
+        let s = &slot.signal;
+        let position = matches!(s.signal_type, SignalType::Buy | SignalType::Sell);
+        let exit = if position && slot.entry.is_some() { exit } else { None };
+        out.push(Close {
+            return_pct: return_pct(s.signal_type, slot.entry, exit),
+            entry: slot.entry,
+            exit,
+            status,
+            closed_at: at,
+            signal: slot.signal,
+        });
+    }
+
+    /// Takes `key` out of its slot, its book and the id index (its expiry entry goes
+    /// stale and is passed over).
+    fn unlink(&mut self, key: u32) -> Option<Slot> {
+        let slot = self.slots[key as usize].take()?;
         self.free.push(key);
         self.open -= 1;
+        self.ids.remove(&slot.signal.id.as_u128());
         let s = &slot.signal;
         let book_key = (s.symbol, s.exchange);
         if let Some(book) = self.books.get_mut(&book_key) {
@@ -419,16 +457,7 @@ impl Tracker {
                 self.books.remove(&book_key);
             }
         }
-        let position = matches!(s.signal_type, SignalType::Buy | SignalType::Sell);
-        let exit = if position && slot.entry.is_some() { exit } else { None };
-        out.push(Close {
-            return_pct: return_pct(s.signal_type, slot.entry, exit),
-            entry: slot.entry,
-            exit,
-            status,
-            closed_at: at,
-            signal: slot.signal,
-        });
+        Some(slot)
     }
 
     /// Rebuilds the expiry heap from the open signals when closes before expiry have

@@ -264,6 +264,7 @@ pub async fn start_on(
     let (auth, sidecar) = start_auth(&config, &dev_auth, &rights)?;
     let kafka_stats = Arc::new(KafkaStats::default());
     let mut options = kafka_options(&config, plan, &kafka_stats).await?;
+    let handover = options.handover.clone();
     let (durable, store_path) = match plan.store {
         true => {
             let (d, path) = durable(&config)?;
@@ -290,7 +291,8 @@ pub async fn start_on(
         None => Arc::new(FeedStats::default()),
     };
     let relay_stop = Arc::new(AtomicBool::new(false));
-    start_kafka(&config, plan, &engine, sidecar.as_ref(), &kafka_stats, &relay_stop, &stop_rx, &mut tasks)?;
+    let kafka = KafkaParts { stats: &kafka_stats, relay_stop: &relay_stop, handover };
+    start_kafka(&config, plan, &engine, sidecar.as_ref(), &kafka, &stop_rx, &mut tasks)?;
 
     // Tokens for the asking only where the secret is public anyway and only on loopback.
     let dev_tokens = (config.public_dev_secret()
@@ -455,19 +457,27 @@ fn producer_auth(
     })
 }
 
+/// What the Kafka tasks share with the rest of the node.
+struct KafkaParts<'a> {
+    stats: &'a Arc<KafkaStats>,
+    /// Stops the threads (relay, follower).
+    relay_stop: &'a Arc<AtomicBool>,
+    /// Engine nodes in scale-out: the rebalances the stage applies.
+    handover: Option<Arc<engine::outcome::handover::Rebalances>>,
+}
+
 /// Kafka's part of the node: the relay of `signals.<tier>` on a gateway node, ingest of
 /// `raw-signals` and `market-data` elsewhere.
-#[allow(clippy::too_many_arguments)]
 fn start_kafka(
     config: &Config,
     plan: Plan,
     engine: &Engine,
     sidecar: Option<&Arc<SidecarAuth>>,
-    stats: &Arc<KafkaStats>,
-    relay_stop: &Arc<AtomicBool>,
+    parts: &KafkaParts<'_>,
     stop: &watch::Receiver<bool>,
     tasks: &mut Tasks,
 ) -> Result<(), StartError> {
+    let (stats, relay_stop, handover) = (parts.stats, parts.relay_stop, &parts.handover);
     match plan.kafka {
         KafkaPart::Off => {}
         KafkaPart::Relay => {
@@ -481,20 +491,23 @@ fn start_kafka(
             )?;
         }
         KafkaPart::Ingest | KafkaPart::Publish => {
-            // An engine node in scale-out rebuilds what is open from `signals.<tier>`
-            // before it takes any input record (docs/outcomes.md).
-            let handover = plan.kafka == KafkaPart::Publish && config.engine.max_open_signals > 0;
-            let caught_up = if handover {
-                Some(kafka::spawn_follower(&config.kafka, engine.ingest(), Arc::clone(relay_stop))?.1)
-            } else {
-                None
-            };
             let ctx = IngestContext {
                 ingest: engine.ingest(),
                 max_analysis_bytes: config.engine.max_analysis_bytes,
                 stats: Arc::clone(stats),
                 producers: producer_auth(config, sidecar)?,
-                handover,
+                handover: handover.clone(),
+            };
+            // An engine node in scale-out rebuilds what is open from `signals.<tier>`
+            // before it takes any input record (docs/outcomes.md).
+            let caught_up = match handover {
+                Some(_) => Some(kafka::spawn_follower(
+                    &config.kafka,
+                    engine.ingest(),
+                    config.engine.max_open_signals,
+                    Arc::clone(relay_stop),
+                )?),
+                None => None,
             };
             let (cfg, mut kafka_stop) = (config.kafka.clone(), stop.clone());
             tasks.push(tokio::spawn(async move {
@@ -535,7 +548,7 @@ async fn kafka_options(
             options.seen_ids = blocking(move || kafka::recent_ids(&cfg, window)).await?;
             tracing::info!(ids = options.seen_ids.len(), "read back recently routed signal ids");
             options.sink = Some(Box::new(KafkaSink::new(&config.kafka, Arc::clone(stats))?));
-            options.handover = config.engine.max_open_signals > 0;
+            options.handover = (config.engine.max_open_signals > 0).then(Arc::default);
         }
         KafkaPart::Relay => {
             let cfg = config.kafka.clone();

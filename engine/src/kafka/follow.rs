@@ -12,7 +12,6 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -32,77 +31,32 @@ use crate::pipeline::{HandoverItem, IngestItem, IngestSender};
 const CATCH_UP_LIMIT: Duration = Duration::from_secs(300);
 
 /// Starts the follower thread; the receiver resolves once the read-back at start is
-/// handed over (or given up after [`CATCH_UP_LIMIT`]). It runs until `stop` is set or
-/// the engine stops.
+/// handed over (or given up: after [`CATCH_UP_LIMIT`], or when the brokers cannot be
+/// read, logged). It keeps at most `max_open` signals from the read-back and runs until
+/// `stop` is set or the engine stops. Nothing here blocks the caller.
 pub fn spawn_follower(
     cfg: &KafkaConfig,
     ingest: IngestSender,
+    max_open: usize,
     stop: Arc<AtomicBool>,
-) -> Result<(JoinHandle<()>, tokio::sync::oneshot::Receiver<()>), KafkaError> {
-    let consumer: BaseConsumer = client_config(cfg)
-        // No group: partitions are assigned, nothing is committed.
-        .set("group.id", "signalcast-engine-follower")
-        .set("enable.auto.commit", "false")
-        .create()?;
-    let topics = Tier::ALL.map(|t| cfg.signals_topic(t));
-    let mut tpl = TopicPartitionList::new();
-    let mut ends = HashMap::new();
-    for topic in &topics {
-        let (low, high) = consumer.fetch_watermarks(topic, 0, Duration::from_secs(10))?;
-        tpl.add_partition_offset(topic, 0, Offset::Offset(low))?;
-        if high > low {
-            ends.insert(topic.clone(), high);
-        }
-    }
-    consumer.assign(&tpl)?;
-    let max_bytes = cfg.relay_max_record_bytes;
+) -> Result<tokio::sync::oneshot::Receiver<()>, KafkaError> {
+    let cfg = cfg.clone();
     let (caught_up, caught_up_rx) = tokio::sync::oneshot::channel();
-    let handle = std::thread::Builder::new()
+    std::thread::Builder::new()
         .name("signalcast-follower".into())
         .spawn(move || {
-            let event = |m: &rdkafka::message::BorrowedMessage<'_>| {
-                let r = relay::routed(&topics, m, max_bytes)?;
-                value::peer_event(&r.data, r.tier).ok()
-            };
-            // The read-back: what is still open, in the order it was first read.
-            let started = Instant::now();
-            let mut open: Vec<Option<Tracked>> = Vec::new();
-            let mut at: HashMap<uuid::Uuid, usize> = HashMap::new();
-            let mut closed: HashSet<uuid::Uuid> = HashSet::new();
-            while !ends.is_empty() && !stop.load(Ordering::Acquire) && started.elapsed() < CATCH_UP_LIMIT {
-                let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) else { continue };
-                if ends.get(m.topic()).is_some_and(|end| m.offset() + 1 >= *end) {
-                    ends.remove(m.topic());
-                }
-                match event(&m) {
-                    Some(PeerEvent::Open(t)) if !closed.contains(&t.id) => match at.get(&t.id) {
-                        Some(&i) => {
-                            if let Some(Some(same)) = open.get_mut(i) {
-                                same.tiers |= t.tiers;
-                            }
-                        }
-                        None => {
-                            at.insert(t.id, open.len());
-                            open.push(Some(*t));
-                        }
-                    },
-                    Some(PeerEvent::Close { id, .. }) => {
-                        closed.insert(id);
-                        if let Some(&i) = at.get(&id) {
-                            open[i] = None;
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            if !ends.is_empty() {
-                tracing::warn!(topics = ?ends.keys().collect::<Vec<_>>(), "signals.<tier> not read back to the end at start; open signals past that point are not rebuilt");
-            }
-            let n = open.iter().flatten().count();
-            tracing::info!(open = n, closed = closed.len(), ms = started.elapsed().as_millis() as u64, "open signals read back from signals.<tier>");
-            drop((at, closed));
             let send = |e: PeerEvent| ingest.blocking_send(IngestItem::Handover(HandoverItem::Peer(e))).is_ok();
-            for t in open.into_iter().flatten() {
+            let (consumer, topics) = match assign(&cfg) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot follow signals.<tier>: open signals of other nodes are not rebuilt here");
+                    return;
+                }
+            };
+            let Some(open) = read_back(&consumer, &topics, cfg.relay_max_record_bytes, max_open, &stop) else {
+                return;
+            };
+            for t in open {
                 if !send(PeerEvent::Open(Box::new(t))) {
                     return;
                 }
@@ -114,7 +68,7 @@ pub fn spawn_follower(
             while !stop.load(Ordering::Acquire) {
                 match consumer.poll(Duration::from_millis(100)) {
                     Some(Ok(m)) => {
-                        if let Some(e) = event(&m)
+                        if let Some(e) = event(&topics, &m, cfg.relay_max_record_bytes)
                             && !send(e)
                         {
                             break; // the engine stopped
@@ -127,5 +81,126 @@ pub fn spawn_follower(
             tracing::debug!("signals.<tier> follower stopped");
         })
         .map_err(|e| KafkaError::ClientCreation(e.to_string()))?;
-    Ok((handle, caught_up_rx))
+    Ok(caught_up_rx)
+}
+
+/// A consumer for every `signals.<tier>`, assigned by [`read_back`].
+fn assign(cfg: &KafkaConfig) -> Result<(BaseConsumer, [String; 4]), KafkaError> {
+    let consumer: BaseConsumer = client_config(cfg)
+        // No group: partitions are assigned, nothing is committed. An offset retention
+        // removed meanwhile means the first one left, not the end.
+        .set("group.id", "signalcast-engine-follower")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    Ok((consumer, Tier::ALL.map(|t| cfg.signals_topic(t))))
+}
+
+/// What is still open in the topics up to where they end now, in the order first read;
+/// `None` when `stop` was set meanwhile.
+fn read_back(
+    consumer: &BaseConsumer,
+    topics: &[String; 4],
+    max_bytes: usize,
+    max_open: usize,
+    stop: &AtomicBool,
+) -> Option<Vec<Tracked>> {
+    let started = Instant::now();
+    // Where each topic ends now (what is left to read), and where the follower goes on.
+    // Offsets are the watermarks' (explicit, as the gateways' relay does): a broker's
+    // answer for "the beginning" is not always the first record it holds.
+    let mut ends = HashMap::new();
+    let (mut now, mut then) = (TopicPartitionList::new(), TopicPartitionList::new());
+    for topic in topics {
+        let (low, high) = match consumer.fetch_watermarks(topic, 0, Duration::from_secs(10)) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(%topic, error = %e, "no watermarks: not read back");
+                let _ = then.add_partition_offset(topic, 0, Offset::End);
+                continue;
+            }
+        };
+        if high > low {
+            ends.insert(topic.clone(), high);
+            let _ = now.add_partition_offset(topic, 0, Offset::Offset(low));
+        }
+        let _ = then.add_partition_offset(topic, 0, Offset::Offset(high));
+    }
+    if let Err(e) = consumer.assign(&now) {
+        tracing::warn!(error = %e, "signals.<tier> not read back");
+        ends.clear();
+    }
+    let mut next: HashMap<String, i64> = HashMap::new();
+    // Still open, by id, with the order it was first read in.
+    let mut open: HashMap<uuid::Uuid, (u64, Tracked)> = HashMap::new();
+    let mut closed: HashSet<uuid::Uuid> = HashSet::new();
+    let (mut order, mut not_kept) = (0_u64, 0_u64);
+    while !ends.is_empty() && started.elapsed() < CATCH_UP_LIMIT {
+        if stop.load(Ordering::Acquire) {
+            return None;
+        }
+        let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) else { continue };
+        // Read on past a topic's end (a broker's watermark may lag its last record), and
+        // go on from the furthest point each topic was read to.
+        next.insert(m.topic().to_owned(), m.offset() + 1);
+        if ends.get(m.topic()).is_some_and(|end| m.offset() + 1 >= *end) {
+            ends.remove(m.topic());
+        }
+        match event(topics, &m, max_bytes) {
+            Some(PeerEvent::Open(t)) if !closed.contains(&t.id) => {
+                let full = open.len() >= max_open;
+                match open.get_mut(&t.id) {
+                    Some((_, same)) => same.tiers |= t.tiers,
+                    None if full => not_kept += 1,
+                    None => {
+                        open.insert(t.id, (order, *t));
+                        order += 1;
+                    }
+                }
+            }
+            Some(PeerEvent::Close { id, .. }) => {
+                closed.insert(id);
+                open.remove(&id);
+            }
+            _ => {}
+        }
+    }
+    if !ends.is_empty() {
+        tracing::warn!(topics = ?ends.keys().collect::<Vec<_>>(), "signals.<tier> not read back to the end at start; open signals past that point are not rebuilt");
+    }
+    // Every topic from where its read-back ended.
+    for topic in topics {
+        if let Some(&offset) = next.get(topic) {
+            let high = match then.find_partition(topic, 0).map(|p| p.offset()) {
+                Some(Offset::Offset(high)) => high,
+                _ => 0,
+            };
+            let _ = then.set_partition_offset(topic, 0, Offset::Offset(offset.max(high)));
+        }
+    }
+    if let Err(e) = consumer.assign(&then) {
+        tracing::error!(error = %e, "signals.<tier> follower cannot go on after the read-back");
+        return None;
+    }
+    tracing::info!(
+        open = open.len(),
+        closed = closed.len(),
+        not_kept,
+        ms = started.elapsed().as_millis() as u64,
+        "open signals read back from signals.<tier>"
+    );
+    let mut open: Vec<(u64, Tracked)> = open.into_values().collect();
+    open.sort_unstable_by_key(|(order, _)| *order);
+    Some(open.into_iter().map(|(_, t)| t).collect())
+}
+
+/// A `signals.<tier>` record as the handover reads it (`None`, logged by the relay's
+/// check, for a record no engine wrote).
+fn event(
+    topics: &[String; 4],
+    m: &rdkafka::message::BorrowedMessage<'_>,
+    max_bytes: usize,
+) -> Option<PeerEvent> {
+    let r = relay::routed(topics, m, max_bytes)?;
+    value::peer_event(&r.data, r.tier).ok()
 }

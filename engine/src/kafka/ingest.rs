@@ -29,6 +29,7 @@ use super::{KafkaError, KafkaStats, headers};
 use crate::config::KafkaConfig;
 use crate::feed::ProducerAuth;
 use crate::model::UnixNanos;
+use crate::outcome::handover::Rebalances;
 use crate::pipeline::{Done, HandoverItem, IngestItem, IngestSender, Origin, SignalItem};
 
 /// What Kafka ingest needs from the engine.
@@ -41,9 +42,9 @@ pub struct IngestContext {
     /// sign `raw-signals` records.
     pub producers: Arc<dyn ProducerAuth>,
     /// An engine node in scale-out: tell the stage which partition each symbol's
-    /// records come from, and which partitions a rebalance took away, so that open
-    /// signals follow their partition ([`crate::outcome::handover`]).
-    pub handover: bool,
+    /// records come from and, through this, which partitions each rebalance gave and
+    /// took, so that open signals follow their partition ([`crate::outcome::handover`]).
+    pub handover: Option<Arc<Rebalances>>,
 }
 
 /// The ingest consumer's context: statistics as every client's, and the partitions a
@@ -52,6 +53,17 @@ struct IngestClient {
     stats: StatsContext,
     revoked: std::sync::Mutex<Vec<i32>>,
     revoke: tokio::sync::Notify,
+    /// The stage's view of the same (engine nodes in scale-out).
+    rebalances: Option<Arc<Rebalances>>,
+}
+
+/// The partition numbers of `tpl` (both input topics share them), sorted, once each.
+fn partitions(tpl: &rdkafka::TopicPartitionList) -> Vec<i32> {
+    let mut v: Vec<i32> =
+        tpl.elements().iter().map(rdkafka::topic_partition_list::TopicPartitionListElem::partition).collect();
+    v.sort_unstable();
+    v.dedup();
+    v
 }
 
 impl rdkafka::client::ClientContext for IngestClient {
@@ -63,8 +75,12 @@ impl rdkafka::client::ClientContext for IngestClient {
 impl rdkafka::consumer::ConsumerContext for IngestClient {
     fn pre_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, r: &rdkafka::consumer::Rebalance<'_>) {
         if let rdkafka::consumer::Rebalance::Revoke(tpl) = r {
-            let mut revoked = self.revoked.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            revoked.extend(tpl.elements().iter().map(|e| e.partition()));
+            let partitions = partitions(tpl);
+            tracing::info!(?partitions, "input partitions revoked");
+            if let Some(r) = &self.rebalances {
+                r.push(false, partitions.clone());
+            }
+            self.revoked.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(partitions);
             self.revoke.notify_one();
         }
     }
@@ -76,9 +92,11 @@ impl rdkafka::consumer::ConsumerContext for IngestClient {
     ) {
         match r {
             rdkafka::consumer::Rebalance::Assign(tpl) => {
-                let assigned: Vec<(String, i32)> =
-                    tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
-                tracing::info!(?assigned, "input partitions assigned");
+                let partitions = partitions(tpl);
+                tracing::info!(?partitions, "input partitions assigned");
+                if let Some(r) = &self.rebalances {
+                    r.push(true, partitions);
+                }
             }
             rdkafka::consumer::Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
             rdkafka::consumer::Rebalance::Revoke(_) => {}
@@ -155,6 +173,7 @@ pub async fn run_ingest(
                 stats: StatsContext(Arc::clone(&ctx.stats)),
                 revoked: std::sync::Mutex::default(),
                 revoke: tokio::sync::Notify::new(),
+                rebalances: ctx.handover.clone(),
             })?,
     );
     let mut learned = Learned::new();
@@ -180,7 +199,7 @@ pub async fn run_ingest(
             tokio::select! {
                 m = consumer.recv() => Some(m),
                 () = consumer.context().revoke.notified() => {
-                    revoked(&ctx, &consumer, &mut learned).await;
+                    revoked(&consumer, &mut learned);
                     continue;
                 }
                 () = &mut stop => break,
@@ -201,11 +220,11 @@ pub async fn run_ingest(
             }
         };
         KafkaStats::count(&ctx.stats.consumed);
-        // A rebalance inside this poll: the stage hears of it before any record after it.
-        revoked(&ctx, &consumer, &mut learned).await;
+        // A rebalance inside this poll: what the partitions held is to be learnt again.
+        revoked(&consumer, &mut learned);
         match taken.outcome {
             Ok(item) => {
-                if ctx.handover && !owned(&ctx, &mut learned, &item, taken.partition).await {
+                if ctx.handover.is_some() && !owned(&ctx, &mut learned, &item, taken.partition).await {
                     break;
                 }
                 if ctx.ingest.send(item).await.is_err() {
@@ -233,15 +252,13 @@ pub async fn run_ingest(
     Ok(())
 }
 
-/// Tells the stage which partitions a rebalance took (engine nodes in scale-out).
-async fn revoked(ctx: &IngestContext, consumer: &StreamConsumer<IngestClient>, learned: &mut Learned) {
+/// Forgets which symbols the revoked partitions held: their next records (once this
+/// node holds them again) tell the stage anew.
+fn revoked(consumer: &StreamConsumer<IngestClient>, learned: &mut Learned) {
     let partitions = consumer.context().take_revoked();
-    if partitions.is_empty() || !ctx.handover {
-        return;
+    if !partitions.is_empty() {
+        learned.retain(|_, p| !partitions.contains(p));
     }
-    tracing::info!(?partitions, "input partitions revoked; their open signals go to standby");
-    learned.retain(|_, p| !partitions.contains(p));
-    let _ = ctx.ingest.send(IngestItem::Handover(HandoverItem::Revoked(partitions))).await;
 }
 
 /// Tells the stage, before `item`, that its symbol comes from `partition` here, when
@@ -318,7 +335,7 @@ fn take(cfg: &KafkaConfig, ctx: &IngestContext, m: &BorrowedMessage<'_>, scratch
                 _ => None,
             });
             Ok(IngestItem::Signal(SignalItem {
-                origin: Origin::Local,
+                origin: Origin::Kafka { partition: m.partition() },
                 signal,
                 ingest_ts: UnixNanos::now(),
                 sent_ts,

@@ -21,6 +21,8 @@
 //! and the keys that became active meanwhile take their standby signals at that point.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use super::Tracked;
 use crate::hash::FastHash;
@@ -41,15 +43,43 @@ pub enum PeerEvent {
     CaughtUp,
 }
 
-/// Closed ids remembered so that a tier's copy of a signal read after another tier's
-/// copy of its close does not make it open again (the follower reads the tier topics
-/// side by side, not in one order).
+/// Input partitions given to or taken from this node, in the order the consumer learnt
+/// of them. Written by the consumer's rebalance callback, read by the stage before every
+/// item it takes: a revocation applies before the records still queued behind it,
+/// which the node no longer owns (their new owner reads them again).
+#[derive(Debug, Default)]
+pub struct Rebalances {
+    events: Mutex<Vec<(bool, Vec<i32>)>>,
+    pending: AtomicBool,
+}
+
+impl Rebalances {
+    /// `partitions` assigned (`true`) or revoked (`false`).
+    pub fn push(&self, assigned: bool, partitions: Vec<i32>) {
+        self.events.lock().unwrap_or_else(PoisonError::into_inner).push((assigned, partitions));
+        self.pending.store(true, Ordering::Release);
+    }
+
+    /// What happened since the last call; `None` at the cost of one atomic load.
+    pub(crate) fn take(&self) -> Option<Vec<(bool, Vec<i32>)>> {
+        if !self.pending.swap(false, Ordering::AcqRel) {
+            return None;
+        }
+        Some(std::mem::take(&mut *self.events.lock().unwrap_or_else(PoisonError::into_inner)))
+    }
+}
+
+/// Closed ids remembered so that a copy of a signal read after its close (the follower
+/// reads the tier topics side by side, and this node's own closes come back through
+/// them) does not make it open again.
 const CLOSED_WINDOW: usize = 65_536;
 
 /// See the module docs.
 #[derive(Debug)]
 pub struct Handover {
     caught_up: bool,
+    /// Input partitions this node holds now.
+    assigned: HashSet<i32, FastHash>,
     /// Keys tracked here, with the partition they came from (`None`: routed here from
     /// the TCP feed or HTTP, not from a partition; never revoked).
     active: HashMap<Key, Option<i32>, FastHash>,
@@ -57,7 +87,7 @@ pub struct Handover {
     standby_len: usize,
     max_standby: usize,
     closed: RecentIds,
-    /// Signals not kept in standby because it was full.
+    /// Signals not kept because standby was full.
     dropped: u64,
 }
 
@@ -66,6 +96,7 @@ impl Handover {
     pub fn new(max_standby: usize) -> Self {
         Self {
             caught_up: false,
+            assigned: HashSet::default(),
             active: HashMap::default(),
             standby: HashMap::default(),
             standby_len: 0,
@@ -85,41 +116,60 @@ impl Handover {
         self.dropped
     }
 
-    /// A record of the follower; returns the signals to track here now.
-    pub fn peer(&mut self, event: PeerEvent) -> Vec<Tracked> {
-        match event {
-            PeerEvent::Open(t) => {
-                // A key tracked here: this node routed it (or will route what follows).
-                if self.closed.contains(t.id) || (self.caught_up && self.active.contains_key(&key_of(&t))) {
-                    return Vec::new();
-                }
-                self.keep(*t);
-                Vec::new()
-            }
-            PeerEvent::Close { id, key } => {
-                self.closed.insert(id);
-                if let Some(list) = self.standby.get_mut(&key)
-                    && let Some(i) = list.iter().position(|t| t.id == id)
-                {
-                    list.remove(i);
-                    self.standby_len -= 1;
-                    if list.is_empty() {
-                        self.standby.remove(&key);
-                    }
-                }
-                Vec::new()
-            }
-            PeerEvent::CaughtUp => {
-                self.caught_up = true;
-                let keys: Vec<Key> = self.active.keys().copied().collect();
-                keys.iter().flat_map(|k| self.take(k)).collect()
-            }
-        }
+    /// Is `key` tracked here?
+    pub fn is_active(&self, key: &Key) -> bool {
+        self.active.contains_key(key)
     }
 
-    /// A record of `key` came from `partition`: the key is tracked here from now on.
-    /// Returns its standby signals when it was not tracked here before.
+    /// A signal routed elsewhere was read; returns it when it is to be tracked here (its
+    /// key is, and the read-back is over), unless it closed already.
+    pub fn peer_open(&mut self, t: Tracked) -> Option<Tracked> {
+        if self.closed.contains(t.id) {
+            return None;
+        }
+        if self.caught_up && self.active.contains_key(&key_of(&t)) {
+            return Some(t); // the tracker keeps one copy of an id
+        }
+        self.keep(t);
+        None
+    }
+
+    /// Signal `id` closed (here or elsewhere): it leaves standby. True when its key is
+    /// tracked here (the tracker forgets it, if another node closed it).
+    pub fn peer_close(&mut self, id: uuid::Uuid, key: Key) -> bool {
+        self.closed.insert(id);
+        if let Some(list) = self.standby.get_mut(&key)
+            && let Some(i) = list.iter().position(|t| t.id == id)
+        {
+            list.remove(i);
+            self.standby_len -= 1;
+            if list.is_empty() {
+                self.standby.remove(&key);
+            }
+        }
+        self.active.contains_key(&key)
+    }
+
+    /// The read-back at start is over: the keys that became active meanwhile take their
+    /// standby signals.
+    pub fn caught_up(&mut self) -> Vec<Tracked> {
+        self.caught_up = true;
+        let keys: Vec<Key> = self.active.keys().copied().collect();
+        keys.iter().flat_map(|k| self.take(k)).collect()
+    }
+
+    /// This node's tracker closed signal `id`.
+    pub fn closed_here(&mut self, id: uuid::Uuid) {
+        self.closed.insert(id);
+    }
+
+    /// A record of `key` came from `partition`: the key is tracked here from now on,
+    /// unless the partition is no longer this node's (a record queued before a
+    /// revocation). Returns its standby signals when it was not tracked here before.
     pub fn owned(&mut self, key: Key, partition: i32) -> Vec<Tracked> {
+        if !self.assigned.contains(&partition) {
+            return Vec::new();
+        }
         let before = self.active.insert(key, Some(partition));
         match before {
             Some(Some(_)) => Vec::new(),
@@ -135,9 +185,16 @@ impl Handover {
         self.active.entry(key).or_insert(None);
     }
 
-    /// `partitions` were revoked: their keys are no longer tracked here. Returns those
-    /// keys; their open signals go back with [`Handover::put_back`].
-    pub(crate) fn revoke(&mut self, partitions: &[i32]) -> HashSet<Key, FastHash> {
+    /// `partitions` were assigned (`true`) or revoked. Returns the keys no longer
+    /// tracked here; their open signals go back with [`Handover::put_back`].
+    pub(crate) fn rebalance(&mut self, assigned: bool, partitions: &[i32]) -> HashSet<Key, FastHash> {
+        if assigned {
+            self.assigned.extend(partitions.iter().copied());
+            return HashSet::default();
+        }
+        for p in partitions {
+            self.assigned.remove(p);
+        }
         let gone: HashSet<Key, FastHash> = self
             .active
             .iter()
@@ -148,17 +205,18 @@ impl Handover {
         gone
     }
 
-    /// Open signals of revoked keys, taken from the tracker, oldest first.
-    pub fn put_back(&mut self, signals: Vec<Tracked>) {
+    /// Open signals not tracked here (revoked keys taken from the tracker, or signals
+    /// routed here from a partition this node no longer holds), oldest first.
+    pub fn put_back(&mut self, signals: impl IntoIterator<Item = Tracked>) {
         for t in signals {
             self.keep(t);
         }
     }
 
     fn keep(&mut self, t: Tracked) {
-        let list = self.standby.entry(key_of(&t)).or_default();
+        let key = key_of(&t);
         // The same signal from another tier's topic: it was carried there too.
-        if let Some(same) = list.iter_mut().find(|s| s.id == t.id) {
+        if let Some(same) = self.standby.get_mut(&key).and_then(|l| l.iter_mut().find(|s| s.id == t.id)) {
             same.tiers |= t.tiers;
             same.entry = same.entry.or(t.entry);
             return;
@@ -167,7 +225,7 @@ impl Handover {
             self.dropped += 1;
             return;
         }
-        list.push(t);
+        self.standby.entry(key).or_default().push(t);
         self.standby_len += 1;
     }
 
@@ -212,65 +270,85 @@ mod tests {
         v.iter().map(|t| t.id.as_u128()).collect()
     }
 
-    fn open(h: &mut Handover, id: u128, symbol: &str) -> Vec<Tracked> {
-        h.peer(PeerEvent::Open(Box::new(signal(id, symbol))))
+    fn open(h: &mut Handover, id: u128, symbol: &str) -> Option<Tracked> {
+        h.peer_open(signal(id, symbol))
+    }
+
+    fn close(h: &mut Handover, id: u128, symbol: &str) -> bool {
+        h.peer_close(uuid::Uuid::from_u128(id), key(symbol))
+    }
+
+    /// Caught up, holding `partitions`.
+    fn holding(partitions: &[i32]) -> Handover {
+        let mut h = Handover::new(100);
+        h.rebalance(true, partitions);
+        h
     }
 
     #[test]
     fn a_key_taken_over_gets_what_was_open_there_and_nothing_closed() {
-        let mut h = Handover::new(100);
+        let mut h = holding(&[0]);
         open(&mut h, 1, "TCS");
         open(&mut h, 2, "TCS");
         open(&mut h, 3, "INFY");
-        h.peer(PeerEvent::Close { id: uuid::Uuid::from_u128(2), key: key("TCS") });
-        assert!(h.peer(PeerEvent::CaughtUp).is_empty(), "no key is tracked here yet");
+        assert!(!close(&mut h, 2, "TCS"), "not tracked here");
+        assert!(h.caught_up().is_empty(), "no key is tracked here yet");
         assert_eq!(ids(&h.owned(key("TCS"), 0)), [1]);
         assert!(h.owned(key("TCS"), 0).is_empty(), "only the first record moves them");
         assert_eq!(h.standby_len(), 1);
-        // Active here: the follower's copy of what this node routes stays out of standby.
-        open(&mut h, 4, "TCS");
+        // Tracked here: what the follower reads of it goes to the tracker (which keeps
+        // one copy of an id), and a close elsewhere is for the tracker to forget.
+        assert_eq!(open(&mut h, 4, "TCS").map(|t| t.id.as_u128()), Some(4));
+        assert!(close(&mut h, 4, "TCS"));
         assert_eq!(h.standby_len(), 1);
     }
 
     #[test]
     fn before_the_follower_caught_up_history_waits_and_then_moves_at_once() {
-        let mut h = Handover::new(100);
+        let mut h = holding(&[3]);
         assert!(h.owned(key("TCS"), 3).is_empty());
-        open(&mut h, 1, "TCS");
+        assert_eq!(open(&mut h, 1, "TCS"), None, "history, kept for the catch-up");
         open(&mut h, 2, "INFY");
-        assert_eq!(ids(&h.peer(PeerEvent::CaughtUp)), [1]);
+        assert_eq!(ids(&h.caught_up()), [1]);
         assert_eq!(h.standby_len(), 1);
     }
 
     #[test]
     fn a_tiers_copy_merges_and_a_close_read_first_is_not_reopened() {
-        let mut h = Handover::new(100);
+        let mut h = holding(&[0]);
         open(&mut h, 1, "TCS");
         let mut premium = signal(1, "TCS");
         premium.tiers = 4;
-        h.peer(PeerEvent::Open(Box::new(premium)));
-        h.peer(PeerEvent::Close { id: uuid::Uuid::from_u128(5), key: key("TCS") });
+        h.peer_open(premium);
+        close(&mut h, 5, "TCS");
         open(&mut h, 5, "TCS");
-        h.peer(PeerEvent::CaughtUp);
+        h.caught_up();
         let moved = h.owned(key("TCS"), 0);
         assert_eq!(ids(&moved), [1]);
         assert_eq!(moved[0].tiers, 5, "carried on both tiers' channels");
+        // Closed by this node's tracker, then read back: not opened again.
+        h.closed_here(uuid::Uuid::from_u128(6));
+        assert_eq!(open(&mut h, 6, "TCS"), None);
     }
 
     #[test]
-    fn a_revoked_partition_gives_back_its_keys_only() {
-        let mut h = Handover::new(100);
-        h.peer(PeerEvent::CaughtUp);
+    fn a_revoked_partition_gives_back_its_keys_and_its_queued_records_move_nothing() {
+        let mut h = holding(&[0, 1]);
+        h.caught_up();
         h.owned(key("TCS"), 0);
         h.owned(key("INFY"), 1);
         h.tracked_here(key("SBIN"));
-        let gone = h.revoke(&[0, 2]);
+        let gone = h.rebalance(false, &[0, 2]);
         assert_eq!(gone.into_iter().collect::<Vec<_>>(), [key("TCS")]);
         h.put_back(vec![signal(1, "TCS")]);
         assert_eq!(h.standby_len(), 1);
-        // Back on a later record of its partition (this node got it again).
+        // A record of partition 0 queued before the revocation: no longer this node's.
+        assert!(h.owned(key("TCS"), 0).is_empty());
+        assert!(!h.is_active(&key("TCS")));
+        // Given back to this node: its next record tracks the key here again.
+        h.rebalance(true, &[0]);
         assert_eq!(ids(&h.owned(key("TCS"), 0)), [1]);
-        assert!(h.revoke(&[5]).is_empty(), "keys routed here are never revoked");
+        assert!(h.rebalance(false, &[5]).is_empty(), "keys routed here are never revoked");
     }
 
     #[test]
@@ -282,5 +360,17 @@ mod tests {
         assert_eq!((h.standby_len(), h.dropped()), (2, 1));
         open(&mut h, 1, "TCS");
         assert_eq!((h.standby_len(), h.dropped()), (2, 1), "a copy is not a new signal");
+        open(&mut h, 4, "INFY");
+        assert_eq!(h.standby.len(), 1, "a signal not kept leaves no empty list behind");
+    }
+
+    #[test]
+    fn rebalances_are_taken_in_order_once() {
+        let r = Rebalances::default();
+        assert_eq!(r.take(), None);
+        r.push(false, vec![0, 1]);
+        r.push(true, vec![1]);
+        assert_eq!(r.take(), Some(vec![(false, vec![0, 1]), (true, vec![1])]));
+        assert_eq!(r.take(), None);
     }
 }

@@ -328,3 +328,20 @@ fn a_moved_book_leaves_with_its_entries_and_closes_nothing_here_afterwards() {
     }
     assert_eq!(summary(&tick(&mut back, "111", 3)).len(), 2, "the buy's target and the sell's stop");
 }
+
+#[test]
+fn an_id_is_tracked_once_and_one_closed_elsewhere_is_forgotten_without_a_close() {
+    let mut t = Tracker::new(10);
+    open(&mut t, tracked(1, 1, SignalType::Buy, Some("100"), "110", "90"));
+    open(&mut t, tracked(1, 1, SignalType::Buy, Some("100"), "110", "90"));
+    t.reopen(tracked(1, 1, SignalType::Buy, Some("100"), "110", "90")).unwrap();
+    open(&mut t, tracked(2, 1, SignalType::Buy, Some("100"), "120", "80"));
+    assert_eq!(t.len(), 2, "the same id opened three times is one signal");
+    assert!(t.contains(uuid::Uuid::from_u128(1)));
+    assert!(t.forget(uuid::Uuid::from_u128(1)));
+    assert!(!t.forget(uuid::Uuid::from_u128(1)), "forgotten once");
+    assert_eq!(t.len(), 1);
+    // Its level went with it: a tick past it closes only what is left there.
+    assert!(tick(&mut t, "111", 1).is_empty());
+    assert_eq!(summary(&tick(&mut t, "121", 2)).len(), 1);
+}

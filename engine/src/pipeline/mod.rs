@@ -43,8 +43,12 @@ use crate::model::{Category, Signal, Tick, Tier, UnixNanos};
 pub enum Origin {
     /// A TCP producer: `slot` in the producer registry, the producer's own seq.
     Producer { slot: u32, seq: u64 },
-    /// The engine itself (demo producer, tests): nothing to acknowledge.
+    /// The engine itself (demo producer, tests) or HTTP ingest: nothing to acknowledge.
     Local,
+    /// A `raw-signals` record of input `partition` (nothing to acknowledge: its offset is
+    /// stored once it is routed). In scale-out its outcome is tracked by whichever node
+    /// holds the partition.
+    Kafka { partition: i32 },
 }
 
 /// A signal on its way into the stage.
@@ -154,10 +158,9 @@ pub enum HandoverItem {
     /// A record of the `signals.<tier>` follower.
     Peer(crate::outcome::handover::PeerEvent),
     /// A record of `key` came from input `partition` (sent before the record itself,
-    /// when the key is new on this node or its partition changed).
+    /// when the key is new on this node or its partition changed). Rebalances do not
+    /// queue: they apply before the next item ([`crate::outcome::handover::Rebalances`]).
     Owned { key: crate::outcome::handover::Key, partition: i32 },
-    /// These input partitions were taken from this node (a rebalance).
-    Revoked(Vec<i32>),
 }
 
 /// One routed signal for a sink: what a `signals.<tier>` record carries.

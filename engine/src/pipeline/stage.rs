@@ -13,7 +13,7 @@ use crate::channels::{ChannelName, ChannelSet, Message, MessageMeta};
 use crate::config::{EngineConfig, MissingTick};
 use crate::feed::{ProducerRegistry, ProducerSlot};
 use crate::model::{Tick, Tier, UnixNanos};
-use crate::outcome::handover::{Handover, PeerEvent};
+use crate::outcome::handover::{Handover, PeerEvent, Rebalances};
 use crate::outcome::{Close, Tracked, Tracker};
 use crate::policy::TierPolicy;
 use crate::ticks::{TickUpdate, TickWriter};
@@ -103,9 +103,11 @@ pub struct Stage {
     /// closes it reported, waiting to be published.
     tracker: Option<Tracker>,
     closes: Vec<Close>,
-    /// Scale-out (an engine node): the open signals of symbols other nodes track, and
-    /// which symbols this node tracks.
+    /// Scale-out (an engine node): the open signals of symbols other nodes track, which
+    /// symbols this node tracks, and the consumer's rebalances to apply before each item.
     handover: Option<Handover>,
+    rebalances: Option<Arc<Rebalances>>,
+    standby_full_logged: bool,
 }
 
 impl Stage {
@@ -148,6 +150,8 @@ impl Stage {
             tracker: (config.max_open_signals > 0).then(|| Tracker::new(config.max_open_signals)),
             closes: Vec::new(),
             handover: None,
+            rebalances: None,
+            standby_full_logged: false,
             policy,
             channels,
             producers,
@@ -156,10 +160,12 @@ impl Stage {
     }
 
     /// An engine node in scale-out: open signals follow their symbol's partition from
-    /// node to node (fed with [`IngestItem::Handover`]). Nothing without a tracker.
+    /// node to node (fed with [`IngestItem::Handover`], and the consumer's `rebalances`).
+    /// Nothing without a tracker.
     #[must_use]
-    pub fn with_handover(mut self) -> Self {
+    pub fn with_handover(mut self, rebalances: Arc<Rebalances>) -> Self {
         self.handover = self.tracker.as_ref().map(|_| Handover::new(self.max_open_signals()));
+        self.rebalances = Some(rebalances);
         self
     }
 
@@ -297,6 +303,9 @@ impl Stage {
 
     /// Takes one item; `now` is the routing time.
     pub fn handle(&mut self, item: IngestItem, now: UnixNanos) {
+        if self.rebalances.is_some() {
+            self.apply_rebalances();
+        }
         match item {
             IngestItem::Signal(s) => self.on_signal(s, now),
             IngestItem::Tick(t) => self.on_tick(&t, now),
@@ -308,36 +317,66 @@ impl Stage {
 
     fn on_handover(&mut self, item: HandoverItem, now: UnixNanos) {
         let (Some(handover), Some(tracker)) = (&mut self.handover, &mut self.tracker) else { return };
-        let dropped = handover.dropped();
-        let reopen = match item {
-            HandoverItem::Peer(event) => {
+        let reopen: Vec<Tracked> = match item {
+            HandoverItem::Peer(PeerEvent::Open(t)) => {
                 // What another node routed: a re-read of its raw record after a
                 // takeover is a duplicate here too.
-                if let PeerEvent::Open(t) = &event {
-                    self.ids.insert(t.id);
-                }
-                handover.peer(event)
+                self.ids.insert(t.id);
+                handover.peer_open(*t).into_iter().collect()
             }
-            HandoverItem::Owned { key, partition } => handover.owned(key, partition),
-            HandoverItem::Revoked(partitions) => {
-                let keys = handover.revoke(&partitions);
-                handover.put_back(tracker.take_books(&keys));
+            HandoverItem::Peer(PeerEvent::Close { id, key }) => {
+                // Closed elsewhere (both nodes tracked it for a moment): once is enough.
+                if handover.peer_close(id, key) {
+                    tracker.forget(id);
+                }
                 Vec::new()
             }
+            HandoverItem::Peer(PeerEvent::CaughtUp) => handover.caught_up(),
+            HandoverItem::Owned { key, partition } => handover.owned(key, partition),
         };
         for signal in reopen {
+            // An id tracked here already is passed over by the tracker.
             if tracker.reopen(signal).is_err() {
                 self.stats.untracked();
             }
         }
-        // Standby was full: those will not be tracked here either.
-        for _ in dropped..handover.dropped() {
-            self.stats.untracked();
-        }
-        self.stats.set_standby_signals(handover.standby_len());
+        self.note_standby();
         // What expired while nobody tracked it closes now.
-        tracker.expire(now, &mut self.closes);
+        if let Some(tracker) = &mut self.tracker {
+            tracker.expire(now, &mut self.closes);
+        }
         self.publish_closes(now);
+    }
+
+    /// Applies the rebalances the consumer learnt of since the last item: the symbols of
+    /// revoked partitions leave the tracker for standby before anything queued behind
+    /// the revocation is taken.
+    fn apply_rebalances(&mut self) {
+        let (Some(rebalances), Some(handover), Some(tracker)) =
+            (&self.rebalances, &mut self.handover, &mut self.tracker)
+        else {
+            return;
+        };
+        let Some(events) = rebalances.take() else { return };
+        for (assigned, partitions) in events {
+            let keys = handover.rebalance(assigned, &partitions);
+            handover.put_back(tracker.take_books(&keys));
+        }
+        self.stats.set_open_signals(tracker.len());
+        self.note_standby();
+    }
+
+    /// The standby gauge, and a warning the first time standby was full.
+    fn note_standby(&mut self) {
+        let Some(handover) = &self.handover else { return };
+        self.stats.set_standby_signals(handover.standby_len());
+        if handover.dropped() > 0 && !self.standby_full_logged {
+            self.standby_full_logged = true;
+            tracing::warn!(
+                max = self.max_open_signals(),
+                "outcome standby is full (engine.max_open_signals): open signals of other nodes beyond it cannot be taken over here"
+            );
+        }
     }
 
     fn on_tick(&mut self, t: &Tick, now: UnixNanos) {
@@ -402,7 +441,7 @@ impl Stage {
         } else {
             self.publish(item, tiers, now);
         }
-        self.track(&item.signal, market.as_ref(), tiers, now);
+        self.track(&item.signal, market.as_ref(), tiers, item.origin, now);
         Outcome::Routed
     }
 
@@ -447,13 +486,24 @@ impl Stage {
         s: &crate::model::Signal,
         market: Option<&crate::model::MarketSnapshot>,
         tiers: u8,
+        origin: Origin,
         now: UnixNanos,
     ) {
         let Some(tracker) = &mut self.tracker else { return };
-        if let Some(h) = &mut self.handover {
-            h.tracked_here((s.symbol, s.exchange));
-        }
         let tracked = Tracked::new(s, market.map(|m| m.last), tiers, &self.data);
+        if let Some(h) = &mut self.handover {
+            let key = (s.symbol, s.exchange);
+            match origin {
+                // Taken before its partition was revoked: the new owner tracks it.
+                Origin::Kafka { .. } if !h.is_active(&key) => {
+                    h.put_back([tracked]);
+                    self.note_standby();
+                    return;
+                }
+                Origin::Kafka { .. } => {}
+                _ => h.tracked_here(key),
+            }
+        }
         if tracker.open(tracked, now, &mut self.closes).is_err() {
             self.stats.untracked();
         }
@@ -478,6 +528,9 @@ impl Stage {
         }
         for close in std::mem::take(&mut self.closes) {
             self.stats.closed(close.status);
+            if let Some(h) = &mut self.handover {
+                h.closed_here(close.signal.id);
+            }
             encode::close_data(&mut self.data, &close.signal.data, &close);
             let tiers = close.signal.tiers;
             if self.archive.is_none() && self.committer.is_none() {
@@ -660,6 +713,10 @@ impl Stage {
     /// Closes the signals that expired by `now`, then moves every delayed message that
     /// is due into its delayed view.
     pub fn release_due(&mut self, now: UnixNanos) {
+        // A partition revoked while the stage was idle: its signals expire elsewhere now.
+        if self.rebalances.is_some() {
+            self.apply_rebalances();
+        }
         if let Some(tracker) = &mut self.tracker {
             tracker.expire(now, &mut self.closes);
             if !self.closes.is_empty() {
