@@ -176,7 +176,8 @@ describe("history and live against a signalcast process", () => {
   });
 
   test("sources() and symbolStats() read the scoreboard with any signed-in token", async () => {
-    const c = client({ url: server.ws, token: token("u-free-1") });
+    // Open calls count only for those they were released to: in full for enterprise.
+    const c = client({ url: server.ws, token: token("u-enterprise-1") });
     const board = await c.sources();
     assert.equal(typeof board.generated_at, "number");
     const source = board.sources.find((s) => s.source_id === "5eacdd1d-446b-4985-8de0-f44da0e8f005");
@@ -192,6 +193,10 @@ describe("history and live against a signalcast process", () => {
     assert.equal(tcs.mean_confidence, "95.00");
     const e = await refusal(c.symbolStats(""));
     assert.equal(e.status, 400);
+    // A free user reads them too, counting no open call it was not shown (30 s delay,
+    // 90.00 bar): never more than enterprise.
+    const free = await client({ url: server.ws, token: token("u-free-1") }).symbolStats("TCS", { exchange: "NSE" });
+    assert.ok(free.signals <= tcs.signals, JSON.stringify(free));
   });
 
   test("refusals throw SignalcastHttpError with the status, code and message", async () => {
