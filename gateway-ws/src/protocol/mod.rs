@@ -7,6 +7,8 @@ mod server;
 
 pub use server::{Notice, SERVER, ServerMessage, SystemEvent, UnsubscribeReason, UserRights};
 
+pub mod filter;
+
 use serde::Deserialize;
 
 use engine::channels::{ChannelName, Epoch, Resume};

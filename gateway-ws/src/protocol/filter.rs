@@ -1,0 +1,315 @@
+//! A signal channel's filter (SUBSCRIBE `filter`): which of the channel's messages a
+//! subscription wants. Parsed and normalized once per SUBSCRIBE; checked against each
+//! message's fields, read once per message from its data (the engine's encoder writes
+//! them in a fixed order), so live messages, replays, snapshots and closes all pass the
+//! same test.
+
+use engine::model::{Category, CategoryMask, Exchange, SignalType, Symbol};
+use serde_json::{Value, json};
+
+/// Limits of one filter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Symbols in the watchlist (the tier's `watchlist_symbols`).
+    pub symbols: usize,
+    /// Sources.
+    pub sources: usize,
+}
+
+/// A normalized filter. Every part is optional: absent, it lets everything through.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Sorted by text, deduplicated: a symbol on any exchange (`None`) or on one.
+    pub symbols: Vec<(Symbol, Option<Exchange>)>,
+    pub categories: Option<CategoryMask>,
+    /// Bit `code` of each signal type.
+    pub types: Option<u8>,
+    /// Sorted, deduplicated.
+    pub sources: Vec<uuid::Uuid>,
+    /// Hundredths.
+    pub min_confidence: Option<u16>,
+}
+
+/// What a filter is checked against: a signal's fields, read from its data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fields<'a> {
+    pub source_id: uuid::Uuid,
+    pub symbol: &'a str,
+    pub exchange: &'a str,
+    pub category: Category,
+    pub signal_type: SignalType,
+    /// Hundredths.
+    pub confidence: u16,
+}
+
+impl<'a> Fields<'a> {
+    /// Reads the fields out of a SIGNAL_UPDATE's `data` as the engine encodes it;
+    /// `None` for anything else (a filter then lets nothing through).
+    pub fn of(data: &'a [u8]) -> Option<Self> {
+        let text = std::str::from_utf8(data).ok()?;
+        let string = |key: &str| -> Option<&'a str> {
+            let at = text.find(key)? + key.len();
+            let rest = &text[at..];
+            Some(&rest[..rest.find('"')?])
+        };
+        let source_id = uuid::Uuid::parse_str(string("\"source_id\":\"")?).ok()?;
+        let symbol = string("\"symbol\":\"")?;
+        let exchange = string("\"exchange\":\"")?;
+        let category = string("\"category\":\"")?.parse().ok()?;
+        let signal_type = string("\"signal_type\":\"")?.parse().ok()?;
+        let confidence = {
+            let key = "\"confidence\":";
+            let at = text.find(key)? + key.len();
+            let rest = &text[at..];
+            let end = rest.find([',', '}'])?;
+            confidence_hundredths(&rest[..end])?
+        };
+        Some(Self { source_id, symbol, exchange, category, signal_type, confidence })
+    }
+}
+
+/// `87.25` (as the encoder writes a confidence) in hundredths.
+fn confidence_hundredths(s: &str) -> Option<u16> {
+    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+    if frac.len() > 2 || int.is_empty() || !int.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let frac: u16 = if frac.is_empty() { 0 } else { format!("{frac:0<2}").parse().ok()? };
+    int.parse::<u16>().ok()?.checked_mul(100)?.checked_add(frac).filter(|v| *v <= 10_000)
+}
+
+impl Filter {
+    /// Whether a message with `fields` passes.
+    pub fn matches(&self, f: &Fields<'_>) -> bool {
+        if let Some(c) = self.categories
+            && !c.contains(f.category)
+        {
+            return false;
+        }
+        if let Some(t) = self.types
+            && t & (1 << f.signal_type.code()) == 0
+        {
+            return false;
+        }
+        if let Some(min) = self.min_confidence
+            && f.confidence < min
+        {
+            return false;
+        }
+        if !self.sources.is_empty() && self.sources.binary_search(&f.source_id).is_err() {
+            return false;
+        }
+        if self.symbols.is_empty() {
+            return true;
+        }
+        // Sorted by symbol then exchange (None first): the symbol's run holds both forms.
+        let start = self.symbols.partition_point(|(s, _)| s.as_str() < f.symbol);
+        self.symbols[start..]
+            .iter()
+            .take_while(|(s, _)| s.as_str() == f.symbol)
+            .any(|(_, e)| e.as_ref().is_none_or(|e| e.as_str() == f.exchange))
+    }
+
+    /// Parses a SUBSCRIBE's `filter` object within `limits`; `categories` must be a
+    /// subset of `allowed` (the user's), `min_confidence` is in percent (two decimals).
+    pub fn parse(v: &Value, limits: Limits, allowed: CategoryMask) -> Result<Self, String> {
+        let obj = v.as_object().ok_or("filter must be an object")?;
+        let mut f = Filter::default();
+        for (key, value) in obj {
+            match key.as_str() {
+                "symbols" => {
+                    let list = value.as_array().ok_or("filter.symbols must be an array of strings")?;
+                    let too_many =
+                        || format!("at most {} symbols in a watchlist on your tier", limits.symbols);
+                    // (Repeats are allowed, within reason: the message's size bounds them.)
+                    if list.len() > 2 * limits.symbols {
+                        return Err(too_many());
+                    }
+                    for s in list {
+                        let s = s.as_str().ok_or("filter.symbols must be an array of strings")?;
+                        let (exchange, symbol) = match s.split_once(':') {
+                            Some((e, sym)) => {
+                                (Some(Exchange::new(e).map_err(|e| format!("{s:?}: exchange {e}"))?), sym)
+                            }
+                            None => (None, s),
+                        };
+                        let symbol = Symbol::new(symbol).map_err(|e| format!("{s:?}: symbol {e}"))?;
+                        f.symbols.push((symbol, exchange));
+                    }
+                    // By the text (an inline string's own order is by length first): what
+                    // `matches` searches.
+                    f.symbols.sort_by(|a, b| {
+                        (a.0.as_str(), a.1.as_ref().map(Exchange::as_str))
+                            .cmp(&(b.0.as_str(), b.1.as_ref().map(Exchange::as_str)))
+                    });
+                    f.symbols.dedup();
+                    if f.symbols.len() > limits.symbols {
+                        return Err(too_many());
+                    }
+                }
+                "categories" => {
+                    let list = value.as_array().ok_or("filter.categories must be an array of strings")?;
+                    let mut mask = CategoryMask::NONE;
+                    for c in list {
+                        let name = c.as_str().ok_or("filter.categories must be an array of strings")?;
+                        let c: Category = name.parse().map_err(|_| format!("unknown category {name:?}"))?;
+                        if !allowed.contains(c) {
+                            return Err(format!("category {name:?} is not one of yours"));
+                        }
+                        mask = mask.with(c);
+                    }
+                    f.categories = Some(mask);
+                }
+                "signal_types" => {
+                    let list = value.as_array().ok_or("filter.signal_types must be an array of strings")?;
+                    let mut mask = 0u8;
+                    for t in list {
+                        let name = t.as_str().ok_or("filter.signal_types must be an array of strings")?;
+                        let t: SignalType =
+                            name.parse().map_err(|_| format!("unknown signal type {name:?}"))?;
+                        mask |= 1 << t.code();
+                    }
+                    f.types = Some(mask);
+                }
+                "sources" => {
+                    let list = value.as_array().ok_or("filter.sources must be an array of UUIDs")?;
+                    if list.len() > limits.sources {
+                        return Err(format!("at most {} sources in a filter", limits.sources));
+                    }
+                    for s in list {
+                        let id = s.as_str().and_then(|s| uuid::Uuid::parse_str(s).ok());
+                        f.sources.push(id.ok_or_else(|| format!("filter.sources: {s} is not a UUID"))?);
+                    }
+                    f.sources.sort();
+                    f.sources.dedup();
+                }
+                "min_confidence" => {
+                    let n = value.as_f64().filter(|n| (0.0..=100.0).contains(n));
+                    let n = n.ok_or("filter.min_confidence must be a number from 0 to 100")?;
+                    f.min_confidence = Some((n * 100.0).round() as u16);
+                }
+                other => return Err(format!("unknown filter field {other:?}")),
+            }
+        }
+        Ok(f)
+    }
+
+    /// The normalized filter, as SUBSCRIBED echoes it.
+    pub fn to_json(&self) -> Value {
+        let mut v = json!({});
+        if !self.symbols.is_empty() {
+            let symbols: Vec<String> = self
+                .symbols
+                .iter()
+                .map(|(s, e)| {
+                    e.as_ref()
+                        .map_or_else(|| s.as_str().to_owned(), |e| format!("{}:{}", e.as_str(), s.as_str()))
+                })
+                .collect();
+            v["symbols"] = json!(symbols);
+        }
+        if let Some(mask) = self.categories {
+            let names: Vec<&str> =
+                Category::ALL.iter().filter(|c| mask.contains(**c)).map(|c| c.as_str()).collect();
+            v["categories"] = json!(names);
+        }
+        if let Some(t) = self.types {
+            let names: Vec<&str> =
+                SignalType::ALL.iter().filter(|s| t & (1 << s.code()) != 0).map(|s| s.as_str()).collect();
+            v["signal_types"] = json!(names);
+        }
+        if !self.sources.is_empty() {
+            v["sources"] = json!(self.sources.iter().map(|s| s.hyphenated().to_string()).collect::<Vec<_>>());
+        }
+        if let Some(m) = self.min_confidence {
+            v["min_confidence"] = json!(f64::from(m) / 100.0);
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits { symbols: 3, sources: 2 };
+
+    fn data(symbol: &str, exchange: &str, kind: &str, confidence: &str, category: &str) -> String {
+        format!(
+            r#"{{"id":"6f1c2a0e-5b7d-4c1e-9a43-2f0d9e8b7c61","source_id":"00000000-0000-0000-0000-00000000feed","source_type":"algorithm","symbol":"{symbol}","exchange":"{exchange}","category":"{category}","signal_type":"{kind}","entry_price":"1.0000","target_price":"2.0000","stop_loss":"0.5000","quantity_recommended":null,"confidence":{confidence},"generated_at":1,"expires_at":2,"market":null,"ingest_ts":1,"routed_ts":1,"sent_ts":null,"analysis":{{"symbol":"FAKE","confidence":99.99}},"status":"open"}}"#
+        )
+    }
+
+    fn filter(v: Value) -> Result<Filter, String> {
+        Filter::parse(&v, LIMITS, CategoryMask::ALL)
+    }
+
+    #[test]
+    fn fields_are_read_from_the_encoders_data_not_from_the_analysis() {
+        let d = data("TCS", "NSE", "sell", "87.25", "equity");
+        let f = Fields::of(d.as_bytes()).unwrap();
+        assert_eq!((f.symbol, f.exchange, f.confidence), ("TCS", "NSE", 8_725));
+        assert_eq!((f.category, f.signal_type), (Category::Equity, SignalType::Sell));
+        assert_eq!(f.source_id, uuid::Uuid::from_u128(0xfeed));
+        assert_eq!(Fields::of(b"{\"nope\":1}"), None);
+        assert_eq!(confidence_hundredths("100"), Some(10_000));
+        assert_eq!(confidence_hundredths("100.01"), None);
+        assert_eq!(confidence_hundredths("9.5"), Some(950));
+    }
+
+    #[test]
+    fn each_part_filters_and_absent_parts_pass_everything() {
+        let d = data("TCS", "NSE", "sell", "87.25", "equity");
+        let f = Fields::of(d.as_bytes()).unwrap();
+        assert!(Filter::default().matches(&f));
+        assert!(filter(json!({"symbols": ["TCS"]})).unwrap().matches(&f));
+        assert!(filter(json!({"symbols": ["NSE:TCS"]})).unwrap().matches(&f));
+        assert!(!filter(json!({"symbols": ["BSE:TCS"]})).unwrap().matches(&f), "another exchange");
+        assert!(!filter(json!({"symbols": ["INFY", "RELIANCE"]})).unwrap().matches(&f));
+        // Among others of every length, before and after it in either order.
+        assert!(filter(json!({"symbols": ["AAPL", "TCS", "ZZ"]})).unwrap().matches(&f));
+        assert!(filter(json!({"categories": ["equity"]})).unwrap().matches(&f));
+        assert!(!filter(json!({"categories": ["crypto"]})).unwrap().matches(&f));
+        assert!(filter(json!({"signal_types": ["buy", "sell"]})).unwrap().matches(&f));
+        assert!(!filter(json!({"signal_types": ["buy"]})).unwrap().matches(&f));
+        assert!(filter(json!({"min_confidence": 87.25})).unwrap().matches(&f));
+        assert!(!filter(json!({"min_confidence": 87.26})).unwrap().matches(&f));
+        assert!(filter(json!({"sources": ["00000000-0000-0000-0000-00000000feed"]})).unwrap().matches(&f));
+        assert!(!filter(json!({"sources": [uuid::Uuid::from_u128(1).to_string()]})).unwrap().matches(&f));
+    }
+
+    #[test]
+    fn a_bad_or_oversized_filter_is_refused_with_its_reason() {
+        for (v, why) in [
+            (json!([]), "must be an object"),
+            (json!({"symbols": "TCS"}), "array of strings"),
+            (json!({"symbols": ["A", "B", "C", "D"]}), "at most 3 symbols"),
+            (json!({"symbols": ["A", "A", "A", "A", "A", "A", "A"]}), "at most 3 symbols"),
+            (json!({"symbols": ["a\"b"]}), "symbol"),
+            (json!({"categories": ["stocks"]}), "unknown category"),
+            (json!({"signal_types": ["short"]}), "unknown signal type"),
+            (json!({"sources": ["x"]}), "not a UUID"),
+            (json!({"min_confidence": 101}), "from 0 to 100"),
+            (json!({"symbol": ["TCS"]}), "unknown filter field"),
+        ] {
+            let err = filter(v.clone()).unwrap_err();
+            assert!(err.contains(why), "{v}: {err}");
+        }
+        let basic_crypto = CategoryMask::NONE.with(Category::Crypto);
+        let err = Filter::parse(&json!({"categories": ["equity"]}), LIMITS, basic_crypto).unwrap_err();
+        assert!(err.contains("not one of yours"), "{err}");
+    }
+
+    #[test]
+    fn the_echo_is_normalized() {
+        let f = filter(json!({"symbols": ["TCS", "NSE:TCS", "TCS", "AAPL"], "min_confidence": 85,
+                              "signal_types": ["sell", "buy"], "categories": ["forex", "equity"]}))
+        .unwrap();
+        assert_eq!(
+            f.to_json(),
+            json!({"symbols": ["AAPL", "TCS", "NSE:TCS"], "categories": ["equity", "forex"],
+                   "signal_types": ["buy", "sell"], "min_confidence": 85.0})
+        );
+        assert_eq!(filter(f.to_json()).unwrap(), f, "the echo parses back to the same filter");
+    }
+}
