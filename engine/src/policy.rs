@@ -30,11 +30,16 @@ pub struct TierRule {
     pub signals_per_day: Option<u32>,
     /// Requests a minute per user to the HTTP API (history, live).
     pub api_requests_per_minute: u32,
+    /// Symbols a signal channel's filter (a watchlist) may name.
+    pub watchlist_symbols: u32,
 }
 
 /// The HTTP API's rate when a tier's row does not set one (the source architecture's
 /// API gateway allowed each consumer 100 requests a minute on its signals service).
 pub const DEFAULT_API_REQUESTS_PER_MINUTE: u32 = 100;
+
+/// A tier's watchlist size when its row does not set one.
+pub const DEFAULT_WATCHLIST_SYMBOLS: u32 = 200;
 
 /// The whole table plus the global filter.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,6 +81,8 @@ struct RuleFile {
     signals_per_day: Option<u32>,
     #[serde(default)]
     api_requests_per_minute: Option<u32>,
+    #[serde(default)]
+    watchlist_symbols: Option<u32>,
 }
 
 impl From<RuleFile> for TierRule {
@@ -85,6 +92,7 @@ impl From<RuleFile> for TierRule {
             delay: Duration::from_secs(r.delay_secs),
             signals_per_day: r.signals_per_day,
             api_requests_per_minute: r.api_requests_per_minute.unwrap_or(DEFAULT_API_REQUESTS_PER_MINUTE),
+            watchlist_symbols: r.watchlist_symbols.unwrap_or(DEFAULT_WATCHLIST_SYMBOLS),
         }
     }
 }
@@ -92,20 +100,21 @@ impl From<RuleFile> for TierRule {
 impl Default for TierPolicy {
     /// The default tier table (docs/protocol.md, "Tiers").
     fn default() -> Self {
-        let rule = |min: u16, delay: u64, per_day: Option<u32>, per_minute: u32| TierRule {
+        let rule = |min: u16, delay: u64, per_day: Option<u32>, per_minute: u32, watchlist: u32| TierRule {
             min_confidence: Confidence::new(min).unwrap_or(Confidence::MAX),
             delay: Duration::from_secs(delay),
             signals_per_day: per_day,
             api_requests_per_minute: per_minute,
+            watchlist_symbols: watchlist,
         };
         Self {
             min_confidence: Confidence::new(7500).unwrap_or(Confidence::MAX),
             delayed_feed: Duration::from_secs(30),
             rules: [
-                rule(9000, 30, Some(20), 30),
-                rule(8500, 0, Some(200), 60),
-                rule(7500, 0, Some(2000), 100),
-                rule(7500, 0, None, 600),
+                rule(9000, 30, Some(20), 30, 20),
+                rule(8500, 0, Some(200), 60, 50),
+                rule(7500, 0, Some(2000), 100, 200),
+                rule(7500, 0, None, 600, 1000),
             ],
         }
     }

@@ -68,6 +68,25 @@ impl<'a> Fields<'a> {
     }
 }
 
+/// `"TCS"` (any exchange) or `"NSE:TCS"`.
+fn symbol_of(s: &str) -> Result<(Symbol, Option<Exchange>), String> {
+    let (exchange, symbol) = match s.split_once(':') {
+        Some((e, sym)) => (Some(Exchange::new(e).map_err(|e| format!("{s:?}: exchange {e}"))?), sym),
+        None => (None, s),
+    };
+    Ok((Symbol::new(symbol).map_err(|e| format!("{s:?}: symbol {e}"))?, exchange))
+}
+
+/// Sorted by the text (an inline string's own order is by length first: not what
+/// [`Filter::matches`] searches by), deduplicated.
+fn sort_symbols(symbols: &mut Vec<(Symbol, Option<Exchange>)>) {
+    symbols.sort_by(|a, b| {
+        (a.0.as_str(), a.1.as_ref().map(Exchange::as_str))
+            .cmp(&(b.0.as_str(), b.1.as_ref().map(Exchange::as_str)))
+    });
+    symbols.dedup();
+}
+
 /// `87.25` (as the encoder writes a confidence) in hundredths.
 fn confidence_hundredths(s: &str) -> Option<u16> {
     let (int, frac) = s.split_once('.').unwrap_or((s, ""));
@@ -110,6 +129,45 @@ impl Filter {
             .any(|(_, e)| e.as_ref().is_none_or(|e| e.as_str() == f.exchange))
     }
 
+    /// The filter a SUBSCRIBE asks for, given the subscription's `current` one: a filter
+    /// with only `add_symbols` and/or `remove_symbols` changes the current watchlist (a
+    /// watchlist larger than one message holds is built in steps); any other replaces
+    /// the whole filter ([`Filter::parse`]).
+    pub fn update(
+        current: Option<&Filter>,
+        v: &Value,
+        limits: Limits,
+        allowed: CategoryMask,
+    ) -> Result<Self, String> {
+        let obj = v.as_object().ok_or("filter must be an object")?;
+        let steps = ["add_symbols", "remove_symbols"];
+        if !obj.keys().any(|k| steps.contains(&k.as_str())) {
+            return Self::parse(v, limits, allowed);
+        }
+        if let Some(k) = obj.keys().find(|k| !steps.contains(&k.as_str())) {
+            return Err(format!("{k:?} cannot go with add_symbols or remove_symbols"));
+        }
+        let mut f = current.cloned().unwrap_or_default();
+        let list = |key: &str| -> Result<Vec<(Symbol, Option<Exchange>)>, String> {
+            let Some(value) = obj.get(key) else { return Ok(Vec::new()) };
+            let list = value.as_array().ok_or(format!("filter.{key} must be an array of strings"))?;
+            if list.len() > 2 * limits.symbols {
+                return Err(format!("at most {} symbols in a watchlist on your tier", limits.symbols));
+            }
+            list.iter()
+                .map(|s| symbol_of(s.as_str().ok_or(format!("filter.{key} must be an array of strings"))?))
+                .collect()
+        };
+        let (add, remove) = (list("add_symbols")?, list("remove_symbols")?);
+        f.symbols.retain(|s| !remove.contains(s));
+        f.symbols.extend(add);
+        sort_symbols(&mut f.symbols);
+        if f.symbols.len() > limits.symbols {
+            return Err(format!("at most {} symbols in a watchlist on your tier", limits.symbols));
+        }
+        Ok(f)
+    }
+
     /// Parses a SUBSCRIBE's `filter` object within `limits`; `categories` must be a
     /// subset of `allowed` (the user's), `min_confidence` is in percent (two decimals).
     pub fn parse(v: &Value, limits: Limits, allowed: CategoryMask) -> Result<Self, String> {
@@ -126,23 +184,11 @@ impl Filter {
                         return Err(too_many());
                     }
                     for s in list {
-                        let s = s.as_str().ok_or("filter.symbols must be an array of strings")?;
-                        let (exchange, symbol) = match s.split_once(':') {
-                            Some((e, sym)) => {
-                                (Some(Exchange::new(e).map_err(|e| format!("{s:?}: exchange {e}"))?), sym)
-                            }
-                            None => (None, s),
-                        };
-                        let symbol = Symbol::new(symbol).map_err(|e| format!("{s:?}: symbol {e}"))?;
-                        f.symbols.push((symbol, exchange));
+                        f.symbols.push(symbol_of(
+                            s.as_str().ok_or("filter.symbols must be an array of strings")?,
+                        )?);
                     }
-                    // By the text (an inline string's own order is by length first): what
-                    // `matches` searches.
-                    f.symbols.sort_by(|a, b| {
-                        (a.0.as_str(), a.1.as_ref().map(Exchange::as_str))
-                            .cmp(&(b.0.as_str(), b.1.as_ref().map(Exchange::as_str)))
-                    });
-                    f.symbols.dedup();
+                    sort_symbols(&mut f.symbols);
                     if f.symbols.len() > limits.symbols {
                         return Err(too_many());
                     }
@@ -311,5 +357,22 @@ mod tests {
                    "signal_types": ["buy", "sell"], "min_confidence": 85.0})
         );
         assert_eq!(filter(f.to_json()).unwrap(), f, "the echo parses back to the same filter");
+    }
+
+    #[test]
+    fn a_watchlist_is_built_in_steps_and_a_full_filter_replaces() {
+        let all = CategoryMask::ALL;
+        let f = filter(json!({"symbols": ["TCS"], "min_confidence": 85})).unwrap();
+        let f = Filter::update(Some(&f), &json!({"add_symbols": ["AAPL", "NSE:INFY"]}), LIMITS, all).unwrap();
+        assert_eq!(f.to_json(), json!({"symbols": ["AAPL", "NSE:INFY", "TCS"], "min_confidence": 85.0}));
+        let f = Filter::update(Some(&f), &json!({"remove_symbols": ["TCS"]}), LIMITS, all).unwrap();
+        assert_eq!(f.to_json()["symbols"], json!(["AAPL", "NSE:INFY"]));
+        let err = Filter::update(Some(&f), &json!({"add_symbols": ["X", "Y"]}), LIMITS, all).unwrap_err();
+        assert!(err.contains("at most 3"), "{err}");
+        let err =
+            Filter::update(Some(&f), &json!({"add_symbols": ["X"], "symbols": []}), LIMITS, all).unwrap_err();
+        assert!(err.contains("cannot go with"), "{err}");
+        let replaced = Filter::update(Some(&f), &json!({"signal_types": ["buy"]}), LIMITS, all).unwrap();
+        assert_eq!(replaced.to_json(), json!({"signal_types": ["buy"]}), "a full filter replaces the whole");
     }
 }
