@@ -82,10 +82,20 @@ impl ResumeAsk {
 /// What a client may send.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClientMessage {
-    Subscribe { channel: ChannelName, resume: Option<ResumeAsk> },
-    Unsubscribe { channel: ChannelName },
+    /// `filter`: the SUBSCRIBE's `filter` object as sent, checked by the hub (which
+    /// knows the user's limits and categories).
+    Subscribe {
+        channel: ChannelName,
+        resume: Option<ResumeAsk>,
+        filter: Option<serde_json::Value>,
+    },
+    Unsubscribe {
+        channel: ChannelName,
+    },
     Ping,
-    Refresh { token: String },
+    Refresh {
+        token: String,
+    },
 }
 
 #[derive(Deserialize)]
@@ -96,6 +106,7 @@ struct Raw {
     since: Option<u64>,
     epoch: Option<String>,
     token: Option<String>,
+    filter: Option<serde_json::Value>,
 }
 
 /// Parses one client message. Unknown fields are ignored (clients may add their own,
@@ -125,7 +136,11 @@ pub fn parse(text: &str) -> Result<ClientMessage, Refusal> {
                     );
                 }
             };
-            Ok(ClientMessage::Subscribe { channel: ch, resume })
+            if raw.filter.is_some() && !matches!(ch, ChannelName::Signals(_)) {
+                return Err(Refusal::new(ErrorCode::BadRequest, "only signal channels take a filter")
+                    .on(ch.to_string()));
+            }
+            Ok(ClientMessage::Subscribe { channel: ch, resume, filter: raw.filter })
         }
         "UNSUBSCRIBE" => Ok(ClientMessage::Unsubscribe { channel: channel(&raw)? }),
         "PING" => Ok(ClientMessage::Ping),
@@ -161,6 +176,7 @@ pub fn subscribed_signals(
     epoch: Epoch,
     head: u64,
     recovered: Option<bool>,
+    filter: Option<&filter::Filter>,
 ) -> Vec<u8> {
     let channel = channel.to_string();
     ServerMessage::Subscribed {
@@ -168,6 +184,7 @@ pub fn subscribed_signals(
         epoch: Some(epoch.to_string()),
         seq: Some(head),
         recovered,
+        filter: filter.map(filter::Filter::to_json),
     }
     .to_json()
 }
@@ -176,7 +193,7 @@ pub fn subscribed_signals(
 pub fn subscribed_plain(channel: &ChannelName, resume_asked: bool) -> Vec<u8> {
     let channel = channel.to_string();
     let recovered = resume_asked.then_some(false);
-    ServerMessage::Subscribed { channel: &channel, epoch: None, seq: None, recovered }.to_json()
+    ServerMessage::Subscribed { channel: &channel, epoch: None, seq: None, recovered, filter: None }.to_json()
 }
 
 pub fn unsubscribed(channel: &ChannelName, reason: UnsubscribeReason) -> Vec<u8> {
@@ -211,6 +228,7 @@ mod tests {
                 r#"{"type":"SUBSCRIBE","channel":"signals_premium","since":41,"epoch":"00000000000000ff","id":7}"#
             ),
             Ok(ClientMessage::Subscribe {
+                filter: None,
                 channel: ChannelName::Signals(Tier::Premium),
                 resume: Some(ResumeAsk { since: 41, epoch: Some(Epoch(255)) })
             })
@@ -229,7 +247,7 @@ mod tests {
         }
         assert_eq!(
             parse(r#"{"type":"SUBSCRIBE","channel":"prices_general"}"#),
-            Ok(ClientMessage::Subscribe { channel: ChannelName::Prices, resume: None })
+            Ok(ClientMessage::Subscribe { channel: ChannelName::Prices, resume: None, filter: None })
         );
         assert_eq!(
             parse(r#"{"type":"UNSUBSCRIBE","channel":"user_u1"}"#),

@@ -25,6 +25,9 @@ pub enum ServerMessage<'a> {
         /// Present when the SUBSCRIBE asked to resume.
         #[serde(skip_serializing_if = "Option::is_none")]
         recovered: Option<bool>,
+        /// The subscription's filter, normalized (signal channels with one).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        filter: Option<serde_json::Value>,
     },
     #[serde(rename = "UNSUBSCRIBED")]
     Unsubscribed { channel: &'a str, reason: UnsubscribeReason },
@@ -127,8 +130,15 @@ mod tests {
                 epoch: Some("d096268f9b799e7f".into()),
                 seq: Some(15),
                 recovered: Some(true),
+                filter: None,
             },
-            ServerMessage::Subscribed { channel: "prices_general", epoch: None, seq: None, recovered: None },
+            ServerMessage::Subscribed {
+                channel: "prices_general",
+                epoch: None,
+                seq: None,
+                recovered: None,
+                filter: None,
+            },
             ServerMessage::Unsubscribed {
                 channel: "signals_premium",
                 reason: UnsubscribeReason::Entitlement,

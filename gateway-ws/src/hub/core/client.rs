@@ -60,7 +60,9 @@ impl Core {
         let Some(c) = self.conns[i].as_mut() else { return };
         match protocol::parse(text) {
             Ok(ClientMessage::Ping) => self.reply(i, protocol::PONG),
-            Ok(ClientMessage::Subscribe { channel, resume }) => self.subscribe(i, channel, resume),
+            Ok(ClientMessage::Subscribe { channel, resume, filter }) => {
+                self.subscribe(i, channel, resume, filter)
+            }
             Ok(ClientMessage::Unsubscribe { channel }) => self.unsubscribe(i, &channel),
             Ok(ClientMessage::Refresh { token }) => {
                 let user = c.session.user_id.clone();
@@ -81,7 +83,13 @@ impl Core {
         }
     }
 
-    fn subscribe(&mut self, i: usize, channel: ChannelName, resume: Option<ResumeAsk>) {
+    fn subscribe(
+        &mut self,
+        i: usize,
+        channel: ChannelName,
+        resume: Option<ResumeAsk>,
+        filter: Option<serde_json::Value>,
+    ) {
         let Some(c) = self.conns[i].as_ref() else { return };
         let name = channel.to_string();
         let already = match &channel {
@@ -106,6 +114,35 @@ impl Core {
                     let msg =
                         format!("daily signal quota of {limit} used up; deliveries resume at 00:00 UTC");
                     return self.refuse(i, &Refusal::new(ErrorCode::QuotaExhausted, msg).on(name));
+                }
+                // The filter first: a bad one changes nothing.
+                let filter = match filter {
+                    None => None,
+                    Some(v) => {
+                        let limits = crate::protocol::filter::Limits {
+                            symbols: self.src.policy.rule(c.session.tier).watchlist_symbols as usize,
+                            sources: FILTER_SOURCES,
+                        };
+                        let current = c.filters[tier.index()].as_deref();
+                        match crate::protocol::filter::Filter::update(
+                            current,
+                            &v,
+                            limits,
+                            c.session.categories,
+                        ) {
+                            Ok(f) => Some(Arc::new(f)),
+                            Err(msg) => {
+                                return self.refuse(i, &Refusal::new(ErrorCode::BadRequest, msg).on(name));
+                            }
+                        }
+                    }
+                };
+                // Only the filter changes: swapped in place, no gap and no repeat.
+                if already && resume.is_none() && filter.is_some() {
+                    return self.swap_filter(i, &channel, tier, filter);
+                }
+                if let Some(c) = self.conns[i].as_mut() {
+                    c.filters[tier.index()] = filter;
                 }
                 // A new SUBSCRIBE replaces a subscription, or one waiting for history.
                 self.cancel_history(i, tier);
@@ -152,6 +189,7 @@ impl Core {
         }
         match channel {
             ChannelName::Signals(t) => {
+                c.filters[t.index()] = None;
                 self.remove_signal_sub(i, *t);
             }
             ChannelName::Prices => {
@@ -248,4 +286,30 @@ impl Core {
         }
         self.remove_overflowed();
     }
+
+    /// Replaces the filter of connection `i`'s subscription to `signals_<tier>` where it
+    /// stands: the next message it is offered is the one after the last it was offered.
+    fn swap_filter(
+        &mut self,
+        i: usize,
+        channel: &ChannelName,
+        tier: Tier,
+        filter: Option<Arc<crate::protocol::filter::Filter>>,
+    ) {
+        let Some(c) = self.conns[i].as_mut() else { return };
+        c.filters[tier.index()].clone_from(&filter);
+        let Some(idx) = c.signals[tier.index()].map(usize::from) else { return };
+        if let Some(sub) = self.subs[idx].iter_mut().find(|s| s.conn == i) {
+            sub.filter.clone_from(&filter);
+        }
+        let channels = Arc::clone(&self.src.channels);
+        let Some(log) = log_of(&channels, idx) else { return };
+        self.reply(
+            i,
+            &protocol::subscribed_signals(channel, log.epoch(), log.head(), None, filter.as_deref()),
+        );
+    }
 }
+
+/// Sources a filter may name.
+pub(super) const FILTER_SOURCES: usize = 50;

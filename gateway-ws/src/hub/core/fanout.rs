@@ -10,6 +10,7 @@ use super::peer::{Peer, Phase};
 use super::{Clock, Core, LOGS, Sub};
 use crate::auth::Session;
 use crate::hub::quota::{Take, utc_day};
+use crate::protocol::filter::Fields;
 use crate::protocol::{self, Notice, Refusal, ResumeAsk};
 use crate::ws::{CloseCode, outbound};
 
@@ -107,10 +108,14 @@ impl Core {
         let sub = sub.unwrap_or_else(|| log.subscribe(resume));
         let (categories, quota, limit) =
             (c.session.categories, Arc::clone(&c.quota), self.limit_for(&c.session));
-        self.reply(i, &protocol::subscribed_signals(channel, sub.epoch, sub.head, sub.recovered));
+        let filter = c.filters[tier.index()].clone();
+        self.reply(
+            i,
+            &protocol::subscribed_signals(channel, sub.epoch, sub.head, sub.recovered, filter.as_deref()),
+        );
         // The replay holds `since+1 ..= head`; live reading then goes on after head.
         let since = resume.filter(|_| sub.recovered == Some(true)).map_or(sub.head, |r| r.since);
-        let entry = Sub { conn: i, categories, quota, limit, skip_until: since, last_seq: since };
+        let entry = Sub { conn: i, categories, quota, limit, skip_until: since, last_seq: since, filter };
         self.install(i, idx, tier, entry, &sub);
         self.remove_overflowed();
     }
@@ -122,7 +127,10 @@ impl Core {
         let limit = self.src.conn.outbound_limit;
         let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) else { return };
         for m in &sub.replay {
-            if deliver(&mut entry, c, idx, m, tier, Timing::Replay, today, limit) == Delivery::Overflow {
+            let mut fields = Lazy::new(m);
+            if deliver(&mut entry, c, idx, m, tier, Timing::Replay, today, limit, &mut fields)
+                == Delivery::Overflow
+            {
                 self.overflowed.push(i);
                 break;
             }
@@ -187,9 +195,11 @@ impl Core {
                         }
                         self.cursors[idx] = next;
                         for m in &self.batch {
+                            // Read once per message, by the first subscriber with a filter.
+                            let mut fields = Lazy::new(m);
                             for sub in &mut self.subs[idx] {
                                 let Some(c) = self.conns[sub.conn].as_mut() else { continue };
-                                match deliver(sub, c, idx, m, tier, timing, today, limit) {
+                                match deliver(sub, c, idx, m, tier, timing, today, limit, &mut fields) {
                                     Delivery::Queued => c.mark_dirty(&mut self.dirty, sub.conn),
                                     Delivery::Overflow => self.overflowed.push(sub.conn),
                                     Delivery::Exhausted => self.exhausted.push(sub.conn),
@@ -294,7 +304,24 @@ pub(super) enum Delivery {
     Exhausted,
 }
 
-/// The per-recipient step: seq, category and quota checks, then a pointer push.
+/// A message's fields for filters, read from its text when first asked for.
+pub(super) struct Lazy<'a> {
+    msg: &'a Message,
+    fields: Option<Option<Fields<'a>>>,
+}
+
+impl<'a> Lazy<'a> {
+    pub(super) fn new(msg: &'a Message) -> Self {
+        Self { msg, fields: None }
+    }
+
+    fn get(&mut self) -> Option<&Fields<'a>> {
+        let msg = self.msg;
+        self.fields.get_or_insert_with(|| Fields::of(msg.json())).as_ref()
+    }
+}
+
+/// The per-recipient step: seq, category, filter and quota checks, then a pointer push.
 #[allow(clippy::too_many_arguments)] // the hot path's inputs, kept as plain values
 pub(super) fn deliver(
     sub: &mut Sub,
@@ -305,6 +332,7 @@ pub(super) fn deliver(
     timing: Timing,
     today: u32,
     limit: usize,
+    fields: &mut Lazy<'_>,
 ) -> Delivery {
     let seq = m.seq();
     if seq <= sub.skip_until {
@@ -312,6 +340,12 @@ pub(super) fn deliver(
     }
     sub.last_seq = seq;
     if !sub.categories.contains(m.category()) {
+        return Delivery::Skipped;
+    }
+    // Before the quota: a message the filter leaves out is not charged.
+    if let Some(f) = &sub.filter
+        && !fields.get().is_some_and(|x| f.matches(x))
+    {
         return Delivery::Skipped;
     }
     // A close (a signal's outcome) is charged to no quota.

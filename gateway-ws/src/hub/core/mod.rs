@@ -119,6 +119,8 @@ struct Sub {
     pub skip_until: u64,
     /// Last seq queued or skipped for this subscriber (to move it between views).
     pub last_seq: u64,
+    /// Only messages that pass this (the subscription's SUBSCRIBE `filter`).
+    pub filter: Option<Arc<crate::protocol::filter::Filter>>,
 }
 
 /// What reading some bytes from a connection did.

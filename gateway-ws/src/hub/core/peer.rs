@@ -49,6 +49,8 @@ pub(super) struct Peer {
     pub quota: Arc<UserQuota>,
     /// Signal channels subscribed: log index per channel tier.
     pub signals: [Option<u8>; 4],
+    /// The filter of each signal channel's subscription (`None`: everything).
+    pub filters: [Option<Arc<crate::protocol::filter::Filter>>; 4],
     pub prices: bool,
     pub user_channel: bool,
     pub warned_expiry: bool,
@@ -73,6 +75,7 @@ impl Peer {
             session,
             quota,
             signals: [None; 4],
+            filters: [None, None, None, None],
             prices: false,
             user_channel: false,
             warned_expiry: false,

@@ -847,3 +847,129 @@ fn every_subscription_counts_against_the_limit() {
     assert_eq!(r["code"], "too_many_subscriptions", "{r}");
     assert_eq!(h.subscribe(c, "signals_free")["type"], "SUBSCRIBED", "re-subscribing is not another one");
 }
+
+// ----- filters ([7/10]) -----
+
+impl Harness {
+    /// Routes signal `n` on `symbol` (NSE unless given as `EXCH:SYM`) of `kind` at
+    /// `confidence` (hundredths).
+    fn route_on(&mut self, n: u128, symbol: &str, kind: engine::model::SignalType, confidence: u16) {
+        let (exchange, symbol) = symbol.split_once(':').unwrap_or(("NSE", symbol));
+        let mut s =
+            engine::testkit::signal_at(n, confidence, symbol, exchange, Category::Equity, self.clock.unix);
+        s.signal_type = kind;
+        if kind == engine::model::SignalType::Sell {
+            std::mem::swap(&mut s.target_price, &mut s.stop_loss);
+        }
+        self.route_signal(s);
+    }
+}
+
+#[test]
+fn a_filter_picks_symbols_types_and_confidence_and_is_echoed_normalized() {
+    use engine::model::SignalType::{Buy, Sell};
+    let mut h = harness();
+    let c = h.connect(session("u-watch", Tier::Premium));
+    h.send(
+        c,
+        r#"{"type":"SUBSCRIBE","channel":"signals_premium",
+            "filter":{"symbols":["TCS","NSE:INFY","TCS"],"signal_types":["buy"],"min_confidence":85}}"#,
+    );
+    let ok = h.read(c).remove(0).json().clone();
+    assert_eq!(ok["type"], "SUBSCRIBED", "{ok}");
+    assert_eq!(
+        ok["filter"],
+        serde_json::json!({"symbols": ["NSE:INFY", "TCS"], "signal_types": ["buy"], "min_confidence": 85.0})
+    );
+    h.route_on(1, "TCS", Buy, 9_000); // in
+    h.route_on(2, "RELIANCE", Buy, 9_000); // another symbol
+    h.route_on(3, "TCS", Sell, 9_000); // another type
+    h.route_on(4, "TCS", Buy, 8_000); // below 85
+    h.route_on(5, "BSE:INFY", Buy, 9_000); // INFY, but on BSE
+    h.route_on(6, "INFY", Buy, 9_000); // in
+    assert_eq!(h.signals(c), [(1, 1), (6, 6)], "seq stays the channel's: increasing, not contiguous");
+}
+
+#[test]
+fn a_resume_replays_only_what_the_filter_lets_through() {
+    use engine::model::SignalType::Buy;
+    let mut h = harness();
+    for (n, sym) in [(1, "TCS"), (2, "RELIANCE"), (3, "TCS")] {
+        h.route_on(n, sym, Buy, 9_000);
+    }
+    let c = h.connect(session("u-watch", Tier::Premium));
+    let epoch = epoch_of(&h.channels, Tier::Premium);
+    h.send(
+        c,
+        &format!(
+            r#"{{"type":"SUBSCRIBE","channel":"signals_premium","since":0,"epoch":"{epoch}","filter":{{"symbols":["TCS"]}}}}"#
+        ),
+    );
+    let frames = h.read(c);
+    assert_eq!(frames[0].json()["recovered"], true);
+    let replayed: Vec<u64> = frames[1..].iter().map(|f| f.json()["seq"].as_u64().unwrap()).collect();
+    assert_eq!(replayed, [1, 3]);
+}
+
+#[test]
+fn a_new_filter_is_swapped_in_place_and_a_bad_one_changes_nothing() {
+    use engine::model::SignalType::Buy;
+    let mut h = harness();
+    let c = h.connect(session("u-watch", Tier::Premium));
+    h.send(c, r#"{"type":"SUBSCRIBE","channel":"signals_premium","filter":{"symbols":["TCS"]}}"#);
+    h.read(c);
+    h.route_on(1, "TCS", Buy, 9_000);
+    h.route_on(2, "INFY", Buy, 9_000);
+    assert_eq!(h.signals(c), [(1, 1)]);
+    // Steps: INFY added; nothing replayed, nothing repeated.
+    h.send(c, r#"{"type":"SUBSCRIBE","channel":"signals_premium","filter":{"add_symbols":["INFY"]}}"#);
+    let ok = h.read(c).remove(0).json().clone();
+    assert_eq!(ok["filter"]["symbols"], serde_json::json!(["INFY", "TCS"]), "{ok}");
+    h.route_on(3, "INFY", Buy, 9_000);
+    h.route_on(4, "TCS", Buy, 9_000);
+    assert_eq!(h.signals(c), [(3, 3), (4, 4)]);
+    // A bad filter: ERROR bad_request, the watchlist as it was.
+    h.send(c, r#"{"type":"SUBSCRIBE","channel":"signals_premium","filter":{"symbols":"TCS"}}"#);
+    let err = h.read(c).remove(0).json().clone();
+    assert_eq!((err["type"].as_str(), err["code"].as_str()), (Some("ERROR"), Some("bad_request")), "{err}");
+    h.route_on(5, "INFY", Buy, 9_000);
+    assert_eq!(h.signals(c), [(5, 5)]);
+    // More symbols than the tier allows (premium: 200).
+    let many: Vec<String> = (0..201).map(|k| format!("S{k}")).collect();
+    h.send(
+        c,
+        &serde_json::json!({"type": "SUBSCRIBE", "channel": "signals_premium", "filter": {"symbols": many}})
+            .to_string(),
+    );
+    let err = h.read(c).remove(0).json().clone();
+    assert!(err["message"].as_str().unwrap().contains("at most 200"), "{err}");
+}
+
+#[test]
+fn a_close_passes_its_signals_filter_and_a_filtered_out_message_costs_no_quota() {
+    use engine::model::SignalType::Buy;
+    let mut h = harness();
+    let mut s = session("u-capped-watch", Tier::Premium);
+    s.max_signals_per_day = Some(1);
+    let c = h.connect(s);
+    h.send(c, r#"{"type":"SUBSCRIBE","channel":"signals_premium","filter":{"symbols":["RELIANCE"]}}"#);
+    h.read(c);
+    h.route_on(1, "TCS", Buy, 9_000); // filtered out: not charged
+    h.tick("RELIANCE", "NSE", "2456.75");
+    h.route_on(2, "RELIANCE", Buy, 9_000);
+    assert_eq!(h.ids(c), [2], "the quota of 1 went to the one it wanted");
+    h.tick("RELIANCE", "NSE", "2530");
+    h.core.fan_out(h.clock);
+    let closes = h.read(c);
+    assert_eq!(closes.len(), 1, "{closes:?}");
+    assert_eq!(closes[0].json()["data"]["status"], "target_hit");
+}
+
+#[test]
+fn only_signal_channels_take_a_filter() {
+    let mut h = harness();
+    let c = h.connect(session("u-watch", Tier::Premium));
+    h.send(c, r#"{"type":"SUBSCRIBE","channel":"prices_general","filter":{"symbols":["TCS"]}}"#);
+    let err = h.read(c).remove(0).json().clone();
+    assert_eq!(err["code"], "bad_request", "{err}");
+}
