@@ -33,6 +33,8 @@ pub struct Config {
     pub write_timeout_ms: u64,
     pub heartbeat_timeout_secs: u64,
     pub max_subscriptions: usize,
+    /// The most messages a SUBSCRIBE's `snapshot` may ask for.
+    pub max_snapshot: usize,
     pub max_messages_per_sec: u32,
     pub price_interval_ms: u64,
     /// On shutdown, how long connections get to close after the drain notice.
@@ -271,6 +273,7 @@ impl Default for Config {
             write_timeout_ms: 10_000,
             heartbeat_timeout_secs: 60,
             max_subscriptions: 16,
+            max_snapshot: 100,
             max_messages_per_sec: 50,
             price_interval_ms: 20,
             drain_timeout_secs: 5,
@@ -453,6 +456,7 @@ impl Config {
         HubConfig {
             shards: self.shards,
             max_subscriptions: self.max_subscriptions,
+            max_snapshot: self.max_snapshot,
             heartbeat_timeout: Duration::from_secs(self.heartbeat_timeout_secs),
             expiry_warning: Duration::from_secs(60),
             price_interval: Duration::from_millis(self.price_interval_ms.max(1)),

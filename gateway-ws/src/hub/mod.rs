@@ -42,6 +42,8 @@ pub struct HubConfig {
     /// Shard threads; 0 = one per core.
     pub shards: usize,
     pub max_subscriptions: usize,
+    /// The most messages a SUBSCRIBE's `snapshot` may ask for.
+    pub max_snapshot: usize,
     /// Nothing from a client for this long closes it with 4004.
     pub heartbeat_timeout: Duration,
     /// SYSTEM_MESSAGE `token_expiring` goes out this long before `exp`.
@@ -55,6 +57,7 @@ impl Default for HubConfig {
         Self {
             shards: 0,
             max_subscriptions: 16,
+            max_snapshot: 100,
             heartbeat_timeout: Duration::from_secs(60),
             expiry_warning: Duration::from_secs(60),
             price_interval: Duration::from_millis(20),

@@ -88,6 +88,8 @@ pub enum ClientMessage {
         channel: ChannelName,
         resume: Option<ResumeAsk>,
         filter: Option<serde_json::Value>,
+        /// The last N matching messages, sent before live ones.
+        snapshot: Option<u32>,
     },
     Unsubscribe {
         channel: ChannelName,
@@ -107,6 +109,7 @@ struct Raw {
     epoch: Option<String>,
     token: Option<String>,
     filter: Option<serde_json::Value>,
+    snapshot: Option<u32>,
 }
 
 /// Parses one client message. Unknown fields are ignored (clients may add their own,
@@ -140,7 +143,15 @@ pub fn parse(text: &str) -> Result<ClientMessage, Refusal> {
                 return Err(Refusal::new(ErrorCode::BadRequest, "only signal channels take a filter")
                     .on(ch.to_string()));
             }
-            Ok(ClientMessage::Subscribe { channel: ch, resume, filter: raw.filter })
+            if raw.snapshot.is_some() && !matches!(ch, ChannelName::Signals(_)) {
+                let r = Refusal::new(ErrorCode::BadRequest, "only signal channels have a snapshot");
+                return Err(r.on(ch.to_string()));
+            }
+            if raw.snapshot.is_some() && resume.is_some() {
+                let r = Refusal::new(ErrorCode::BadRequest, "snapshot and since do not go together");
+                return Err(r.on(ch.to_string()));
+            }
+            Ok(ClientMessage::Subscribe { channel: ch, resume, filter: raw.filter, snapshot: raw.snapshot })
         }
         "UNSUBSCRIBE" => Ok(ClientMessage::Unsubscribe { channel: channel(&raw)? }),
         "PING" => Ok(ClientMessage::Ping),
@@ -229,6 +240,7 @@ mod tests {
             ),
             Ok(ClientMessage::Subscribe {
                 filter: None,
+                snapshot: None,
                 channel: ChannelName::Signals(Tier::Premium),
                 resume: Some(ResumeAsk { since: 41, epoch: Some(Epoch(255)) })
             })
@@ -247,7 +259,12 @@ mod tests {
         }
         assert_eq!(
             parse(r#"{"type":"SUBSCRIBE","channel":"prices_general"}"#),
-            Ok(ClientMessage::Subscribe { channel: ChannelName::Prices, resume: None, filter: None })
+            Ok(ClientMessage::Subscribe {
+                channel: ChannelName::Prices,
+                resume: None,
+                filter: None,
+                snapshot: None
+            })
         );
         assert_eq!(
             parse(r#"{"type":"UNSUBSCRIBE","channel":"user_u1"}"#),

@@ -60,8 +60,8 @@ impl Core {
         let Some(c) = self.conns[i].as_mut() else { return };
         match protocol::parse(text) {
             Ok(ClientMessage::Ping) => self.reply(i, protocol::PONG),
-            Ok(ClientMessage::Subscribe { channel, resume, filter }) => {
-                self.subscribe(i, channel, resume, filter)
+            Ok(ClientMessage::Subscribe { channel, resume, filter, snapshot }) => {
+                self.subscribe(i, channel, resume, filter, snapshot)
             }
             Ok(ClientMessage::Unsubscribe { channel }) => self.unsubscribe(i, &channel),
             Ok(ClientMessage::Refresh { token }) => {
@@ -89,6 +89,7 @@ impl Core {
         channel: ChannelName,
         resume: Option<ResumeAsk>,
         filter: Option<serde_json::Value>,
+        snapshot: Option<u32>,
     ) {
         let Some(c) = self.conns[i].as_ref() else { return };
         let name = channel.to_string();
@@ -115,6 +116,11 @@ impl Core {
                         format!("daily signal quota of {limit} used up; deliveries resume at 00:00 UTC");
                     return self.refuse(i, &Refusal::new(ErrorCode::QuotaExhausted, msg).on(name));
                 }
+                let max = self.src.hub.max_snapshot;
+                if snapshot.is_some_and(|n| n as usize > max) {
+                    let msg = format!("a snapshot is at most {max} messages");
+                    return self.refuse(i, &Refusal::new(ErrorCode::BadRequest, msg).on(name));
+                }
                 // The filter first: a bad one changes nothing.
                 let filter = match filter {
                     None => None,
@@ -138,7 +144,7 @@ impl Core {
                     }
                 };
                 // Only the filter changes: swapped in place, no gap and no repeat.
-                if already && resume.is_none() && filter.is_some() {
+                if already && resume.is_none() && filter.is_some() && snapshot.is_none() {
                     return self.swap_filter(i, &channel, tier, filter);
                 }
                 if let Some(c) = self.conns[i].as_mut() {
@@ -149,7 +155,7 @@ impl Core {
                 if already {
                     self.remove_signal_sub(i, tier);
                 }
-                self.add_signal_sub(i, &channel, tier, resume);
+                self.add_signal_sub(i, &channel, tier, resume, snapshot.map_or(0, |n| n as usize));
             }
             ChannelName::Prices => {
                 self.reply(i, &protocol::subscribed_plain(&channel, resume.is_some()));

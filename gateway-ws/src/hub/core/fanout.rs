@@ -78,6 +78,7 @@ impl Core {
         channel: &ChannelName,
         tier: Tier,
         ask: Option<ResumeAsk>,
+        snapshot: usize,
     ) {
         let Some(c) = self.conns.get(i).and_then(Option::as_ref) else { return };
         let idx = self.view_for(&c.session, tier);
@@ -88,7 +89,7 @@ impl Core {
         {
             return; // answered when the read-back is in
         }
-        self.subscribe_live(i, channel, tier, idx, resume, None);
+        self.subscribe_live(i, channel, tier, idx, resume, None, snapshot);
     }
 
     /// Answers SUBSCRIBED and makes `i` a subscriber of log `idx`: with `sub` (a resume
@@ -101,6 +102,7 @@ impl Core {
         idx: usize,
         resume: Option<Resume>,
         sub: Option<Subscription>,
+        snapshot: usize,
     ) {
         let Some(c) = self.conns.get(i).and_then(Option::as_ref) else { return };
         let channels = Arc::clone(&self.src.channels);
@@ -116,6 +118,9 @@ impl Core {
         // The replay holds `since+1 ..= head`; live reading then goes on after head.
         let since = resume.filter(|_| sub.recovered == Some(true)).map_or(sub.head, |r| r.since);
         let entry = Sub { conn: i, categories, quota, limit, skip_until: since, last_seq: since, filter };
+        if snapshot > 0 {
+            self.send_snapshot(i, idx, tier, &entry, sub.head, snapshot);
+        }
         self.install(i, idx, tier, entry, &sub);
         self.remove_overflowed();
     }
@@ -143,6 +148,63 @@ impl Core {
             self.cursors[idx] = sub.cursor;
         }
         self.subs[idx].push(entry);
+        self.mark_dirty(i);
+    }
+
+    /// Sends connection `i` the last `n` messages up to `head` of log `idx` that its
+    /// subscription `entry` lets through (categories, filter), oldest first, each marked
+    /// `"snapshot":true` and charged to the quota as a delivery. Read back from the ring
+    /// a batch per lock hold, newest batches first, never past the ring's oldest.
+    fn send_snapshot(&mut self, i: usize, idx: usize, tier: Tier, entry: &Sub, head: u64, n: usize) {
+        const STEP: u64 = 256;
+        let channels = Arc::clone(&self.src.channels);
+        let Some(log) = log_of(&channels, idx) else { return };
+        let mut picked: Vec<Message> = Vec::new();
+        let mut upto = head;
+        let mut chunk = Vec::new();
+        while picked.len() < n && upto > 0 {
+            let from = upto.saturating_sub(STEP);
+            chunk.clear();
+            if log.read_after(from, &mut chunk, STEP as usize).is_err() {
+                break; // marked lost: nothing older to read
+            }
+            let first = chunk.first().map_or(upto + 1, Message::seq);
+            let mut matches: Vec<Message> = chunk
+                .iter()
+                .filter(|m| m.seq() <= upto && entry.categories.contains(m.category()))
+                .filter(|m| {
+                    entry.filter.as_ref().is_none_or(|f| Fields::of(m.json()).is_some_and(|x| f.matches(&x)))
+                })
+                .cloned()
+                .collect();
+            let room = n - picked.len();
+            if matches.len() > room {
+                matches.drain(..matches.len() - room);
+            }
+            matches.append(&mut picked);
+            picked = matches;
+            if first > from + 1 {
+                break; // the ring starts after `from`: nothing older is kept
+            }
+            upto = from;
+        }
+        let today = utc_day(self.now.unix.0);
+        let limit = self.src.conn.outbound_limit;
+        let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) else { return };
+        let mut scratch = Vec::new();
+        for m in picked {
+            if let Some(max) = entry.limit
+                && !m.is_outcome()
+                && !matches!(entry.quota.take(idx, m.seq(), max, today), Take::Deliver)
+            {
+                continue;
+            }
+            let marked = snapshot_message(&m, &mut scratch);
+            if c.outbox.push(Out::Signal(marked, tier, Timing::Replay), limit) == Pushed::Overflow {
+                self.overflowed.push(i);
+                break;
+            }
+        }
         self.mark_dirty(i);
     }
 
@@ -366,4 +428,17 @@ pub(super) fn price_frame(tick: &engine::model::Tick) -> Arc<[u8]> {
     let mut json = Vec::with_capacity(200);
     engine::pipeline::encode::price_update(&mut json, tick);
     outbound::text(&json).into()
+}
+
+/// `m` with `"snapshot":true` after its seq: a snapshot's own frame (per recipient: a
+/// snapshot is read once per SUBSCRIBE).
+fn snapshot_message(m: &Message, scratch: &mut Vec<u8>) -> Message {
+    let json = m.json();
+    const DATA: &[u8] = b",\"data\":";
+    let at = json.windows(DATA.len()).position(|w| w == DATA).unwrap_or(json.len());
+    let mut text = Vec::with_capacity(json.len() + 16);
+    text.extend_from_slice(&json[..at]);
+    text.extend_from_slice(b",\"snapshot\":true");
+    text.extend_from_slice(&json[at..]);
+    Message::new(&m.meta(), &text, scratch)
 }

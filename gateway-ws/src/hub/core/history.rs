@@ -126,7 +126,7 @@ impl Core {
             Ok(msgs) => msgs,
             Err(e) => {
                 tracing::debug!(conn = p.conn, error = %e, "no history for a resume");
-                return self.subscribe_live(p.conn, &channel, p.tier, p.idx, Some(p.resume), None);
+                return self.subscribe_live(p.conn, &channel, p.tier, p.idx, Some(p.resume), None, 0);
             }
         };
         let last = older.last().map_or(done.since, Message::seq);
@@ -138,10 +138,10 @@ impl Core {
                 self.pending.push(p);
                 return;
             }
-            return self.subscribe_live(p.conn, &channel, p.tier, p.idx, Some(p.resume), None);
+            return self.subscribe_live(p.conn, &channel, p.tier, p.idx, Some(p.resume), None, 0);
         }
         older.append(&mut sub.replay);
         sub.replay = older;
-        self.subscribe_live(p.conn, &channel, p.tier, p.idx, Some(p.resume), Some(sub));
+        self.subscribe_live(p.conn, &channel, p.tier, p.idx, Some(p.resume), Some(sub), 0);
     }
 }

@@ -973,3 +973,49 @@ fn only_signal_channels_take_a_filter() {
     let err = h.read(c).remove(0).json().clone();
     assert_eq!(err["code"], "bad_request", "{err}");
 }
+
+#[test]
+fn a_snapshot_sends_the_last_matching_messages_marked_then_live() {
+    use engine::model::SignalType::Buy;
+    let mut h = harness();
+    for (n, sym) in [(1, "TCS"), (2, "INFY"), (3, "TCS"), (4, "TCS"), (5, "INFY")] {
+        h.route_on(n, sym, Buy, 9_000);
+    }
+    let c = h.connect(session("u-watch", Tier::Premium));
+    h.send(
+        c,
+        r#"{"type":"SUBSCRIBE","channel":"signals_premium","snapshot":2,"filter":{"symbols":["TCS"]}}"#,
+    );
+    let frames = h.read(c);
+    assert_eq!(frames[0].json()["type"], "SUBSCRIBED");
+    let snap: Vec<(u64, bool)> = frames[1..]
+        .iter()
+        .map(|f| (f.json()["seq"].as_u64().unwrap(), f.json()["snapshot"] == true))
+        .collect();
+    assert_eq!(snap, [(3, true), (4, true)], "the last two TCS, oldest first, marked");
+    h.route_on(6, "TCS", Buy, 9_000);
+    let live = h.read(c);
+    assert_eq!(live[0].json()["seq"], 6);
+    assert!(live[0].json().get("snapshot").is_none(), "live messages are not marked");
+    // A snapshot larger than what is kept gives what there is.
+    let d = h.connect(session("u-watch-2", Tier::Premium));
+    h.send(d, r#"{"type":"SUBSCRIBE","channel":"signals_premium","snapshot":100}"#);
+    assert_eq!(h.read(d).len(), 1 + 6);
+}
+
+#[test]
+fn a_snapshot_with_since_or_over_the_limit_is_refused() {
+    let mut h = harness();
+    let c = h.connect(session("u-watch", Tier::Premium));
+    let epoch = epoch_of(&h.channels, Tier::Premium);
+    h.send(
+        c,
+        &format!(
+            r#"{{"type":"SUBSCRIBE","channel":"signals_premium","snapshot":5,"since":0,"epoch":"{epoch}"}}"#
+        ),
+    );
+    assert_eq!(h.read(c).remove(0).json()["code"], "bad_request");
+    h.send(c, r#"{"type":"SUBSCRIBE","channel":"signals_premium","snapshot":101}"#);
+    let err = h.read(c).remove(0).json().clone();
+    assert!(err["message"].as_str().unwrap().contains("at most 100"), "{err}");
+}
