@@ -94,6 +94,7 @@ impl Core {
 
     /// Answers SUBSCRIBED and makes `i` a subscriber of log `idx`: with `sub` (a resume
     /// already prepared) or by subscribing now.
+    #[allow(clippy::too_many_arguments)] // a subscription's parts, as its three callers have them
     pub(super) fn subscribe_live(
         &mut self,
         i: usize,
