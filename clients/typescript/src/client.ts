@@ -21,6 +21,7 @@ import {
   type ChannelName,
   type ClientMessage,
   type ErrorMessage,
+  type Filter,
   type Notification,
   type PriceUpdate,
   type ServerMessage,
@@ -124,6 +125,10 @@ export interface ClientEvents {
 interface ChannelState {
   listeners: Set<ChannelListener>;
   position?: Position;
+  /** Sent with every SUBSCRIBE of the channel, reconnects included. */
+  filter?: Filter;
+  /** Asked for on the first SUBSCRIBE only (a reconnect resumes instead). */
+  snapshot?: number;
 }
 
 const OPEN = 1;
@@ -218,10 +223,17 @@ export class SignalcastClient {
    * its messages. Returns a function that removes the listener, and unsubscribes when
    * it was the channel's last. `from` resumes a signal channel from a saved position.
    */
-  subscribe(channel: ChannelName, listener?: ChannelListener, from?: Position): () => void {
+  subscribe(
+    channel: ChannelName,
+    listener?: ChannelListener,
+    from?: Position,
+    options: { filter?: Filter; snapshot?: number } = {},
+  ): () => void {
     let state = this.#channels.get(channel);
     if (!state) {
       state = { listeners: new Set(), position: from ? { ...from } : undefined };
+      if (options.filter) state.filter = { ...options.filter };
+      if (options.snapshot !== undefined && !from) state.snapshot = options.snapshot;
       this.#channels.set(channel, state);
       if (this.#isOpen()) {
         this.#sendSubscribe(channel, state);
@@ -239,6 +251,21 @@ export class SignalcastClient {
         this.unsubscribe(channel);
       }
     };
+  }
+
+  /**
+   * Replaces the filter of a subscribed signal channel (the server swaps it where the
+   * subscription stands: no gap, no repeat); the new filter goes with every later
+   * SUBSCRIBE of the channel, reconnects included. `undefined` lets everything through.
+   */
+  setFilter(channel: ChannelName, filter: Filter | undefined): void {
+    const state = this.#channels.get(channel);
+    if (!state) return;
+    state.filter = filter ? { ...filter } : undefined;
+    if (this.#isOpen()) {
+      // Only the filter: no since, no snapshot.
+      this.#send({ type: "SUBSCRIBE", channel, filter: state.filter ?? {} });
+    }
   }
 
   unsubscribe(channel: ChannelName): void {
@@ -564,6 +591,12 @@ export class SignalcastClient {
       msg.since = state.position.seq;
       msg.epoch = state.position.epoch;
       this.#resuming.set(channel, { ...state.position });
+    } else if (state.snapshot !== undefined) {
+      msg.snapshot = state.snapshot;
+      state.snapshot = undefined;
+    }
+    if (state.filter) {
+      msg.filter = state.filter;
     }
     this.#send(msg);
   }

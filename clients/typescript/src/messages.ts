@@ -23,6 +23,24 @@ export interface Subscribe {
   /** The last seq processed; goes with `epoch`. */
   since?: number;
   epoch?: string;
+  /** Signal channels: only the messages that pass it (docs/protocol.md, "Filters"). */
+  filter?: Filter;
+  /** Signal channels: the last N matching messages first, marked `snapshot`. Not with `since`. */
+  snapshot?: number;
+}
+
+/** A signal channel's filter; every part optional. `add_symbols`/`remove_symbols` alone
+ * change the current watchlist (a large one is built in steps). */
+export interface Filter {
+  /** `"TCS"` on any exchange, or `"NSE:TCS"`. */
+  symbols?: string[];
+  add_symbols?: string[];
+  remove_symbols?: string[];
+  categories?: Category[];
+  signal_types?: ("buy" | "sell" | "hold" | "exit")[];
+  sources?: string[];
+  /** Percent. */
+  min_confidence?: number;
 }
 
 export interface Unsubscribe {
@@ -51,6 +69,8 @@ export interface Subscribed {
   seq?: number;
   /** Present when the SUBSCRIBE carried `since`. */
   recovered?: boolean;
+  /** The subscription's filter, normalized. */
+  filter?: Filter;
 }
 
 export interface Unsubscribed {
@@ -111,6 +131,8 @@ export interface SignalUpdate {
   type: "SIGNAL_UPDATE";
   channel: SignalChannel;
   seq: number;
+  /** Sent for a SUBSCRIBE's snapshot, before live messages. */
+  snapshot?: true;
   data: EnrichedSignal;
 }
 

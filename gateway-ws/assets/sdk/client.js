@@ -94,10 +94,14 @@ export class SignalcastClient {
      * its messages. Returns a function that removes the listener, and unsubscribes when
      * it was the channel's last. `from` resumes a signal channel from a saved position.
      */
-    subscribe(channel, listener, from) {
+    subscribe(channel, listener, from, options = {}) {
         let state = this.#channels.get(channel);
         if (!state) {
             state = { listeners: new Set(), position: from ? { ...from } : undefined };
+            if (options.filter)
+                state.filter = { ...options.filter };
+            if (options.snapshot !== undefined && !from)
+                state.snapshot = options.snapshot;
             this.#channels.set(channel, state);
             if (this.#isOpen()) {
                 this.#sendSubscribe(channel, state);
@@ -115,6 +119,21 @@ export class SignalcastClient {
                 this.unsubscribe(channel);
             }
         };
+    }
+    /**
+     * Replaces the filter of a subscribed signal channel (the server swaps it where the
+     * subscription stands: no gap, no repeat); the new filter goes with every later
+     * SUBSCRIBE of the channel, reconnects included. `undefined` lets everything through.
+     */
+    setFilter(channel, filter) {
+        const state = this.#channels.get(channel);
+        if (!state)
+            return;
+        state.filter = filter ? { ...filter } : undefined;
+        if (this.#isOpen()) {
+            // Only the filter: no since, no snapshot.
+            this.#send({ type: "SUBSCRIBE", channel, filter: state.filter ?? {} });
+        }
     }
     unsubscribe(channel) {
         if (this.#channels.delete(channel) && this.#isOpen()) {
@@ -422,6 +441,13 @@ export class SignalcastClient {
             msg.since = state.position.seq;
             msg.epoch = state.position.epoch;
             this.#resuming.set(channel, { ...state.position });
+        }
+        else if (state.snapshot !== undefined) {
+            msg.snapshot = state.snapshot;
+            state.snapshot = undefined;
+        }
+        if (state.filter) {
+            msg.filter = state.filter;
         }
         this.#send(msg);
     }
