@@ -485,6 +485,11 @@ export class SignalcastClient {
           break;
         }
         const p = state.position;
+        if (msg.snapshot) {
+          // Older than the head SUBSCRIBED gave: delivered, the position stays.
+          this.#deliver(state, msg);
+          break;
+        }
         if (p && msg.seq <= p.seq) {
           break; // already delivered (a replay overlapping what was seen)
         }
