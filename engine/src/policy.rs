@@ -32,6 +32,11 @@ pub struct TierRule {
     pub api_requests_per_minute: u32,
     /// Symbols a signal channel's filter (a watchlist) may name.
     pub watchlist_symbols: u32,
+    /// `prices_general`: the most updates per second per symbol (a subscriber's
+    /// `max_frequency` is capped to it).
+    pub price_rate: u32,
+    /// `prices_general` without a watchlist (every symbol) is allowed.
+    pub prices_all: bool,
 }
 
 /// The HTTP API's rate when a tier's row does not set one (the source architecture's
@@ -40,6 +45,9 @@ pub const DEFAULT_API_REQUESTS_PER_MINUTE: u32 = 100;
 
 /// A tier's watchlist size when its row does not set one.
 pub const DEFAULT_WATCHLIST_SYMBOLS: u32 = 200;
+
+/// A tier's price rate cap when its row does not set one: one update per price turn.
+pub const DEFAULT_PRICE_RATE: u32 = 50;
 
 /// The whole table plus the global filter.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,6 +91,10 @@ struct RuleFile {
     api_requests_per_minute: Option<u32>,
     #[serde(default)]
     watchlist_symbols: Option<u32>,
+    #[serde(default)]
+    price_rate: Option<u32>,
+    #[serde(default)]
+    prices_all: Option<bool>,
 }
 
 impl From<RuleFile> for TierRule {
@@ -93,6 +105,8 @@ impl From<RuleFile> for TierRule {
             signals_per_day: r.signals_per_day,
             api_requests_per_minute: r.api_requests_per_minute.unwrap_or(DEFAULT_API_REQUESTS_PER_MINUTE),
             watchlist_symbols: r.watchlist_symbols.unwrap_or(DEFAULT_WATCHLIST_SYMBOLS),
+            price_rate: r.price_rate.unwrap_or(DEFAULT_PRICE_RATE).max(1),
+            prices_all: r.prices_all.unwrap_or(true),
         }
     }
 }
@@ -100,21 +114,26 @@ impl From<RuleFile> for TierRule {
 impl Default for TierPolicy {
     /// The default tier table (docs/protocol.md, "Tiers").
     fn default() -> Self {
-        let rule = |min: u16, delay: u64, per_day: Option<u32>, per_minute: u32, watchlist: u32| TierRule {
-            min_confidence: Confidence::new(min).unwrap_or(Confidence::MAX),
-            delay: Duration::from_secs(delay),
-            signals_per_day: per_day,
-            api_requests_per_minute: per_minute,
-            watchlist_symbols: watchlist,
-        };
+        let rule =
+            |min: u16, delay: u64, per_day: Option<u32>, per_minute: u32, watchlist: u32, rate: u32| {
+                TierRule {
+                    min_confidence: Confidence::new(min).unwrap_or(Confidence::MAX),
+                    delay: Duration::from_secs(delay),
+                    signals_per_day: per_day,
+                    api_requests_per_minute: per_minute,
+                    watchlist_symbols: watchlist,
+                    price_rate: rate,
+                    prices_all: true,
+                }
+            };
         Self {
             min_confidence: Confidence::new(7500).unwrap_or(Confidence::MAX),
             delayed_feed: Duration::from_secs(30),
             rules: [
-                rule(9000, 30, Some(20), 30, 20),
-                rule(8500, 0, Some(200), 60, 50),
-                rule(7500, 0, Some(2000), 100, 200),
-                rule(7500, 0, None, 600, 1000),
+                rule(9000, 30, Some(20), 30, 20, 2),
+                rule(8500, 0, Some(200), 60, 50, 10),
+                rule(7500, 0, Some(2000), 100, 200, 50),
+                rule(7500, 0, None, 600, 1000, 50),
             ],
         }
     }

@@ -129,6 +129,8 @@ interface ChannelState {
   filter?: Filter;
   /** Asked for on the first SUBSCRIBE only (a reconnect resumes instead). */
   snapshot?: number;
+  /** `prices_general`: the rate asked for, sent with every SUBSCRIBE of the channel. */
+  maxFrequency?: number;
 }
 
 const OPEN = 1;
@@ -227,13 +229,14 @@ export class SignalcastClient {
     channel: ChannelName,
     listener?: ChannelListener,
     from?: Position,
-    options: { filter?: Filter; snapshot?: number } = {},
+    options: { filter?: Filter; snapshot?: number; maxFrequency?: number } = {},
   ): () => void {
     let state = this.#channels.get(channel);
     if (!state) {
       state = { listeners: new Set(), position: from ? { ...from } : undefined };
       if (options.filter) state.filter = { ...options.filter };
       if (options.snapshot !== undefined && !from) state.snapshot = options.snapshot;
+      if (options.maxFrequency !== undefined) state.maxFrequency = options.maxFrequency;
       this.#channels.set(channel, state);
       if (this.#isOpen()) {
         this.#sendSubscribe(channel, state);
@@ -265,6 +268,37 @@ export class SignalcastClient {
     if (this.#isOpen()) {
       // Only the filter: no since, no snapshot.
       this.#send({ type: "SUBSCRIBE", channel, filter: state.filter ?? {} });
+    }
+  }
+
+  /**
+   * Prices of a watchlist: the latest price of each symbol (`"GOLD"` on any exchange,
+   * `"MCX:GOLD"` on one) first, then their updates, at most `maxFrequency` a second per
+   * symbol (the tier's rate when absent). Change the list with `setFilter("prices_general",
+   * {symbols})` and the rate with `setMaxFrequency`; both are kept across reconnects.
+   */
+  watchPrices(
+    symbols: string[],
+    listener: (price: PriceUpdate["data"]) => void,
+    maxFrequency?: number,
+  ): () => void {
+    return this.subscribe(
+      "prices_general",
+      (m) => {
+        if (m.type === "PRICE_UPDATE") listener(m.data);
+      },
+      undefined,
+      { filter: { symbols }, maxFrequency },
+    );
+  }
+
+  /** Lowers (or raises, up to the tier's rate) the rate of `prices_general` on the fly. */
+  setMaxFrequency(maxFrequency: number): void {
+    const state = this.#channels.get("prices_general");
+    if (!state) return;
+    state.maxFrequency = maxFrequency;
+    if (this.#isOpen()) {
+      this.#send({ type: "SUBSCRIBE", channel: "prices_general", max_frequency: maxFrequency });
     }
   }
 
@@ -602,6 +636,9 @@ export class SignalcastClient {
     }
     if (state.filter) {
       msg.filter = state.filter;
+    }
+    if (state.maxFrequency !== undefined) {
+      msg.max_frequency = state.maxFrequency;
     }
     this.#send(msg);
   }

@@ -27,6 +27,9 @@ export interface Subscribe {
   filter?: Filter;
   /** Signal channels: the last N matching messages first, marked `snapshot`. Not with `since`. */
   snapshot?: number;
+  /** `prices_general`: updates per second per symbol (taken down to 1, 2, 5, 10, 25 or 50
+   * and to the tier's rate; SUBSCRIBED says which). */
+  max_frequency?: number;
 }
 
 /** A signal channel's filter; every part optional. `add_symbols`/`remove_symbols` alone
@@ -69,8 +72,10 @@ export interface Subscribed {
   seq?: number;
   /** Present when the SUBSCRIBE carried `since`. */
   recovered?: boolean;
-  /** The subscription's filter, normalized. */
+  /** The subscription's filter, normalized (a watchlist on `prices_general`). */
   filter?: Filter;
+  /** `prices_general`: the rate in force, updates per second per symbol. */
+  max_frequency?: number;
 }
 
 export interface Unsubscribed {
@@ -146,10 +151,16 @@ export interface Tick {
   ts: Micros;
 }
 
+/** A price as `prices_general` sends it: the tick, and how many updates of the symbol it
+ * stands for at the subscriber's rate (1: none merged). */
+export interface PriceData extends Tick {
+  conflated: number;
+}
+
 export interface PriceUpdate {
   type: "PRICE_UPDATE";
   channel: "prices_general";
-  data: Tick;
+  data: PriceData;
 }
 
 export interface Entitlements {

@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { test } from "node:test";
 import { chromium, type Page } from "playwright-core";
 
-import { PRODUCER, Proxy, Server, freePort, publish, rawSignal, repo, token } from "./harness.js";
+import { PRODUCER, Proxy, Server, freePort, publish, publishTicks, rawSignal, repo, token } from "./harness.js";
 
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 // Without these, Chromium reaches out to Google at start, which this network refuses.
@@ -225,6 +225,46 @@ test("scrolling back: older signals from history appear below the live ones, eac
     );
     assert.ok(await page.locator("#scoreboard").isVisible());
     assert.deepEqual(errors, [], "no script error and no CSP violation on the page");
+  } finally {
+    await browser.close();
+    await server.stop();
+  }
+});
+
+test("the symbol filter box: prices and new signals of the watched symbols only", async () => {
+  assert.ok(existsSync(CHROMIUM), `${CHROMIUM} is missing`);
+  const server = await Server.start();
+  const browser = await chromium.launch({ executablePath: CHROMIUM, args: FLAGS, headless: true });
+  const errors: string[] = [];
+  try {
+    await publishTicks(server, [
+      ["GOLD", "MCX", "72000"],
+      ["SILVER", "MCX", "90000"],
+    ]);
+    const page = await browser.newPage({ viewport: { width: 1440, height: 1000 } });
+    page.on("pageerror", (e) => errors.push(String(e)));
+    await page.goto(server.http);
+    await page.waitForSelector('#state[data-state="open"]', { timeout: 10_000 });
+    await page.waitForFunction(() => document.querySelectorAll("#prices span").length === 2, null, { timeout: 10_000 });
+    await page.locator("#symbols-input").fill("GOLD, NSE:TCS");
+    await page.locator("#apply-symbols").click();
+    await page.waitForFunction(
+      () => Array.from(document.querySelectorAll("#prices span b"), (b) => b.textContent).join() === "GOLD",
+      null,
+      { timeout: 10_000 },
+    );
+    assert.match(await text(page, "#watching"), /watching GOLD, NSE:TCS/);
+    // Signals: INFY is left out by the server, TCS arrives.
+    await new Promise((r) => setTimeout(r, 300));
+    await publish(server, [rawSignal(1, { symbol: "INFY" }), rawSignal(2, { symbol: "TCS" })]);
+    await page.waitForSelector("#tier-enterprise tbody tr", { timeout: 10_000 });
+    await page.waitForTimeout(500);
+    const symbols = await page.locator("#tier-enterprise tbody tr td:nth-child(2)").allTextContents();
+    assert.deepEqual(symbols, ["TCS"]);
+    await publishTicks(server, [["SILVER", "MCX", "90001"]]);
+    await page.waitForTimeout(300);
+    assert.equal(await page.locator("#prices span").count(), 1, "no price off the watchlist");
+    assert.deepEqual(errors, []);
   } finally {
     await browser.close();
     await server.stop();

@@ -226,6 +226,23 @@ export async function publish(server: Server, signals: Record<string, unknown>[]
   return ids;
 }
 
+/** Publishes ticks through `POST /v1/ticks` (NDJSON, one request). */
+export async function publishTicks(server: Server, list: [string, string, string][]): Promise<void> {
+  const auth = `Basic ${Buffer.from(`${PRODUCER.id}:${PRODUCER.key}`).toString("base64")}`;
+  const now = Date.now() * 1000;
+  const body = list
+    .map(([symbol, exchange, last]) =>
+      JSON.stringify({ symbol, exchange, bid: last, ask: last, last, volume: 1, ts: now }),
+    )
+    .join("\n");
+  const r = await fetch(`${server.http}/v1/ticks`, {
+    method: "POST",
+    headers: { Authorization: auth, "Content-Type": "application/x-ndjson" },
+    body,
+  });
+  if (r.status !== 200) throw new Error(`POST /v1/ticks: ${r.status} ${await r.text()}`);
+}
+
 /** Replays the embedded fixtures (signals and ticks) into the feed; resolves when all
  * are acknowledged. */
 export async function produce(server: Server, count: number, rate: number): Promise<void> {

@@ -188,7 +188,9 @@ pub fn signal_update(out: &mut Vec<u8>, channel: &str, seq: u64, data: &[u8]) {
 }
 
 /// A PRICE_UPDATE for `prices_general`.
-pub fn price_update(out: &mut Vec<u8>, t: &Tick) {
+/// A `PRICE_UPDATE` of `t`; `conflated`: how many updates of the symbol this one stands
+/// for at the subscriber's rate (1: none merged).
+pub fn price_update(out: &mut Vec<u8>, t: &Tick, conflated: u64) {
     key(out, "{\"type\":\"PRICE_UPDATE\",\"channel\":\"prices_general\",\"data\":{\"symbol\":\"");
     out.extend_from_slice(t.symbol.as_bytes());
     key(out, "\",\"exchange\":\"");
@@ -203,6 +205,8 @@ pub fn price_update(out: &mut Vec<u8>, t: &Tick) {
     int(out, t.volume);
     key(out, ",\"ts\":");
     micros(out, t.ts);
+    key(out, ",\"conflated\":");
+    int(out, conflated);
     key(out, "}}");
 }
 
@@ -282,10 +286,12 @@ mod tests {
             ts: UnixNanos(5_000),
         };
         let mut out = Vec::new();
-        price_update(&mut out, &t);
+        price_update(&mut out, &t, 3);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["type"], "PRICE_UPDATE");
-        assert_eq!(serde_json::from_value::<Tick>(v["data"].clone()).unwrap(), t);
+        let mut data = v["data"].clone();
+        assert_eq!(data.as_object_mut().unwrap().remove("conflated"), Some(3.into()));
+        assert_eq!(serde_json::from_value::<Tick>(data).unwrap(), t);
     }
 
     #[test]

@@ -18,6 +18,8 @@ const $ = (id) => document.getElementById(id);
 
 let client = null;
 let pricesOn = false;
+/** The symbol filter box's list (empty: every symbol). */
+let watchlist = [];
 
 function wsUrl() {
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
@@ -41,12 +43,12 @@ function connect(token) {
       view.show();
       if (!view.subscribed) {
         view.subscribed = true;
-        client.subscribe(`signals_${t}`, (m) => view.add(m));
+        client.subscribe(`signals_${t}`, (m) => view.add(m), undefined, signalFilter());
       }
     }
     if (!pricesOn) {
       pricesOn = true;
-      client.subscribe("prices_general", (m) => showPrice(m.data));
+      client.subscribe("prices_general", (m) => showPrice(m.data), undefined, { filter: { symbols: watchlist } });
     }
     void showScoreboard();
   });
@@ -60,6 +62,30 @@ function connect(token) {
   });
   client.on("close", (c) => console.info("socket closed", c.code, c.reason));
   client.connect();
+}
+
+/** The subscribe options of a signal channel for the current watchlist. */
+function signalFilter() {
+  return watchlist.length > 0 ? { filter: { symbols: watchlist } } : {};
+}
+
+/** Applies the symbol filter box: signal tables and prices show those symbols only
+ * from now on (the server filters; prices of the list come again at once). */
+function applyWatchlist(text) {
+  watchlist = text
+    .split(/[\s,]+/)
+    .map((s) => s.trim())
+    .filter((s) => s.length > 0);
+  $("watching").textContent = watchlist.length > 0 ? `watching ${watchlist.join(", ")}` : "";
+  if (!client) return;
+  for (const t of TIERS) {
+    if (tierView(t).subscribed) client.setFilter(`signals_${t}`, watchlist.length > 0 ? { symbols: watchlist } : undefined);
+  }
+  if (pricesOn) {
+    prices.clear();
+    $("prices").replaceChildren();
+    client.setFilter("prices_general", { symbols: watchlist });
+  }
 }
 
 function showState(state) {
@@ -545,6 +571,10 @@ async function start() {
     e.preventDefault();
     const token = $("token-input").value.trim() || select.value;
     if (token) connect(token);
+  });
+  $("watch").addEventListener("submit", (e) => {
+    e.preventDefault();
+    applyWatchlist($("symbols-input").value);
   });
   select.addEventListener("change", () => {
     $("token-input").value = "";

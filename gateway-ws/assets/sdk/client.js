@@ -102,6 +102,8 @@ export class SignalcastClient {
                 state.filter = { ...options.filter };
             if (options.snapshot !== undefined && !from)
                 state.snapshot = options.snapshot;
+            if (options.maxFrequency !== undefined)
+                state.maxFrequency = options.maxFrequency;
             this.#channels.set(channel, state);
             if (this.#isOpen()) {
                 this.#sendSubscribe(channel, state);
@@ -133,6 +135,28 @@ export class SignalcastClient {
         if (this.#isOpen()) {
             // Only the filter: no since, no snapshot.
             this.#send({ type: "SUBSCRIBE", channel, filter: state.filter ?? {} });
+        }
+    }
+    /**
+     * Prices of a watchlist: the latest price of each symbol (`"GOLD"` on any exchange,
+     * `"MCX:GOLD"` on one) first, then their updates, at most `maxFrequency` a second per
+     * symbol (the tier's rate when absent). Change the list with `setFilter("prices_general",
+     * {symbols})` and the rate with `setMaxFrequency`; both are kept across reconnects.
+     */
+    watchPrices(symbols, listener, maxFrequency) {
+        return this.subscribe("prices_general", (m) => {
+            if (m.type === "PRICE_UPDATE")
+                listener(m.data);
+        }, undefined, { filter: { symbols }, maxFrequency });
+    }
+    /** Lowers (or raises, up to the tier's rate) the rate of `prices_general` on the fly. */
+    setMaxFrequency(maxFrequency) {
+        const state = this.#channels.get("prices_general");
+        if (!state)
+            return;
+        state.maxFrequency = maxFrequency;
+        if (this.#isOpen()) {
+            this.#send({ type: "SUBSCRIBE", channel: "prices_general", max_frequency: maxFrequency });
         }
     }
     unsubscribe(channel) {
@@ -338,6 +362,11 @@ export class SignalcastClient {
                     break;
                 }
                 const p = state.position;
+                if (msg.snapshot) {
+                    // Older than the head SUBSCRIBED gave: delivered, the position stays.
+                    this.#deliver(state, msg);
+                    break;
+                }
                 if (p && msg.seq <= p.seq) {
                     break; // already delivered (a replay overlapping what was seen)
                 }
@@ -448,6 +477,9 @@ export class SignalcastClient {
         }
         if (state.filter) {
             msg.filter = state.filter;
+        }
+        if (state.maxFrequency !== undefined) {
+            msg.max_frequency = state.maxFrequency;
         }
         this.#send(msg);
     }

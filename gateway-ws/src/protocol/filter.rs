@@ -118,15 +118,33 @@ impl Filter {
         if !self.sources.is_empty() && self.sources.binary_search(&f.source_id).is_err() {
             return false;
         }
+        self.names(f.symbol, f.exchange)
+    }
+
+    /// Whether the watchlist names `symbol` on `exchange` (no symbols: every one).
+    pub fn names(&self, symbol: &str, exchange: &str) -> bool {
         if self.symbols.is_empty() {
             return true;
         }
         // Sorted by symbol then exchange (None first): the symbol's run holds both forms.
-        let start = self.symbols.partition_point(|(s, _)| s.as_str() < f.symbol);
+        let start = self.symbols.partition_point(|(s, _)| s.as_str() < symbol);
         self.symbols[start..]
             .iter()
-            .take_while(|(s, _)| s.as_str() == f.symbol)
-            .any(|(_, e)| e.as_ref().is_none_or(|e| e.as_str() == f.exchange))
+            .take_while(|(s, _)| s.as_str() == symbol)
+            .any(|(_, e)| e.as_ref().is_none_or(|e| e.as_str() == exchange))
+    }
+
+    /// Whether the watchlist names `symbol` on `exchange` (no symbols: every one).
+    pub fn watches(&self, symbol: &engine::model::Symbol, exchange: &Exchange) -> bool {
+        self.names(symbol.as_str(), exchange.as_str())
+    }
+
+    /// A filter of symbols only (what `prices_general` takes).
+    pub fn symbols_only(&self) -> bool {
+        self.categories.is_none()
+            && self.types.is_none()
+            && self.sources.is_empty()
+            && self.min_confidence.is_none()
     }
 
     /// The filter a SUBSCRIBE asks for, given the subscription's `current` one: a filter

@@ -79,6 +79,16 @@ impl ResumeAsk {
     }
 }
 
+/// The rates a `prices_general` subscriber may ask for (`max_frequency`), in updates
+/// per second per symbol. The highest is one update per price turn (20 ms).
+pub const PRICE_RATES: [u32; 6] = [1, 2, 5, 10, 25, 50];
+
+/// The index in [`PRICE_RATES`] of the highest rate not above `asked` (at least the
+/// lowest).
+pub fn price_rate_index(asked: f64) -> usize {
+    PRICE_RATES.iter().rposition(|r| f64::from(*r) <= asked).unwrap_or(0)
+}
+
 /// What a client may send.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClientMessage {
@@ -90,6 +100,8 @@ pub enum ClientMessage {
         filter: Option<serde_json::Value>,
         /// The last N matching messages, sent before live ones.
         snapshot: Option<u32>,
+        /// `prices_general`: the index in [`PRICE_RATES`] of the rate asked for.
+        max_frequency: Option<usize>,
     },
     Unsubscribe {
         channel: ChannelName,
@@ -110,6 +122,7 @@ struct Raw {
     token: Option<String>,
     filter: Option<serde_json::Value>,
     snapshot: Option<u32>,
+    max_frequency: Option<f64>,
 }
 
 /// Parses one client message. Unknown fields are ignored (clients may add their own,
@@ -139,10 +152,26 @@ pub fn parse(text: &str) -> Result<ClientMessage, Refusal> {
                     );
                 }
             };
-            if raw.filter.is_some() && !matches!(ch, ChannelName::Signals(_)) {
-                return Err(Refusal::new(ErrorCode::BadRequest, "only signal channels take a filter")
-                    .on(ch.to_string()));
+            if raw.filter.is_some() && matches!(ch, ChannelName::User(_)) {
+                return Err(
+                    Refusal::new(ErrorCode::BadRequest, "user channels take no filter").on(ch.to_string())
+                );
             }
+            let max_frequency = match raw.max_frequency {
+                None => None,
+                Some(_) if ch != ChannelName::Prices => {
+                    let r = Refusal::new(ErrorCode::BadRequest, "only prices_general has a max_frequency");
+                    return Err(r.on(ch.to_string()));
+                }
+                Some(f) if f.is_finite() && f > 0.0 => Some(price_rate_index(f)),
+                Some(f) => {
+                    let r = Refusal::new(
+                        ErrorCode::BadRequest,
+                        format!("max_frequency is updates per second, more than 0 (got {f})"),
+                    );
+                    return Err(r.on(ch.to_string()));
+                }
+            };
             if raw.snapshot.is_some() && !matches!(ch, ChannelName::Signals(_)) {
                 let r = Refusal::new(ErrorCode::BadRequest, "only signal channels have a snapshot");
                 return Err(r.on(ch.to_string()));
@@ -151,7 +180,13 @@ pub fn parse(text: &str) -> Result<ClientMessage, Refusal> {
                 let r = Refusal::new(ErrorCode::BadRequest, "snapshot and since do not go together");
                 return Err(r.on(ch.to_string()));
             }
-            Ok(ClientMessage::Subscribe { channel: ch, resume, filter: raw.filter, snapshot: raw.snapshot })
+            Ok(ClientMessage::Subscribe {
+                channel: ch,
+                resume,
+                filter: raw.filter,
+                snapshot: raw.snapshot,
+                max_frequency,
+            })
         }
         "UNSUBSCRIBE" => Ok(ClientMessage::Unsubscribe { channel: channel(&raw)? }),
         "PING" => Ok(ClientMessage::Ping),
@@ -196,6 +231,7 @@ pub fn subscribed_signals(
         seq: Some(head),
         recovered,
         filter: filter.map(filter::Filter::to_json),
+        max_frequency: None,
     }
     .to_json()
 }
@@ -204,7 +240,28 @@ pub fn subscribed_signals(
 pub fn subscribed_plain(channel: &ChannelName, resume_asked: bool) -> Vec<u8> {
     let channel = channel.to_string();
     let recovered = resume_asked.then_some(false);
-    ServerMessage::Subscribed { channel: &channel, epoch: None, seq: None, recovered, filter: None }.to_json()
+    ServerMessage::Subscribed {
+        channel: &channel,
+        epoch: None,
+        seq: None,
+        recovered,
+        filter: None,
+        max_frequency: None,
+    }
+    .to_json()
+}
+
+/// SUBSCRIBED for `prices_general`: the watchlist (none: every symbol) and the rate.
+pub fn subscribed_prices(resume_asked: bool, watch: Option<&filter::Filter>, rate: u32) -> Vec<u8> {
+    ServerMessage::Subscribed {
+        channel: "prices_general",
+        epoch: None,
+        seq: None,
+        recovered: resume_asked.then_some(false),
+        filter: watch.map(filter::Filter::to_json),
+        max_frequency: Some(rate),
+    }
+    .to_json()
 }
 
 pub fn unsubscribed(channel: &ChannelName, reason: UnsubscribeReason) -> Vec<u8> {
@@ -241,6 +298,7 @@ mod tests {
             Ok(ClientMessage::Subscribe {
                 filter: None,
                 snapshot: None,
+                max_frequency: None,
                 channel: ChannelName::Signals(Tier::Premium),
                 resume: Some(ResumeAsk { since: 41, epoch: Some(Epoch(255)) })
             })
@@ -263,7 +321,8 @@ mod tests {
                 channel: ChannelName::Prices,
                 resume: None,
                 filter: None,
-                snapshot: None
+                snapshot: None,
+                max_frequency: None,
             })
         );
         assert_eq!(

@@ -25,9 +25,13 @@ pub enum ServerMessage<'a> {
         /// Present when the SUBSCRIBE asked to resume.
         #[serde(skip_serializing_if = "Option::is_none")]
         recovered: Option<bool>,
-        /// The subscription's filter, normalized (signal channels with one).
+        /// The subscription's filter, normalized (signal channels with one, and
+        /// `prices_general` with a watchlist).
         #[serde(skip_serializing_if = "Option::is_none")]
         filter: Option<serde_json::Value>,
+        /// `prices_general`: updates per second per symbol.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        max_frequency: Option<u32>,
     },
     #[serde(rename = "UNSUBSCRIBED")]
     Unsubscribed { channel: &'a str, reason: UnsubscribeReason },
@@ -131,6 +135,7 @@ mod tests {
                 seq: Some(15),
                 recovered: Some(true),
                 filter: None,
+                max_frequency: None,
             },
             ServerMessage::Subscribed {
                 channel: "prices_general",
@@ -138,6 +143,7 @@ mod tests {
                 seq: None,
                 recovered: None,
                 filter: None,
+                max_frequency: Some(50),
             },
             ServerMessage::Unsubscribed {
                 channel: "signals_premium",
@@ -185,7 +191,7 @@ mod tests {
             j(&all[0]),
             r#"{"type":"SUBSCRIBED","channel":"signals_premium","epoch":"d096268f9b799e7f","seq":15,"recovered":true}"#
         );
-        assert_eq!(j(&all[1]), r#"{"type":"SUBSCRIBED","channel":"prices_general"}"#);
+        assert_eq!(j(&all[1]), r#"{"type":"SUBSCRIBED","channel":"prices_general","max_frequency":50}"#);
         assert_eq!(
             j(&all[2]),
             r#"{"type":"UNSUBSCRIBED","channel":"signals_premium","reason":"entitlement"}"#

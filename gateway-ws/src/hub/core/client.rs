@@ -60,8 +60,17 @@ impl Core {
         let Some(c) = self.conns[i].as_mut() else { return };
         match protocol::parse(text) {
             Ok(ClientMessage::Ping) => self.reply(i, protocol::PONG),
-            Ok(ClientMessage::Subscribe { channel, resume, filter, snapshot }) => {
-                self.subscribe(i, channel, resume, filter, snapshot)
+            Ok(ClientMessage::Subscribe {
+                channel: ChannelName::Prices,
+                resume,
+                filter,
+                max_frequency,
+                ..
+            }) => {
+                self.subscribe_prices(i, resume.is_some(), filter, max_frequency);
+            }
+            Ok(ClientMessage::Subscribe { channel, resume, filter, snapshot, .. }) => {
+                self.subscribe(i, channel, resume, filter, snapshot);
             }
             Ok(ClientMessage::Unsubscribe { channel }) => self.unsubscribe(i, &channel),
             Ok(ClientMessage::Refresh { token }) => {
@@ -95,7 +104,7 @@ impl Core {
         let name = channel.to_string();
         let already = match &channel {
             ChannelName::Signals(t) => c.signals[t.index()].is_some(),
-            ChannelName::Prices => c.prices,
+            ChannelName::Prices => c.prices.is_some(),
             ChannelName::User(_) => c.user_channel,
         };
         if !already && c.subscriptions() >= self.src.hub.max_subscriptions {
@@ -157,12 +166,7 @@ impl Core {
                 }
                 self.add_signal_sub(i, &channel, tier, resume, snapshot.map_or(0, |n| n as usize));
             }
-            ChannelName::Prices => {
-                self.reply(i, &protocol::subscribed_plain(&channel, resume.is_some()));
-                if !already {
-                    self.add_price_sub(i);
-                }
-            }
+            ChannelName::Prices => self.subscribe_prices(i, resume.is_some(), filter, None),
             ChannelName::User(ref user) => {
                 if *user != c.session.user_id {
                     let r =
@@ -177,6 +181,60 @@ impl Core {
         }
     }
 
+    /// SUBSCRIBE `prices_general`: a watchlist (`filter.symbols`, or its steps) and a
+    /// rate. On a connection subscribed already, what is left out stays as it was: a
+    /// `max_frequency` alone changes the rate on the fly, a `filter` alone the
+    /// watchlist (`{}`: every symbol again).
+    fn subscribe_prices(
+        &mut self,
+        i: usize,
+        resume_asked: bool,
+        filter: Option<serde_json::Value>,
+        rate: Option<usize>,
+    ) {
+        let Some(c) = self.conns[i].as_ref() else { return };
+        let name = ChannelName::Prices.to_string();
+        if c.prices.is_none() && c.subscriptions() >= self.src.hub.max_subscriptions {
+            let msg = format!("at most {} subscriptions per connection", self.src.hub.max_subscriptions);
+            return self.refuse(i, &Refusal::new(ErrorCode::TooManySubscriptions, msg).on(name));
+        }
+        let rule = self.src.policy.rule(c.session.tier);
+        let current = c.prices.as_ref();
+        let watch = match filter {
+            None => current.and_then(|p| p.watch.clone()),
+            Some(v) => {
+                let limits = crate::protocol::filter::Limits {
+                    symbols: rule.watchlist_symbols as usize,
+                    sources: FILTER_SOURCES,
+                };
+                let now = current.and_then(|p| p.watch.as_deref());
+                match crate::protocol::filter::Filter::update(now, &v, limits, c.session.categories) {
+                    Ok(f) if !f.symbols_only() => {
+                        let msg = "prices_general filters by symbols only";
+                        return self.refuse(i, &Refusal::new(ErrorCode::BadRequest, msg).on(name));
+                    }
+                    Ok(f) => (!f.symbols.is_empty()).then(|| Arc::new(f)),
+                    Err(msg) => return self.refuse(i, &Refusal::new(ErrorCode::BadRequest, msg).on(name)),
+                }
+            }
+        };
+        if watch.is_none() && !rule.prices_all {
+            let msg = format!(
+                "your tier ({}) watches prices by watchlist: give filter.symbols (at most {})",
+                c.session.tier, rule.watchlist_symbols
+            );
+            return self.refuse(i, &Refusal::new(ErrorCode::Forbidden, msg).on(name));
+        }
+        // Never above the tier's cap; asked for or not, the rate is echoed.
+        let cap = protocol::price_rate_index(f64::from(rule.price_rate));
+        let rate = rate.or(current.map(|p| p.rate)).unwrap_or(cap).min(cap);
+        self.reply(
+            i,
+            &protocol::subscribed_prices(resume_asked, watch.as_deref(), protocol::PRICE_RATES[rate]),
+        );
+        self.add_price_sub(i, super::prices::PriceSub { rate, watch });
+    }
+
     fn unsubscribe(&mut self, i: usize, channel: &ChannelName) {
         if let ChannelName::Signals(t) = channel
             && self.cancel_history(i, *t)
@@ -186,7 +244,7 @@ impl Core {
         let Some(c) = self.conns[i].as_mut() else { return };
         let subscribed = match channel {
             ChannelName::Signals(t) => c.signals[t.index()].is_some(),
-            ChannelName::Prices => c.prices,
+            ChannelName::Prices => c.prices.is_some(),
             ChannelName::User(_) => c.user_channel,
         };
         if !subscribed {
@@ -199,8 +257,9 @@ impl Core {
                 self.remove_signal_sub(i, *t);
             }
             ChannelName::Prices => {
-                c.prices = false;
-                self.price_subs.retain(|c| *c != i);
+                if let Some(sub) = c.prices.take() {
+                    self.prices.remove(i, &sub);
+                }
             }
             ChannelName::User(_) => c.user_channel = false,
         }

@@ -7,6 +7,7 @@ use engine::model::Tier;
 
 use super::outbox::{Out, Pushed, Timing};
 use super::peer::{Peer, Phase};
+use super::prices::PriceSub;
 use super::{Clock, Core, LOGS, Sub};
 use crate::auth::Session;
 use crate::hub::quota::{Take, utc_day};
@@ -65,8 +66,8 @@ impl Core {
         for idx in c.signals.iter_mut().filter_map(Option::take) {
             self.subs[usize::from(idx)].retain(|s| s.conn != i);
         }
-        if std::mem::take(&mut c.prices) {
-            self.price_subs.retain(|c| *c != i);
+        if let Some(sub) = c.prices.take() {
+            self.prices.remove(i, &sub);
         }
         c.user_channel = false;
     }
@@ -216,21 +217,27 @@ impl Core {
         Some(self.subs[idx].swap_remove(pos))
     }
 
-    /// Subscribes connection `i` to the conflated price stream: the latest price of
-    /// every symbol first, then changes. The snapshot is one bit per symbol in the
-    /// outbox; the frames are the shard's, shared by every subscriber.
-    pub(super) fn add_price_sub(&mut self, i: usize) {
-        // Bring the shard's frames up to date; subscribers already here get what
-        // changed now rather than at the next price turn.
+    /// Subscribes connection `i` to the conflated price stream (replacing its current
+    /// subscription): the latest price of each symbol it watches first, then changes at
+    /// its rate. The snapshot is one bit per symbol in the outbox; the frames are the
+    /// shard's, one per (symbol, rate), shared by every subscriber.
+    pub(super) fn add_price_sub(&mut self, i: usize, sub: PriceSub) {
+        let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) else { return };
+        if let Some(old) = c.prices.take() {
+            self.prices.remove(i, &old);
+        }
+        let (rate, first) = (sub.rate, self.prices.add(i, &sub));
+        c.prices = Some(sub);
+        // Bring the shard's frames up to date (the first frames of a rate nobody used
+        // yet included); subscribers already here get what changed now.
         self.fan_out_prices();
         let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) else { return };
-        for (k, frame) in self.price_frames.iter().enumerate() {
-            if frame.is_some() {
-                c.outbox.push_price(k as u32);
+        let frames = self.prices.frames(rate);
+        for k in first {
+            if frames.get(k as usize).is_some_and(Option::is_some) {
+                c.outbox.push_price(k);
             }
         }
-        c.prices = true;
-        self.price_subs.push(i);
         self.mark_dirty(i);
     }
 
@@ -336,26 +343,15 @@ impl Core {
     /// can take it).
     pub(super) fn fan_out_prices(&mut self) {
         let ticks = Arc::clone(&self.src.ticks);
-        for (sym, tick, version) in ticks.iter() {
-            // The stage adds symbols while this runs: size by what the iterator yields,
-            // not by a length read before it (that indexed out of bounds and killed the
-            // shard).
-            let k = sym.0 as usize;
-            if k >= self.price_versions.len() {
-                self.price_versions.resize(k + 1, 0);
-                self.price_frames.resize(k + 1, None);
+        let (conns, dirty) = (&mut self.conns, &mut self.dirty);
+        // The stage adds symbols while this runs: the turn sizes by what the book's
+        // iterator yields, not by a length read before it.
+        self.prices.turn(&ticks, self.now.mono, self.src.hub.price_interval, |i, symbol| {
+            if let Some(c) = conns.get_mut(i).and_then(Option::as_mut) {
+                c.outbox.push_price(symbol);
+                c.mark_dirty(dirty, i);
             }
-            if version <= self.price_versions[k] {
-                continue;
-            }
-            self.price_versions[k] = version;
-            self.price_frames[k] = Some(price_frame(&tick));
-            for &i in &self.price_subs {
-                let Some(c) = self.conns[i].as_mut() else { continue };
-                c.outbox.push_price(sym.0);
-                c.mark_dirty(&mut self.dirty, i);
-            }
-        }
+        });
     }
 }
 
@@ -425,9 +421,9 @@ pub(super) fn deliver(
     }
 }
 
-pub(super) fn price_frame(tick: &engine::model::Tick) -> Arc<[u8]> {
+pub(super) fn price_frame(tick: &engine::model::Tick, conflated: u64) -> Arc<[u8]> {
     let mut json = Vec::with_capacity(200);
-    engine::pipeline::encode::price_update(&mut json, tick);
+    engine::pipeline::encode::price_update(&mut json, tick, conflated);
     outbound::text(&json).into()
 }
 

@@ -22,6 +22,7 @@ mod fanout;
 mod history;
 pub mod outbox;
 mod peer;
+pub mod prices;
 #[cfg(test)]
 mod tests;
 
@@ -142,10 +143,8 @@ pub struct Core {
     attached: u64,
     subs: [Vec<Sub>; LOGS],
     cursors: [u64; LOGS],
-    price_subs: Vec<ConnId>,
-    /// Per symbol id: the tick version and the price frame this shard last made.
-    price_versions: Vec<u64>,
-    price_frames: Vec<Option<Arc<[u8]>>>,
+    /// `prices_general`: frames per (symbol, rate) and who watches what.
+    prices: prices::Prices,
     /// Connections with something to write, in the order they got it.
     dirty: VecDeque<ConnId>,
     /// Subscriptions waiting for a history read-back, and reads to start.
@@ -184,9 +183,7 @@ impl Core {
             attached: 0,
             subs: Default::default(),
             cursors: [0; LOGS],
-            price_subs: Vec::new(),
-            price_versions: Vec::new(),
-            price_frames: Vec::new(),
+            prices: prices::Prices::default(),
             dirty: VecDeque::new(),
             pending: Vec::new(),
             requests: VecDeque::new(),
@@ -305,7 +302,7 @@ impl Core {
 
     /// When [`on_timer`](Core::on_timer) next has something to do.
     pub fn next_timer(&self) -> Instant {
-        if self.price_subs.is_empty() { self.next_sweep } else { self.next_sweep.min(self.next_prices) }
+        if self.prices.is_empty() { self.next_sweep } else { self.next_sweep.min(self.next_prices) }
     }
 
     /// Timers due at `now`: conflated prices every `price_interval`, and once a second
@@ -315,7 +312,7 @@ impl Core {
         self.now = now;
         if now.mono >= self.next_prices {
             self.next_prices = now.mono + self.src.hub.price_interval;
-            if !self.price_subs.is_empty() {
+            if !self.prices.is_empty() {
                 self.fan_out_prices();
             }
         }
@@ -349,7 +346,7 @@ impl Core {
     /// returns how many (0: nothing left).
     pub fn fill<'a>(&'a mut self, i: ConnId, slices: &mut [IoSlice<'a>; IOVECS]) -> usize {
         let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) else { return 0 };
-        c.outbox.settle(&self.price_frames);
+        c.outbox.settle(self.prices.frames(c.prices.as_ref().map_or(0, |p| p.rate)));
         c.outbox.fill(slices)
     }
 

@@ -51,7 +51,8 @@ pub(super) struct Peer {
     pub signals: [Option<u8>; 4],
     /// The filter of each signal channel's subscription (`None`: everything).
     pub filters: [Option<Arc<crate::protocol::filter::Filter>>; 4],
-    pub prices: bool,
+    /// `prices_general`: its watchlist and rate.
+    pub prices: Option<super::prices::PriceSub>,
     pub user_channel: bool,
     pub warned_expiry: bool,
     pub phase: Phase,
@@ -76,7 +77,7 @@ impl Peer {
             quota,
             signals: [None; 4],
             filters: [None, None, None, None],
-            prices: false,
+            prices: None,
             user_channel: false,
             warned_expiry: false,
             phase: Phase::Open,
@@ -91,7 +92,9 @@ impl Peer {
     }
 
     pub fn subscriptions(&self) -> usize {
-        self.signals.iter().flatten().count() + usize::from(self.prices) + usize::from(self.user_channel)
+        self.signals.iter().flatten().count()
+            + usize::from(self.prices.is_some())
+            + usize::from(self.user_channel)
     }
 
     pub fn is_open(&self) -> bool {

@@ -11,7 +11,7 @@ use engine::model::{Category, CategoryMask, Signal, Tier, UnixNanos};
 use engine::pipeline::{IngestItem, Origin, PipelineStats, SignalItem, Stage};
 use engine::policy::TierPolicy;
 use engine::ticks::TickBook;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use super::*;
 use crate::auth::{Accounts, DevAuth};
@@ -599,10 +599,12 @@ fn prices_start_with_a_snapshot_and_conflate_to_the_latest_per_symbol() {
     let mut h = harness();
     h.tick("RELIANCE", "NSE", "2450.00");
     h.tick("TCS", "NSE", "3900.00");
-    let c = h.connect(session("u-prices", Tier::Free));
+    // Enterprise: one update per price turn (the tier's cap, 50 a second).
+    let c = h.connect(session("u-prices", Tier::Enterprise));
     h.send(c, r#"{"type":"SUBSCRIBE","channel":"prices_general"}"#);
     let frames = h.read(c);
     assert_eq!(frames[0].json()["type"], "SUBSCRIBED");
+    assert_eq!(frames[0].json()["max_frequency"], 50);
     let snapshot: Vec<(String, String)> = frames[1..]
         .iter()
         .map(|f| {
@@ -965,11 +967,140 @@ fn a_close_passes_its_signals_filter_and_a_filtered_out_message_costs_no_quota()
     assert_eq!(closes[0].json()["data"]["status"], "target_hit");
 }
 
+/// The `last` of each PRICE_UPDATE read, with its symbol and `conflated`.
+fn prices_read(h: &mut Harness, c: usize) -> Vec<(String, String, u64)> {
+    prices_of(&h.read(c))
+}
+
+fn prices_of(frames: &[Frame]) -> Vec<(String, String, u64)> {
+    frames
+        .iter()
+        .map(|f| {
+            let d = &f.json()["data"];
+            (
+                d["symbol"].as_str().unwrap().to_owned(),
+                d["last"].as_str().unwrap().to_owned(),
+                d["conflated"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn p(symbol: &str, last: &str, conflated: u64) -> (String, String, u64) {
+    (symbol.to_owned(), format!("{last}.0000"), conflated)
+}
+
 #[test]
-fn only_signal_channels_take_a_filter() {
+fn a_watchlist_gets_the_latest_of_its_symbols_first_then_only_theirs() {
+    let mut h = harness();
+    for (symbol, exchange) in [("RELIANCE", "NSE"), ("TCS", "NSE"), ("INFY", "NSE"), ("INFY", "BSE")] {
+        h.tick(symbol, exchange, "100");
+    }
+    let c = h.connect(session("u-watch", Tier::Premium));
+    h.send(
+        c,
+        r#"{"type":"SUBSCRIBE","channel":"prices_general","filter":{"symbols":["TCS","NSE:INFY","HDFC"]}}"#,
+    );
+    let frames = h.read(c);
+    let ok = frames[0].json();
+    assert_eq!(ok["filter"]["symbols"], json!(["HDFC", "NSE:INFY", "TCS"]), "normalized: {ok}");
+    let mut first = prices_of(&frames[1..]);
+    first.sort();
+    assert_eq!(first, [p("INFY", "100", 1), p("TCS", "100", 1)], "INFY on NSE only, nothing else");
+    // Changes: only watched symbols, a watched one seen for the first time included.
+    for (symbol, exchange) in [("RELIANCE", "NSE"), ("TCS", "NSE"), ("INFY", "BSE"), ("HDFC", "NSE")] {
+        h.tick(symbol, exchange, "101");
+    }
+    h.advance(HubConfig::default().price_interval);
+    let mut next = prices_read(&mut h, c);
+    next.sort();
+    assert_eq!(next, [p("HDFC", "101", 1), p("TCS", "101", 1)]);
+    // Symbols added in a step: the new one's latest price comes at once.
+    h.send(c, r#"{"type":"SUBSCRIBE","channel":"prices_general","filter":{"add_symbols":["RELIANCE"]}}"#);
+    let ok = h.read(c);
+    assert_eq!(ok[0].json()["filter"]["symbols"], json!(["HDFC", "NSE:INFY", "RELIANCE", "TCS"]));
+    let latest: Vec<&str> = ok[1..].iter().map(|f| f.json()["data"]["symbol"].as_str().unwrap()).collect();
+    assert!(latest.contains(&"RELIANCE"), "{latest:?}");
+    // Only symbols: any other part of a filter is refused, and nothing changes.
+    h.send(c, r#"{"type":"SUBSCRIBE","channel":"prices_general","filter":{"categories":["equity"]}}"#);
+    let err = h.read(c).remove(0).json().clone();
+    assert_eq!(err["code"], "bad_request", "{err}");
+    h.tick("RELIANCE", "NSE", "102");
+    h.advance(HubConfig::default().price_interval);
+    assert_eq!(prices_read(&mut h, c), [p("RELIANCE", "102", 1)]);
+}
+
+#[test]
+fn max_frequency_is_a_fixed_rate_never_above_the_tiers_and_says_what_it_merged() {
+    let mut h = harness();
+    h.tick("GOLD", "MCX", "100");
+    // Free: capped at 2 a second whatever is asked; premium gets the nearest rate below.
+    let free = h.connect(session("u-free", Tier::Free));
+    h.send(free, r#"{"type":"SUBSCRIBE","channel":"prices_general","max_frequency":50}"#);
+    assert_eq!(h.read(free)[0].json()["max_frequency"], 2);
+    let c = h.connect(session("u-rate", Tier::Premium));
+    h.send(c, r#"{"type":"SUBSCRIBE","channel":"prices_general","max_frequency":7}"#);
+    let frames = h.read(c);
+    assert_eq!(frames[0].json()["max_frequency"], 5);
+    let interval = HubConfig::default().price_interval;
+    // Every tick of 10 price turns: at 5 a second, one update per 200 ms standing for
+    // the ticks it merged.
+    for n in 1..=10 {
+        h.tick("GOLD", "MCX", &(100 + n).to_string());
+        h.advance(interval);
+    }
+    let got = prices_read(&mut h, c);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].1, "110.0000", "the latest");
+    assert!(got[0].2 >= 9, "it stands for the ticks merged into it: {got:?}");
+    // Lowered on the fly: the same subscription, one a second.
+    h.send(c, r#"{"type":"SUBSCRIBE","channel":"prices_general","max_frequency":1}"#);
+    assert_eq!(h.read(c)[0].json()["max_frequency"], 1);
+    for n in 11..=60 {
+        h.tick("GOLD", "MCX", &(100 + n).to_string());
+        h.advance(interval);
+    }
+    let got = prices_read(&mut h, c);
+    assert!((1..=2).contains(&got.len()), "about one a second: {got:?}");
+    // Bad rates are refused.
+    for bad in ["0", "-1", "\"fast\""] {
+        h.send(c, &format!(r#"{{"type":"SUBSCRIBE","channel":"prices_general","max_frequency":{bad}}}"#));
+        assert_eq!(h.read(c)[0].json()["code"], "bad_request", "{bad}");
+    }
+    h.send(c, r#"{"type":"SUBSCRIBE","channel":"signals_premium","max_frequency":1}"#);
+    assert_eq!(h.read(c)[0].json()["code"], "bad_request");
+}
+
+#[test]
+fn a_tier_without_every_symbol_must_name_a_watchlist() {
+    let text =
+        include_str!("../../../../fixtures/tiers.toml").replace("[free]\n", "[free]\nprices_all = false\n");
+    let policy = TierPolicy::from_toml(&text).unwrap();
+    let mut h = Setup { policy, ..Setup::default() }.build();
+    h.tick("GOLD", "MCX", "100");
+    let c = h.connect(session("u-free", Tier::Free));
+    h.send(c, r#"{"type":"SUBSCRIBE","channel":"prices_general"}"#);
+    let err = h.read(c).remove(0).json().clone();
+    assert_eq!(err["code"], "forbidden", "{err}");
+    h.send(c, r#"{"type":"SUBSCRIBE","channel":"prices_general","filter":{"symbols":["GOLD"]}}"#);
+    assert_eq!(h.read(c)[0].json()["type"], "SUBSCRIBED");
+    // Past the tier's watchlist size: refused.
+    let many: Vec<String> = (0..21).map(|k| format!("\"S{k}\"")).collect();
+    h.send(
+        c,
+        &format!(
+            r#"{{"type":"SUBSCRIBE","channel":"prices_general","filter":{{"symbols":[{}]}}}}"#,
+            many.join(",")
+        ),
+    );
+    assert_eq!(h.read(c)[0].json()["code"], "bad_request");
+}
+
+#[test]
+fn user_channels_take_no_filter() {
     let mut h = harness();
     let c = h.connect(session("u-watch", Tier::Premium));
-    h.send(c, r#"{"type":"SUBSCRIBE","channel":"prices_general","filter":{"symbols":["TCS"]}}"#);
+    h.send(c, r#"{"type":"SUBSCRIBE","channel":"user_u-watch","filter":{"symbols":["TCS"]}}"#);
     let err = h.read(c).remove(0).json().clone();
     assert_eq!(err["code"], "bad_request", "{err}");
 }
