@@ -36,6 +36,20 @@ struct Common {
     /// (tokio-tungstenite, JSON parsed per message, as real Rust clients are).
     #[arg(long, value_enum, default_value = "light")]
     client: bench::worker::ClientMode,
+    /// signalcast targets: the filter each subscriber's SUBSCRIBE carries (JSON, as in
+    /// docs/protocol.md), e.g. '{"min_confidence":75}' (matches everything) or
+    /// '{"symbols":["RELIANCE"]}'. Other targets ignore it.
+    #[arg(long, value_parser = json_object)]
+    filter: Option<String>,
+}
+
+/// A JSON object, as written.
+fn json_object(s: &str) -> Result<String, String> {
+    match serde_json::from_str::<serde_json::Value>(s) {
+        Ok(serde_json::Value::Object(_)) => Ok(s.to_owned()),
+        Ok(_) => Err("a filter is a JSON object".into()),
+        Err(e) => Err(format!("not JSON: {e}")),
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -234,6 +248,9 @@ async fn orchestrate(cmd: Cmd) -> anyhow::Result<()> {
     | Cmd::Compare { common, .. } = &cmd
     {
         bench::run::set_client_mode(common.client);
+        if let Some(f) = &common.filter {
+            bench::run::set_filter(f.clone());
+        }
     }
     let json = match cmd {
         Cmd::Soak { targets, connections, churn, rate, duration, sample, processes, json } => {

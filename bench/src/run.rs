@@ -57,6 +57,14 @@ impl std::fmt::Debug for Workers {
 /// The client mode of this run's reading subscribers (`--client`; light by default).
 static CLIENT: std::sync::OnceLock<ClientMode> = std::sync::OnceLock::new();
 
+/// The filter signalcast subscribers send (`--filter`), for the rest of the run.
+static FILTER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Sets the subscribers' filter for the rest of the run (the first call wins).
+pub fn set_filter(filter: String) {
+    let _ = FILTER.set(filter);
+}
+
 /// Sets the client mode for the rest of the run (the first call wins).
 pub fn set_client_mode(mode: ClientMode) {
     let _ = CLIENT.set(mode);
@@ -93,6 +101,7 @@ impl Workers {
                 stalled: stall,
                 churn: false,
                 client: client_mode(),
+                filter: FILTER.get().cloned(),
             };
             procs.push(Proc::start(&exe, &spec)?);
         }
@@ -327,6 +336,7 @@ impl Workers {
             stalled: 0,
             churn: true,
             client: ClientMode::Light,
+            filter: FILTER.get().cloned(),
         };
         let mut p = Proc::start(&crate::targets::exe()?, &spec)?;
         let ready = p.ready(Duration::from_secs(120)).await?;

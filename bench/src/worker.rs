@@ -34,6 +34,16 @@ pub struct WorkerSpec {
     /// What the reading subscribers are (stalled and churning ones are always light).
     #[serde(default)]
     pub client: ClientMode,
+    /// signalcast targets: the filter (JSON) each SUBSCRIBE carries (`--filter`).
+    #[serde(default)]
+    pub filter: Option<String>,
+}
+
+/// This worker's SUBSCRIBE to signalcast (with the run's filter, if any).
+static SUBSCRIBE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+fn subscribe_message() -> &'static str {
+    SUBSCRIBE.get().map_or(r#"{"type":"SUBSCRIBE","channel":"signals_premium"}"#, String::as_str)
 }
 
 /// What a subscriber costs.
@@ -83,6 +93,9 @@ pub fn histogram() -> Histogram<u64> {
 }
 
 pub fn run(spec: WorkerSpec) -> anyhow::Result<()> {
+    if let Some(f) = &spec.filter {
+        let _ = SUBSCRIBE.set(format!(r#"{{"type":"SUBSCRIBE","channel":"signals_premium","filter":{f}}}"#));
+    }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
@@ -216,9 +229,7 @@ async fn subscribe(ep: &Endpoint) -> std::io::Result<Conn> {
     let mut c = Conn { stream, buf };
     match ep.target {
         Target::Signalcast | Target::SignalcastKafka => {
-            c.stream
-                .write_all(&client_frame(0x1, br#"{"type":"SUBSCRIBE","channel":"signals_premium"}"#))
-                .await?;
+            c.stream.write_all(&client_frame(0x1, subscribe_message().as_bytes())).await?;
             read_until(&mut c, |_, p| p.windows(12).any(|w| w == b"\"SUBSCRIBED\"")).await?;
         }
         Target::Reference | Target::NodeWs => read_until(&mut c, |_, p| p.starts_with(b"subscribed")).await?,
@@ -365,9 +376,7 @@ mod tungstenite {
         }
         match ep.target {
             Target::Signalcast | Target::SignalcastKafka => {
-                ws.send(Message::text(r#"{"type":"SUBSCRIBE","channel":"signals_premium"}"#))
-                    .await
-                    .map_err(io)?;
+                ws.send(Message::text(super::subscribe_message())).await.map_err(io)?;
                 until(&mut ws, |m| m.to_text().is_ok_and(|t| t.contains("\"SUBSCRIBED\""))).await?;
             }
             Target::Reference | Target::NodeWs => {

@@ -125,8 +125,14 @@ export interface ClientEvents {
 interface ChannelState {
   listeners: Set<ChannelListener>;
   position?: Position;
-  /** Sent with every SUBSCRIBE of the channel, reconnects included. */
+  /** Sent with every SUBSCRIBE of the channel, reconnects included: the server's
+   * normalized echo once SUBSCRIBED, so that steps (`add_symbols`) are not re-sent as a
+   * whole watchlist. */
   filter?: Filter;
+  /** The filter the server last confirmed, restored when a change is refused. */
+  confirmedFilter?: Filter;
+  /** The server holds this subscription (on this connection). */
+  confirmed?: boolean;
   /** Asked for on the first SUBSCRIBE only (a reconnect resumes instead). */
   snapshot?: number;
   /** `prices_general`: the rate asked for, sent with every SUBSCRIBE of the channel. */
@@ -540,9 +546,16 @@ export class SignalcastClient {
         }
         break;
       }
-      case "SUBSCRIBED":
+      case "SUBSCRIBED": {
+        const state = this.#channels.get(msg.channel);
+        if (state) {
+          state.filter = msg.filter ? { ...msg.filter } : undefined;
+          state.confirmedFilter = state.filter;
+          state.confirmed = true;
+        }
         this.#subscribed(msg.channel, msg.epoch, msg.seq, msg.recovered);
         break;
+      }
       case "UNSUBSCRIBED":
         if (msg.reason === "entitlement") {
           this.#channels.delete(msg.channel);
@@ -552,13 +565,18 @@ export class SignalcastClient {
       case "SYSTEM_MESSAGE":
         this.#system(msg.data);
         break;
-      case "ERROR":
-        if (msg.channel && (msg.code === "forbidden" || msg.code === "unknown_channel")) {
+      case "ERROR": {
+        const state = msg.channel ? this.#channels.get(msg.channel as ChannelName) : undefined;
+        if (state?.confirmed) {
+          // A change refused: the subscription stands as it was, and so does its filter.
+          state.filter = state.confirmedFilter;
+        } else if (msg.channel && (msg.code === "forbidden" || msg.code === "unknown_channel")) {
           // Resubscribing on every reconnect would only be refused again.
           this.#channels.delete(msg.channel as ChannelName);
         }
         this.#emit("error", msg);
         break;
+      }
       case "PONG":
         break;
     }
@@ -625,6 +643,7 @@ export class SignalcastClient {
   }
 
   #sendSubscribe(channel: ChannelName, state: ChannelState): void {
+    state.confirmed = false; // a new connection: the server holds nothing yet
     const msg: Subscribe = { type: "SUBSCRIBE", channel };
     if (state.position) {
       msg.since = state.position.seq;

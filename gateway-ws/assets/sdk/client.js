@@ -383,9 +383,16 @@ export class SignalcastClient {
                 }
                 break;
             }
-            case "SUBSCRIBED":
+            case "SUBSCRIBED": {
+                const state = this.#channels.get(msg.channel);
+                if (state) {
+                    state.filter = msg.filter ? { ...msg.filter } : undefined;
+                    state.confirmedFilter = state.filter;
+                    state.confirmed = true;
+                }
                 this.#subscribed(msg.channel, msg.epoch, msg.seq, msg.recovered);
                 break;
+            }
             case "UNSUBSCRIBED":
                 if (msg.reason === "entitlement") {
                     this.#channels.delete(msg.channel);
@@ -395,13 +402,19 @@ export class SignalcastClient {
             case "SYSTEM_MESSAGE":
                 this.#system(msg.data);
                 break;
-            case "ERROR":
-                if (msg.channel && (msg.code === "forbidden" || msg.code === "unknown_channel")) {
+            case "ERROR": {
+                const state = msg.channel ? this.#channels.get(msg.channel) : undefined;
+                if (state?.confirmed) {
+                    // A change refused: the subscription stands as it was, and so does its filter.
+                    state.filter = state.confirmedFilter;
+                }
+                else if (msg.channel && (msg.code === "forbidden" || msg.code === "unknown_channel")) {
                     // Resubscribing on every reconnect would only be refused again.
                     this.#channels.delete(msg.channel);
                 }
                 this.#emit("error", msg);
                 break;
+            }
             case "PONG":
                 break;
         }
@@ -465,6 +478,7 @@ export class SignalcastClient {
         }
     }
     #sendSubscribe(channel, state) {
+        state.confirmed = false; // a new connection: the server holds nothing yet
         const msg = { type: "SUBSCRIBE", channel };
         if (state.position) {
             msg.since = state.position.seq;

@@ -177,7 +177,16 @@ impl Filter {
                 .collect()
         };
         let (add, remove) = (list("add_symbols")?, list("remove_symbols")?);
+        let had = !f.symbols.is_empty();
         f.symbols.retain(|s| !remove.contains(s));
+        // An empty list means every symbol: removing the last one must not turn a
+        // watchlist into the whole channel.
+        if had && f.symbols.is_empty() && add.is_empty() {
+            return Err(
+                "remove_symbols would empty the watchlist: send filter {} for every symbol, or UNSUBSCRIBE"
+                    .into(),
+            );
+        }
         f.symbols.extend(add);
         sort_symbols(&mut f.symbols);
         if f.symbols.len() > limits.symbols {

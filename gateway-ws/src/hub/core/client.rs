@@ -239,6 +239,9 @@ impl Core {
         if let ChannelName::Signals(t) = channel
             && self.cancel_history(i, *t)
         {
+            if let Some(c) = self.conns[i].as_mut() {
+                c.filters[t.index()] = None;
+            }
             return self.reply(i, &protocol::unsubscribed(channel, UnsubscribeReason::Client));
         }
         let Some(c) = self.conns[i].as_mut() else { return };
@@ -260,6 +263,7 @@ impl Core {
                 if let Some(sub) = c.prices.take() {
                     self.prices.remove(i, &sub);
                 }
+                c.outbox.clear_prices();
             }
             ChannelName::User(_) => c.user_channel = false,
         }
@@ -306,7 +310,31 @@ impl Core {
         c.warned_expiry = false;
         let user_channel = c.user_channel;
         let tiers: Vec<Tier> = Tier::ALL.into_iter().filter(|t| c.signals[t.index()].is_some()).collect();
+        let prices = c.prices.clone();
         self.reply(i, notice);
+        // prices_general under the new tier's rules: its rate capped, its watchlist within
+        // the size (else unsubscribed), every symbol only where allowed.
+        if let Some(sub) = prices {
+            let rule = self.src.policy.rule(session.tier);
+            let cap = protocol::price_rate_index(f64::from(rule.price_rate));
+            let allowed = match &sub.watch {
+                None => rule.prices_all,
+                Some(w) => w.symbols.len() <= rule.watchlist_symbols as usize,
+            };
+            if !allowed {
+                if let Some(c) = self.conns[i].as_mut()
+                    && let Some(old) = c.prices.take()
+                {
+                    self.prices.remove(i, &old);
+                    c.outbox.clear_prices();
+                }
+                self.reply(i, &protocol::unsubscribed(&ChannelName::Prices, UnsubscribeReason::Entitlement));
+            } else if sub.rate > cap {
+                let rate = protocol::PRICE_RATES[cap];
+                self.reply(i, &protocol::subscribed_prices(false, sub.watch.as_deref(), rate));
+                self.add_price_sub(i, super::prices::PriceSub { rate: cap, watch: sub.watch });
+            }
+        }
         if user_channel {
             let categories = engine::model::Category::ALL
                 .into_iter()
@@ -364,15 +392,17 @@ impl Core {
         let Some(c) = self.conns[i].as_mut() else { return };
         c.filters[tier.index()].clone_from(&filter);
         let Some(idx) = c.signals[tier.index()].map(usize::from) else { return };
+        // Where the subscription stands: what follows is checked with the new filter.
+        // (The log's head may be ahead of what this shard has fanned out: answering it
+        // would move the client past messages the new filter lets through.)
+        let mut at = self.cursors[idx];
         if let Some(sub) = self.subs[idx].iter_mut().find(|s| s.conn == i) {
             sub.filter.clone_from(&filter);
+            at = at.max(sub.skip_until);
         }
         let channels = Arc::clone(&self.src.channels);
         let Some(log) = log_of(&channels, idx) else { return };
-        self.reply(
-            i,
-            &protocol::subscribed_signals(channel, log.epoch(), log.head(), None, filter.as_deref()),
-        );
+        self.reply(i, &protocol::subscribed_signals(channel, log.epoch(), at, None, filter.as_deref()));
     }
 }
 

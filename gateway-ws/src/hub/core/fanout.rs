@@ -69,6 +69,7 @@ impl Core {
         if let Some(sub) = c.prices.take() {
             self.prices.remove(i, &sub);
         }
+        c.outbox.clear_prices();
         c.user_channel = false;
     }
 
@@ -167,8 +168,14 @@ impl Core {
         while picked.len() < n && upto > 0 {
             let from = upto.saturating_sub(STEP);
             chunk.clear();
-            if log.read_after(from, &mut chunk, STEP as usize).is_err() {
-                break; // marked lost: nothing older to read
+            if let Err(lost) = log.read_after(from, &mut chunk, STEP as usize) {
+                // The ring let go of part of this step: read what it still holds of it.
+                chunk.clear();
+                if lost.lost_through >= upto
+                    || log.read_after(lost.lost_through, &mut chunk, STEP as usize).is_err()
+                {
+                    break;
+                }
             }
             let first = chunk.first().map_or(upto + 1, Message::seq);
             let mut matches: Vec<Message> = chunk
@@ -223,8 +230,11 @@ impl Core {
     /// shard's, one per (symbol, rate), shared by every subscriber.
     pub(super) fn add_price_sub(&mut self, i: usize, sub: PriceSub) {
         let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) else { return };
-        if let Some(old) = c.prices.take() {
-            self.prices.remove(i, &old);
+        // Pending bits point at the old rate's frames, maybe of symbols no longer watched.
+        c.outbox.clear_prices();
+        let before = c.prices.take();
+        if let Some(old) = &before {
+            self.prices.remove(i, old);
         }
         let (rate, first) = (sub.rate, self.prices.add(i, &sub));
         c.prices = Some(sub);
@@ -233,8 +243,16 @@ impl Core {
         self.fan_out_prices();
         let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) else { return };
         let frames = self.prices.frames(rate);
+        // The latest price of each watched symbol first, again on a changed watchlist;
+        // on a changed rate only of the newly watched ones (the new rate's frame of a
+        // symbol the client has may be older than the one it got).
+        let names = self.prices.names();
         for k in first {
-            if frames.get(k as usize).is_some_and(Option::is_some) {
+            let known = before.as_ref().is_some_and(|old| {
+                old.rate != rate
+                    && names.get(k as usize).and_then(Option::as_ref).is_some_and(|(s, e)| old.watches(s, e))
+            });
+            if !known && frames.get(k as usize).is_some_and(Option::is_some) {
                 c.outbox.push_price(k);
             }
         }

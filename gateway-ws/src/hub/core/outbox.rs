@@ -111,6 +111,12 @@ impl Outbox {
         }
     }
 
+    /// Forgets the pending prices (the subscription ended or changed: they may be of
+    /// symbols or a rate no longer asked for).
+    pub fn clear_prices(&mut self) {
+        self.prices.clear();
+    }
+
     /// Sends what is queued, then `frame` (a close frame); nothing is accepted after.
     /// Pending prices are dropped (a closing client has no use for them).
     pub fn close(&mut self, frame: Vec<u8>) {

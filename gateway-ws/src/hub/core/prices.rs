@@ -32,7 +32,7 @@ pub struct PriceSub {
 }
 
 impl PriceSub {
-    fn watches(&self, symbol: &Symbol, exchange: &Exchange) -> bool {
+    pub(super) fn watches(&self, symbol: &Symbol, exchange: &Exchange) -> bool {
         self.watch.as_ref().is_none_or(|f| f.watches(symbol, exchange))
     }
 }
@@ -74,11 +74,18 @@ pub(super) struct Prices {
     rates: [Rate; RATES.len()],
     /// By symbol id: its key, once seen.
     names: Vec<Option<(Symbol, Exchange)>>,
+    /// The symbol ids each watchlist subscriber is on (so that leaving costs its list).
+    on: std::collections::HashMap<ConnId, Vec<u32>>,
 }
 
 impl Prices {
     pub fn is_empty(&self) -> bool {
         self.rates.iter().all(|r| r.subscribers() == 0)
+    }
+
+    /// The symbols' keys by id, as seen so far.
+    pub fn names(&self) -> &[Option<(Symbol, Exchange)>] {
+        &self.names
     }
 
     /// The frames of `rate` by symbol id (what an outbox's pending bits point at).
@@ -98,6 +105,7 @@ impl Prices {
             {
                 if sub.watch.is_some() {
                     rate.watch[k].push(i);
+                    self.on.entry(i).or_default().push(k as u32);
                 }
                 first.push(k as u32);
             }
@@ -116,8 +124,10 @@ impl Prices {
             None => rate.all.retain(|c| *c != i),
             Some(_) => {
                 rate.lists.retain(|(c, _)| *c != i);
-                for watchers in &mut rate.watch {
-                    watchers.retain(|c| *c != i);
+                for k in self.on.remove(&i).unwrap_or_default() {
+                    if let Some(watchers) = rate.watch.get_mut(k as usize) {
+                        watchers.retain(|c| *c != i);
+                    }
                 }
             }
         }
@@ -141,7 +151,9 @@ impl Prices {
                     continue;
                 }
                 rate.grow(k + 1);
-                if version <= rate.sent[k] || rate.next[k].is_some_and(|at| now < at) {
+                // Nobody at this rate watches it: no frame (a newcomer's first turn makes it).
+                let watched = !rate.all.is_empty() || !rate.watch[k].is_empty();
+                if !watched || version <= rate.sent[k] || rate.next[k].is_some_and(|at| now < at) {
                     continue;
                 }
                 // One update per period at this rate; half a turn early still counts
@@ -175,6 +187,7 @@ impl Prices {
             for (i, f) in &rate.lists {
                 if f.watches(&tick.symbol, &tick.exchange) {
                     rate.watch[k].push(*i);
+                    self.on.entry(*i).or_default().push(k as u32);
                 }
             }
         }

@@ -948,6 +948,84 @@ fn a_new_filter_is_swapped_in_place_and_a_bad_one_changes_nothing() {
 }
 
 #[test]
+fn a_swap_answers_where_the_subscription_stands_and_loses_nothing_behind_it() {
+    use engine::model::SignalType::Buy;
+    let mut h = harness();
+    let c = h.connect(session("u-watch", Tier::Premium));
+    h.send(c, r#"{"type":"SUBSCRIBE","channel":"signals_premium","filter":{"symbols":["TCS"]}}"#);
+    h.read(c);
+    // Routed, but not yet fanned out by this shard when the new filter comes.
+    let mut s = engine::testkit::signal_at(1, 9_000, "INFY", "NSE", Category::Equity, h.clock.unix);
+    s.signal_type = Buy;
+    h.stage.handle(
+        IngestItem::Signal(SignalItem {
+            origin: Origin::Local,
+            signal: s,
+            ingest_ts: h.clock.unix,
+            sent_ts: None,
+            verdict: None,
+        }),
+        h.clock.unix,
+    );
+    h.stage.finish_batch();
+    h.send(c, r#"{"type":"SUBSCRIBE","channel":"signals_premium","filter":{"symbols":["INFY"]}}"#);
+    let ok = h.read(c).remove(0).json().clone();
+    assert_eq!(ok["seq"], 0, "before the INFY signal the shard has not fanned out yet: {ok}");
+    h.core.fan_out(h.clock);
+    assert_eq!(h.signals(c), [(1, 1)], "it passes the new filter and arrives");
+    // Emptying a watchlist by steps is refused (an empty list would mean everything).
+    h.send(c, r#"{"type":"SUBSCRIBE","channel":"signals_premium","filter":{"remove_symbols":["INFY"]}}"#);
+    assert_eq!(h.read(c)[0].json()["code"], "bad_request");
+}
+
+#[test]
+fn prices_pending_for_a_slow_client_are_dropped_with_its_subscription() {
+    let mut h = harness();
+    h.tick("GOLD", "MCX", "100");
+    h.tick("SILVER", "MCX", "100");
+    let c = h.connect(session("u-slow", Tier::Enterprise));
+    h.send(c, r#"{"type":"SUBSCRIBE","channel":"prices_general"}"#);
+    // Not read yet: both latest prices are pending when it leaves the channel.
+    h.send(c, r#"{"type":"UNSUBSCRIBE","channel":"prices_general"}"#);
+    let frames = h.read(c);
+    let kinds: Vec<&str> = frames.iter().map(|f| f.json()["type"].as_str().unwrap()).collect();
+    let after = kinds.iter().skip_while(|k| **k != "UNSUBSCRIBED").skip(1).count();
+    assert!(kinds.contains(&"UNSUBSCRIBED") && after == 0, "nothing after UNSUBSCRIBED: {kinds:?}");
+    // A narrower watchlist: the dropped symbol's pending price goes too, and a rate
+    // change alone sends no price again.
+    h.send(c, r#"{"type":"SUBSCRIBE","channel":"prices_general"}"#);
+    h.read(c);
+    h.tick("GOLD", "MCX", "101");
+    h.tick("SILVER", "MCX", "101");
+    h.advance(HubConfig::default().price_interval);
+    h.send(c, r#"{"type":"SUBSCRIBE","channel":"prices_general","filter":{"symbols":["GOLD"]}}"#);
+    let got = prices_of(&h.read(c)[1..]);
+    assert!(got.iter().all(|p| p.0 == "GOLD"), "{got:?}");
+    h.send(c, r#"{"type":"SUBSCRIBE","channel":"prices_general","max_frequency":1}"#);
+    let frames = h.read(c);
+    assert_eq!(frames[0].json()["max_frequency"], 1);
+    // Never an older price at the lower rate (a rate nobody used gets a fresh frame).
+    let got = prices_of(&frames[1..]);
+    assert!(got.iter().all(|p| p.0 == "GOLD" && p.1 == "101.0000"), "{got:?}");
+}
+
+#[test]
+fn a_lower_tier_takes_the_price_rate_down() {
+    let mut h = harness();
+    h.tick("GOLD", "MCX", "100");
+    let c = h.connect(session("u-down", Tier::Enterprise));
+    h.send(c, r#"{"type":"SUBSCRIBE","channel":"prices_general"}"#);
+    assert_eq!(h.read(c)[0].json()["max_frequency"], 50);
+    let mut s = session("u-down", Tier::Free);
+    s.expires_at = i64::MAX;
+    h.core.change_rights(c, s, b"{}");
+    let frames = h.read(c);
+    let rate =
+        frames.iter().find(|f| f.json()["type"] == "SUBSCRIBED").map(|f| f.json()["max_frequency"].clone());
+    assert_eq!(rate, Some(json!(2)), "free: 2 a second");
+}
+
+#[test]
 fn a_close_passes_its_signals_filter_and_a_filtered_out_message_costs_no_quota() {
     use engine::model::SignalType::Buy;
     let mut h = harness();
