@@ -91,6 +91,9 @@ impl Core {
         {
             return; // answered when the read-back is in
         }
+        if snapshot > 0 && resume.is_none() && self.snapshot_from_history(i, tier, idx, snapshot) {
+            return; // answered when the older part is in
+        }
         self.subscribe_live(i, channel, tier, idx, resume, None, snapshot);
     }
 
@@ -156,46 +159,22 @@ impl Core {
 
     /// Sends connection `i` the last `n` messages up to `head` of log `idx` that its
     /// subscription `entry` lets through (categories, filter), oldest first, each marked
-    /// `"snapshot":true` and charged to the quota as a delivery. Read back from the ring
-    /// a batch per lock hold, newest batches first, never past the ring's oldest.
+    /// `"snapshot":true` and charged to the quota as a delivery: from the ring, then from
+    /// the older part read back from the node's history ([`Core::snapshot_from_history`]),
+    /// if the ring held fewer.
     fn send_snapshot(&mut self, i: usize, idx: usize, tier: Tier, entry: &Sub, head: u64, n: usize) {
-        const STEP: u64 = 256;
-        let channels = Arc::clone(&self.src.channels);
-        let Some(log) = log_of(&channels, idx) else { return };
-        let mut picked: Vec<Message> = Vec::new();
-        let mut upto = head;
-        let mut chunk = Vec::new();
-        while picked.len() < n && upto > 0 {
-            let from = upto.saturating_sub(STEP);
-            chunk.clear();
-            if let Err(lost) = log.read_after(from, &mut chunk, STEP as usize) {
-                // The ring let go of part of this step: read what it still holds of it.
-                chunk.clear();
-                if lost.lost_through >= upto
-                    || log.read_after(lost.lost_through, &mut chunk, STEP as usize).is_err()
-                {
-                    break;
-                }
-            }
-            let first = chunk.first().map_or(upto + 1, Message::seq);
-            let mut matches: Vec<Message> = chunk
-                .iter()
-                .filter(|m| m.seq() <= upto && entry.categories.contains(m.category()))
-                .filter(|m| {
-                    entry.filter.as_ref().is_none_or(|f| Fields::of(m.json()).is_some_and(|x| f.matches(&x)))
-                })
-                .cloned()
-                .collect();
+        let (mut picked, _) = self.ring_snapshot(idx, entry, head, n);
+        let older = std::mem::take(&mut self.snapshot_older);
+        if picked.len() < n {
+            let first = picked.first().map_or(head + 1, Message::seq);
+            let mut more: Vec<Message> =
+                older.into_iter().filter(|m| m.seq() < first && passes(entry, m)).collect();
             let room = n - picked.len();
-            if matches.len() > room {
-                matches.drain(..matches.len() - room);
+            if more.len() > room {
+                more.drain(..more.len() - room);
             }
-            matches.append(&mut picked);
-            picked = matches;
-            if first > from + 1 {
-                break; // the ring starts after `from`: nothing older is kept
-            }
-            upto = from;
+            more.append(&mut picked);
+            picked = more;
         }
         let today = utc_day(self.now.unix.0);
         let limit = self.src.conn.outbound_limit;
@@ -215,6 +194,44 @@ impl Core {
             }
         }
         self.mark_dirty(i);
+    }
+
+    /// The last `n` messages up to `head` of log `idx` that `entry` lets through, oldest
+    /// first, from the ring (a batch per lock hold, newest batches first, never past the
+    /// ring's oldest); and whether the ring ran out (it starts after seq 1) on the way.
+    pub(super) fn ring_snapshot(&self, idx: usize, entry: &Sub, head: u64, n: usize) -> (Vec<Message>, bool) {
+        const STEP: u64 = 256;
+        let Some(log) = log_of(&self.src.channels, idx) else { return (Vec::new(), true) };
+        let mut picked: Vec<Message> = Vec::new();
+        let mut upto = head;
+        let mut chunk = Vec::new();
+        while picked.len() < n && upto > 0 {
+            let from = upto.saturating_sub(STEP);
+            chunk.clear();
+            if let Err(lost) = log.read_after(from, &mut chunk, STEP as usize) {
+                // The ring let go of part of this step: read what it still holds of it.
+                chunk.clear();
+                if lost.lost_through >= upto
+                    || log.read_after(lost.lost_through, &mut chunk, STEP as usize).is_err()
+                {
+                    return (picked, true);
+                }
+            }
+            let first = chunk.first().map_or(upto + 1, Message::seq);
+            let mut matches: Vec<Message> =
+                chunk.iter().filter(|m| m.seq() <= upto && passes(entry, m)).cloned().collect();
+            let room = n - picked.len();
+            if matches.len() > room {
+                matches.drain(..matches.len() - room);
+            }
+            matches.append(&mut picked);
+            picked = matches;
+            if first > from + 1 {
+                return (picked, true); // the ring starts after `from`: nothing older is kept
+            }
+            upto = from;
+        }
+        (picked, false)
     }
 
     pub(super) fn remove_signal_sub(&mut self, i: usize, tier: Tier) -> Option<Sub> {
@@ -456,4 +473,10 @@ fn snapshot_message(m: &Message, scratch: &mut Vec<u8>) -> Message {
     text.extend_from_slice(b",\"snapshot\":true");
     text.extend_from_slice(&json[at..]);
     Message::new(&m.meta(), &text, scratch)
+}
+
+/// Whether subscription `entry` lets message `m` through (categories, filter).
+pub(super) fn passes(entry: &Sub, m: &Message) -> bool {
+    entry.categories.contains(m.category())
+        && entry.filter.as_ref().is_none_or(|f| Fields::of(m.json()).is_some_and(|x| f.matches(&x)))
 }

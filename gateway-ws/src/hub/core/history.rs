@@ -63,7 +63,13 @@ pub(super) struct Pending {
     pub tier: Tier,
     pub idx: usize,
     pub resume: Resume,
+    /// A snapshot of this many messages waits for its older part (then `resume.since`
+    /// is where the read starts), not a resume.
+    pub snapshot: usize,
 }
+
+/// How far before the ring a snapshot's read-back looks, at most.
+const SNAPSHOT_LOOKBACK: u64 = 4_096;
 
 /// Read-backs in a row for one SUBSCRIBE before giving up (the ring outran the reads).
 const MAX_ROUNDS: u8 = 3;
@@ -83,8 +89,41 @@ impl Core {
         let Some(serial) = self.conns.get(i).and_then(Option::as_ref).map(|c| c.serial) else {
             return false;
         };
-        self.pending.push(Pending { conn: i, serial, tier, idx, resume });
+        self.pending.push(Pending { conn: i, serial, tier, idx, resume, snapshot: 0 });
         self.request(i, serial, tier, resume.since, lost, 1);
+        true
+    }
+
+    /// Starts a read-back of the messages just before the ring for a snapshot of `n`
+    /// that the ring cannot fill, if this node has a history; false to answer at once.
+    pub(super) fn snapshot_from_history(&mut self, i: usize, tier: Tier, idx: usize, n: usize) -> bool {
+        let channels = Arc::clone(&self.src.channels);
+        let Some(log) = log_of(&channels, idx).filter(|_| self.src.history) else {
+            return false;
+        };
+        let lost = log.lost_through();
+        let Some(c) = self.conns.get(i).and_then(Option::as_ref) else { return false };
+        if lost == 0 {
+            return false; // the ring holds the whole channel
+        }
+        let probe = super::Sub {
+            conn: i,
+            categories: c.session.categories,
+            quota: Arc::clone(&c.quota),
+            limit: None,
+            skip_until: 0,
+            last_seq: 0,
+            filter: c.filters[tier.index()].clone(),
+        };
+        let serial = c.serial;
+        let (picked, ran_out) = self.ring_snapshot(idx, &probe, log.head(), n);
+        if picked.len() >= n || !ran_out {
+            return false;
+        }
+        let since = lost.saturating_sub(SNAPSHOT_LOOKBACK);
+        let resume = Resume { since, epoch: log.epoch() };
+        self.pending.push(Pending { conn: i, serial, tier, idx, resume, snapshot: n });
+        self.request(i, serial, tier, since, lost, 1);
         true
     }
 
@@ -122,6 +161,18 @@ impl Core {
         let channels = Arc::clone(&self.src.channels);
         let Some(log) = log_of(&channels, p.idx) else { return };
         let channel = ChannelName::Signals(p.tier);
+        if p.snapshot > 0 {
+            // The older part of a snapshot (none if the read failed: the ring's part
+            // still goes out); the rest is read from the ring as it is now.
+            match done.result {
+                Ok(msgs) => self.snapshot_older = msgs,
+                Err(e) => tracing::debug!(conn = p.conn, error = %e, "no history for a snapshot"),
+            }
+            self.subscribe_live(p.conn, &channel, p.tier, p.idx, None, None, p.snapshot);
+            // Taken by the snapshot; never left for another connection's.
+            self.snapshot_older.clear();
+            return;
+        }
         let mut older = match done.result {
             Ok(msgs) => msgs,
             Err(e) => {

@@ -149,6 +149,9 @@ pub struct Core {
     dirty: VecDeque<ConnId>,
     /// Subscriptions waiting for a history read-back, and reads to start.
     pending: Vec<history::Pending>,
+    /// A snapshot's older part, read back from the node's history, for the snapshot
+    /// being sent now ([`Core::send_snapshot`] takes it).
+    snapshot_older: Vec<Message>,
     requests: VecDeque<HistoryRequest>,
     /// Connections the driver must drop now (stalled, lingered long enough).
     gone: Vec<ConnId>,
@@ -186,6 +189,7 @@ impl Core {
             prices: prices::Prices::default(),
             dirty: VecDeque::new(),
             pending: Vec::new(),
+            snapshot_older: Vec::new(),
             requests: VecDeque::new(),
             gone: Vec::new(),
             batch: Vec::with_capacity(256),

@@ -519,6 +519,33 @@ fn a_resume_from_before_the_ring_waits_for_the_history_read_back_and_then_goes_o
 }
 
 #[test]
+fn a_snapshot_the_ring_cannot_fill_takes_its_older_part_from_the_history() {
+    let mut h = Setup { history: true, ..Setup::default() }.build();
+    // 100 signals through a 64-message ring: seqs 1..=36 are only in the history.
+    let ids: Vec<u128> = (0..100).map(|_| h.route(8_000, Category::Equity)).collect();
+    let lost = h.channels.live(Tier::Premium).lost_through();
+    assert!(lost > 0);
+    let c = h.connect(session("u-snap", Tier::Premium));
+    h.send(c, r#"{"type":"SUBSCRIBE","channel":"signals_premium","snapshot":80}"#);
+    assert!(h.read(c).is_empty(), "nothing before the older part is in");
+    let req = h.core.poll_request().expect("a history read");
+    assert_eq!(req.to, lost);
+    let older: Vec<Message> =
+        (req.since + 1..=req.to).map(|seq| message(&h, seq, ids[seq as usize - 1])).collect();
+    h.core.history_done(req.done(Ok(older)), h.clock);
+    let frames = h.read(c);
+    assert_eq!(frames[0].json()["type"], "SUBSCRIBED");
+    let seqs: Vec<u64> = frames[1..].iter().map(|f| f.json()["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (21..=100).collect::<Vec<_>>(), "the last 80, older part first, in order");
+    assert!(frames[1..].iter().all(|f| f.json()["snapshot"] == true));
+    // A snapshot the ring can fill reads nothing.
+    let d = h.connect(session("u-snap2", Tier::Premium));
+    h.send(d, r#"{"type":"SUBSCRIBE","channel":"signals_premium","snapshot":5}"#);
+    assert_eq!(h.read(d).len(), 6);
+    assert!(h.core.poll_request().is_none());
+}
+
+#[test]
 fn a_history_answer_for_a_connection_that_left_goes_nowhere() {
     let mut h = Setup { history: true, ..Setup::default() }.build();
     for _ in 0..100 {
