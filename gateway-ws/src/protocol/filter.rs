@@ -47,23 +47,24 @@ impl<'a> Fields<'a> {
     /// `None` for anything else (a filter then lets nothing through).
     pub fn of(data: &'a [u8]) -> Option<Self> {
         let text = std::str::from_utf8(data).ok()?;
-        let string = |key: &str| -> Option<&'a str> {
-            let at = text.find(key)? + key.len();
-            let rest = &text[at..];
-            Some(&rest[..rest.find('"')?])
+        // The fields come in this order, before the analysis (where a producer's own
+        // keys could look the same): each search starts where the last one ended, so
+        // the data is read once, up to `confidence`.
+        let mut at = 0;
+        let mut value = |key: &str, last: bool| -> Option<&'a str> {
+            let start = at + text[at..].find(key)? + key.len();
+            let rest = &text[start..];
+            // A string ends at its quote; the number (the last field read) at , or }.
+            let len = if last { rest.find([',', '}'])? } else { rest.find('"')? };
+            at = start + len;
+            Some(&rest[..len])
         };
-        let source_id = uuid::Uuid::parse_str(string("\"source_id\":\"")?).ok()?;
-        let symbol = string("\"symbol\":\"")?;
-        let exchange = string("\"exchange\":\"")?;
-        let category = string("\"category\":\"")?.parse().ok()?;
-        let signal_type = string("\"signal_type\":\"")?.parse().ok()?;
-        let confidence = {
-            let key = "\"confidence\":";
-            let at = text.find(key)? + key.len();
-            let rest = &text[at..];
-            let end = rest.find([',', '}'])?;
-            confidence_hundredths(&rest[..end])?
-        };
+        let source_id = uuid::Uuid::parse_str(value("\"source_id\":\"", false)?).ok()?;
+        let symbol = value("\"symbol\":\"", false)?;
+        let exchange = value("\"exchange\":\"", false)?;
+        let category = value("\"category\":\"", false)?.parse().ok()?;
+        let signal_type = value("\"signal_type\":\"", false)?.parse().ok()?;
+        let confidence = confidence_hundredths(value("\"confidence\":", true)?)?;
         Some(Self { source_id, symbol, exchange, category, signal_type, confidence })
     }
 }
