@@ -4,6 +4,9 @@
 //! them in a fixed order), so live messages, replays, snapshots and closes all pass the
 //! same test.
 
+use std::collections::HashSet;
+use std::sync::Arc;
+
 use engine::model::{Category, CategoryMask, Exchange, SignalType, Symbol};
 use serde_json::{Value, json};
 
@@ -17,7 +20,7 @@ pub struct Limits {
 }
 
 /// A normalized filter. Every part is optional: absent, it lets everything through.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Filter {
     /// Sorted by text, deduplicated: a symbol on any exchange (`None`) or on one.
     pub symbols: Vec<(Symbol, Option<Exchange>)>,
@@ -302,6 +305,56 @@ impl Filter {
     }
 }
 
+/// The filters of one hub shard's subscriptions, each distinct filter once: equal
+/// filters (bots on the same watchlist, every dashboard on its default) share one `Arc`,
+/// so they are held once and the fan-out, which remembers the last few filters it
+/// checked against a message, checks them once per message instead of once per
+/// recipient.
+///
+/// Bounded: a filter no subscription holds any more is dropped when the set reaches
+/// twice the size it had after the last purge (and at least [`Interner::PURGE_MIN`]),
+/// so it holds at most about twice the distinct filters in use.
+#[derive(Debug)]
+pub struct Interner {
+    set: HashSet<Arc<Filter>>,
+    purge_at: usize,
+}
+
+impl Default for Interner {
+    fn default() -> Self {
+        Self { set: HashSet::new(), purge_at: Self::PURGE_MIN }
+    }
+}
+
+impl Interner {
+    /// The set's size below which nothing is purged.
+    pub const PURGE_MIN: usize = 64;
+
+    /// The shared copy of `filter`.
+    pub fn intern(&mut self, filter: Filter) -> Arc<Filter> {
+        if let Some(f) = self.set.get(&filter) {
+            return Arc::clone(f);
+        }
+        if self.set.len() >= self.purge_at {
+            // Held only here: no subscription uses it any more.
+            self.set.retain(|f| Arc::strong_count(f) > 1);
+            self.purge_at = (self.set.len() * 2).max(Self::PURGE_MIN);
+        }
+        let f = Arc::new(filter);
+        self.set.insert(Arc::clone(&f));
+        f
+    }
+
+    /// Distinct filters held.
+    pub fn len(&self) -> usize {
+        self.set.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -402,5 +455,26 @@ mod tests {
         assert!(err.contains("cannot go with"), "{err}");
         let replaced = Filter::update(Some(&f), &json!({"signal_types": ["buy"]}), LIMITS, all).unwrap();
         assert_eq!(replaced.to_json(), json!({"signal_types": ["buy"]}), "a full filter replaces the whole");
+    }
+
+    #[test]
+    fn equal_filters_are_held_once_and_unused_ones_are_dropped() {
+        let mut set = Interner::default();
+        let watch = |n: usize| filter(json!({"symbols": [format!("S{n}")]})).unwrap();
+        let a = set.intern(watch(1));
+        let b = set.intern(watch(1));
+        assert!(Arc::ptr_eq(&a, &b), "an equal filter is the same Arc");
+        assert!(!Arc::ptr_eq(&a, &set.intern(watch(2))));
+        // Filters nobody holds are dropped once the set doubles past its floor; held
+        // ones stay.
+        let held: Vec<_> = (0..10).map(|n| set.intern(watch(100 + n))).collect();
+        for n in 0..1_000 {
+            drop(set.intern(watch(1_000 + n)));
+        }
+        assert!(set.len() <= 2 * Interner::PURGE_MIN, "bounded: {}", set.len());
+        for (n, f) in held.iter().enumerate() {
+            assert!(Arc::ptr_eq(f, &set.intern(watch(100 + n))), "a held filter stays shared");
+        }
+        assert!(Arc::ptr_eq(&a, &set.intern(watch(1))));
     }
 }

@@ -145,7 +145,7 @@ impl Core {
                             limits,
                             c.session.categories,
                         ) {
-                            Ok(f) => Some(Arc::new(f)),
+                            Ok(f) => Some(self.filters.intern(f)),
                             Err(msg) => {
                                 return self.refuse(i, &Refusal::new(ErrorCode::BadRequest, msg).on(name));
                             }

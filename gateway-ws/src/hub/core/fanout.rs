@@ -11,7 +11,7 @@ use super::prices::PriceSub;
 use super::{Clock, Core, LOGS, Sub};
 use crate::auth::Session;
 use crate::hub::quota::{Take, utc_day};
-use crate::protocol::filter::Fields;
+use crate::protocol::filter::{Fields, Filter};
 use crate::protocol::{self, Notice, Refusal, ResumeAsk};
 use crate::ws::{CloseCode, outbound};
 
@@ -398,20 +398,43 @@ pub(super) enum Delivery {
     Exhausted,
 }
 
-/// A message's fields for filters, read from its text when first asked for.
+/// Filters remembered per message: subscriptions with equal filters share one `Arc`
+/// (the shard's [`crate::protocol::filter::Interner`]), so with a few popular watchlists
+/// most recipients are answered from here.
+const MEMO: usize = 4;
+
+/// A message's fields for filters, read from its text when first asked for, and the
+/// answers of the last [`MEMO`] filters checked against it.
 pub(super) struct Lazy<'a> {
     msg: &'a Message,
     fields: Option<Option<Fields<'a>>>,
+    /// (filter's address, answer); address 0 is no filter. The filters are held by the
+    /// subscriptions for as long as this message is fanned out, so an address stands
+    /// for one filter here.
+    seen: [(usize, bool); MEMO],
+    next: usize,
 }
 
 impl<'a> Lazy<'a> {
     pub(super) fn new(msg: &'a Message) -> Self {
-        Self { msg, fields: None }
+        Self { msg, fields: None, seen: [(0, false); MEMO], next: 0 }
     }
 
-    fn get(&mut self) -> Option<&Fields<'a>> {
+    /// Whether `filter` lets this message through.
+    fn passes(&mut self, filter: &Arc<Filter>) -> bool {
+        let key = Arc::as_ptr(filter) as usize;
+        if let Some(&(_, ok)) = self.seen.iter().find(|(k, _)| *k == key) {
+            return ok;
+        }
         let msg = self.msg;
-        self.fields.get_or_insert_with(|| Fields::of(msg.json())).as_ref()
+        let ok = self
+            .fields
+            .get_or_insert_with(|| Fields::of(msg.json()))
+            .as_ref()
+            .is_some_and(|x| filter.matches(x));
+        self.seen[self.next % MEMO] = (key, ok);
+        self.next += 1;
+        ok
     }
 }
 
@@ -438,7 +461,7 @@ pub(super) fn deliver(
     }
     // Before the quota: a message the filter leaves out is not charged.
     if let Some(f) = &sub.filter
-        && !fields.get().is_some_and(|x| f.matches(x))
+        && !fields.passes(f)
     {
         return Delivery::Skipped;
     }

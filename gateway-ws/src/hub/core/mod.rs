@@ -145,6 +145,8 @@ pub struct Core {
     cursors: [u64; LOGS],
     /// `prices_general`: frames per (symbol, rate) and who watches what.
     prices: prices::Prices,
+    /// Signal channels' filters, each distinct one once.
+    filters: crate::protocol::filter::Interner,
     /// Connections with something to write, in the order they got it.
     dirty: VecDeque<ConnId>,
     /// Subscriptions waiting for a history read-back, and reads to start.
@@ -187,6 +189,7 @@ impl Core {
             subs: Default::default(),
             cursors: [0; LOGS],
             prices: prices::Prices::default(),
+            filters: crate::protocol::filter::Interner::default(),
             dirty: VecDeque::new(),
             pending: Vec::new(),
             snapshot_older: Vec::new(),

@@ -1255,3 +1255,35 @@ fn a_snapshot_with_since_or_over_the_limit_is_refused() {
     let err = h.read(c).remove(0).json().clone();
     assert!(err["message"].as_str().unwrap().contains("at most 100"), "{err}");
 }
+
+#[test]
+fn subscribers_sharing_filters_and_more_filters_than_the_fanout_remembers_each_get_their_own() {
+    use engine::model::SignalType::Buy;
+    let mut h = harness();
+    // Six watchlists (more than the fan-out's memo of four), two subscribers on each,
+    // interleaved so that equal filters are not neighbours.
+    let symbols = ["TCS", "INFY", "RELIANCE", "HDFC", "ITC", "SBIN"];
+    let mut conns = Vec::new();
+    for round in 0..2 {
+        for (k, sym) in symbols.iter().enumerate() {
+            let c = h.connect(session(&format!("u-{round}-{k}"), Tier::Premium));
+            h.send(
+                c,
+                &format!(
+                    r#"{{"type":"SUBSCRIBE","channel":"signals_premium","filter":{{"symbols":["{sym}"]}}}}"#
+                ),
+            );
+            h.read(c);
+            conns.push((c, k));
+        }
+    }
+    for (n, sym) in symbols.iter().enumerate() {
+        h.route_on(n as u128 + 1, sym, Buy, 9_000);
+    }
+    h.route_on(7, "TCS", Buy, 9_000);
+    for (c, k) in conns {
+        let want: Vec<(u64, u128)> =
+            if k == 0 { vec![(1, 1), (7, 7)] } else { vec![(k as u64 + 1, k as u128 + 1)] };
+        assert_eq!(h.signals(c), want, "watchlist {}", symbols[k]);
+    }
+}
