@@ -9,6 +9,7 @@
 //! - [`reference`]: the pre-framed broadcast server that sits on the kernel's floor.
 //! - [`report`]: tables, JSON, SVG charts, docs/PERFORMANCE.md.
 //! - [`scenarios`]: what each command of the binary runs.
+//! - [`ingest`], [`ticks`]: what the signal store costs producers; what a tick costs.
 
 pub mod ingest;
 pub mod proto;
@@ -18,4 +19,5 @@ pub mod run;
 pub mod scenarios;
 pub mod stats;
 pub mod targets;
+pub mod ticks;
 pub mod worker;

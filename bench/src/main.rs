@@ -168,6 +168,26 @@ enum Cmd {
         #[arg(long, default_value_t = 100)]
         batch: usize,
     },
+    /// What a market tick costs the server: ticks at `rate` over the TCP feed, over
+    /// `symbols` symbols, with `subscribers` price subscribers watching `watch` symbols
+    /// each at `max_frequency`: server CPU per tick taken, price deliveries/s.
+    Ticks {
+        #[arg(long, default_value_t = 100_000)]
+        rate: u64,
+        #[arg(long, default_value_t = 1_000)]
+        symbols: usize,
+        #[arg(long, default_value_t = 1_000)]
+        subscribers: usize,
+        #[arg(long, default_value_t = 10)]
+        watch: usize,
+        /// Updates per second per symbol (1, 2, 5, 10, 25, 50; the bench user is premium:
+        /// at most 50).
+        #[arg(long, default_value_t = 1)]
+        max_frequency: u32,
+        /// Seconds measured (after one of warm-up).
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+    },
     /// (internal) signalcast on the given addresses, embedded default (plus any
     /// SIGNALCAST_* variables), no demo.
     #[command(hide = true)]
@@ -230,6 +250,13 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()?
             .block_on(bench::ingest::run(signals, batch)),
+        Cmd::Ticks { rate, symbols, subscribers, watch, max_frequency, duration } => {
+            let spec = bench::ticks::Spec { rate, symbols, subscribers, watch, max_frequency, duration };
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(bench::ticks::run(spec))
+        }
         cmd => tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(orchestrate(cmd)),
     }
 }

@@ -11,6 +11,8 @@
 //!   256-item batch as the stage thread does. The clock advances 1 ms per signal
 //!   (1,000 signals/s of simulated time), so after 30,000 signals the delayed views
 //!   release as many messages as they take: the steady state.
+//!   `stage/fixture_mix_stored` adds the signal store's queue: each batch handed to the
+//!   store's own thread (a store that keeps nothing) and let out once it says stored.
 //! - `ticks/*`: one tick through the stage (tick book, then outcome tracking) with
 //!   100,000 open signals over 1,000 symbols, their targets and stops 2–50% away so that
 //!   the ticks (±0.5% around the entry) cross none: what tracking costs a tick that
@@ -72,10 +74,11 @@ fn stage(c: &mut Criterion) {
     }
     let mut g = c.benchmark_group("stage");
     g.throughput(Throughput::Elements(1));
-    for (name, templates, tracking) in [
-        ("fixture_mix", &fixture, true),
-        ("fixture_mix_untracked", &fixture, false),
-        ("every_tier", &all_tiers, true),
+    for (name, templates, tracking, stored) in [
+        ("fixture_mix", &fixture, true, false),
+        ("fixture_mix_untracked", &fixture, false, false),
+        ("fixture_mix_stored", &fixture, true, true),
+        ("every_tier", &all_tiers, true, false),
     ] {
         // Outcome tracking on (the default) or off (`max_open_signals = 0`).
         let config = EngineConfig {
@@ -93,6 +96,11 @@ fn stage(c: &mut Criterion) {
             Arc::new(ProducerRegistry::default()),
             Arc::new(PipelineStats::default()),
         );
+        if stored {
+            // What a node runs: each batch handed to the store's thread (one in flight,
+            // the next merged behind it), let out once stored.
+            stage = stage.with_archive_thread(Box::new(NullArchive::default())).unwrap();
+        }
         for t in &ticks {
             stage.handle(IngestItem::Tick(*t), now);
         }
@@ -120,14 +128,36 @@ fn stage(c: &mut Criterion) {
                     if k % 256 == 255 {
                         stage.release_due(now);
                         stage.finish_batch();
+                        stage.poll_committed();
                     }
                 }
                 stage.finish_batch();
+                stage.wait_committed();
                 start.elapsed()
             })
         });
     }
     g.finish();
+}
+
+/// A store that keeps nothing: the stage's side of the store's queue (rows staged, a
+/// batch handed to the store's thread and waited for) without a disk.
+#[derive(Debug, Default)]
+struct NullArchive {
+    rows: u64,
+}
+
+impl engine::pipeline::Archive for NullArchive {
+    fn stage(&mut self, routed: &engine::pipeline::Archived<'_>) {
+        self.rows += routed.data.len() as u64 & 1;
+    }
+    fn stage_close(&mut self, close: &engine::pipeline::ArchivedClose<'_>) {
+        self.rows += close.data.len() as u64 & 1;
+    }
+    fn commit(&mut self) -> Result<(), String> {
+        std::hint::black_box(self.rows);
+        Ok(())
+    }
 }
 
 fn ticks(c: &mut Criterion) {

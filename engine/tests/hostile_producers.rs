@@ -263,3 +263,20 @@ async fn idle_unauthenticated_sockets_hold_no_producer_place_and_are_capped_per_
         "let in again, then timed out for want of a HELLO: {back:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn good_frames_before_a_bad_one_in_the_same_read_are_still_routed() {
+    let t = start_with(EngineConfig::default(), FeedConfig::default()).await;
+    // One write: HELLO, three valid signals, then garbage. The engine decodes a read's
+    // frames before it hands them to the pipeline together: the bad frame must not take
+    // the good ones down with it.
+    let mut bytes = hello("beta", "key-beta", PROTOCOL_VERSION);
+    for n in 1..=3u128 {
+        engine::feed::codec::encode_signal(&mut bytes, n as u64, None, &equity(n, 9_500));
+    }
+    bytes.extend_from_slice(&[7, 0, 0, 0, 2, 0xde, 0xad, 0xbe, 0xef, 0x00, 0x01]);
+    let got = exchange(t.feed_addr, &bytes).await;
+    assert_eq!(error_code(&got), "invalid_archive");
+    let msgs = wait_for(&t.engine, t.engine.channels.live(Tier::Premium), 3).await;
+    assert_eq!(msgs.iter().map(id_of).collect::<Vec<_>>(), [1, 2, 3]);
+}
