@@ -94,11 +94,11 @@ impl CodecError {
     }
 }
 
-/// Cuts the next whole frame off the front of `buf`.
-///
-/// `Ok(None)` means more bytes are needed. The length is checked as soon as its four
-/// bytes are in, so an oversize claim is refused before anything is buffered for it.
-pub fn next_frame(buf: &mut BytesMut) -> Result<Option<(FrameKind, BytesMut)>, CodecError> {
+/// The next whole frame at the start of `buf`, without taking it: its kind and its
+/// length with the header, so that the payload is `buf[HEADER_LEN..len]`. Reserves room
+/// for a frame that is not all there yet. The feed's reader decodes in place and then
+/// advances, with no handle per frame.
+pub fn peek_frame(buf: &mut BytesMut) -> Result<Option<(FrameKind, usize)>, CodecError> {
     if buf.len() < 4 {
         return Ok(None);
     }
@@ -117,8 +117,17 @@ pub fn next_frame(buf: &mut BytesMut) -> Result<Option<(FrameKind, BytesMut)>, C
         buf.reserve(4 + len - buf.len());
         return Ok(None);
     }
+    Ok(Some((kind, 4 + len)))
+}
+
+/// Cuts the next whole frame off the front of `buf`.
+///
+/// `Ok(None)` means more bytes are needed. The length is checked as soon as its four
+/// bytes are in, so an oversize claim is refused before anything is buffered for it.
+pub fn next_frame(buf: &mut BytesMut) -> Result<Option<(FrameKind, BytesMut)>, CodecError> {
+    let Some((kind, len)) = peek_frame(buf)? else { return Ok(None) };
     buf.advance(HEADER_LEN);
-    Ok(Some((kind, buf.split_to(len - 1))))
+    Ok(Some((kind, buf.split_to(len - HEADER_LEN))))
 }
 
 /// Appends one frame.

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use rkyv::util::AlignedVec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -18,7 +18,9 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 
-use super::codec::{CodecError, EngineMessage, PROTOCOL_VERSION, ProducerMessage, next_frame};
+use super::codec::{
+    CodecError, EngineMessage, HEADER_LEN, PROTOCOL_VERSION, ProducerMessage, next_frame, peek_frame,
+};
 use super::{ProducerAuth, ProducerRegistry, ProducerSlot};
 use crate::config::FeedConfig;
 use crate::doorway::{Doorway, DoorwayConfig, Turned, Unauthenticated};
@@ -361,9 +363,15 @@ impl Session {
     fn decode_frames(&mut self, slot: u32, producer: &str, items: &mut Vec<IngestItem>) -> Result<bool, End> {
         let most = HANDOFF.min(self.ctx.ingest.max_capacity());
         while items.len() < most {
-            let Some((kind, payload)) = next_frame(&mut self.buf)? else { return Ok(false) };
-            let msg =
-                ProducerMessage::decode(kind, &payload, &mut self.scratch, self.ctx.max_analysis_bytes)?;
+            let Some((kind, len)) = peek_frame(&mut self.buf)? else { return Ok(false) };
+            let msg = ProducerMessage::decode(
+                kind,
+                &self.buf[HEADER_LEN..len],
+                &mut self.scratch,
+                self.ctx.max_analysis_bytes,
+            );
+            self.buf.advance(len);
+            let msg = msg?;
             let item = match msg {
                 ProducerMessage::Signal { producer_seq, sent_at, signal } => {
                     if producer_seq > self.last_seq.saturating_add(MAX_SEQ_STEP) {

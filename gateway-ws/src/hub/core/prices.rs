@@ -76,6 +76,8 @@ pub(super) struct Prices {
     names: Vec<Option<(Symbol, Exchange)>>,
     /// The symbol ids each watchlist subscriber is on (so that leaving costs its list).
     on: std::collections::HashMap<ConnId, Vec<u32>>,
+    /// The first turn: each rate's periods are counted from it.
+    start: Option<Instant>,
 }
 
 impl Prices {
@@ -143,6 +145,9 @@ impl Prices {
         interval: Duration,
         mut push: impl FnMut(ConnId, u32),
     ) {
+        let start = *self.start.get_or_insert(now);
+        let elapsed = now.saturating_duration_since(start).as_nanos();
+        let half = (interval / 2).as_nanos();
         for (sym, tick, version) in ticks.iter() {
             let k = sym.0 as usize;
             self.learn(k, &tick);
@@ -156,10 +161,15 @@ impl Prices {
                 if !watched || version <= rate.sent[k] || rate.next[k].is_some_and(|at| now < at) {
                     continue;
                 }
-                // One update per period at this rate; half a turn early still counts
-                // (turns are not exactly on time).
-                let period = Duration::from_secs(1) / RATES[r];
-                rate.next[k] = Some(now + period.saturating_sub(interval / 2));
+                // One update per period at this rate, on periods counted from the first
+                // turn for every symbol alike: a subscriber's symbols fall due in the
+                // same turn, so their frames leave in one write, not one each. Half a
+                // turn early still counts (turns are not exactly on time).
+                // A turn up to half a turn early serves the period about to begin.
+                let period = (Duration::from_secs(1) / RATES[r]).as_nanos();
+                let slot = (elapsed + half) / period + 1;
+                let next = u64::try_from(slot * period).unwrap_or(u64::MAX);
+                rate.next[k] = start.checked_add(Duration::from_nanos(next).saturating_sub(interval / 2));
                 let conflated = if rate.sent[k] == 0 { 1 } else { version - rate.sent[k] };
                 rate.sent[k] = version;
                 rate.frames[k] = Some(super::fanout::price_frame(&tick, conflated));

@@ -1287,3 +1287,39 @@ fn subscribers_sharing_filters_and_more_filters_than_the_fanout_remembers_each_g
         assert_eq!(h.signals(c), want, "watchlist {}", symbols[k]);
     }
 }
+
+#[test]
+fn at_one_rate_a_subscribers_symbols_fall_due_in_the_same_turn() {
+    let mut h = harness();
+    let interval = HubConfig::default().price_interval;
+    h.tick("GOLD", "MCX", "100");
+    let c = h.connect(session("u-rate", Tier::Premium));
+    h.send(c, r#"{"type":"SUBSCRIBE","channel":"prices_general","max_frequency":1}"#);
+    h.read(c);
+    h.advance(interval);
+    // SILVER first ticks 300 ms after GOLD: its first frame goes out then.
+    for _ in 0..15 {
+        h.advance(interval);
+    }
+    h.tick("SILVER", "MCX", "50");
+    h.advance(interval);
+    assert_eq!(prices_read(&mut h, c).iter().map(|p| p.0.as_str()).collect::<Vec<_>>(), ["SILVER"]);
+    // Then both tick at every turn for three seconds, the turns 5 ms before each
+    // second (a turn up to half a turn early serves the next period): each turn that
+    // sends one of them sends both (one write for the subscriber, not two), and still
+    // only once a second (an early turn is not followed by a second send just after).
+    h.advance(Duration::from_millis(15));
+    let mut turns = Vec::new();
+    for n in 1..=150 {
+        h.tick("GOLD", "MCX", &(100 + n).to_string());
+        h.tick("SILVER", "MCX", &(50 + n).to_string());
+        h.advance(interval);
+        let mut got: Vec<String> = prices_read(&mut h, c).into_iter().map(|p| p.0).collect();
+        got.sort();
+        if !got.is_empty() {
+            turns.push(got);
+        }
+    }
+    assert_eq!(turns.len(), 3, "one a second: {turns:?}");
+    assert!(turns.iter().all(|t| t == &["GOLD", "SILVER"]), "{turns:?}");
+}
