@@ -9,7 +9,8 @@
 //! - [`reference`]: the pre-framed broadcast server that sits on the kernel's floor.
 //! - [`report`]: tables, JSON, SVG charts, docs/PERFORMANCE.md.
 //! - [`scenarios`]: what each command of the binary runs.
-//! - [`ingest`], [`ticks`]: what the signal store costs producers; what a tick costs.
+//! - [`ingest`], [`ticks`], [`storm`]: what the signal store costs producers; what a
+//!   tick costs; a node restarted under 10,000 subscribers.
 
 pub mod ingest;
 pub mod proto;
@@ -18,6 +19,7 @@ pub mod report;
 pub mod run;
 pub mod scenarios;
 pub mod stats;
+pub mod storm;
 pub mod targets;
 pub mod ticks;
 pub mod worker;

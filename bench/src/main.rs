@@ -188,6 +188,24 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         duration: u64,
     },
+    /// A reconnect storm: `count` subscribers on one node (store on) while signals are
+    /// published at `rate`; the node is killed and started again, every subscriber
+    /// reconnects at once with since/epoch: the time until all are back, recovered or
+    /// not, server CPU, and any seq received twice or skipped.
+    Storm {
+        #[arg(long, default_value_t = 10_000)]
+        count: usize,
+        /// Client worker processes (at least one per 15,000 connections).
+        #[arg(long, default_value_t = 2)]
+        processes: usize,
+        /// Signals per second published throughout (each goes to every subscriber: at
+        /// 10,000 subscribers, 5/s is 50,000 deliveries a second).
+        #[arg(long, default_value_t = 5)]
+        rate: u64,
+    },
+    /// (internal) a storm's client worker process.
+    #[command(hide = true)]
+    StormWorker { spec: String },
     /// (internal) signalcast on the given addresses, embedded default (plus any
     /// SIGNALCAST_* variables), no demo.
     #[command(hide = true)]
@@ -250,6 +268,11 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()?
             .block_on(bench::ingest::run(signals, batch)),
+        Cmd::StormWorker { spec } => bench::storm::worker(serde_json::from_str(&spec)?),
+        Cmd::Storm { count, processes, rate } => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(bench::storm::run(count, processes, rate)),
         Cmd::Ticks { rate, symbols, subscribers, watch, max_frequency, duration } => {
             let spec = bench::ticks::Spec { rate, symbols, subscribers, watch, max_frequency, duration };
             tokio::runtime::Builder::new_multi_thread()

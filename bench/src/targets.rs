@@ -130,6 +130,23 @@ pub fn peers_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers")
 }
 
+/// This binary's `serve-signalcast` or `serve-reference` on `ws` and `publish`, with the
+/// signal store in `data` (unless SIGNALCAST_STORE__DATA_DIR says where).
+fn spawn_server(
+    exe: &std::path::Path,
+    sub: &str,
+    ws: SocketAddr,
+    publish: SocketAddr,
+    data: Option<&TempDir>,
+) -> std::io::Result<Child> {
+    let mut cmd = Command::new(exe);
+    cmd.args([sub, "--ws", &ws.to_string(), "--publish", &publish.to_string()]);
+    if let Some(dir) = data {
+        cmd.env("SIGNALCAST_STORE__DATA_DIR", &dir.0);
+    }
+    cmd.stdout(std::process::Stdio::null()).kill_on_drop(true).spawn()
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -173,18 +190,15 @@ impl Server {
             Target::Signalcast | Target::Reference => {
                 let (ws, publish) = (free_port()?, free_port()?);
                 let sub = if target == Target::Signalcast { "serve-signalcast" } else { "serve-reference" };
-                let mut cmd = Command::new(exe);
-                cmd.args([sub, "--ws", &local(ws).to_string(), "--publish", &local(publish).to_string()]);
                 if target == Target::Signalcast && std::env::var_os("SIGNALCAST_STORE__DATA_DIR").is_none() {
                     // The server's signal store, removed with the server (a run of a
                     // million signals leaves gigabytes).
                     let dir = std::env::temp_dir()
                         .join(format!("signalcast-bench-data-{}-{ws}", std::process::id()));
                     let _ = std::fs::remove_dir_all(&dir);
-                    cmd.env("SIGNALCAST_STORE__DATA_DIR", &dir);
                     data = Some(TempDir(dir));
                 }
-                let child = cmd.stdout(std::process::Stdio::null()).kill_on_drop(true).spawn()?;
+                let child = spawn_server(&exe, sub, local(ws), local(publish), data.as_ref())?;
                 let pid = child.id().context("child pid")?;
                 wait_port(local(ws)).await?;
                 wait_port(local(publish)).await?;
@@ -271,6 +285,21 @@ impl Server {
             helpers: vec![engine, broker],
             _dir: Some(dir),
         })
+    }
+
+    /// Kills the signalcast server (SIGKILL: an unclean stop, nothing flushed on the way
+    /// out) and starts it again on the same addresses and the same store; returns once
+    /// it accepts connections again.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.target == Target::Signalcast, "only a single signalcast node restarts here");
+        if let Some(mut c) = self.child.take() {
+            c.kill().await?;
+        }
+        let child =
+            spawn_server(&exe()?, "serve-signalcast", self.endpoint.addr, self.publish, self._dir.as_ref())?;
+        self.pid = child.id().context("child pid")?;
+        self.child = Some(child);
+        wait_port(self.endpoint.addr).await
     }
 
     pub async fn stop(mut self) {
