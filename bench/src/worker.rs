@@ -225,11 +225,18 @@ async fn read_until(c: &mut Conn, mut done: impl FnMut(u8, &[u8]) -> bool) -> st
 
 async fn subscribe(ep: &Endpoint) -> std::io::Result<Conn> {
     let protocol = None;
-    let (stream, buf) = ws_connect(ep.addr, &ep.path, protocol).await?;
+    // signalcast without a filter: the channel is named in the upgrade request and
+    // SUBSCRIBED follows WELCOME with no second round trip (as nchan's URL names its
+    // channel). A filter takes a SUBSCRIBE message.
+    let in_url = ep.target.is_signalcast() && SUBSCRIBE.get().is_none();
+    let path = if in_url { format!("{}&subscribe=signals_premium", ep.path) } else { ep.path.clone() };
+    let (stream, buf) = ws_connect(ep.addr, &path, protocol).await?;
     let mut c = Conn { stream, buf };
     match ep.target {
         Target::Signalcast | Target::SignalcastKafka => {
-            c.stream.write_all(&client_frame(0x1, subscribe_message().as_bytes())).await?;
+            if !in_url {
+                c.stream.write_all(&client_frame(0x1, subscribe_message().as_bytes())).await?;
+            }
             read_until(&mut c, |_, p| p.windows(12).any(|w| w == b"\"SUBSCRIBED\"")).await?;
         }
         Target::Reference | Target::NodeWs => read_until(&mut c, |_, p| p.starts_with(b"subscribed")).await?,

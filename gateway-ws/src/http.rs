@@ -21,6 +21,8 @@ use serde_json::json;
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
+use engine::channels::ChannelName;
+
 use crate::auth::AccountsState;
 use crate::auth::AuthError;
 use crate::conn::Io;
@@ -245,6 +247,10 @@ fn websocket(mut req: Request<Incoming>, peer: Option<IpAddr>, app: Arc<App>) ->
         Ok(t) => t,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, e.code(), &e.to_string()),
     };
+    let subscribe = match query_subscribe(req.uri().query(), app.max_subscriptions) {
+        Ok(s) => s,
+        Err(msg) => return json_error(StatusCode::BAD_REQUEST, "bad_subscribe", &msg),
+    };
     // The token is checked before the upgrade: a bad one never gets a WebSocket.
     let session = match token.value.ok_or(AuthError::Missing).and_then(|t| app.auth.authenticate(&t)) {
         Ok(s) => s,
@@ -282,7 +288,9 @@ fn websocket(mut req: Request<Incoming>, peer: Option<IpAddr>, app: Arc<App>) ->
         };
         match attach {
             Ok((io, input)) => {
-                if let Err(e) = app.hub.attach(Attach { io, input, session, admitted: Some(admitted) }) {
+                if let Err(e) =
+                    app.hub.attach(Attach { io, input, session, admitted: Some(admitted), subscribe })
+                {
                     tracing::warn!(error = %e, "websocket dropped after the upgrade");
                 }
             }
@@ -392,6 +400,29 @@ fn offered_protocols(headers: &HeaderMap) -> Result<(bool, Option<String>), Toke
         return Err(TokenRequestError::TwoTokenProtocols);
     }
     Ok((v1, token))
+}
+
+/// `subscribe=` from the query string: channel names separated by commas, subscribed
+/// as the connection opens (its SUBSCRIBED follow WELCOME without a round trip), as a
+/// plain SUBSCRIBE would (tier, categories, quota); filters, snapshots and resumes
+/// take a SUBSCRIBE message. A name that is no channel, or more than `max` names, is
+/// refused before the upgrade.
+fn query_subscribe(query: Option<&str>, max: usize) -> Result<Vec<ChannelName>, String> {
+    let Some(list) = query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("subscribe="))) else {
+        return Ok(Vec::new());
+    };
+    let list = percent_decode(list);
+    let mut channels: Vec<ChannelName> = Vec::new();
+    for name in list.split(',').filter(|n| !n.is_empty()) {
+        let channel: ChannelName = name.parse().map_err(|e| format!("subscribe: {e}"))?;
+        if !channels.contains(&channel) {
+            channels.push(channel);
+        }
+    }
+    if channels.len() > max {
+        return Err(format!("subscribe: at most {max} channels per connection"));
+    }
+    Ok(channels)
 }
 
 /// `token=` from the query string, percent-decoded.

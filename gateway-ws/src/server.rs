@@ -62,6 +62,9 @@ pub struct App {
     pub doorway: Arc<engine::doorway::Doorway>,
     /// Client sockets at once, upgraded or not (0: no cap).
     max_connections: usize,
+    /// Subscriptions per connection (`[hub] max_subscriptions`): also the most channels
+    /// an upgrade request may name (`?subscribe=`).
+    pub max_subscriptions: usize,
     /// The dashboard's token picker: only when tokens are signed with the public dev
     /// secret (see [`crate::dashboard::dev_tokens`]).
     pub dev_tokens: Option<(Arc<DevAuth>, Duration)>,
@@ -346,6 +349,7 @@ pub async fn start_on(
             max_per_ip: config.max_unauthenticated_per_ip,
         }),
         max_connections: config.max_connections,
+        max_subscriptions: config.max_subscriptions,
         dev_tokens,
     });
     let acceptor = tls.as_ref().map(|(acceptor, _)| acceptor.clone());

@@ -528,3 +528,31 @@ async fn idle_sockets_before_the_upgrade_are_capped_per_address_and_in_total() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_named_in_the_upgrade_url_are_subscribed_without_a_round_trip() {
+    let server = start(config()).await;
+    let token = token(&server, "u-premium-1");
+    // Subscribed as the socket opens: SUBSCRIBED follows WELCOME with nothing sent.
+    let url = format!("ws://{}/ws?token={token}&subscribe=signals_premium,prices_general", server.http_addr);
+    let mut c = Client::connect(&url).await;
+    let mut subscribed = Vec::new();
+    for _ in 0..2 {
+        let v = c.next_of(&["SUBSCRIBED", "ERROR"]).await;
+        assert_eq!(v["type"], "SUBSCRIBED", "{v}");
+        subscribed.push(v["channel"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(subscribed, ["signals_premium", "prices_general"]);
+    let p = producer(&server).await;
+    p.send_signal(&signal(7, 9_500, Category::Equity)).await.unwrap();
+    p.flush().await.unwrap();
+    assert_eq!(id_of(&c.signals(1).await[0]), 7);
+    // A name that is no channel, or too many, is refused before the upgrade.
+    let bad = format!("ws://{}/ws?token={token}&subscribe=signals_gold", server.http_addr);
+    let (status, body) = answer(bad).await;
+    assert_eq!((status, body.contains("bad_subscribe")), (400, true), "{body}");
+    let many = (0..20).map(|k| format!("user_u{k}")).collect::<Vec<_>>().join(",");
+    let (status, body) = answer(format!("ws://{}/ws?token={token}&subscribe={many}", server.http_addr)).await;
+    assert_eq!((status, body.contains("at most")), (400, true), "{body}");
+    server.shutdown().await;
+}

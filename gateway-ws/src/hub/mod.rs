@@ -75,6 +75,8 @@ pub struct Attach {
     /// The connection's place under the per-IP and per-user limits, given back when
     /// the connection is dropped.
     pub admitted: Option<crate::admission::Admitted>,
+    /// Channels named in the upgrade request (`?subscribe=`), subscribed as it opens.
+    pub subscribe: Vec<engine::channels::ChannelName>,
 }
 
 enum Cmd {

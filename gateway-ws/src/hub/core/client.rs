@@ -92,6 +92,14 @@ impl Core {
         }
     }
 
+    /// The channels a connection named in its upgrade request, subscribed right after
+    /// WELCOME as plain SUBSCRIBEs would be (each answered SUBSCRIBED or ERROR).
+    pub fn subscribe_on_open(&mut self, i: usize, channels: Vec<ChannelName>) {
+        for channel in channels {
+            self.subscribe(i, channel, None, None, None);
+        }
+    }
+
     fn subscribe(
         &mut self,
         i: usize,

@@ -1323,3 +1323,30 @@ fn at_one_rate_a_subscribers_symbols_fall_due_in_the_same_turn() {
     assert_eq!(turns.len(), 3, "one a second: {turns:?}");
     assert!(turns.iter().all(|t| t == &["GOLD", "SILVER"]), "{turns:?}");
 }
+
+#[test]
+fn channels_named_in_the_upgrade_are_subscribed_after_welcome_under_the_same_rules() {
+    use engine::channels::ChannelName;
+    let mut h = harness();
+    let i = h.core.attach(session("u-open", Tier::Basic), h.clock);
+    h.core.subscribe_on_open(
+        i,
+        vec![ChannelName::Signals(Tier::Basic), ChannelName::Prices, ChannelName::Signals(Tier::Premium)],
+    );
+    let frames = h.read(i);
+    let kinds: Vec<(String, String)> = frames
+        .iter()
+        .map(|f| {
+            let v = f.json();
+            (v["type"].as_str().unwrap_or("").to_owned(), v["channel"].as_str().unwrap_or("").to_owned())
+        })
+        .collect();
+    assert_eq!(frames[0].json()["data"]["event"], "welcome", "WELCOME first: {kinds:?}");
+    assert_eq!(kinds[1], ("SUBSCRIBED".to_owned(), "signals_basic".to_owned()));
+    assert_eq!(kinds[2], ("SUBSCRIBED".to_owned(), "prices_general".to_owned()));
+    // Above the tier: refused as a SUBSCRIBE would be, the rest stands.
+    assert_eq!(kinds[3], ("ERROR".to_owned(), "signals_premium".to_owned()));
+    assert_eq!(frames[3].json()["code"], "forbidden");
+    let id = h.route(9_500, Category::Equity);
+    assert_eq!(h.ids(i), [id], "subscribed: the next signal arrives with no SUBSCRIBE sent");
+}
