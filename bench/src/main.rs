@@ -202,6 +202,10 @@ enum Cmd {
         /// 10,000 subscribers, 5/s is 50,000 deliveries a second).
         #[arg(long, default_value_t = 5)]
         rate: u64,
+        /// A broker, an engine node and two gateways (tansu on PATH or in cargo's bin):
+        /// the gateway the subscribers are on is killed, they move to the other.
+        #[arg(long)]
+        scale_out: bool,
     },
     /// (internal) a storm's client worker process.
     #[command(hide = true)]
@@ -269,10 +273,10 @@ fn main() -> anyhow::Result<()> {
             .build()?
             .block_on(bench::ingest::run(signals, batch)),
         Cmd::StormWorker { spec } => bench::storm::worker(serde_json::from_str(&spec)?),
-        Cmd::Storm { count, processes, rate } => tokio::runtime::Builder::new_multi_thread()
+        Cmd::Storm { count, processes, rate, scale_out } => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?
-            .block_on(bench::storm::run(count, processes, rate)),
+            .block_on(bench::storm::run(count, processes, rate, scale_out)),
         Cmd::Ticks { rate, symbols, subscribers, watch, max_frequency, duration } => {
             let spec = bench::ticks::Spec { rate, symbols, subscribers, watch, max_frequency, duration };
             tokio::runtime::Builder::new_multi_thread()

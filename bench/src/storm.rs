@@ -2,10 +2,12 @@
 //! on a single signalcast node (store on) while a producer publishes at `rate`; the node
 //! is killed (SIGKILL) and started again on the same store, and every subscriber
 //! reconnects at once (retrying every 20–70 ms while the port is closed) with the `since`
-//! and `epoch` it last saw. Reported: the time from the kill until every subscriber is
-//! subscribed again, how many were told `recovered: true`, the server's CPU from its
-//! start to then, and — after more publishing — any seq received twice or skipped, and
-//! whether every subscriber ends on the channel's last seq.
+//! and `epoch` it last saw. With `--scale-out`: a broker, an engine node and two gateways;
+//! the gateway the subscribers are on is killed and they move to the other. Reported:
+//! the time from the kill until every subscriber is subscribed again, how many were told
+//! `recovered: true`, the server's CPU (the restarted node's from its start; in
+//! scale-out the other gateway's from the kill), and — after more publishing — any seq
+//! received twice or skipped, and whether every subscriber ends on the same last seq.
 //!
 //! The subscribers run in worker processes (this binary's hidden `storm-worker`), which
 //! answer `STATUS` on stdin with a line `STATUS {…}` and exit on `STOP`.
@@ -29,7 +31,9 @@ use crate::targets::{Endpoint, Publisher, Server, Target};
 /// One worker process's subscribers.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StormSpec {
-    pub endpoint: Endpoint,
+    /// Where subscribers connect: the first, then (after a drop or a failed attempt)
+    /// the next in turn, as a client with a list of gateways does.
+    pub endpoints: Vec<Endpoint>,
     pub conns: usize,
 }
 
@@ -120,13 +124,14 @@ async fn open(
 }
 
 /// One subscriber, for ever: subscribed, reading, and subscribed again when dropped.
-async fn subscriber(ep: Endpoint, n: usize, shared: Rc<RefCell<Shared>>) {
+async fn subscriber(endpoints: Rc<Vec<Endpoint>>, n: usize, shared: Rc<RefCell<Shared>>) {
     let mut cursor = Cursor::default();
     let mut first = true;
     let mut attempt: u64 = 0;
+    let mut at = 0;
     loop {
         let (mut s, mut buf, recovered) = loop {
-            match open(&ep, &mut cursor).await {
+            match open(&endpoints[at % endpoints.len()], &mut cursor).await {
                 Ok(c) => break c,
                 Err(e) => {
                     {
@@ -138,6 +143,7 @@ async fn subscriber(ep: Endpoint, n: usize, shared: Rc<RefCell<Shared>>) {
                         }
                     }
                     attempt += 1;
+                    at += 1;
                     // 20–70 ms, spread per subscriber and attempt.
                     let jitter = (n as u64).wrapping_mul(7_919).wrapping_add(attempt * 104_729) % 50;
                     tokio::time::sleep(Duration::from_millis(20 + jitter)).await;
@@ -184,6 +190,7 @@ async fn subscriber(ep: Endpoint, n: usize, shared: Rc<RefCell<Shared>>) {
             }
         }
         shared.borrow_mut().status.dropped += 1;
+        at += 1;
     }
 }
 
@@ -192,9 +199,11 @@ pub fn worker(spec: StormSpec) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
+        anyhow::ensure!(!spec.endpoints.is_empty(), "no endpoint");
         let shared = Rc::new(RefCell::new(Shared { lasts: vec![0; spec.conns], ..Shared::default() }));
+        let endpoints = Rc::new(spec.endpoints);
         for n in 0..spec.conns {
-            tokio::task::spawn_local(subscriber(spec.endpoint.clone(), n, Rc::clone(&shared)));
+            tokio::task::spawn_local(subscriber(Rc::clone(&endpoints), n, Rc::clone(&shared)));
             // The first connections in steps, as a client fleet comes up.
             if n % 100 == 99 {
                 tokio::task::yield_now().await;
@@ -301,14 +310,19 @@ async fn publish(
     Ok(seq)
 }
 
-pub async fn run(count: usize, processes: usize, rate: u64) -> anyhow::Result<()> {
-    let mut server = Server::start(Target::Signalcast).await?;
-    let n = processes.max(count.div_ceil(MAX_CONNS_PER_WORKER)).max(1);
+pub async fn run(count: usize, processes: usize, rate: u64, scale_out: bool) -> anyhow::Result<()> {
     let exe = crate::targets::exe()?;
+    let mut server = if scale_out {
+        Server::start_scaled_out(&exe, 2).await?
+    } else {
+        Server::start(Target::Signalcast).await?
+    };
+    let mut endpoints = vec![server.endpoint.clone()];
+    endpoints.extend(server.others.iter().map(|(e, _)| e.clone()));
+    let n = processes.max(count.div_ceil(MAX_CONNS_PER_WORKER)).max(1);
     let mut workers = Vec::with_capacity(n);
     for i in 0..n {
-        let spec =
-            StormSpec { endpoint: server.endpoint.clone(), conns: count / n + usize::from(i < count % n) };
+        let spec = StormSpec { endpoints: endpoints.clone(), conns: count / n + usize::from(i < count % n) };
         let mut child = Command::new(&exe)
             .args(["storm-worker", &serde_json::to_string(&spec)?])
             .stdin(std::process::Stdio::piped())
@@ -328,13 +342,31 @@ pub async fn run(count: usize, processes: usize, rate: u64) -> anyhow::Result<()
     tokio::time::sleep(Duration::from_secs(3)).await;
     let before = status(&mut workers).await?;
 
+    // Single node: the node restarted, its CPU from its start. Scale-out: the first
+    // gateway killed, the other's CPU from the kill.
+    let other = server.others.first().map(|(_, pid)| *pid);
+    let other_cpu0 = other.map(|pid| cpu_secs(&[pid])).unwrap_or(0.0);
     let killed_us = now_us();
     let killed = Instant::now();
-    server.restart().await?;
+    if scale_out {
+        server.kill().await?;
+    } else {
+        server.restart().await?;
+    }
     let up = killed.elapsed();
     let back =
         until(&mut workers, Duration::from_secs(60), |s| s.recovered + s.not_recovered >= count).await?;
-    let server_cpu = cpu_secs(&[server.pid]);
+    anyhow::ensure!(
+        back.recovered + back.not_recovered >= count,
+        "only {} of {count} subscribed again within 60 s ({} failed attempts: {:?})",
+        back.recovered + back.not_recovered,
+        back.failed_attempts,
+        back.errors
+    );
+    let server_cpu = match other {
+        Some(pid) => cpu_secs(&[pid]) - other_cpu0,
+        None => cpu_secs(&[server.pid]),
+    };
     let all_back_ms = (back.last_back_us - killed_us) as f64 / 1_000.0;
     eprintln!(
         "back: {} recovered, {} not, {} failed attempts {:?}; publishing 3 s more",
@@ -351,12 +383,20 @@ pub async fn run(count: usize, processes: usize, rate: u64) -> anyhow::Result<()
     }
     server.stop().await;
 
+    let (setup, cpu) = if scale_out {
+        (
+            "a broker, an engine, two gateways; the first gateway killed",
+            "the other gateway's CPU, kill → all back",
+        )
+    } else {
+        ("one node, killed and restarted on its store", "server CPU, start → all back")
+    };
     println!(
-        "storm: {count} subscribers of signals_premium on one node, {rate} signals/s published ({published} in all)"
+        "storm: {count} subscribers of signals_premium, {setup}; {rate} signals/s published ({published} in all)"
     );
     println!(
         "| subscribers | node killed → accepting again | killed → all subscribed again | recovered: true | \
-         not recovered | server CPU, start → all back | received twice | skipped | last seq, lowest / highest |"
+         not recovered | {cpu} | received twice | skipped | last seq, lowest / highest |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     println!(

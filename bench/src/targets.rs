@@ -85,6 +85,8 @@ pub struct Server {
     child: Option<Child>,
     /// Processes the target needs besides the measured one (broker, engine node).
     helpers: Vec<Child>,
+    /// Scale-out with more than one gateway: the others' client endpoints and pids.
+    pub others: Vec<(Endpoint, u32)>,
     _dir: Option<TempDir>,
 }
 
@@ -183,7 +185,7 @@ impl Server {
     pub async fn start(target: Target) -> anyhow::Result<Self> {
         let exe = exe()?;
         if target == Target::SignalcastKafka {
-            return Self::start_scaled_out(&exe).await;
+            return Self::start_scaled_out(&exe, 1).await;
         }
         let mut data = None;
         let (endpoint, publish, child, pid) = match target {
@@ -229,12 +231,21 @@ impl Server {
                 (Endpoint { target, addr: local(ws), path }, local(publish), None, pid)
             }
         };
-        Ok(Self { target, endpoint, publish, pid, child, helpers: Vec::new(), _dir: data })
+        Ok(Self {
+            target,
+            endpoint,
+            publish,
+            pid,
+            child,
+            helpers: Vec::new(),
+            others: Vec::new(),
+            _dir: data,
+        })
     }
 
-    /// A broker, an engine node and a gateway node; clients on the gateway, the
-    /// publisher on the engine's feed.
-    async fn start_scaled_out(exe: &std::path::Path) -> anyhow::Result<Self> {
+    /// A broker, an engine node and `gateways` gateway nodes; clients on the first
+    /// gateway (the others in [`Server::others`]), the publisher on the engine's feed.
+    pub async fn start_scaled_out(exe: &std::path::Path, gateways: usize) -> anyhow::Result<Self> {
         let kafka = local(free_port()?);
         let dir =
             TempDir(std::env::temp_dir().join(format!("signalcast-bench-tansu-{}", std::process::id())));
@@ -267,24 +278,42 @@ impl Server {
         let (engine_ws, feed) = (free_port()?, free_port()?);
         let engine = node("engine", engine_ws, feed)?;
         wait_port(local(feed)).await?;
-        let ws = free_port()?;
-        let gateway = node("gateway", ws, free_port()?)?;
-        let pid = gateway.id().context("gateway pid")?;
-        wait_port(local(ws)).await?;
-        let endpoint = Endpoint {
-            target: Target::SignalcastKafka,
-            addr: local(ws),
-            path: format!("/ws?token={}", bench_token()?),
-        };
+        let path = format!("/ws?token={}", bench_token()?);
+        let mut helpers = vec![engine, broker];
+        let mut first = None;
+        let mut others = Vec::new();
+        for _ in 0..gateways.max(1) {
+            let ws = free_port()?;
+            let gateway = node("gateway", ws, free_port()?)?;
+            let pid = gateway.id().context("gateway pid")?;
+            wait_port(local(ws)).await?;
+            let endpoint = Endpoint { target: Target::SignalcastKafka, addr: local(ws), path: path.clone() };
+            if first.is_none() {
+                first = Some((endpoint, pid, gateway));
+            } else {
+                others.push((endpoint, pid));
+                helpers.push(gateway);
+            }
+        }
+        let (endpoint, pid, gateway) = first.context("a gateway")?;
         Ok(Self {
             target: Target::SignalcastKafka,
             endpoint,
             publish: local(feed),
             pid,
             child: Some(gateway),
-            helpers: vec![engine, broker],
+            helpers,
+            others,
             _dir: Some(dir),
         })
+    }
+
+    /// Kills the node clients are on (SIGKILL), leaving the rest running.
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        if let Some(mut c) = self.child.take() {
+            c.kill().await?;
+        }
+        Ok(())
     }
 
     /// Kills the signalcast server (SIGKILL: an unclean stop, nothing flushed on the way

@@ -111,15 +111,17 @@ async fn subscriber(
 
 /// Sends ticks at `rate` a second, round-robin over the symbols, until `stop`.
 async fn send_ticks(p: &Producer, spec: Spec, stop: Instant, sent: &mut u64) -> anyhow::Result<()> {
-    // In steps of 1 ms: rate / 1000 ticks each.
-    let per_step = (spec.rate / 1_000).max(1);
-    let mut next = Instant::now();
+    // In steps of 1 ms: as many ticks as bring the count to rate × elapsed.
+    let started = Instant::now();
+    let first = *sent;
+    let mut next = started;
     while Instant::now() < stop {
-        for _ in 0..per_step {
+        next += Duration::from_millis(1);
+        let due = first + (spec.rate as u128 * next.duration_since(started).as_millis() / 1_000) as u64;
+        while *sent < due {
             p.send_tick(&tick((*sent % spec.symbols as u64) as usize, *sent)?).await?;
             *sent += 1;
         }
-        next += Duration::from_millis(1);
         if let Some(wait) = next.checked_duration_since(Instant::now()) {
             tokio::time::sleep(wait).await;
         }

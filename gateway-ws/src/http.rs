@@ -416,11 +416,11 @@ fn query_subscribe(query: Option<&str>, max: usize) -> Result<Vec<ChannelName>, 
     for name in list.split(',').filter(|n| !n.is_empty()) {
         let channel: ChannelName = name.parse().map_err(|e| format!("subscribe: {e}"))?;
         if !channels.contains(&channel) {
+            if channels.len() == max {
+                return Err(format!("subscribe: at most {max} channels per connection"));
+            }
             channels.push(channel);
         }
-    }
-    if channels.len() > max {
-        return Err(format!("subscribe: at most {max} channels per connection"));
     }
     Ok(channels)
 }

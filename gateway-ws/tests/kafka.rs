@@ -894,18 +894,26 @@ async fn open_signals_follow_their_partition_when_an_engine_joins_and_when_one_d
     first.kill();
     let third = Node::start("engine", &broker, &engine_env).await;
     eventually(60, "the replacement holds partitions", async || third.exports_lag("market-data").await).await;
-    for symbol in &symbols[8..] {
-        produce_tick(&p, symbol, "89").await;
-    }
-    // The group may rebalance once more as the dead member is dropped: a symbol is
-    // tracked again on the first record of it after that (docs/outcomes.md), so the
-    // market goes on ticking.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    for symbol in &symbols[8..] {
-        produce_tick(&p, symbol, "88").await;
-    }
+    // The group may rebalance once more as the dead member is dropped (up to the
+    // session timeout after the kill, later on a loaded machine): a symbol is tracked
+    // again on the first record of it after that (docs/outcomes.md), so the market goes
+    // on ticking below the stops, every 2 s, until every close has come.
+    let market = {
+        let p = broker.producer();
+        let symbols = symbols[8..].to_vec();
+        tokio::spawn(async move {
+            for k in 0..30u32 {
+                for symbol in &symbols {
+                    produce_tick(&p, symbol, &(89 - k % 5).to_string()).await;
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        })
+    };
     let expected: Vec<(u128, String)> = (8..16).map(|i| (id(i), "stop_hit".to_owned())).collect();
-    assert_eq!(closes(&mut client, 8, Duration::from_secs(60)).await, expected);
+    let got = closes(&mut client, 8, Duration::from_secs(60)).await;
+    market.abort();
+    assert_eq!(got, expected);
     client.no_signal_within(Duration::from_secs(3)).await;
     for node in [&second, &third] {
         assert_eq!(node.metric("signalcast_outcomes_open").await, 0.0);

@@ -95,6 +95,11 @@ impl Core {
     /// The channels a connection named in its upgrade request, subscribed right after
     /// WELCOME as plain SUBSCRIBEs would be (each answered SUBSCRIBED or ERROR).
     pub fn subscribe_on_open(&mut self, i: usize, channels: Vec<ChannelName>) {
+        // Attached while draining: the connection is being closed (1001), and a
+        // subscription would only charge its quota for messages it never gets.
+        if self.draining {
+            return;
+        }
         for channel in channels {
             self.subscribe(i, channel, None, None, None);
         }

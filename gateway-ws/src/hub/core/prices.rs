@@ -147,7 +147,6 @@ impl Prices {
     ) {
         let start = *self.start.get_or_insert(now);
         let elapsed = now.saturating_duration_since(start).as_nanos();
-        let half = (interval / 2).as_nanos();
         for (sym, tick, version) in ticks.iter() {
             let k = sym.0 as usize;
             self.learn(k, &tick);
@@ -163,13 +162,19 @@ impl Prices {
                 }
                 // One update per period at this rate, on periods counted from the first
                 // turn for every symbol alike: a subscriber's symbols fall due in the
-                // same turn, so their frames leave in one write, not one each. Half a
-                // turn early still counts (turns are not exactly on time).
-                // A turn up to half a turn early serves the period about to begin.
+                // same turn, so their frames leave in one write, not one each. The next
+                // is due at the first period boundary at least half a period from now
+                // (so two updates of a symbol are never closer than that, however its
+                // ticks fall), and half a turn early still counts (turns are not exactly
+                // on time).
                 let period = (Duration::from_secs(1) / RATES[r]).as_nanos();
-                let slot = (elapsed + half) / period + 1;
+                let slot = (elapsed + period / 2).div_ceil(period);
                 let next = u64::try_from(slot * period).unwrap_or(u64::MAX);
-                rate.next[k] = start.checked_add(Duration::from_nanos(next).saturating_sub(interval / 2));
+                rate.next[k] = Some(
+                    start
+                        .checked_add(Duration::from_nanos(next).saturating_sub(interval / 2))
+                        .unwrap_or(now + Duration::from_secs(3_600)),
+                );
                 let conflated = if rate.sent[k] == 0 { 1 } else { version - rate.sent[k] };
                 rate.sent[k] = version;
                 rate.frames[k] = Some(super::fanout::price_frame(&tick, conflated));

@@ -1350,3 +1350,30 @@ fn channels_named_in_the_upgrade_are_subscribed_after_welcome_under_the_same_rul
     let id = h.route(9_500, Category::Equity);
     assert_eq!(h.ids(i), [id], "subscribed: the next signal arrives with no SUBSCRIBE sent");
 }
+
+#[test]
+fn however_a_symbols_ticks_fall_two_of_its_updates_are_at_least_half_a_period_apart() {
+    let mut h = harness();
+    let interval = HubConfig::default().price_interval;
+    h.tick("GOLD", "MCX", "100");
+    let c = h.connect(session("u-rate", Tier::Premium));
+    h.send(c, r#"{"type":"SUBSCRIBE","channel":"prices_general","max_frequency":1}"#);
+    h.read(c);
+    // Turn n is 20 ms × n after the first (periods of 1 s begin at turns 50, 100, …).
+    // Ticks come in bursts of 30 turns after quiet spells of 70, each burst starting one
+    // turn before a period begins: the symbol is due then, and must not be sent again
+    // at the next turn just because a new period began.
+    let mut at = Vec::new();
+    for n in 1..=600u64 {
+        if n >= 99 && (n + 1) % 100 < 30 {
+            h.tick("GOLD", "MCX", &(100 + n).to_string());
+        }
+        h.advance(interval);
+        if !prices_read(&mut h, c).is_empty() {
+            at.push(n);
+        }
+    }
+    assert!(at.len() >= 5, "updates keep coming: {at:?}");
+    let closest = at.windows(2).map(|w| w[1] - w[0]).min().unwrap();
+    assert!(closest >= 25, "half a second is 25 turns; closest {closest}: {at:?}");
+}
