@@ -1288,14 +1288,21 @@ fn subscribers_sharing_filters_and_more_filters_than_the_fanout_remembers_each_g
     }
 }
 
-#[test]
-fn at_one_rate_a_subscribers_symbols_fall_due_in_the_same_turn() {
+/// A premium subscriber of every price at 1 a second, GOLD already priced (its first
+/// frame read).
+fn prices_at_one_a_second() -> (Harness, ConnId) {
     let mut h = harness();
-    let interval = HubConfig::default().price_interval;
     h.tick("GOLD", "MCX", "100");
     let c = h.connect(session("u-rate", Tier::Premium));
     h.send(c, r#"{"type":"SUBSCRIBE","channel":"prices_general","max_frequency":1}"#);
     h.read(c);
+    (h, c)
+}
+
+#[test]
+fn at_one_rate_a_subscribers_symbols_fall_due_in_the_same_turn() {
+    let (mut h, c) = prices_at_one_a_second();
+    let interval = HubConfig::default().price_interval;
     h.advance(interval);
     // SILVER first ticks 300 ms after GOLD: its first frame goes out then.
     for _ in 0..15 {
@@ -1353,12 +1360,8 @@ fn channels_named_in_the_upgrade_are_subscribed_after_welcome_under_the_same_rul
 
 #[test]
 fn however_a_symbols_ticks_fall_two_of_its_updates_are_at_least_half_a_period_apart() {
-    let mut h = harness();
+    let (mut h, c) = prices_at_one_a_second();
     let interval = HubConfig::default().price_interval;
-    h.tick("GOLD", "MCX", "100");
-    let c = h.connect(session("u-rate", Tier::Premium));
-    h.send(c, r#"{"type":"SUBSCRIBE","channel":"prices_general","max_frequency":1}"#);
-    h.read(c);
     // Turn n is 20 ms × n after the first (periods of 1 s begin at turns 50, 100, …).
     // Ticks come in bursts of 30 turns after quiet spells of 70, each burst starting one
     // turn before a period begins: the symbol is due then, and must not be sent again
