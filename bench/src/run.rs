@@ -15,17 +15,24 @@ use crate::worker::{ClientMode, Ready, Report, WorkerSpec, histogram};
 /// Connections per worker process at most: the descriptor limit is 20,000 per process.
 pub const MAX_CONNS_PER_WORKER: usize = 15_000;
 
-struct Proc {
+/// A client worker process (this binary's hidden `worker` or `storm-worker`), talked to
+/// one line each way over stdin and stdout.
+pub(crate) struct Proc {
     child: Child,
     stdin: ChildStdin,
     lines: Lines<BufReader<ChildStdout>>,
 }
 
 impl Proc {
-    /// A worker process for `spec` (this binary's hidden `worker` command).
+    /// A `worker` process for `spec`.
     fn start(exe: &std::path::Path, spec: &WorkerSpec) -> anyhow::Result<Self> {
+        Self::spawn(exe, "worker", &serde_json::to_string(spec)?)
+    }
+
+    /// This binary's `command` with its JSON `spec`.
+    pub(crate) fn spawn(exe: &std::path::Path, command: &str, spec: &str) -> anyhow::Result<Self> {
         let mut child = Command::new(exe)
-            .args(["worker", &serde_json::to_string(spec)?])
+            .args([command, spec])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true)
@@ -35,10 +42,27 @@ impl Proc {
         Ok(Self { child, stdin, lines })
     }
 
+    /// Sends one command line.
+    pub(crate) async fn say(&mut self, cmd: &str) -> anyhow::Result<()> {
+        self.stdin.write_all(format!("{cmd}\n").as_bytes()).await?;
+        self.stdin.flush().await?;
+        Ok(())
+    }
+
+    /// Its next line, `<prefix> {json}`, within `deadline`.
+    pub(crate) async fn answer<T: serde::de::DeserializeOwned>(
+        &mut self,
+        prefix: &str,
+        deadline: Duration,
+    ) -> anyhow::Result<T> {
+        let line = tokio::time::timeout(deadline, self.lines.next_line()).await??;
+        let json = line.as_deref().and_then(|l| l.strip_prefix(prefix)?.strip_prefix(' '));
+        Ok(serde_json::from_str(json.with_context(|| format!("no {prefix}"))?)?)
+    }
+
     /// Its READY line, once it has connected.
     async fn ready(&mut self, deadline: Duration) -> anyhow::Result<Ready> {
-        let line = tokio::time::timeout(deadline, self.lines.next_line()).await??;
-        Ok(serde_json::from_str(line.as_deref().and_then(|l| l.strip_prefix("READY ")).context("no READY")?)?)
+        self.answer("READY", deadline).await
     }
 }
 
@@ -126,8 +150,7 @@ impl Workers {
 
     async fn send(&mut self, cmd: &str) -> anyhow::Result<()> {
         for p in &mut self.procs {
-            p.stdin.write_all(format!("{cmd}\n").as_bytes()).await?;
-            p.stdin.flush().await?;
+            p.say(cmd).await?;
         }
         Ok(())
     }
@@ -142,10 +165,7 @@ impl Workers {
         let mut total = Report::default();
         let mut hist = histogram();
         for p in &mut self.procs {
-            let line = tokio::time::timeout(Duration::from_secs(60), p.lines.next_line()).await??;
-            let r: Report = serde_json::from_str(
-                line.as_deref().and_then(|l| l.strip_prefix("REPORT ")).context("no REPORT")?,
-            )?;
+            let r: Report = p.answer("REPORT", Duration::from_secs(60)).await?;
             total.received += r.received;
             total.lost_conns += r.lost_conns;
             for (v, c) in r.hist {

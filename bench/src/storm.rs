@@ -17,14 +17,12 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use bytes::{Buf, BytesMut};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdin, Command};
 
 use crate::proto::{client_frame, next_frame, now_us, ws_connect};
-use crate::run::MAX_CONNS_PER_WORKER;
+use crate::run::{MAX_CONNS_PER_WORKER, Proc};
 use crate::stats::cpu_secs;
 use crate::targets::{Endpoint, Publisher, Server, Target};
 
@@ -237,24 +235,14 @@ fn say(line: &str) {
     let _ = out.flush();
 }
 
-struct Worker {
-    _child: Child,
-    stdin: ChildStdin,
-    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
-}
-
 /// Every worker's status, summed (lowest and highest seq over all).
-async fn status(workers: &mut [Worker]) -> anyhow::Result<Status> {
+async fn status(workers: &mut [Proc]) -> anyhow::Result<Status> {
     let mut total = Status { min_last: u64::MAX, ..Status::default() };
     for w in workers.iter_mut() {
-        w.stdin.write_all(b"STATUS\n").await?;
-        w.stdin.flush().await?;
+        w.say("STATUS").await?;
     }
     for w in workers.iter_mut() {
-        let line = tokio::time::timeout(Duration::from_secs(30), w.lines.next_line()).await??;
-        let s: Status = serde_json::from_str(
-            line.as_deref().and_then(|l| l.strip_prefix("STATUS ")).context("no STATUS")?,
-        )?;
+        let s: Status = w.answer("STATUS", Duration::from_secs(30)).await?;
         total.connected += s.connected;
         total.dropped += s.dropped;
         total.recovered += s.recovered;
@@ -277,7 +265,7 @@ async fn status(workers: &mut [Worker]) -> anyhow::Result<Status> {
 
 /// Polls until `done` holds or `limit` passes.
 async fn until(
-    workers: &mut [Worker],
+    workers: &mut [Proc],
     limit: Duration,
     done: impl Fn(&Status) -> bool,
 ) -> anyhow::Result<Status> {
@@ -323,15 +311,7 @@ pub async fn run(count: usize, processes: usize, rate: u64, scale_out: bool) -> 
     let mut workers = Vec::with_capacity(n);
     for i in 0..n {
         let spec = StormSpec { endpoints: endpoints.clone(), conns: count / n + usize::from(i < count % n) };
-        let mut child = Command::new(&exe)
-            .args(["storm-worker", &serde_json::to_string(&spec)?])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()?;
-        let stdin = child.stdin.take().context("worker stdin")?;
-        let lines = BufReader::new(child.stdout.take().context("worker stdout")?).lines();
-        workers.push(Worker { _child: child, stdin, lines });
+        workers.push(Proc::spawn(&exe, "storm-worker", &serde_json::to_string(&spec)?)?);
     }
     let s = until(&mut workers, Duration::from_secs(120), |s| s.connected >= count).await?;
     anyhow::ensure!(s.connected >= count, "only {} of {count} subscribed", s.connected);
@@ -379,7 +359,7 @@ pub async fn run(count: usize, processes: usize, rate: u64, scale_out: bool) -> 
     // Let the last ones arrive.
     let end = until(&mut workers, Duration::from_secs(10), |s| s.min_last == s.max_last).await?;
     for w in &mut workers {
-        let _ = w.stdin.write_all(b"STOP\n").await;
+        let _ = w.say("STOP").await;
     }
     server.stop().await;
 
