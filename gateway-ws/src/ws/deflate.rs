@@ -85,6 +85,130 @@ fn window_bits(v: &str) -> Option<u8> {
     v.parse::<u8>().ok().filter(|b| (8..=15).contains(b))
 }
 
+/// What ends a sync-flushed deflate block: left off the wire (RFC 7692 §7.2.1) and put
+/// back by the receiver before inflating.
+const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
+
+/// Compresses messages one at a time, no context kept between them: a hub shard's one
+/// compressor for every channel message it sends compressed.
+pub struct Deflater {
+    c: flate2::Compress,
+}
+
+impl std::fmt::Debug for Deflater {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deflater").finish_non_exhaustive()
+    }
+}
+
+impl Deflater {
+    /// `level` 0–9 (zlib's).
+    pub fn new(level: u32) -> Self {
+        Self { c: flate2::Compress::new(flate2::Compression::new(level.min(9)), false) }
+    }
+
+    /// `data` compressed on its own, without the sync flush's tail (what a message's
+    /// payload carries), or `None` when it would not be smaller.
+    pub fn compress(&mut self, data: &[u8]) -> Option<Vec<u8>> {
+        self.c.reset();
+        let mut out = Vec::with_capacity(data.len() / 2 + 64);
+        let start_in = self.c.total_in();
+        loop {
+            let taken = usize::try_from(self.c.total_in() - start_in).ok()?;
+            if out.len() == out.capacity() {
+                out.reserve(out.capacity().max(64));
+            }
+            let status = self.c.compress_vec(&data[taken..], &mut out, flate2::FlushCompress::Sync).ok()?;
+            let taken = usize::try_from(self.c.total_in() - start_in).ok()?;
+            // Done when all of it went in and the flush fit (room was left over).
+            if taken == data.len() && out.len() < out.capacity() && status == flate2::Status::Ok {
+                break;
+            }
+            if out.len() > data.len() + 64 {
+                return None;
+            }
+        }
+        if !out.ends_with(&TAIL) {
+            return None;
+        }
+        out.truncate(out.len() - TAIL.len());
+        (out.len() < data.len()).then_some(out)
+    }
+}
+
+/// Why a compressed client message could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum InflateError {
+    /// It inflates to more than the message limit (close 1009).
+    #[error("the message inflates past the limit")]
+    TooLarge,
+    /// Not a deflate stream (close 1007).
+    #[error("the compressed message is not valid deflate data")]
+    Corrupt,
+}
+
+/// Inflates client messages one at a time (the client keeps no context either:
+/// `client_no_context_takeover`), never holding more than the limit plus one byte.
+pub struct Inflater {
+    d: flate2::Decompress,
+}
+
+impl std::fmt::Debug for Inflater {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inflater").finish_non_exhaustive()
+    }
+}
+
+impl Default for Inflater {
+    fn default() -> Self {
+        Self { d: flate2::Decompress::new(false) }
+    }
+}
+
+impl Inflater {
+    /// Inflates `payload` (a message's data without the tail) into `out`, at most `max`
+    /// bytes.
+    pub fn inflate(&mut self, payload: &[u8], max: usize, out: &mut Vec<u8>) -> Result<(), InflateError> {
+        self.d.reset(false);
+        out.clear();
+        let limit = max.saturating_add(1);
+        for input in [payload, &TAIL[..]] {
+            let base = self.d.total_in();
+            loop {
+                let taken = usize::try_from(self.d.total_in() - base).map_err(|_| InflateError::Corrupt)?;
+                if taken == input.len() && out.len() < out.capacity() {
+                    break;
+                }
+                if out.len() == out.capacity() {
+                    if out.len() >= limit {
+                        return Err(InflateError::TooLarge);
+                    }
+                    // Grow by doubling, never past the limit plus one byte.
+                    let want = (out.capacity().max(256) * 2).min(limit);
+                    out.reserve_exact(want - out.len());
+                }
+                let before = (self.d.total_in(), out.len());
+                let status = self
+                    .d
+                    .decompress_vec(&input[taken..], out, flate2::FlushDecompress::Sync)
+                    .map_err(|_| InflateError::Corrupt)?;
+                if out.len() > max {
+                    return Err(InflateError::TooLarge);
+                }
+                if status == flate2::Status::StreamEnd {
+                    // A final block (allowed, RFC 7692 §7.2.3.3): nothing may follow.
+                    break;
+                }
+                if (self.d.total_in(), out.len()) == before && out.len() < out.capacity() {
+                    // No progress with room to spare: the input is used up.
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,5 +261,53 @@ mod tests {
     fn commas_inside_quotes_do_not_split_offers() {
         assert_eq!(split_outside_quotes(r#"a; x="1,2", b"#), [r#"a; x="1,2""#, "b"]);
         assert_eq!(negotiate([r#"foo; x="a,b", permessage-deflate"#]), Some(SHARED_RESPONSE));
+    }
+
+    fn deflated(text: &[u8]) -> Vec<u8> {
+        Deflater::new(6).compress(text).expect("compressible")
+    }
+
+    #[test]
+    fn a_message_round_trips_without_its_tail_and_each_one_alone() {
+        let text = br#"{"type":"SIGNAL_UPDATE","channel":"signals_premium","seq":42,"data":{"symbol":"RELIANCE","exchange":"NSE","category":"equity","signal_type":"buy","confidence":"87.50","entry_price":"2456.7500","target_price":"2600.0000","stop_loss":"2400.0000"}}"#;
+        let mut d = Deflater::new(6);
+        let a = d.compress(text).unwrap();
+        let b = d.compress(text).unwrap();
+        assert_eq!(a, b, "no context kept: the same message compresses the same every time");
+        assert!(a.len() < text.len() * 3 / 4, "{} of {}", a.len(), text.len());
+        let mut inf = Inflater::default();
+        let mut out = Vec::new();
+        for _ in 0..2 {
+            inf.inflate(&a, 4096, &mut out).unwrap();
+            assert_eq!(out, text);
+        }
+        // A message that does not shrink stays plain.
+        assert_eq!(d.compress(b"{}"), None);
+    }
+
+    #[test]
+    fn inflates_what_other_deflaters_send() {
+        // Python: zlib.compressobj(6, zlib.DEFLATED, -15), compress(b"hello hello hello
+        // hello") + flush(Z_SYNC_FLUSH), the last four bytes left off (what Python
+        // `websockets` and browsers send).
+        let from_zlib = [0xca, 0x48, 0xcd, 0xc9, 0xc9, 0x57, 0xc8, 0x40, 0x27, 0x01, 0x00];
+        let mut out = Vec::new();
+        Inflater::default().inflate(&from_zlib, 4096, &mut out).unwrap();
+        assert_eq!(out, b"hello hello hello hello");
+    }
+
+    #[test]
+    fn a_bomb_stops_at_the_limit_and_garbage_is_refused() {
+        let bomb = deflated(&vec![b'a'; 1 << 20]);
+        assert!(bomb.len() < 2_000, "a MiB of one byte is small: {}", bomb.len());
+        let mut inf = Inflater::default();
+        let mut out = Vec::new();
+        assert_eq!(inf.inflate(&bomb, 4096, &mut out), Err(InflateError::TooLarge));
+        assert!(out.capacity() <= 4097, "never held more than the limit: {}", out.capacity());
+        assert_eq!(inf.inflate(&[0xff, 0xff, 0xff, 0x00, 0x13], 4096, &mut out), Err(InflateError::Corrupt));
+        // Exactly at the limit is fine, and the inflater is usable after a refusal.
+        let exact = deflated(&vec![b'b'; 4096]);
+        inf.inflate(&exact, 4096, &mut out).unwrap();
+        assert_eq!(out.len(), 4096);
     }
 }
