@@ -214,10 +214,11 @@ impl Core {
         }
     }
 
-    /// Connection `i` negotiated permessage-deflate: its channel messages go compressed.
-    pub fn set_deflate(&mut self, i: ConnId, on: bool) {
+    /// Connection `i` negotiated permessage-deflate (right after [`Core::attach`]): its
+    /// channel messages go compressed, and its compressed messages are read.
+    pub fn enable_deflate(&mut self, i: ConnId) {
         if let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) {
-            c.deflate = on;
+            c.enable_deflate();
         }
     }
 

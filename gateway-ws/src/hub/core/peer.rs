@@ -94,6 +94,13 @@ impl Peer {
         }
     }
 
+    /// permessage-deflate was negotiated: channel messages go compressed and
+    /// compressed client messages are read.
+    pub fn enable_deflate(&mut self) {
+        self.deflate = true;
+        self.frames.enable_deflate();
+    }
+
     pub fn subscriptions(&self) -> usize {
         self.signals.iter().flatten().count()
             + usize::from(self.prices.is_some())
