@@ -10,7 +10,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{
     AUTHORIZATION, CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, HeaderMap, HeaderValue, ORIGIN,
-    SEC_WEBSOCKET_PROTOCOL, X_CONTENT_TYPE_OPTIONS,
+    SEC_WEBSOCKET_EXTENSIONS, SEC_WEBSOCKET_PROTOCOL, X_CONTENT_TYPE_OPTIONS,
 };
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -280,6 +280,16 @@ fn websocket(mut req: Request<Incoming>, peer: Option<IpAddr>, app: Arc<App>) ->
     if token.v1_offered {
         response.headers_mut().insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(PROTOCOL));
     }
+    // permessage-deflate, shared (no context on either side): one compression per
+    // channel message for every connection that takes it.
+    let offers = req.headers().get_all(SEC_WEBSOCKET_EXTENSIONS).iter().filter_map(|v| v.to_str().ok());
+    let deflate = match crate::ws::deflate::negotiate(offers) {
+        Some(answer) => {
+            response.headers_mut().insert(SEC_WEBSOCKET_EXTENSIONS, HeaderValue::from_static(answer));
+            true
+        }
+        None => false,
+    };
     app.stats.upgraded();
     tokio::spawn(async move {
         let attach = match upgrade.await {
@@ -288,9 +298,14 @@ fn websocket(mut req: Request<Incoming>, peer: Option<IpAddr>, app: Arc<App>) ->
         };
         match attach {
             Ok((io, input)) => {
-                if let Err(e) =
-                    app.hub.attach(Attach { io, input, session, admitted: Some(admitted), subscribe })
-                {
+                if let Err(e) = app.hub.attach(Attach {
+                    io,
+                    input,
+                    session,
+                    admitted: Some(admitted),
+                    subscribe,
+                    deflate,
+                }) {
                     tracing::warn!(error = %e, "websocket dropped after the upgrade");
                 }
             }

@@ -20,7 +20,8 @@ async def main():
         while True:
             m = json.loads(await asyncio.wait_for(ws.recv(), 20))
             if m["type"] == "SUBSCRIBED":
-                print("SUBSCRIBED", flush=True)
+                # Negotiated by default: its SUBSCRIBE went compressed, the answers come so.
+                print("SUBSCRIBED", ws.response.headers.get("Sec-WebSocket-Extensions"), flush=True)
             if m["type"] == "SIGNAL_UPDATE":
                 print(json.dumps(m), flush=True)
                 return
@@ -48,7 +49,11 @@ async fn a_python_websockets_client_receives_a_signal() {
     let mut line = String::new();
     use tokio::io::AsyncBufReadExt;
     tokio::time::timeout(Duration::from_secs(20), out.read_line(&mut line)).await.unwrap().unwrap();
-    assert_eq!(line.trim(), "SUBSCRIBED");
+    assert_eq!(
+        line.trim(),
+        "SUBSCRIBED permessage-deflate; server_no_context_takeover; client_no_context_takeover",
+        "python websockets negotiates permessage-deflate, shared"
+    );
     let p = producer(&server).await;
     p.send_signal(&signal(42, 9_100, Category::Crypto)).await.unwrap();
     line.clear();

@@ -40,6 +40,8 @@ const FRAME: usize = 40;
 
 /// [`FLAGS`] bit: the message is a close ([`MessageMeta::outcome`]).
 const OUTCOME: u8 = 1;
+/// [`FLAGS`] bit: the frame's payload is compressed (permessage-deflate, RSV1 set).
+const DEFLATED: u8 = 2;
 
 impl Message {
     /// Builds the message around `json` (the WebSocket payload), using `scratch` so
@@ -128,12 +130,32 @@ impl Message {
         }
     }
 
+    /// The same message with `payload` (this one's text compressed on its own, without
+    /// the sync flush's tail) as its frame: RSV1 set, for connections that negotiated
+    /// permessage-deflate. Made once per message and shared like the plain one.
+    pub fn deflated(&self, payload: &[u8], scratch: &mut Vec<u8>) -> Self {
+        scratch.clear();
+        scratch.extend_from_slice(&self.0[..FRAME]);
+        scratch[FLAGS] |= DEFLATED;
+        frame_header(scratch, 0x1, payload.len());
+        scratch[FRAME] |= 0x40; // RSV1: "this message is compressed" (RFC 7692 §6)
+        scratch[JSON_AT] = (scratch.len() - FRAME) as u8;
+        scratch.extend_from_slice(payload);
+        Self(Arc::from(&scratch[..]))
+    }
+
+    /// Whether the frame carries the compressed text ([`Message::deflated`]).
+    pub fn is_deflated(&self) -> bool {
+        self.0[FLAGS] & DEFLATED != 0
+    }
+
     /// The complete WebSocket text frame, ready for the socket.
     pub fn frame(&self) -> &[u8] {
         &self.0[FRAME..]
     }
 
-    /// The JSON text (the frame's payload).
+    /// The JSON text (the frame's payload; compressed bytes for a
+    /// [deflated](Message::deflated) one, which only sockets read).
     pub fn json(&self) -> &[u8] {
         &self.0[FRAME + usize::from(self.0[JSON_AT])..]
     }
@@ -194,5 +216,22 @@ mod tests {
             };
             assert_eq!(declared, len);
         }
+    }
+
+    #[test]
+    fn a_deflated_copy_keeps_the_metadata_and_sets_rsv1() {
+        let meta = MessageMeta {
+            seq: 9,
+            category: Category::Crypto,
+            ingest_ts: UnixNanos(1),
+            routed_ts: UnixNanos(2),
+            sent_ts: Some(UnixNanos(3)),
+            outcome: true,
+        };
+        let m = Message::new(&meta, b"{\"a\":1}", &mut Vec::new());
+        let d = m.deflated(&[1, 2, 3, 4, 5], &mut Vec::new());
+        assert_eq!(d.meta(), meta);
+        assert!(d.is_deflated() && d.is_outcome() && !m.is_deflated());
+        assert_eq!(d.frame(), [0xC1, 5, 1, 2, 3, 4, 5], "FIN, RSV1, text, unmasked");
     }
 }

@@ -77,6 +77,8 @@ pub struct Attach {
     pub admitted: Option<crate::admission::Admitted>,
     /// Channels named in the upgrade request (`?subscribe=`), subscribed as it opens.
     pub subscribe: Vec<engine::channels::ChannelName>,
+    /// permessage-deflate was negotiated in the upgrade.
+    pub deflate: bool,
 }
 
 enum Cmd {

@@ -160,8 +160,11 @@ impl Shard {
     }
 
     fn attach(&mut self, a: Attach) {
-        let Attach { mut io, input, session, admitted, subscribe } = a;
+        let Attach { mut io, input, session, admitted, subscribe, deflate } = a;
         let i = self.core.attach(session, Clock::now());
+        if deflate {
+            self.core.enable_deflate(i);
+        }
         self.core.subscribe_on_open(i, subscribe);
         if let Err(e) =
             self.poll.registry().register(io.socket(), Token(i), Interest::READABLE | Interest::WRITABLE)

@@ -9,7 +9,7 @@ use bytes::{Buf, BytesMut};
 use super::CloseCode;
 
 /// What the connection should do next.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Inbound {
     /// A complete text message, valid UTF-8, within the size limit.
     Text(String),
@@ -32,7 +32,16 @@ pub struct FrameReader {
     max_message: usize,
     /// Payload of a fragmented text message so far.
     partial: Option<Vec<u8>>,
+    /// permessage-deflate was negotiated: a message whose first frame has RSV1 set is
+    /// compressed, and is inflated here, never past `max_message`.
+    inflater: Option<super::deflate::Inflater>,
+    /// The message being reassembled came compressed.
+    compressed: bool,
 }
+
+/// How much larger than the message limit a compressed message may be on the wire (a
+/// message that does not compress grows by a few bytes).
+const DEFLATE_SLACK: usize = 64;
 
 const OP_CONT: u8 = 0x0;
 const OP_TEXT: u8 = 0x1;
@@ -43,7 +52,17 @@ const OP_PONG: u8 = 0xA;
 
 impl FrameReader {
     pub fn new(max_message: usize) -> Self {
-        Self { max_message, partial: None }
+        Self { max_message, partial: None, inflater: None, compressed: false }
+    }
+
+    /// permessage-deflate was negotiated for this connection.
+    pub fn enable_deflate(&mut self) {
+        self.inflater.get_or_insert_with(Default::default);
+    }
+
+    /// The most bytes a message may have on the wire.
+    fn wire_limit(&self) -> usize {
+        if self.compressed { self.max_message.saturating_add(DEFLATE_SLACK) } else { self.max_message }
     }
 
     /// Takes the next whole frame from `buf` and returns what it means, `Ok(None)` when
@@ -62,12 +81,23 @@ impl FrameReader {
                         // A new message inside a fragmented one, or a continuation of nothing.
                         _ => return Err(Violation(CloseCode::Protocol)),
                     };
-                    if msg.len() > self.max_message {
+                    if msg.len() > self.wire_limit() {
                         return Err(Violation(CloseCode::TooBig));
                     }
                     if !fin {
                         self.partial = Some(std::mem::take(&mut msg));
                         continue;
+                    }
+                    if std::mem::take(&mut self.compressed) {
+                        let Some(inflater) = self.inflater.as_mut() else {
+                            return Err(Violation(CloseCode::Protocol));
+                        };
+                        let mut text = Vec::new();
+                        inflater.inflate(&msg, self.max_message, &mut text).map_err(|e| match e {
+                            super::deflate::InflateError::TooLarge => Violation(CloseCode::TooBig),
+                            super::deflate::InflateError::Corrupt => Violation(CloseCode::InvalidPayload),
+                        })?;
+                        msg = text;
                     }
                     return String::from_utf8(msg)
                         .map(|s| Some(Inbound::Text(s)))
@@ -94,16 +124,20 @@ impl FrameReader {
     }
 
     /// Cuts one frame off `buf`: (fin, opcode, unmasked payload).
-    fn frame(&self, buf: &mut BytesMut) -> Result<Option<(bool, u8, Vec<u8>)>, Violation> {
+    fn frame(&mut self, buf: &mut BytesMut) -> Result<Option<(bool, u8, Vec<u8>)>, Violation> {
         if buf.len() < 2 {
             return Ok(None);
         }
         let (b0, b1) = (buf[0], buf[1]);
         let fin = b0 & 0x80 != 0;
-        if b0 & 0x70 != 0 {
-            return Err(Violation(CloseCode::Protocol)); // no extension was negotiated
-        }
         let opcode = b0 & 0x0f;
+        // RSV2 and RSV3 mean nothing here; RSV1 only with permessage-deflate, and only on
+        // a message's first frame (RFC 7692 §6.1).
+        let rsv1 = b0 & 0x40 != 0;
+        if b0 & 0x30 != 0 || rsv1 && (self.inflater.is_none() || !(opcode == OP_TEXT || opcode == OP_BINARY))
+        {
+            return Err(Violation(CloseCode::Protocol));
+        }
         if b1 & 0x80 == 0 {
             return Err(Violation(CloseCode::Protocol)); // clients must mask (RFC 6455 §5.1)
         }
@@ -132,7 +166,12 @@ impl FrameReader {
         // Saturating: a 64-bit length near u64::MAX after a fragment must not wrap
         // around the limit (found by the client_messages fuzz target).
         let already = self.partial.as_ref().map_or(0, Vec::len) as u64;
-        if !control && already.saturating_add(len) > self.max_message as u64 {
+        let limit = if rsv1 || (opcode == OP_CONT && self.compressed) {
+            self.max_message.saturating_add(DEFLATE_SLACK)
+        } else {
+            self.max_message
+        };
+        if !control && already.saturating_add(len) > limit as u64 {
             return Err(Violation(CloseCode::TooBig));
         }
         let len = len as usize;
@@ -145,6 +184,9 @@ impl FrameReader {
         let mut payload = buf.split_to(len).to_vec();
         for (i, b) in payload.iter_mut().enumerate() {
             *b ^= mask[i & 3];
+        }
+        if opcode == OP_TEXT || opcode == OP_BINARY {
+            self.compressed = rsv1;
         }
         Ok(Some((fin, opcode, payload)))
     }
@@ -237,5 +279,54 @@ mod tests {
         rsv[0] |= 0x40;
         assert_eq!(v(&rsv), CloseCode::Protocol);
         assert_eq!(v(&client_frame(true, OP_CLOSE, &[3])), CloseCode::Protocol);
+    }
+
+    /// A masked client frame with RSV1 set (permessage-deflate's "compressed").
+    fn rsv1_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = client_frame(fin, opcode, payload);
+        f[0] |= 0x40;
+        f
+    }
+
+    fn read_deflate(bytes: &[u8]) -> Result<Vec<Inbound>, Violation> {
+        let mut r = FrameReader::new(4096);
+        r.enable_deflate();
+        let mut buf = BytesMut::from(bytes);
+        let mut out = Vec::new();
+        while let Some(m) = r.next(&mut buf)? {
+            out.push(m);
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn compressed_messages_are_inflated_within_the_limit_only_when_negotiated() {
+        let text = br#"{"type":"SUBSCRIBE","channel":"signals_premium","filter":{"symbols":["TCS","TCS","TCS","TCS"]}}"#;
+        let z = crate::ws::deflate::Deflater::new(6).compress(text).unwrap();
+        let want = Inbound::Text(String::from_utf8(text.to_vec()).unwrap());
+        assert_eq!(read_deflate(&rsv1_frame(true, OP_TEXT, &z)), Ok(vec![want.clone()]));
+        // Fragmented: RSV1 on the first frame only; plain messages still read plain.
+        let (a, b) = z.split_at(z.len() / 2);
+        let mut two = rsv1_frame(false, OP_TEXT, a);
+        two.extend(client_frame(true, OP_CONT, b));
+        two.extend(client_frame(true, OP_TEXT, b"{}"));
+        assert_eq!(read_deflate(&two), Ok(vec![want, Inbound::Text("{}".into())]));
+        // Not negotiated, on a continuation, on a control frame, RSV2: 1002.
+        let protocol = Err(Violation(CloseCode::Protocol));
+        assert_eq!(read(&rsv1_frame(true, OP_TEXT, &z)), protocol);
+        let mut cont = client_frame(false, OP_TEXT, b"{");
+        cont.extend(rsv1_frame(true, OP_CONT, b"}"));
+        assert_eq!(read_deflate(&cont), protocol);
+        assert_eq!(read_deflate(&rsv1_frame(true, OP_PING, b"x")), protocol);
+        let mut rsv2 = client_frame(true, OP_TEXT, b"{}");
+        rsv2[0] |= 0x20;
+        assert_eq!(read_deflate(&rsv2), protocol);
+        // A bomb: 1009, garbage: 1007.
+        let bomb = crate::ws::deflate::Deflater::new(6).compress(&[b' '; 100_000]).unwrap();
+        assert_eq!(read_deflate(&rsv1_frame(true, OP_TEXT, &bomb)), Err(Violation(CloseCode::TooBig)));
+        assert_eq!(
+            read_deflate(&rsv1_frame(true, OP_TEXT, &[0xff, 0xff, 0x00])),
+            Err(Violation(CloseCode::InvalidPayload))
+        );
     }
 }

@@ -8,6 +8,7 @@
 //! The HTTP upgrade itself is fastwebsockets' (`fastwebsockets::upgrade`); see
 //! docs/DECISIONS.md for why frames are read here.
 
+pub mod deflate;
 pub mod inbound;
 pub mod outbound;
 

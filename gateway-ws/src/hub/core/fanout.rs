@@ -301,7 +301,7 @@ impl Core {
                         self.cursors[idx] = next;
                         for m in &self.batch {
                             // Read once per message, by the first subscriber with a filter.
-                            let mut fields = Lazy::new(m);
+                            let mut fields = Lazy::with_deflater(m, &mut self.deflater);
                             for sub in &mut self.subs[idx] {
                                 let Some(c) = self.conns[sub.conn].as_mut() else { continue };
                                 match deliver(sub, c, idx, m, tier, timing, today, limit, &mut fields) {
@@ -403,11 +403,16 @@ pub(super) enum Delivery {
 /// most recipients are answered from here.
 const MEMO: usize = 4;
 
-/// A message's fields for filters, read from its text when first asked for, and the
-/// answers of the last [`MEMO`] filters checked against it.
+/// A message's fields for filters, read from its text when first asked for, the
+/// answers of the last [`MEMO`] filters checked against it, and its compressed copy for
+/// permessage-deflate connections, made at the first of them (`None` where the fan-out
+/// sends plain frames only: replays, snapshots).
 pub(super) struct Lazy<'a> {
     msg: &'a Message,
     fields: Option<Option<Fields<'a>>>,
+    deflater: Option<&'a mut crate::ws::deflate::Deflater>,
+    /// `Some(None)`: tried, and compressing did not make it smaller.
+    deflated: Option<Option<Message>>,
     /// (filter's address, answer); address 0 is no filter. The filters are held by the
     /// subscriptions for as long as this message is fanned out, so an address stands
     /// for one filter here.
@@ -417,7 +422,27 @@ pub(super) struct Lazy<'a> {
 
 impl<'a> Lazy<'a> {
     pub(super) fn new(msg: &'a Message) -> Self {
-        Self { msg, fields: None, seen: [(0, false); MEMO], next: 0 }
+        Self { msg, fields: None, deflater: None, deflated: None, seen: [(0, false); MEMO], next: 0 }
+    }
+
+    /// With the shard's compressor: connections that negotiated permessage-deflate get
+    /// the message compressed, once for all of them.
+    pub(super) fn with_deflater(msg: &'a Message, deflater: &'a mut crate::ws::deflate::Deflater) -> Self {
+        Self { deflater: Some(deflater), ..Self::new(msg) }
+    }
+
+    /// The frame a connection gets: the compressed copy when it negotiated
+    /// permessage-deflate and compressing pays, the plain message otherwise.
+    fn for_peer(&mut self, deflate: bool) -> Message {
+        let msg = self.msg;
+        if !deflate {
+            return msg.clone();
+        }
+        let Some(d) = self.deflater.as_deref_mut() else { return msg.clone() };
+        self.deflated
+            .get_or_insert_with(|| d.compress(msg.json()).map(|p| msg.deflated(&p, &mut Vec::new())))
+            .clone()
+            .unwrap_or_else(|| msg.clone())
     }
 
     /// Whether `filter` lets this message through.
@@ -472,7 +497,7 @@ pub(super) fn deliver(
     {
         return if notify { Delivery::Exhausted } else { Delivery::Skipped };
     }
-    match c.outbox.push(Out::Signal(m.clone(), tier, timing), limit) {
+    match c.outbox.push(Out::Signal(fields.for_peer(c.deflate), tier, timing), limit) {
         Pushed::Queued => Delivery::Queued,
         Pushed::Overflow => Delivery::Overflow,
         Pushed::Closed => Delivery::Skipped,

@@ -51,6 +51,10 @@ use crate::ws::{CloseCode, outbound};
 /// Eight logs: the live log and the delayed view of each tier (`tier * 2 + delayed`).
 const LOGS: usize = 8;
 
+/// zlib level of the shared compressor: level 1 gives 0.615 of the size on the
+/// fixture mix against 0.603 at 6 (research measurement), at a fraction of the time.
+const DEFLATE_LEVEL: u32 = 1;
+
 /// A connection's handle inside its core (and the driver's poller token).
 pub type ConnId = usize;
 
@@ -147,6 +151,9 @@ pub struct Core {
     prices: prices::Prices,
     /// Signal channels' filters, each distinct one once.
     filters: crate::protocol::filter::Interner,
+    /// Compresses each channel message once for the shard's permessage-deflate
+    /// connections.
+    deflater: crate::ws::deflate::Deflater,
     /// Connections with something to write, in the order they got it.
     dirty: VecDeque<ConnId>,
     /// Subscriptions waiting for a history read-back, and reads to start.
@@ -190,6 +197,7 @@ impl Core {
             cursors: [0; LOGS],
             prices: prices::Prices::default(),
             filters: crate::protocol::filter::Interner::default(),
+            deflater: crate::ws::deflate::Deflater::new(DEFLATE_LEVEL),
             dirty: VecDeque::new(),
             pending: Vec::new(),
             snapshot_older: Vec::new(),
@@ -203,6 +211,14 @@ impl Core {
             next_sweep: now.mono + Duration::from_secs(1),
             draining: false,
             now,
+        }
+    }
+
+    /// Connection `i` negotiated permessage-deflate (right after [`Core::attach`]): its
+    /// channel messages go compressed, and its compressed messages are read.
+    pub fn enable_deflate(&mut self, i: ConnId) {
+        if let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) {
+            c.enable_deflate();
         }
     }
 

@@ -54,6 +54,8 @@ pub(super) struct Peer {
     /// `prices_general`: its watchlist and rate.
     pub prices: Option<super::prices::PriceSub>,
     pub user_channel: bool,
+    /// Negotiated permessage-deflate: channel messages go compressed (shared frames).
+    pub deflate: bool,
     pub warned_expiry: bool,
     pub phase: Phase,
     /// In the core's list of connections with something to write.
@@ -79,6 +81,7 @@ impl Peer {
             filters: [None, None, None, None],
             prices: None,
             user_channel: false,
+            deflate: false,
             warned_expiry: false,
             phase: Phase::Open,
             dirty: false,
@@ -89,6 +92,13 @@ impl Peer {
             rate: Bucket::new(now),
             errors: VecDeque::new(),
         }
+    }
+
+    /// permessage-deflate was negotiated: channel messages go compressed and
+    /// compressed client messages are read.
+    pub fn enable_deflate(&mut self) {
+        self.deflate = true;
+        self.frames.enable_deflate();
     }
 
     pub fn subscriptions(&self) -> usize {
