@@ -208,7 +208,10 @@ test("a server restarted without its store: the client reconnects by itself and 
   const seqs = collect(c, "signals_enterprise");
   await until("open", 5000, () => c.state === "open");
   await produce(server, 30, 0);
-  await until("signals before", 10_000, () => seqs.length > 0);
+  // Every acknowledged signal delivered first: the position below is then the last one,
+  // not whichever arrived when the first did (fan-out runs after the producer's ACK).
+  const head = await server.metric('signalcast_channel_head_seq{tier="enterprise"}');
+  await until(`signals to ${head}`, 10_000, () => seqs.at(-1) === head);
   const before = c.position("signals_enterprise")!;
 
   // A fresh data directory: a node that lost its signal store (a replaced machine).
