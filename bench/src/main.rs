@@ -41,6 +41,20 @@ struct Common {
     /// '{"symbols":["RELIANCE"]}'. Other targets ignore it.
     #[arg(long, value_parser = json_object)]
     filter: Option<String>,
+    /// signalcast targets: subscribers offer permessage-deflate (as browsers and Python
+    /// `websockets` do) and inflate what comes compressed; rows report wire bytes per
+    /// delivery. Light client only.
+    #[arg(long)]
+    deflate: bool,
+    /// What signalcast's publisher sends: `padded` (one signal padded to the size) or
+    /// `fixtures` (the embedded fixtures' signals in turn, with market snapshots: the
+    /// mix compression is measured on).
+    #[arg(long, value_enum, default_value = "padded")]
+    mix: bench::targets::Mix,
+    /// The signalcast target serves WSS (TLS 1.3, a certificate made for the run) and
+    /// subscribers connect through rustls, full handshakes. Light client only.
+    #[arg(long)]
+    tls: bool,
 }
 
 /// A JSON object, as written.
@@ -301,10 +315,13 @@ async fn orchestrate(cmd: Cmd) -> anyhow::Result<()> {
     | Cmd::Connect { common, .. }
     | Cmd::Compare { common, .. } = &cmd
     {
-        bench::run::set_client_mode(common.client);
-        if let Some(f) = &common.filter {
-            bench::run::set_filter(f.clone());
-        }
+        bench::run::set_options(bench::run::Options {
+            client: common.client,
+            filter: common.filter.clone(),
+            deflate: common.deflate,
+            mix: common.mix,
+            tls: common.tls,
+        })?;
     }
     let json = match cmd {
         Cmd::Soak { targets, connections, churn, rate, duration, sample, processes, json } => {

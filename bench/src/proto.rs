@@ -6,21 +6,54 @@
 use std::net::SocketAddr;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Connects and upgrades; returns the stream and any bytes read past the response.
+/// Connects and upgrades with `headers` (whole `Name: value\r\n` lines) added to the
+/// request; returns the stream, any bytes read past the response, and the response head.
 pub async fn ws_connect(
     addr: SocketAddr,
     path: &str,
-    protocol: Option<&str>,
-) -> std::io::Result<(TcpStream, BytesMut)> {
-    let mut s = TcpStream::connect(addr).await?;
+    headers: &str,
+) -> std::io::Result<(TcpStream, BytesMut, String)> {
+    let s = TcpStream::connect(addr).await?;
     s.set_nodelay(true)?;
-    let proto = protocol.map(|p| format!("Sec-WebSocket-Protocol: {p}\r\n")).unwrap_or_default();
+    upgrade(s, addr, path, headers).await
+}
+
+/// A byte stream a client reads and writes (TCP, or TLS over it).
+pub trait Io: AsyncRead + AsyncWrite + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Unpin> Io for T {}
+
+/// As [`ws_connect`], over TLS when `tls` is given (WSS).
+pub async fn wss_connect(
+    addr: SocketAddr,
+    path: &str,
+    headers: &str,
+    tls: Option<&tokio_rustls::TlsConnector>,
+) -> std::io::Result<(Box<dyn Io>, BytesMut, String)> {
+    let Some(connector) = tls else {
+        let (s, buf, head) = ws_connect(addr, path, headers).await?;
+        return Ok((Box::new(s), buf, head));
+    };
+    let tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").map_err(std::io::Error::other)?;
+    let s = connector.connect(name, tcp).await?;
+    let (s, buf, head) = upgrade(s, addr, path, headers).await?;
+    Ok((Box::new(s), buf, head))
+}
+
+/// The upgrade request and response on a connected stream.
+async fn upgrade<S: Io>(
+    mut s: S,
+    addr: SocketAddr,
+    path: &str,
+    headers: &str,
+) -> std::io::Result<(S, BytesMut, String)> {
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: c2lnbmFsY2FzdGJlbmNoIQ==\r\nSec-WebSocket-Version: 13\r\n{proto}\r\n"
+         Sec-WebSocket-Key: c2lnbmFsY2FzdGJlbmNoIQ==\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n"
     );
     s.write_all(req.as_bytes()).await?;
     let mut buf = BytesMut::with_capacity(4096);
@@ -33,8 +66,9 @@ pub async fn ws_connect(
                 let head = String::from_utf8_lossy(&buf[..end.min(200)]).into_owned();
                 return Err(std::io::Error::other(format!("upgrade refused: {head}")));
             }
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
             buf.advance(end + 4);
-            return Ok((s, buf));
+            return Ok((s, buf, head));
         }
         if buf.len() > 16 * 1024 {
             return Err(std::io::Error::other("oversize upgrade response"));

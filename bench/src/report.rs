@@ -29,17 +29,22 @@ fn ms(us: u64) -> String {
 /// A Markdown table of measured windows.
 pub fn windows_table(rows: &[Row]) -> String {
     let mut t = String::from(
-        "| target | subs | msgs/s | bytes | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | loss | deliveries/s | server µs/delivery | server CPU | client CPU |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| target | subs | msgs/s | bytes | wire B/delivery | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | loss | deliveries/s | server µs/delivery | server CPU | client CPU |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in rows {
         let l = r.latency_us;
         let _ = writeln!(
             t,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.2} | {:.0}% | {:.0}% |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.2} | {:.0}% | {:.0}% |",
             r.target.name(),
             r.subscribers,
             r.rate,
             r.size,
+            if r.wire_bytes_per_delivery > 0.0 {
+                format!("{:.0}", r.wire_bytes_per_delivery)
+            } else {
+                "–".into()
+            },
             ms(l.p50),
             ms(l.p90),
             ms(l.p99),

@@ -9,7 +9,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 use crate::stats::{self, Percentiles};
-use crate::targets::{Endpoint, Publisher, Server, Target, bench_signal};
+use crate::targets::{Endpoint, Mix, Publisher, Server, Target, bench_signal};
 use crate::worker::{ClientMode, Ready, Report, WorkerSpec, histogram};
 
 /// Connections per worker process at most: the descriptor limit is 20,000 per process.
@@ -78,24 +78,38 @@ impl std::fmt::Debug for Workers {
     }
 }
 
-/// The client mode of this run's reading subscribers (`--client`; light by default).
-static CLIENT: std::sync::OnceLock<ClientMode> = std::sync::OnceLock::new();
-
-/// The filter signalcast subscribers send (`--filter`), for the rest of the run.
-static FILTER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-
-/// Sets the subscribers' filter for the rest of the run (the first call wins).
-pub fn set_filter(filter: String) {
-    let _ = FILTER.set(filter);
+/// How this run's subscribers and publisher behave (`--client`, `--filter`, `--deflate`,
+/// `--mix`): set once from the command line, read by every window.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    pub client: ClientMode,
+    /// signalcast targets: the filter each SUBSCRIBE carries.
+    pub filter: Option<String>,
+    /// signalcast targets: subscribers offer permessage-deflate (light client only).
+    pub deflate: bool,
+    /// What signalcast's publisher sends.
+    pub mix: Mix,
+    /// The signalcast target serves WSS (light client only).
+    pub tls: bool,
 }
 
-/// Sets the client mode for the rest of the run (the first call wins).
-pub fn set_client_mode(mode: ClientMode) {
-    let _ = CLIENT.set(mode);
+static OPTIONS: std::sync::OnceLock<Options> = std::sync::OnceLock::new();
+
+/// Sets the run's options (the first call wins).
+pub fn set_options(options: Options) -> anyhow::Result<()> {
+    if options.deflate && options.client != ClientMode::Light {
+        bail!("--deflate is measured with the light client (it inflates what it reads); drop --client");
+    }
+    if options.tls && options.client != ClientMode::Light {
+        bail!("--tls is measured with the light client; drop --client");
+    }
+    let _ = OPTIONS.set(options);
+    Ok(())
 }
 
-pub fn client_mode() -> ClientMode {
-    CLIENT.get().copied().unwrap_or_default()
+pub fn options() -> &'static Options {
+    static DEFAULT: std::sync::OnceLock<Options> = std::sync::OnceLock::new();
+    OPTIONS.get().unwrap_or_else(|| DEFAULT.get_or_init(Options::default))
 }
 
 impl Workers {
@@ -124,8 +138,9 @@ impl Workers {
                 concurrency: 100,
                 stalled: stall,
                 churn: false,
-                client: client_mode(),
-                filter: FILTER.get().cloned(),
+                client: options().client,
+                filter: options().filter.clone(),
+                deflate: options().deflate,
             };
             procs.push(Proc::start(&exe, &spec)?);
         }
@@ -167,6 +182,7 @@ impl Workers {
         for p in &mut self.procs {
             let r: Report = p.answer("REPORT", Duration::from_secs(60)).await?;
             total.received += r.received;
+            total.wire_bytes += r.wire_bytes;
             total.lost_conns += r.lost_conns;
             for (v, c) in r.hist {
                 hist.record_n(v, c)?;
@@ -204,6 +220,10 @@ pub struct Row {
     /// Share of one core used by the server and by the load clients in the window.
     pub server_cpu: f64,
     pub client_cpu: f64,
+    /// Bytes on the wire per delivered message (frame headers included, compressed
+    /// frames as sent); 0 where the client does not count them (NATS, tungstenite).
+    #[serde(default)]
+    pub wire_bytes_per_delivery: f64,
 }
 
 /// Progress on stderr (a bar for the publishing window).
@@ -295,9 +315,13 @@ impl Session {
     ) -> anyhow::Result<Row> {
         let target = self.server.target;
         // Every target gets messages of the size signalcast's clients see.
-        let size = bench_signal(size).1;
+        let mix = options().mix;
+        let size = match mix {
+            Mix::Padded => bench_signal(size).1,
+            Mix::Fixtures => crate::targets::fixture_mix().1,
+        };
         let actual_size = size;
-        let mut publisher = Publisher::connect(&self.server, size).await?;
+        let mut publisher = Publisher::connect(&self.server, size, mix).await?;
         if !warmup.is_zero() {
             publish_for(&mut publisher, rate, size, warmup, &mut self.seq, "").await?;
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -337,6 +361,11 @@ impl Session {
             },
             server_cpu: server_secs / elapsed,
             client_cpu: (c1 - c0) / elapsed,
+            wire_bytes_per_delivery: if report.received > 0 {
+                report.wire_bytes as f64 / report.received as f64
+            } else {
+                0.0
+            },
         })
     }
 
@@ -356,7 +385,8 @@ impl Workers {
             stalled: 0,
             churn: true,
             client: ClientMode::Light,
-            filter: FILTER.get().cloned(),
+            filter: options().filter.clone(),
+            deflate: false,
         };
         let mut p = Proc::start(&crate::targets::exe()?, &spec)?;
         let ready = p.ready(Duration::from_secs(120)).await?;

@@ -85,7 +85,7 @@ async fn open(
     ep: &Endpoint,
     cursor: &mut Cursor,
 ) -> std::io::Result<(tokio::net::TcpStream, BytesMut, bool)> {
-    let (mut s, mut buf) = ws_connect(ep.addr, &ep.path, None).await?;
+    let (mut s, mut buf, _) = ws_connect(ep.addr, &ep.path, "").await?;
     let sub = match cursor.epoch {
         Some(e) => format!(
             r#"{{"type":"SUBSCRIBE","channel":"signals_premium","since":{},"epoch":"{e:016x}"}}"#,
@@ -318,7 +318,8 @@ pub async fn run(count: usize, processes: usize, rate: u64, scale_out: bool) -> 
     eprintln!("{count} subscribed; publishing {rate}/s");
 
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let publisher = tokio::spawn(publish(Publisher::connect(&server, 0).await?, rate, stop));
+    let publisher =
+        tokio::spawn(publish(Publisher::connect(&server, 0, crate::targets::Mix::Padded).await?, rate, stop));
     tokio::time::sleep(Duration::from_secs(3)).await;
     let before = status(&mut workers).await?;
 

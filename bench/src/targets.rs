@@ -71,6 +71,9 @@ pub struct Endpoint {
     pub target: Target,
     pub addr: SocketAddr,
     pub path: String,
+    /// WSS: the certificate (PEM) the server presents, which clients trust.
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
 }
 
 /// A running server under test.
@@ -88,6 +91,8 @@ pub struct Server {
     /// Scale-out with more than one gateway: the others' client endpoints and pids.
     pub others: Vec<(Endpoint, u32)>,
     _dir: Option<TempDir>,
+    /// WSS (`--tls`): the certificate served and its folder.
+    tls: Option<(Certificate, TempDir)>,
 }
 
 /// A folder removed on drop (tansu reads `.env` from its working directory).
@@ -132,19 +137,41 @@ pub fn peers_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers")
 }
 
+/// A server certificate and its key, PEM files in `dir`.
+#[derive(Clone, Debug)]
+pub struct Certificate {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A self-signed certificate for `localhost` (what WSS clients dial), written to `dir`.
+pub fn certificate(dir: &std::path::Path) -> anyhow::Result<Certificate> {
+    std::fs::create_dir_all(dir)?;
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])?;
+    let c = Certificate { cert: dir.join("cert.pem"), key: dir.join("key.pem") };
+    std::fs::write(&c.cert, made.cert.pem())?;
+    std::fs::write(&c.key, made.signing_key.serialize_pem())?;
+    Ok(c)
+}
+
 /// This binary's `serve-signalcast` or `serve-reference` on `ws` and `publish`, with the
-/// signal store in `data` (unless SIGNALCAST_STORE__DATA_DIR says where).
+/// signal store in `data` (unless SIGNALCAST_STORE__DATA_DIR says where), serving WSS
+/// with `tls`.
 fn spawn_server(
     exe: &std::path::Path,
     sub: &str,
     ws: SocketAddr,
     publish: SocketAddr,
     data: Option<&TempDir>,
+    tls: Option<&Certificate>,
 ) -> std::io::Result<Child> {
     let mut cmd = Command::new(exe);
     cmd.args([sub, "--ws", &ws.to_string(), "--publish", &publish.to_string()]);
     if let Some(dir) = data {
         cmd.env("SIGNALCAST_STORE__DATA_DIR", &dir.0);
+    }
+    if let Some(c) = tls {
+        cmd.env("SIGNALCAST_TLS__CERT", &c.cert).env("SIGNALCAST_TLS__KEY", &c.key);
     }
     cmd.stdout(std::process::Stdio::null()).kill_on_drop(true).spawn()
 }
@@ -188,6 +215,7 @@ impl Server {
             return Self::start_scaled_out(&exe, 1).await;
         }
         let mut data = None;
+        let mut tls_files = None;
         let (endpoint, publish, child, pid) = match target {
             Target::Signalcast | Target::Reference => {
                 let (ws, publish) = (free_port()?, free_port()?);
@@ -200,7 +228,22 @@ impl Server {
                     let _ = std::fs::remove_dir_all(&dir);
                     data = Some(TempDir(dir));
                 }
-                let child = spawn_server(&exe, sub, local(ws), local(publish), data.as_ref())?;
+                // `--tls`: signalcast serves WSS with a certificate made for this server.
+                let tls = if target == Target::Signalcast && crate::run::options().tls {
+                    let dir = std::env::temp_dir()
+                        .join(format!("signalcast-bench-tls-{}-{ws}", std::process::id()));
+                    Some((certificate(&dir)?, TempDir(dir)))
+                } else {
+                    None
+                };
+                let child = spawn_server(
+                    &exe,
+                    sub,
+                    local(ws),
+                    local(publish),
+                    data.as_ref(),
+                    tls.as_ref().map(|t| &t.0),
+                )?;
                 let pid = child.id().context("child pid")?;
                 wait_port(local(ws)).await?;
                 wait_port(local(publish)).await?;
@@ -209,7 +252,9 @@ impl Server {
                 } else {
                     "/".into()
                 };
-                (Endpoint { target, addr: local(ws), path }, local(publish), Some(child), pid)
+                let tls_ca = tls.as_ref().map(|t| t.0.cert.clone());
+                tls_files = tls;
+                (Endpoint { target, addr: local(ws), path, tls_ca }, local(publish), Some(child), pid)
             }
             peer => {
                 let name = peer.peer().context("peer")?;
@@ -228,7 +273,7 @@ impl Server {
                     Target::Nats => (8081, "/".to_owned(), 4222),
                     _ => (8082, "/sub/bench".to_owned(), 8082),
                 };
-                (Endpoint { target, addr: local(ws), path }, local(publish), None, pid)
+                (Endpoint { target, addr: local(ws), path, tls_ca: None }, local(publish), None, pid)
             }
         };
         Ok(Self {
@@ -240,6 +285,7 @@ impl Server {
             helpers: Vec::new(),
             others: Vec::new(),
             _dir: data,
+            tls: tls_files,
         })
     }
 
@@ -287,7 +333,12 @@ impl Server {
             let gateway = node("gateway", ws, free_port()?)?;
             let pid = gateway.id().context("gateway pid")?;
             wait_port(local(ws)).await?;
-            let endpoint = Endpoint { target: Target::SignalcastKafka, addr: local(ws), path: path.clone() };
+            let endpoint = Endpoint {
+                target: Target::SignalcastKafka,
+                addr: local(ws),
+                path: path.clone(),
+                tls_ca: None,
+            };
             if first.is_none() {
                 first = Some((endpoint, pid, gateway));
             } else {
@@ -305,6 +356,7 @@ impl Server {
             helpers,
             others,
             _dir: Some(dir),
+            tls: None,
         })
     }
 
@@ -324,8 +376,14 @@ impl Server {
         if let Some(mut c) = self.child.take() {
             c.kill().await?;
         }
-        let child =
-            spawn_server(&exe()?, "serve-signalcast", self.endpoint.addr, self.publish, self._dir.as_ref())?;
+        let child = spawn_server(
+            &exe()?,
+            "serve-signalcast",
+            self.endpoint.addr,
+            self.publish,
+            self._dir.as_ref(),
+            self.tls.as_ref().map(|t| &t.0),
+        )?;
         self.pid = child.id().context("child pid")?;
         self.child = Some(child);
         wait_port(self.endpoint.addr).await
@@ -398,7 +456,8 @@ pub fn peer_payload(seq: u64, size: usize) -> Vec<u8> {
 pub enum Publisher {
     Signalcast {
         producer: Producer,
-        template: Box<Signal>,
+        /// Sent in turn, each with a new id.
+        templates: Vec<Signal>,
         nonce: u128,
     },
     Lines {
@@ -415,6 +474,58 @@ pub enum Publisher {
         stream: OwnedWriteHalf,
         _drain: Drain,
     },
+}
+
+/// What signalcast's publisher sends (`--mix`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mix {
+    /// One signal, its `analysis` padded with `x` to the window's size: the same bytes
+    /// for every target. Compresses unrealistically well.
+    #[default]
+    Padded,
+    /// The embedded fixtures' signals in turn (their own analysis text, each with the
+    /// market snapshot of its symbol): what compression is measured on. Peers get
+    /// padded messages of the mix's mean size.
+    Fixtures,
+}
+
+/// The fixture signals as the bench publishes them (every tier's channels take them:
+/// equity, confidence at least the bench signal's; no exits), the latest fixture tick of each
+/// symbol, and the mean size of their SIGNAL_UPDATEs.
+pub fn fixture_mix() -> (Vec<Signal>, usize, Vec<engine::model::Tick>) {
+    let now = UnixNanos::now();
+    let floor = bench_signal(0).0.confidence;
+    let mut signals = Vec::new();
+    let mut ticks = std::collections::HashMap::new();
+    for e in gateway::demo::events() {
+        match e {
+            gateway::demo::Event::Tick(t) => {
+                ticks.insert(t.symbol, engine::model::Tick { ts: now, ..t });
+            }
+            // An exit closes the source's open signals of its symbol: those closes would
+            // be deliveries carrying an earlier signal's send time.
+            gateway::demo::Event::Signal(s) if s.signal_type == SignalType::Exit => {}
+            gateway::demo::Event::Signal(s) => signals.push(Signal {
+                category: Category::Equity,
+                confidence: s.confidence.max(floor),
+                generated_at: now,
+                expires_at: now.plus_nanos(24 * 3_600_000_000_000),
+                ..*s
+            }),
+        }
+    }
+    let mut total = 0;
+    for s in &signals {
+        let market = ticks.get(&s.symbol).map(|t| engine::pipeline::enrich::snapshot(t, now));
+        let mut data = Vec::new();
+        engine::pipeline::encode::signal_data(&mut data, s, market.as_ref(), now, now, Some(now));
+        let mut text = Vec::new();
+        engine::pipeline::encode::signal_update(&mut text, "signals_premium", 1_000_000, &data);
+        total += text.len();
+    }
+    let mean = total.checked_div(signals.len()).unwrap_or(0);
+    (signals, mean, ticks.into_values().collect())
 }
 
 /// The signal the bench publishes into signalcast: passes every tier, equity (in the
@@ -480,25 +591,39 @@ async fn drained(addr: SocketAddr) -> anyhow::Result<(OwnedWriteHalf, Drain)> {
 }
 
 impl Publisher {
-    pub async fn connect(server: &Server, size: usize) -> anyhow::Result<Self> {
+    pub async fn connect(server: &Server, size: usize, mix: Mix) -> anyhow::Result<Self> {
         Ok(match server.target {
             Target::Signalcast | Target::SignalcastKafka => {
                 let cfg =
                     ProducerConfig::new(server.publish.to_string(), "bench", "dev-bench-1234567890abcdef");
                 let producer = Producer::connect(cfg).await?;
-                producer
-                    .send_tick(&engine::model::Tick {
-                        symbol: Symbol::new("RELIANCE")?,
-                        exchange: Exchange::new("NSE")?,
-                        bid: Price::from_raw(24_567_000).unwrap_or_default(),
-                        ask: Price::from_raw(24_568_000).unwrap_or_default(),
-                        last: Price::from_raw(24_567_500).unwrap_or_default(),
-                        volume: 1_000,
-                        ts: UnixNanos::now(),
-                    })
-                    .await?;
+                let (templates, ticks) = match mix {
+                    Mix::Padded => {
+                        let tick = engine::model::Tick {
+                            symbol: Symbol::new("RELIANCE")?,
+                            exchange: Exchange::new("NSE")?,
+                            bid: Price::from_raw(24_567_000).unwrap_or_default(),
+                            ask: Price::from_raw(24_568_000).unwrap_or_default(),
+                            last: Price::from_raw(24_567_500).unwrap_or_default(),
+                            volume: 1_000,
+                            ts: UnixNanos::now(),
+                        };
+                        (vec![bench_signal(size).0], vec![tick])
+                    }
+                    Mix::Fixtures => {
+                        let (signals, _, ticks) = fixture_mix();
+                        (signals, ticks)
+                    }
+                };
+                // The market snapshot each signal is routed with.
+                for t in &ticks {
+                    producer.send_tick(t).await?;
+                }
+                if templates.is_empty() {
+                    bail!("no signal to publish");
+                }
                 let nonce = u128::from(UnixNanos::now().0 as u64) << 64;
-                Self::Signalcast { producer, template: Box::new(bench_signal(size).0), nonce }
+                Self::Signalcast { producer, templates, nonce }
             }
             Target::Reference => Self::Lines { stream: nodelay(server.publish).await?, prefix: b"" },
             Target::NodeWs => Self::Lines { stream: nodelay(server.publish).await?, prefix: b"bench " },
@@ -520,8 +645,8 @@ impl Publisher {
     /// Publishes message `seq` of `size` bytes, stamped now.
     pub async fn publish(&mut self, seq: u64, size: usize) -> anyhow::Result<()> {
         match self {
-            Self::Signalcast { producer, template, nonce } => {
-                let mut s = (**template).clone();
+            Self::Signalcast { producer, templates, nonce } => {
+                let mut s = templates[(seq % templates.len() as u64) as usize].clone();
                 s.id = uuid::Uuid::from_u128(*nonce | u128::from(seq));
                 // The producer stamps its send time when it writes the frame.
                 producer.send_signal(&s).await?;

@@ -65,7 +65,7 @@ async fn subscriber(
     max_frequency: u32,
     prices: Arc<AtomicU64>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let (mut s, mut buf) = ws_connect(server.endpoint.addr, &server.endpoint.path, None).await?;
+    let (mut s, mut buf, _) = ws_connect(server.endpoint.addr, &server.endpoint.path, "").await?;
     let sub = serde_json::json!({
         "type": "SUBSCRIBE",
         "channel": "prices_general",

@@ -14,7 +14,7 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
-use crate::proto::{client_frame, next_frame, now_us, sent_us, ws_connect};
+use crate::proto::{Io, client_frame, next_frame, now_us, sent_us, wss_connect};
 use crate::targets::{Endpoint, Target};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -37,10 +37,17 @@ pub struct WorkerSpec {
     /// signalcast targets: the filter (JSON) each SUBSCRIBE carries (`--filter`).
     #[serde(default)]
     pub filter: Option<String>,
+    /// signalcast targets: offer permessage-deflate and inflate compressed frames
+    /// (light client only).
+    #[serde(default)]
+    pub deflate: bool,
 }
 
 /// This worker's SUBSCRIBE to signalcast (with the run's filter, if any).
 static SUBSCRIBE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// This worker's subscribers offer permessage-deflate (`--deflate`).
+static DEFLATE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 fn subscribe_message() -> &'static str {
     SUBSCRIBE.get().map_or(r#"{"type":"SUBSCRIBE","channel":"signals_premium"}"#, String::as_str)
@@ -78,13 +85,20 @@ pub struct Report {
     pub lost_conns: usize,
     /// (latency µs, count) pairs of the window's HDR histogram.
     pub hist: Vec<(u64, u64)>,
+    /// Bytes of the data frames received, headers included, as they came off the wire.
+    #[serde(default)]
+    pub wire_bytes: u64,
 }
 
-#[derive(Debug)]
 struct Shared {
     hist: Histogram<u64>,
     received: u64,
     lost: usize,
+    wire_bytes: u64,
+    /// One inflater for the worker's connections: the server keeps no context between
+    /// messages (`server_no_context_takeover`), so each message inflates on its own.
+    inflater: gateway::ws::deflate::Inflater,
+    inflated: Vec<u8>,
 }
 
 /// Latencies from 1 µs to 60 s at 3 significant digits.
@@ -93,13 +107,21 @@ pub fn histogram() -> Histogram<u64> {
 }
 
 pub fn run(spec: WorkerSpec) -> anyhow::Result<()> {
+    DEFLATE.store(spec.deflate, std::sync::atomic::Ordering::Relaxed);
     if let Some(f) = &spec.filter {
         let _ = SUBSCRIBE.set(format!(r#"{{"type":"SUBSCRIBE","channel":"signals_premium","filter":{f}}}"#));
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
-        let shared = Rc::new(RefCell::new(Shared { hist: histogram(), received: 0, lost: 0 }));
+        let shared = Rc::new(RefCell::new(Shared {
+            hist: histogram(),
+            received: 0,
+            lost: 0,
+            wire_bytes: 0,
+            inflater: gateway::ws::deflate::Inflater::default(),
+            inflated: Vec::new(),
+        }));
         let started = Instant::now();
         let sem = Rc::new(tokio::sync::Semaphore::new(spec.concurrency.max(1)));
         let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel::<Result<(), String>>();
@@ -164,11 +186,7 @@ pub fn run(spec: WorkerSpec) -> anyhow::Result<()> {
         while let Some(line) = lines.next_line().await? {
             let mut s = shared.borrow_mut();
             match line.trim() {
-                "RESET" => {
-                    s.hist.reset();
-                    s.received = 0;
-                    s.lost = 0;
-                }
+                "RESET" => s.reset(),
                 cmd @ ("REPORT" | "STOP") => {
                     let report = Report {
                         received: s.received,
@@ -178,10 +196,9 @@ pub fn run(spec: WorkerSpec) -> anyhow::Result<()> {
                             .iter_recorded()
                             .map(|v| (v.value_iterated_to(), v.count_at_value()))
                             .collect(),
+                        wire_bytes: s.wire_bytes,
                     };
-                    s.hist.reset();
-                    s.received = 0;
-                    s.lost = 0;
+                    s.reset();
                     say(&format!("REPORT {}", serde_json::to_string(&report)?));
                     if cmd == "STOP" {
                         break;
@@ -194,6 +211,16 @@ pub fn run(spec: WorkerSpec) -> anyhow::Result<()> {
     })
 }
 
+impl Shared {
+    /// Forgets what was recorded (a new window starts).
+    fn reset(&mut self) {
+        self.hist.reset();
+        self.received = 0;
+        self.lost = 0;
+        self.wire_bytes = 0;
+    }
+}
+
 #[allow(clippy::print_stdout)]
 fn say(line: &str) {
     use std::io::Write;
@@ -203,8 +230,26 @@ fn say(line: &str) {
 }
 
 struct Conn {
-    stream: tokio::net::TcpStream,
+    stream: Box<dyn Io>,
     buf: BytesMut,
+}
+
+/// This worker's TLS client (`--tls`): trusts the endpoint's certificate, and makes a
+/// full handshake per connection (no session resumption), as distinct clients do.
+fn tls_connector(ep: &Endpoint) -> std::io::Result<Option<tokio_rustls::TlsConnector>> {
+    static CONNECTOR: std::sync::OnceLock<Option<tokio_rustls::TlsConnector>> = std::sync::OnceLock::new();
+    if let Some(c) = CONNECTOR.get() {
+        return Ok(c.clone());
+    }
+    let made = match &ep.tls_ca {
+        None => None,
+        Some(ca) => {
+            let mut config = (*tls::client::client_config(ca).map_err(std::io::Error::other)?).clone();
+            config.resumption = rustls::client::Resumption::disabled();
+            Some(tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)))
+        }
+    };
+    Ok(CONNECTOR.get_or_init(|| made).clone())
 }
 
 /// Reads whole frames until `done` says a frame completes the subscribe step.
@@ -224,13 +269,19 @@ async fn read_until(c: &mut Conn, mut done: impl FnMut(u8, &[u8]) -> bool) -> st
 }
 
 async fn subscribe(ep: &Endpoint) -> std::io::Result<Conn> {
-    let protocol = None;
+    // The offer browsers and Python `websockets` make.
+    let deflate = DEFLATE.load(std::sync::atomic::Ordering::Relaxed) && ep.target.is_signalcast();
+    let headers =
+        if deflate { "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n" } else { "" };
     // signalcast without a filter: the channel is named in the upgrade request and
     // SUBSCRIBED follows WELCOME with no second round trip (as nchan's URL names its
     // channel). A filter takes a SUBSCRIBE message.
     let in_url = ep.target.is_signalcast() && SUBSCRIBE.get().is_none();
     let path = if in_url { format!("{}&subscribe=signals_premium", ep.path) } else { ep.path.clone() };
-    let (stream, buf) = ws_connect(ep.addr, &path, protocol).await?;
+    let (stream, buf, head) = wss_connect(ep.addr, &path, headers, tls_connector(ep)?.as_ref()).await?;
+    if deflate && !head.to_ascii_lowercase().contains("sec-websocket-extensions: permessage-deflate") {
+        return Err(std::io::Error::other("the server did not accept permessage-deflate"));
+    }
     let mut c = Conn { stream, buf };
     match ep.target {
         Target::Signalcast | Target::SignalcastKafka => {
@@ -266,7 +317,19 @@ impl Conn {
                 if ep.target == Target::Nats {
                     nats.extend_from_slice(payload);
                 } else if op == 0x1 {
-                    record(shared, payload);
+                    let mut s = shared.borrow_mut();
+                    s.wire_bytes += end as u64;
+                    if self.buf[0] & RSV1 != 0 {
+                        let Shared { inflater, inflated, .. } = &mut *s;
+                        if inflater.inflate(payload, 1 << 20, inflated).is_err() {
+                            return;
+                        }
+                        let text = std::mem::take(inflated);
+                        s.record(&text);
+                        s.inflated = text;
+                    } else {
+                        s.record(payload);
+                    }
                 }
                 self.buf.advance(end);
             }
@@ -339,11 +402,19 @@ async fn churn(mut c: Conn, ep: Endpoint, n: usize, shared: &RefCell<Shared>) {
     }
 }
 
+/// A frame's first byte: the message is compressed (permessage-deflate).
+const RSV1: u8 = 0x40;
+
 fn record(shared: &RefCell<Shared>, payload: &[u8]) {
-    let Some(sent) = sent_us(payload) else { return };
-    let mut s = shared.borrow_mut();
-    s.received += 1;
-    let _ = s.hist.record((now_us() - sent).max(1) as u64);
+    shared.borrow_mut().record(payload);
+}
+
+impl Shared {
+    fn record(&mut self, payload: &[u8]) {
+        let Some(sent) = sent_us(payload) else { return };
+        self.received += 1;
+        let _ = self.hist.record((now_us() - sent).max(1) as u64);
+    }
 }
 
 /// The heavier client mode: tokio-tungstenite, JSON parsed per message.

@@ -12,8 +12,9 @@ use bench::worker::ClientMode;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tungstenite_subscribers_receive_everything() {
     bench::targets::set_exe(env!("CARGO_BIN_EXE_signalcast-bench"));
-    bench::run::set_client_mode(ClientMode::Tungstenite);
-    assert_eq!(bench::run::client_mode(), ClientMode::Tungstenite);
+    bench::run::set_options(bench::run::Options { client: ClientMode::Tungstenite, ..Default::default() })
+        .unwrap();
+    assert_eq!(bench::run::options().client, ClientMode::Tungstenite);
     for target in [Target::Signalcast, Target::Reference] {
         let mut s = Session::open(target, 40, 2).await.unwrap();
         assert_eq!(s.workers.ready.connected, 40, "{target:?}: {:?}", s.workers.ready.first_error);

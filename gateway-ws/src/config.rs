@@ -30,6 +30,9 @@ pub struct Config {
     pub workers: usize,
     pub outbound_buffer_bytes: usize,
     pub max_message_bytes: usize,
+    /// Answer a client's permessage-deflate offer (shared compression, no context
+    /// takeover); false: every connection is uncompressed.
+    pub permessage_deflate: bool,
     pub write_timeout_ms: u64,
     pub heartbeat_timeout_secs: u64,
     pub max_subscriptions: usize,
@@ -270,6 +273,7 @@ impl Default for Config {
             workers: 0,
             outbound_buffer_bytes: 1 << 20,
             max_message_bytes: 4_096,
+            permessage_deflate: true,
             write_timeout_ms: 10_000,
             heartbeat_timeout_secs: 60,
             max_subscriptions: 16,

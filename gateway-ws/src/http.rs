@@ -281,11 +281,19 @@ fn websocket(mut req: Request<Incoming>, peer: Option<IpAddr>, app: Arc<App>) ->
         response.headers_mut().insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(PROTOCOL));
     }
     // permessage-deflate, shared (no context on either side): one compression per
-    // channel message for every connection that takes it.
+    // channel message for every connection that takes it. Not for the Safari versions
+    // that ignore `client_no_context_takeover` (their messages would not inflate).
+    let user_agent = req.headers().get(hyper::header::USER_AGENT).and_then(|v| v.to_str().ok());
     let offers = req.headers().get_all(SEC_WEBSOCKET_EXTENSIONS).iter().filter_map(|v| v.to_str().ok());
-    let deflate = match crate::ws::deflate::negotiate(offers) {
+    let agreed = if !app.permessage_deflate || user_agent.is_some_and(crate::ws::deflate::broken_client) {
+        None
+    } else {
+        crate::ws::deflate::negotiate(offers)
+    };
+    let deflate = match agreed {
         Some(answer) => {
             response.headers_mut().insert(SEC_WEBSOCKET_EXTENSIONS, HeaderValue::from_static(answer));
+            app.stats.deflate_upgraded();
             true
         }
         None => false,

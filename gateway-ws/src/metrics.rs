@@ -118,6 +118,12 @@ pub struct GatewayStats {
     slow_consumer_closes: AtomicU64,
     upgrades: AtomicU64,
     auth_failures: AtomicU64,
+    /// permessage-deflate: upgrades that took it, channel messages compressed (once per
+    /// hub shard), and their bytes before and after.
+    deflate_upgrades: AtomicU64,
+    deflated: AtomicU64,
+    deflate_in: AtomicU64,
+    deflate_out: AtomicU64,
     /// Live deliveries only: what the engine and the hub cost.
     pub latency: LatencyHistogram,
     /// Deliveries from delayed views (the delay is in the figure, on purpose).
@@ -159,6 +165,18 @@ impl GatewayStats {
 
     pub fn auth_failed(&self) {
         self.auth_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An upgrade negotiated permessage-deflate.
+    pub fn deflate_upgraded(&self) {
+        self.deflate_upgrades.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A hub shard compressed a channel message of `plain` bytes to `compressed`.
+    pub fn deflated(&self, plain: usize, compressed: usize) {
+        self.deflated.fetch_add(1, Ordering::Relaxed);
+        self.deflate_in.fetch_add(plain as u64, Ordering::Relaxed);
+        self.deflate_out.fetch_add(compressed as u64, Ordering::Relaxed);
     }
 }
 
@@ -472,6 +490,30 @@ impl Collector for Gateway {
             "signalcast_auth_failures",
             "Connections refused with 401.",
             gw.auth_failures.load(Ordering::Relaxed),
+        )?;
+        counter(
+            e,
+            "signalcast_deflate_upgrades",
+            "WebSocket upgrades that negotiated permessage-deflate.",
+            gw.deflate_upgrades.load(Ordering::Relaxed),
+        )?;
+        counter(
+            e,
+            "signalcast_deflate_messages",
+            "Channel messages compressed for permessage-deflate connections (once per hub shard, not per delivery).",
+            gw.deflated.load(Ordering::Relaxed),
+        )?;
+        counter(
+            e,
+            "signalcast_deflate_input_bytes",
+            "Bytes of the channel messages compressed, before compression.",
+            gw.deflate_in.load(Ordering::Relaxed),
+        )?;
+        counter(
+            e,
+            "signalcast_deflate_output_bytes",
+            "Bytes of the channel messages compressed, after compression (without the 4-byte tail the extension drops).",
+            gw.deflate_out.load(Ordering::Relaxed),
         )?;
         for (name, help, c) in [
             (

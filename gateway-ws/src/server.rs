@@ -65,6 +65,8 @@ pub struct App {
     /// Subscriptions per connection (`[hub] max_subscriptions`): also the most channels
     /// an upgrade request may name (`?subscribe=`).
     pub max_subscriptions: usize,
+    /// Whether permessage-deflate offers are answered (`permessage_deflate`).
+    pub permessage_deflate: bool,
     /// The dashboard's token picker: only when tokens are signed with the public dev
     /// secret (see [`crate::dashboard::dev_tokens`]).
     pub dev_tokens: Option<(Arc<DevAuth>, Duration)>,
@@ -350,6 +352,7 @@ pub async fn start_on(
         }),
         max_connections: config.max_connections,
         max_subscriptions: config.max_subscriptions,
+        permessage_deflate: config.permessage_deflate,
         dev_tokens,
     });
     let acceptor = tls.as_ref().map(|(acceptor, _)| acceptor.clone());

@@ -284,3 +284,145 @@ async fn the_feed_speaks_tls_to_producers_that_verify_it() {
     assert!(!matches!(fooled, Ok(Ok(_))), "a producer trusting another CA does not send its key");
     server.shutdown().await;
 }
+
+/// A raw WebSocket client that shows the frame bits (RSV1), which the client libraries
+/// hide: upgrade request with `headers`, then whole server frames.
+struct RawWs {
+    stream: tokio::net::TcpStream,
+    buf: Vec<u8>,
+    /// The upgrade response's head.
+    head: String,
+}
+
+impl RawWs {
+    async fn connect(server: &gateway::Running, user: &str, headers: &str) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(server.http_addr).await.unwrap();
+        let token = token(server, user);
+        let req = format!(
+            "GET /ws?token={token}&subscribe=signals_enterprise HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n",
+            server.http_addr
+        );
+        stream.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        loop {
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "closed during the upgrade");
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+                buf.drain(..end + 4);
+                return Self { stream, buf, head };
+            }
+        }
+    }
+
+    fn extensions(&self) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            l.to_ascii_lowercase().strip_prefix("sec-websocket-extensions:").map(|v| v.trim().to_owned())
+        })
+    }
+
+    /// The next data frame: (RSV1 set, payload).
+    async fn next(&mut self) -> (bool, Vec<u8>) {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if self.buf.len() >= 2 {
+                let (b0, b1) = (self.buf[0], self.buf[1]);
+                assert_eq!(b1 & 0x80, 0, "server frames are not masked");
+                let (len, at) = match b1 & 0x7f {
+                    126 if self.buf.len() >= 4 => {
+                        (usize::from(u16::from_be_bytes([self.buf[2], self.buf[3]])), 4)
+                    }
+                    126 => (usize::MAX, 0),
+                    127 => panic!("no message here is that large"),
+                    n => (usize::from(n), 2),
+                };
+                if len != usize::MAX && self.buf.len() >= at + len {
+                    let payload = self.buf[at..at + len].to_vec();
+                    self.buf.drain(..at + len);
+                    assert_eq!(b0 & 0x80, 0x80, "one frame per message");
+                    return (b0 & 0x40 != 0, payload);
+                }
+            }
+            let mut chunk = [0u8; 8192];
+            let n = tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut chunk))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "closed");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// The next message as text, inflated if it came compressed; and whether it did.
+    async fn next_text(&mut self) -> (bool, String) {
+        let (compressed, payload) = self.next().await;
+        let text = if compressed {
+            let mut out = Vec::new();
+            gateway::ws::deflate::Inflater::default().inflate(&payload, 1 << 20, &mut out).unwrap();
+            out
+        } else {
+            payload
+        };
+        (compressed, String::from_utf8(text).unwrap())
+    }
+
+    /// Reads until a SIGNAL_UPDATE.
+    async fn signal(&mut self) -> (bool, String) {
+        loop {
+            let (compressed, text) = self.next_text().await;
+            if text.contains("\"SIGNAL_UPDATE\"") {
+                return (compressed, text);
+            }
+            assert!(!compressed, "only channel messages go compressed: {text}");
+        }
+    }
+}
+
+const CHROMIUM_OFFER: &str = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permessage_deflate_gives_the_same_message_compressed_once_to_whoever_offered_it() {
+    let server = start(config()).await;
+    let mut plain = RawWs::connect(&server, "u-enterprise-1", "").await;
+    let mut a = RawWs::connect(&server, "u-enterprise-1", CHROMIUM_OFFER).await;
+    let mut b = RawWs::connect(&server, "u-enterprise-1", CHROMIUM_OFFER).await;
+    let safari_15_2 = "User-Agent: Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/15.2 Safari/605.1.15\r\n";
+    let mut safari =
+        RawWs::connect(&server, "u-enterprise-1", &format!("{CHROMIUM_OFFER}{safari_15_2}")).await;
+    assert_eq!(plain.extensions(), None, "nothing offered, nothing answered");
+    let shared =
+        Some("permessage-deflate; server_no_context_takeover; client_no_context_takeover".to_owned());
+    assert_eq!(a.extensions(), shared);
+    assert_eq!(b.extensions(), shared);
+    assert_eq!(safari.extensions(), None, "Safari 15.0–15.3 cannot take it");
+
+    let p = producer(&server).await;
+    p.send_signal(&signal(7, 9_100, Category::Crypto)).await.unwrap();
+    let (plain_compressed, plain_text) = plain.signal().await;
+    assert!(!plain_compressed);
+    let (a_compressed, a_text) = a.signal().await;
+    let (b_compressed, b_text) = b.signal().await;
+    assert!(a_compressed && b_compressed, "the signal goes compressed to both");
+    assert_eq!(a_text, plain_text, "inflated, the same message byte for byte");
+    assert_eq!(b_text, plain_text);
+    assert!(!safari.signal().await.0);
+    server.shutdown().await;
+
+    // Refused by the operator: no answer, nothing compressed.
+    let mut cfg = config();
+    cfg.permessage_deflate = false;
+    let server = start(cfg).await;
+    let mut c = RawWs::connect(&server, "u-enterprise-1", CHROMIUM_OFFER).await;
+    assert_eq!(c.extensions(), None);
+    producer(&server).await.send_signal(&signal(8, 9_100, Category::Crypto)).await.unwrap();
+    assert!(!c.signal().await.0);
+    server.shutdown().await;
+}

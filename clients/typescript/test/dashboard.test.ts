@@ -270,3 +270,49 @@ test("the symbol filter box: prices and new signals of the watched symbols only"
     await server.stop();
   }
 });
+
+test("Chromium negotiates permessage-deflate and reads the compressed signals as they were sent", async () => {
+  assert.ok(existsSync(CHROMIUM), `${CHROMIUM} is missing`);
+  const server = await Server.start();
+  const browser = await chromium.launch({ executablePath: CHROMIUM, args: FLAGS, headless: true });
+  try {
+    const page = await browser.newPage();
+    await page.goto(server.http);
+    // A socket of the page's own, as any browser app opens one: Chromium offers the
+    // extension by itself, and inflates what comes compressed before the page sees it.
+    const opened = page.evaluate(
+      ({ url, protocols }) =>
+        new Promise<{ extensions: string; signal: { type: string; seq: number; data: { id: string } } }>(
+          (resolve, reject) => {
+            const ws = new WebSocket(url, protocols);
+            const timer = setTimeout(() => reject(new Error("no SIGNAL_UPDATE in 15 s")), 15_000);
+            ws.onopen = () => ws.send(JSON.stringify({ type: "SUBSCRIBE", channel: "signals_enterprise" }));
+            ws.onmessage = (e) => {
+              const m = JSON.parse(e.data as string);
+              if (m.type === "SUBSCRIBED") (window as unknown as { subscribed: boolean }).subscribed = true;
+              if (m.type === "SIGNAL_UPDATE") {
+                clearTimeout(timer);
+                resolve({ extensions: ws.extensions, signal: m });
+                ws.close();
+              }
+            };
+            ws.onerror = () => reject(new Error("socket error"));
+          },
+        ),
+      { url: server.ws, protocols: ["signalcast.v1", `signalcast.token.${token("u-enterprise-1")}`] },
+    );
+    await page.waitForFunction(() => (window as unknown as { subscribed?: boolean }).subscribed === true, null, {
+      timeout: 10_000,
+    });
+    const [id] = await publish(server, [rawSignal(901)]);
+    const { extensions, signal } = await opened;
+    assert.equal(extensions, "permessage-deflate; server_no_context_takeover; client_no_context_takeover");
+    assert.equal(signal.type, "SIGNAL_UPDATE");
+    assert.equal(signal.data.id, id);
+    const compressed = await server.metric("signalcast_deflate_messages_total");
+    assert.ok(compressed >= 1, `the signal went compressed (signalcast_deflate_messages_total ${compressed})`);
+  } finally {
+    await browser.close();
+    await server.stop();
+  }
+});

@@ -3,7 +3,7 @@
 use crate::model::{MarketSnapshot, Tick, UnixNanos};
 
 /// The snapshot of `tick` as seen at `now`; a tick stamped in the future has age 0.
-pub(crate) fn snapshot(tick: &Tick, now: UnixNanos) -> MarketSnapshot {
+pub fn snapshot(tick: &Tick, now: UnixNanos) -> MarketSnapshot {
     let age_ns = now.0.saturating_sub(tick.ts.0).max(0);
     MarketSnapshot {
         bid: tick.bid,

@@ -19,7 +19,7 @@ pub mod encode;
 
 pub(crate) mod dedup;
 mod delay;
-mod enrich;
+pub mod enrich;
 mod filter;
 mod route;
 mod stage;

@@ -22,6 +22,18 @@ pub fn negotiate<'a>(headers: impl IntoIterator<Item = &'a str>) -> Option<&'sta
         .map(|_| SHARED_RESPONSE)
 }
 
+/// Safari 15.0–15.3 (macOS and iOS) ignore `client_no_context_takeover` and compress
+/// with a context the server does not keep: the gateway does not negotiate with them
+/// (uWebSockets makes the same exception, uNetworking/uWebSockets#1347).
+pub fn broken_client(user_agent: &str) -> bool {
+    const VERSION: &str = " Version/15.";
+    let Some(at) = user_agent.find(VERSION) else { return false };
+    let rest = &user_agent[at + VERSION.len()..];
+    let minor: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    let Ok(minor) = minor.parse::<u32>() else { return false };
+    minor <= 3 && rest.contains(" Safari/")
+}
+
 /// `a, b; x="1,2", c` → `a`, `b; x="1,2"`, `c`.
 fn split_outside_quotes(line: &str) -> Vec<&str> {
     let mut out = Vec::new();
@@ -224,6 +236,27 @@ mod tests {
             Some(SHARED_RESPONSE)
         );
         assert_eq!(negotiate(["PerMessage-Deflate; Client_Max_Window_Bits=\"10\""]), Some(SHARED_RESPONSE));
+    }
+
+    #[test]
+    fn only_safari_15_0_to_15_3_is_refused() {
+        let safari = |v: &str| {
+            format!(
+                "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/{v} Safari/605.1.15"
+            )
+        };
+        for v in ["15.0", "15.1", "15.2", "15.3", "15.3.1"] {
+            assert!(broken_client(&safari(v)), "{v}");
+        }
+        for v in ["15.4", "15.10", "16.0", "14.1.2", "17.4"] {
+            assert!(!broken_client(&safari(v)), "{v}");
+        }
+        let ios = "Mozilla/5.0 (iPhone; CPU iPhone OS 15_2 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/15.2 Mobile/15E148 Safari/604.1";
+        assert!(broken_client(ios));
+        let chrome = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36";
+        assert!(!broken_client(chrome));
+        assert!(!broken_client("Python/3.11 websockets/17.4"));
+        assert!(!broken_client(""));
     }
 
     #[test]

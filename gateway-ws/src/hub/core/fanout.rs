@@ -301,7 +301,7 @@ impl Core {
                         self.cursors[idx] = next;
                         for m in &self.batch {
                             // Read once per message, by the first subscriber with a filter.
-                            let mut fields = Lazy::with_deflater(m, &mut self.deflater);
+                            let mut fields = Lazy::with_deflater(m, &mut self.deflater, &self.src.stats);
                             for sub in &mut self.subs[idx] {
                                 let Some(c) = self.conns[sub.conn].as_mut() else { continue };
                                 match deliver(sub, c, idx, m, tier, timing, today, limit, &mut fields) {
@@ -410,7 +410,7 @@ const MEMO: usize = 4;
 pub(super) struct Lazy<'a> {
     msg: &'a Message,
     fields: Option<Option<Fields<'a>>>,
-    deflater: Option<&'a mut crate::ws::deflate::Deflater>,
+    deflater: Option<(&'a mut crate::ws::deflate::Deflater, &'a crate::metrics::GatewayStats)>,
     /// `Some(None)`: tried, and compressing did not make it smaller.
     deflated: Option<Option<Message>>,
     /// (filter's address, answer); address 0 is no filter. The filters are held by the
@@ -427,8 +427,12 @@ impl<'a> Lazy<'a> {
 
     /// With the shard's compressor: connections that negotiated permessage-deflate get
     /// the message compressed, once for all of them.
-    pub(super) fn with_deflater(msg: &'a Message, deflater: &'a mut crate::ws::deflate::Deflater) -> Self {
-        Self { deflater: Some(deflater), ..Self::new(msg) }
+    pub(super) fn with_deflater(
+        msg: &'a Message,
+        deflater: &'a mut crate::ws::deflate::Deflater,
+        stats: &'a crate::metrics::GatewayStats,
+    ) -> Self {
+        Self { deflater: Some((deflater, stats)), ..Self::new(msg) }
     }
 
     /// The frame a connection gets: the compressed copy when it negotiated
@@ -438,9 +442,13 @@ impl<'a> Lazy<'a> {
         if !deflate {
             return msg.clone();
         }
-        let Some(d) = self.deflater.as_deref_mut() else { return msg.clone() };
+        let Some((d, stats)) = self.deflater.as_mut() else { return msg.clone() };
         self.deflated
-            .get_or_insert_with(|| d.compress(msg.json()).map(|p| msg.deflated(&p, &mut Vec::new())))
+            .get_or_insert_with(|| {
+                let p = d.compress(msg.json())?;
+                stats.deflated(msg.json().len(), p.len());
+                Some(msg.deflated(&p, &mut Vec::new()))
+            })
             .clone()
             .unwrap_or_else(|| msg.clone())
     }

@@ -51,9 +51,12 @@ use crate::ws::{CloseCode, outbound};
 /// Eight logs: the live log and the delayed view of each tier (`tier * 2 + delayed`).
 const LOGS: usize = 8;
 
-/// zlib level of the shared compressor: level 1 gives 0.615 of the size on the
-/// fixture mix against 0.603 at 6 (research measurement), at a fraction of the time.
-const DEFLATE_LEVEL: u32 = 1;
+/// zlib level of the shared compressor. zlib-rs's level 1 is the "quick" strategy
+/// (static Huffman codes): 0.749 of the wire bytes on the fixture mix at 6.5 µs a
+/// message; level 2 gives 0.598 at 15.2 µs and level 6 0.595 at 16.3 µs
+/// (`cargo bench -p signalcast-gateway --bench deflate`). A message is compressed once
+/// per shard, not per delivery, so the bytes win (decision 139).
+const DEFLATE_LEVEL: u32 = 6;
 
 /// A connection's handle inside its core (and the driver's poller token).
 pub type ConnId = usize;
