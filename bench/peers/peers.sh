@@ -5,6 +5,8 @@
 #   peers.sh start PEER|all     start in the background; waits until the port accepts
 #   peers.sh stop PEER|all      TERM only the pids this script started (KILL after 10 s)
 #   peers.sh status
+#   PEERS_TLS_DIR=DIR peers.sh start PEER   the same over TLS (DIR/cert.pem, DIR/key.pem):
+#                               nats wss://…:8081, nchan wss://…:8092, node-ws wss://…:8084
 #
 # PEER: nats (ws://127.0.0.1:8081, publish tcp 4222), nchan (ws://127.0.0.1:8082/sub/CH,
 # publish POST /pub/CH), node-ws (ws://127.0.0.1:8084/CH, publish tcp 9084 lines).
@@ -53,12 +55,29 @@ start() {
   installed "$p" || { echo "peers.sh: $p is not installed (peers.sh install)" >&2; return 1; }
   mkdir -p "$run"
   if [ -f "$run/pid" ] && kill -0 "$(cat "$run/pid")" 2>/dev/null; then return 0; fi
+  # PEERS_TLS_DIR (cert.pem, key.pem): serve WSS. nats on its port, nginx on 8092
+  # beside the plain 8082 (its publisher stays plain HTTP), node-ws on its port.
+  local tls="${PEERS_TLS_DIR:-}"
   case "$p" in
-    nats) nohup nats-server -c "$here/nats/nats.conf" >"$run/log" 2>&1 & echo $! >"$run/pid" ;;
+    nats)
+      local conf="$here/nats/nats.conf"
+      if [ -n "$tls" ]; then
+        conf="$run/nats-tls.conf"
+        sed "s|no_tls: true|tls { cert_file: \"$tls/cert.pem\", key_file: \"$tls/key.pem\" }|" "$here/nats/nats.conf" >"$conf"
+      fi
+      nohup nats-server -c "$conf" >"$run/log" 2>&1 & echo $! >"$run/pid" ;;
     nchan)
       mkdir -p "$run/tmp"
-      nohup nginx -p "$here/nchan/" -c nginx.conf >"$run/log" 2>&1 & echo $! >"$run/pid" ;;
-    node-ws) nohup node "$here/node-ws/server.js" >"$run/log" 2>&1 & echo $! >"$run/pid" ;;
+      local conf=nginx.conf
+      if [ -n "$tls" ]; then
+        conf=run/nginx-tls.conf
+        sed "s|listen 127.0.0.1:8082;|listen 127.0.0.1:8082;\n    listen 127.0.0.1:8092 ssl;\n    ssl_certificate $tls/cert.pem;\n    ssl_certificate_key $tls/key.pem;\n    ssl_protocols TLSv1.3;\n    ssl_session_tickets off;|" \
+          "$here/nchan/nginx.conf" >"$here/nchan/$conf"
+      fi
+      nohup nginx -p "$here/nchan/" -c "$conf" >"$run/log" 2>&1 & echo $! >"$run/pid" ;;
+    node-ws)
+      TLS_CERT="${tls:+$tls/cert.pem}" TLS_KEY="${tls:+$tls/key.pem}" \
+        nohup node "$here/node-ws/server.js" >"$run/log" 2>&1 & echo $! >"$run/pid" ;;
   esac
   wait_port "$(port_of "$p")"
 }

@@ -51,8 +51,9 @@ struct Common {
     /// mix compression is measured on).
     #[arg(long, value_enum, default_value = "padded")]
     mix: bench::targets::Mix,
-    /// The signalcast target serves WSS (TLS 1.3, a certificate made for the run) and
-    /// subscribers connect through rustls, full handshakes. Light client only.
+    /// signalcast and the peers serve WSS (TLS 1.3, a certificate made for the run;
+    /// nginx on 8092) and subscribers connect through rustls, a full handshake each.
+    /// Light client only; not the reference or signalcast-kafka.
     #[arg(long)]
     tls: bool,
 }

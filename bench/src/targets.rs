@@ -144,6 +144,16 @@ pub struct Certificate {
     pub key: PathBuf,
 }
 
+/// With `--tls`, a certificate for one server (`tag` tells servers apart) and its
+/// folder, removed with the server.
+fn run_certificate(tag: u16) -> anyhow::Result<Option<(Certificate, TempDir)>> {
+    if !crate::run::options().tls {
+        return Ok(None);
+    }
+    let dir = std::env::temp_dir().join(format!("signalcast-bench-tls-{}-{tag}", std::process::id()));
+    Ok(Some((certificate(&dir)?, TempDir(dir))))
+}
+
 /// A self-signed certificate for `localhost` (what WSS clients dial), written to `dir`.
 pub fn certificate(dir: &std::path::Path) -> anyhow::Result<Certificate> {
     std::fs::create_dir_all(dir)?;
@@ -212,10 +222,15 @@ impl Server {
     pub async fn start(target: Target) -> anyhow::Result<Self> {
         let exe = exe()?;
         if target == Target::SignalcastKafka {
+            anyhow::ensure!(!crate::run::options().tls, "--tls: the scaled-out target has no WSS variant here");
             return Self::start_scaled_out(&exe, 1).await;
         }
+        anyhow::ensure!(
+            !(target == Target::Reference && crate::run::options().tls),
+            "--tls: the raw reference has no TLS variant (not built)"
+        );
         let mut data = None;
-        let mut tls_files = None;
+        let tls_files;
         let (endpoint, publish, child, pid) = match target {
             Target::Signalcast | Target::Reference => {
                 let (ws, publish) = (free_port()?, free_port()?);
@@ -229,13 +244,7 @@ impl Server {
                     data = Some(TempDir(dir));
                 }
                 // `--tls`: signalcast serves WSS with a certificate made for this server.
-                let tls = if target == Target::Signalcast && crate::run::options().tls {
-                    let dir = std::env::temp_dir()
-                        .join(format!("signalcast-bench-tls-{}-{ws}", std::process::id()));
-                    Some((certificate(&dir)?, TempDir(dir)))
-                } else {
-                    None
-                };
+                let tls = if target == Target::Signalcast { run_certificate(ws)? } else { None };
                 let child = spawn_server(
                     &exe,
                     sub,
@@ -258,11 +267,14 @@ impl Server {
             }
             peer => {
                 let name = peer.peer().context("peer")?;
-                let ok = Command::new("bash")
-                    .arg(peers_dir().join("peers.sh"))
-                    .args(["start", name])
-                    .status()
-                    .await?;
+                // `--tls`: the peer serves WSS (peers.sh reads PEERS_TLS_DIR).
+                let tls = run_certificate(0)?;
+                let mut start = Command::new("bash");
+                start.arg(peers_dir().join("peers.sh")).args(["start", name]);
+                if let Some((_, dir)) = &tls {
+                    start.env("PEERS_TLS_DIR", &dir.0);
+                }
+                let ok = start.status().await?;
                 if !ok.success() {
                     bail!("{name} is not available (bench/peers/peers.sh install)");
                 }
@@ -271,9 +283,13 @@ impl Server {
                 let (ws, path, publish) = match peer {
                     Target::NodeWs => (8084, "/bench".to_owned(), 9084),
                     Target::Nats => (8081, "/".to_owned(), 4222),
+                    // nginx serves WSS beside the plain port its publisher uses.
+                    _ if tls.is_some() => (8092, "/sub/bench".to_owned(), 8082),
                     _ => (8082, "/sub/bench".to_owned(), 8082),
                 };
-                (Endpoint { target, addr: local(ws), path, tls_ca: None }, local(publish), None, pid)
+                let tls_ca = tls.as_ref().map(|t| t.0.cert.clone());
+                tls_files = tls;
+                (Endpoint { target, addr: local(ws), path, tls_ca }, local(publish), None, pid)
             }
         };
         Ok(Self {

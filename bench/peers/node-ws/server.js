@@ -9,7 +9,20 @@ const readline = require('readline');
 const { WebSocketServer, WebSocket } = require('ws');
 
 const channels = new Map();
-const wss = new WebSocketServer({ host: '127.0.0.1', port: 8084, perMessageDeflate: false });
+// TLS_CERT and TLS_KEY (PEM files): the same over https (wss://), as a Node service
+// terminating TLS itself would.
+let wss;
+if (process.env.TLS_CERT && process.env.TLS_KEY) {
+  const fs = require('fs');
+  const server = require('https').createServer({
+    cert: fs.readFileSync(process.env.TLS_CERT),
+    key: fs.readFileSync(process.env.TLS_KEY),
+  });
+  wss = new WebSocketServer({ server, perMessageDeflate: false });
+  server.listen(8084, '127.0.0.1');
+} else {
+  wss = new WebSocketServer({ host: '127.0.0.1', port: 8084, perMessageDeflate: false });
+}
 wss.on('connection', (ws, req) => {
   const ch = req.url.slice(1);
   if (!channels.has(ch)) channels.set(ch, new Set());
