@@ -222,7 +222,10 @@ impl Server {
     pub async fn start(target: Target) -> anyhow::Result<Self> {
         let exe = exe()?;
         if target == Target::SignalcastKafka {
-            anyhow::ensure!(!crate::run::options().tls, "--tls: the scaled-out target has no WSS variant here");
+            anyhow::ensure!(
+                !crate::run::options().tls,
+                "--tls: the scaled-out target has no WSS variant here"
+            );
             return Self::start_scaled_out(&exe, 1).await;
         }
         anyhow::ensure!(
