@@ -12,6 +12,14 @@
 //! symbol (8 KiB at 65,536 symbols), a pending price is never more than the latest,
 //! and price bytes in the queue (counted against `limit`) are at most a `writev`'s
 //! worth: a price never closes a connection as a slow consumer, signals do.
+//!
+//! Replayed signals (a resume's gap, a snapshot) are queued whole and not counted
+//! against `limit`: the client asked for them, their number is bounded where they are
+//! read (the ring, the history read-back's cap, `max_snapshot`), and the frames are
+//! already in memory. Counting them made any gap over `limit` (about 1,400 signals at
+//! the default 1 MiB) a 4008 before the client had read a byte, so a slow consumer cut
+//! off could never catch up by resuming. Live frames queued behind a replay are counted
+//! as before.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -54,6 +62,11 @@ impl Out {
             Self::Frame(f) => f,
         }
     }
+
+    /// Replayed (not counted against the bound).
+    fn is_replay(&self) -> bool {
+        matches!(self, Self::Signal(_, _, Timing::Replay))
+    }
 }
 
 /// The result of queueing a frame.
@@ -72,6 +85,8 @@ pub struct Outbox {
     /// Bytes of `frames`, and how much of the first one is already written.
     bytes: usize,
     written: usize,
+    /// Of `bytes`, those of replayed frames (not counted against the bound).
+    replay_bytes: usize,
     /// Symbols with a price to send.
     prices: PendingPrices,
     /// A close frame is queued (last); nothing is accepted after it.
@@ -85,15 +100,20 @@ impl Outbox {
             return Pushed::Closed;
         }
         let len = out.bytes().len();
-        if self.bytes + len > limit {
+        let replay = out.is_replay();
+        if !replay && self.bytes - self.replay_bytes + len > limit {
             // A frame partly written must be finished, or the stream is corrupt.
             let keep = usize::from(self.written > 0);
             self.frames.truncate(keep);
             self.bytes = self.frames.front().map_or(0, |f| f.bytes().len());
+            self.replay_bytes = self.frames.front().filter(|f| f.is_replay()).map_or(0, |f| f.bytes().len());
             self.close(outbound::close(CloseCode::SlowConsumer));
             return Pushed::Overflow;
         }
         self.bytes += len;
+        if replay {
+            self.replay_bytes += len;
+        }
         self.frames.push_back(out);
         Pushed::Queued
     }
@@ -179,6 +199,9 @@ impl Outbox {
             }
             n -= left;
             self.bytes -= front.bytes().len();
+            if front.is_replay() {
+                self.replay_bytes -= front.bytes().len();
+            }
             self.written = 0;
             if let Some(Out::Signal(m, tier, timing)) = self.frames.pop_front() {
                 delivered(&m, tier, timing);

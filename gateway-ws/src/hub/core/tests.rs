@@ -607,6 +607,40 @@ fn a_client_that_reads_nothing_is_closed_4008_past_the_outbound_bound_and_others
 }
 
 #[test]
+fn a_resume_gap_larger_than_the_outbound_bound_is_replayed_whole_and_live_frames_stay_bounded() {
+    let conn = ConnConfig { outbound_limit: 8 * 1024, ..ConnConfig::default() };
+    let mut h = Setup { conn, ..Setup::default() }.build();
+    // 40 signals (about 28 KiB of frames) while the client was away: over the bound.
+    for _ in 0..40 {
+        h.route(8_000, Category::Equity);
+    }
+    let epoch = epoch_of(&h.channels, Tier::Premium);
+    let c = h.connect(session("u-back", Tier::Premium));
+    h.send(c, &format!(r#"{{"type":"SUBSCRIBE","channel":"signals_premium","since":0,"epoch":"{epoch}"}}"#));
+    let frames = h.read(c);
+    assert_eq!(frames[0].json()["recovered"], true, "{frames:?}");
+    let replayed: Vec<u64> = frames[1..].iter().map(|f| f.json()["seq"].as_u64().unwrap()).collect();
+    assert_eq!(replayed, (1..=40).collect::<Vec<_>>(), "the whole gap, in order");
+    assert_eq!(h.stats.slow_consumer_closes(), 0);
+
+    // A replay queued and not yet read leaves the bound to live frames behind it.
+    h.send(c, &format!(r#"{{"type":"SUBSCRIBE","channel":"signals_premium","since":0,"epoch":"{epoch}"}}"#));
+    for _ in 0..5 {
+        h.route(8_000, Category::Equity);
+    }
+    let frames = h.read(c);
+    let seqs: Vec<u64> = frames[1..].iter().map(|f| f.json()["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=45).collect::<Vec<_>>(), "replay, then live, nothing closed");
+
+    // Live frames alone still close a client that reads nothing past the bound.
+    for _ in 0..40 {
+        h.route(8_000, Category::Equity);
+    }
+    assert_eq!(h.read(c).last(), Some(&Frame::Close(4008)));
+    assert_eq!(h.stats.slow_consumer_closes(), 1);
+}
+
+#[test]
 fn a_socket_that_takes_nothing_for_the_write_timeout_is_dropped() {
     let mut h = harness();
     let c = h.connect(session("u-stuck", Tier::Premium));
