@@ -32,6 +32,10 @@ if ! python3 -c 'import websockets' >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check websockets
 fi
 python3 -c 'import websockets; print("python websockets", websockets.__version__)'
+# The Python client's tests run under pytest (no plugins).
+if ! python3 -c 'import pytest' >/dev/null 2>&1; then
+  python3 -m pip install --quiet --disable-pip-version-check pytest
+fi
 # The accounts tests start a throwaway PostgreSQL cluster (initdb + pg_ctl).
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql
@@ -94,6 +98,12 @@ if [ "$status" -ne 0 ]; then exit "$status"; fi
 step "TypeScript client and dashboard (node --test; headless Chromium)"
 # After cargo test, so target/debug/signalcast is the binary just tested.
 (cd clients/typescript && npm test)
+
+step "Python client (pip install ./clients/python; pytest against the binary)"
+# Installed as a user would (the tests import the installed package), then tested
+# against target/debug/signalcast, the binary cargo test just built.
+python3 -m pip install --quiet --disable-pip-version-check ./clients/python
+(cd clients/python && python3 -m pytest -q -p no:cacheprovider)
 
 step "fuzz (every target, ${FUZZ_SECONDS:-30} s each)"
 # Hostile input on a bounded clock: the committed corpus plus what libFuzzer finds in

@@ -514,6 +514,26 @@ async fn readme_commands_run_as_written() {
                 }
             })
         }),
+        // The Python package installs, and its model publishes over HTTP ingest.
+        (
+            "examples/publish_model.py --count 5",
+            check(|out| async move {
+                let accepted = out
+                    .lines()
+                    .filter(|l| l.starts_with(|c: char| c.is_ascii_digit()) && l.contains("/5 accepted "))
+                    .count();
+                assert_eq!(accepted, 5, "{out}");
+            }),
+        ),
+        // Its bot follows the watchlist: the subscription, then five signals.
+        (
+            "examples/follow_watchlist.py --snapshot 5 --count 5",
+            check(|out| async move {
+                assert!(out.contains("following RELIANCE, TCS, INFY"), "{out}");
+                let signals = out.lines().filter(|l| l.starts_with('#')).count();
+                assert_eq!(signals, 5, "{out}");
+            }),
+        ),
         (
             "/metrics",
             check(|out| async move {
