@@ -54,7 +54,14 @@ start() {
   local p=$1 run="$here/$1/run"
   installed "$p" || { echo "peers.sh: $p is not installed (peers.sh install)" >&2; return 1; }
   mkdir -p "$run"
-  if [ -f "$run/pid" ] && kill -0 "$(cat "$run/pid")" 2>/dev/null; then return 0; fi
+  # Running already: fine if it serves the same way (plain, or TLS from the same
+  # folder); otherwise restarted, so a --tls run never meets a plain server.
+  local mode="plain:${PEERS_TLS_DIR:-}"
+  if [ -f "$run/pid" ] && kill -0 "$(cat "$run/pid")" 2>/dev/null; then
+    if [ "$(cat "$run/mode" 2>/dev/null)" = "$mode" ]; then return 0; fi
+    stop "$p"
+  fi
+  echo "$mode" >"$run/mode"
   # PEERS_TLS_DIR (cert.pem, key.pem): serve WSS. nats on its port, nginx on 8092
   # beside the plain 8082 (its publisher stays plain HTTP), node-ws on its port.
   local tls="${PEERS_TLS_DIR:-}"

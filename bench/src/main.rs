@@ -42,8 +42,10 @@ struct Common {
     #[arg(long, value_parser = json_object)]
     filter: Option<String>,
     /// signalcast targets: subscribers offer permessage-deflate (as browsers and Python
-    /// `websockets` do) and inflate what comes compressed; rows report wire bytes per
-    /// delivery. Light client only.
+    /// `websockets` do) and inflate what comes compressed (with context takeover, when
+    /// the server opted in, each connection keeps its window). Light client only.
+    /// (Every light-client row reports WebSocket frame bytes per delivery; under
+    /// `--tls` each TLS record adds 22 bytes to that.)
     #[arg(long)]
     deflate: bool,
     /// What signalcast's publisher sends: `padded` (one signal padded to the size) or

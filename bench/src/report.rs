@@ -29,13 +29,13 @@ fn ms(us: u64) -> String {
 /// A Markdown table of measured windows.
 pub fn windows_table(rows: &[Row]) -> String {
     let mut t = String::from(
-        "| target | subs | msgs/s | bytes | wire B/delivery | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | loss | deliveries/s | server µs/delivery | server CPU | client CPU |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| target | subs | msgs/s | bytes | wire B/delivery | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | loss | deliveries/s | server µs/delivery | server CPU | client CPU | server RSS MiB |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in rows {
         let l = r.latency_us;
         let _ = writeln!(
             t,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.2} | {:.0}% | {:.0}% |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.2} | {:.0}% | {:.0}% | {:.0} |",
             r.target.name(),
             r.subscribers,
             r.rate,
@@ -54,7 +54,8 @@ pub fn windows_table(rows: &[Row]) -> String {
             r.deliveries_per_sec,
             r.server_us_per_delivery,
             r.server_cpu * 100.0,
-            r.client_cpu * 100.0
+            r.client_cpu * 100.0,
+            r.server_rss_kib as f64 / 1024.0
         );
     }
     t

@@ -224,6 +224,9 @@ pub struct Row {
     /// frames as sent); 0 where the client does not count them (NATS, tungstenite).
     #[serde(default)]
     pub wire_bytes_per_delivery: f64,
+    /// The server's resident memory at the end of the window (KiB).
+    #[serde(default)]
+    pub server_rss_kib: u64,
 }
 
 /// Progress on stderr (a bar for the publishing window).
@@ -337,6 +340,7 @@ impl Session {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let elapsed = t0.elapsed().as_secs_f64();
         let (s1, c1) = (stats::cpu_secs(&pids), stats::cpu_secs(&clients));
+        let server_rss_kib = stats::rss_kib(self.server.pid);
         let (report, hist) = self.workers.report(false).await?;
         // Stalled subscribers are not expected to receive: the rows are the healthy ones.
         let subscribers = self.workers.ready.connected - self.workers.ready.stalled;
@@ -366,6 +370,7 @@ impl Session {
             } else {
                 0.0
             },
+            server_rss_kib,
         })
     }
 

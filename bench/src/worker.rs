@@ -232,6 +232,9 @@ fn say(line: &str) {
 struct Conn {
     stream: Box<dyn Io>,
     buf: BytesMut,
+    /// With context takeover (a server that opted in), this connection's own inflater,
+    /// which keeps its window; otherwise the worker's shared one.
+    inflater: Option<Box<gateway::ws::deflate::Inflater>>,
 }
 
 /// This worker's TLS client (`--tls`): trusts the endpoint's certificate, and makes a
@@ -282,7 +285,9 @@ async fn subscribe(ep: &Endpoint) -> std::io::Result<Conn> {
     if deflate && !head.to_ascii_lowercase().contains("sec-websocket-extensions: permessage-deflate") {
         return Err(std::io::Error::other("the server did not accept permessage-deflate"));
     }
-    let mut c = Conn { stream, buf };
+    let context = deflate && !head.to_ascii_lowercase().contains("server_no_context_takeover");
+    let inflater = context.then(|| Box::new(gateway::ws::deflate::Inflater::keeping_context()));
+    let mut c = Conn { stream, buf, inflater };
     match ep.target {
         Target::Signalcast | Target::SignalcastKafka => {
             if !in_url {
@@ -321,6 +326,7 @@ impl Conn {
                     s.wire_bytes += end as u64;
                     if self.buf[0] & RSV1 != 0 {
                         let Shared { inflater, inflated, .. } = &mut *s;
+                        let inflater = self.inflater.as_deref_mut().unwrap_or(inflater);
                         if inflater.inflate(payload, 1 << 20, inflated).is_err() {
                             return;
                         }

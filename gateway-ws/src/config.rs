@@ -33,6 +33,12 @@ pub struct Config {
     /// Answer a client's permessage-deflate offer (shared compression, no context
     /// takeover); false: every connection is uncompressed.
     pub permessage_deflate: bool,
+    /// Opt-in: each compressed connection gets a compressor of its own that keeps its
+    /// window across messages (fewer bytes, a compression per delivery and the
+    /// compressor's memory per connection).
+    pub deflate_context_takeover: bool,
+    /// The window of those compressors, 9–15 bits (`server_max_window_bits`).
+    pub deflate_window_bits: u8,
     pub write_timeout_ms: u64,
     pub heartbeat_timeout_secs: u64,
     pub max_subscriptions: usize,
@@ -274,6 +280,8 @@ impl Default for Config {
             outbound_buffer_bytes: 1 << 20,
             max_message_bytes: 4_096,
             permessage_deflate: true,
+            deflate_context_takeover: false,
+            deflate_window_bits: 15,
             write_timeout_ms: 10_000,
             heartbeat_timeout_secs: 60,
             max_subscriptions: 16,
@@ -389,7 +397,24 @@ impl Config {
             let full = format!("SIGNALCAST_{}", key.as_str().to_ascii_uppercase());
             !NOT_SETTINGS.contains(&full.as_str())
         });
-        f.merge(env).extract().map_err(|e| explain(&e))
+        let config: Self = f.merge(env).extract().map_err(|e| explain(&e))?;
+        if !(9..=15).contains(&config.deflate_window_bits) {
+            return Err(ConfigError::Invalid(format!(
+                "deflate_window_bits is {}: a compressor's window is 9 to 15 bits",
+                config.deflate_window_bits
+            )));
+        }
+        Ok(config)
+    }
+
+    /// How permessage-deflate offers are answered.
+    pub fn deflate_policy(&self) -> crate::ws::deflate::Policy {
+        use crate::ws::deflate::Policy;
+        match (self.permessage_deflate, self.deflate_context_takeover) {
+            (false, _) => Policy::Off,
+            (true, false) => Policy::Shared,
+            (true, true) => Policy::Context { window_bits: self.deflate_window_bits.clamp(9, 15) },
+        }
     }
 
     /// Takes tokens and producer keys from the accounts sidecar.

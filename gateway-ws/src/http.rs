@@ -285,19 +285,19 @@ fn websocket(mut req: Request<Incoming>, peer: Option<IpAddr>, app: Arc<App>) ->
     // that ignore `client_no_context_takeover` (their messages would not inflate).
     let user_agent = req.headers().get(hyper::header::USER_AGENT).and_then(|v| v.to_str().ok());
     let offers = req.headers().get_all(SEC_WEBSOCKET_EXTENSIONS).iter().filter_map(|v| v.to_str().ok());
-    let agreed = if !app.permessage_deflate || user_agent.is_some_and(crate::ws::deflate::broken_client) {
+    let negotiated = if user_agent.is_some_and(crate::ws::deflate::broken_client) {
         None
     } else {
-        crate::ws::deflate::negotiate(offers)
+        crate::ws::deflate::negotiate(offers, app.deflate)
     };
-    let deflate = match agreed {
-        Some(answer) => {
-            response.headers_mut().insert(SEC_WEBSOCKET_EXTENSIONS, HeaderValue::from_static(answer));
-            app.stats.deflate_upgraded();
-            true
-        }
-        None => false,
-    };
+    let mut deflate = None;
+    if let Some(n) = negotiated
+        && let Ok(answer) = HeaderValue::from_str(&n.response)
+    {
+        response.headers_mut().insert(SEC_WEBSOCKET_EXTENSIONS, answer);
+        app.stats.deflate_upgraded();
+        deflate = Some(n.agreed);
+    }
     app.stats.upgraded();
     tokio::spawn(async move {
         let attach = match upgrade.await {

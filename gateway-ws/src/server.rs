@@ -65,8 +65,9 @@ pub struct App {
     /// Subscriptions per connection (`[hub] max_subscriptions`): also the most channels
     /// an upgrade request may name (`?subscribe=`).
     pub max_subscriptions: usize,
-    /// Whether permessage-deflate offers are answered (`permessage_deflate`).
-    pub permessage_deflate: bool,
+    /// How permessage-deflate offers are answered (`permessage_deflate`,
+    /// `deflate_context_takeover`, `deflate_window_bits`).
+    pub deflate: crate::ws::deflate::Policy,
     /// The dashboard's token picker: only when tokens are signed with the public dev
     /// secret (see [`crate::dashboard::dev_tokens`]).
     pub dev_tokens: Option<(Arc<DevAuth>, Duration)>,
@@ -352,7 +353,7 @@ pub async fn start_on(
         }),
         max_connections: config.max_connections,
         max_subscriptions: config.max_subscriptions,
-        permessage_deflate: config.permessage_deflate,
+        deflate: config.deflate_policy(),
         dev_tokens,
     });
     let acceptor = tls.as_ref().map(|(acceptor, _)| acceptor.clone());

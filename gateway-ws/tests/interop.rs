@@ -24,19 +24,42 @@ async def main():
                 print("SUBSCRIBED", ws.response.headers.get("Sec-WebSocket-Extensions"), flush=True)
             if m["type"] == "SIGNAL_UPDATE":
                 print(json.dumps(m), flush=True)
-                return
+                if m["seq"] == 2:
+                    return
 asyncio.run(main())
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_websockets_client_receives_a_signal() {
+    python_client_receives_a_signal(
+        config(),
+        "permessage-deflate; server_no_context_takeover; client_no_context_takeover",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_websockets_client_takes_context_takeover_when_it_is_opted_in() {
+    let mut cfg = config();
+    cfg.deflate_context_takeover = true;
+    cfg.deflate_window_bits = 10;
+    python_client_receives_a_signal(
+        cfg,
+        "permessage-deflate; client_no_context_takeover; server_max_window_bits=10",
+    )
+    .await;
+}
+
+/// Python `websockets` (its default offer) negotiates `answer` with a server of
+/// `config` and reads a signal through it.
+async fn python_client_receives_a_signal(config: gateway::Config, answer: &str) {
     let ok =
         std::process::Command::new("python3").args(["-c", "import websockets"]).status().map(|s| s.success());
     assert!(
         matches!(ok, Ok(true)),
         "python3 with the websockets package is required (scripts/test.sh installs it)"
     );
-    let server = start(config()).await;
+    let server = start(config).await;
     let script = temp_file("client.py", PY_CLIENT);
     let mut child = tokio::process::Command::new("python3")
         .arg(&script)
@@ -51,19 +74,22 @@ async fn a_python_websockets_client_receives_a_signal() {
     tokio::time::timeout(Duration::from_secs(20), out.read_line(&mut line)).await.unwrap().unwrap();
     assert_eq!(
         line.trim(),
-        "SUBSCRIBED permessage-deflate; server_no_context_takeover; client_no_context_takeover",
-        "python websockets negotiates permessage-deflate, shared"
+        format!("SUBSCRIBED {answer}"),
+        "python websockets negotiates permessage-deflate"
     );
+    // Two: with context takeover the second is compressed against the first.
     let p = producer(&server).await;
-    p.send_signal(&signal(42, 9_100, Category::Crypto)).await.unwrap();
-    line.clear();
-    tokio::time::timeout(Duration::from_secs(20), out.read_line(&mut line)).await.unwrap().unwrap();
-    let m: serde_json::Value = serde_json::from_str(&line).unwrap();
-    assert_eq!(
-        (m["type"].as_str(), m["channel"].as_str(), m["seq"].as_u64()),
-        (Some("SIGNAL_UPDATE"), Some("signals_enterprise"), Some(1))
-    );
-    assert_eq!(id_of(&m), 42);
+    for (seq, id) in [(1, 42), (2, 43)] {
+        p.send_signal(&signal(id, 9_100, Category::Crypto)).await.unwrap();
+        line.clear();
+        tokio::time::timeout(Duration::from_secs(20), out.read_line(&mut line)).await.unwrap().unwrap();
+        let m: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(
+            (m["type"].as_str(), m["channel"].as_str(), m["seq"].as_u64()),
+            (Some("SIGNAL_UPDATE"), Some("signals_enterprise"), Some(seq))
+        );
+        assert_eq!(id_of(&m), id);
+    }
     assert!(child.wait().await.unwrap().success());
     server.shutdown().await;
 }
@@ -292,6 +318,10 @@ struct RawWs {
     buf: Vec<u8>,
     /// The upgrade response's head.
     head: String,
+    /// Keeps its window across messages when the server does (context takeover).
+    inflater: gateway::ws::deflate::Inflater,
+    /// Payload bytes of the last message read, as sent.
+    last_wire: usize,
 }
 
 impl RawWs {
@@ -318,7 +348,14 @@ impl RawWs {
                 let head = String::from_utf8_lossy(&buf[..end]).into_owned();
                 assert!(head.starts_with("HTTP/1.1 101"), "{head}");
                 buf.drain(..end + 4);
-                return Self { stream, buf, head };
+                let context =
+                    head.contains("permessage-deflate") && !head.contains("server_no_context_takeover");
+                let inflater = if context {
+                    gateway::ws::deflate::Inflater::keeping_context()
+                } else {
+                    gateway::ws::deflate::Inflater::default()
+                };
+                return Self { stream, buf, head, inflater, last_wire: 0 };
             }
         }
     }
@@ -364,9 +401,10 @@ impl RawWs {
     /// The next message as text, inflated if it came compressed; and whether it did.
     async fn next_text(&mut self) -> (bool, String) {
         let (compressed, payload) = self.next().await;
+        self.last_wire = payload.len();
         let text = if compressed {
             let mut out = Vec::new();
-            gateway::ws::deflate::Inflater::default().inflate(&payload, 1 << 20, &mut out).unwrap();
+            self.inflater.inflate(&payload, 1 << 20, &mut out).unwrap();
             out
         } else {
             payload
@@ -424,5 +462,66 @@ async fn permessage_deflate_gives_the_same_message_compressed_once_to_whoever_of
     assert_eq!(c.extensions(), None);
     producer(&server).await.send_signal(&signal(8, 9_100, Category::Crypto)).await.unwrap();
     assert!(!c.signal().await.0);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn context_takeover_when_opted_in_compresses_each_connections_stream_on_its_own() {
+    let mut cfg = config();
+    cfg.deflate_context_takeover = true;
+    cfg.deflate_window_bits = 12;
+    let server = start(cfg).await;
+    let mut plain = RawWs::connect(&server, "u-enterprise-1", "").await;
+    let mut a = RawWs::connect(&server, "u-enterprise-1", CHROMIUM_OFFER).await;
+    let mut b = RawWs::connect(&server, "u-enterprise-1", CHROMIUM_OFFER).await;
+    let no_context = "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover\r\n";
+    let mut shared = RawWs::connect(&server, "u-enterprise-1", no_context).await;
+    let context =
+        Some("permessage-deflate; client_no_context_takeover; server_max_window_bits=12".to_owned());
+    assert_eq!(a.extensions(), context);
+    assert_eq!(b.extensions(), context);
+    assert_eq!(
+        shared.extensions().as_deref(),
+        Some("permessage-deflate; server_no_context_takeover; client_no_context_takeover"),
+        "a client that asks for no context gets the shared mode"
+    );
+    let p = producer(&server).await;
+    // `a` reads every message as it comes; `b` only after all of them went out: each
+    // stream is its own, in order, and inflates only with the window kept across
+    // messages (the inflater would fail on a message compressed against another window).
+    let mut texts = Vec::new();
+    let mut sizes = Vec::new();
+    for n in 0..5 {
+        p.send_signal(&signal(100 + n, 9_100, Category::Crypto)).await.unwrap();
+        let (_, text) = plain.signal().await;
+        let (compressed, got) = a.signal().await;
+        assert!(compressed);
+        assert_eq!(got, text, "inflated, the same message byte for byte");
+        sizes.push(a.last_wire);
+        let (_, shared_text) = shared.signal().await;
+        assert_eq!(shared_text, text);
+        // The shared copy is compressed on its own: never smaller than a message that
+        // can refer back to the ones before it.
+        if n > 0 {
+            assert!(
+                a.last_wire * 2 < shared.last_wire,
+                "context: {} vs shared {}",
+                a.last_wire,
+                shared.last_wire
+            );
+        }
+        texts.push(text);
+    }
+    assert!(
+        sizes[1..].iter().all(|s| s * 2 < sizes[0]),
+        "later messages refer back to earlier ones: {sizes:?}"
+    );
+    let mut later = Vec::new();
+    for _ in 0..5 {
+        let (compressed, text) = b.signal().await;
+        assert!(compressed);
+        later.push(text);
+    }
+    assert_eq!(later, texts);
     server.shutdown().await;
 }

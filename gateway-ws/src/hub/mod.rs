@@ -77,8 +77,8 @@ pub struct Attach {
     pub admitted: Option<crate::admission::Admitted>,
     /// Channels named in the upgrade request (`?subscribe=`), subscribed as it opens.
     pub subscribe: Vec<engine::channels::ChannelName>,
-    /// permessage-deflate was negotiated in the upgrade.
-    pub deflate: bool,
+    /// permessage-deflate, as negotiated in the upgrade.
+    pub deflate: Option<crate::ws::deflate::Agreed>,
 }
 
 enum Cmd {

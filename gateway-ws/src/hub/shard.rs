@@ -162,8 +162,8 @@ impl Shard {
     fn attach(&mut self, a: Attach) {
         let Attach { mut io, input, session, admitted, subscribe, deflate } = a;
         let i = self.core.attach(session, Clock::now());
-        if deflate {
-            self.core.enable_deflate(i);
+        if let Some(agreed) = deflate {
+            self.core.enable_deflate(i, agreed);
         }
         self.core.subscribe_on_open(i, subscribe);
         if let Err(e) =

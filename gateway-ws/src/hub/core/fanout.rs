@@ -6,7 +6,7 @@ use engine::channels::{ChannelLog, ChannelName, ChannelSet, Message, Resume, Sub
 use engine::model::Tier;
 
 use super::outbox::{Out, Pushed, Timing};
-use super::peer::{Peer, Phase};
+use super::peer::{Deflate, Peer, Phase};
 use super::prices::PriceSub;
 use super::{Clock, Core, LOGS, Sub};
 use crate::auth::Session;
@@ -435,22 +435,42 @@ impl<'a> Lazy<'a> {
         Self { deflater: Some((deflater, stats)), ..Self::new(msg) }
     }
 
-    /// The frame a connection gets: the compressed copy when it negotiated
-    /// permessage-deflate and compressing pays, the plain message otherwise.
-    fn for_peer(&mut self, deflate: bool) -> Message {
+    /// The frame a connection gets: the shared compressed copy when it negotiated
+    /// permessage-deflate and compressing pays, its own when it keeps a context, the
+    /// plain message otherwise (and always where the fan-out sends plain frames: a plain
+    /// message never enters a context, so it is safe in every mode).
+    fn for_peer(&mut self, deflate: &mut Deflate) -> Message {
         let msg = self.msg;
-        if !deflate {
-            return msg.clone();
-        }
         let Some((d, stats)) = self.deflater.as_mut() else { return msg.clone() };
-        self.deflated
-            .get_or_insert_with(|| {
-                let p = d.compress(msg.json())?;
-                stats.deflated(msg.json().len(), p.len());
-                Some(msg.deflated(&p, &mut Vec::new()))
-            })
-            .clone()
-            .unwrap_or_else(|| msg.clone())
+        match deflate {
+            Deflate::Off => msg.clone(),
+            Deflate::Shared => self
+                .deflated
+                .get_or_insert_with(|| {
+                    let p = d.compress(msg.json())?;
+                    stats.deflated(msg.json().len(), p.len());
+                    Some(msg.deflated(&p, &mut Vec::new()))
+                })
+                .clone()
+                .unwrap_or_else(|| msg.clone()),
+            Deflate::Context { window_bits, c } => {
+                let c = c.get_or_insert_with(|| {
+                    Box::new(crate::ws::deflate::ContextDeflater::new(super::DEFLATE_LEVEL, *window_bits))
+                });
+                match c.compress(msg.json()) {
+                    Some(p) => {
+                        stats.deflated(msg.json().len(), p.len());
+                        msg.deflated(&p, &mut Vec::new())
+                    }
+                    None => {
+                        // zlib failed mid-stream: its window is unknown now. Plain from
+                        // here on never touches the client's window.
+                        *deflate = Deflate::Off;
+                        msg.clone()
+                    }
+                }
+            }
+        }
     }
 
     /// Whether `filter` lets this message through.
@@ -505,7 +525,7 @@ pub(super) fn deliver(
     {
         return if notify { Delivery::Exhausted } else { Delivery::Skipped };
     }
-    match c.outbox.push(Out::Signal(fields.for_peer(c.deflate), tier, timing), limit) {
+    match c.outbox.push(Out::Signal(fields.for_peer(&mut c.deflate), tier, timing), limit) {
         Pushed::Queued => Delivery::Queued,
         Pushed::Overflow => Delivery::Overflow,
         Pushed::Closed => Delivery::Skipped,

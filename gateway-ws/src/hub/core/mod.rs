@@ -56,7 +56,7 @@ const LOGS: usize = 8;
 /// message; level 2 gives 0.598 at 15.2 µs and level 6 0.595 at 16.3 µs
 /// (`cargo bench -p signalcast-gateway --bench deflate`). A message is compressed once
 /// per shard, not per delivery, so the bytes win (decision 139).
-const DEFLATE_LEVEL: u32 = 6;
+pub(crate) const DEFLATE_LEVEL: u32 = 6;
 
 /// A connection's handle inside its core (and the driver's poller token).
 pub type ConnId = usize;
@@ -219,9 +219,9 @@ impl Core {
 
     /// Connection `i` negotiated permessage-deflate (right after [`Core::attach`]): its
     /// channel messages go compressed, and its compressed messages are read.
-    pub fn enable_deflate(&mut self, i: ConnId) {
+    pub fn enable_deflate(&mut self, i: ConnId, agreed: crate::ws::deflate::Agreed) {
         if let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) {
-            c.enable_deflate();
+            c.enable_deflate(agreed);
         }
     }
 

@@ -13,13 +13,14 @@
 //! and price bytes in the queue (counted against `limit`) are at most a `writev`'s
 //! worth: a price never closes a connection as a slow consumer, signals do.
 //!
-//! Replayed signals (a resume's gap, a snapshot) are queued whole and not counted
-//! against `limit`: the client asked for them, their number is bounded where they are
-//! read (the ring, the history read-back's cap, `max_snapshot`), and the frames are
-//! already in memory. Counting them made any gap over `limit` (about 1,400 signals at
-//! the default 1 MiB) a 4008 before the client had read a byte, so a slow consumer cut
-//! off could never catch up by resuming. Live frames queued behind a replay are counted
-//! as before.
+//! Replayed signals (a resume's gap, a snapshot) are not counted against `limit` but
+//! against a bound of their own, [`REPLAY_FACTOR`] × `limit` (64 MiB at the default):
+//! the client asked for them and the frames are already in memory. Counting them against
+//! `limit` made any gap over it (about 1,400 signals at the default 1 MiB) a 4008 before
+//! the client had read a byte, so a slow consumer cut off could never catch up by
+//! resuming; the separate bound still closes a client that piles up replays it does not
+//! read (a SUBSCRIBE with `since` over and over). Live frames queued behind a replay are
+//! counted against `limit` as before.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -29,6 +30,10 @@ use engine::channels::Message;
 use engine::model::Tier;
 
 use crate::ws::{CloseCode, outbound};
+
+/// Replayed bytes a connection may have queued, in multiples of the live bound: 64 MiB
+/// at the default 1 MiB, room for the 50,000 signals a read-back returns at most.
+pub const REPLAY_FACTOR: usize = 64;
 
 /// Frames per `writev`. The floor design coalesced about 8 frames per call at
 /// saturation; 32 leaves room for bursts.
@@ -101,7 +106,12 @@ impl Outbox {
         }
         let len = out.bytes().len();
         let replay = out.is_replay();
-        if !replay && self.bytes - self.replay_bytes + len > limit {
+        let over = if replay {
+            self.replay_bytes + len > limit.saturating_mul(REPLAY_FACTOR)
+        } else {
+            self.bytes - self.replay_bytes + len > limit
+        };
+        if over {
             // A frame partly written must be finished, or the stream is corrupt.
             let keep = usize::from(self.written > 0);
             self.frames.truncate(keep);
@@ -367,5 +377,46 @@ mod tests {
         });
         assert_eq!(seen, 1);
         assert!(o.is_empty() && o.queued_bytes() == 0);
+    }
+
+    #[test]
+    fn replays_have_a_bound_of_their_own_and_live_frames_behind_them_keep_theirs() {
+        let meta = engine::channels::MessageMeta {
+            seq: 1,
+            category: engine::model::Category::Crypto,
+            ingest_ts: engine::model::UnixNanos(0),
+            routed_ts: engine::model::UnixNanos(0),
+            sent_ts: None,
+            outcome: false,
+        };
+        let msg = Message::new(&meta, &[b'x'; 90], &mut Vec::new());
+        let len = msg.frame().len();
+        let limit = 3 * len;
+        let replay = || Out::Signal(msg.clone(), Tier::Free, Timing::Replay);
+        let live = || Out::Signal(msg.clone(), Tier::Free, Timing::Live);
+        let mut o = Outbox::default();
+        // Far past the live bound, within the replay bound.
+        for _ in 0..REPLAY_FACTOR * 3 {
+            assert_eq!(o.push(replay(), limit), Pushed::Queued);
+        }
+        // Live frames behind the replay: counted against `limit` alone.
+        for _ in 0..3 {
+            assert_eq!(o.push(live(), limit), Pushed::Queued);
+        }
+        assert_eq!(o.queued_bytes(), (REPLAY_FACTOR * 3 + 3) * len);
+        // Written in part: what left was replay, so the replay bound has room again.
+        o.advance(2 * len, |_, _, _| {});
+        assert_eq!(o.push(replay(), limit), Pushed::Queued);
+        assert_eq!(o.push(replay(), limit), Pushed::Queued);
+        // Past the replay bound: 4008, as for live frames past theirs.
+        assert_eq!(o.push(replay(), limit), Pushed::Overflow);
+        assert!(o.push(live(), limit) == Pushed::Closed);
+
+        let mut o = Outbox::default();
+        o.push(replay(), limit);
+        for _ in 0..3 {
+            assert_eq!(o.push(live(), limit), Pushed::Queued);
+        }
+        assert_eq!(o.push(live(), limit), Pushed::Overflow, "a fourth live frame is past the live bound");
     }
 }

@@ -54,8 +54,9 @@ pub(super) struct Peer {
     /// `prices_general`: its watchlist and rate.
     pub prices: Option<super::prices::PriceSub>,
     pub user_channel: bool,
-    /// Negotiated permessage-deflate: channel messages go compressed (shared frames).
-    pub deflate: bool,
+    /// How channel messages go to it: plain, the shard's shared compressed frames, or
+    /// through a compressor of its own (context takeover, opted in).
+    pub deflate: Deflate,
     pub warned_expiry: bool,
     pub phase: Phase,
     /// In the core's list of connections with something to write.
@@ -70,6 +71,20 @@ pub(super) struct Peer {
     errors: VecDeque<Instant>,
 }
 
+/// A connection's permessage-deflate.
+#[derive(Debug)]
+pub enum Deflate {
+    Off,
+    /// The shard's one compressed copy of each message.
+    Shared,
+    /// A compressor of its own, made at its first compressed message (an idle
+    /// connection holds none).
+    Context {
+        window_bits: u8,
+        c: Option<Box<crate::ws::deflate::ContextDeflater>>,
+    },
+}
+
 impl Peer {
     pub fn new(session: Session, quota: Arc<UserQuota>, max_message: usize, now: Instant) -> Self {
         Self {
@@ -81,7 +96,7 @@ impl Peer {
             filters: [None, None, None, None],
             prices: None,
             user_channel: false,
-            deflate: false,
+            deflate: Deflate::Off,
             warned_expiry: false,
             phase: Phase::Open,
             dirty: false,
@@ -96,8 +111,11 @@ impl Peer {
 
     /// permessage-deflate was negotiated: channel messages go compressed and
     /// compressed client messages are read.
-    pub fn enable_deflate(&mut self) {
-        self.deflate = true;
+    pub fn enable_deflate(&mut self, agreed: crate::ws::deflate::Agreed) {
+        self.deflate = match agreed {
+            crate::ws::deflate::Agreed::Shared => Deflate::Shared,
+            crate::ws::deflate::Agreed::Context { window_bits } => Deflate::Context { window_bits, c: None },
+        };
         self.frames.enable_deflate();
     }
 
