@@ -67,7 +67,14 @@ class Server:
     """A ``signalcast serve`` process in single-node mode with a data directory (its
     signal store) of its own."""
 
-    def __init__(self, http_port: Optional[int] = None, feed_port: Optional[int] = None, data_dir: Optional[str] = None):
+    def __init__(
+        self,
+        http_port: Optional[int] = None,
+        feed_port: Optional[int] = None,
+        data_dir: Optional[str] = None,
+        env: Optional[Dict[str, str]] = None,
+    ):
+        self.env = dict(env or {})
         self.http_port = http_port or free_port()
         self.feed_port = feed_port or free_port()
         self.own_dir = data_dir is None
@@ -85,6 +92,7 @@ class Server:
                     "SIGNALCAST_DRAIN_TIMEOUT_SECS": "2",
                     "SIGNALCAST_LOG": "warn",
                     "SIGNALCAST_STORE__DATA_DIR": self.data_dir,
+                    **self.env,
                 }
             ),
             stdin=subprocess.DEVNULL,
@@ -249,9 +257,14 @@ class Proxy:
     swallow the answers of the first ``drop_answers`` connections (a response lost on
     the way back: the request reached the server, its answer never reached the client)."""
 
-    def __init__(self, target: int, drop_answers: int = 0) -> None:
+    def __init__(self, target: int, drop_answers: int = 0, swallow_requests: int = 0) -> None:
         self.target = target
         self.drop_answers = drop_answers
+        #: On the first this many connections, what the client sends after its request
+        #: head never reaches the server (a SUBSCRIBE lost before its answer).
+        self.swallow_requests = swallow_requests
+        #: While set, nothing passes either way, and nothing is closed: a dead path.
+        self.frozen = False
         self.heads: List[str] = []
         self.connections = 0
         self._writers: List[asyncio.StreamWriter] = []
@@ -266,6 +279,7 @@ class Proxy:
     async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         self.connections += 1
         drop = self.connections <= self.drop_answers
+        swallow = self.connections <= self.swallow_requests
         up_r, up_w = await asyncio.open_connection("127.0.0.1", self.target)
         self._writers += [client_w, up_w]
         head_seen = False
@@ -276,6 +290,8 @@ class Proxy:
                 if not head_seen:
                     head_seen = True
                     self.heads.append(data.split(b"\r\n\r\n")[0].decode("latin1"))
+                elif swallow or self.frozen:
+                    continue
                 up_w.write(data)
                 await up_w.drain()
             up_w.close()
@@ -286,6 +302,8 @@ class Proxy:
                     # The server has answered, so it has the request: lose the answer.
                     client_w.transport.abort()
                     return
+                if self.frozen:
+                    continue
                 client_w.write(data)
                 await client_w.drain()
             client_w.close()

@@ -2,7 +2,8 @@
 
 - ``Subscriber``: signals, outcomes and prices over WebSocket, with reconnect, resume,
   token refresh, filters, watchlists and snapshots, as typed events.
-- ``Producer``: publish signals and ticks over HTTP ingest, retries without duplicates.
+- ``Producer``: publish signals and ticks over HTTP ingest; retries de-duplicated by
+  signal id within the server's window (its last 65,536 ids).
 - ``Api``: history, the live list and the scoreboard over HTTP.
 """
 

@@ -6,6 +6,11 @@ library: the client makes few, small requests (history pages, ingest batches, th
 scoreboard), for which a thread each costs nothing that matters, and every dependency
 added is one more thing for users to pin and audit. Each request opens its own
 connection, so no connection is ever shared between threads.
+
+``timeout`` bounds the whole request (connect, send, the answer to its last byte), not
+each socket operation: ``http.client``'s own timeout is per operation, so a server that
+trickles its answer a byte at a time could otherwise hold a request for ever. At the
+deadline the request's socket is shut down, which ends its thread too.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import socket
+import threading
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 from urllib.parse import urlsplit, urlunsplit
@@ -27,8 +34,38 @@ class Response:
     body: bytes
 
 
+class _Handle:
+    """The connection of a request in flight, for the event loop to cut at the deadline."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.conn: Optional[http.client.HTTPConnection] = None
+        self.cut = False
+
+    def set(self, conn: http.client.HTTPConnection) -> None:
+        with self.lock:
+            self.conn = conn
+            if self.cut:
+                raise TimeoutError("the request's deadline passed")
+
+    def abort(self) -> None:
+        with self.lock:
+            self.cut = True
+            sock = self.conn.sock if self.conn is not None else None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked on it
+            except OSError:
+                pass
+
+
 def _request_sync(
-    method: str, url: str, headers: Mapping[str, str], body: Optional[bytes], timeout: float
+    method: str,
+    url: str,
+    headers: Mapping[str, str],
+    body: Optional[bytes],
+    timeout: float,
+    handle: Optional[_Handle] = None,
 ) -> Response:
     parts = urlsplit(url)
     if parts.scheme == "https":
@@ -37,6 +74,8 @@ def _request_sync(
         conn = http.client.HTTPConnection(parts.netloc, timeout=timeout)
     else:
         raise ValueError(f"not an http(s) URL: {url}")
+    if handle is not None:
+        handle.set(conn)
     target = parts.path or "/"
     if parts.query:
         target += "?" + parts.query
@@ -57,9 +96,22 @@ async def request(
     body: Optional[bytes] = None,
     timeout: float = 30.0,
 ) -> Response:
-    """Sends one request. Raises ``OSError`` (refused, reset, timed out) or
+    """Sends one request, answered within ``timeout`` seconds in all (not per socket
+    operation). Raises ``OSError`` (refused, reset, timed out: ``TimeoutError``) or
     ``http.client.HTTPException`` (a malformed or missing answer) when no answer came."""
-    return await asyncio.to_thread(_request_sync, method, url, headers, body, timeout)
+    handle = _Handle()
+    thread = asyncio.ensure_future(asyncio.to_thread(_request_sync, method, url, headers, body, timeout, handle))
+    try:
+        return await asyncio.wait_for(asyncio.shield(thread), timeout)
+    except asyncio.TimeoutError:
+        handle.abort()
+        # The thread ends now that its socket is shut; its outcome is not wanted.
+        thread.add_done_callback(lambda t: t.cancelled() or t.exception())
+        raise TimeoutError(f"{method} {urlsplit(url).path}: no whole answer within {timeout} s") from None
+    except asyncio.CancelledError:
+        handle.abort()
+        thread.add_done_callback(lambda t: t.cancelled() or t.exception())
+        raise
 
 
 def _retry_after(headers: Mapping[str, str]) -> Optional[float]:

@@ -164,6 +164,41 @@ class Filter:
             out["min_confidence"] = self.min_confidence
         return out
 
+    @property
+    def is_step(self) -> bool:
+        """Only ``add_symbols``/``remove_symbols``: a change of the current watchlist."""
+        steps = self.add_symbols is not None or self.remove_symbols is not None
+        rest = (self.symbols, self.categories, self.signal_types, self.sources, self.min_confidence)
+        if steps and any(v is not None for v in rest):
+            raise ValueError("add_symbols/remove_symbols cannot go with other filter parts")
+        return steps
+
+    def applied_to(self, current: Optional[Filter]) -> Optional[Filter]:
+        """The whole filter this one leaves in force on top of ``current``, as the
+        server works it out (gateway-ws/src/protocol/filter.rs, ``Filter::update``): a
+        step (``add_symbols``/``remove_symbols``) changes the current watchlist and keeps
+        the rest of the current filter (none: the default, every symbol); any other
+        filter replaces it. Raises ``ValueError`` where the server would refuse the
+        step: one that would empty a watchlist (an empty list means every symbol)."""
+        if not self.is_step:
+            return self
+        base = current if current is not None else Filter()
+        had = tuple(base.symbols or ())
+        remove = set(self.remove_symbols or ())
+        kept = [s for s in had if s not in remove]
+        if had and not kept and not self.add_symbols:
+            raise ValueError(
+                "remove_symbols would empty the watchlist: set_filter(channel, None) for every symbol, or unsubscribe"
+            )
+        symbols = _sorted_symbols(kept + list(self.add_symbols or ()))
+        return Filter(
+            symbols=symbols or None,
+            categories=base.categories,
+            signal_types=base.signal_types,
+            sources=base.sources,
+            min_confidence=base.min_confidence,
+        )
+
     @classmethod
     def from_json(cls, d: Json) -> Filter:
         def seq(name: str) -> Optional[Tuple[str, ...]]:
@@ -179,6 +214,17 @@ class Filter:
             sources=seq("sources"),
             min_confidence=d.get("min_confidence"),
         )
+
+
+def _sorted_symbols(symbols: "list[str]") -> Tuple[str, ...]:
+    """Deduplicated, in the server's order: by symbol, then exchange (any exchange
+    first), ``"TCS"`` and ``"NSE:TCS"`` being the symbol TCS."""
+
+    def key(s: str) -> Tuple[str, int, str]:
+        exchange, _, symbol = s.rpartition(":")
+        return (symbol, 1 if exchange else 0, exchange)
+
+    return tuple(sorted(set(symbols), key=key))
 
 
 @dataclass(frozen=True)

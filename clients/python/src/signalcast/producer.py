@@ -1,10 +1,13 @@
 """Publishing signals and ticks over HTTP ingest (``POST /v1/signals``, ``POST
 /v1/ticks``; docs/history.md), for producers without the Rust client or Kafka.
 
-Retries never duplicate: a signal's id is made once, when the ``NewSignal`` is built,
-and the very same body is sent again on a retry, so a signal the server had already
-stored before the answer was lost comes back ``duplicate`` instead of being routed
-twice.
+Retries do not duplicate, within the server's de-duplication window: a signal's id is
+made once, when the ``NewSignal`` is built, and the very same body is sent again on a
+retry, so a signal the server had already stored before the answer was lost comes back
+``duplicate`` instead of being routed twice. The server remembers the last 65,536 ids
+(docs/ARCHITECTURE.md, "de-duplication window"; docs/outcomes.md, "Not yet"): an id sent
+again after that many newer signals is routed (and tracked) a second time. The retries
+here follow within seconds; a signal kept and sent again much later may not be caught.
 """
 
 from __future__ import annotations
@@ -140,6 +143,12 @@ class Producer:
     ``Retry-After``) or a 502/503/504 is retried up to ``retries`` times with backoff;
     other refusals (401 bad credentials, 403, 413) raise ``HttpError`` at once. Lists
     longer than the server takes in one request are sent in several, in order.
+
+    ``timeout`` bounds each request whole (connect to last byte of the answer), not each
+    socket operation. When one request of a long list fails for good, its error is
+    raised and the results of the requests before it are not returned (those items are
+    stored all the same): publish the same ``NewSignal`` objects again, and the ones
+    stored come back ``duplicate`` (within the de-duplication window above).
     """
 
     def __init__(

@@ -1,5 +1,5 @@
 """The subscriber: one WebSocket to a signalcast gateway, kept alive (PING), re-opened
-with backoff when it drops, and every channel resumed from the last seq it delivered,
+with backoff when it drops, and every channel resumed from the last seq it queued,
 so that a reconnect costs nothing, or says so with a ``Resumed`` event whose
 ``recovered`` is false.
 
@@ -16,7 +16,8 @@ reconnects and resumes from the last event it queued; the gateway queues the who
 (its replay does not count against the 1 MiB), so the caller gets every signal once.
 Should resumes keep being cut before they are answered (see ``_give_up_replays``), it
 goes on live and says so with ``Resumed(recovered=False)``. A slow caller is never
-handed a signal twice, and never loses one without being told.
+handed a signal twice, and never loses one without being told. ``position(channel)``
+is the last seq the caller has taken from the queue: what to save for a later session.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Any, Dict, Iterable, List, Optional, Set, Tuple, Union, cast
 from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidProxy, InvalidStatus, InvalidURI, WebSocketException
 from websockets.typing import Subprotocol
 
 from . import _messages as m
@@ -39,6 +40,7 @@ from ._backoff import Backoff
 from ._messages import Event, Filter, Position
 from ._token import TokenSource, resolve
 from .api import Api
+from .errors import SignalcastError
 
 log = logging.getLogger("signalcast.subscriber")
 
@@ -53,6 +55,37 @@ _TOKEN_CHARS = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 
 #: Reconnects: 250 ms doubling to 30 s, up to half of each delay taken off at random.
 RECONNECT_BACKOFF = Backoff()
+#: The shortest wait before a token refresh, however soon the token expires: a token
+#: callable that hands back a cached token, or tokens that live less than the refresh
+#: margin, must not make the subscriber ask in a loop.
+MIN_REFRESH_DELAY = 5.0
+#: A REFRESH with no answer (``token_refreshed`` or ERROR) within this many seconds is
+#: taken for lost: the next warning or timer may try again.
+REFRESH_TIMEOUT = 10.0
+
+# A token in a text (an exception's message lists the offered subprotocols): the
+# subprotocol entry, and anything shaped like a JWT (base64url header.payload.signature).
+_SECRETS = re.compile(
+    re.escape(TOKEN_PROTOCOL_PREFIX) + r"\S+|eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*|(?i:bearer)\s+\S+"
+)
+
+
+def scrub(text: str) -> str:
+    """``text`` without tokens: ``signalcast.token.<JWT>``, a JWT, ``Bearer <token>``
+    replaced by ``<redacted>``. Applied to every reason and error logged or emitted."""
+    return _SECRETS.sub("<redacted>", text)
+
+
+def _scrubbed(error: Optional[BaseException]) -> Optional[BaseException]:
+    """The error itself when its text holds no token, else a ``SignalcastError`` of the
+    scrubbed text (of the same type name), without the original attached."""
+    if error is None:
+        return None
+    text = str(error)
+    clean = scrub(text)
+    if clean == text:
+        return error
+    return SignalcastError(f"{type(error).__name__}: {clean}")
 
 _END = object()  # queued when the subscriber has finished, to wake a waiting reader
 
@@ -61,17 +94,26 @@ _END = object()  # queued when the subscriber has finished, to wake a waiting re
 class _Channel:
     """What the subscriber keeps of one subscription, across connections."""
 
-    #: The last seq delivered and its epoch (signal channels).
+    #: The last seq queued for the caller and its epoch (signal channels): where a
+    #: reconnect resumes from, so that nothing queued is delivered twice.
     position: Optional[Position] = None
-    #: Sent with every SUBSCRIBE of the channel, reconnects included: the server's
-    #: normalized echo once SUBSCRIBED, so that watchlist steps (``add_symbols``) are
-    #: not sent again as if they were the whole list.
+    #: The last seq the caller took from the queue (``next_event``): ``position()``.
+    consumed: Optional[Position] = None
+    #: The whole filter wanted, never a step: sent with every SUBSCRIBE of the channel,
+    #: reconnects included. Steps (``add_symbols``) are applied to it here, as the
+    #: server applies them, and it becomes the server's normalized echo once the
+    #: server has answered every change sent.
     filter: Optional[Filter] = None
     #: The filter the server last confirmed, restored when a change is refused.
     confirmed_filter: Optional[Filter] = None
     #: The server holds this subscription on the current connection.
     confirmed: bool = False
-    #: Asked for on the first SUBSCRIBE only: a reconnect resumes instead.
+    #: SUBSCRIBEs of the channel sent on this connection and not answered yet.
+    pending: int = 0
+    #: A filter change made before SUBSCRIBED: sent (whole) once SUBSCRIBED arrives.
+    deferred: bool = False
+    #: Asked for until the server answers SUBSCRIBED: a reconnect before that asks
+    #: again; after it, a reconnect resumes instead.
     snapshot: Optional[int] = None
     #: ``prices_general``: the rate asked for.
     max_frequency: Optional[int] = None
@@ -136,6 +178,8 @@ class Subscriber:
         self._idle = False
         self._token_expires_at = 0
         self._refreshing = False
+        self._refresh_generation = 0
+        self._last_refresh = float("-inf")  # loop time of the last REFRESH asked for
         self._refresh_timer: Optional[asyncio.Task[None]] = None
 
     # --- lifecycle ------------------------------------------------------------------
@@ -151,10 +195,12 @@ class Subscriber:
         return max(0, self._opened - 1)
 
     def position(self, channel: str) -> Optional[Position]:
-        """The last seq delivered on a signal channel, and its epoch: save it to resume
-        in a later session with ``subscribe(channel, since=position)``."""
+        """The last seq on a signal channel that the caller has taken (``next_event`` or
+        ``async for``), and its epoch: save it to resume in a later session with
+        ``subscribe(channel, since=position)``. Events still waiting in the queue are not
+        counted (a reconnect, within this session, resumes after the last one queued)."""
         state = self._channels.get(channel)
-        return state.position if state else None
+        return state.consumed if state else None
 
     def api(self) -> Api:
         """The HTTP API (history, live, scoreboard) of the same gateway, same token."""
@@ -200,7 +246,12 @@ class Subscriber:
         if not (self._finished and self._queue.empty()):
             item = await asyncio.wait_for(self._queue.get(), timeout)
             if item is not _END:
-                return cast(Event, item)
+                event, position = cast(Tuple[Event, Optional[Position]], item)
+                if position is not None:
+                    state = self._channels.get(getattr(event, "channel", ""))
+                    if state is not None:
+                        state.consumed = position
+                return event
         self._raise_failure()
         return None
 
@@ -245,7 +296,8 @@ class Subscriber:
             raise ValueError(f"already subscribed to {channel}: use set_filter to change it")
         if since is not None and snapshot is not None:
             raise ValueError("snapshot and since do not go together")
-        state = _Channel(position=since, filter=filter, snapshot=snapshot, max_frequency=max_frequency)
+        full = filter.applied_to(None) if filter is not None else None
+        state = _Channel(position=since, consumed=since, filter=full, snapshot=snapshot, max_frequency=max_frequency)
         self._channels[channel] = state
         if self._ws is not None:
             await self._send_subscribe(self._ws, channel, state)
@@ -253,13 +305,29 @@ class Subscriber:
     async def set_filter(self, channel: str, filter: Optional[Filter]) -> None:
         """Changes the filter of a subscribed channel where the subscription stands: no
         gap, no repeat. ``Filter(add_symbols=…, remove_symbols=…)`` changes the current
-        watchlist in steps; ``None`` lets everything through. Kept across reconnects."""
+        watchlist in steps; ``None`` lets everything through. Kept across reconnects.
+
+        Steps are applied here too, to the filter in force (raises ``ValueError`` for a
+        step that would empty the watchlist, as the server refuses it): a step goes on
+        the wire only while the server holds the subscription; disconnected, the whole
+        filter goes with the next SUBSCRIBE; subscribed but not yet answered (a resume
+        waiting for its replay), the whole filter is sent once ``Subscribed`` arrives, so
+        that the resume is never replaced by a subscription from the head."""
         state = self._channels.get(channel)
         if state is None:
             raise ValueError(f"not subscribed to {channel}")
-        state.filter = filter
+        step = filter is not None and filter.is_step
+        full = filter.applied_to(state.filter) if filter is not None else None
+        state.filter = full
+        if self._ws is None:
+            return  # the next connection's SUBSCRIBE carries it
+        if not state.confirmed:
+            state.deferred = True  # a filter-only SUBSCRIBE now would replace the resume
+            return
         # Only the filter: no since, no snapshot.
-        await self._send({"type": "SUBSCRIBE", "channel": channel, "filter": filter.to_json() if filter else {}})
+        wire = filter if step else full
+        state.pending += 1
+        await self._send({"type": "SUBSCRIBE", "channel": channel, "filter": wire.to_json() if wire else {}})
 
     async def watch_prices(self, symbols: Iterable[str], max_frequency: Optional[int] = None) -> None:
         """Prices of a watchlist (``"GOLD"`` on any exchange, ``"MCX:GOLD"`` on one): the
@@ -273,7 +341,12 @@ class Subscriber:
         if state is None:
             raise ValueError(f"not subscribed to {m.PRICES_CHANNEL}")
         state.max_frequency = max_frequency
-        await self._send({"type": "SUBSCRIBE", "channel": m.PRICES_CHANNEL, "max_frequency": max_frequency})
+        if self._ws is not None and state.confirmed:
+            state.pending += 1
+            await self._send({"type": "SUBSCRIBE", "channel": m.PRICES_CHANNEL, "max_frequency": max_frequency})
+        elif self._ws is not None:
+            state.deferred = True  # sent once the SUBSCRIBE under way is answered
+        # Disconnected: the next connection's SUBSCRIBE carries it.
 
     async def unsubscribe(self, channel: str) -> None:
         """Stops a subscription (answered by an ``Unsubscribed`` event)."""
@@ -290,6 +363,9 @@ class Subscriber:
                     return
                 self._give_up_replays(code)
                 fatal = code in self._fatal or self._hopeless(error)
+                # An exception's text can hold the offered subprotocols, the token's among
+                # them (InvalidHeader): never logged nor handed over as it is.
+                reason, error = scrub(reason), _scrubbed(error)
                 delay = 0.0 if fatal else self._backoff.delay(self._attempt)
                 self._attempt += 1
                 log.info("disconnected (%s %s); %s", code, reason, "giving up" if fatal else f"retry in {delay:.2f} s")
@@ -324,7 +400,11 @@ class Subscriber:
 
     def _hopeless(self, error: Optional[BaseException]) -> bool:
         """A handshake refused 401 with a fixed token: the same token will be refused
-        again. (A token callable is asked again: it may have a fresh one.)"""
+        again. (A token callable is asked again: it may have a fresh one.) A URL (or a
+        proxy setting) that cannot be connected to at all: trying again changes
+        nothing."""
+        if isinstance(error, (InvalidURI, InvalidProxy, _BadUrl)):
+            return True
         return (
             isinstance(self._token, str)
             and isinstance(error, InvalidStatus)
@@ -351,9 +431,22 @@ class Subscriber:
                 ping_interval=None,
                 close_timeout=2,
             )
-        except (OSError, asyncio.TimeoutError, InvalidHandshake) as e:
-            # Refused (401, 429, 503 draining), unreachable, or too slow: try again.
-            return m.CLOSE_ABNORMAL, str(e), e
+        except (OSError, asyncio.TimeoutError, WebSocketException) as e:
+            # Refused (401, 429, 503 draining), unreachable, too slow, a bad answer: try
+            # again; a bad URI or proxy (InvalidURI, InvalidProxy): see _hopeless.
+            return m.CLOSE_ABNORMAL, str(e) or type(e).__name__, e
+        except ValueError as e:
+            # What the URL parser raises for a port out of range, a broken IPv6 host.
+            bad = _BadUrl(f"cannot connect to {self.url}: {e}")
+            return m.CLOSE_ABNORMAL, str(bad), bad
+        if ws.subprotocol != PROTOCOL:
+            # Offered signalcast.v1 (and the token's entry): an answer of anything else,
+            # none or the token's entry echoed, is not a signalcast gateway speaking.
+            await ws.close()
+            error = SignalcastError(
+                f"the server answered subprotocol {scrub(repr(ws.subprotocol))}, not {PROTOCOL!r}"
+            )
+            return m.CLOSE_ABNORMAL, str(error), error
         try:
             await self._serve(ws)
         finally:
@@ -387,17 +480,28 @@ class Subscriber:
             pass  # the close code tells why; _run reconnects
 
     async def _heartbeat(self, ws: ClientConnection) -> None:
+        """PING every ``ping_interval``; the connection is taken for dead as soon as
+        nothing has been received for ``idle_timeout`` (checked at that moment, not at
+        the next PING), unless the reader is only waiting for the caller."""
         loop = asyncio.get_running_loop()
+        next_ping = loop.time() + self._ping_interval
         while True:
-            await asyncio.sleep(self._ping_interval)
-            # A full queue means the reader is waiting for the caller, not the server.
-            quiet = loop.time() - self._last_received
-            if quiet > self._idle_timeout and self._queue is not None and not self._queue.full():
+            now = loop.time()
+            deadline = self._last_received + self._idle_timeout
+            if deadline <= now:
+                # A full queue means the reader is waiting for the caller, not the server.
+                deadline = now + min(1.0, self._ping_interval)
+            await asyncio.sleep(max(0.0, min(next_ping, deadline) - now))
+            now = loop.time()
+            quiet = now - self._last_received
+            if quiet >= self._idle_timeout and self._queue is not None and not self._queue.full():
                 log.warning("nothing received for %.0f s: reconnecting", quiet)
                 self._idle = True
                 await ws.close(m.CLOSE_NORMAL, "idle")
                 return
-            await self._send({"type": "PING"}, ws)
+            if now >= next_ping:
+                next_ping = now + self._ping_interval
+                await self._send({"type": "PING"}, ws)
 
     def _spawn(self, coro: Any) -> asyncio.Task[None]:
         """Runs a task that lives no longer than the current connection."""
@@ -408,14 +512,14 @@ class Subscriber:
 
     async def _send_subscribe(self, ws: ClientConnection, channel: str, state: _Channel) -> None:
         state.confirmed = False  # the server holds nothing of it on this connection yet
+        state.pending, state.deferred = 1, False  # this SUBSCRIBE carries everything
         msg: Dict[str, Any] = {"type": "SUBSCRIBE", "channel": channel}
         if state.position is not None:
             msg["since"] = state.position.seq
             msg["epoch"] = state.position.epoch
             self._resuming[channel] = state.position
         elif state.snapshot is not None:
-            msg["snapshot"] = state.snapshot
-            state.snapshot = None
+            msg["snapshot"] = state.snapshot  # cleared once SUBSCRIBED: see _subscribed
         if state.filter is not None:
             msg["filter"] = state.filter.to_json()
         if state.max_frequency is not None:
@@ -435,16 +539,17 @@ class Subscriber:
 
     # --- messages -------------------------------------------------------------------
 
-    async def _emit(self, event: Event) -> None:
+    async def _emit(self, event: Event, position: Optional[Position] = None) -> None:
+        """Queues ``event``; ``position``: the channel's place once the caller takes it."""
         assert self._queue is not None
-        await self._queue.put(event)  # waits while the queue is full: see the module doc
+        await self._queue.put((event, position))  # waits while full: see the module doc
         self._last_received = asyncio.get_running_loop().time()
 
     async def _handle(self, ws: ClientConnection, raw: Union[str, bytes]) -> None:
         try:
             msg = json.loads(raw)
             kind = msg["type"]
-        except (ValueError, TypeError, KeyError):
+        except Exception:
             log.warning("not a protocol message, ignored: %.200r", raw)
             return
         try:
@@ -470,52 +575,88 @@ class Subscriber:
             elif kind == "SYSTEM_MESSAGE":
                 await self._system(ws, msg["data"])
             # PONG, and types a newer server may add: nothing to do.
-        except (KeyError, TypeError, ValueError, ArithmeticError) as e:
+        except (ConnectionClosed, asyncio.CancelledError):
+            raise
+        except Exception as e:
             # A message of an unexpected shape: the contract (docs/asyncapi.yaml) says
-            # it cannot happen; if it does, one message is skipped, not the connection.
-            log.warning("malformed %s message (%r), ignored: %.200r", kind, e, raw)
+            # it cannot happen; if it does, one message is skipped, never the connection
+            # nor the subscriber.
+            log.warning("malformed %.40r message (%r), ignored: %.200r", kind, e, raw)
 
     async def _signal(self, event: m.SignalUpdate) -> None:
         state = self._channels.get(event.channel)
         if state is None:
             return
-        if not event.snapshot:
+        if event.snapshot:
             # Snapshots are older than the head SUBSCRIBED gave: delivered, the
             # position stays.
-            p = state.position
-            if p is not None and event.seq <= p.seq:
-                return  # delivered already (a replay overlapping what was seen)
-            state.position = Position(p.epoch if p else "", event.seq)
-        await self._emit(event)
+            await self._emit(event)
+            return
+        p = state.position
+        if p is not None and event.seq <= p.seq:
+            return  # queued already (a replay overlapping what was seen)
+        position = Position(p.epoch if p else "", event.seq)
+        await self._emit(event, position)
+        # Only once queued: a connection cut while the queue was full resumes from the
+        # last event the caller will get, not from one it never will.
+        state.position = position
 
     async def _subscribed(self, event: m.Subscribed) -> None:
         state = self._channels.get(event.channel)
         asked = self._resuming.pop(event.channel, None)
+        position: Optional[Position] = None
+        resend = False
         if state is not None:
-            state.filter = state.confirmed_filter = event.filter
             state.confirmed = True
-        await self._emit(event)
-        if state is None or event.epoch is None or event.head is None:
-            return  # a channel without seq (prices, user)
-        if asked is not None and event.recovered is not None:
-            await self._emit(m.Resumed(event.channel, event.recovered, asked, event.epoch, event.head))
-        elif state.abandoned is not None:
-            await self._emit(m.Resumed(event.channel, False, state.abandoned, event.epoch, event.head))
-            state.abandoned = None
-        if event.recovered is not True:
-            # A fresh subscription, or a resume the server could not honour: live from
-            # the head. (recovered: the replay continues from the position asked.)
-            state.position = Position(event.epoch, event.head)
+            state.snapshot = None  # answered: a reconnect from now on resumes instead
+            state.confirmed_filter = event.filter
+            state.pending = max(0, state.pending - 1)
+            if state.deferred:
+                # Changed while the SUBSCRIBE was under way: the change goes out now,
+                # whole, where the subscription stands.
+                state.deferred, resend = False, True
+            elif state.pending == 0:
+                state.filter = event.filter  # the server's normalized filter, whole
+            if event.epoch is not None and event.head is not None and event.recovered is not True:
+                # A fresh subscription, or a resume the server could not honour: live
+                # from the head. (recovered: the replay continues from the position asked.)
+                position = Position(event.epoch, event.head)
+        await self._emit(event, position)
+        if state is not None and event.epoch is not None and event.head is not None:
+            if asked is not None:
+                # A resume answered without ``recovered`` (an older server, or one that
+                # took it for a new subscription) recovered nothing it says so.
+                await self._emit(m.Resumed(event.channel, event.recovered is True, asked, event.epoch, event.head))
+                state.abandoned = None
+            elif state.abandoned is not None:
+                await self._emit(m.Resumed(event.channel, False, state.abandoned, event.epoch, event.head))
+                state.abandoned = None
+            if position is not None:
+                state.position = position
+        if resend and state is not None and self._ws is not None:
+            msg: Dict[str, Any] = {"type": "SUBSCRIBE", "channel": event.channel}
+            msg["filter"] = state.filter.to_json() if state.filter is not None else {}
+            if state.max_frequency is not None:
+                msg["max_frequency"] = state.max_frequency
+            state.pending += 1
+            await self._send(msg)
 
     async def _error(self, event: m.Refused) -> None:
         channel = event.channel or ""
         state = self._channels.get(channel)
+        if state is not None:
+            state.pending = max(0, state.pending - 1)
         if state is not None and state.confirmed:
-            # A change refused: the subscription stands as it was, and so does its filter.
-            state.filter = state.confirmed_filter
+            # A change refused: the subscription stands as it was, and so does its
+            # filter (unless more changes are still to be answered).
+            if state.pending == 0 and not state.deferred:
+                state.filter = state.confirmed_filter
         elif state is not None and event.code in ("forbidden", "unknown_channel"):
             # Resubscribing on every reconnect would only be refused again.
             del self._channels[channel]
+        elif event.channel is None and self._refreshing and "REFRESH" in event.message:
+            # The REFRESH was refused: another may be tried (see _refresh_refused).
+            self._refresh_refused()
         await self._emit(event)
 
     async def _system(self, ws: ClientConnection, data: Dict[str, Any]) -> None:
@@ -525,11 +666,12 @@ class Subscriber:
             self._attempt = 0
             self._opened += 1
             self._state = "open"
-            self._expires(ws, welcome.token_expires_at)
+            self._expires(ws, welcome.token_expires_at, first=True)
             await self._emit(welcome)
             return
         if event == "token_refreshed":
             self._refreshing = False
+            self._refresh_generation += 1  # its timeout is moot
             self._expires(ws, data["token_expires_at"])
         elif event == "token_expiring" and data.get("token_expires_at", 0) >= self._token_expires_at:
             # The server's warning (60 s before) about the token in force: refresh now,
@@ -539,29 +681,67 @@ class Subscriber:
 
     # --- token refresh --------------------------------------------------------------
 
-    def _expires(self, ws: ClientConnection, at: int) -> None:
-        """Notes the token's expiry and plans its refresh ``refresh_margin`` before."""
+    def _expires(self, ws: ClientConnection, at: int, first: bool = False) -> None:
+        """Notes the token's expiry and plans its refresh ``refresh_margin`` before (at
+        least ``MIN_REFRESH_DELAY`` from now). After a refresh, only when the expiry
+        moved forward: a callable that handed back the same token (cached) is asked
+        again on the server's ``token_expiring`` warning, not in a loop."""
+        previous = self._token_expires_at
         self._token_expires_at = at
         if isinstance(self._token, str):
             return  # nothing fresher to offer; the server closes 4001 at expiry
+        if not first and at <= previous:
+            log.info("the token callable gave a token that expires no later; refresh not planned again")
+            return
         if self._refresh_timer is not None:
             self._refresh_timer.cancel()  # planned for a token that is no longer in force
-        delay = max(0.0, at - time.time() - self._refresh_margin)
+        delay = max(MIN_REFRESH_DELAY, at - time.time() - self._refresh_margin)
         self._refresh_timer = self._spawn(self._refresh(ws, after=delay))
+
+    def _refresh_refused(self) -> None:
+        """A REFRESH refused (or unanswered): another is tried ``MIN_REFRESH_DELAY``
+        later, while the token in force has that long to live."""
+        self._refreshing = False
+        self._refresh_generation += 1
+        ws = self._ws
+        if ws is not None and self._token_expires_at - time.time() > MIN_REFRESH_DELAY:
+            if self._refresh_timer is not None:
+                self._refresh_timer.cancel()
+            self._refresh_timer = self._spawn(self._refresh(ws, after=MIN_REFRESH_DELAY))
 
     async def _refresh(self, ws: ClientConnection, after: float = 0.0) -> None:
         if after:
             await asyncio.sleep(after)
+        # However it is prompted (the timer, the server's warning, a retry), at most one
+        # REFRESH every MIN_REFRESH_DELAY.
+        loop = asyncio.get_running_loop()
+        wait = self._last_refresh + MIN_REFRESH_DELAY - loop.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
         if self._refreshing or isinstance(self._token, str):
             return
         self._refreshing = True
+        self._last_refresh = loop.time()
+        self._refresh_generation += 1
+        generation = self._refresh_generation
         try:
             token = await resolve(self._token)
         except Exception as e:  # the caller's callable: the reconnect will ask again
             self._refreshing = False
-            log.warning("the token callable failed, token not refreshed: %r", e)
+            log.warning("the token callable failed, token not refreshed: %s", scrub(repr(e)))
             return
         await self._send({"type": "REFRESH", "token": token}, ws)
+        self._spawn(self._refresh_timeout(generation))
+
+    async def _refresh_timeout(self, generation: int) -> None:
+        await asyncio.sleep(REFRESH_TIMEOUT)
+        if self._refreshing and self._refresh_generation == generation:
+            log.warning("no answer to REFRESH within %.0f s", REFRESH_TIMEOUT)
+            self._refresh_refused()
+
+
+class _BadUrl(SignalcastError, ValueError):
+    """The subscriber's URL cannot be connected to (its port or host cannot be parsed)."""
 
 
 def _credentials(token: str) -> Tuple[List[Subprotocol], Optional[Dict[str, str]]]:
