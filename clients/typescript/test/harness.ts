@@ -226,6 +226,25 @@ export async function publish(server: Server, signals: Record<string, unknown>[]
   return ids;
 }
 
+/** Publishes many signals through `POST /v1/signals` as NDJSON, up to 1,000 a request
+ * (the server's bound); resolves once all are stored. */
+export async function publishMany(server: Server, signals: Record<string, unknown>[]): Promise<void> {
+  const auth = `Basic ${Buffer.from(`${PRODUCER.id}:${PRODUCER.key}`).toString("base64")}`;
+  for (let i = 0; i < signals.length; i += 1000) {
+    const batch = signals.slice(i, i + 1000);
+    const r = await fetch(`${server.http}/v1/signals`, {
+      method: "POST",
+      headers: { Authorization: auth, "Content-Type": "application/x-ndjson" },
+      body: batch.map((s) => JSON.stringify(s)).join("\n"),
+    });
+    const body = (await r.json()) as { results?: { status: string }[] };
+    const refused = body.results?.filter((x) => x.status !== "accepted") ?? [];
+    if (r.status !== 200 || body.results?.length !== batch.length || refused.length > 0) {
+      throw new Error(`POST /v1/signals: ${r.status} ${JSON.stringify(body).slice(0, 500)}`);
+    }
+  }
+}
+
 /** Publishes ticks through `POST /v1/ticks` (NDJSON, one request). */
 export async function publishTicks(server: Server, list: [string, string, string][]): Promise<void> {
   const auth = `Basic ${Buffer.from(`${PRODUCER.id}:${PRODUCER.key}`).toString("base64")}`;
@@ -255,7 +274,9 @@ export async function produce(server: Server, count: number, rate: number): Prom
   if (code !== 0) throw new Error(`signalcast produce exited with ${code}`);
 }
 
-/** A TCP proxy to 127.0.0.1:`target` that can cut every connection through it. */
+/** A TCP proxy to 127.0.0.1:`target` that can cut every connection through it, and
+ * swallow what the client sends after its request head on the first
+ * `swallowRequests` connections (a SUBSCRIBE lost before its answer). */
 export class Proxy {
   private constructor(
     private readonly server: net.Server,
@@ -266,11 +287,26 @@ export class Proxy {
     readonly upgrades: string[],
   ) {}
 
-  static async start(target: number): Promise<Proxy> {
+  static async start(target: number, { swallowRequests = 0 }: { swallowRequests?: number } = {}): Promise<Proxy> {
     const sockets = new Set<net.Socket>();
     const upgrades: string[] = [];
+    let connections = 0;
     const server = net.createServer((client) => {
+      connections += 1;
       const upstream = net.connect(target, "127.0.0.1");
+      if (connections <= swallowRequests) {
+        // The request head goes through (the server answers 101 and welcome); every
+        // frame after it is lost on the way.
+        let headSeen = false;
+        client.on("data", (chunk: Buffer) => {
+          if (!headSeen) {
+            headSeen = true;
+            upstream.write(chunk);
+          }
+        });
+      } else {
+        client.pipe(upstream).on("error", () => client.destroy());
+      }
       client.on("data", (chunk: Buffer) => {
         const text = chunk.toString("latin1");
         const head = text.slice(0, text.indexOf("\r\n\r\n"));
@@ -281,7 +317,6 @@ export class Proxy {
         s.on("close", () => sockets.delete(s));
         s.on("error", () => s.destroy());
       }
-      client.pipe(upstream).on("error", () => client.destroy());
       upstream.pipe(client).on("error", () => upstream.destroy());
       client.on("close", () => upstream.destroy());
       upstream.on("close", () => client.destroy());

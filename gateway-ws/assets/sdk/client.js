@@ -12,6 +12,62 @@ export const PROTOCOL = "signalcast.v1";
 export const TOKEN_PROTOCOL_PREFIX = "signalcast.token.";
 // RFC 7230 token characters: what a subprotocol may hold (a JWT always fits).
 const TOKEN_CHARS = /^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/;
+const STEPS = ["add_symbols", "remove_symbols"];
+/** Whether `filter` is a watchlist step: `add_symbols`/`remove_symbols` only. */
+function isStep(filter) {
+    return STEPS.some((k) => filter[k] !== undefined);
+}
+/** `"TCS"` (any exchange) or `"NSE:TCS"`, as the server splits it (at the first `:`). */
+function symbolKey(s) {
+    const i = s.indexOf(":");
+    return i < 0 ? [s, null] : [s.slice(i + 1), s.slice(0, i)];
+}
+/** Deduplicated, in the server's order: by symbol, then exchange (any exchange first). */
+function sortedSymbols(symbols) {
+    const cmp = (a, b) => (a < b ? -1 : a > b ? 1 : 0);
+    return [...new Set(symbols)].sort((a, b) => {
+        const [sa, ea] = symbolKey(a);
+        const [sb, eb] = symbolKey(b);
+        if (sa !== sb)
+            return cmp(sa, sb);
+        if (ea === eb)
+            return 0;
+        if (ea === null)
+            return -1;
+        if (eb === null)
+            return 1;
+        return cmp(ea, eb);
+    });
+}
+/**
+ * The whole filter `change` leaves in force on top of `current`, as the server works
+ * it out (gateway-ws/src/protocol/filter.rs, `Filter::update`): a step
+ * (`add_symbols`/`remove_symbols`) changes the current watchlist and keeps the rest of
+ * the current filter (none: every symbol); any other filter replaces it. A string
+ * where the server would refuse the step.
+ */
+function applyFilter(current, change) {
+    if (!isStep(change)) {
+        return { ...change };
+    }
+    const other = Object.keys(change).find((k) => !STEPS.includes(k) && change[k] !== undefined);
+    if (other !== undefined) {
+        return `${JSON.stringify(other)} cannot go with add_symbols or remove_symbols`;
+    }
+    const had = current?.symbols ?? [];
+    // "EX:SYM" and "SYM" stand for one (symbol, exchange) pair each: compared as text.
+    const remove = new Set(change.remove_symbols ?? []);
+    const kept = had.filter((s) => !remove.has(s));
+    const add = change.add_symbols ?? [];
+    if (had.length > 0 && kept.length === 0 && add.length === 0) {
+        // An empty list means every symbol: the server refuses to turn a watchlist into the
+        // whole channel this way.
+        return "remove_symbols would empty the watchlist: setFilter(channel, undefined) for every symbol, or unsubscribe";
+    }
+    const { symbols: _, ...rest } = current ?? {};
+    const symbols = sortedSymbols([...kept, ...add]);
+    return symbols.length > 0 ? { ...rest, symbols } : rest;
+}
 const OPEN = 1;
 export class SignalcastClient {
     #options;
@@ -97,9 +153,14 @@ export class SignalcastClient {
     subscribe(channel, listener, from, options = {}) {
         let state = this.#channels.get(channel);
         if (!state) {
-            state = { listeners: new Set(), position: from ? { ...from } : undefined };
-            if (options.filter)
-                state.filter = { ...options.filter };
+            state = { listeners: new Set(), position: from ? { ...from } : undefined, pending: 0, deferred: false };
+            if (options.filter) {
+                // A step on a new subscription is a step on the default (every symbol): kept
+                // whole, so that a reconnect does not send the step again. (One the server
+                // refuses is sent as given, and refused.)
+                const full = applyFilter(undefined, options.filter);
+                state.filter = typeof full === "string" ? { ...options.filter } : full;
+            }
             if (options.snapshot !== undefined && !from)
                 state.snapshot = options.snapshot;
             if (options.maxFrequency !== undefined)
@@ -126,16 +187,44 @@ export class SignalcastClient {
      * Replaces the filter of a subscribed signal channel (the server swaps it where the
      * subscription stands: no gap, no repeat); the new filter goes with every later
      * SUBSCRIBE of the channel, reconnects included. `undefined` lets everything through.
+     *
+     * `{add_symbols, remove_symbols}` changes the current watchlist in steps. The client
+     * applies each step to the filter in force, as the server does, and keeps the whole
+     * result: a step goes on the wire only while the server holds the subscription;
+     * disconnected, the whole filter goes with the next SUBSCRIBE; subscribed but not yet
+     * answered (a resume waiting for its replay), the whole filter is sent once
+     * SUBSCRIBED arrives, so that the resume is never replaced by a subscription from
+     * the head. A step the server would refuse (one that empties the watchlist, or
+     * mixed with other parts) changes nothing and is reported as an `error` event
+     * (`bad_request`), as the server's refusal would be.
      */
     setFilter(channel, filter) {
         const state = this.#channels.get(channel);
         if (!state)
             return;
-        state.filter = filter ? { ...filter } : undefined;
-        if (this.#isOpen()) {
-            // Only the filter: no since, no snapshot.
-            this.#send({ type: "SUBSCRIBE", channel, filter: state.filter ?? {} });
+        let full;
+        if (filter) {
+            const applied = applyFilter(state.filter, filter);
+            if (typeof applied === "string") {
+                const refused = { type: "ERROR", code: "bad_request", message: applied, channel };
+                queueMicrotask(() => this.#emit("error", refused));
+                return;
+            }
+            full = applied;
         }
+        state.filter = full;
+        if (!this.#isOpen()) {
+            return; // the next connection's SUBSCRIBE carries it
+        }
+        if (!state.confirmed) {
+            state.deferred = true; // a filter-only SUBSCRIBE now would replace the resume
+            return;
+        }
+        // Only the filter: no since, no snapshot. A step as a step (a watchlist too large
+        // for one message is built this way), on top of what the server holds.
+        const wire = filter && isStep(filter) ? { ...filter } : (full ?? {});
+        state.pending += 1;
+        this.#send({ type: "SUBSCRIBE", channel, filter: wire });
     }
     /**
      * Prices of a watchlist: the latest price of each symbol (`"GOLD"` on any exchange,
@@ -155,9 +244,15 @@ export class SignalcastClient {
         if (!state)
             return;
         state.maxFrequency = maxFrequency;
-        if (this.#isOpen()) {
-            this.#send({ type: "SUBSCRIBE", channel: "prices_general", max_frequency: maxFrequency });
+        if (!this.#isOpen()) {
+            return; // the next connection's SUBSCRIBE carries it
         }
+        if (!state.confirmed) {
+            state.deferred = true; // sent once the SUBSCRIBE under way is answered
+            return;
+        }
+        state.pending += 1;
+        this.#send({ type: "SUBSCRIBE", channel: "prices_general", max_frequency: maxFrequency });
     }
     unsubscribe(channel) {
         if (this.#channels.delete(channel) && this.#isOpen()) {
@@ -385,12 +480,31 @@ export class SignalcastClient {
             }
             case "SUBSCRIBED": {
                 const state = this.#channels.get(msg.channel);
+                let resend = false;
                 if (state) {
-                    state.filter = msg.filter ? { ...msg.filter } : undefined;
-                    state.confirmedFilter = state.filter;
                     state.confirmed = true;
+                    state.snapshot = undefined; // answered: a reconnect from now on resumes instead
+                    state.confirmedFilter = msg.filter ? { ...msg.filter } : undefined;
+                    state.pending = Math.max(0, state.pending - 1);
+                    if (state.deferred) {
+                        // Changed while the SUBSCRIBE was under way: the change goes out now, whole,
+                        // where the subscription stands.
+                        state.deferred = false;
+                        resend = true;
+                    }
+                    else if (state.pending === 0) {
+                        state.filter = state.confirmedFilter; // the server's normalized filter, whole
+                    }
                 }
                 this.#subscribed(msg.channel, msg.epoch, msg.seq, msg.recovered);
+                if (resend && state && this.#channels.get(msg.channel) === state) {
+                    const change = { type: "SUBSCRIBE", channel: msg.channel, filter: state.filter ?? {} };
+                    if (state.maxFrequency !== undefined) {
+                        change.max_frequency = state.maxFrequency;
+                    }
+                    state.pending += 1;
+                    this.#send(change);
+                }
                 break;
             }
             case "UNSUBSCRIBED":
@@ -404,9 +518,15 @@ export class SignalcastClient {
                 break;
             case "ERROR": {
                 const state = msg.channel ? this.#channels.get(msg.channel) : undefined;
+                if (state) {
+                    state.pending = Math.max(0, state.pending - 1);
+                }
                 if (state?.confirmed) {
-                    // A change refused: the subscription stands as it was, and so does its filter.
-                    state.filter = state.confirmedFilter;
+                    // A change refused: the subscription stands as it was, and so does its filter
+                    // (unless more changes are still to be answered).
+                    if (state.pending === 0 && !state.deferred) {
+                        state.filter = state.confirmedFilter;
+                    }
                 }
                 else if (msg.channel && (msg.code === "forbidden" || msg.code === "unknown_channel")) {
                     // Resubscribing on every reconnect would only be refused again.
@@ -427,8 +547,10 @@ export class SignalcastClient {
         if (!state || epoch === undefined || head === undefined) {
             return; // a channel without seq (prices, user)
         }
-        if (asked && recovered !== undefined) {
-            this.#emit("resume", { channel, recovered, since: asked, epoch, head });
+        if (asked) {
+            // A resume answered without `recovered` (a server that took it for a new
+            // subscription) recovered nothing: it says so.
+            this.#emit("resume", { channel, recovered: recovered === true, since: asked, epoch, head });
         }
         if (recovered === true) {
             return; // the replay continues from the position asked
@@ -479,6 +601,8 @@ export class SignalcastClient {
     }
     #sendSubscribe(channel, state) {
         state.confirmed = false; // a new connection: the server holds nothing yet
+        state.pending = 1; // this SUBSCRIBE carries everything: nothing is left deferred
+        state.deferred = false;
         const msg = { type: "SUBSCRIBE", channel };
         if (state.position) {
             msg.since = state.position.seq;
@@ -486,8 +610,7 @@ export class SignalcastClient {
             this.#resuming.set(channel, { ...state.position });
         }
         else if (state.snapshot !== undefined) {
-            msg.snapshot = state.snapshot;
-            state.snapshot = undefined;
+            msg.snapshot = state.snapshot; // cleared once SUBSCRIBED arrives: a lost one asks again
         }
         if (state.filter) {
             msg.filter = state.filter;
