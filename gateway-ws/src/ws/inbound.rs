@@ -202,7 +202,10 @@ mod tests {
     }
 
     fn read(bytes: &[u8]) -> Result<Vec<Inbound>, Violation> {
-        let mut r = FrameReader::new(4096);
+        read_with(FrameReader::new(4096), bytes)
+    }
+
+    fn read_with(mut r: FrameReader, bytes: &[u8]) -> Result<Vec<Inbound>, Violation> {
         let mut buf = BytesMut::from(bytes);
         let mut out = Vec::new();
         while let Some(m) = r.next(&mut buf)? {
@@ -291,12 +294,7 @@ mod tests {
     fn read_deflate(bytes: &[u8]) -> Result<Vec<Inbound>, Violation> {
         let mut r = FrameReader::new(4096);
         r.enable_deflate();
-        let mut buf = BytesMut::from(bytes);
-        let mut out = Vec::new();
-        while let Some(m) = r.next(&mut buf)? {
-            out.push(m);
-        }
-        Ok(out)
+        read_with(r, bytes)
     }
 
     #[test]

@@ -419,6 +419,9 @@ pub(super) struct Lazy<'a> {
     deflater: Option<(&'a mut crate::ws::deflate::Deflater, &'a crate::metrics::GatewayStats)>,
     /// `Some(None)`: tried, and compressing did not make it smaller.
     deflated: Option<Option<Message>>,
+    /// Where compressed frames are assembled: one buffer for every connection with a
+    /// context of its own that this message goes to.
+    scratch: Vec<u8>,
     /// (filter's address, answer); address 0 is no filter. The filters are held by the
     /// subscriptions for as long as this message is fanned out, so an address stands
     /// for one filter here.
@@ -428,7 +431,15 @@ pub(super) struct Lazy<'a> {
 
 impl<'a> Lazy<'a> {
     pub(super) fn new(msg: &'a Message) -> Self {
-        Self { msg, fields: None, deflater: None, deflated: None, seen: [(0, false); MEMO], next: 0 }
+        Self {
+            msg,
+            fields: None,
+            deflater: None,
+            deflated: None,
+            scratch: Vec::new(),
+            seen: [(0, false); MEMO],
+            next: 0,
+        }
     }
 
     /// With the shard's compressor: connections that negotiated permessage-deflate get
@@ -455,7 +466,7 @@ impl<'a> Lazy<'a> {
                 .get_or_insert_with(|| {
                     let p = d.compress(msg.json())?;
                     stats.deflated(msg.json().len(), p.len());
-                    Some(msg.deflated(&p, &mut Vec::new()))
+                    Some(msg.deflated(&p, &mut self.scratch))
                 })
                 .clone()
                 .unwrap_or_else(|| msg.clone()),
@@ -466,7 +477,7 @@ impl<'a> Lazy<'a> {
                 match c.compress(msg.json()) {
                     Some(p) => {
                         stats.deflated(msg.json().len(), p.len());
-                        msg.deflated(&p, &mut Vec::new())
+                        msg.deflated(&p, &mut self.scratch)
                     }
                     None => {
                         // zlib failed mid-stream: its window is unknown now. Plain from

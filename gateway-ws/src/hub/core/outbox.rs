@@ -354,8 +354,8 @@ mod tests {
         assert_eq!(written(&mut o, &latest).concat().len(), 2_000 * 100, "every symbol once");
     }
 
-    #[test]
-    fn signals_are_reported_once_written_in_full() {
+    /// A signal message (seq 1) with `json` as its text.
+    fn message(json: &[u8]) -> Message {
         let meta = engine::channels::MessageMeta {
             seq: 1,
             category: engine::model::Category::Crypto,
@@ -364,7 +364,12 @@ mod tests {
             sent_ts: None,
             outcome: false,
         };
-        let msg = Message::new(&meta, b"{\"x\":1}", &mut Vec::new());
+        Message::new(&meta, json, &mut Vec::new())
+    }
+
+    #[test]
+    fn signals_are_reported_once_written_in_full() {
+        let msg = message(b"{\"x\":1}");
         let mut o = Outbox::default();
         o.push(Out::Signal(msg.clone(), Tier::Free, Timing::Live), 1 << 20);
         let len = msg.frame().len();
@@ -381,15 +386,7 @@ mod tests {
 
     #[test]
     fn replays_have_a_bound_of_their_own_and_live_frames_behind_them_keep_theirs() {
-        let meta = engine::channels::MessageMeta {
-            seq: 1,
-            category: engine::model::Category::Crypto,
-            ingest_ts: engine::model::UnixNanos(0),
-            routed_ts: engine::model::UnixNanos(0),
-            sent_ts: None,
-            outcome: false,
-        };
-        let msg = Message::new(&meta, &[b'x'; 90], &mut Vec::new());
+        let msg = message(&[b'x'; 90]);
         let len = msg.frame().len();
         let limit = 3 * len;
         let replay = || Out::Signal(msg.clone(), Tier::Free, Timing::Replay);
