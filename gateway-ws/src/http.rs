@@ -25,7 +25,7 @@ use engine::channels::ChannelName;
 
 use crate::auth::AccountsState;
 use crate::auth::AuthError;
-use crate::conn::Io;
+use crate::conn::{HandshakeStream, Io};
 use crate::dashboard;
 use crate::hub::Attach;
 use crate::server::App;
@@ -333,10 +333,13 @@ fn into_io(upgraded: Upgraded) -> std::io::Result<(Io, BytesMut)> {
         }
         Err(u) => u,
     };
-    match upgraded.downcast::<TokioIo<TlsStream<TcpStream>>>() {
+    match upgraded.downcast::<TokioIo<TlsStream<HandshakeStream>>>() {
         Ok(parts) => {
-            let (sock, tls) = parts.io.into_inner().into_inner();
-            Ok((Io::tls(to_mio(sock)?, tls), BytesMut::from(&parts.read_buf[..])))
+            let (stream, tls) = parts.io.into_inner().into_inner();
+            let (sock, partial) = stream.into_parts();
+            let mut input = BytesMut::from(&parts.read_buf[..]);
+            let io = Io::tls(to_mio(sock)?, tls, partial, &mut input)?;
+            Ok((io, input))
         }
         Err(_) => Err(std::io::Error::other("upgraded connection of an unknown kind")),
     }

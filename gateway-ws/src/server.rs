@@ -743,7 +743,12 @@ async fn accept_loop(
                         let deadline = tokio::time::Instant::now() + app.handshake_timeout;
                         match tls {
                             None => http::serve_within(stream, Some(peer.ip()), app, deadline).await,
-                            Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+                            Some(acceptor) => match tokio::time::timeout_at(
+                                deadline,
+                                acceptor.accept(crate::conn::HandshakeStream::new(stream)),
+                            )
+                            .await
+                            {
                                 Ok(Ok(s)) => http::serve_within(s, Some(peer.ip()), app, deadline).await,
                                 Ok(Err(e)) => tracing::debug!(error = %e, "tls handshake failed"),
                                 Err(_) => tracing::debug!("tls handshake timed out"),

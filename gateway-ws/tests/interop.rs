@@ -525,3 +525,82 @@ async fn context_takeover_when_opted_in_compresses_each_connections_stream_on_it
     assert_eq!(later, texts);
     server.shutdown().await;
 }
+
+/// A client frame sent right behind the upgrade request, its TLS record cut in two
+/// across the moment the server takes the connection over from the HTTP layer, is read
+/// whole; then a signal arrives and close_notify ends the connection. Over TLS 1.3
+/// (records sealed by the shard, the keys taken out of rustls) and 1.2 (rustls).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_pipelined_behind_the_upgrade_is_read_whole_over_tls_1_3_and_1_2() {
+    use std::io::{Read, Write};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let mut cfg = config();
+    cfg.tls = Some(gateway::config::TlsConfig {
+        cert: temp_file("cert.pem", &cert.cert.pem()),
+        key: temp_file("key.pem", &cert.signing_key.serialize_pem()),
+        reload_interval_ms: 5_000,
+        feed: false,
+    });
+    let server = start(cfg).await;
+    let p = producer(&server).await;
+    for (n, version) in [&rustls::version::TLS13, &rustls::version::TLS12].into_iter().enumerate() {
+        let connector = tokio_rustls::TlsConnector::from(tls_client(&[&cert], &[version]));
+        let tcp = tokio::net::TcpStream::connect(server.http_addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let (mut tcp, mut conn) = connector.connect(name, tcp).await.unwrap().into_inner();
+        let request = format!(
+            "GET /ws?token={}&subscribe=signals_enterprise HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            token(&server, "u-enterprise-1")
+        );
+        let seal = |conn: &mut rustls::ClientConnection, plain: &[u8]| {
+            conn.writer().write_all(plain).unwrap();
+            let mut wire = Vec::new();
+            while conn.wants_write() {
+                conn.write_tls(&mut wire).unwrap();
+            }
+            wire
+        };
+        let head = seal(&mut conn, request.as_bytes());
+        let ping = br#"{"type":"PING"}"#;
+        let mask = [7u8, 1, 9, 3];
+        let mut frame = vec![0x81, 0x80 | ping.len() as u8];
+        frame.extend_from_slice(&mask);
+        frame.extend(ping.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        let frame = seal(&mut conn, &frame);
+        tcp.write_all(&[&head[..], &frame[..7]].concat()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        tcp.write_all(&frame[7..]).await.unwrap();
+
+        // Reads plaintext until `want` is in it.
+        let mut plain = Vec::new();
+        let mut read_until = async |conn: &mut rustls::ClientConnection, want: &str| {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while !String::from_utf8_lossy(&plain).contains(want) {
+                let mut chunk = [0u8; 16 * 1024];
+                let got = tokio::time::timeout_at(deadline, tcp.read(&mut chunk)).await;
+                let k = got.unwrap_or_else(|_| panic!("no {want} over {version:?}")).unwrap();
+                assert!(k > 0, "closed before {want} over {version:?}");
+                conn.read_tls(&mut &chunk[..k]).unwrap();
+                conn.process_new_packets().unwrap();
+                let _ = conn.reader().read_to_end(&mut plain);
+            }
+        };
+        read_until(&mut conn, "HTTP/1.1 101").await;
+        read_until(&mut conn, "PONG").await;
+        p.send_signal(&signal(40 + n as u128, 8_800, Category::Equity)).await.unwrap();
+        read_until(&mut conn, "SIGNAL_UPDATE").await;
+        assert_eq!(conn.protocol_version(), Some(version.version));
+
+        // close_notify from the client: the server closes its side too.
+        conn.send_close_notify();
+        let mut wire = Vec::new();
+        conn.write_tls(&mut wire).unwrap();
+        tcp.write_all(&wire).await.unwrap();
+        let mut rest = Vec::new();
+        let end = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut rest)).await;
+        assert!(end.is_ok(), "the server kept a closed connection open over {version:?}");
+    }
+    server.shutdown().await;
+}

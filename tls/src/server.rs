@@ -90,5 +90,8 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<(TlsAcceptor, Arc<ReloadingCe
         .with_no_client_auth()
         .with_cert_resolver(resolver.clone());
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // The WebSocket shards seal TLS 1.3 records themselves once the upgrade is done,
+    // with the traffic keys taken out of rustls (gateway-ws `conn::record`).
+    config.enable_secret_extraction = true;
     Ok((TlsAcceptor::from(Arc::new(config)), resolver))
 }

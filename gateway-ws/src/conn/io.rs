@@ -3,12 +3,17 @@
 //! event", which the shard's poller (edge-triggered) delivers.
 //!
 //! TLS runs sans-IO: after the handshake (done by tokio-rustls before the HTTP upgrade)
-//! the `rustls::ServerConnection` is driven here by hand, so a WSS connection costs the
-//! shard the same as a plain one plus the record encryption.
+//! a TLS 1.3 connection's records are sealed and opened by the shard itself with the
+//! keys taken out of rustls (`super::record`); a TLS 1.2 one keeps its
+//! `rustls::ServerConnection`, driven here by hand. Either way a WSS connection costs
+//! the shard the same as a plain one plus the record encryption.
 
 use std::io::{self, IoSlice, Read, Write};
 
+use bytes::BytesMut;
 use mio::net::TcpStream;
+
+use super::record::Records;
 
 /// Ciphertext rustls may hold for a socket that cannot take it yet. Past it, rustls
 /// accepts no more plaintext and the frames wait in the outbox (which is bounded).
@@ -17,6 +22,9 @@ const TLS_BUFFER: usize = 64 * 1024;
 #[derive(Debug)]
 pub enum Io {
     Plain(TcpStream),
+    /// TLS 1.3, records sealed here.
+    Records(Box<Records>),
+    /// TLS 1.2, through rustls.
     Tls(Box<Tls>),
 }
 
@@ -40,15 +48,50 @@ impl Io {
         Self::Plain(sock)
     }
 
-    pub fn tls(sock: TcpStream, mut conn: rustls::ServerConnection) -> Self {
+    /// A TLS connection after its handshake and HTTP upgrade. `partial` is ciphertext
+    /// read from `sock` that rustls could not open yet (not a whole record); plaintext
+    /// rustls opened but nobody read is appended to `input`.
+    pub fn tls(
+        sock: TcpStream,
+        mut conn: rustls::ServerConnection,
+        partial: Vec<u8>,
+        input: &mut BytesMut,
+    ) -> io::Result<Self> {
+        let mut chunk = [0; 4096];
+        loop {
+            match conn.reader().read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => input.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        let takeable = conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3)
+            && !conn.wants_write()
+            && conn.negotiated_cipher_suite().is_some_and(|s| {
+                matches!(
+                    s.suite(),
+                    rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+                        | rustls::CipherSuite::TLS13_AES_256_GCM_SHA384
+                        | rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256
+                )
+            });
+        if takeable {
+            let secrets = conn.dangerous_extract_secrets().map_err(invalid)?;
+            return Records::new(sock, secrets, partial)
+                .map(|r| Self::Records(Box::new(r)))
+                .ok_or_else(|| io::Error::other("TLS suite without a record layer here"));
+        }
+        // rustls still holds `partial` itself: it goes on reading from there.
         conn.set_buffer_limit(Some(TLS_BUFFER));
-        Self::Tls(Box::new(Tls { sock, conn }))
+        Ok(Self::Tls(Box::new(Tls { sock, conn })))
     }
 
     /// The socket, to register with the poller.
     pub fn socket(&mut self) -> &mut TcpStream {
         match self {
             Self::Plain(s) => s,
+            Self::Records(r) => r.socket(),
             Self::Tls(t) => &mut t.sock,
         }
     }
@@ -58,6 +101,7 @@ impl Io {
     pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Self::Plain(s) => s.read(buf),
+            Self::Records(r) => r.read(buf),
             Self::Tls(t) => loop {
                 match t.conn.reader().read(buf) {
                     Ok(n) => return Ok(n),
@@ -82,6 +126,7 @@ impl Io {
     pub fn write(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         match self {
             Self::Plain(s) => s.write_vectored(bufs),
+            Self::Records(r) => r.write(bufs),
             Self::Tls(t) => {
                 t.flush()?;
                 let n = t.conn.writer().write_vectored(bufs)?;
@@ -99,6 +144,7 @@ impl Io {
     pub fn has_pending(&self) -> bool {
         match self {
             Self::Plain(_) => false,
+            Self::Records(r) => r.has_pending(),
             Self::Tls(t) => t.conn.wants_write(),
         }
     }
@@ -107,15 +153,20 @@ impl Io {
     pub fn flush(&mut self) -> io::Result<()> {
         match self {
             Self::Plain(_) => Ok(()),
+            Self::Records(r) => r.flush(),
             Self::Tls(t) => t.flush(),
         }
     }
 
     /// No more writes: TLS close_notify, then FIN. Reading goes on (lingering).
     pub fn shutdown_write(&mut self) {
-        if let Self::Tls(t) = self {
-            t.conn.send_close_notify();
-            let _ = t.flush();
+        match self {
+            Self::Plain(_) => {}
+            Self::Records(r) => r.close_notify(),
+            Self::Tls(t) => {
+                t.conn.send_close_notify();
+                let _ = t.flush();
+            }
         }
         let _ = self.socket().shutdown(std::net::Shutdown::Write);
     }

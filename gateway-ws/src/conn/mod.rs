@@ -4,8 +4,10 @@
 //! the socket only moves bytes between the two.
 
 mod io;
+mod record;
 
 pub use io::Io;
+pub use record::HandshakeStream;
 
 use std::time::Duration;
 
