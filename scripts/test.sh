@@ -88,7 +88,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo test --workspace"
 log=$(mktemp)
 set +e
-cargo test --workspace --locked 2>&1 | tee "$log"
+cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 passed=$(grep -Eo 'test result: [A-Za-z]+\. [0-9]+ passed' "$log" | awk '{s += $4} END {print s + 0}')
