@@ -58,9 +58,13 @@ impl Io {
         input: &mut BytesMut,
     ) -> io::Result<Self> {
         let mut chunk = [0; 4096];
+        let mut peer_closed = false;
         loop {
             match conn.reader().read(&mut chunk) {
-                Ok(0) => break,
+                Ok(0) => {
+                    peer_closed = true; // close_notify came with the upgrade
+                    break;
+                }
                 Ok(n) => input.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e),
@@ -79,6 +83,7 @@ impl Io {
         if takeable {
             let secrets = conn.dangerous_extract_secrets().map_err(invalid)?;
             return Records::new(sock, secrets, partial)
+                .map(|r| if peer_closed { r.peer_closed() } else { r })
                 .map(|r| Self::Records(Box::new(r)))
                 .ok_or_else(|| io::Error::other("TLS suite without a record layer here"));
         }
@@ -161,14 +166,17 @@ impl Io {
     /// No more writes: TLS close_notify, then FIN. Reading goes on (lingering).
     pub fn shutdown_write(&mut self) {
         match self {
-            Self::Plain(_) => {}
-            Self::Records(r) => r.close_notify(),
+            Self::Plain(s) => {
+                let _ = s.shutdown(std::net::Shutdown::Write);
+            }
+            // FIN follows close_notify once the records before it are out.
+            Self::Records(r) => r.close(),
             Self::Tls(t) => {
                 t.conn.send_close_notify();
                 let _ = t.flush();
+                let _ = t.sock.shutdown(std::net::Shutdown::Write);
             }
         }
-        let _ = self.socket().shutdown(std::net::Shutdown::Write);
     }
 }
 

@@ -49,6 +49,11 @@ const ALERT: u8 = 21;
 const HANDSHAKE: u8 = 22;
 const CLOSE_NOTIFY: u8 = 0;
 const USER_CANCELED: u8 = 90;
+/// Records in a row that carry no data (empty ones, warning alerts) before the
+/// connection is closed: without a bound a client could keep a shard opening records
+/// that give it nothing to do. rustls allows 32 empty fragments and 4 warning alerts.
+const EMPTY_RECORDS: u32 = 32;
+const WARNING_ALERTS: u32 = 4;
 
 thread_local! {
     /// Where a shard thread seals a connection's records before the `write`, and reads
@@ -65,6 +70,9 @@ struct Keys {
     key: LessSafeKey,
     iv: [u8; 12],
     seq: u64,
+    /// The tests seal as the client with a copy of the receive key.
+    #[cfg(test)]
+    raw: Vec<u8>,
 }
 
 impl Keys {
@@ -79,6 +87,8 @@ impl Keys {
             key: LessSafeKey::new(UnboundKey::new(algorithm, key.as_ref()).ok()?),
             iv: iv.as_ref().try_into().ok()?,
             seq,
+            #[cfg(test)]
+            raw: key.as_ref().to_vec(),
         })
     }
 
@@ -116,18 +126,32 @@ impl Keys {
 
     /// Opens the whole record `record` (header included) in place: its content type and
     /// where its plaintext lies in `record`.
-    fn open(&mut self, record: &mut [u8]) -> io::Result<(u8, std::ops::Range<usize>)> {
+    fn open(&mut self, record: &mut [u8]) -> Result<(u8, std::ops::Range<usize>), &'static str> {
         let mut header = [0; HEADER];
         header.copy_from_slice(&record[..HEADER]);
-        let nonce = self.next_nonce()?;
+        let nonce =
+            self.next_nonce().map_err(|_| "TLS record limit of this connection's key reached; reconnect")?;
         let plain = self
             .key
             .open_in_place(nonce, Aad::from(header), &mut record[HEADER..])
-            .map_err(|_| bad("TLS record failed authentication (bad_record_mac)"))?;
+            .map_err(|_| "TLS record failed authentication (bad_record_mac)")?;
+        if plain.len() > MAX_PLAINTEXT + 1 {
+            return Err("TLS record plaintext over 2^14 bytes (record_overflow)");
+        }
         // The content type is the last byte that is not zero; zeros after it pad (5.4).
-        let end =
-            plain.iter().rposition(|&b| b != 0).ok_or_else(|| bad("TLS record without a content type"))?;
+        let end = plain.iter().rposition(|&b| b != 0).ok_or("TLS record without a content type")?;
         Ok((plain[end], HEADER..HEADER + end))
+    }
+}
+
+/// A socket whose sending side can be closed on its own (FIN).
+pub trait HalfClose {
+    fn half_close(&self) -> io::Result<()>;
+}
+
+impl HalfClose for mio::net::TcpStream {
+    fn half_close(&self) -> io::Result<()> {
+        self.shutdown(std::net::Shutdown::Write)
     }
 }
 
@@ -154,6 +178,13 @@ pub struct Records<S = mio::net::TcpStream> {
     unsent: Vec<u8>,
     /// The client sent close_notify: nothing more is read.
     closed: bool,
+    /// What ended reading after the plaintext before it was handed out.
+    failed: Option<&'static str>,
+    /// Records in a row with no data; warning alerts so far.
+    empty: u32,
+    alerts: u32,
+    /// close_notify queued; FIN goes out once it has.
+    closing: bool,
 }
 
 impl<S> std::fmt::Debug for Records<S> {
@@ -167,7 +198,7 @@ impl<S> std::fmt::Debug for Records<S> {
     }
 }
 
-impl<S: Read + Write> Records<S> {
+impl<S: Read + Write + HalfClose> Records<S> {
     /// Takes over a TLS 1.3 connection whose handshake is done: `partial` is ciphertext
     /// already read from `sock` that does not make a whole record yet. `None` when the
     /// connection's suite is not one this layer seals.
@@ -182,7 +213,19 @@ impl<S: Read + Write> Records<S> {
             plain: Vec::new(),
             unsent: Vec::new(),
             closed: false,
+            failed: None,
+            empty: 0,
+            alerts: 0,
+            closing: false,
         })
+    }
+
+    /// The client's close_notify came before the hand-off: nothing more is read (what
+    /// follows it is ignored, RFC 8446 6.1).
+    pub fn peer_closed(mut self) -> Self {
+        self.closed = true;
+        self.partial = Vec::new();
+        self
     }
 
     pub fn socket(&mut self) -> &mut S {
@@ -202,6 +245,9 @@ impl<S: Read + Write> Records<S> {
                 }
                 return Ok(n);
             }
+            if let Some(why) = self.failed {
+                return Err(bad(why));
+            }
             if self.closed {
                 return Ok(0);
             }
@@ -214,7 +260,9 @@ impl<S: Read + Write> Records<S> {
     }
 
     /// One socket read, and the whole records it completes opened into `buf` (the rest
-    /// into `self.plain`). `None` at the end of the stream.
+    /// into `self.plain`). `None` at the end of the stream: a FIN without close_notify
+    /// ends it too (as WebSocket's own close handshake is what tells a clean end). A bad
+    /// record after good ones fails the next call, once their plaintext is taken.
     fn read_records(&mut self, scratch: &mut Vec<u8>, buf: &mut [u8]) -> io::Result<Option<usize>> {
         scratch.clear();
         scratch.extend_from_slice(&self.partial);
@@ -230,53 +278,82 @@ impl<S: Read + Write> Records<S> {
         scratch.truncate(have + n);
         let (mut at, mut out) = (0, 0);
         while scratch.len() - at >= HEADER {
-            let h = &scratch[at..at + HEADER];
-            // After the handshake every record is sealed and says application data (5.2).
-            if h[0] != APPLICATION_DATA || h[1] != 3 {
-                return Err(bad("unexpected TLS record type after the handshake"));
-            }
-            let body = usize::from(u16::from_be_bytes([h[3], h[4]]));
-            if !(TAG + 1..=MAX_CIPHERTEXT).contains(&body) {
-                return Err(bad("TLS record length out of bounds (record_overflow)"));
-            }
-            if scratch.len() - at < HEADER + body {
-                break;
-            }
-            let record = &mut scratch[at..at + HEADER + body];
-            let (content_type, range) = self.rx.open(record)?;
-            let plain = &record[range];
-            match content_type {
-                APPLICATION_DATA => {
-                    let k = plain.len().min(buf.len() - out);
-                    buf[out..out + k].copy_from_slice(&plain[..k]);
-                    self.plain.extend_from_slice(&plain[k..]);
-                    out += k;
+            match self.open_one(&mut scratch[at..], buf, &mut out) {
+                Ok(Some(len)) => at += len,
+                Ok(None) => break,
+                Err(why) if out == 0 && self.plain.is_empty() => return Err(bad(why)),
+                Err(why) => {
+                    self.failed = Some(why);
+                    at = scratch.len();
                 }
-                ALERT => match plain {
-                    // "Any data received after a closure alert has been received MUST be
-                    // ignored" (6.1).
-                    [_, CLOSE_NOTIFY] => {
-                        self.closed = true;
-                        at = scratch.len();
-                        break;
-                    }
-                    [_, USER_CANCELED] => {}
-                    _ => return Err(bad("TLS alert from the client")),
-                },
-                HANDSHAKE => {
-                    return Err(bad("TLS handshake message after the handshake (key update): reconnect"));
-                }
-                _ => return Err(bad("unexpected TLS content type")),
             }
-            at += HEADER + body;
         }
-        if at == scratch.len() {
+        if at >= scratch.len() {
             self.partial = Vec::new();
         } else {
             self.partial.clear();
             self.partial.extend_from_slice(&scratch[at..]);
         }
         Ok(Some(out))
+    }
+
+    /// Opens the record at the start of `bytes` if it is whole: its length, or `None`
+    /// when more bytes are needed. Its data goes to `buf[*out..]`, the rest to
+    /// `self.plain`.
+    fn open_one(
+        &mut self,
+        bytes: &mut [u8],
+        buf: &mut [u8],
+        out: &mut usize,
+    ) -> Result<Option<usize>, &'static str> {
+        let h = &bytes[..HEADER];
+        // After the handshake every record is sealed and says application data (5.2).
+        if h[0] != APPLICATION_DATA || h[1] != 3 {
+            return Err("unexpected TLS record type after the handshake");
+        }
+        let body = usize::from(u16::from_be_bytes([h[3], h[4]]));
+        if !(TAG + 1..=MAX_CIPHERTEXT).contains(&body) {
+            return Err("TLS record length out of bounds (record_overflow)");
+        }
+        if bytes.len() < HEADER + body {
+            return Ok(None);
+        }
+        let record = &mut bytes[..HEADER + body];
+        let (content_type, range) = self.rx.open(record)?;
+        let plain = &record[range];
+        match content_type {
+            APPLICATION_DATA if plain.is_empty() => {
+                self.empty += 1;
+                if self.empty > EMPTY_RECORDS {
+                    return Err("too many empty TLS records in a row");
+                }
+            }
+            APPLICATION_DATA => {
+                self.empty = 0;
+                let k = plain.len().min(buf.len() - *out);
+                buf[*out..*out + k].copy_from_slice(&plain[..k]);
+                self.plain.extend_from_slice(&plain[k..]);
+                *out += k;
+            }
+            ALERT => match plain {
+                // "Any data received after a closure alert has been received MUST be
+                // ignored" (6.1).
+                [_, CLOSE_NOTIFY] => {
+                    self.closed = true;
+                    return Ok(Some(bytes.len()));
+                }
+                [_, USER_CANCELED] => {
+                    self.alerts += 1;
+                    if self.alerts > WARNING_ALERTS {
+                        return Err("too many TLS warning alerts");
+                    }
+                }
+                _ => return Err("TLS alert from the client"),
+            },
+            HANDSHAKE => return Err("TLS handshake message after the handshake (key update): reconnect"),
+            _ => return Err("unexpected TLS content type"),
+        }
+        Ok(Some(HEADER + body))
     }
 
     /// Seals up to 64 KiB of `bufs` into records and writes them; returns the plaintext
@@ -345,11 +422,19 @@ impl<S: Read + Write> Records<S> {
             }
         }
         self.unsent = Vec::new();
+        if self.closing {
+            let _ = self.sock.half_close();
+        }
         Ok(())
     }
 
-    /// Queues close_notify (sent as far as the socket takes it now).
-    pub fn close_notify(&mut self) {
+    /// No more writes: close_notify, then FIN once every record queued before it is
+    /// out (now, or from the `flush` that empties the queue). Once only.
+    pub fn close(&mut self) {
+        if self.closing {
+            return;
+        }
+        self.closing = true;
         let start = open_record(&mut self.unsent);
         self.unsent.extend_from_slice(&[1, CLOSE_NOTIFY]);
         if self.tx.seal(&mut self.unsent, start, ALERT).is_err() {
@@ -470,6 +555,7 @@ mod tests {
         eof: bool,
         outgoing: Vec<u8>,
         write_room: Option<usize>,
+        fin: std::cell::Cell<bool>,
     }
 
     impl Read for Pipe {
@@ -501,6 +587,13 @@ mod tests {
         }
 
         fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl HalfClose for Pipe {
+        fn half_close(&self) -> io::Result<()> {
+            self.fin.set(true);
             Ok(())
         }
     }
@@ -672,7 +765,8 @@ mod tests {
         wire.extend_from_slice(b"ignored after close_notify");
         server.sock.incoming.extend(&wire);
         assert_eq!(server_reads(&mut server).unwrap(), (b"last words".to_vec(), true));
-        server.close_notify();
+        server.close();
+        assert!(server.sock.fin.get());
         client_receives(&mut client, &mut server);
         assert!(client.process_new_packets().unwrap().peer_has_closed());
     }
@@ -715,6 +809,94 @@ mod tests {
             server.write(&[IoSlice::new(b"and another")]).unwrap_err().to_string().contains("record limit")
         );
         assert_eq!(server.sock.outgoing.len(), sent, "nothing sealed past the limit");
+    }
+
+    /// Seals `plain` with `content_type` as the client would (for what rustls's client
+    /// API does not send: empty records, warning alerts).
+    fn client_record(server: &Records<Pipe>, seq: u64, content_type: u8, plain: &[u8]) -> Vec<u8> {
+        // The client's keys are the server's receive keys.
+        let mut keys = Keys { key: clone_key(&server.rx), iv: server.rx.iv, seq, raw: Vec::new() };
+        let mut out = Vec::new();
+        let start = open_record(&mut out);
+        out.extend_from_slice(plain);
+        keys.seal(&mut out, start, content_type).unwrap();
+        out
+    }
+
+    fn clone_key(k: &Keys) -> LessSafeKey {
+        // Only the tests need a second copy; rebuild it from the raw key they kept.
+        LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &k.raw).unwrap())
+    }
+
+    #[test]
+    fn empty_records_and_warning_alerts_are_bounded_and_data_before_a_bad_record_is_kept() {
+        let (_client, mut server) =
+            pair(Some(rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_256_GCM_SHA384));
+        let seq = server.rx.seq;
+        let mut wire = Vec::new();
+        for i in 0..EMPTY_RECORDS as u64 {
+            wire.extend(client_record(&server, seq + i, APPLICATION_DATA, b""));
+        }
+        wire.extend(client_record(&server, seq + u64::from(EMPTY_RECORDS), APPLICATION_DATA, b"data"));
+        server.sock.incoming.extend(&wire);
+        assert_eq!(
+            server_reads(&mut server).unwrap(),
+            (b"data".to_vec(), false),
+            "32 empty ones are let through"
+        );
+        let seq = server.rx.seq;
+        let wire: Vec<u8> = (0..=u64::from(EMPTY_RECORDS))
+            .flat_map(|i| client_record(&server, seq + i, APPLICATION_DATA, b""))
+            .collect();
+        server.sock.incoming.extend(&wire);
+        assert!(server_reads(&mut server).unwrap_err().to_string().contains("empty TLS records"));
+
+        let (_client, mut server) =
+            pair(Some(rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_256_GCM_SHA384));
+        let seq = server.rx.seq;
+        let wire: Vec<u8> = (0..=u64::from(WARNING_ALERTS))
+            .flat_map(|i| client_record(&server, seq + i, ALERT, &[1, USER_CANCELED]))
+            .collect();
+        server.sock.incoming.extend(&wire);
+        assert!(server_reads(&mut server).unwrap_err().to_string().contains("warning alerts"));
+
+        // Good data, then a record that fails, in one read: the data is read first.
+        let (_client, mut server) =
+            pair(Some(rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_256_GCM_SHA384));
+        let seq = server.rx.seq;
+        let mut wire = client_record(&server, seq, APPLICATION_DATA, b"last frames");
+        wire.extend(client_record(&server, seq + 1, HANDSHAKE, &[24, 0, 0, 1, 0]));
+        server.sock.incoming.extend(&wire);
+        let mut buf = [0; 100];
+        assert_eq!(server.read(&mut buf).unwrap(), 11);
+        assert!(server.read(&mut buf).unwrap_err().to_string().contains("key update"));
+
+        // An inner plaintext over 2^14 + 1 bytes is refused even though it authenticates.
+        for (n, ok) in [(MAX_PLAINTEXT, true), (MAX_PLAINTEXT + 1, false)] {
+            let (_client, mut server) =
+                pair(Some(rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_256_GCM_SHA384));
+            let seq = server.rx.seq;
+            server.sock.incoming.extend(client_record(&server, seq, APPLICATION_DATA, &vec![1; n]));
+            match server_reads(&mut server) {
+                Ok((data, _)) => assert!(ok && data.len() == n),
+                Err(e) => assert!(!ok && e.to_string().contains("record_overflow"), "{e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn fin_waits_for_close_notify_and_the_records_before_it() {
+        let (mut client, mut server) = pair(None);
+        server.sock.write_room = Some(10);
+        assert_eq!(server.write(&[IoSlice::new(&bytes(2_000, 3))]).unwrap(), 2_000);
+        server.close();
+        server.close(); // once only
+        assert!(!server.sock.fin.get(), "FIN before the records queued ahead of it");
+        server.sock.write_room = None;
+        server.flush().unwrap();
+        assert!(server.sock.fin.get());
+        assert_eq!(client_receives(&mut client, &mut server), bytes(2_000, 3));
+        assert!(client.process_new_packets().unwrap().peer_has_closed());
     }
 
     #[test]
