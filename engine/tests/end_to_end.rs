@@ -92,25 +92,3 @@ async fn two_producers_are_enriched_filtered_routed_and_sequenced() {
     alpha.close().await.unwrap();
     eventually("alpha disconnected", || t.feed_stats.connected() == 1).await;
 }
-
-/// The feed lets a read's ticks wait a moment for the next read's (one hand-off to the
-/// stage instead of several): ticks alone still reach the tick book within
-/// milliseconds, and a signal right behind held ticks takes them with it, so it is
-/// enriched with the last of them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn held_ticks_reach_the_book_and_go_ahead_of_the_signal_behind_them() {
-    let t = start(EngineConfig::default()).await;
-    let p = producer(t.feed_addr, "alpha").await;
-    p.send_tick(&tick("TCS", "NSE", "3500.00")).await.unwrap();
-    let sent = std::time::Instant::now();
-    eventually("a tick sent alone reaches the book", || t.engine.ticks.len() == 1).await;
-    assert!(sent.elapsed() < std::time::Duration::from_millis(500), "held for {:?}", sent.elapsed());
-
-    for i in 1..=20 {
-        p.send_tick(&tick("RELIANCE", "NSE", &format!("{}.00", 2_400 + i))).await.unwrap();
-    }
-    p.send_signal(&equity(1, 9_900)).await.unwrap();
-    p.flush().await.unwrap();
-    let msgs = wait_for(&t.engine, t.engine.channels.live(Tier::Enterprise), 1).await;
-    assert_eq!(data(&msgs[0])["market"]["last"], "2420.0000", "enriched with the last tick sent before it");
-}

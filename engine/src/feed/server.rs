@@ -191,22 +191,12 @@ struct Session {
     /// The highest producer seq seen or acknowledged: the next may be at most
     /// [`MAX_SEQ_STEP`] above it.
     last_seq: u64,
-    /// Decoded items on their way to the pipeline's queue (reused). Between reads it
-    /// holds only ticks, until `held_until`.
+    /// Decoded items on their way to the pipeline's queue (reused).
     items: Vec<IngestItem>,
-    /// When the ticks held in `items` go to the pipeline at the latest.
-    held_until: Option<Instant>,
 }
 
 /// The most decoded items handed to the pipeline's queue at once.
 const HANDOFF: usize = 256;
-
-/// How long a read's ticks may wait for the next read's before they go to the pipeline
-/// together (tokio's timers tick in milliseconds, so up to about 2 ms): a feed of
-/// 100,000 ticks a second arrives in two or three reads a millisecond, and waking the
-/// stage's thread for each was most of what a tick cost. A signal never waits: it takes
-/// the held ticks with it, in the order they came.
-const TICK_HOLD: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// How far one signal's `producer_seq` may jump past the producer's highest. Seqs need
 /// not be contiguous, but a seq near `u64::MAX` would make every later signal of the
@@ -223,7 +213,6 @@ where
         wr: Box::new(wr),
         buf: BytesMut::with_capacity(16 * 1024),
         items: Vec::new(),
-        held_until: None,
         out: Vec::with_capacity(256),
         scratch: AlignedVec::new(),
         ctx,
@@ -295,9 +284,6 @@ impl Session {
             return End::Io(e);
         }
         let end = self.stream(&slot, session, &hello.api_key.0, &mut stop).await;
-        // Ticks held when the connection ended still go in.
-        let mut held = std::mem::take(&mut self.items);
-        let _ = self.hand_off(&mut held).await;
         tracing::info!(%peer, producer = %slot.id, acked = slot.acked(), "producer disconnected");
         end
     }
@@ -324,15 +310,6 @@ impl Session {
                 return End::Io(e);
             }
             tokio::select! {
-                () = sleep_until(self.held_until.unwrap_or_else(Instant::now)), if self.held_until.is_some() => {
-                    self.held_until = None;
-                    let mut held = std::mem::take(&mut self.items);
-                    let handed = self.hand_off(&mut held).await;
-                    self.items = held;
-                    if let Err(end) = handed {
-                        return end;
-                    }
-                }
                 read = self.rd.read_buf(&mut self.buf) => match read {
                     Ok(0) if self.buf.is_empty() => return End::Closed,
                     Ok(0) => return End::Io(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, CodecError::Truncated)),
@@ -366,19 +343,7 @@ impl Session {
         let mut items = std::mem::take(&mut self.items);
         let result = loop {
             let decoded = self.decode_frames(slot, producer, &mut items);
-            // Ticks alone wait for the next read's (up to `TICK_HOLD`); anything else
-            // goes at once with the ticks before it.
-            let hold = matches!(decoded, Ok(false))
-                && items.len() < HANDOFF
-                && items.iter().all(|i| matches!(i, IngestItem::Tick(_)));
-            if hold {
-                if !items.is_empty() && self.held_until.is_none() {
-                    self.held_until = Some(Instant::now() + TICK_HOLD);
-                }
-                break Ok(());
-            }
             // What was decoded before a bad frame still goes in: it was valid.
-            self.held_until = None;
             if let Err(end) = self.hand_off(&mut items).await {
                 break Err(end);
             }
@@ -388,9 +353,7 @@ impl Session {
                 Err(end) => break Err(end),
             }
         };
-        if result.is_err() {
-            items.clear();
-        }
+        items.clear();
         self.items = items;
         result
     }
