@@ -55,7 +55,7 @@ struct Common {
     mix: bench::targets::Mix,
     /// signalcast and the peers serve WSS (TLS 1.3, a certificate made for the run;
     /// nginx on 8092) and subscribers connect through rustls, a full handshake each.
-    /// Light client only; not the reference or signalcast-kafka.
+    /// Either client mode; not the reference or signalcast-kafka.
     #[arg(long)]
     tls: bool,
 }

@@ -100,9 +100,6 @@ pub fn set_options(options: Options) -> anyhow::Result<()> {
     if options.deflate && options.client != ClientMode::Light {
         bail!("--deflate is measured with the light client (it inflates what it reads); drop --client");
     }
-    if options.tls && options.client != ClientMode::Light {
-        bail!("--tls is measured with the light client; drop --client");
-    }
     let _ = OPTIONS.set(options);
     Ok(())
 }

@@ -430,12 +430,12 @@ mod tungstenite {
 
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
-    use tokio_tungstenite::{WebSocketStream, client_async};
+    use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, client_async};
 
     use super::{Shared, now_us, sent_us};
     use crate::targets::{Endpoint, Target};
 
-    pub(super) type Ws = WebSocketStream<tokio::net::TcpStream>;
+    pub(super) type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
     fn io(e: impl std::fmt::Display) -> std::io::Error {
         std::io::Error::other(e.to_string())
@@ -443,9 +443,17 @@ mod tungstenite {
 
     /// Connects, upgrades and subscribes as the target wants.
     pub(super) async fn subscribe(ep: &Endpoint) -> std::io::Result<Ws> {
-        let stream = tokio::net::TcpStream::connect(ep.addr).await?;
-        stream.set_nodelay(true)?;
-        let url = format!("ws://{}{}", ep.addr, ep.path);
+        let tcp = tokio::net::TcpStream::connect(ep.addr).await?;
+        tcp.set_nodelay(true)?;
+        // `--tls`: WSS, the same rustls client as the light one's (a full handshake each).
+        let (stream, url) = match super::tls_connector(ep)? {
+            Some(connector) => {
+                let name = rustls::pki_types::ServerName::try_from("localhost").map_err(io)?;
+                let url = format!("wss://localhost:{}{}", ep.addr.port(), ep.path);
+                (MaybeTlsStream::Rustls(connector.connect(name, tcp).await?), url)
+            }
+            None => (MaybeTlsStream::Plain(tcp), format!("ws://{}{}", ep.addr, ep.path)),
+        };
         let (mut ws, _) = client_async(url, stream).await.map_err(io)?;
         async fn until(ws: &mut Ws, done: fn(&Message) -> bool) -> std::io::Result<()> {
             let fut = async {
