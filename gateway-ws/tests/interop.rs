@@ -98,12 +98,7 @@ async fn python_client_receives_a_signal(config: gateway::Config, answer: &str) 
 async fn wss_with_a_test_certificate_works_end_to_end() {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let mut cfg = config();
-    cfg.tls = Some(gateway::config::TlsConfig {
-        cert: temp_file("cert.pem", &cert.cert.pem()),
-        key: temp_file("key.pem", &cert.signing_key.serialize_pem()),
-        reload_interval_ms: 5_000,
-        feed: false,
-    });
+    cfg.tls = Some(serving(&cert));
     cfg.metrics_listen = Some("127.0.0.1:0".into());
     let server = start(cfg).await;
     assert!(server.tls);
@@ -169,6 +164,16 @@ async fn wss_with_a_test_certificate_works_end_to_end() {
     let _ = tokio::time::timeout(Duration::from_secs(15), plain.read_to_end(&mut out)).await;
     assert!(!String::from_utf8_lossy(&out).contains("signalcast_connections"), "metrics in plain HTTP");
     server.shutdown().await;
+}
+
+/// Serves WSS with `cert` (files written for the test; reloaded every 5 s).
+fn serving(cert: &rcgen::CertifiedKey<rcgen::KeyPair>) -> gateway::config::TlsConfig {
+    gateway::config::TlsConfig {
+        cert: temp_file("cert.pem", &cert.cert.pem()),
+        key: temp_file("key.pem", &cert.signing_key.serialize_pem()),
+        reload_interval_ms: 5_000,
+        feed: false,
+    }
 }
 
 /// A TLS client that trusts `roots`, offers only `versions` and never resumes.
@@ -536,12 +541,7 @@ async fn a_frame_pipelined_behind_the_upgrade_is_read_whole_over_tls_1_3_and_1_2
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let mut cfg = config();
-    cfg.tls = Some(gateway::config::TlsConfig {
-        cert: temp_file("cert.pem", &cert.cert.pem()),
-        key: temp_file("key.pem", &cert.signing_key.serialize_pem()),
-        reload_interval_ms: 5_000,
-        feed: false,
-    });
+    cfg.tls = Some(serving(&cert));
     let server = start(cfg).await;
     let p = producer(&server).await;
     for (n, version) in [&rustls::version::TLS13, &rustls::version::TLS12].into_iter().enumerate() {

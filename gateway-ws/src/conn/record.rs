@@ -461,8 +461,7 @@ impl HandshakeStream {
 
     /// The stream, and the bytes read of a record not yet whole.
     pub fn into_parts(self) -> (tokio::net::TcpStream, Vec<u8>) {
-        let partial = self.framing.partial;
-        (self.sock, if partial.is_empty() { Vec::new() } else { partial })
+        (self.sock, self.framing.partial)
     }
 }
 
@@ -476,6 +475,14 @@ struct Framing {
 impl Framing {
     fn note(&mut self, mut data: &[u8]) {
         while !data.is_empty() {
+            // A record that starts and ends within this read is only skipped over.
+            if self.partial.is_empty() && data.len() >= HEADER {
+                let whole = HEADER + usize::from(u16::from_be_bytes([data[3], data[4]]));
+                if data.len() >= whole {
+                    data = &data[whole..];
+                    continue;
+                }
+            }
             if self.partial.len() < HEADER {
                 let k = (HEADER - self.partial.len()).min(data.len());
                 self.partial.extend_from_slice(&data[..k]);
@@ -489,7 +496,7 @@ impl Framing {
             self.partial.extend_from_slice(&data[..k]);
             data = &data[k..];
             if self.partial.len() == HEADER + body {
-                self.partial.clear();
+                self.partial = Vec::new(); // nothing held between records
             }
         }
     }
@@ -823,6 +830,11 @@ mod tests {
         out
     }
 
+    /// A pair on AES-256-GCM, the suite [`clone_key`] rebuilds.
+    fn aes256_pair() -> (rustls::ClientConnection, Records<Pipe>) {
+        pair(Some(rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_256_GCM_SHA384))
+    }
+
     fn clone_key(k: &Keys) -> LessSafeKey {
         // Only the tests need a second copy; rebuild it from the raw key they kept.
         LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &k.raw).unwrap())
@@ -830,8 +842,7 @@ mod tests {
 
     #[test]
     fn empty_records_and_warning_alerts_are_bounded_and_data_before_a_bad_record_is_kept() {
-        let (_client, mut server) =
-            pair(Some(rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_256_GCM_SHA384));
+        let (_client, mut server) = aes256_pair();
         let seq = server.rx.seq;
         let mut wire = Vec::new();
         for i in 0..EMPTY_RECORDS as u64 {
@@ -851,8 +862,7 @@ mod tests {
         server.sock.incoming.extend(&wire);
         assert!(server_reads(&mut server).unwrap_err().to_string().contains("empty TLS records"));
 
-        let (_client, mut server) =
-            pair(Some(rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_256_GCM_SHA384));
+        let (_client, mut server) = aes256_pair();
         let seq = server.rx.seq;
         let wire: Vec<u8> = (0..=u64::from(WARNING_ALERTS))
             .flat_map(|i| client_record(&server, seq + i, ALERT, &[1, USER_CANCELED]))
@@ -861,8 +871,7 @@ mod tests {
         assert!(server_reads(&mut server).unwrap_err().to_string().contains("warning alerts"));
 
         // Good data, then a record that fails, in one read: the data is read first.
-        let (_client, mut server) =
-            pair(Some(rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_256_GCM_SHA384));
+        let (_client, mut server) = aes256_pair();
         let seq = server.rx.seq;
         let mut wire = client_record(&server, seq, APPLICATION_DATA, b"last frames");
         wire.extend(client_record(&server, seq + 1, HANDSHAKE, &[24, 0, 0, 1, 0]));
@@ -873,8 +882,7 @@ mod tests {
 
         // An inner plaintext over 2^14 + 1 bytes is refused even though it authenticates.
         for (n, ok) in [(MAX_PLAINTEXT, true), (MAX_PLAINTEXT + 1, false)] {
-            let (_client, mut server) =
-                pair(Some(rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_256_GCM_SHA384));
+            let (_client, mut server) = aes256_pair();
             let seq = server.rx.seq;
             server.sock.incoming.extend(client_record(&server, seq, APPLICATION_DATA, &vec![1; n]));
             match server_reads(&mut server) {
