@@ -134,7 +134,7 @@ fn stage(c: &mut Criterion) {
                         sent_ts: Some(now),
                         verdict: None,
                     };
-                    stage.handle(IngestItem::Signal(item), now);
+                    stage.handle(IngestItem::Signal(Box::new(item)), now);
                     if k % 256 == 255 {
                         stage.release_due(now);
                         stage.finish_batch();
@@ -216,7 +216,7 @@ fn ticks(c: &mut Criterion) {
             s.stop_loss = engine::model::Price::from_raw(1_000_000 - away * 100).unwrap();
             let item =
                 SignalItem { origin: Origin::Local, signal: s, ingest_ts: now, sent_ts: None, verdict: None };
-            stage.handle(IngestItem::Signal(item), now);
+            stage.handle(IngestItem::Signal(Box::new(item)), now);
             if n % 1_024 == 1_023 {
                 stage.finish_batch();
             }

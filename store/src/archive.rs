@@ -221,13 +221,13 @@ mod tests {
             let signal = engine::testkit::signal_at(n, confidence, "RELIANCE", "NSE", Category::Equity, now);
             let origin = Origin::Producer { slot: slot.index, seq: n as u64 };
             stage.handle(
-                IngestItem::Signal(SignalItem {
+                IngestItem::Signal(Box::new(SignalItem {
                     origin,
                     signal,
                     ingest_ts: now,
                     sent_ts: None,
                     verdict: None,
-                }),
+                })),
                 now,
             );
         }
@@ -259,13 +259,13 @@ mod tests {
         let now = UnixNanos::now();
         let signal = |n: u128| engine::testkit::signal_at(n, 9_500, "RELIANCE", "NSE", Category::Equity, now);
         let item = |n: u128| {
-            IngestItem::Signal(SignalItem {
+            IngestItem::Signal(Box::new(SignalItem {
                 origin: Origin::Local,
                 signal: signal(n),
                 ingest_ts: now,
                 sent_ts: None,
                 verdict: None,
-            })
+            }))
         };
         // A node's life: a stage over channels with the store's epochs, restored from it.
         let start = || {

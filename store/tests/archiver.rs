@@ -53,13 +53,13 @@ fn publish(stage: &mut Stage, ns: std::ops::RangeInclusive<u128>) {
             let category = if n % 2 == 0 { Category::Equity } else { Category::Crypto };
             let signal = engine::testkit::signal_at(n, confidence(n), symbol, "NSE", category, now);
             stage.handle(
-                IngestItem::Signal(SignalItem {
+                IngestItem::Signal(Box::new(SignalItem {
                     origin: Origin::Local,
                     signal,
                     ingest_ts: now,
                     sent_ts: None,
                     verdict: None,
-                }),
+                })),
                 now,
             );
         }

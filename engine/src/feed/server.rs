@@ -394,13 +394,13 @@ impl Session {
                     }
                     self.last_seq = self.last_seq.max(producer_seq);
                     self.ctx.stats.signals.fetch_add(1, Ordering::Relaxed);
-                    IngestItem::Signal(SignalItem {
+                    IngestItem::Signal(Box::new(SignalItem {
                         origin: Origin::Producer { slot, seq: producer_seq },
                         signal,
                         ingest_ts: UnixNanos::now(),
                         sent_ts: sent_at,
                         verdict: None,
-                    })
+                    }))
                 }
                 ProducerMessage::Tick(_) if !self.may_tick => {
                     return Err(refuse(

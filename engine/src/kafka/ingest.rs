@@ -334,14 +334,14 @@ fn take(cfg: &KafkaConfig, ctx: &IngestContext, m: &BorrowedMessage<'_>, scratch
                 Timestamp::CreateTime(ms) => UnixNanos::from_micros(ms.saturating_mul(1000)),
                 _ => None,
             });
-            Ok(IngestItem::Signal(SignalItem {
+            Ok(IngestItem::Signal(Box::new(SignalItem {
                 origin: Origin::Kafka { partition: m.partition() },
                 signal,
                 ingest_ts: UnixNanos::now(),
                 sent_ts,
                 // The signer, so that the signal is stored with its producer.
                 verdict: signer.map(|p| crate::pipeline::Verdict::new(p.into())),
-            }))
+            })))
         }
     });
     Taken {

@@ -307,7 +307,7 @@ impl Stage {
             self.apply_rebalances();
         }
         match item {
-            IngestItem::Signal(s) => self.on_signal(s, now),
+            IngestItem::Signal(s) => self.on_signal(&s, now),
             IngestItem::Tick(t) => self.on_tick(&t, now),
             IngestItem::Routed(r) => self.on_routed(*r),
             IngestItem::Done(d) => self.done.push(d),
@@ -398,8 +398,8 @@ impl Stage {
         }
     }
 
-    fn on_signal(&mut self, item: SignalItem, now: UnixNanos) {
-        let outcome = self.route_signal(&item, now);
+    fn on_signal(&mut self, item: &SignalItem, now: UnixNanos) {
+        let outcome = self.route_signal(item, now);
         if let Some(v) = &item.verdict {
             v.set(outcome);
         }

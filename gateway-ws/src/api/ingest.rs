@@ -151,7 +151,7 @@ pub async fn serve(req: Request<Incoming>, app: &Arc<App>, ticks: bool) -> Respo
                         verdict: Some(Arc::clone(&verdict)),
                     };
                     // Waits while the queue is full: a fast producer is slowed here too.
-                    if ingest.queue.send(IngestItem::Signal(item)).await.is_err() {
+                    if ingest.queue.send(IngestItem::Signal(Box::new(item))).await.is_err() {
                         return stopped();
                     }
                     Result_::Pending(Some(id), verdict)

@@ -42,23 +42,23 @@ fn signal(n: u128, confidence: u16) -> Signal {
 }
 
 fn local(s: Signal) -> IngestItem {
-    IngestItem::Signal(SignalItem {
+    IngestItem::Signal(Box::new(SignalItem {
         origin: Origin::Local,
         signal: s,
         ingest_ts: T0,
         sent_ts: None,
         verdict: None,
-    })
+    }))
 }
 
 fn from_producer(slot: u32, seq: u64, s: Signal) -> IngestItem {
-    IngestItem::Signal(SignalItem {
+    IngestItem::Signal(Box::new(SignalItem {
         origin: Origin::Producer { slot, seq },
         signal: s,
         ingest_ts: T0,
         sent_ts: None,
         verdict: None,
-    })
+    }))
 }
 
 fn tick(last: i64, ts: UnixNanos) -> Tick {

@@ -63,9 +63,11 @@ impl Core {
     /// Stops every delivery to connection `i`.
     pub(super) fn forget_subscriptions(&mut self, i: usize) {
         let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) else { return };
-        for idx in c.signals.iter_mut().filter_map(Option::take) {
-            self.subs[usize::from(idx)].retain(|s| s.conn != i);
+        let signals = std::mem::take(&mut c.signals);
+        for idx in signals.into_iter().flatten() {
+            self.unlink_sub(usize::from(idx), i);
         }
+        let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) else { return };
         if let Some(sub) = c.prices.take() {
             self.prices.remove(i, &sub);
         }
@@ -149,6 +151,7 @@ impl Core {
         entry.skip_until = entry.skip_until.max(sub.head);
         entry.last_seq = entry.last_seq.max(entry.skip_until);
         c.signals[tier.index()] = Some(idx as u8);
+        c.sub_pos[tier.index()] = self.subs[idx].len() as u32;
         if self.subs[idx].is_empty() {
             // Nobody on this shard read this log: start from the subscription's head.
             self.cursors[idx] = sub.cursor;
@@ -237,8 +240,30 @@ impl Core {
     pub(super) fn remove_signal_sub(&mut self, i: usize, tier: Tier) -> Option<Sub> {
         let c = self.conns.get_mut(i)?.as_mut()?;
         let idx = usize::from(c.signals[tier.index()].take()?);
-        let pos = self.subs[idx].iter().position(|s| s.conn == i)?;
-        Some(self.subs[idx].swap_remove(pos))
+        self.unlink_sub(idx, i)
+    }
+
+    /// Takes connection `i`'s subscription out of log `idx`'s subscribers in O(1): the
+    /// last one moves into its place (delivery order among a shard's subscribers means
+    /// nothing) and learns its new position.
+    fn unlink_sub(&mut self, idx: usize, i: usize) -> Option<Sub> {
+        let tier = idx / 2;
+        let pos = self.conns.get(i)?.as_ref()?.sub_pos[tier] as usize;
+        let subs = &mut self.subs[idx];
+        debug_assert!(subs.get(pos).is_some_and(|s| s.conn == i), "subscriber position out of date");
+        // Never take someone else's subscription, even if a position went stale.
+        let pos = if subs.get(pos).is_some_and(|s| s.conn == i) {
+            pos
+        } else {
+            subs.iter().position(|s| s.conn == i)?
+        };
+        let sub = subs.swap_remove(pos);
+        if let Some(moved) = subs.get(pos).map(|s| s.conn)
+            && let Some(c) = self.conns.get_mut(moved).and_then(Option::as_mut)
+        {
+            c.sub_pos[tier] = pos as u32;
+        }
+        Some(sub)
     }
 
     /// Subscribes connection `i` to the conflated price stream (replacing its current

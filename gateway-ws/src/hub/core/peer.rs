@@ -49,6 +49,9 @@ pub(super) struct Peer {
     pub quota: Arc<UserQuota>,
     /// Signal channels subscribed: log index per channel tier.
     pub signals: [Option<u8>; 4],
+    /// Where each of those subscriptions stands in its log's subscriber list, so that a
+    /// close unlinks it without a scan of the shard's subscribers.
+    pub sub_pos: [u32; 4],
     /// The filter of each signal channel's subscription (`None`: everything).
     pub filters: [Option<Arc<crate::protocol::filter::Filter>>; 4],
     /// `prices_general`: its watchlist and rate.
@@ -93,6 +96,7 @@ impl Peer {
             session,
             quota,
             signals: [None; 4],
+            sub_pos: [0; 4],
             filters: [None, None, None, None],
             prices: None,
             user_channel: false,

@@ -186,7 +186,7 @@ impl Harness {
             sent_ts: None,
             verdict: None,
         };
-        self.stage.handle(IngestItem::Signal(item), self.clock.unix);
+        self.stage.handle(IngestItem::Signal(Box::new(item)), self.clock.unix);
         self.stage.finish_batch();
         self.core.fan_out(self.clock);
     }
@@ -300,6 +300,43 @@ fn only_the_users_categories_arrive_and_seq_stays_the_channels() {
     let e = h.route(8_000, Category::Crypto);
     assert_eq!(h.signals(c), [(2, b), (4, e)], "increasing, not contiguous");
     assert_eq!(h.ids(all), [a, b, d, e]);
+}
+
+#[test]
+fn closes_and_unsubscribes_in_any_order_leave_every_other_subscriber_its_messages_once() {
+    let mut h = harness();
+    let conns: Vec<ConnId> = (0..6).map(|k| h.connect(session(&format!("u{k}"), Tier::Premium))).collect();
+    for &c in &conns {
+        h.subscribe(c, "signals_premium");
+    }
+    let first = h.route(8_000, Category::Equity);
+    for &c in &conns {
+        assert_eq!(h.ids(c), [first], "conn {c}");
+    }
+    // The first, a middle one and the last leave different ways; the ones moved into
+    // their places must still be found when they leave in turn.
+    h.core.remove(conns[0]);
+    h.send(conns[3], r#"{"type":"UNSUBSCRIBE","channel":"signals_premium"}"#);
+    h.core.remove(conns[5]);
+    assert_eq!(h.read(conns[3])[0].json()["type"], "UNSUBSCRIBED");
+    let second = h.route(8_000, Category::Equity);
+    for &c in &[conns[1], conns[2], conns[4]] {
+        assert_eq!(h.ids(c), [second], "once (conn {c})");
+    }
+    assert!(h.ids(conns[3]).is_empty(), "nothing after UNSUBSCRIBE");
+    h.core.remove(conns[4]);
+    h.core.remove(conns[1]);
+    h.subscribe(conns[3], "signals_premium");
+    let late = h.connect(session("late", Tier::Premium));
+    h.subscribe(late, "signals_premium");
+    let third = h.route(8_000, Category::Equity);
+    for c in [conns[2], conns[3], late] {
+        assert_eq!(h.ids(c), [third], "once (conn {c})");
+    }
+    h.core.remove(conns[2]);
+    h.core.remove(late);
+    let fourth = h.route(8_000, Category::Equity);
+    assert_eq!(h.ids(conns[3]), [fourth]);
 }
 
 // ----- quota -----
@@ -1019,13 +1056,13 @@ fn a_swap_answers_where_the_subscription_stands_and_loses_nothing_behind_it() {
     let mut s = engine::testkit::signal_at(1, 9_000, "INFY", "NSE", Category::Equity, h.clock.unix);
     s.signal_type = Buy;
     h.stage.handle(
-        IngestItem::Signal(SignalItem {
+        IngestItem::Signal(Box::new(SignalItem {
             origin: Origin::Local,
             signal: s,
             ingest_ts: h.clock.unix,
             sent_ts: None,
             verdict: None,
-        }),
+        })),
         h.clock.unix,
     );
     h.stage.finish_batch();
