@@ -79,16 +79,20 @@ where
     let header_timeout = deadline
         .saturating_duration_since(tokio::time::Instant::now())
         .max(std::time::Duration::from_millis(1));
-    let svc = service_fn(move |req| {
-        let app = Arc::clone(&app);
-        async move {
-            Ok::<_, Infallible>(if req.uri().path().starts_with("/v1/") {
-                crate::api::handle(req, peer, app).await
-            } else {
-                route(req, peer, app)
-            })
-        }
-    });
+    let accepted = Slot::default();
+    let svc = {
+        let (app, accepted) = (Arc::clone(&app), Arc::clone(&accepted));
+        service_fn(move |req| {
+            let (app, accepted) = (Arc::clone(&app), Arc::clone(&accepted));
+            async move {
+                Ok::<_, Infallible>(if req.uri().path().starts_with("/v1/") {
+                    crate::api::handle(req, peer, app).await
+                } else {
+                    route(req, peer, app, &accepted)
+                })
+            }
+        })
+    };
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         // A client that trickles its request headers (slowloris) is cut off.
@@ -97,6 +101,49 @@ where
         .with_upgrades();
     if let Err(e) = conn.await {
         tracing::debug!(error = %e, "http connection ended with an error");
+    }
+    // hyper ends the connection as soon as it has written the 101 and handed the socket
+    // to the upgrade, so the hand-off to a shard goes on in this task.
+    let taken = accepted.lock().ok().and_then(|mut a| a.take());
+    if let Some(a) = taken {
+        a.attach(&app).await;
+    }
+}
+
+/// Where the `/ws` route leaves an accepted upgrade for the connection's task.
+type Slot = Arc<std::sync::Mutex<Option<Accepted>>>;
+
+/// An upgrade the gateway answered with 101: what the shard needs besides the socket.
+struct Accepted {
+    upgrade: fastwebsockets::upgrade::UpgradeFut,
+    session: crate::auth::Session,
+    admitted: crate::admission::Admitted,
+    subscribe: Vec<ChannelName>,
+    deflate: Option<crate::ws::deflate::Agreed>,
+}
+
+impl Accepted {
+    async fn attach(self, app: &App) {
+        let Self { upgrade, session, admitted, subscribe, deflate } = self;
+        let attach = match upgrade.await {
+            Ok(ws) => into_io(ws.into_inner().into_inner()),
+            Err(e) => Err(std::io::Error::other(e)),
+        };
+        match attach {
+            Ok((io, input)) => {
+                if let Err(e) = app.hub.attach(Attach {
+                    io,
+                    input,
+                    session,
+                    admitted: Some(admitted),
+                    subscribe,
+                    deflate,
+                }) {
+                    tracing::warn!(error = %e, "websocket dropped after the upgrade");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+        }
     }
 }
 
@@ -171,7 +218,7 @@ where
     }
 }
 
-fn route(req: Request<Incoming>, peer: Option<IpAddr>, app: Arc<App>) -> Response<Body> {
+fn route(req: Request<Incoming>, peer: Option<IpAddr>, app: Arc<App>, accepted: &Slot) -> Response<Body> {
     if req.method() != Method::GET {
         return json_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "only GET is served");
     }
@@ -181,7 +228,7 @@ fn route(req: Request<Incoming>, peer: Option<IpAddr>, app: Arc<App>) -> Respons
             "engine_node",
             "this node runs the engine role; connect to a gateway",
         ),
-        "/ws" => websocket(req, peer, app),
+        "/ws" => websocket(req, peer, app, accepted),
         "/health/live" => respond(StatusCode::OK, "text/plain", "ok\n"),
         "/health/ready" if app.is_draining() => {
             respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n")
@@ -229,7 +276,12 @@ fn route(req: Request<Incoming>, peer: Option<IpAddr>, app: Arc<App>) -> Respons
     }
 }
 
-fn websocket(mut req: Request<Incoming>, peer: Option<IpAddr>, app: Arc<App>) -> Response<Body> {
+fn websocket(
+    mut req: Request<Incoming>,
+    peer: Option<IpAddr>,
+    app: Arc<App>,
+    accepted: &Slot,
+) -> Response<Body> {
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
         return json_error(
             StatusCode::UPGRADE_REQUIRED,
@@ -299,27 +351,9 @@ fn websocket(mut req: Request<Incoming>, peer: Option<IpAddr>, app: Arc<App>) ->
         deflate = Some(n.agreed);
     }
     app.stats.upgraded();
-    tokio::spawn(async move {
-        let attach = match upgrade.await {
-            Ok(ws) => into_io(ws.into_inner().into_inner()),
-            Err(e) => Err(std::io::Error::other(e)),
-        };
-        match attach {
-            Ok((io, input)) => {
-                if let Err(e) = app.hub.attach(Attach {
-                    io,
-                    input,
-                    session,
-                    admitted: Some(admitted),
-                    subscribe,
-                    deflate,
-                }) {
-                    tracing::warn!(error = %e, "websocket dropped after the upgrade");
-                }
-            }
-            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
-        }
-    });
+    if let Ok(mut slot) = accepted.lock() {
+        *slot = Some(Accepted { upgrade, session, admitted, subscribe, deflate });
+    }
     response.map(|_| Full::new(Bytes::new()))
 }
 
