@@ -53,6 +53,12 @@ struct Common {
     /// mix compression is measured on).
     #[arg(long, value_enum, default_value = "padded")]
     mix: bench::targets::Mix,
+    /// What the peers and the reference send: `pad` (a small JSON envelope padded to the
+    /// size, the default) or `signal` (the bytes of signalcast's SIGNAL_UPDATE of the
+    /// padded mix, market snapshot and all, with their own seq and send time): the same
+    /// work for clients that parse every message, whichever server they read.
+    #[arg(long, value_enum, default_value = "pad")]
+    peer_body: bench::targets::PeerBody,
     /// signalcast and the peers serve WSS (TLS 1.3, a certificate made for the run;
     /// nginx on 8092) and subscribers connect through rustls, a full handshake each.
     /// Either client mode; not the reference or signalcast-kafka.
@@ -323,6 +329,7 @@ async fn orchestrate(cmd: Cmd) -> anyhow::Result<()> {
             filter: common.filter.clone(),
             deflate: common.deflate,
             mix: common.mix,
+            peer_body: common.peer_body,
             tls: common.tls,
         })?;
     }

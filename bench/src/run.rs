@@ -89,6 +89,8 @@ pub struct Options {
     pub deflate: bool,
     /// What signalcast's publisher sends.
     pub mix: Mix,
+    /// What the peers' and the reference's publishers send.
+    pub peer_body: crate::targets::PeerBody,
     /// The signalcast target serves WSS (light client only).
     pub tls: bool,
 }

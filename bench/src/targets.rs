@@ -455,8 +455,59 @@ async fn nchan_subscribers() -> anyhow::Result<usize> {
     Ok(line.trim_start_matches("subscribers:").trim().parse()?)
 }
 
-/// A peer message of `size` bytes that carries its send time like signalcast's does.
+/// What the peers and the reference publish (`--peer-body`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerBody {
+    /// A small envelope padded to the size ([`padded_payload`]).
+    #[default]
+    Pad,
+    /// signalcast's own SIGNAL_UPDATE of the padded mix ([`signal_payload`]).
+    Signal,
+}
+
+/// A peer message of about `size` bytes that carries its send time like signalcast's
+/// does, shaped as `--peer-body` says.
 pub fn peer_payload(seq: u64, size: usize) -> Vec<u8> {
+    match crate::run::options().peer_body {
+        PeerBody::Pad => padded_payload(seq, size),
+        PeerBody::Signal => signal_payload(seq, size),
+    }
+}
+
+/// The SIGNAL_UPDATE a signalcast subscriber of `signals_premium` gets for the padded
+/// mix at `size` (the bench's signal, routed with the bench's tick as its market
+/// snapshot), with `seq` and the send time now: a peer sending it costs its clients what
+/// signalcast's messages cost them.
+pub fn signal_payload(seq: u64, size: usize) -> Vec<u8> {
+    let now = UnixNanos::now();
+    let (mut s, _) = bench_signal(size);
+    s.id = uuid::Uuid::from_u128(u128::from(seq));
+    let tick = bench_tick(now);
+    let market = engine::pipeline::enrich::snapshot(&tick, now);
+    let mut data = Vec::new();
+    engine::pipeline::encode::signal_data(&mut data, &s, Some(&market), now, now, Some(now));
+    let mut text = Vec::new();
+    engine::pipeline::encode::signal_update(&mut text, "signals_premium", seq, &data);
+    text
+}
+
+/// The tick the padded mix's publisher sends first: the market snapshot its signals
+/// are routed with.
+fn bench_tick(ts: UnixNanos) -> engine::model::Tick {
+    engine::model::Tick {
+        symbol: Symbol::new("RELIANCE").unwrap_or_else(|_| unreachable!()),
+        exchange: Exchange::new("NSE").unwrap_or_else(|_| unreachable!()),
+        bid: Price::from_raw(24_567_000).unwrap_or_default(),
+        ask: Price::from_raw(24_568_000).unwrap_or_default(),
+        last: Price::from_raw(24_567_500).unwrap_or_default(),
+        volume: 1_000,
+        ts,
+    }
+}
+
+/// A small JSON envelope padded with `x` to `size` bytes.
+pub fn padded_payload(seq: u64, size: usize) -> Vec<u8> {
     let head = format!(
         r#"{{"type":"SIGNAL_UPDATE","channel":"signals_premium","seq":{seq},"data":{{"sent_ts":{},"pad":""#,
         crate::proto::now_us()
@@ -549,7 +600,9 @@ pub fn fixture_mix() -> (Vec<Signal>, usize, Vec<engine::model::Tick>) {
 
 /// The signal the bench publishes into signalcast: passes every tier, equity (in the
 /// bench user's categories), with `analysis` padding so the SIGNAL_UPDATE is about
-/// `size` bytes. Returns the signal and the size clients will actually see.
+/// `size` bytes. Returns the signal and the size clients will actually see: counted
+/// with the market snapshot it is routed with (the publisher sends [`bench_tick`]
+/// first), which the peers' messages of that size must match.
 pub fn bench_signal(size: usize) -> (Signal, usize) {
     let now = UnixNanos::now();
     let mut s = Signal {
@@ -569,8 +622,9 @@ pub fn bench_signal(size: usize) -> (Signal, usize) {
         expires_at: now.plus_nanos(24 * 3_600_000_000_000),
         analysis: None,
     };
+    let market = engine::pipeline::enrich::snapshot(&bench_tick(now), now);
     let mut data = Vec::new();
-    engine::pipeline::encode::signal_data(&mut data, &s, None, now, now, Some(now));
+    engine::pipeline::encode::signal_data(&mut data, &s, Some(&market), now, now, Some(now));
     let mut text = Vec::new();
     engine::pipeline::encode::signal_update(&mut text, "signals_premium", 1_000_000, &data);
     let base = text.len();
@@ -617,18 +671,7 @@ impl Publisher {
                     ProducerConfig::new(server.publish.to_string(), "bench", "dev-bench-1234567890abcdef");
                 let producer = Producer::connect(cfg).await?;
                 let (templates, ticks) = match mix {
-                    Mix::Padded => {
-                        let tick = engine::model::Tick {
-                            symbol: Symbol::new("RELIANCE")?,
-                            exchange: Exchange::new("NSE")?,
-                            bid: Price::from_raw(24_567_000).unwrap_or_default(),
-                            ask: Price::from_raw(24_568_000).unwrap_or_default(),
-                            last: Price::from_raw(24_567_500).unwrap_or_default(),
-                            volume: 1_000,
-                            ts: UnixNanos::now(),
-                        };
-                        (vec![bench_signal(size).0], vec![tick])
-                    }
+                    Mix::Padded => (vec![bench_signal(size).0], vec![bench_tick(UnixNanos::now())]),
                     Mix::Fixtures => {
                         let (signals, _, ticks) = fixture_mix();
                         (signals, ticks)
@@ -703,5 +746,29 @@ impl Publisher {
             producer.flush().await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signal_body_is_a_signal_update_with_its_market_and_send_time() {
+        let before = crate::proto::now_us();
+        let body = signal_payload(42, 735);
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        assert_eq!((v["type"].as_str(), v["seq"].as_u64()), (Some("SIGNAL_UPDATE"), Some(42)));
+        assert_eq!(v["data"]["symbol"], "RELIANCE");
+        assert!(v["data"]["market"].is_object(), "{v}");
+        assert!(v["data"]["analysis"].as_str().is_some_and(|a| a.starts_with("xx")), "padded: {v}");
+        let sent = crate::proto::sent_us(&body).expect("a send time");
+        assert!(sent >= before && sent <= crate::proto::now_us(), "{sent}");
+        // The size signalcast's subscribers see (the seq's digits aside), and the
+        // padded envelope of that size.
+        let seen = bench_signal(735).1;
+        assert_eq!(seen, 735);
+        assert!(body.len().abs_diff(seen) <= 8, "{} against {seen}", body.len());
+        assert_eq!(padded_payload(42, seen).len(), seen);
     }
 }

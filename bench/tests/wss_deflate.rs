@@ -61,7 +61,8 @@ async fn installed_peers_serve_wss() {
 
 #[test]
 fn deflate_and_tls_need_the_light_client() {
-    let options = |client| Options { client, deflate: true, tls: false, mix: Mix::Padded, filter: None };
+    let options =
+        |client| Options { client, deflate: true, tls: false, mix: Mix::Padded, ..Default::default() };
     let e = bench::run::set_options(options(bench::worker::ClientMode::Tungstenite)).unwrap_err();
     assert!(e.to_string().contains("--deflate"), "{e}");
 }
