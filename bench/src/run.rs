@@ -91,7 +91,7 @@ pub struct Options {
     pub mix: Mix,
     /// What the peers' and the reference's publishers send.
     pub peer_body: crate::targets::PeerBody,
-    /// The signalcast target serves WSS (light client only).
+    /// signalcast and the peers serve WSS (either client mode).
     pub tls: bool,
 }
 

@@ -483,10 +483,15 @@ pub fn signal_payload(seq: u64, size: usize) -> Vec<u8> {
     let now = UnixNanos::now();
     let (mut s, _) = bench_signal(size);
     s.id = uuid::Uuid::from_u128(u128::from(seq));
-    let tick = bench_tick(now);
-    let market = engine::pipeline::enrich::snapshot(&tick, now);
+    premium_update(&s, Some(&bench_tick(now)), seq, now)
+}
+
+/// `s` as signalcast's `signals_premium` subscribers get it, routed `now` with `tick`'s
+/// market snapshot, under `seq`.
+fn premium_update(s: &Signal, tick: Option<&engine::model::Tick>, seq: u64, now: UnixNanos) -> Vec<u8> {
+    let market = tick.map(|t| engine::pipeline::enrich::snapshot(t, now));
     let mut data = Vec::new();
-    engine::pipeline::encode::signal_data(&mut data, &s, Some(&market), now, now, Some(now));
+    engine::pipeline::encode::signal_data(&mut data, s, market.as_ref(), now, now, Some(now));
     let mut text = Vec::new();
     engine::pipeline::encode::signal_update(&mut text, "signals_premium", seq, &data);
     text
@@ -587,12 +592,7 @@ pub fn fixture_mix() -> (Vec<Signal>, usize, Vec<engine::model::Tick>) {
     }
     let mut total = 0;
     for s in &signals {
-        let market = ticks.get(&s.symbol).map(|t| engine::pipeline::enrich::snapshot(t, now));
-        let mut data = Vec::new();
-        engine::pipeline::encode::signal_data(&mut data, s, market.as_ref(), now, now, Some(now));
-        let mut text = Vec::new();
-        engine::pipeline::encode::signal_update(&mut text, "signals_premium", 1_000_000, &data);
-        total += text.len();
+        total += premium_update(s, ticks.get(&s.symbol), 1_000_000, now).len();
     }
     let mean = total.checked_div(signals.len()).unwrap_or(0);
     (signals, mean, ticks.into_values().collect())
@@ -622,12 +622,7 @@ pub fn bench_signal(size: usize) -> (Signal, usize) {
         expires_at: now.plus_nanos(24 * 3_600_000_000_000),
         analysis: None,
     };
-    let market = engine::pipeline::enrich::snapshot(&bench_tick(now), now);
-    let mut data = Vec::new();
-    engine::pipeline::encode::signal_data(&mut data, &s, Some(&market), now, now, Some(now));
-    let mut text = Vec::new();
-    engine::pipeline::encode::signal_update(&mut text, "signals_premium", 1_000_000, &data);
-    let base = text.len();
+    let base = premium_update(&s, Some(&bench_tick(now)), 1_000_000, now).len();
     if size > base + 2 {
         // `null` becomes `"xxx…"`: 2 quotes + k bytes instead of 4.
         let k = size - base + 2;

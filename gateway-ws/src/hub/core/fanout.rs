@@ -250,13 +250,10 @@ impl Core {
         let tier = idx / 2;
         let pos = self.conns.get(i)?.as_ref()?.sub_pos[tier] as usize;
         let subs = &mut self.subs[idx];
-        debug_assert!(subs.get(pos).is_some_and(|s| s.conn == i), "subscriber position out of date");
+        let current = subs.get(pos).is_some_and(|s| s.conn == i);
+        debug_assert!(current, "subscriber position out of date");
         // Never take someone else's subscription, even if a position went stale.
-        let pos = if subs.get(pos).is_some_and(|s| s.conn == i) {
-            pos
-        } else {
-            subs.iter().position(|s| s.conn == i)?
-        };
+        let pos = if current { pos } else { subs.iter().position(|s| s.conn == i)? };
         let sub = subs.swap_remove(pos);
         if let Some(moved) = subs.get(pos).map(|s| s.conn)
             && let Some(c) = self.conns.get_mut(moved).and_then(Option::as_mut)
