@@ -596,7 +596,7 @@ const QUOTA_FLUSH: Duration = Duration::from_secs(1);
 /// checkpoints the store's write-ahead log as often.
 fn quota_writer(
     config: &Config,
-    quotas: &crate::hub::QuotaBook,
+    quotas: &Arc<crate::hub::QuotaBook>,
     stop: Arc<AtomicBool>,
 ) -> Result<std::thread::JoinHandle<()>, StartError> {
     let mut side = store::SqliteStore::open_side(&config.store.data_dir)?;
@@ -605,9 +605,15 @@ fn quota_writer(
     let charges = side.charges(today)?;
     tracing::info!(charges = charges.len(), "today's quota charges read back from the signal store");
     quotas.restore(today, charges.into_iter().map(|c| (c.user, c.log, c.seq)));
-    let flush = move |side: &mut store::SqliteStore| {
-        let rows: Vec<store::Charge> = journal
-            .take()
+    let quotas = Arc::clone(quotas);
+    let mut lost = 0;
+    let mut flush = move |side: &mut store::SqliteStore| {
+        if journal.lost() > lost {
+            lost = journal.lost();
+            tracing::warn!(lost, "quota charges not written to the store: a user's waiting list was full");
+        }
+        let rows: Vec<store::Charge> = quotas
+            .journaled()
             .into_iter()
             .map(|(day, user, log, seq)| store::Charge { day, user: user.to_string(), log, seq })
             .collect();

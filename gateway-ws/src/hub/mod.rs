@@ -197,7 +197,7 @@ impl Hub {
     }
 
     /// The daily quotas of every user, which HTTP history charges too.
-    pub fn quotas(&self) -> &QuotaBook {
+    pub fn quotas(&self) -> &Arc<QuotaBook> {
         &self.quotas
     }
 

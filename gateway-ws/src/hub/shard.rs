@@ -270,7 +270,7 @@ impl Shard {
                 Err(e) => return Err(e),
             }
         }
-        if self.core.flushed(i, Clock::now()) {
+        if self.core.flushed(i, std::time::Instant::now) {
             s.io.shutdown_write();
         }
         Ok(())

@@ -213,7 +213,7 @@ impl Harness {
             bytes.extend(chunk);
             self.core.written(i, len, self.clock.unix);
         }
-        self.core.flushed(i, self.clock);
+        self.core.flushed(i, || self.clock.mono);
         parse_frames(&bytes)
     }
 
