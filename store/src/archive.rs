@@ -83,8 +83,8 @@ impl Archive for StoreArchive {
             // lossy path is for a bug, and costs a scan per signal when used always).
             data: std::str::from_utf8(r.data)
                 .map_or_else(|_| String::from_utf8_lossy(r.data).into_owned(), str::to_owned),
-            // SQLite reads market_conditions out of `data` (a generated column): the
-            // snapshot is not encoded a second time.
+            // SQLite's market_conditions is read out of `data` (the view
+            // trading_signals_json): the snapshot is not encoded a second time.
             market: None,
             ingest_ts: r.ingest_ts,
             routed_ts: r.routed_ts,

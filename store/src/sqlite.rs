@@ -18,6 +18,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/V2__heads.sql"),
     include_str!("../migrations/sqlite/V3__quota.sql"),
     include_str!("../migrations/sqlite/V4__outcomes.sql"),
+    include_str!("../migrations/sqlite/V5__no_generated_columns.sql"),
 ];
 
 /// The column of `tier`'s seq in `trading_signals`.
@@ -111,6 +112,12 @@ impl SqliteStore {
     /// [`SqliteStore::open`] with every setting. Takes the data directory's lock (the
     /// `LOCK` file): one writer per directory.
     pub fn open_with(dir: &Path, settings: Settings) -> Result<Self, StoreError> {
+        Self::open_at(dir, settings, MIGRATIONS.len())
+    }
+
+    /// [`open_with`](Self::open_with), the schema migrated up to version `target` (an
+    /// older binary's store, for the migrations' tests).
+    fn open_at(dir: &Path, settings: Settings, target: usize) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|source| StoreError::CreateDir { path: dir.display().to_string(), source })?;
         let lock_path = dir.join("LOCK");
@@ -155,7 +162,7 @@ impl SqliteStore {
         ))
         .map_err(|e| write_error(e, &path))?;
         let mut store = Self { conn, path, _lock: Some(lock) };
-        store.migrate()?;
+        store.migrate_to(target)?;
         if settings.max_bytes > 0 {
             let page: u64 = store.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
             let pages = (settings.max_bytes / page.max(1)).max(1);
@@ -275,7 +282,10 @@ impl SqliteStore {
         &self.path
     }
 
-    fn migrate(&mut self) -> Result<(), StoreError> {
+    /// Applies the migrations up to the `target`th. Foreign keys are off meanwhile (a
+    /// migration that rebuilds a table needs them off, and they cannot change inside a
+    /// transaction) and checked before each commit.
+    fn migrate_to(&mut self, target: usize) -> Result<(), StoreError> {
         let path = self.path.clone();
         let applied: usize = self
             .conn
@@ -287,13 +297,40 @@ impl SqliteStore {
                 reason: format!("schema version {applied} is newer than this binary's {}", MIGRATIONS.len()),
             });
         }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
-            let tx = self.conn.transaction().map_err(|e| write_error(e, &path))?;
-            tx.execute_batch(sql).map_err(|e| write_error(e, &path))?;
-            tx.pragma_update(None, "user_version", i + 1).map_err(|e| write_error(e, &path))?;
-            tx.commit().map_err(|e| write_error(e, &path))?;
+        if applied >= target {
+            return Ok(());
         }
-        Ok(())
+        let signals: i64 = if applied > 0 {
+            self.conn.query_row("SELECT COUNT(*) FROM trading_signals", [], |r| r.get(0)).unwrap_or(0)
+        } else {
+            0
+        };
+        if applied > 0 {
+            tracing::info!(from = applied, to = target, signals, path = %path.display(), "migrating the signal store's schema");
+        }
+        self.conn.execute_batch("PRAGMA foreign_keys = OFF").map_err(|e| write_error(e, &path))?;
+        let migrated = (|| {
+            let err = |e| write_error(e, &path);
+            for (i, sql) in MIGRATIONS.iter().enumerate().take(target).skip(applied) {
+                let tx = self.conn.transaction().map_err(err)?;
+                tx.execute_batch(sql).map_err(err)?;
+                let broken: i64 = tx
+                    .query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |r| r.get(0))
+                    .map_err(err)?;
+                if broken > 0 {
+                    return Err(StoreError::Corrupt {
+                        path: path.display().to_string(),
+                        reason: format!("migration {} leaves {broken} rows with a dangling reference", i + 1),
+                    });
+                }
+                tx.pragma_update(None, "user_version", i + 1).map_err(err)?;
+                tx.commit().map_err(err)?;
+            }
+            Ok(())
+        })();
+        let on = self.conn.execute_batch("PRAGMA foreign_keys = ON");
+        migrated?;
+        on.map_err(|e| write_error(e, &path))
     }
 
     /// Appends a batch in one transaction; returns how many signals were new (a signal

@@ -293,3 +293,70 @@ fn closes_take_their_channels_seqs_and_are_read_back_in_order_with_the_signals()
         "expired long ago"
     );
 }
+
+#[test]
+fn a_store_of_the_generated_columns_schema_keeps_every_row_seq_and_close_through_the_rebuild() {
+    let dir = TempDir::new("migrate-v5");
+    let p = Tier::Premium;
+    let with_json = |n: u128, seq: u64| {
+        let mut r = routed(n, "TCS", Category::Equity, &[(p, seq), (Tier::Enterprise, seq)]);
+        r.data = format!(
+            r#"{{"id":"{}","analysis":{{"model":"m{n}"}},"market":{{"last":"10{n}.0000"}},"n":{n}}}"#,
+            r.signal.id
+        );
+        r
+    };
+    let q = Query { tier: Some(p), limit: 10, ..Query::default() };
+    let before = {
+        // What a store written by the version before this schema holds.
+        let mut old = SqliteStore::open_at(&dir.0, Settings::default(), 4).unwrap();
+        old.append_all(&[with_json(1, 1), with_json(2, 2)], &[close_of(1, Status::TargetHit, &[(p, 3)])])
+            .unwrap();
+        old.append(&[with_json(3, 4)]).unwrap();
+        let generated: String = old
+            .conn
+            .query_row("SELECT analysis_data FROM trading_signals WHERE pos = 2", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(generated, r#"{"model":"m2"}"#, "the old schema's generated column");
+        old.history(&q).unwrap()
+    };
+
+    let mut store = SqliteStore::open(&dir.0, Durability::Full).unwrap();
+    let version: usize = store.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert_eq!(version, MIGRATIONS.len());
+    let after = store.history(&q).unwrap();
+    assert_eq!(ns(&after), ns(&before), "the same signals, in the same order");
+    assert_eq!(
+        after.items.iter().map(|i| &i.data).collect::<Vec<_>>(),
+        before.items.iter().map(|i| &i.data).collect::<Vec<_>>()
+    );
+    assert_eq!(store.head(p).unwrap(), 4, "the seqs, the close's included");
+    let enterprise: Vec<u64> = store.after(Tier::Enterprise, 0, 10).unwrap().iter().map(|m| m.seq).collect();
+    assert_eq!(enterprise, [1, 2, 4], "every channel's seqs");
+    let back: Vec<(u64, bool)> = store.after(p, 0, 10).unwrap().iter().map(|m| (m.seq, m.outcome)).collect();
+    assert_eq!(back, [(1, false), (2, false), (3, true), (4, false)]);
+
+    // The columns the source architecture names, for SQL readers, out of `data`.
+    let (analysis, market): (String, String) = store
+        .conn
+        .query_row(
+            "SELECT analysis_data, market_conditions FROM trading_signals_json WHERE pos = 2",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((analysis.as_str(), market.as_str()), (r#"{"model":"m2"}"#, r#"{"last":"102.0000"}"#));
+
+    // Appending goes on after the last pos, a seq is still never given twice, foreign
+    // keys are back on (a close of a signal never stored is passed over), and a
+    // second open migrates nothing.
+    store.append(&[with_json(4, 5)]).unwrap();
+    assert_eq!(store.append(&[with_json(5, 5)]).unwrap(), 0, "seq 5 of premium is taken: not stored");
+    let fk: i64 = store.conn.query_row("PRAGMA foreign_keys", [], |r| r.get(0)).unwrap();
+    assert_eq!(fk, 1);
+    store.append_all(&[], &[close_of(99, Status::StopHit, &[(p, 6)])]).unwrap();
+    assert_eq!(store.head(p).unwrap(), 5, "the close of an unknown signal took nothing");
+    drop(store);
+    let store = SqliteStore::open(&dir.0, Durability::Full).unwrap();
+    assert_eq!(ns(&store.history(&q).unwrap()), [4, 3, 2, 1]);
+}
