@@ -300,12 +300,10 @@ impl SqliteStore {
         if applied >= target {
             return Ok(());
         }
-        let signals: i64 = if applied > 0 {
-            self.conn.query_row("SELECT COUNT(*) FROM trading_signals", [], |r| r.get(0)).unwrap_or(0)
-        } else {
-            0
-        };
         if applied > 0 {
+            // An upgrade of a store in use: a rebuild takes time in proportion to it.
+            let signals: i64 =
+                self.conn.query_row("SELECT COUNT(*) FROM trading_signals", [], |r| r.get(0)).unwrap_or(0);
             tracing::info!(from = applied, to = target, signals, path = %path.display(), "migrating the signal store's schema");
         }
         self.conn.execute_batch("PRAGMA foreign_keys = OFF").map_err(|e| write_error(e, &path))?;
