@@ -80,17 +80,19 @@ pub fn memory_table(rows: &[MemoryRow]) -> String {
 }
 
 pub fn connect_table(rows: &[ConnectRow]) -> String {
-    let mut t =
-        String::from("| target | connections | failed | seconds | per second |\n|---|---:|---:|---:|---:|\n");
+    let mut t = String::from(
+        "| target | connections | failed | seconds | per second | server CPU per connection |\n|---|---:|---:|---:|---:|---:|\n",
+    );
     for r in rows {
         let _ = writeln!(
             t,
-            "| {} | {} | {} | {:.2} | {:.0} |",
+            "| {} | {} | {} | {:.2} | {:.0} | {:.1} µs |",
             r.target.name(),
             r.connections,
             r.failed,
             r.seconds,
-            r.per_second
+            r.per_second,
+            r.server_us_per_connection
         );
     }
     t

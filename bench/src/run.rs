@@ -490,11 +490,17 @@ pub struct ConnectRow {
     pub failed: usize,
     pub seconds: f64,
     pub per_second: f64,
+    /// Server CPU per connection, µs (accept to subscribed; the clients' process start
+    /// falls in the same span, the server is idle for it).
+    #[serde(default)]
+    pub server_us_per_connection: f64,
 }
 
 pub async fn connect(target: Target, count: usize, processes: usize) -> anyhow::Result<ConnectRow> {
     let server = Server::start(target).await?;
+    let cpu0 = stats::cpu_secs(&[server.pid]);
     let workers = Workers::spawn(&server.endpoint, count, processes).await?;
+    let server_secs = stats::cpu_secs(&[server.pid]) - cpu0;
     let r = workers.ready.clone();
     workers.stop().await;
     server.stop().await;
@@ -504,5 +510,6 @@ pub async fn connect(target: Target, count: usize, processes: usize) -> anyhow::
         failed: r.failed,
         seconds: r.connect_secs,
         per_second: r.connected as f64 / r.connect_secs.max(1e-9),
+        server_us_per_connection: server_secs * 1e6 / r.connected.max(1) as f64,
     })
 }

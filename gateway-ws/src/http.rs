@@ -10,27 +10,26 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{
     AUTHORIZATION, CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, HeaderMap, HeaderValue, ORIGIN,
-    SEC_WEBSOCKET_EXTENSIONS, SEC_WEBSOCKET_PROTOCOL, X_CONTENT_TYPE_OPTIONS,
+    SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_EXTENSIONS, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL,
+    SEC_WEBSOCKET_VERSION, X_CONTENT_TYPE_OPTIONS,
 };
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::upgrade::Upgraded;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
-use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
 
 use engine::channels::ChannelName;
 
 use crate::auth::AccountsState;
 use crate::auth::AuthError;
-use crate::conn::{HandshakeStream, Io};
+use crate::conn::Io;
 use crate::dashboard;
 use crate::hub::Attach;
 use crate::server::App;
+use crate::upgrade::{self, Head, Prefixed, Socket};
 
-type Body = Full<Bytes>;
+pub(crate) type Body = Full<Bytes>;
 
 fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
     let mut r = Response::new(Full::new(body.into()));
@@ -55,6 +54,11 @@ fn page(a: dashboard::Asset) -> Response<Body> {
     r
 }
 
+/// A refused upgrade: the response to send instead of the 101.
+fn refusal(status: StatusCode, error: &str, message: &str) -> Box<Response<Body>> {
+    Box::new(json_error(status, error, message))
+}
+
 fn json_error(status: StatusCode, error: &str, message: &str) -> Response<Body> {
     let body = json!({"error": error, "message": message}).to_string();
     respond(status, "application/json", body)
@@ -62,20 +66,81 @@ fn json_error(status: StatusCode, error: &str, message: &str) -> Response<Body> 
 
 /// Serves one HTTP/1.1 connection (plain or TLS), with upgrades. Public for the
 /// upgrade-request fuzz target (fuzz/), which drives it over an in-memory stream.
-pub async fn serve<I>(io: I, peer: Option<IpAddr>, app: Arc<App>)
-where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
+pub async fn serve<I: Socket>(io: I, peer: Option<IpAddr>, app: Arc<App>) {
     let deadline = tokio::time::Instant::now() + app.handshake_timeout;
-    serve_within(io, peer, app, deadline).await;
+    serve_within(io, BytesMut::new(), peer, app, deadline).await;
+}
+
+/// What [`arrive`] did with a plain socket.
+pub(crate) enum Arrived {
+    /// Upgraded and handed to a shard, refused (the answer is on its way), or gone.
+    Done,
+    /// Not taken here: to be served by a task ([`serve_within`]), with the bytes read.
+    Serve(std::net::TcpStream, BytesMut),
+}
+
+/// A plain socket just accepted: when its first request is already in (most clients
+/// send it right behind the TCP handshake, and under a storm of connections it is
+/// there by the time the socket is accepted) and is an upgrade to `/ws`, it is checked
+/// and handed to a shard here, in the accept loop: no task, and the socket is never
+/// registered with tokio.
+pub(crate) fn arrive(stream: std::net::TcpStream, peer: std::net::SocketAddr, app: &Arc<App>) -> Arrived {
+    let mut chunk = [0u8; 4096];
+    let n = match std::io::Read::read(&mut &stream, &mut chunk) {
+        Ok(0) => return Arrived::Done,
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            return Arrived::Serve(stream, BytesMut::new());
+        }
+        Err(_) => return Arrived::Done,
+    };
+    let mut read = BytesMut::from(&chunk[..n]);
+    let (req, rest) = match upgrade::parse(&read) {
+        upgrade::Parsed::Request(req, len) if is_websocket_route(&req, app) => (req, read.split_off(len)),
+        _ => return Arrived::Serve(stream, read),
+    };
+    match accept_websocket(&req, Some(peer.ip()), app) {
+        Ok(accepted) => accepted.attach_io(Io::plain(mio::net::TcpStream::from_std(stream)), rest, app),
+        Err(refused) => {
+            tokio::spawn(async move {
+                if let Ok(mut io) = tokio::net::TcpStream::from_std(stream) {
+                    upgrade::refuse(&mut io, *refused).await;
+                }
+            });
+        }
+    }
+    Arrived::Done
+}
+
+/// A request this node answers with a WebSocket (on a gateway, `GET /ws`).
+fn is_websocket_route<B>(req: &Request<B>, app: &App) -> bool {
+    req.method() == Method::GET && req.uri().path() == "/ws" && app.plan.clients
 }
 
 /// [`serve`], with the request headers due by `deadline` (what is left of the budget
 /// the TLS handshake started).
-pub async fn serve_within<I>(io: I, peer: Option<IpAddr>, app: Arc<App>, deadline: tokio::time::Instant)
-where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
+pub async fn serve_within<I: Socket>(
+    mut io: I,
+    read: BytesMut,
+    peer: Option<IpAddr>,
+    app: Arc<App>,
+    deadline: tokio::time::Instant,
+) {
+    // The first request is read here: an upgrade to /ws goes straight to a shard
+    // (crate::upgrade), anything else to hyper with the bytes put back.
+    let prefix = match tokio::time::timeout_at(deadline, upgrade::read_head(&mut io, read)).await {
+        Err(_) => return tracing::debug!("request headers timed out"),
+        Ok(Head::Gone) => return,
+        Ok(Head::Hyper(bytes)) => bytes,
+        Ok(Head::Request(req, mut read, len)) if is_websocket_route(&req, &app) => {
+            let rest = read.split_off(len);
+            return match accept_websocket(&req, peer, &app) {
+                Ok(accepted) => accepted.attach(io, rest, &app),
+                Err(refused) => upgrade::refuse(&mut io, *refused).await,
+            };
+        }
+        Ok(Head::Request(_, read, _)) => read.freeze(),
+    };
     let header_timeout = deadline
         .saturating_duration_since(tokio::time::Instant::now())
         .max(std::time::Duration::from_millis(1));
@@ -97,7 +162,7 @@ where
         .timer(TokioTimer::new())
         // A client that trickles its request headers (slowloris) is cut off.
         .header_read_timeout(header_timeout)
-        .serve_connection(TokioIo::new(io), svc)
+        .serve_connection(TokioIo::new(Prefixed::new(prefix, io)), svc)
         .with_upgrades();
     if let Err(e) = conn.await {
         tracing::debug!(error = %e, "http connection ended with an error");
@@ -105,45 +170,82 @@ where
     // hyper ends the connection as soon as it has written the 101 and handed the socket
     // to the upgrade, so the hand-off to a shard goes on in this task.
     let taken = accepted.lock().ok().and_then(|mut a| a.take());
-    if let Some(a) = taken {
-        a.attach(&app).await;
+    if let Some((on_upgrade, accepted)) = taken {
+        match on_upgrade.await.map_err(std::io::Error::other).and_then(|u| {
+            let parts =
+                u.downcast::<TokioIo<Prefixed<I>>>().map_err(|_| std::io::Error::other("not our stream"))?;
+            let (unread, io) = parts.io.into_inner().into_parts();
+            let mut input = BytesMut::from(&unread[..]);
+            input.extend_from_slice(&parts.read_buf);
+            Ok((io, input))
+        }) {
+            Ok((io, input)) => accepted.attach_answered(io, input, &app),
+            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+        }
     }
 }
 
 /// Where the `/ws` route leaves an accepted upgrade for the connection's task.
-type Slot = Arc<std::sync::Mutex<Option<Accepted>>>;
+type Slot = Arc<std::sync::Mutex<Option<(hyper::upgrade::OnUpgrade, Accepted)>>>;
 
-/// An upgrade the gateway answered with 101: what the shard needs besides the socket.
-struct Accepted {
-    upgrade: fastwebsockets::upgrade::UpgradeFut,
+/// An upgrade request that passed every check: what the 101 says and what the shard
+/// needs besides the socket.
+pub(crate) struct Accepted {
     session: crate::auth::Session,
     admitted: crate::admission::Admitted,
     subscribe: Vec<ChannelName>,
     deflate: Option<crate::ws::deflate::Agreed>,
+    /// The 101's headers beside `Connection` and `Upgrade`.
+    headers: Vec<(hyper::header::HeaderName, HeaderValue)>,
 }
 
 impl Accepted {
-    async fn attach(self, app: &App) {
-        let Self { upgrade, session, admitted, subscribe, deflate } = self;
-        let attach = match upgrade.await {
-            Ok(ws) => into_io(ws.into_inner().into_inner()),
-            Err(e) => Err(std::io::Error::other(e)),
-        };
-        match attach {
-            Ok((io, input)) => {
-                if let Err(e) = app.hub.attach(Attach {
-                    io,
-                    input,
-                    session,
-                    admitted: Some(admitted),
-                    subscribe,
-                    deflate,
-                }) {
-                    tracing::warn!(error = %e, "websocket dropped after the upgrade");
-                }
-            }
+    /// Hands the socket to a shard, which writes the 101 ahead of WELCOME.
+    fn attach<I: Socket>(self, io: I, input: BytesMut, app: &App) {
+        match io.into_shard(input) {
+            Ok((io, input)) => self.attach_io(io, input, app),
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }
+    }
+
+    /// [`Accepted::attach`], the socket taken out of tokio already.
+    fn attach_io(self, io: Io, input: BytesMut, app: &App) {
+        let mut head =
+            b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n".to_vec();
+        for (name, value) in &self.headers {
+            upgrade::header(&mut head, name.as_str(), value.as_bytes());
+        }
+        head.extend_from_slice(b"\r\n");
+        self.hand_over(io, input, Some(head.into()), app);
+    }
+
+    /// Hands a socket hyper already answered with 101 to a shard.
+    fn attach_answered<I: Socket>(self, io: I, input: BytesMut, app: &App) {
+        match io.into_shard(input) {
+            Ok((io, input)) => self.hand_over(io, input, None, app),
+            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+        }
+    }
+
+    fn hand_over(self, io: Io, input: BytesMut, preamble: Option<Arc<[u8]>>, app: &App) {
+        let Self { session, admitted, subscribe, deflate, headers: _ } = self;
+        let attach = Attach { io, input, preamble, session, admitted: Some(admitted), subscribe, deflate };
+        if let Err(e) = app.hub.attach(attach) {
+            tracing::warn!(error = %e, "websocket dropped at the upgrade");
+        }
+    }
+
+    /// The 101 for hyper to write.
+    fn response(&self) -> Response<Body> {
+        let mut r = Response::new(Body::default());
+        *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let h = r.headers_mut();
+        h.insert(hyper::header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(hyper::header::UPGRADE, HeaderValue::from_static("websocket"));
+        for (name, value) in &self.headers {
+            h.insert(name.clone(), value.clone());
+        }
+        r
     }
 }
 
@@ -276,61 +378,78 @@ fn route(req: Request<Incoming>, peer: Option<IpAddr>, app: Arc<App>, accepted: 
     }
 }
 
-fn websocket(
-    mut req: Request<Incoming>,
+fn websocket(mut req: Request<Incoming>, peer: Option<IpAddr>, app: Arc<App>, slot: &Slot) -> Response<Body> {
+    match accept_websocket(&req, peer, &app) {
+        Ok(accepted) => {
+            let response = accepted.response();
+            if let Ok(mut slot) = slot.lock() {
+                *slot = Some((hyper::upgrade::on(&mut req), accepted));
+            }
+            response
+        }
+        Err(refused) => *refused,
+    }
+}
+
+/// Every check of a WebSocket upgrade request, in order: upgrade headers, origin,
+/// token (read, then verified), `?subscribe=`, draining, the per-address and per-user
+/// limits, the key; then the subprotocol and permessage-deflate answers. A refusal is
+/// the response to send.
+pub(crate) fn accept_websocket<B>(
+    req: &Request<B>,
     peer: Option<IpAddr>,
-    app: Arc<App>,
-    accepted: &Slot,
-) -> Response<Body> {
-    if !fastwebsockets::upgrade::is_upgrade_request(&req) {
-        return json_error(
+    app: &App,
+) -> Result<Accepted, Box<Response<Body>>> {
+    if !is_upgrade_request(req.headers()) {
+        return Err(refusal(
             StatusCode::UPGRADE_REQUIRED,
             "upgrade_required",
             "connect with a WebSocket client",
-        );
+        ));
     }
     // A page of another site may not open a socket with a user's token.
     let origin = req.headers().get(ORIGIN).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     let host = req.headers().get(hyper::header::HOST).and_then(|v| v.to_str().ok());
     if let Err(e) = app.admission.check_origin(origin.as_deref(), host) {
-        return json_error(StatusCode::FORBIDDEN, "origin_not_allowed", &e.to_string());
+        return Err(refusal(StatusCode::FORBIDDEN, "origin_not_allowed", &e.to_string()));
     }
-    let token = match request_token(&req) {
-        Ok(t) => t,
-        Err(e) => return json_error(StatusCode::BAD_REQUEST, e.code(), &e.to_string()),
-    };
-    let subscribe = match query_subscribe(req.uri().query(), app.max_subscriptions) {
-        Ok(s) => s,
-        Err(msg) => return json_error(StatusCode::BAD_REQUEST, "bad_subscribe", &msg),
-    };
+    let token = request_token(req).map_err(|e| refusal(StatusCode::BAD_REQUEST, e.code(), &e.to_string()))?;
+    let subscribe = query_subscribe(req.uri().query(), app.max_subscriptions)
+        .map_err(|msg| refusal(StatusCode::BAD_REQUEST, "bad_subscribe", &msg))?;
     // The token is checked before the upgrade: a bad one never gets a WebSocket.
     let session = match token.value.ok_or(AuthError::Missing).and_then(|t| app.auth.authenticate(&t)) {
         Ok(s) => s,
         Err(e) => {
             app.stats.auth_failed();
-            return json_error(StatusCode::UNAUTHORIZED, "unauthorized", &e.to_string());
+            return Err(refusal(StatusCode::UNAUTHORIZED, "unauthorized", &e.to_string()));
         }
     };
     if app.is_draining() {
-        return json_error(
+        return Err(refusal(
             StatusCode::SERVICE_UNAVAILABLE,
             "draining",
             "server shutting down; connect elsewhere",
-        );
+        ));
     }
-    let admitted = match app.admission.admit(peer, &session.user_id) {
-        Ok(a) => a,
-        Err(e) => return json_error(StatusCode::TOO_MANY_REQUESTS, "too_many_connections", &e.to_string()),
+    let admitted = app
+        .admission
+        .admit(peer, &session.user_id)
+        .map_err(|e| refusal(StatusCode::TOO_MANY_REQUESTS, "too_many_connections", &e.to_string()))?;
+    let Some(key) = req.headers().get(SEC_WEBSOCKET_KEY) else {
+        return Err(refusal(StatusCode::BAD_REQUEST, "bad_upgrade", "Sec-WebSocket-Key header is missing"));
     };
-    let (mut response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
-        Ok(pair) => pair,
-        Err(e) => return json_error(StatusCode::BAD_REQUEST, "bad_upgrade", &e.to_string()),
-    };
+    if req.headers().get(SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
+        return Err(refusal(StatusCode::BAD_REQUEST, "bad_upgrade", "Sec-WebSocket-Version must be 13"));
+    }
+    let mut headers = Vec::with_capacity(3);
+    if let Ok(accept) = HeaderValue::from_str(&upgrade::accept_key(key.as_bytes())) {
+        headers.push((SEC_WEBSOCKET_ACCEPT, accept));
+    }
     // Only the protocol name is echoed, never the token entry the client offered beside
     // it (a browser fails a connection whose answer names a protocol it did not offer,
     // or names none when it offered some).
     if token.v1_offered {
-        response.headers_mut().insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(PROTOCOL));
+        headers.push((SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(PROTOCOL)));
     }
     // permessage-deflate, shared (no context on either side): one compression per
     // channel message for every connection that takes it. Not for the Safari versions
@@ -346,37 +465,23 @@ fn websocket(
     if let Some(n) = negotiated
         && let Ok(answer) = HeaderValue::from_str(&n.response)
     {
-        response.headers_mut().insert(SEC_WEBSOCKET_EXTENSIONS, answer);
+        headers.push((SEC_WEBSOCKET_EXTENSIONS, answer));
         app.stats.deflate_upgraded();
         deflate = Some(n.agreed);
     }
     app.stats.upgraded();
-    if let Ok(mut slot) = accepted.lock() {
-        *slot = Some(Accepted { upgrade, session, admitted, subscribe, deflate });
-    }
-    response.map(|_| Full::new(Bytes::new()))
+    Ok(Accepted { session, admitted, subscribe, deflate, headers })
 }
 
-/// Takes the socket (and TLS state) back from hyper for a hub shard to own, with the
-/// bytes hyper read past the request.
-fn into_io(upgraded: Upgraded) -> std::io::Result<(Io, BytesMut)> {
-    let to_mio = |s: TcpStream| s.into_std().map(mio::net::TcpStream::from_std);
-    let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => {
-            return Ok((Io::plain(to_mio(parts.io.into_inner())?), BytesMut::from(&parts.read_buf[..])));
-        }
-        Err(u) => u,
+/// `Connection: upgrade` and `Upgrade: websocket`, each among the comma-separated
+/// values of its headers, in any case.
+fn is_upgrade_request(headers: &HeaderMap) -> bool {
+    let has = |name: hyper::header::HeaderName, want: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.as_bytes().split(|&c| c == b',').any(|x| x.trim_ascii().eq_ignore_ascii_case(want.as_bytes()))
+        })
     };
-    match upgraded.downcast::<TokioIo<TlsStream<HandshakeStream>>>() {
-        Ok(parts) => {
-            let (stream, tls) = parts.io.into_inner().into_inner();
-            let (sock, partial) = stream.into_parts();
-            let mut input = BytesMut::from(&parts.read_buf[..]);
-            let io = Io::tls(to_mio(sock)?, tls, partial, &mut input)?;
-            Ok((io, input))
-        }
-        Err(_) => Err(std::io::Error::other("upgraded connection of an unknown kind")),
-    }
+    has(hyper::header::CONNECTION, "upgrade") && has(hyper::header::UPGRADE, "websocket")
 }
 
 /// The WebSocket subprotocol the gateway speaks, offered by clients in

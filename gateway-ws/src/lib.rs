@@ -12,6 +12,7 @@
 //! - [`server`]: starts everything ([`server::start`]) and drains it.
 //! - [`node`]: what a node runs, decided once from its role.
 //! - [`http`]: `/ws` (token checked before the upgrade), health, metrics.
+//! - [`upgrade`]: a connection's first request read before hyper: `/ws` straight to a shard.
 //! - [`dashboard`]: the live page at `/`, compiled into the binary.
 //! - [`auth`]: tokens to sessions; the one seam to wherever accounts live.
 //! - [`hub`]: the I/O-free core of every hub rule, and the shard threads that drive
@@ -36,6 +37,7 @@ pub mod node;
 pub mod protocol;
 pub mod server;
 pub mod tls;
+pub mod upgrade;
 pub mod ws;
 
 pub use config::Config;

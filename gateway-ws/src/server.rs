@@ -716,62 +716,157 @@ impl App {
     }
 }
 
+/// Connections taken per wake of the accept loop before it lets other tasks run.
+const ACCEPT_BATCH: usize = 64;
+
 async fn accept_loop(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     app: Arc<App>,
     mut stop: watch::Receiver<bool>,
 ) {
+    // Accepted as std sockets: a plain upgrade whose request is already in (the common
+    // case) goes to a shard without ever being registered with tokio (http::arrive).
+    let listener = match listener.into_std().and_then(|l| {
+        // SAFETY: `register` needs the descriptor to stay open, and to be the same one,
+        // for as long as the AsyncFd lives. The AsyncFd owns the std listener, whose
+        // OwnedFd returns the same descriptor from every `as_raw_fd` and is closed only
+        // when the listener is dropped: by the AsyncFd's own drop, after it has
+        // deregistered the descriptor. Nothing else holds or closes it.
+        #[allow(unsafe_code)]
+        unsafe {
+            tokio::io::unix::AsyncFd::register(l).map_err(std::io::Error::from)
+        }
+    }) {
+        Ok(l) => l,
+        Err(e) => return tracing::error!(error = %e, "cannot poll the client listener"),
+    };
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    // Before its upgrade a socket only holds a place at the door: a cap
-                    // in total and per address, and one short budget for TLS and headers.
-                    let ticket = match app.admit_socket(peer.ip()) {
-                        Ok(t) => t,
-                        Err(why) => {
-                            tracing::debug!(%peer, %why, "client socket turned away");
-                            if tls.is_none() {
-                                // Best effort, never waiting: the socket is closed next.
-                                let _ = stream.try_write(TURNED_AWAY);
-                            }
-                            continue;
-                        }
-                    };
-                    let _ = stream.set_nodelay(true);
-                    if let Some(size) = app.socket_send_buffer {
-                        let _ = socket2::SockRef::from(&stream).set_send_buffer_size(size);
+            ready = listener.readable() => {
+                let mut guard = match ready {
+                    Ok(g) => g,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "client listener failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
                     }
-                    let app = Arc::clone(&app);
-                    let tls = tls.clone();
-                    tokio::spawn(async move {
-                        let deadline = tokio::time::Instant::now() + app.handshake_timeout;
-                        match tls {
-                            None => http::serve_within(stream, Some(peer.ip()), app, deadline).await,
-                            Some(acceptor) => match tokio::time::timeout_at(
-                                deadline,
-                                acceptor.accept(crate::conn::HandshakeStream::new(stream)),
-                            )
-                            .await
-                            {
-                                Ok(Ok(s)) => http::serve_within(s, Some(peer.ip()), app, deadline).await,
-                                Ok(Err(e)) => tracing::debug!(error = %e, "tls handshake failed"),
-                                Err(_) => tracing::debug!("tls handshake timed out"),
-                            },
+                };
+                let mut later = Vec::new();
+                for _ in 0..ACCEPT_BATCH {
+                    match guard.try_io(|l| l.get_ref().accept()) {
+                        Ok(Ok((stream, peer))) => later.extend(arrive(stream, peer, tls.as_ref(), &app)),
+                        Ok(Err(e)) => {
+                            // Out of descriptors, most likely: give the closes time.
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            break;
                         }
-                        // Upgraded (the hub counts it now) or gone.
-                        drop(ticket);
-                    });
+                        Err(_would_block) => break,
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                drop(guard);
+                // A socket accepted the moment its handshake ended often has its request
+                // in a few microseconds later: one more look after the batch, then a task.
+                for Early { stream, peer, ticket } in later {
+                    match http::arrive(stream, peer, &app) {
+                        http::Arrived::Done => drop(ticket),
+                        http::Arrived::Serve(stream, read) => spawn_serve(stream, peer, None, read, ticket, &app),
+                    }
                 }
+                tokio::task::yield_now().await;
             },
             () = crate::server::until_set(&mut stop) => return,
         }
     }
+}
+
+/// A plain socket accepted before its client's request came in.
+struct Early {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    ticket: engine::doorway::Unauthenticated,
+}
+
+/// An accepted client socket: admitted at the door or closed, then upgraded here when
+/// its request is already in, else served by a task of its own; or, when not a byte of
+/// the request is in yet, returned to be looked at again.
+fn arrive(
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    tls: Option<&TlsAcceptor>,
+    app: &Arc<App>,
+) -> Option<Early> {
+    // Before its upgrade a socket only holds a place at the door: a cap in total and
+    // per address, and one short budget for TLS and headers.
+    let ticket = match app.admit_socket(peer.ip()) {
+        Ok(t) => t,
+        Err(why) => {
+            tracing::debug!(%peer, %why, "client socket turned away");
+            if tls.is_none() && stream.set_nonblocking(true).is_ok() {
+                // Best effort, never waiting: the socket is closed next.
+                let _ = std::io::Write::write(&mut &stream, TURNED_AWAY);
+            }
+            return None;
+        }
+    };
+    if let Err(e) = stream.set_nonblocking(true) {
+        tracing::debug!(%peer, error = %e, "client socket dropped");
+        return None;
+    }
+    let _ = stream.set_nodelay(true);
+    if let Some(size) = app.socket_send_buffer {
+        let _ = socket2::SockRef::from(&stream).set_send_buffer_size(size);
+    }
+    let read = match tls {
+        Some(_) => bytes::BytesMut::new(),
+        None => match http::arrive(stream, peer, app) {
+            http::Arrived::Done => return None,
+            http::Arrived::Serve(stream, read) if read.is_empty() => {
+                return Some(Early { stream, peer, ticket });
+            }
+            http::Arrived::Serve(stream, read) => {
+                spawn_serve(stream, peer, None, read, ticket, app);
+                return None;
+            }
+        },
+    };
+    spawn_serve(stream, peer, tls.cloned(), read, ticket, app);
+    None
+}
+
+/// Serves a client socket in a task of its own (TLS, and requests not yet whole).
+fn spawn_serve(
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    read: bytes::BytesMut,
+    ticket: engine::doorway::Unauthenticated,
+    app: &Arc<App>,
+) {
+    let app = Arc::clone(app);
+    tokio::spawn(async move {
+        let stream = match tokio::net::TcpStream::from_std(stream) {
+            Ok(s) => s,
+            Err(e) => return tracing::debug!(%peer, error = %e, "client socket dropped"),
+        };
+        let deadline = tokio::time::Instant::now() + app.handshake_timeout;
+        match tls {
+            None => http::serve_within(stream, read, Some(peer.ip()), app, deadline).await,
+            Some(acceptor) => match tokio::time::timeout_at(
+                deadline,
+                acceptor.accept(crate::conn::HandshakeStream::new(stream)),
+            )
+            .await
+            {
+                Ok(Ok(s)) => http::serve_within(s, read, Some(peer.ip()), app, deadline).await,
+                Ok(Err(e)) => tracing::debug!(error = %e, "tls handshake failed"),
+                Err(_) => tracing::debug!("tls handshake timed out"),
+            },
+        }
+        // Upgraded (the hub counts it now) or gone.
+        drop(ticket);
+    });
 }
 
 impl Running {

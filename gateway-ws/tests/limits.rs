@@ -556,3 +556,90 @@ async fn channels_named_in_the_upgrade_url_are_subscribed_without_a_round_trip()
     assert_eq!((status, body.contains("at most")), (400, true), "{body}");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_101_welcome_and_subscribed_of_an_upgrade_come_in_one_write() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = start(config()).await;
+    let token = token(&server, "u-premium-1");
+    let mut s = tokio::net::TcpStream::connect(server.http_addr).await.unwrap();
+    s.write_all(
+        format!(
+            "GET /ws?token={token}&subscribe=signals_premium HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    // One write of the server is one read here (loopback, far under a segment).
+    let mut buf = vec![0; 64 * 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
+    let got = String::from_utf8_lossy(&buf[..n]);
+    assert!(got.starts_with("HTTP/1.1 101 Switching Protocols\r\n"), "{got}");
+    assert!(got.contains("sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"), "{got}");
+    let frames = &got[got.find("\r\n\r\n").unwrap() + 4..];
+    let (welcome, subscribed) = (frames.find(r#""event":"welcome""#), frames.find(r#""type":"SUBSCRIBED""#));
+    assert!(welcome.is_some() && subscribed.is_some() && welcome < subscribed, "{frames}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_opened_on_a_keep_alive_connection_after_another_request_works() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = start(config()).await;
+    let token = token(&server, "u-premium-1");
+    let mut s = tokio::net::TcpStream::connect(server.http_addr).await.unwrap();
+    s.write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    while !buf.ends_with(b"ok\n") {
+        let mut chunk = [0; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk)).await.unwrap().unwrap();
+        assert!(n > 0, "closed after {}", String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    assert!(buf.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf));
+    // The same connection, upgraded: hyper answers this one, a shard takes it after.
+    s.write_all(
+        format!(
+            "GET /ws?token={token} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).contains("welcome") {
+        let mut chunk = [0; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk)).await.unwrap().unwrap();
+        assert!(n > 0, "closed after {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&chunk[..n]);
+    }
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 101"), "{got}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_upgrade_gets_its_status_and_json_error_then_the_connection_closes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = start(config()).await;
+    let mut s = tokio::net::TcpStream::connect(server.http_addr).await.unwrap();
+    s.write_all(
+        b"GET /ws?token=not-a-jwt HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut all = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut all)).await.unwrap().unwrap();
+    let all = String::from_utf8_lossy(&all);
+    let (head, body) = all.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 401 Unauthorized\r\n"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("content-type: application/json"), "{head}");
+    assert!(head.contains(&format!("content-length: {}", body.len())), "{head}");
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(v["error"], "unauthorized", "{v}");
+    server.shutdown().await;
+}

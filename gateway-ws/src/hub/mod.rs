@@ -71,6 +71,9 @@ pub struct Attach {
     pub io: Io,
     /// Bytes the client sent right after the upgrade request.
     pub input: BytesMut,
+    /// The 101 response, when the shard is to write it (ahead of WELCOME, in the same
+    /// `writev`); `None` when hyper already did.
+    pub preamble: Option<std::sync::Arc<[u8]>>,
     pub session: Session,
     /// The connection's place under the per-IP and per-user limits, given back when
     /// the connection is dropped.

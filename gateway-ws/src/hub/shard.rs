@@ -160,8 +160,8 @@ impl Shard {
     }
 
     fn attach(&mut self, a: Attach) {
-        let Attach { mut io, input, session, admitted, subscribe, deflate } = a;
-        let i = self.core.attach(session, Clock::now());
+        let Attach { mut io, input, preamble, session, admitted, subscribe, deflate } = a;
+        let i = self.core.attach(session, preamble, Clock::now());
         if let Some(agreed) = deflate {
             self.core.enable_deflate(i, agreed);
         }

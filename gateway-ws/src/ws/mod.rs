@@ -5,7 +5,7 @@
 //! - [`outbound`]: server frames (text, pong, close). Signal messages arrive already
 //!   framed from the engine (`engine::channels::Message::frame`).
 //!
-//! The HTTP upgrade itself is fastwebsockets' (`fastwebsockets::upgrade`); see
+//! The HTTP upgrade is `crate::upgrade` and `crate::http` (decision 146); see
 //! docs/DECISIONS.md for why frames are read here.
 
 pub mod deflate;

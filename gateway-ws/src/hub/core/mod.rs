@@ -232,11 +232,13 @@ impl Core {
 
     // ----- events in -----
 
-    /// A connection was upgraded with `session`: WELCOME is queued (or, while draining,
-    /// a 1001 close). Then hand it the bytes that came with the upgrade ([`received`]).
+    /// A connection was upgraded with `session`: `preamble` (the 101 response, when it
+    /// is still to be written) and WELCOME are queued (or, while draining, the preamble
+    /// and a 1001 close). Then hand it the bytes that came with the upgrade
+    /// ([`received`]).
     ///
     /// [`received`]: Core::received
-    pub fn attach(&mut self, session: Session, now: Clock) -> ConnId {
+    pub fn attach(&mut self, session: Session, preamble: Option<Arc<[u8]>>, now: Clock) -> ConnId {
         self.now = now;
         let i = self.free.pop().unwrap_or(self.conns.len());
         if i == self.conns.len() {
@@ -255,6 +257,9 @@ impl Core {
         let mut peer = Peer::new(session, quota, self.src.conn.max_message, now.mono);
         self.attached += 1;
         peer.serial = self.attached;
+        if let Some(head) = preamble {
+            peer.outbox.push(Out::Frame(head), self.src.conn.outbound_limit);
+        }
         if self.draining {
             peer.outbox.close(outbound::close(CloseCode::GoingAway));
         } else {

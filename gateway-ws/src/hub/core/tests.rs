@@ -149,7 +149,7 @@ impl Harness {
 
     /// Attaches `s` and reads its WELCOME.
     fn connect(&mut self, s: Session) -> ConnId {
-        let i = self.core.attach(s, self.clock);
+        let i = self.core.attach(s, None, self.clock);
         let welcome = self.read(i);
         assert_eq!(welcome.len(), 1, "{welcome:?}");
         assert_eq!(welcome[0].json()["data"]["event"], "welcome");
@@ -932,7 +932,7 @@ fn drain_tells_everyone_then_closes_1001_and_refuses_newcomers_the_same_way() {
     assert_eq!(frames[1], Frame::Close(1001));
     h.route(8_000, Category::Equity);
     assert!(h.read(c).is_empty(), "nothing after the close");
-    let late = h.core.attach(session("u-late", Tier::Premium), h.clock);
+    let late = h.core.attach(session("u-late", Tier::Premium), None, h.clock);
     assert_eq!(h.read(late), [Frame::Close(1001)]);
 }
 
@@ -1406,7 +1406,7 @@ fn at_one_rate_a_subscribers_symbols_fall_due_in_the_same_turn() {
 fn channels_named_in_the_upgrade_are_subscribed_after_welcome_under_the_same_rules() {
     use engine::channels::ChannelName;
     let mut h = harness();
-    let i = h.core.attach(session("u-open", Tier::Basic), h.clock);
+    let i = h.core.attach(session("u-open", Tier::Basic), None, h.clock);
     h.core.subscribe_on_open(
         i,
         vec![ChannelName::Signals(Tier::Basic), ChannelName::Prices, ChannelName::Signals(Tier::Premium)],
