@@ -643,3 +643,37 @@ async fn a_refused_upgrade_gets_its_status_and_json_error_then_the_connection_cl
     assert_eq!(v["error"], "unauthorized", "{v}");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_request_that_comes_in_pieces_or_long_is_served_like_any_other() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = start(config()).await;
+    let token = token(&server, "u-premium-1");
+    let request = |extra: &str| {
+        format!(
+            "GET /ws?token={token}&subscribe=signals_premium HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+             {extra}\r\n"
+        )
+        .into_bytes()
+    };
+    // Split in two writes 100 ms apart (the accept loop finds half a request), and one
+    // with a 6,000-byte cookie (more than the accept loop's first read takes).
+    let long = request(&format!("Cookie: c={}\r\n", "a".repeat(6_000)));
+    let short = request("");
+    for (first, second) in [(&short[..40], &short[40..]), (&long[..], &[][..])] {
+        let mut s = tokio::net::TcpStream::connect(server.http_addr).await.unwrap();
+        s.write_all(first).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        s.write_all(second).await.unwrap();
+        let mut got = Vec::new();
+        while !String::from_utf8_lossy(&got).contains("SUBSCRIBED") {
+            let mut chunk = [0; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk)).await.unwrap().unwrap();
+            assert!(n > 0, "closed after {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&chunk[..n]);
+        }
+        assert!(got.starts_with(b"HTTP/1.1 101 Switching Protocols\r\n"), "{}", String::from_utf8_lossy(&got));
+    }
+    server.shutdown().await;
+}
