@@ -673,7 +673,11 @@ async fn an_upgrade_request_that_comes_in_pieces_or_long_is_served_like_any_othe
             assert!(n > 0, "closed after {}", String::from_utf8_lossy(&got));
             got.extend_from_slice(&chunk[..n]);
         }
-        assert!(got.starts_with(b"HTTP/1.1 101 Switching Protocols\r\n"), "{}", String::from_utf8_lossy(&got));
+        assert!(
+            got.starts_with(b"HTTP/1.1 101 Switching Protocols\r\n"),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
     }
     server.shutdown().await;
 }
