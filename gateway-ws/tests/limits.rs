@@ -681,3 +681,27 @@ async fn an_upgrade_request_that_comes_in_pieces_or_long_is_served_like_any_othe
     }
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_is_no_websocket_upgrade_gets_426_or_400_bad_upgrade() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = start(config()).await;
+    let token = token(&server, "u-premium-1");
+    let upgrade = "Upgrade: websocket\r\nConnection: Upgrade\r\n";
+    let key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    for (headers, status, error) in [
+        (String::new(), "426", "upgrade_required"),
+        (format!("{upgrade}{key}Sec-WebSocket-Version: 8\r\n"), "400", "bad_upgrade"),
+        (format!("{upgrade}Sec-WebSocket-Version: 13\r\n"), "400", "bad_upgrade"),
+    ] {
+        let mut s = tokio::net::TcpStream::connect(server.http_addr).await.unwrap();
+        let req = format!("GET /ws?token={token} HTTP/1.1\r\nHost: x\r\n{headers}\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut all = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut all)).await.unwrap().unwrap();
+        let all = String::from_utf8_lossy(&all);
+        assert!(all.starts_with(&format!("HTTP/1.1 {status} ")), "{headers:?}: {all}");
+        assert!(all.contains(&format!(r#""error":"{error}""#)), "{headers:?}: {all}");
+    }
+    server.shutdown().await;
+}
