@@ -174,9 +174,10 @@ pub async fn serve_within<I: Socket>(
         match on_upgrade.await.map_err(std::io::Error::other).and_then(|u| {
             let parts =
                 u.downcast::<TokioIo<Prefixed<I>>>().map_err(|_| std::io::Error::other("not our stream"))?;
+            // hyper read `read_buf` from the stream before what is left of the prefix.
             let (unread, io) = parts.io.into_inner().into_parts();
-            let mut input = BytesMut::from(&unread[..]);
-            input.extend_from_slice(&parts.read_buf);
+            let mut input = BytesMut::from(&parts.read_buf[..]);
+            input.extend_from_slice(&unread);
             Ok((io, input))
         }) {
             Ok((io, input)) => accepted.attach_answered(io, input, &app),

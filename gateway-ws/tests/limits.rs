@@ -705,3 +705,39 @@ async fn a_request_that_is_no_websocket_upgrade_gets_426_or_400_bad_upgrade() {
     }
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_pipelined_behind_a_later_upgrade_on_a_keep_alive_connection_keep_their_order() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = start(config()).await;
+    let token = token(&server, "u-premium-1");
+    // One write: a request with a 12 KB header (more than hyper reads at once), the
+    // upgrade, then frames; hyper answers the first two, the shard reads the frames.
+    let mut bytes =
+        format!("GET /health/live HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n", "p".repeat(12_000)).into_bytes();
+    bytes.extend_from_slice(
+        format!(
+            "GET /ws?token={token} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    for k in 0..50 {
+        bytes.extend(client_frame(0x1, format!(r#"{{"type":"PING","n":{k}}}"#).as_bytes(), true));
+    }
+    bytes.extend(client_frame(0x1, br#"{"type":"SUBSCRIBE","channel":"signals_premium"}"#, true));
+    let mut s = tokio::net::TcpStream::connect(server.http_addr).await.unwrap();
+    s.write_all(&bytes).await.unwrap();
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).contains("SUBSCRIBED") {
+        let mut chunk = [0; 8192];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk)).await.unwrap().unwrap();
+        assert!(n > 0, "closed after {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&chunk[..n]);
+    }
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(got.contains("HTTP/1.1 101"), "{got}");
+    assert_eq!(got.matches(r#""type":"PONG""#).count(), 50, "every PING answered before SUBSCRIBED: {got}");
+    server.shutdown().await;
+}

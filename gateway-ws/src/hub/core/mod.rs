@@ -258,7 +258,7 @@ impl Core {
         self.attached += 1;
         peer.serial = self.attached;
         if let Some(head) = preamble {
-            peer.outbox.push(Out::Frame(head), self.src.conn.outbound_limit);
+            peer.outbox.push(Out::Http(head), self.src.conn.outbound_limit);
         }
         if self.draining {
             peer.outbox.close(outbound::close(CloseCode::GoingAway));

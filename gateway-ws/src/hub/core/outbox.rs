@@ -58,13 +58,16 @@ pub enum Out {
     Signal(Message, Tier, Timing),
     /// A reply, notice, price update or close, framed here.
     Frame(Arc<[u8]>),
+    /// The upgrade's HTTP response (101), queued first when the shard writes it: kept
+    /// when an overflow drops the queue, since the client reads it before any frame.
+    Http(Arc<[u8]>),
 }
 
 impl Out {
     pub fn bytes(&self) -> &[u8] {
         match self {
             Self::Signal(m, ..) => m.frame(),
-            Self::Frame(f) => f,
+            Self::Frame(f) | Self::Http(f) => f,
         }
     }
 
@@ -112,8 +115,9 @@ impl Outbox {
             self.bytes - self.replay_bytes + len > limit
         };
         if over {
-            // A frame partly written must be finished, or the stream is corrupt.
-            let keep = usize::from(self.written > 0);
+            // A frame partly written must be finished, or the stream is corrupt; the
+            // 101, if still queued, is always first and always kept.
+            let keep = usize::from(self.written > 0 || matches!(self.frames.front(), Some(Out::Http(_))));
             self.frames.truncate(keep);
             self.bytes = self.frames.front().map_or(0, |f| f.bytes().len());
             self.replay_bytes = self.frames.front().filter(|f| f.is_replay()).map_or(0, |f| f.bytes().len());
@@ -308,6 +312,19 @@ mod tests {
         assert_eq!(s.len(), 2 + 2 + CloseCode::SlowConsumer.reason().len());
         assert_eq!(&s[2..4], &4008u16.to_be_bytes(), "only the close frame is written");
         assert!(o.close_sent());
+    }
+
+    #[test]
+    fn an_overflow_keeps_the_upgrade_response_queued_ahead_of_it() {
+        let mut o = Outbox::default();
+        o.push(Out::Http(Arc::from(&b"HTTP/1.1 101 Switching Protocols\r\n\r\n"[..])), 100);
+        o.push_text(b"{\"welcome\":1}", 100);
+        assert_eq!(o.push_text(&[b'x'; 200], 100), Pushed::Overflow);
+        let s = stream(&mut o);
+        assert!(s.starts_with(b"HTTP/1.1 101 Switching Protocols\r\n\r\n"), "{s:?}");
+        let mut want = b"HTTP/1.1 101 Switching Protocols\r\n\r\n".to_vec();
+        want.extend_from_slice(&outbound::close(CloseCode::SlowConsumer));
+        assert_eq!(s, want, "the 101, then the close frame alone");
     }
 
     #[test]
