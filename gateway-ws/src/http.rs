@@ -135,7 +135,7 @@ pub async fn serve_within<I: Socket>(
         Ok(Head::Request(req, mut read, len)) if is_websocket_route(&req, &app) => {
             let rest = read.split_off(len);
             return match accept_websocket(&req, peer, &app) {
-                Ok(accepted) => accepted.attach(io, rest, &app),
+                Ok(accepted) => accepted.attach(io, rest, false, &app),
                 Err(refused) => upgrade::refuse(&mut io, *refused).await,
             };
         }
@@ -180,7 +180,7 @@ pub async fn serve_within<I: Socket>(
             input.extend_from_slice(&unread);
             Ok((io, input))
         }) {
-            Ok((io, input)) => accepted.attach_answered(io, input, &app),
+            Ok((io, input)) => accepted.attach(io, input, true, &app),
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }
     }
@@ -201,15 +201,18 @@ pub(crate) struct Accepted {
 }
 
 impl Accepted {
-    /// Hands the socket to a shard, which writes the 101 ahead of WELCOME.
-    fn attach<I: Socket>(self, io: I, input: BytesMut, app: &App) {
+    /// Hands the socket to a shard, which writes the 101 ahead of WELCOME unless hyper
+    /// already answered the request (`answered`).
+    fn attach<I: Socket>(self, io: I, input: BytesMut, answered: bool, app: &App) {
         match io.into_shard(input) {
+            Ok((io, input)) if answered => self.hand_over(io, input, None, app),
             Ok((io, input)) => self.attach_io(io, input, app),
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }
     }
 
-    /// [`Accepted::attach`], the socket taken out of tokio already.
+    /// [`Accepted::attach`] of a request not yet answered, the socket taken out of
+    /// tokio already.
     fn attach_io(self, io: Io, input: BytesMut, app: &App) {
         let mut head =
             b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n".to_vec();
@@ -218,14 +221,6 @@ impl Accepted {
         }
         head.extend_from_slice(b"\r\n");
         self.hand_over(io, input, Some(head.into()), app);
-    }
-
-    /// Hands a socket hyper already answered with 101 to a shard.
-    fn attach_answered<I: Socket>(self, io: I, input: BytesMut, app: &App) {
-        match io.into_shard(input) {
-            Ok((io, input)) => self.hand_over(io, input, None, app),
-            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
-        }
     }
 
     fn hand_over(self, io: Io, input: BytesMut, preamble: Option<Arc<[u8]>>, app: &App) {

@@ -818,21 +818,18 @@ fn arrive(
     if let Some(size) = app.socket_send_buffer {
         let _ = socket2::SockRef::from(&stream).set_send_buffer_size(size);
     }
-    let read = match tls {
-        Some(_) => bytes::BytesMut::new(),
-        None => match http::arrive(stream, peer, app) {
-            http::Arrived::Done => return None,
-            http::Arrived::Serve(stream, read) if read.is_empty() => {
-                return Some(Early { stream, peer, ticket });
-            }
-            http::Arrived::Serve(stream, read) => {
-                spawn_serve(stream, peer, None, read, ticket, app);
-                return None;
-            }
-        },
-    };
-    spawn_serve(stream, peer, tls.cloned(), read, ticket, app);
-    None
+    if let Some(acceptor) = tls {
+        spawn_serve(stream, peer, Some(acceptor.clone()), bytes::BytesMut::new(), ticket, app);
+        return None;
+    }
+    match http::arrive(stream, peer, app) {
+        http::Arrived::Done => None,
+        http::Arrived::Serve(stream, read) if read.is_empty() => Some(Early { stream, peer, ticket }),
+        http::Arrived::Serve(stream, read) => {
+            spawn_serve(stream, peer, None, read, ticket, app);
+            None
+        }
+    }
 }
 
 /// Serves a client socket in a task of its own (TLS, and requests not yet whole).

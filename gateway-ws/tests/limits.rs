@@ -557,21 +557,23 @@ async fn channels_named_in_the_upgrade_url_are_subscribed_without_a_round_trip()
     server.shutdown().await;
 }
 
+/// A WebSocket upgrade request for `/ws?{query}` (the key of RFC 6455's example), with
+/// `extra` header lines.
+fn upgrade_request(query: &str, extra: &str) -> Vec<u8> {
+    format!(
+        "GET /ws?{query} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    )
+    .into_bytes()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_101_welcome_and_subscribed_of_an_upgrade_come_in_one_write() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let server = start(config()).await;
     let token = token(&server, "u-premium-1");
     let mut s = tokio::net::TcpStream::connect(server.http_addr).await.unwrap();
-    s.write_all(
-        format!(
-            "GET /ws?token={token}&subscribe=signals_premium HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
-             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
+    s.write_all(&upgrade_request(&format!("token={token}&subscribe=signals_premium"), "")).await.unwrap();
     // One write of the server is one read here (loopback, far under a segment).
     let mut buf = vec![0; 64 * 1024];
     let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
@@ -600,15 +602,7 @@ async fn a_websocket_opened_on_a_keep_alive_connection_after_another_request_wor
     }
     assert!(buf.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf));
     // The same connection, upgraded: hyper answers this one, a shard takes it after.
-    s.write_all(
-        format!(
-            "GET /ws?token={token} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
+    s.write_all(&upgrade_request(&format!("token={token}"), "")).await.unwrap();
     let mut got = Vec::new();
     while !String::from_utf8_lossy(&got).contains("welcome") {
         let mut chunk = [0; 4096];
@@ -626,12 +620,7 @@ async fn a_refused_upgrade_gets_its_status_and_json_error_then_the_connection_cl
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let server = start(config()).await;
     let mut s = tokio::net::TcpStream::connect(server.http_addr).await.unwrap();
-    s.write_all(
-        b"GET /ws?token=not-a-jwt HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    )
-    .await
-    .unwrap();
+    s.write_all(&upgrade_request("token=not-a-jwt", "")).await.unwrap();
     let mut all = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut all)).await.unwrap().unwrap();
     let all = String::from_utf8_lossy(&all);
@@ -649,14 +638,7 @@ async fn an_upgrade_request_that_comes_in_pieces_or_long_is_served_like_any_othe
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let server = start(config()).await;
     let token = token(&server, "u-premium-1");
-    let request = |extra: &str| {
-        format!(
-            "GET /ws?token={token}&subscribe=signals_premium HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
-             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
-             {extra}\r\n"
-        )
-        .into_bytes()
-    };
+    let request = |extra: &str| upgrade_request(&format!("token={token}&subscribe=signals_premium"), extra);
     // Split in two writes 100 ms apart (the accept loop finds half a request), and one
     // with a 6,000-byte cookie (more than the accept loop's first read takes).
     let long = request(&format!("Cookie: c={}\r\n", "a".repeat(6_000)));
@@ -715,13 +697,7 @@ async fn frames_pipelined_behind_a_later_upgrade_on_a_keep_alive_connection_keep
     // upgrade, then frames; hyper answers the first two, the shard reads the frames.
     let mut bytes =
         format!("GET /health/live HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n", "p".repeat(12_000)).into_bytes();
-    bytes.extend_from_slice(
-        format!(
-            "GET /ws?token={token} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
-        .as_bytes(),
-    );
+    bytes.extend(upgrade_request(&format!("token={token}"), ""));
     for k in 0..50 {
         bytes.extend(client_frame(0x1, format!(r#"{{"type":"PING","n":{k}}}"#).as_bytes(), true));
     }
