@@ -243,11 +243,17 @@ impl Tracker {
     }
 
     fn insert(&mut self, signal: Tracked) -> Result<(), AtCapacity> {
+        if let Some(&k) = self.ids.get(&signal.id.as_u128()) {
+            // Tracked already: once is enough. A copy may come from another tier's topic
+            // (a scale-out node reads them side by side), and the close goes to every
+            // tier that carried the signal.
+            if let Some(slot) = self.slots[k as usize].as_mut() {
+                slot.signal.tiers |= signal.tiers;
+            }
+            return Ok(());
+        }
         if self.open >= self.max_open {
             return Err(AtCapacity(self.max_open));
-        }
-        if self.contains(signal.id) {
-            return Ok(()); // tracked already: once is enough
         }
         self.generation = self.generation.wrapping_add(1);
         let generation = self.generation;

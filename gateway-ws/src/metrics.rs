@@ -551,6 +551,12 @@ impl Collector for Gateway {
         ] {
             counter(e, name, help, KafkaStats::get(c))?;
         }
+        gauge(
+            e,
+            "signalcast_kafka_assigned_partitions",
+            "Input partitions (raw-signals and market-data, co-partitioned) this engine node holds now.",
+            KafkaStats::get(&kafka.assigned_partitions) as i64,
+        )?;
         family(
             e,
             "signalcast_kafka_consumer_lag",

@@ -250,13 +250,27 @@ impl Node {
             .env("SIGNALCAST_SHARDS", "1")
             .env("SIGNALCAST_WORKERS", "1")
             .env("SIGNALCAST_KAFKA__SESSION_TIMEOUT_MS", "6000")
-            .env("SIGNALCAST_LOG", "warn,signalcast=info,engine=info,gateway=info")
+            .env(
+                "SIGNALCAST_LOG",
+                std::env::var("TEST_NODE_LOG")
+                    .unwrap_or("warn,signalcast=info,engine=info,gateway=info".into()),
+            )
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().unwrap();
+        let mut child = cmd.spawn().unwrap();
+        // Each line tagged with the node it came from (several nodes share a test), and
+        // printed through the test's own output: shown when the test fails.
+        let stderr = child.stderr.take().unwrap();
+        let tag = format!("{role} :{}", http.port());
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[{tag}] {line}");
+            }
+        });
         let mut node = Self { child, http };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -284,6 +298,11 @@ impl Node {
     async fn exports_lag(&self, topic: &str) -> bool {
         let series = format!("signalcast_kafka_consumer_lag{{topic=\"{topic}\"}}");
         self.get("/metrics").await.unwrap_or_default().contains(&series)
+    }
+
+    /// The input partitions this engine node holds now.
+    async fn assigned(&self) -> f64 {
+        self.metric("signalcast_kafka_assigned_partitions").await
     }
 
     /// A sample from /metrics (the first line starting with `series`).
@@ -370,7 +389,17 @@ async fn produce_signal(p: &FutureProducer, key: &str, value: &[u8], extra: Opti
 async fn next_signal(c: &mut Client, wait: Duration) -> Option<Value> {
     let deadline = tokio::time::Instant::now() + wait;
     loop {
-        let m = tokio::time::timeout_at(deadline, c.ws.next()).await.ok()??;
+        // A PING every 20 s of waiting, as a client keeps its socket: the gateway closes
+        // one it has heard nothing from for 60 s (4004).
+        let slice = (tokio::time::Instant::now() + Duration::from_secs(20)).min(deadline);
+        let m = match tokio::time::timeout_at(slice, c.ws.next()).await {
+            Ok(m) => m?,
+            Err(_) if slice < deadline => {
+                c.send(json!({"type": "PING"})).await;
+                continue;
+            }
+            Err(_) => return None,
+        };
         match m {
             Ok(WsMessage::Text(t)) => {
                 let v: Value = serde_json::from_str(t.as_str()).unwrap();
@@ -738,9 +767,9 @@ async fn two_engines_share_the_partitions_and_each_holds_the_ticks_of_its_symbol
     let first = Node::start("engine", &broker, &[]).await;
     let second = Node::start("engine", &broker, &[]).await;
     let gw = Node::start("gateway", &broker, &[]).await;
-    // Both hold partitions once the second has any (the first gave some up).
     eventually(60, "the group rebalanced onto both engines", async || {
-        second.exports_lag("raw-signals").await
+        let held = [first.assigned().await, second.assigned().await];
+        held[0] > 0.0 && held[1] > 0.0 && held[0] + held[1] == 4.0
     })
     .await;
     let mut client = Client::connect(&gw.ws_url("u-enterprise-1")).await;
@@ -803,7 +832,8 @@ async fn produce_tick(p: &FutureProducer, symbol: &str, last: &str) {
 async fn closes(c: &mut Client, n: usize, wait: Duration) -> Vec<(u128, String)> {
     let mut out = Vec::new();
     while out.len() < n {
-        let v = next_signal(c, wait).await.unwrap_or_else(|| panic!("{} of {n} closes came", out.len()));
+        let v =
+            next_signal(c, wait).await.unwrap_or_else(|| panic!("{} of {n} closes came: {out:?}", out.len()));
         if v["data"]["status"] != "open" {
             out.push((common::id_of(&v), v["data"]["status"].as_str().unwrap().to_owned()));
         }
@@ -834,8 +864,11 @@ async fn open_signals_follow_their_partition_when_an_engine_joins_and_when_one_d
     let engine_env = [("SIGNALCAST_CONFIG", config.as_str())];
     let mut first = Node::start("engine", &broker, &engine_env).await;
     let gw = Node::start("gateway", &broker, &[]).await;
+    // A close goes to every tier that carried its signal: one subscriber of each.
     let mut client = Client::connect(&gw.ws_url("u-enterprise-1")).await;
     client.subscribe("signals_enterprise").await;
+    let mut premium = Client::connect(&gw.ws_url("u-premium-1")).await;
+    premium.subscribe("signals_premium").await;
 
     // Sixteen symbols at 100, and a buy on each: entry 100, target 110, stop 90.
     let symbols: Vec<String> = (0..16).map(|i| format!("SYM{i:02}")).collect();
@@ -855,9 +888,11 @@ async fn open_signals_follow_their_partition_when_an_engine_joins_and_when_one_d
             ("100".parse().unwrap(), "110".parse().unwrap(), "90".parse().unwrap());
         produce_signal(&p, symbol, &serde_json::to_vec(&s).unwrap(), None).await;
     }
-    for _ in &symbols {
-        let v = next_signal(&mut client, Duration::from_secs(30)).await.expect("each signal routed");
-        assert_eq!(v["data"]["status"], "open");
+    for c in [&mut client, &mut premium] {
+        for _ in &symbols {
+            let v = next_signal(c, Duration::from_secs(30)).await.expect("each signal routed");
+            assert_eq!(v["data"]["status"], "open");
+        }
     }
     assert_eq!(first.metric("signalcast_outcomes_open").await, 16.0);
 
@@ -865,7 +900,8 @@ async fn open_signals_follow_their_partition_when_an_engine_joins_and_when_one_d
     // splits the partitions between the two.
     let second = Node::start("engine", &broker, &engine_env).await;
     eventually(60, "the group rebalanced onto both engines", async || {
-        second.exports_lag("market-data").await
+        let held = [first.assigned().await, second.assigned().await];
+        held[0] > 0.0 && held[1] > 0.0 && held[0] + held[1] == 4.0
     })
     .await;
     // The first half reach their targets: whichever engine holds each symbol now closes
@@ -874,7 +910,8 @@ async fn open_signals_follow_their_partition_when_an_engine_joins_and_when_one_d
         produce_tick(&p, symbol, "111").await;
     }
     let expected: Vec<(u128, String)> = (0..8).map(|i| (id(i), "target_hit".to_owned())).collect();
-    assert_eq!(closes(&mut client, 8, Duration::from_secs(60)).await, expected);
+    assert_eq!(closes(&mut client, 8, Duration::from_secs(60)).await, expected, "enterprise");
+    assert_eq!(closes(&mut premium, 8, Duration::from_secs(10)).await, expected, "premium");
     let split = [
         first.metric("signalcast_ticks_received_total").await,
         second.metric("signalcast_ticks_received_total").await,
@@ -893,7 +930,13 @@ async fn open_signals_follow_their_partition_when_an_engine_joins_and_when_one_d
     // live engines, and whichever gets each symbol closes what the first had opened.
     first.kill();
     let third = Node::start("engine", &broker, &engine_env).await;
-    eventually(60, "the replacement holds partitions", async || third.exports_lag("market-data").await).await;
+    // Once the group has dropped the dead member, the two live engines hold every
+    // partition between them.
+    eventually(60, "the replacement holds partitions", async || {
+        let held = [second.assigned().await, third.assigned().await];
+        held[1] > 0.0 && held[0] + held[1] == 4.0
+    })
+    .await;
     // The group may rebalance once more as the dead member is dropped (up to the
     // session timeout after the kill, later on a loaded machine): a symbol is tracked
     // again on the first record of it after that (docs/outcomes.md), so the market goes
@@ -912,9 +955,12 @@ async fn open_signals_follow_their_partition_when_an_engine_joins_and_when_one_d
     };
     let expected: Vec<(u128, String)> = (8..16).map(|i| (id(i), "stop_hit".to_owned())).collect();
     let got = closes(&mut client, 8, Duration::from_secs(60)).await;
+    let got_premium = closes(&mut premium, 8, Duration::from_secs(10)).await;
     market.abort();
-    assert_eq!(got, expected);
+    assert_eq!(got, expected, "enterprise");
+    assert_eq!(got_premium, expected, "premium");
     client.no_signal_within(Duration::from_secs(3)).await;
+    premium.no_signal_within(Duration::from_secs(1)).await;
     for node in [&second, &third] {
         assert_eq!(node.metric("signalcast_outcomes_open").await, 0.0);
         assert_eq!(node.metric("signalcast_outcomes_standby").await, 0.0);

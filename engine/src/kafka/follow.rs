@@ -9,7 +9,7 @@
 //! then. After that each record is handed over as it comes. The topics' retention is
 //! therefore how far back a node can rebuild what was open (docs/outcomes.md).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -23,7 +23,7 @@ use super::{KafkaError, relay, value};
 use crate::config::KafkaConfig;
 use crate::model::Tier;
 use crate::outcome::Tracked;
-use crate::outcome::handover::PeerEvent;
+use crate::outcome::handover::{CLOSED_WINDOW, Key, PeerEvent};
 use crate::pipeline::{HandoverItem, IngestItem, IngestSender};
 
 /// The longest the first read-back may take before the node goes on without the rest
@@ -46,18 +46,19 @@ pub fn spawn_follower(
         .name("signalcast-follower".into())
         .spawn(move || {
             let send = |e: PeerEvent| ingest.blocking_send(IngestItem::Handover(HandoverItem::Peer(e))).is_ok();
-            let (consumer, topics) = match assign(&cfg) {
+            let (consumer, topics) = match consumer(&cfg) {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot follow signals.<tier>: open signals of other nodes are not rebuilt here");
                     return;
                 }
             };
-            let Some(open) = read_back(&consumer, &topics, cfg.relay_max_record_bytes, max_open, &stop) else {
+            let Some(back) = read_back(&consumer, &topics, cfg.relay_max_record_bytes, max_open, &stop) else {
                 return;
             };
-            for t in open {
-                if !send(PeerEvent::Open(Box::new(t))) {
+            let closes = back.closed.into_iter().map(|(id, key)| PeerEvent::Close { id, key });
+            for e in closes.chain(back.open.into_iter().map(|t| PeerEvent::Open(Box::new(t)))) {
+                if !send(e) {
                     return;
                 }
             }
@@ -85,7 +86,7 @@ pub fn spawn_follower(
 }
 
 /// A consumer for every `signals.<tier>`, assigned by [`read_back`].
-fn assign(cfg: &KafkaConfig) -> Result<(BaseConsumer, [String; 4]), KafkaError> {
+fn consumer(cfg: &KafkaConfig) -> Result<(BaseConsumer, [String; 4]), KafkaError> {
     let consumer: BaseConsumer = client_config(cfg)
         // No group: partitions are assigned, nothing is committed. An offset retention
         // removed meanwhile means the first one left, not the end.
@@ -96,53 +97,65 @@ fn assign(cfg: &KafkaConfig) -> Result<(BaseConsumer, [String; 4]), KafkaError> 
     Ok((consumer, Tier::ALL.map(|t| cfg.signals_topic(t))))
 }
 
-/// What is still open in the topics up to where they end now, in the order first read;
-/// `None` when `stop` was set meanwhile.
+/// What the read-back at start hands over: the signals still open, in the order first
+/// read, and the latest closes it read (their ids are remembered by the handover, so a
+/// copy of a closed signal read later does not open it again).
+struct ReadBack {
+    open: Vec<Tracked>,
+    closed: Vec<(uuid::Uuid, Key)>,
+}
+
+/// Assigns every topic from its first retained record and reads up to where each ends
+/// now; `None` when `stop` was set meanwhile or the topics cannot be assigned.
+///
+/// The assignment made here is the follower's for good: what comes after the
+/// read-back is read on from where it stopped, never re-assigned. A broker's high
+/// watermark may lag its last record (the test broker's does), so the read-back can
+/// end before records that exist; those then come as live events, and the handover
+/// merges them as it would any late copy. (Re-assigning "from where the read-back
+/// ended" skipped them: librdkafka kept the fetch position it had reached in the
+/// topics already read past their watermark.)
 fn read_back(
     consumer: &BaseConsumer,
     topics: &[String; 4],
     max_bytes: usize,
     max_open: usize,
     stop: &AtomicBool,
-) -> Option<Vec<Tracked>> {
+) -> Option<ReadBack> {
     let started = Instant::now();
-    // Where each topic ends now (what is left to read), and where the follower goes on.
-    // Offsets are the watermarks' (explicit, as the gateways' relay does): a broker's
-    // answer for "the beginning" is not always the first record it holds.
+    // Where each topic ends now: what is left to read. Offsets are the watermarks'
+    // (explicit, as the gateways' relay does): a broker's answer for "the beginning"
+    // is not always the first record it holds.
     let mut ends = HashMap::new();
-    let (mut now, mut then) = (TopicPartitionList::new(), TopicPartitionList::new());
+    let mut from = TopicPartitionList::new();
     for topic in topics {
-        let (low, high) = match consumer.fetch_watermarks(topic, 0, Duration::from_secs(10)) {
-            Ok(w) => w,
+        match consumer.fetch_watermarks(topic, 0, Duration::from_secs(10)) {
+            Ok((low, high)) => {
+                if high > low {
+                    ends.insert(topic.clone(), high);
+                }
+                let _ = from.add_partition_offset(topic, 0, Offset::Offset(low));
+            }
             Err(e) => {
                 tracing::warn!(%topic, error = %e, "no watermarks: not read back");
-                let _ = then.add_partition_offset(topic, 0, Offset::End);
-                continue;
+                let _ = from.add_partition_offset(topic, 0, Offset::End);
             }
-        };
-        if high > low {
-            ends.insert(topic.clone(), high);
-            let _ = now.add_partition_offset(topic, 0, Offset::Offset(low));
         }
-        let _ = then.add_partition_offset(topic, 0, Offset::Offset(high));
     }
-    if let Err(e) = consumer.assign(&now) {
-        tracing::warn!(error = %e, "signals.<tier> not read back");
-        ends.clear();
+    if let Err(e) = consumer.assign(&from) {
+        tracing::error!(error = %e, "cannot follow signals.<tier>: open signals of other nodes are not rebuilt here");
+        return None;
     }
-    let mut next: HashMap<String, i64> = HashMap::new();
     // Still open, by id, with the order it was first read in.
     let mut open: HashMap<uuid::Uuid, (u64, Tracked)> = HashMap::new();
     let mut closed: HashSet<uuid::Uuid> = HashSet::new();
+    let mut latest_closes: VecDeque<(uuid::Uuid, Key)> = VecDeque::new();
     let (mut order, mut not_kept) = (0_u64, 0_u64);
     while !ends.is_empty() && started.elapsed() < CATCH_UP_LIMIT {
         if stop.load(Ordering::Acquire) {
             return None;
         }
         let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) else { continue };
-        // Read on past a topic's end (a broker's watermark may lag its last record), and
-        // go on from the furthest point each topic was read to.
-        next.insert(m.topic().to_owned(), m.offset() + 1);
         if ends.get(m.topic()).is_some_and(|end| m.offset() + 1 >= *end) {
             ends.remove(m.topic());
         }
@@ -158,8 +171,13 @@ fn read_back(
                     }
                 }
             }
-            Some(PeerEvent::Close { id, .. }) => {
-                closed.insert(id);
+            Some(PeerEvent::Close { id, key }) => {
+                if closed.insert(id) {
+                    if latest_closes.len() == CLOSED_WINDOW {
+                        latest_closes.pop_front();
+                    }
+                    latest_closes.push_back((id, key));
+                }
                 open.remove(&id);
             }
             _ => {}
@@ -167,20 +185,6 @@ fn read_back(
     }
     if !ends.is_empty() {
         tracing::warn!(topics = ?ends.keys().collect::<Vec<_>>(), "signals.<tier> not read back to the end at start; open signals past that point are not rebuilt");
-    }
-    // Every topic from where its read-back ended.
-    for topic in topics {
-        if let Some(&offset) = next.get(topic) {
-            let high = match then.find_partition(topic, 0).map(|p| p.offset()) {
-                Some(Offset::Offset(high)) => high,
-                _ => 0,
-            };
-            let _ = then.set_partition_offset(topic, 0, Offset::Offset(offset.max(high)));
-        }
-    }
-    if let Err(e) = consumer.assign(&then) {
-        tracing::error!(error = %e, "signals.<tier> follower cannot go on after the read-back");
-        return None;
     }
     tracing::info!(
         open = open.len(),
@@ -191,7 +195,7 @@ fn read_back(
     );
     let mut open: Vec<(u64, Tracked)> = open.into_values().collect();
     open.sort_unstable_by_key(|(order, _)| *order);
-    Some(open.into_iter().map(|(_, t)| t).collect())
+    Some(ReadBack { open: open.into_iter().map(|(_, t)| t).collect(), closed: latest_closes.into() })
 }
 
 /// A `signals.<tier>` record as the handover reads it (`None`, logged by the relay's

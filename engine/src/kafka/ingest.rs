@@ -12,6 +12,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -53,6 +54,11 @@ struct IngestClient {
     stats: StatsContext,
     revoked: std::sync::Mutex<Vec<i32>>,
     revoke: tokio::sync::Notify,
+    /// Revocations so far: an offset marker queued before one stores nothing (see
+    /// [`mark`]).
+    revocations: AtomicU64,
+    /// Input partitions held now (the `signalcast_kafka_assigned_partitions` gauge).
+    held: std::sync::Mutex<std::collections::BTreeSet<i32>>,
     /// The stage's view of the same (engine nodes in scale-out).
     rebalances: Option<Arc<Rebalances>>,
 }
@@ -77,6 +83,8 @@ impl rdkafka::consumer::ConsumerContext for IngestClient {
         if let rdkafka::consumer::Rebalance::Revoke(tpl) = r {
             let partitions = partitions(tpl);
             tracing::info!(?partitions, "input partitions revoked");
+            self.revocations.fetch_add(1, Ordering::AcqRel);
+            self.hold(false, &partitions);
             if let Some(r) = &self.rebalances {
                 r.push(false, partitions.clone());
             }
@@ -94,6 +102,7 @@ impl rdkafka::consumer::ConsumerContext for IngestClient {
             rdkafka::consumer::Rebalance::Assign(tpl) => {
                 let partitions = partitions(tpl);
                 tracing::info!(?partitions, "input partitions assigned");
+                self.hold(true, &partitions);
                 if let Some(r) = &self.rebalances {
                     r.push(true, partitions);
                 }
@@ -105,6 +114,18 @@ impl rdkafka::consumer::ConsumerContext for IngestClient {
 }
 
 impl IngestClient {
+    fn hold(&self, assigned: bool, partitions: &[i32]) {
+        let mut held = self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for p in partitions {
+            if assigned {
+                held.insert(*p);
+            } else {
+                held.remove(p);
+            }
+        }
+        self.stats.0.assigned_partitions.store(held.len() as u64, Ordering::Relaxed);
+    }
+
     fn take_revoked(&self) -> Vec<i32> {
         let mut v =
             std::mem::take(&mut *self.revoked.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
@@ -173,6 +194,8 @@ pub async fn run_ingest(
                 stats: StatsContext(Arc::clone(&ctx.stats)),
                 revoked: std::sync::Mutex::default(),
                 revoke: tokio::sync::Notify::new(),
+                revocations: AtomicU64::new(0),
+                held: std::sync::Mutex::default(),
                 rebalances: ctx.handover.clone(),
             })?,
     );
@@ -199,7 +222,7 @@ pub async fn run_ingest(
             tokio::select! {
                 m = consumer.recv() => Some(m),
                 () = consumer.context().revoke.notified() => {
-                    revoked(&consumer, &mut learned);
+                    revoked(&consumer, &mut learned, &mut pending);
                     continue;
                 }
                 () = &mut stop => break,
@@ -221,7 +244,7 @@ pub async fn run_ingest(
         };
         KafkaStats::count(&ctx.stats.consumed);
         // A rebalance inside this poll: what the partitions held is to be learnt again.
-        revoked(&consumer, &mut learned);
+        revoked(&consumer, &mut learned, &mut pending);
         match taken.outcome {
             Ok(item) => {
                 if ctx.handover.is_some() && !owned(&ctx, &mut learned, &item, taken.partition).await {
@@ -252,12 +275,19 @@ pub async fn run_ingest(
     Ok(())
 }
 
-/// Forgets which symbols the revoked partitions held: their next records (once this
-/// node holds them again) tell the stage anew.
-fn revoked(consumer: &StreamConsumer<IngestClient>, learned: &mut Learned) {
+/// Forgets which symbols the revoked partitions held, and the offsets taken from them
+/// and not yet marked: their records are read again by whoever holds them next (this
+/// node too, if they come back), and tell the stage anew.
+fn revoked(
+    consumer: &StreamConsumer<IngestClient>,
+    learned: &mut Learned,
+    pending: &mut Vec<(Topic, i32, i64)>,
+) {
     let partitions = consumer.context().take_revoked();
     if !partitions.is_empty() {
+        tracing::debug!(?partitions, "forgetting the symbols of revoked partitions");
         learned.retain(|_, p| !partitions.contains(p));
+        pending.retain(|(_, p, _)| !partitions.contains(p));
     }
 }
 
@@ -272,6 +302,7 @@ async fn owned(ctx: &IngestContext, learned: &mut Learned, item: &IngestItem, pa
     if learned.insert(key, partition) == Some(partition) {
         return true;
     }
+    tracing::debug!(symbol = %key.0, partition, "first record of a symbol from this partition");
     ctx.ingest.send(IngestItem::Handover(HandoverItem::Owned { key, partition })).await.is_ok()
 }
 
@@ -297,7 +328,18 @@ async fn mark(
     let offsets: Vec<(String, i32, i64)> =
         pending.drain(..).map(|(t, p, o)| (t.name(cfg).to_owned(), p, o)).collect();
     let consumer = Arc::clone(consumer);
+    let generation = consumer.context().revocations.load(Ordering::Acquire);
     let done = Done(Arc::new(move || {
+        // The stage runs this after the records, and after any rebalance the consumer
+        // learnt of meanwhile. Records taken before a revocation moved nothing there
+        // (their symbols had gone to standby), so their offsets must not be stored, even
+        // when the same partition came straight back to this node: its new owner (this
+        // node, then) reads them again from the last commit, and a tick read again is
+        // checked against what is open by then. Signals read again are de-duplicated by id.
+        if consumer.context().revocations.load(Ordering::Acquire) != generation {
+            tracing::debug!(records = offsets.len(), "offsets not stored: a rebalance came between");
+            return;
+        }
         for (topic, partition, offset) in &offsets {
             // Fails only for a partition this node no longer holds: its new owner
             // re-reads from the last commit and de-duplicates by id.

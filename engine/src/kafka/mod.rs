@@ -101,6 +101,9 @@ pub struct KafkaStats {
     /// `signals.<tier>` records dropped before they reach a client: too large, not a
     /// routed signal, or a value that is not the SIGNAL_UPDATE `data` an engine writes.
     pub relay_rejected: AtomicU64,
+    /// Input partitions (of `raw-signals` and `market-data`, co-partitioned) this
+    /// engine node holds now.
+    pub assigned_partitions: AtomicU64,
     /// Consumer lag per topic (sum over the partitions this node holds), from
     /// librdkafka's statistics.
     lag: Mutex<BTreeMap<String, i64>>,

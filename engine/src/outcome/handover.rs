@@ -72,7 +72,7 @@ impl Rebalances {
 /// Closed ids remembered so that a copy of a signal read after its close (the follower
 /// reads the tier topics side by side, and this node's own closes come back through
 /// them) does not make it open again.
-const CLOSED_WINDOW: usize = 65_536;
+pub const CLOSED_WINDOW: usize = 65_536;
 
 /// See the module docs.
 #[derive(Debug)]

@@ -345,3 +345,20 @@ fn an_id_is_tracked_once_and_one_closed_elsewhere_is_forgotten_without_a_close()
     assert!(tick(&mut t, "111", 1).is_empty());
     assert_eq!(summary(&tick(&mut t, "121", 2)).len(), 1);
 }
+
+#[test]
+fn a_copy_from_another_tiers_topic_adds_its_tier_to_the_close_even_at_capacity() {
+    let mut t = Tracker::new(1);
+    let mut enterprise = tracked(1, 1, SignalType::Buy, Some("100"), "110", "90");
+    enterprise.tiers = 0b1000;
+    t.reopen(enterprise).unwrap();
+    // The premium topic's copy of the same signal, read after it was tracked here: the
+    // tracker is full, but this is no new signal.
+    let mut premium = tracked(1, 1, SignalType::Buy, Some("100"), "110", "90");
+    premium.tiers = 0b0100;
+    t.reopen(premium).expect("a copy of a tracked id is not refused for capacity");
+    assert_eq!(t.len(), 1);
+    let closes = tick(&mut t, "111", 1);
+    assert_eq!(closes.len(), 1);
+    assert_eq!(closes[0].signal.tiers, 0b1100, "the close goes to both tiers' channels");
+}

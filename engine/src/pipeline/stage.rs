@@ -332,7 +332,11 @@ impl Stage {
                 Vec::new()
             }
             HandoverItem::Peer(PeerEvent::CaughtUp) => handover.caught_up(),
-            HandoverItem::Owned { key, partition } => handover.owned(key, partition),
+            HandoverItem::Owned { key, partition } => {
+                let taken = handover.owned(key, partition);
+                tracing::debug!(symbol = %key.0, partition, active = handover.is_active(&key), taken = taken.len(), "symbol owned here");
+                taken
+            }
         };
         for signal in reopen {
             // An id tracked here already is passed over by the tracker.
@@ -360,7 +364,15 @@ impl Stage {
         let Some(events) = rebalances.take() else { return };
         for (assigned, partitions) in events {
             let keys = handover.rebalance(assigned, &partitions);
-            handover.put_back(tracker.take_books(&keys));
+            let back = tracker.take_books(&keys);
+            tracing::debug!(
+                assigned,
+                ?partitions,
+                symbols = keys.len(),
+                to_standby = back.len(),
+                "rebalance applied"
+            );
+            handover.put_back(back);
         }
         self.stats.set_open_signals(tracker.len());
         self.note_standby();
@@ -528,6 +540,7 @@ impl Stage {
         }
         for close in std::mem::take(&mut self.closes) {
             self.stats.closed(close.status);
+            tracing::debug!(id = %close.signal.id, symbol = %close.signal.symbol, tiers = close.signal.tiers, status = ?close.status, "closed");
             if let Some(h) = &mut self.handover {
                 h.closed_here(close.signal.id);
             }
