@@ -12,6 +12,7 @@
 //! - [`ingest`], [`ticks`], [`storm`]: what the signal store costs producers; what a
 //!   tick costs; a node restarted under 10,000 subscribers.
 
+pub mod accounts;
 pub mod ingest;
 pub mod proto;
 pub mod reference;

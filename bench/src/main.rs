@@ -64,6 +64,12 @@ struct Common {
     /// Either client mode; not the reference or signalcast-kafka.
     #[arg(long)]
     tls: bool,
+    /// signalcast authenticates on the accounts sidecar, as a deployment does:
+    /// PostgreSQL (initdb) and `signalcast-accounts` start beside it, and every client
+    /// presents an EdDSA access token from a login (the embedded default's are HS256).
+    /// Needs `cargo build --release -p signalcast-accounts`.
+    #[arg(long)]
+    accounts: bool,
 }
 
 /// A JSON object, as written.
@@ -331,6 +337,7 @@ async fn orchestrate(cmd: Cmd) -> anyhow::Result<()> {
             mix: common.mix,
             peer_body: common.peer_body,
             tls: common.tls,
+            accounts: common.accounts,
         })?;
     }
     let json = match cmd {

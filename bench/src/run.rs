@@ -93,6 +93,9 @@ pub struct Options {
     pub peer_body: crate::targets::PeerBody,
     /// signalcast and the peers serve WSS (either client mode).
     pub tls: bool,
+    /// signalcast takes the accounts sidecar's EdDSA tokens (PostgreSQL and the sidecar
+    /// started beside it) instead of the embedded default's HS256 ones.
+    pub accounts: bool,
 }
 
 static OPTIONS: std::sync::OnceLock<Options> = std::sync::OnceLock::new();

@@ -93,6 +93,10 @@ pub struct Server {
     _dir: Option<TempDir>,
     /// WSS (`--tls`): the certificate served and its folder.
     tls: Option<(Certificate, TempDir)>,
+    /// `--accounts`: the sidecar and its database (stopped after the server).
+    _accounts: Option<crate::accounts::Accounts>,
+    /// Variables the server is started with (kept for a restart).
+    env: Vec<(String, String)>,
 }
 
 /// A folder removed on drop (tansu reads `.env` from its working directory).
@@ -174,9 +178,11 @@ fn spawn_server(
     publish: SocketAddr,
     data: Option<&TempDir>,
     tls: Option<&Certificate>,
+    env: &[(String, String)],
 ) -> std::io::Result<Child> {
     let mut cmd = Command::new(exe);
     cmd.args([sub, "--ws", &ws.to_string(), "--publish", &publish.to_string()]);
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
     if let Some(dir) = data {
         cmd.env("SIGNALCAST_STORE__DATA_DIR", &dir.0);
     }
@@ -234,6 +240,8 @@ impl Server {
         );
         let mut data = None;
         let tls_files;
+        let mut accounts = None;
+        let mut env = Vec::new();
         let (endpoint, publish, child, pid) = match target {
             Target::Signalcast | Target::Reference => {
                 let (ws, publish) = (free_port()?, free_port()?);
@@ -248,6 +256,13 @@ impl Server {
                 }
                 // `--tls`: signalcast serves WSS with a certificate made for this server.
                 let tls = if target == Target::Signalcast { run_certificate(ws)? } else { None };
+                // `--accounts`: signalcast takes the sidecar's tokens.
+                if target == Target::Signalcast && crate::run::options().accounts {
+                    anyhow::ensure!(!crate::run::options().tls, "--accounts: with --tls, not built");
+                    let a = crate::accounts::Accounts::start(&exe).await?;
+                    env = a.gateway_env();
+                    accounts = Some(a);
+                }
                 let child = spawn_server(
                     &exe,
                     sub,
@@ -255,14 +270,18 @@ impl Server {
                     local(publish),
                     data.as_ref(),
                     tls.as_ref().map(|t| &t.0),
+                    &env,
                 )?;
                 let pid = child.id().context("child pid")?;
                 wait_port(local(ws)).await?;
                 wait_port(local(publish)).await?;
-                let path = if target == Target::Signalcast {
-                    format!("/ws?token={}", bench_token()?)
-                } else {
-                    "/".into()
+                if accounts.is_some() {
+                    crate::accounts::Accounts::wait_ready(local(ws)).await?;
+                }
+                let path = match (&accounts, target) {
+                    (Some(a), _) => format!("/ws?token={}", a.token),
+                    (None, Target::Signalcast) => format!("/ws?token={}", bench_token()?),
+                    (None, _) => "/".into(),
                 };
                 let tls_ca = tls.as_ref().map(|t| t.0.cert.clone());
                 tls_files = tls;
@@ -305,6 +324,8 @@ impl Server {
             others: Vec::new(),
             _dir: data,
             tls: tls_files,
+            _accounts: accounts,
+            env,
         })
     }
 
@@ -376,6 +397,8 @@ impl Server {
             others,
             _dir: Some(dir),
             tls: None,
+            _accounts: None,
+            env: Vec::new(),
         })
     }
 
@@ -402,6 +425,7 @@ impl Server {
             self.publish,
             self._dir.as_ref(),
             self.tls.as_ref().map(|t| &t.0),
+            &self.env,
         )?;
         self.pid = child.id().context("child pid")?;
         self.child = Some(child);

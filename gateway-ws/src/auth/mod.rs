@@ -9,6 +9,7 @@ mod accounts;
 mod client;
 mod dev;
 mod sidecar;
+mod verified;
 
 pub use accounts::{Account, Accounts, AccountsError};
 pub use dev::DevAuth;

@@ -20,6 +20,7 @@ use serde_json::Value;
 use tokio::sync::Notify;
 
 use super::client::{Endpoint, HttpError, get_json, stream_events};
+use super::verified::{self, Verified};
 use super::{AUDIENCE, AuthError, Authenticator, Claims, Session};
 use contract::{Change, ChangeEvent, Snapshot};
 
@@ -32,6 +33,9 @@ pub type OnChange = Arc<dyn Fn(&Entitlements) + Send + Sync>;
 /// The fastest the JWKS is fetched again because a token named an unknown key.
 pub const KID_MISS_EVERY: Duration = Duration::from_secs(5);
 
+/// Clock skew allowed on `exp` and `nbf`, seconds.
+const LEEWAY_S: u64 = 5;
+
 pub struct SidecarAuth {
     /// Where the sidecar is, and the TLS that verifies it.
     endpoint: Endpoint,
@@ -39,6 +43,8 @@ pub struct SidecarAuth {
     keys: RwLock<HashMap<String, DecodingKey>>,
     suspended: RwLock<HashSet<String>>,
     validation: Validation,
+    /// Tokens verified already: a reconnecting client's costs a lookup.
+    verified: Verified,
     /// A rotation was announced: fetch the JWKS now.
     rotated: Notify,
     /// A token named a key we do not know: fetch the JWKS, at most once per
@@ -129,7 +135,7 @@ impl SidecarAuth {
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_audience(&[AUDIENCE]);
         validation.set_required_spec_claims(&["exp", "sub", "aud"]);
-        validation.leeway = 5;
+        validation.leeway = LEEWAY_S;
         validation.validate_nbf = true;
         let me = Arc::new(Self {
             endpoint: Endpoint::new(addr, connector),
@@ -137,6 +143,7 @@ impl SidecarAuth {
             keys: RwLock::new(HashMap::new()),
             suspended: RwLock::new(HashSet::new()),
             validation,
+            verified: Verified::new(verified::CAPACITY, LEEWAY_S as i64),
             rotated: Notify::new(),
             kid_miss: Notify::new(),
             feed_up: AtomicBool::new(false),
@@ -403,25 +410,16 @@ fn parse_jwks(jwks: &Value) -> HashMap<String, DecodingKey> {
 
 impl Authenticator for SidecarAuth {
     fn authenticate(&self, token: &str) -> Result<Session, AuthError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
-        if header.alg != Algorithm::EdDSA {
-            return Err(AuthError::Invalid("only EdDSA tokens are accepted".into()));
-        }
-        let kid = header.kid.ok_or_else(|| AuthError::Invalid("no key id".into()))?;
-        let claims = {
-            let keys = self.read_keys();
-            let Some(key) = keys.get(&kid) else {
-                // Maybe a rotation we have not heard of: look again soon (this token
-                // is refused now).
-                self.kid_miss.notify_one();
-                return Err(AuthError::Invalid("unknown signing key".into()));
-            };
-            jsonwebtoken::decode::<Claims>(token, key, &self.validation)
-                .map_err(|e| match e.kind() {
-                    ErrorKind::ExpiredSignature => AuthError::Expired,
-                    _ => AuthError::Invalid(e.to_string()),
-                })?
-                .claims
+        let digest = verified::digest(token);
+        let now = engine::model::UnixNanos::now().0 / 1_000_000_000;
+        let claims = match self.verified.get(&digest, now) {
+            // Verified before, by a key still published.
+            Some((kid, claims)) if self.read_keys().contains_key(&kid) => claims,
+            _ => {
+                let (kid, claims) = self.verify(token)?;
+                self.verified.insert(digest, kid, claims.clone(), now);
+                claims
+            }
         };
         if read(&self.suspended).contains(&claims.sub) {
             return Err(AuthError::Suspended);
@@ -430,5 +428,31 @@ impl Authenticator for SidecarAuth {
         // A token issued before the user's last change carries old rights (a
         // downgrade would be undone by reconnecting): the current ones apply.
         Ok(read(&self.changed).clamp(Session::from(claims), iat))
+    }
+}
+
+impl SidecarAuth {
+    /// The full check of a token: its signature by a published key, and its claims.
+    /// Returns the key id with the claims.
+    fn verify(&self, token: &str) -> Result<(String, Claims), AuthError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(AuthError::Invalid("only EdDSA tokens are accepted".into()));
+        }
+        let kid = header.kid.ok_or_else(|| AuthError::Invalid("no key id".into()))?;
+        let keys = self.read_keys();
+        let Some(key) = keys.get(&kid) else {
+            // Maybe a rotation we have not heard of: look again soon (this token
+            // is refused now).
+            self.kid_miss.notify_one();
+            return Err(AuthError::Invalid("unknown signing key".into()));
+        };
+        let claims = jsonwebtoken::decode::<Claims>(token, key, &self.validation)
+            .map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                _ => AuthError::Invalid(e.to_string()),
+            })?
+            .claims;
+        Ok((kid, claims))
     }
 }
