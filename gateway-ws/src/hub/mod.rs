@@ -179,8 +179,9 @@ impl Hub {
         let mut threads = Vec::with_capacity(n);
         for i in 0..n {
             // Connections arrive at handshake speed, which a shard outpaces; 1,024
-            // absorbs a reconnect storm. When full, the upgrade is dropped (the client
-            // sees the connection close and retries with backoff).
+            // absorbs a reconnect storm. When full, the next shard takes it; when every
+            // one is, the upgrade is dropped (the client sees the connection close and
+            // retries with backoff).
             let (tx, rx) = std::sync::mpsc::sync_channel(1_024);
             let shard = shard::Shard::new(i, src.clone(), engine.history.clone(), tx.clone(), rx)?;
             shards.push(ShardHandle { tx, waker: shard.waker() });
@@ -204,13 +205,20 @@ impl Hub {
         &self.quotas
     }
 
-    /// Places a connection on the next shard (round robin).
+    /// Places a connection on the next shard (round robin); a shard whose queue is full
+    /// passes it to the next one, so a connection is dropped only when every shard is
+    /// full.
     pub fn attach(&self, a: Attach) -> Result<(), AttachError> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.shards.len();
-        self.shards[i].send(Cmd::Attach(Box::new(a))).map_err(|e| match e {
-            TrySendError::Full(_) => AttachError::Busy,
-            TrySendError::Disconnected(_) => AttachError::Stopped,
-        })
+        let first = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut cmd = Cmd::Attach(Box::new(a));
+        for k in 0..self.shards.len() {
+            match self.shards[(first + k) % self.shards.len()].send(cmd) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Full(back)) => cmd = back,
+                Err(TrySendError::Disconnected(_)) => return Err(AttachError::Stopped),
+            }
+        }
+        Err(AttachError::Busy)
     }
 
     /// Tells every client to reconnect elsewhere (SYSTEM_MESSAGE drain, close 1001).
