@@ -41,14 +41,21 @@ impl Accounts {
                 exe.display()
             );
         }
-        let dir = std::env::temp_dir().join(format!("signalcast-bench-pg-{}", std::process::id()));
+        sweep_stale().await;
+        let dir = std::env::temp_dir().join(format!("{PG_DIR_PREFIX}{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
         let mut me =
             Self { pg_data: dir.join("data"), dir, sidecar: None, url: String::new(), token: String::new() };
         let port = free_port()?;
-        me.start_postgres(port).await?;
-        let database = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+        // A password, not trust: other local users must not get a superuser here.
+        let password = {
+            let mut bytes = [0u8; 16];
+            std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
+            bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        };
+        me.start_postgres(port, &password).await?;
+        let database = format!("postgres://postgres:{password}@127.0.0.1:{port}/postgres");
         let sidecar = |args: &[&str]| {
             let mut c = Command::new(&sidecar_exe);
             c.args(args)
@@ -91,13 +98,17 @@ impl Accounts {
         ]
     }
 
-    async fn start_postgres(&self, port: u16) -> anyhow::Result<()> {
+    async fn start_postgres(&self, port: u16, password: &str) -> anyhow::Result<()> {
+        let pwfile = self.dir.join("pw");
+        std::fs::write(&pwfile, password)?;
         if is_root() {
-            let ok = Command::new("chown").arg("postgres:postgres").arg(&self.dir).status().await?;
+            let ok = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&self.dir).status().await?;
             anyhow::ensure!(ok.success(), "chown of the PostgreSQL folder failed");
         }
         let data = self.pg_data.display().to_string();
-        let out = pg("initdb", &["-D", &data, "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"])
+        let pwfile = format!("--pwfile={}", pwfile.display());
+        let auth = ["--auth=scram-sha-256", pwfile.as_str()];
+        let out = pg("initdb", &["-D", &data, "-U", "postgres", auth[0], auth[1], "--no-sync", "-E", "UTF8"])
             .stdout(Stdio::null())
             .output()
             .await?;
@@ -133,6 +144,30 @@ impl Drop for Accounts {
         let mut stop = pg("pg_ctl", &["-D", &data, "-m", "immediate", "-w", "stop"]);
         let _ = stop.as_std_mut().stdout(Stdio::null()).status();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Where a run keeps its cluster: `<prefix><pid>` under the temporary folder.
+const PG_DIR_PREFIX: &str = "signalcast-bench-pg-";
+
+/// Stops and removes the clusters of runs that ended without cleaning up (interrupted:
+/// `pg_ctl` starts the server in a session of its own, which outlives the bench).
+async fn sweep_stale() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix(PG_DIR_PREFIX).and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue; // a run still going
+        }
+        let data = e.path().join("data").display().to_string();
+        let _ = pg("pg_ctl", &["-D", &data, "-m", "immediate", "-w", "stop"])
+            .stdout(Stdio::null())
+            .status()
+            .await;
+        let _ = std::fs::remove_dir_all(e.path());
     }
 }
 

@@ -185,6 +185,14 @@ fn read_back(
     }
     if !ends.is_empty() {
         tracing::warn!(topics = ?ends.keys().collect::<Vec<_>>(), "signals.<tier> not read back to the end at start; open signals past that point are not rebuilt");
+        // What was left unread is history: followed live, its opens would be taken
+        // for new ones (their closes are not among those handed over). Go on from where
+        // the topic ended at start.
+        for (topic, end) in &ends {
+            if let Err(e) = consumer.seek(topic, 0, Offset::Offset(*end), Duration::from_secs(10)) {
+                tracing::warn!(%topic, error = %e, "cannot skip the rest of the read-back");
+            }
+        }
     }
     tracing::info!(
         open = open.len(),

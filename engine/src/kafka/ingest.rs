@@ -231,6 +231,9 @@ pub async fn run_ingest(
             consumer.recv().now_or_never()
         };
         let Some(received) = next else {
+            // The poll that found nothing may have run a rebalance: what it revoked
+            // leaves `pending` before the marker is made.
+            revoked(&consumer, &mut learned, &mut pending);
             mark(&cfg, &ctx, &consumer, &mut pending).await;
             continue;
         };
@@ -267,6 +270,7 @@ pub async fn run_ingest(
         }
         pending.push((taken.topic, taken.partition, taken.offset));
     }
+    revoked(&consumer, &mut learned, &mut pending);
     mark(&cfg, &ctx, &consumer, &mut pending).await;
     // Give the stage a moment to run the last marker before the consumer closes (its
     // close commits what is stored).

@@ -13,8 +13,9 @@ use std::sync::{Mutex, PoisonError};
 
 use super::Claims;
 
-/// Tokens remembered at most; past it, expired ones are dropped, then all (the next
-/// connections verify again). About 200 bytes each: 13 MB when full.
+/// Tokens remembered at most; past it, expired ones are dropped, and all of them if
+/// that frees no more than an eighth (the next connections verify again). About 200 bytes
+/// each: 13 MB when full.
 pub const CAPACITY: usize = 65_536;
 
 /// The digest a token is remembered under.
@@ -59,7 +60,9 @@ impl Verified {
         if tokens.len() >= self.capacity && !tokens.contains_key(&token) {
             let leeway = self.leeway_s;
             tokens.retain(|_, (_, c)| c.exp + leeway > now_s);
-            if tokens.len() >= self.capacity {
+            // Unless the sweep freed more than an eighth, start over: a cache full of
+            // live tokens would otherwise sweep (under the lock) on every insert.
+            if tokens.len() >= self.capacity - self.capacity / 8 {
                 tokens.clear();
             }
         }
@@ -120,5 +123,27 @@ mod tests {
         // The same token again is no new entry.
         v.insert(digest("e"), "k".into(), claims("e", 1_000), 20);
         assert_eq!(v.len(), 1);
+    }
+
+    #[test]
+    fn a_sweep_that_frees_little_starts_over_rather_than_sweep_at_every_insert() {
+        let v = Verified::new(16, 0);
+        v.insert(digest("soon"), "k".into(), claims("soon", 10), 0);
+        for n in 0..15 {
+            v.insert(digest(&format!("live-{n}")), "k".into(), claims("live", 1_000), 0);
+        }
+        // Full; one expired of 16 frees less than an eighth: everything goes.
+        v.insert(digest("new"), "k".into(), claims("new", 1_000), 20);
+        assert_eq!(v.len(), 1);
+        // With three expired of 16 the sweep is enough: the live ones stay.
+        for n in 0..3 {
+            v.insert(digest(&format!("short-{n}")), "k".into(), claims("short", 30), 20);
+        }
+        for n in 0..12 {
+            v.insert(digest(&format!("long-{n}")), "k".into(), claims("long", 1_000), 20);
+        }
+        assert_eq!(v.len(), 16);
+        v.insert(digest("later"), "k".into(), claims("later", 1_000), 40);
+        assert_eq!(v.len(), 14, "the 3 expired went, 13 live and the new one are kept");
     }
 }
