@@ -106,13 +106,24 @@ impl Default for FeedConfig {
 }
 
 /// Durations as integer milliseconds in config files.
+/// The longest duration a setting may name: 30 days. Timers are the clock plus the
+/// setting, and a clock plus `u64::MAX` ms does not exist (it would panic at runtime).
+pub const MAX_DURATION_MS: u64 = 30 * 24 * 3_600 * 1_000;
+
 mod millis {
     use std::time::Duration;
 
-    use serde::{Deserialize, Deserializer};
+    use serde::{Deserialize, Deserializer, de::Error};
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        u64::deserialize(d).map(Duration::from_millis)
+        let ms = u64::deserialize(d)?;
+        if ms > super::MAX_DURATION_MS {
+            return Err(D::Error::custom(format!(
+                "{ms} ms is more than a duration setting may be (30 days, {} ms)",
+                super::MAX_DURATION_MS
+            )));
+        }
+        Ok(Duration::from_millis(ms))
     }
 }
 

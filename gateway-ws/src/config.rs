@@ -398,6 +398,20 @@ impl Config {
             !NOT_SETTINGS.contains(&full.as_str())
         });
         let config: Self = f.merge(env).extract().map_err(|e| explain(&e))?;
+        let max_ms = engine::config::MAX_DURATION_MS;
+        let durations_ms = [
+            ("write_timeout_ms", config.write_timeout_ms),
+            ("heartbeat_timeout_secs", config.heartbeat_timeout_secs.saturating_mul(1_000)),
+            ("price_interval_ms", config.price_interval_ms),
+            ("drain_timeout_secs", config.drain_timeout_secs.saturating_mul(1_000)),
+            ("handshake_timeout_ms", config.handshake_timeout_ms),
+            ("tls.reload_interval_ms", config.tls.as_ref().map_or(0, |t| t.reload_interval_ms)),
+        ];
+        if let Some((name, _)) = durations_ms.iter().find(|(_, ms)| *ms > max_ms) {
+            return Err(ConfigError::Invalid(format!(
+                "{name} is more than a duration setting may be (30 days, {max_ms} ms)"
+            )));
+        }
         if !(9..=15).contains(&config.deflate_window_bits) {
             return Err(ConfigError::Invalid(format!(
                 "deflate_window_bits is {}: a compressor's window is 9 to 15 bits",

@@ -25,7 +25,7 @@ use crate::auth::AccountsState;
 use crate::auth::AuthError;
 use crate::conn::Io;
 use crate::dashboard;
-use crate::hub::Attach;
+use crate::hub::{Attach, AttachError};
 use crate::server::App;
 use crate::upgrade::{self, Head, Prefixed, Socket};
 
@@ -226,8 +226,14 @@ impl Accepted {
     fn hand_over(self, io: Io, input: BytesMut, preamble: Option<Arc<[u8]>>, app: &App) {
         let Self { session, admitted, subscribe, deflate, headers: _ } = self;
         let attach = Attach { io, input, preamble, session, admitted: Some(admitted), subscribe, deflate };
-        if let Err(e) = app.hub.attach(attach) {
-            tracing::warn!(error = %e, "websocket dropped at the upgrade");
+        match app.hub.attach(attach) {
+            Ok(()) => {}
+            Err(AttachError::Busy(a)) => {
+                app.stats.hub_was_busy();
+                tracing::warn!(user = %a.session.user_id, "every hub shard is full; websocket turned away (hub_busy)");
+                a.refuse_busy();
+            }
+            Err(e @ AttachError::Stopped) => tracing::warn!(error = %e, "websocket dropped at the upgrade"),
         }
     }
 

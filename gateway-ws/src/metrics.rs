@@ -58,7 +58,7 @@ struct LocalHistogram {
 impl LocalHistogram {
     fn record(&mut self, us: u64) {
         self.buckets[LATENCY_BUCKETS_US.partition_point(|&b| b < us)] += 1;
-        self.sum_us += us;
+        self.sum_us = self.sum_us.saturating_add(us);
     }
 
     fn publish(&mut self, to: &LatencyHistogram) {
@@ -118,6 +118,8 @@ pub struct GatewayStats {
     slow_consumer_closes: AtomicU64,
     upgrades: AtomicU64,
     auth_failures: AtomicU64,
+    /// Upgraded connections turned away because every hub shard's queue was full.
+    hub_busy: AtomicU64,
     /// permessage-deflate: upgrades that took it, channel messages compressed (once per
     /// hub shard), and their bytes before and after.
     deflate_upgrades: AtomicU64,
@@ -165,6 +167,10 @@ impl GatewayStats {
 
     pub fn auth_failed(&self) {
         self.auth_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn hub_was_busy(&self) {
+        self.hub_busy.fetch_add(1, Ordering::Relaxed);
     }
 
     /// An upgrade negotiated permessage-deflate.
@@ -490,6 +496,12 @@ impl Collector for Gateway {
             "signalcast_auth_failures",
             "Connections refused with 401.",
             gw.auth_failures.load(Ordering::Relaxed),
+        )?;
+        counter(
+            e,
+            "signalcast_hub_busy_refusals",
+            "Connections turned away after the upgrade because every hub shard's queue of new connections was full (503 hub_busy, or close 1013).",
+            gw.hub_busy.load(Ordering::Relaxed),
         )?;
         counter(
             e,

@@ -233,6 +233,21 @@ fn a_misspelt_setting_stops_the_server_with_one_line_naming_the_closest_key() {
 }
 
 #[test]
+fn a_duration_past_30_days_stops_the_server_at_start_not_a_timer_later() {
+    for (var, name) in [
+        ("SIGNALCAST_PRICE_INTERVAL_MS", "price_interval_ms"),
+        ("SIGNALCAST_HANDSHAKE_TIMEOUT_MS", "handshake_timeout_ms"),
+        ("SIGNALCAST_FEED__ACK_INTERVAL_MS", "18446744073709551615 ms"),
+    ] {
+        let out =
+            signalcast(&["serve"], &[(var, "18446744073709551615"), ("SIGNALCAST_LISTEN", "127.0.0.1:0")]);
+        assert!(!out.status.success(), "{var}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(name) && err.contains("30 days"), "{var}: {err}");
+    }
+}
+
+#[test]
 fn public_dev_credentials_never_listen_beyond_loopback() {
     // The container image's environment (deploy/Dockerfile): refused before binding,
     // every credential named with what to set instead.

@@ -124,6 +124,11 @@ async fn history_is_newest_first_with_the_callers_rights_and_pages_without_gap_o
     tokio::time::sleep(Duration::from_millis(400)).await;
     let (_, page) = get_json(&server, &premium, "/v1/signals/live?limit=2").await;
     assert_eq!(ids(&page), [8, 7], "9 has expired");
+    // The history filters, bar status (always open), apply to live too.
+    let (_, page) = get_json(&server, &premium, "/v1/signals/live?symbol=TCS").await;
+    assert_eq!(ids(&page), [8]);
+    let (_, page) = get_json(&server, &premium, "/v1/signals/live?category=crypto&limit=5").await;
+    assert_eq!(ids(&page), [7]);
 
     // Errors in the shape the HTTP APIs use.
     for (path, code) in [
@@ -134,7 +139,7 @@ async fn history_is_newest_first_with_the_callers_rights_and_pages_without_gap_o
         ("/v1/signals/history?from=yesterday", "bad_request"),
         ("/v1/signals/history?cursor=zz", "bad_request"),
         ("/v1/signals/history?colour=red", "bad_request"),
-        ("/v1/signals/live?symbol=TCS", "bad_request"),
+        ("/v1/signals/live?status=closed", "bad_request"),
     ] {
         let (status, body) = get_json(&server, &premium, path).await;
         assert_eq!((status, body["error"].as_str().unwrap()), (400, code), "{path}: {body}");

@@ -56,6 +56,9 @@ def test_history_pages_newest_first_cover_each_signal_once(server) -> None:
                 break
             cursor = page.next
         assert live == seen
+        # Or just this symbol's: live takes history's filters.
+        page = await api.live(symbol=symbol, limit=200)
+        assert [i.id for i in page.items] == seen
 
     run(scenario())
 

@@ -92,7 +92,8 @@ export interface HistoryParams extends PageParams {
   to?: TimeParam;
 }
 
-export type LiveParams = PageParams;
+/** History's filters but `status` (live signals are open). */
+export type LiveParams = Omit<HistoryParams, "status">;
 
 /** What the client needs of `fetch`: the browser's or Node's (20+). */
 export type FetchLike = (

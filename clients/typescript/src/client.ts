@@ -434,9 +434,9 @@ export class SignalcastClient {
   }
 
   /** One page of the signals still open and unexpired, newest first
-   * (`GET /v1/signals/live`); errors as `history`. */
+   * (`GET /v1/signals/live`), with history's filters but `status`; errors as `history`. */
   async live(params: LiveParams = {}): Promise<HistoryPage> {
-    return this.#get("/v1/signals/live", query({ limit: params.limit, cursor: params.cursor }), params.signal);
+    return this.#get("/v1/signals/live", query(params), params.signal);
   }
 
   /**

@@ -258,6 +258,7 @@ export const CloseCode = {
   Policy: 1008,
   TooBig: 1009,
   Internal: 1011,
+  TryAgainLater: 1013,
   TokenExpired: 4001,
   Suspended: 4003,
   HeartbeatTimeout: 4004,

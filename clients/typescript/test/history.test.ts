@@ -227,9 +227,12 @@ describe("history and live against a signalcast process", () => {
     const page = await c.history({ symbol: "RELIANCE", limit: 2 });
     assert.equal(page.items.length, 2);
     await c.live({ limit: 1 });
-    assert.equal(calls.length, 2);
+    const live = await c.live({ symbol: "NO-SUCH-SYMBOL" });
+    assert.equal(live.items.length, 0, "live takes history's filters");
+    assert.equal(calls.length, 3);
     assert.equal(calls[0]!.url, `${server.http}/v1/signals/history?symbol=RELIANCE&limit=2`);
     assert.equal(calls[1]!.url, `${server.http}/v1/signals/live?limit=1`);
+    assert.equal(calls[2]!.url, `${server.http}/v1/signals/live?symbol=NO-SUCH-SYMBOL`);
     for (const call of calls) {
       assert.equal(call.headers["Authorization"], `Bearer ${t}`);
       assert.ok(!call.url.includes(t.split(".")[2]!), "no part of the token in the URL");

@@ -19,12 +19,13 @@ pub enum HistoryError {
 }
 
 /// Called with the messages `from ..= to`, in order and gap-free, or why not; from the
-/// reader's thread.
+/// reader's thread, or at once from the caller's (a reader that is busy, or a range too
+/// deep to read).
 pub type HistoryReply = Box<dyn FnOnce(Result<Vec<Message>, HistoryError>) + Send>;
 
 /// A source of `signals_<tier>` messages older than the ring.
 pub trait History: Send + Sync + std::fmt::Debug {
     /// Reads seqs `from ..= to` of `signals_<tier>` and calls `reply` when done. Must
-    /// not block the caller (a hub shard thread).
+    /// not block the caller (a hub shard thread); may call `reply` before it returns.
     fn read(&self, tier: Tier, from: u64, to: u64, reply: HistoryReply);
 }

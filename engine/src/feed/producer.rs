@@ -349,7 +349,7 @@ impl Driver {
         };
         if self.next_seq == 0 {
             // A new producer process continues after what the engine already has.
-            self.next_seq = last_acked + 1;
+            self.next_seq = last_acked.saturating_add(1);
         }
         self.acked(last_acked);
         self.out.clear();

@@ -298,7 +298,11 @@ impl Session {
     ) -> End {
         let cfg = self.ctx.config.clone();
         let mut revisions = self.ctx.auth.revisions();
-        let mut acks = AckPacer { sent: slot.acked(), last_at: Instant::now() - cfg.ack_interval, due: None };
+        let mut acks = AckPacer {
+            sent: slot.acked(),
+            last_at: Instant::now().checked_sub(cfg.ack_interval).unwrap_or_else(Instant::now),
+            due: None,
+        };
         let mut last_read = Instant::now();
         loop {
             if let Err(end) = self.drain_frames(slot.index, &slot.id).await {

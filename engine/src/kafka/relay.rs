@@ -99,7 +99,7 @@ pub fn spawn_relay(
                         }
                         r.map(|mut r| {
                             r.skipped = run_before(&runs, &topics, &m);
-                            let hop_us = (UnixNanos::now().0 - r.routed_ts.0) / 1_000;
+                            let hop_us = UnixNanos::now().0.saturating_sub(r.routed_ts.0) / 1_000;
                             tracing::trace!(seq = r.seq, tier = r.tier.as_str(), hop_us, "relayed");
                             IngestItem::Routed(Box::new(r))
                         })
@@ -150,6 +150,17 @@ fn nanos(m: &BorrowedMessage<'_>, name: &str) -> Option<UnixNanos> {
     std::str::from_utf8(header(m, name)?).ok()?.parse().ok().map(UnixNanos)
 }
 
+/// How far ahead of this node's clock a record's times may be: engines' clocks agree
+/// within NTP's error, far less than this.
+const MAX_AHEAD_NS: i64 = 60_000_000_000;
+
+/// A record's time as an engine could have written it: after 1970 and at most
+/// [`MAX_AHEAD_NS`] ahead of `now`. A time far ahead would hold a delayed view shut
+/// until then (its releases are in order), and arithmetic on extreme ones overflows.
+fn plausible(t: UnixNanos, now: UnixNanos) -> Option<UnixNanos> {
+    (t.0 > 0 && t.0 <= now.0.saturating_add(MAX_AHEAD_NS)).then_some(t)
+}
+
 /// A `signals.<tier>` record as the channel message it stands for; `None` (logged) for
 /// a record no engine wrote: no client ever sees its bytes ([`value::relayed_signal`]).
 /// Its seq is then missing from the channel (resumes across it are `recovered: false`),
@@ -160,10 +171,16 @@ pub fn routed(topics: &[String; 4], m: &BorrowedMessage<'_>, max_bytes: usize) -
     let category = header(m, headers::CATEGORY)
         .and_then(|v| std::str::from_utf8(v).ok())
         .and_then(|v| v.parse::<Category>().ok());
+    let now = UnixNanos::now();
+    let time = |name| nanos(m, name).and_then(|t| plausible(t, now));
     let (Some(category), Some(data), Some(ingest_ts), Some(routed_ts)) =
-        (category, m.payload(), nanos(m, headers::INGEST_TS), nanos(m, headers::ROUTED_TS))
+        (category, m.payload(), time(headers::INGEST_TS), time(headers::ROUTED_TS))
     else {
-        tracing::warn!(topic = m.topic(), offset = m.offset(), "not a routed signal record; skipped");
+        tracing::warn!(
+            topic = m.topic(),
+            offset = m.offset(),
+            "not a routed signal record (category, body and plausible times); skipped"
+        );
         return None;
     };
     let data = match value::relayed_signal(data, Some(category), max_bytes) {
@@ -180,7 +197,7 @@ pub fn routed(topics: &[String; 4], m: &BorrowedMessage<'_>, max_bytes: usize) -
         data,
         ingest_ts,
         routed_ts,
-        sent_ts: nanos(m, headers::SENT_TS),
+        sent_ts: time(headers::SENT_TS),
         skipped: 0,
     })
 }
@@ -188,4 +205,24 @@ pub fn routed(topics: &[String; 4], m: &BorrowedMessage<'_>, max_bytes: usize) -
 fn tick(m: &BorrowedMessage<'_>, scratch: &mut AlignedVec) -> Option<IngestItem> {
     let ct = content_type(m).ok()?;
     value::decode_tick(m.payload().unwrap_or_default(), ct, scratch).ok().map(IngestItem::Tick)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_times_far_ahead_of_the_clock_or_before_1970_are_not_an_engines() {
+        let now = UnixNanos(1_800_000_000_000_000_000);
+        assert_eq!(plausible(now, now), Some(now));
+        let soon = UnixNanos(now.0 + MAX_AHEAD_NS);
+        assert_eq!(plausible(soon, now), Some(soon), "clock skew within the bound");
+        let past = UnixNanos(now.0 - 86_400_000_000_000);
+        assert_eq!(plausible(past, now), Some(past), "read-back of old records");
+        for bad in
+            [UnixNanos(now.0 + MAX_AHEAD_NS + 1), UnixNanos(i64::MAX), UnixNanos(0), UnixNanos(i64::MIN)]
+        {
+            assert_eq!(plausible(bad, now), None, "{bad:?}");
+        }
+    }
 }

@@ -32,14 +32,21 @@ struct Batch {
 }
 
 impl Batch {
-    /// Appends `later` (routed after `self`): acknowledgements stay in order, so the
-    /// last one per producer wins, as when the two are let out one after the other.
+    /// Appends `later` (routed after `self`). Acknowledgements are cumulative, so one
+    /// per producer is kept, the later: while the store cannot commit, batches of
+    /// signals that are all dropped (duplicates, below the bar) stage nothing, so the
+    /// commit's bound never stops the stage, and their acknowledgements must not pile up.
     fn merge(&mut self, later: Batch) {
         self.held.extend(later.held);
         for (n, m) in self.per_tier.iter_mut().zip(later.per_tier) {
             *n += m;
         }
-        self.acks.extend(later.acks);
+        for (slot, seq) in later.acks {
+            match self.acks.iter_mut().find(|(s, _)| *s == slot) {
+                Some(ack) => ack.1 = seq,
+                None => self.acks.push((slot, seq)),
+            }
+        }
         self.done.extend(later.done);
     }
 

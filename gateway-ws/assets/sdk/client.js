@@ -270,9 +270,9 @@ export class SignalcastClient {
         return this.#get("/v1/signals/history", query(params), params.signal);
     }
     /** One page of the signals still open and unexpired, newest first
-     * (`GET /v1/signals/live`); errors as `history`. */
+     * (`GET /v1/signals/live`), with history's filters but `status`; errors as `history`. */
     async live(params = {}) {
-        return this.#get("/v1/signals/live", query({ limit: params.limit, cursor: params.cursor }), params.signal);
+        return this.#get("/v1/signals/live", query(params), params.signal);
     }
     /**
      * Every page of `history(params)`, newest first, following each page's `next` until

@@ -264,9 +264,9 @@ fn parse_query(qs: &str, session: &Session, live: bool) -> Result<Query, String>
             ("cursor", _) => {
                 q.cursor = Some(Cursor::decode(v).map_err(|_| "cursor is not one this API gave".to_owned())?)
             }
-            ("symbol", false) => q.symbol = Some(text("symbol")?),
-            ("exchange", false) => q.exchange = Some(text("exchange")?),
-            ("category", false) => {
+            ("symbol", _) => q.symbol = Some(text("symbol")?),
+            ("exchange", _) => q.exchange = Some(text("exchange")?),
+            ("category", _) => {
                 let mut list = Vec::new();
                 for c in v.split(',') {
                     list.push(c.trim().parse::<Category>().map_err(|_| {
@@ -278,13 +278,13 @@ fn parse_query(qs: &str, session: &Session, live: bool) -> Result<Query, String>
                 }
                 wanted = Some(list);
             }
-            ("signal_type", false) => {
+            ("signal_type", _) => {
                 q.signal_type = Some(
                     v.parse::<SignalType>()
                         .map_err(|_| format!("unknown signal_type {v:?} (one of buy, sell, hold, exit)"))?,
                 );
             }
-            ("source", false) => {
+            ("source", _) => {
                 q.source = Some(uuid::Uuid::parse_str(v).map_err(|_| format!("source {v:?} is not a UUID"))?);
             }
             ("status", false) => {
@@ -292,11 +292,12 @@ fn parse_query(qs: &str, session: &Session, live: bool) -> Result<Query, String>
                     format!("unknown status {v:?} (one of {})", Status::ALL.map(Status::as_str).join(", "))
                 })?);
             }
-            ("from", false) => q.from = Some(super::time::parse(v)?),
-            ("to", false) => q.to = Some(super::time::parse(v)?),
+            ("from", _) => q.from = Some(super::time::parse(v)?),
+            ("to", _) => q.to = Some(super::time::parse(v)?),
             (other, _) => {
+                // Live lists open signals: a status other than open would find nothing.
                 let known = if live {
-                    "limit, cursor"
+                    "symbol, exchange, category, signal_type, source, from, to, limit, cursor"
                 } else {
                     "symbol, exchange, category, signal_type, source, status, from, to, limit, cursor"
                 };

@@ -48,9 +48,10 @@ fn rfc3339(s: &str) -> Option<UnixNanos> {
     }
     let offset = match s.get(i..)? {
         "Z" | "z" => 0,
-        tz if tz.len() == 6 && matches!(&tz[..1], "+" | "-") && &tz[3..4] == ":" => {
+        // Bytes, not `str` slices: a cut inside a multi-byte character would panic.
+        tz if tz.len() == 6 && matches!(tz.as_bytes()[0], b'+' | b'-') && tz.as_bytes()[3] == b':' => {
             let (oh, om) = (num(i + 1..i + 3)?, num(i + 4..i + 6)?);
-            let sign = if &tz[..1] == "-" { -1 } else { 1 };
+            let sign = if tz.as_bytes()[0] == b'-' { -1 } else { 1 };
             sign * (oh * 3600 + om * 60)
         }
         _ => return None,
@@ -73,6 +74,17 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_multi_byte_character_where_an_offset_goes_is_an_error_not_a_panic() {
+        for s in [
+            "2026-12-06T09:15:00\u{e9}:000",
+            "2026-12-06T09:15:00+0\u{e9}00",
+            "2026-12-06T09:15:00\u{1F600}:0",
+        ] {
+            assert!(parse(s).is_err(), "{s}");
+        }
+    }
 
     #[test]
     fn rfc3339_and_microseconds_name_the_same_instants() {

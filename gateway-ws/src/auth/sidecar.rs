@@ -372,7 +372,8 @@ impl Changed {
         let now = engine::model::UnixNanos::now().0 / 1_000_000_000;
         if now - self.pruned_at >= 60 && self.token_ttl_secs > 0 {
             self.pruned_at = now;
-            let keep_after = now - self.token_ttl_secs as i64 - 60;
+            let ttl = i64::try_from(self.token_ttl_secs).unwrap_or(i64::MAX);
+            let keep_after = now.saturating_sub(ttl).saturating_sub(60);
             self.by_user.retain(|_, e| e.changed_at.is_none_or(|t| t > keep_after));
         }
         self.by_user.insert(e.id.clone(), e);

@@ -88,14 +88,16 @@ enum Cmd {
     Attach(Box<Attach>),
     /// A user's rights changed (accounts change feed).
     Rights(Arc<Entitlements>),
-    /// A history read-back for a waiting subscription.
-    History(Box<core::HistoryDone>),
     /// Tell every client to go (SYSTEM_MESSAGE drain, then 1001).
     Drain,
     Stop,
     /// Dies as a bug would (tests of what a shard's death does).
     #[cfg(test)]
     Crash,
+    /// Tells the first that it holds the shard, then holds it until the second's sender
+    /// is dropped (tests of a shard that falls behind).
+    #[cfg(test)]
+    Stall(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>),
 }
 
 struct ShardHandle {
@@ -125,11 +127,36 @@ impl std::fmt::Debug for Hub {
     }
 }
 
+impl Attach {
+    /// Turns away a connection no shard could take: `503 hub_busy` with `retry-after: 1`
+    /// when its 101 is still to be written, close 1013 (try again later) when hyper
+    /// wrote it. Best effort: one write into the socket's fresh send buffer, then FIN.
+    pub fn refuse_busy(self) {
+        let mut io = self.io;
+        let answer = if self.preamble.is_some() {
+            let body = r#"{"error":"hub_busy","message":"every hub shard has a full queue of new connections; retry in a second"}"#;
+            format!(
+                "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes()
+        } else {
+            // FIN, close, a 2-byte payload: 1013.
+            vec![0x88, 0x02, 0x03, 0xF5]
+        };
+        let _ = io.write(&[std::io::IoSlice::new(&answer)]);
+        let _ = io.flush();
+        io.shutdown_write();
+    }
+}
+
 /// Why a connection could not be attached.
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {
-    #[error("hub shard is full of pending connections")]
-    Busy,
+    /// Every shard's queue of new connections is full; the connection comes back to be
+    /// turned away ([`Attach::refuse_busy`]).
+    #[error("every hub shard is full of pending connections")]
+    Busy(Box<Attach>),
     #[error("hub is stopped")]
     Stopped,
 }
@@ -183,7 +210,7 @@ impl Hub {
             // one is, the upgrade is dropped (the client sees the connection close and
             // retries with backoff).
             let (tx, rx) = std::sync::mpsc::sync_channel(1_024);
-            let shard = shard::Shard::new(i, src.clone(), engine.history.clone(), tx.clone(), rx)?;
+            let shard = shard::Shard::new(i, src.clone(), engine.history.clone(), rx)?;
             shards.push(ShardHandle { tx, waker: shard.waker() });
             threads.push(engine::critical::spawn(
                 format!("hub-shard-{i}"),
@@ -218,7 +245,10 @@ impl Hub {
                 Err(TrySendError::Disconnected(_)) => return Err(AttachError::Stopped),
             }
         }
-        Err(AttachError::Busy)
+        match cmd {
+            Cmd::Attach(a) => Err(AttachError::Busy(a)),
+            _ => unreachable!("the command sent is the attach"),
+        }
     }
 
     /// Tells every client to reconnect elsewhere (SYSTEM_MESSAGE drain, close 1001).
@@ -231,9 +261,13 @@ impl Hub {
     /// Stops the shards (their connections are dropped) and waits for them.
     pub fn stop(&self) {
         for s in &self.shards {
-            // A full queue cannot block Stop: the shard also stops when this sender
-            // is dropped, and `Drop` gets there.
-            let _ = s.send(Cmd::Stop);
+            // Waits for room: a queue full of new connections (a storm at shutdown)
+            // drains in moments, and a Stop that did not get in would leave the join
+            // below waiting for good (the shard holds a sender of its own, so it never
+            // sees the queue disconnected). A dead shard's queue refuses at once.
+            if s.tx.send(Cmd::Stop).is_ok() {
+                let _ = s.waker.wake();
+            }
         }
         let threads =
             std::mem::take(&mut *self.threads.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
@@ -289,16 +323,20 @@ impl Drop for Hub {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Read;
     use std::sync::Mutex;
 
     use super::*;
 
-    #[test]
-    fn a_shard_that_dies_is_reported_not_left_half_alive() {
+    fn hub(shards: usize) -> (Hub, Arc<Mutex<Vec<String>>>) {
         let engine = Arc::new(
             Engine::start(engine::config::EngineConfig::default(), engine::policy::TierPolicy::default())
                 .unwrap(),
         );
+        hub_on(engine, shards)
+    }
+
+    fn hub_on(engine: Arc<Engine>, shards: usize) -> (Hub, Arc<Mutex<Vec<String>>>) {
         let accounts = crate::auth::Accounts::from_toml(crate::config::fixtures::ACCOUNTS).unwrap();
         let auth = Arc::new(crate::auth::DevAuth::new(b"a secret for this test, 32 bytes+", accounts));
         let deaths = Arc::new(Mutex::new(Vec::new()));
@@ -309,11 +347,17 @@ mod tests {
             engine,
             auth,
             Arc::default(),
-            HubConfig { shards: 2, ..HubConfig::default() },
+            HubConfig { shards, ..HubConfig::default() },
             ConnConfig::default(),
             on_death,
         )
         .unwrap();
+        (hub, deaths)
+    }
+
+    #[test]
+    fn a_shard_that_dies_is_reported_not_left_half_alive() {
+        let (hub, deaths) = hub(2);
         hub.shards[1].send(Cmd::Crash).unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while deaths.lock().unwrap().is_empty() {
@@ -323,5 +367,157 @@ mod tests {
         assert_eq!(*deaths.lock().unwrap(), ["hub-shard-1: panicked: hub shard 1 crashed on request"]);
         hub.stop();
         assert_eq!(deaths.lock().unwrap().len(), 1, "a shard told to stop is not a death");
+    }
+
+    /// Stalls shard `i` and fills its queue; the shard resumes when the sender drops.
+    fn stall_and_fill(hub: &Hub, i: usize) -> std::sync::mpsc::Sender<()> {
+        let (release, held) = std::sync::mpsc::channel();
+        let (entered, stalled) = std::sync::mpsc::channel();
+        hub.shards[i].send(Cmd::Stall(entered, held)).unwrap();
+        stalled.recv_timeout(Duration::from_secs(10)).expect("the shard takes the stall");
+        let mut queued = 0;
+        while hub.shards[i].send(filler()).is_ok() {
+            queued += 1;
+        }
+        assert_eq!(queued, 1_024, "shard {i}'s queue");
+        release
+    }
+
+    /// A stall whose channels are gone returns at once: a command that does nothing.
+    fn filler() -> Cmd {
+        Cmd::Stall(std::sync::mpsc::channel().0, std::sync::mpsc::channel().1)
+    }
+
+    /// A connection as the upgrade hands it over: the server side of a real socket and
+    /// the 101 the shard is to write, with the client side to read it.
+    fn upgraded() -> (Attach, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+        let attach = Attach {
+            io: Io::Plain(mio::net::TcpStream::from_std(server)),
+            input: BytesMut::new(),
+            preamble: Some(Arc::from(&b"HTTP/1.1 101 Switching Protocols\r\n\r\n"[..])),
+            session: Session {
+                user_id: "user_premium".into(),
+                tier: engine::model::Tier::Premium,
+                categories: engine::model::CategoryMask::ALL,
+                real_time: true,
+                max_signals_per_day: None,
+                expires_at: i64::try_from(now.as_secs()).unwrap() + 3_600,
+            },
+            admitted: None,
+            subscribe: Vec::new(),
+            deflate: None,
+        };
+        (attach, client)
+    }
+
+    #[test]
+    fn a_shard_with_a_full_queue_passes_the_connection_on_and_only_all_full_refuses_it() {
+        let (hub, deaths) = hub(2);
+        let held0 = stall_and_fill(&hub, 0);
+
+        // Round robin names shard 0 first; shard 1 takes the connection and greets it.
+        let (attach, mut client) = upgraded();
+        hub.attach(attach).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0_u8; 4_096];
+        while !String::from_utf8_lossy(&got).contains("welcome") {
+            let n = client.read(&mut buf).expect("the client is greeted while shard 0 is stalled");
+            assert!(n > 0, "closed before WELCOME: {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(got.starts_with(b"HTTP/1.1 101"), "{:?}", String::from_utf8_lossy(&got));
+
+        // Every shard full: the connection comes back, to be turned away with 503
+        // hub_busy while its 101 is unwritten, or close 1013 after it.
+        let held1 = stall_and_fill(&hub, 1);
+        let read_all = |mut c: std::net::TcpStream| {
+            let mut all = Vec::new();
+            c.read_to_end(&mut all).expect("the turned-away connection is closed, not left open");
+            all
+        };
+        let (attach, refused) = upgraded();
+        let Err(AttachError::Busy(back)) = hub.attach(attach) else { panic!("every shard is full") };
+        back.refuse_busy();
+        let answer = String::from_utf8(read_all(refused)).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{answer}");
+        assert!(answer.contains("\r\nretry-after: 1\r\n"), "{answer}");
+        let body: serde_json::Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        assert_eq!(body["error"], "hub_busy", "{answer}");
+
+        let (mut attach, refused) = upgraded();
+        attach.preamble = None; // hyper answered the upgrade
+        let Err(AttachError::Busy(back)) = hub.attach(attach) else { panic!("every shard is full") };
+        back.refuse_busy();
+        assert_eq!(read_all(refused), [0x88, 0x02, 0x03, 0xF5], "a close frame with 1013");
+
+        // Released with their queues still full: stop waits for room for its Stop.
+        drop((held0, held1));
+        hub.stop();
+        assert!(deaths.lock().unwrap().is_empty(), "{:?}", deaths.lock().unwrap());
+    }
+
+    /// A history reader that answers at once, on the caller's thread, as the store's
+    /// does when its queue is full: and just before, the shards' queues fill up (a
+    /// reconnect storm at that moment).
+    #[derive(Debug, Default)]
+    struct BusyAtOnce {
+        queues: std::sync::OnceLock<Vec<SyncSender<Cmd>>>,
+    }
+
+    impl engine::channels::History for BusyAtOnce {
+        fn read(&self, _: engine::model::Tier, _: u64, _: u64, reply: engine::channels::HistoryReply) {
+            for q in self.queues.get().into_iter().flatten() {
+                while q.try_send(filler()).is_ok() {}
+            }
+            reply(Err(engine::channels::HistoryError::Busy));
+        }
+    }
+
+    #[test]
+    fn a_history_reader_that_answers_at_once_while_the_queue_is_full_does_not_hang_the_shard() {
+        use engine::pipeline::{IngestItem, Origin, SignalItem};
+        let reader = Arc::new(BusyAtOnce::default());
+        let config = engine::config::EngineConfig { ring_capacity: 4, ..Default::default() };
+        let options = engine::EngineOptions { history: Some(reader.clone()), ..Default::default() };
+        let engine =
+            Arc::new(Engine::start_with(config, engine::policy::TierPolicy::default(), options).unwrap());
+        let ingest = engine.ingest();
+        for n in 1..=10 {
+            let signal = engine::testkit::signal(n, 9_500, engine::model::Category::Equity);
+            let ingest_ts = engine::model::UnixNanos::now();
+            let item = SignalItem { origin: Origin::Local, signal, ingest_ts, sent_ts: None, verdict: None };
+            ingest.blocking_send(IngestItem::Signal(Box::new(item))).unwrap();
+        }
+        let head = || engine.channels.live(engine::model::Tier::Premium).head();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while head() < 10 {
+            assert!(std::time::Instant::now() < deadline, "routed {} of 10", head());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let (hub, deaths) = hub_on(engine, 1);
+        reader.queues.set(hub.shards.iter().map(|s| s.tx.clone()).collect()).unwrap();
+
+        let (attach, mut client) = upgraded();
+        hub.attach(attach).unwrap();
+        // A snapshot of 10 from a ring of 4: the older 6 are asked of the reader.
+        let subscribe = br#"{"type":"SUBSCRIBE","channel":"signals_premium","snapshot":10}"#;
+        let mut frame = vec![0x81, 0x80 | u8::try_from(subscribe.len()).unwrap(), 0, 0, 0, 0]; // mask 0
+        frame.extend_from_slice(subscribe);
+        std::io::Write::write_all(&mut client, &frame).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0_u8; 16 * 1024];
+        while !String::from_utf8_lossy(&got).contains("\"SUBSCRIBED\"") {
+            let n = client.read(&mut buf).expect("SUBSCRIBED comes although the reader answered at once");
+            assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        hub.stop();
+        assert!(deaths.lock().unwrap().is_empty(), "{:?}", deaths.lock().unwrap());
     }
 }

@@ -11,14 +11,14 @@
 
 use std::io::IoSlice;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::time::Duration;
 
 use engine::channels::History;
 use engine::model::UnixNanos;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use super::core::{Clock, ConnId, Core, IOVECS, Received, SLOTS_RESERVED, Sources};
+use super::core::{Clock, ConnId, Core, HistoryDone, IOVECS, Received, SLOTS_RESERVED, Sources};
 use super::{Attach, Cmd};
 use crate::admission::Admitted;
 use crate::conn::Io;
@@ -47,8 +47,13 @@ pub(super) struct Shard {
     poll: Poll,
     waker: Arc<Waker>,
     cmds: Receiver<Cmd>,
-    /// This shard's own command queue, for replies from other threads (history).
-    me: SyncSender<Cmd>,
+    /// History replies, from the reader's thread or from this one: a reader may answer
+    /// at once (busy, too deep), inside [`Shard::start_history_reads`]. Not the command
+    /// queue, which is bounded: a shard that waited for room in its own queue would
+    /// wait for good. Unbounded, but what it can hold is: one reply per request the
+    /// reader holds (its queue is bounded: 64 for the store, 16 for Kafka) and the
+    /// replies given at once during this turn, one per request the core made in it.
+    replies: (Sender<HistoryDone>, Receiver<HistoryDone>),
     history: Option<Arc<dyn History>>,
     /// Sockets by connection id (the core's ids are the poller's tokens).
     socks: Vec<Option<Sock>>,
@@ -62,7 +67,6 @@ impl Shard {
         index: usize,
         src: Sources,
         history: Option<Arc<dyn History>>,
-        me: SyncSender<Cmd>,
         cmds: Receiver<Cmd>,
     ) -> std::io::Result<Self> {
         let poll = Poll::new()?;
@@ -73,7 +77,7 @@ impl Shard {
             poll,
             waker,
             cmds,
-            me,
+            replies: std::sync::mpsc::channel(),
             history,
             socks: Vec::with_capacity(SLOTS_RESERVED),
             again: Vec::new(),
@@ -145,14 +149,21 @@ impl Shard {
 
     /// Takes what the hub sent; false when the shard must stop.
     fn commands(&mut self) -> bool {
+        while let Ok(done) = self.replies.1.try_recv() {
+            self.core.history_done(done, Clock::now());
+        }
         loop {
             match self.cmds.try_recv() {
                 Ok(Cmd::Attach(a)) => self.attach(*a),
                 Ok(Cmd::Rights(e)) => self.core.rights(&e, Clock::now()),
-                Ok(Cmd::History(done)) => self.core.history_done(*done, Clock::now()),
                 Ok(Cmd::Drain) => self.core.drain(),
                 #[cfg(test)]
                 Ok(Cmd::Crash) => panic!("hub shard {} crashed on request", self.index),
+                #[cfg(test)]
+                Ok(Cmd::Stall(entered, held)) => {
+                    let _ = entered.send(());
+                    let _ = held.recv();
+                }
                 Ok(Cmd::Stop) | Err(TryRecvError::Disconnected) => return false,
                 Err(TryRecvError::Empty) => return true,
             }
@@ -300,14 +311,14 @@ impl Shard {
                 self.core.history_done(req.done(Err(none)), Clock::now());
                 continue;
             };
-            let (me, waker) = (self.me.clone(), Arc::clone(&self.waker));
+            let (me, waker) = (self.replies.0.clone(), Arc::clone(&self.waker));
             history.read(
                 req.tier,
                 req.since + 1,
                 req.to,
                 Box::new(move |result| {
                     // A shard that is gone has nobody to answer.
-                    if me.send(Cmd::History(Box::new(req.done(result)))).is_ok() {
+                    if me.send(req.done(result)).is_ok() {
                         let _ = waker.wake();
                     }
                 }),

@@ -388,6 +388,7 @@ class Disconnected:
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_ABNORMAL = 1006  # no close frame: the connection was cut
+CLOSE_TRY_AGAIN_LATER = 1013  # every hub shard was full: reconnect after a backoff
 CLOSE_TOKEN_EXPIRED = 4001
 CLOSE_SUSPENDED = 4003
 CLOSE_HEARTBEAT_TIMEOUT = 4004

@@ -126,6 +126,33 @@ def _time(t: TimeParam) -> str:
     return str(t)
 
 
+def _filters(
+    symbol: Optional[str],
+    exchange: Optional[str],
+    category: Union[str, Sequence[str], None],
+    signal_type: Optional[str],
+    source: Optional[str],
+    status: Optional[str],
+    since: Optional[TimeParam],
+    until: Optional[TimeParam],
+    limit: Optional[int],
+    cursor: Optional[str],
+) -> Dict[str, Any]:
+    """The query parameters of a history or live request (``None``: left out)."""
+    return {
+        "symbol": symbol,
+        "exchange": exchange,
+        "category": category if category is None or isinstance(category, str) else ",".join(category),
+        "signal_type": signal_type,
+        "source": source,
+        "status": status,
+        "from": None if since is None else _time(since),
+        "to": None if until is None else _time(until),
+        "limit": limit,
+        "cursor": cursor,
+    }
+
+
 class Api:
     """History, live signals and the scoreboard, with a user's token.
 
@@ -158,18 +185,7 @@ class Api:
         """One page of past signals the token may see, newest first. Pass the page's
         ``next`` as ``cursor`` for the next older page. ``since``/``until`` are the
         server's ``from`` (inclusive) and ``to`` (exclusive) on the routed time."""
-        params: Dict[str, Any] = {
-            "symbol": symbol,
-            "exchange": exchange,
-            "category": category if category is None or isinstance(category, str) else ",".join(category),
-            "signal_type": signal_type,
-            "source": source,
-            "status": status,
-            "from": None if since is None else _time(since),
-            "to": None if until is None else _time(until),
-            "limit": limit,
-            "cursor": cursor,
-        }
+        params = _filters(symbol, exchange, category, signal_type, source, status, since, until, limit, cursor)
         return await self._page("/v1/signals/history", params)
 
     async def history_pages(self, **params: Any) -> AsyncIterator[HistoryPage]:
@@ -184,9 +200,23 @@ class Api:
                 return
             cursor = page.next
 
-    async def live(self, *, limit: Optional[int] = None, cursor: Optional[str] = None) -> HistoryPage:
-        """One page of the signals still open and unexpired, newest first."""
-        return await self._page("/v1/signals/live", {"limit": limit, "cursor": cursor})
+    async def live(
+        self,
+        *,
+        symbol: Optional[str] = None,
+        exchange: Optional[str] = None,
+        category: Union[str, Sequence[str], None] = None,
+        signal_type: Optional[str] = None,
+        source: Optional[str] = None,
+        since: Optional[TimeParam] = None,
+        until: Optional[TimeParam] = None,
+        limit: Optional[int] = None,
+        cursor: Optional[str] = None,
+    ) -> HistoryPage:
+        """One page of the signals still open and unexpired, newest first, with
+        ``history``'s filters but ``status`` (live signals are open)."""
+        params = _filters(symbol, exchange, category, signal_type, source, None, since, until, limit, cursor)
+        return await self._page("/v1/signals/live", params)
 
     async def sources(self) -> Scoreboard:
         """The scoreboard of every signal source (docs/outcomes.md)."""

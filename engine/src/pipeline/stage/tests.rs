@@ -526,3 +526,14 @@ fn a_delayed_view_releases_a_close_after_the_same_delay_as_its_signal() {
     assert_eq!(close["data"]["status"], "target_hit");
     assert!(delayed[1].is_outcome());
 }
+
+#[test]
+fn batches_merged_while_the_store_writes_keep_one_acknowledgement_per_producer() {
+    let batch = |acks: Vec<(u32, u64)>| Batch { acks, ..Batch::default() };
+    let mut waiting = batch(vec![(1, 5), (2, 7)]);
+    for seq in 6..100_000 {
+        waiting.merge(batch(vec![(1, seq)]));
+    }
+    waiting.merge(batch(vec![(3, 1), (2, 8)]));
+    assert_eq!(waiting.acks, [(1, 99_999), (2, 8), (3, 1)]);
+}

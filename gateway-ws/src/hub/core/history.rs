@@ -141,6 +141,11 @@ impl Core {
     /// A read-back came in.
     pub fn history_done(&mut self, done: HistoryDone, now: Clock) {
         self.now = now;
+        if let Some(c) =
+            self.conns.get_mut(done.conn).and_then(Option::as_mut).filter(|c| c.serial == done.serial)
+        {
+            c.reads = c.reads.saturating_sub(1);
+        }
         let Some(at) = self.pending.iter().position(|p| {
             p.conn == done.conn
                 && p.serial == done.serial

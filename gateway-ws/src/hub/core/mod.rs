@@ -70,6 +70,11 @@ pub type ConnId = usize;
 /// usual.
 pub const SLOTS_RESERVED: usize = 1 << 16;
 
+/// History read-backs one connection may have under way at once: one per signal
+/// channel. Past it a resume or snapshot that needs one is answered as by a busy
+/// reader (`recovered: false`; a snapshot from the ring alone).
+pub const MAX_READS_PER_CONN: u8 = 4;
+
 /// The time of an event: monotonic for timeouts and rates, wall clock for what the
 /// protocol states in Unix time (token expiry, UTC days, delivery latency).
 #[derive(Clone, Copy, Debug)]
@@ -387,7 +392,9 @@ impl Core {
         // The write timeout counts from the last progress, not the first stall.
         c.blocked_since = None;
         let local = &mut self.local;
-        c.outbox.advance(n, |m, tier, timing| local.delivered(tier, timing, now.0 - m.ingest_ts().0));
+        c.outbox.advance(n, |m, tier, timing| {
+            local.delivered(tier, timing, now.0.saturating_sub(m.ingest_ts().0))
+        });
     }
 
     /// Everything of connection `i` is written. True when that included our close
@@ -414,7 +421,21 @@ impl Core {
     /// The next history read to start; its result comes back as
     /// [`history_done`](Core::history_done).
     pub fn poll_request(&mut self) -> Option<HistoryRequest> {
-        self.requests.pop_front()
+        while let Some(req) = self.requests.pop_front() {
+            let Some(c) =
+                self.conns.get_mut(req.conn).and_then(Option::as_mut).filter(|c| c.serial == req.serial)
+            else {
+                continue; // gone: nobody to read for
+            };
+            c.reads += 1;
+            if c.reads <= MAX_READS_PER_CONN {
+                return Some(req);
+            }
+            // One client's read-backs may not fill the reader's queue for everyone
+            // else: answered as a busy reader would be (`recovered: false`).
+            self.history_done(req.done(Err(engine::channels::HistoryError::Busy)), self.now);
+        }
+        None
     }
 
     /// Bytes in connection `i`'s write queue (pending prices are bits until queued).

@@ -68,6 +68,9 @@ pub(super) struct Peer {
     pub blocked_since: Option<Instant>,
     /// The client's last bytes (heartbeat).
     pub last_seen: Instant,
+    /// History read-backs asked for it and not answered yet, cancelled ones included
+    /// (a read under way runs to its end).
+    pub reads: u8,
     input: BytesMut,
     frames: FrameReader,
     rate: Bucket,
@@ -105,6 +108,7 @@ impl Peer {
             phase: Phase::Open,
             dirty: false,
             blocked_since: None,
+            reads: 0,
             last_seen: now,
             input: BytesMut::new(),
             frames: FrameReader::new(max_message),

@@ -583,6 +583,37 @@ fn a_snapshot_the_ring_cannot_fill_takes_its_older_part_from_the_history() {
 }
 
 #[test]
+fn one_connection_has_at_most_four_read_backs_under_way_and_the_next_resume_is_not_recovered() {
+    let mut h = Setup { history: true, ..Setup::default() }.build();
+    for _ in 0..100 {
+        h.route(8_000, Category::Equity);
+    }
+    let epoch = epoch_of(&h.channels, Tier::Premium);
+    let resume = format!(r#"{{"type":"SUBSCRIBE","channel":"signals_premium","since":1,"epoch":"{epoch}"}}"#);
+    let c = h.connect(session("u-greedy", Tier::Premium));
+    // Each SUBSCRIBE replaces the one before, whose read goes on all the same.
+    let mut reads = Vec::new();
+    for _ in 0..MAX_READS_PER_CONN {
+        h.send(c, &resume);
+        reads.push(h.core.poll_request().expect("a read-back"));
+    }
+    assert!(h.read(c).is_empty(), "all waiting for their read-back");
+    h.send(c, &resume);
+    assert!(h.core.poll_request().is_none(), "no fifth read for one connection");
+    let frames = h.read(c);
+    assert_eq!(frames[0].json()["type"], "SUBSCRIBED");
+    assert_eq!(frames[0].json()["recovered"], false, "answered as by a busy reader");
+    // Others are not held back by it.
+    let d = h.connect(session("u-other", Tier::Premium));
+    h.send(d, &resume);
+    assert!(h.core.poll_request().is_some(), "another connection's read starts");
+    // One answered (for a subscription long replaced): room for one more.
+    h.core.history_done(reads.remove(0).done(Ok(Vec::new())), h.clock);
+    h.send(c, &resume);
+    assert!(h.core.poll_request().is_some(), "a read starts again");
+}
+
+#[test]
 fn a_history_answer_for_a_connection_that_left_goes_nowhere() {
     let mut h = Setup { history: true, ..Setup::default() }.build();
     for _ in 0..100 {
