@@ -143,3 +143,55 @@ async fn a_signal_id_sent_twice_is_routed_once() {
     assert_eq!(msgs.iter().map(id_of).collect::<Vec<_>>(), vec![77, 78]);
     assert_eq!(t.engine.stats.drops(DropReason::DuplicateId), 2);
 }
+
+/// A feed that welcomes the producer and never acknowledges: how many signals reach
+/// it, and whether `send_signal` still returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_with_max_in_flight_unacknowledged_writes_no_more_and_send_waits() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = std::sync::Arc::clone(&received);
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let (mut buf, mut scratch) = (BytesMut::new(), AlignedVec::new());
+        loop {
+            while let Some((kind, payload)) = next_frame(&mut buf).unwrap() {
+                match ProducerMessage::decode(kind, &payload, &mut scratch, 4_096).unwrap() {
+                    ProducerMessage::Hello(_) => {
+                        let mut out = Vec::new();
+                        EngineMessage::Welcome { last_acked_seq: 0 }.encode(&mut out);
+                        stream.write_all(&out).await.unwrap();
+                    }
+                    ProducerMessage::Signal { .. } => {
+                        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    _ => {}
+                }
+            }
+            if stream.read_buf(&mut buf).await.unwrap() == 0 {
+                return;
+            }
+        }
+    });
+    let mut cfg = engine::feed::ProducerConfig::new(addr.to_string(), "gamma", "key-gamma");
+    cfg.max_in_flight = 8;
+    let producer = producer_with(cfg).await;
+    // The client queues up to 1,024 commands ahead of its connection: those return at
+    // once, whatever is in flight.
+    for n in 1..=8 + 1_024 {
+        tokio::time::timeout(Duration::from_secs(5), producer.send_signal(&equity(n, 9_500)))
+            .await
+            .expect("room in flight or in the client's queue")
+            .unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while received.load(std::sync::atomic::Ordering::Relaxed) < 8 {
+        assert!(tokio::time::Instant::now() < deadline, "the first 8 never arrived");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let next =
+        tokio::time::timeout(Duration::from_millis(500), producer.send_signal(&equity(2_000, 9_500))).await;
+    assert!(next.is_err(), "send_signal waits while 8 are in flight and the queue is full");
+    assert_eq!(received.load(std::sync::atomic::Ordering::Relaxed), 8, "no more than max_in_flight written");
+}

@@ -138,6 +138,11 @@ impl IngestClient {
 /// Which input partition each symbol's records came from, as the stage was told.
 type Learned = std::collections::HashMap<crate::outcome::handover::Key, i32>;
 
+/// Symbols [`Learned`] remembers; past it, it starts over. Producers name symbols
+/// freely, so the map must not grow with every name ever seen; forgetting costs only
+/// a repeated `Owned`, which the stage takes as news it already had.
+const LEARNED_MAX: usize = 1 << 18;
+
 /// Records between two offset markers at most.
 const MARK_EVERY: usize = 256;
 
@@ -303,6 +308,9 @@ async fn owned(ctx: &IngestContext, learned: &mut Learned, item: &IngestItem, pa
         IngestItem::Tick(t) => (t.symbol, t.exchange),
         _ => return true,
     };
+    if learned.len() >= LEARNED_MAX && !learned.contains_key(&key) {
+        learned.clear();
+    }
     if learned.insert(key, partition) == Some(partition) {
         return true;
     }
