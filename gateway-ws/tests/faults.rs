@@ -301,6 +301,72 @@ async fn a_full_store_stops_acknowledging_and_acknowledges_nothing_it_did_not_st
     assert_eq!(after, stored, "nothing beyond what was committed");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_cannot_commit_fills_the_ingest_queue_and_the_feed_stops_taking_signals() {
+    let http: SocketAddr = format!("127.0.0.1:{}", common::free_port()).parse().unwrap();
+    let feed: SocketAddr = format!("127.0.0.1:{}", common::free_port()).parse().unwrap();
+    let data = common::data_dir();
+    let server = common::Server::start_with(
+        http,
+        feed,
+        &data,
+        &[("SIGNALCAST_STORE__MAX_SIZE_MB", "1"), ("SIGNALCAST_ENGINE__INGEST_QUEUE", "8")],
+    )
+    .await;
+    // The producer's own bound out of the way: what stops it must be the server.
+    let mut cfg = ProducerConfig::new(feed.to_string(), common::PRODUCER.0, common::PRODUCER.1);
+    cfg.max_in_flight = 1_000_000;
+    let p = Producer::connect(cfg).await.unwrap();
+    let total = 100_000usize;
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = std::sync::Arc::clone(&sent);
+    let sending = tokio::spawn(async move {
+        for n in 1..=total {
+            let mut s = common::signal(n as u128, 9_500, Category::Equity);
+            s.analysis =
+                engine::model::Analysis::from_json(format!(r#"{{"notes":"{}"}}"#, "x".repeat(200))).ok();
+            if p.send_signal(&s).await.is_err() {
+                break;
+            }
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    // The store fills; the stage holds what it routed for the commit that cannot come,
+    // up to its bound, then waits; the queue behind it fills; the feed stops reading.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(http, "signalcast_store_stalled").await < 1.0
+        || metric(http, "signalcast_ingest_queue_depth").await < 8.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no stall with a full queue ({} sent)",
+            sent.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Then the producer is held back: its sends stop going through (TCP back-pressure,
+    // then its own queue), well short of what it had to send.
+    let mut before = sent.load(Ordering::Relaxed);
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = sent.load(Ordering::Relaxed);
+        if now == before {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the producer was never held back ({now} sent)");
+        before = now;
+    }
+    println!("held back after {before} of {total} signals");
+    assert!(before < total, "all {total} went through a stalled store");
+    assert_eq!(
+        metric(http, "signalcast_ingest_queue_depth").await,
+        8.0,
+        "still full, nothing dropped from it"
+    );
+    sending.abort();
+    server.stop("-KILL").await;
+}
+
 // The checker itself: each rule fails the ledgers it is meant to fail.
 
 fn sub(epoch: &str, head: u64, recovered: Option<bool>) -> Event {
