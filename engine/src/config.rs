@@ -105,11 +105,11 @@ impl Default for FeedConfig {
     }
 }
 
-/// Durations as integer milliseconds in config files.
 /// The longest duration a setting may name: 30 days. Timers are the clock plus the
 /// setting, and a clock plus `u64::MAX` ms does not exist (it would panic at runtime).
 pub const MAX_DURATION_MS: u64 = 30 * 24 * 3_600 * 1_000;
 
+/// Durations as integer milliseconds in config files.
 mod millis {
     use std::time::Duration;
 

@@ -154,11 +154,15 @@ fn nanos(m: &BorrowedMessage<'_>, name: &str) -> Option<UnixNanos> {
 /// within NTP's error, far less than this.
 const MAX_AHEAD_NS: i64 = 60_000_000_000;
 
-/// A record's time as an engine could have written it: after 1970 and at most
-/// [`MAX_AHEAD_NS`] ahead of `now`. A time far ahead would hold a delayed view shut
-/// until then (its releases are in order), and arithmetic on extreme ones overflows.
+/// A record's time as this node takes it: none before 1970 (no engine wrote it), and
+/// at most [`MAX_AHEAD_NS`] ahead of `now`, later ones brought back to that. A time
+/// far ahead would hold a delayed view shut until then (its releases are in order),
+/// and arithmetic on extreme ones overflows. Brought back, not refused: whether a
+/// record is taken must not depend on this node's clock (a gateway whose clock is
+/// behind would drop every record, and a read-back later would take what the relay
+/// refused).
 fn plausible(t: UnixNanos, now: UnixNanos) -> Option<UnixNanos> {
-    (t.0 > 0 && t.0 <= now.0.saturating_add(MAX_AHEAD_NS)).then_some(t)
+    (t.0 > 0).then(|| UnixNanos(t.0.min(now.0.saturating_add(MAX_AHEAD_NS))))
 }
 
 /// A `signals.<tier>` record as the channel message it stands for; `None` (logged) for
@@ -212,16 +216,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn record_times_far_ahead_of_the_clock_or_before_1970_are_not_an_engines() {
+    fn record_times_far_ahead_are_brought_back_and_those_before_1970_refused() {
         let now = UnixNanos(1_800_000_000_000_000_000);
         assert_eq!(plausible(now, now), Some(now));
         let soon = UnixNanos(now.0 + MAX_AHEAD_NS);
         assert_eq!(plausible(soon, now), Some(soon), "clock skew within the bound");
         let past = UnixNanos(now.0 - 86_400_000_000_000);
         assert_eq!(plausible(past, now), Some(past), "read-back of old records");
-        for bad in
-            [UnixNanos(now.0 + MAX_AHEAD_NS + 1), UnixNanos(i64::MAX), UnixNanos(0), UnixNanos(i64::MIN)]
-        {
+        for far in [UnixNanos(now.0 + MAX_AHEAD_NS + 1), UnixNanos(i64::MAX)] {
+            assert_eq!(plausible(far, now), Some(soon), "{far:?} brought back");
+        }
+        for bad in [UnixNanos(0), UnixNanos(i64::MIN)] {
             assert_eq!(plausible(bad, now), None, "{bad:?}");
         }
     }

@@ -131,6 +131,7 @@ impl Attach {
     /// Turns away a connection no shard could take: `503 hub_busy` with `retry-after: 1`
     /// when its 101 is still to be written, close 1013 (try again later) when hyper
     /// wrote it. Best effort: one write into the socket's fresh send buffer, then FIN.
+    /// Decision 150.
     pub fn refuse_busy(self) {
         let mut io = self.io;
         let answer = if self.preamble.is_some() {
@@ -147,6 +148,15 @@ impl Attach {
         let _ = io.write(&[std::io::IoSlice::new(&answer)]);
         let _ = io.flush();
         io.shutdown_write();
+        // Input left unread when the socket closes makes the kernel send a reset, which
+        // can destroy the answer on its way: read what has come (at most 64 KiB; a
+        // client that sent more may still see the reset, and reconnects all the same).
+        let mut sink = [0_u8; 4_096];
+        for _ in 0..16 {
+            if !matches!(io.read(&mut sink), Ok(n) if n > 0) {
+                break;
+            }
+        }
     }
 }
 
@@ -207,8 +217,8 @@ impl Hub {
         for i in 0..n {
             // Connections arrive at handshake speed, which a shard outpaces; 1,024
             // absorbs a reconnect storm. When full, the next shard takes it; when every
-            // one is, the upgrade is dropped (the client sees the connection close and
-            // retries with backoff).
+            // one is, the connection is turned away (503 hub_busy or close 1013, and the
+            // client retries with backoff).
             let (tx, rx) = std::sync::mpsc::sync_channel(1_024);
             let shard = shard::Shard::new(i, src.clone(), engine.history.clone(), rx)?;
             shards.push(ShardHandle { tx, waker: shard.waker() });
@@ -263,8 +273,9 @@ impl Hub {
         for s in &self.shards {
             // Waits for room: a queue full of new connections (a storm at shutdown)
             // drains in moments, and a Stop that did not get in would leave the join
-            // below waiting for good (the shard holds a sender of its own, so it never
-            // sees the queue disconnected). A dead shard's queue refuses at once.
+            // below waiting for good (other senders of the queue live on, in the rights
+            // feed, so the shard never sees it disconnected). A dead shard's queue
+            // refuses at once.
             if s.tx.send(Cmd::Stop).is_ok() {
                 let _ = s.waker.wake();
             }
@@ -450,8 +461,11 @@ mod tests {
         let body: serde_json::Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
         assert_eq!(body["error"], "hub_busy", "{answer}");
 
-        let (mut attach, refused) = upgraded();
+        let (mut attach, mut refused) = upgraded();
         attach.preamble = None; // hyper answered the upgrade
+        // A client that already sent its first message gets the close frame all the same.
+        std::io::Write::write_all(&mut refused, &[0x81, 0x80, 0, 0, 0, 0]).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
         let Err(AttachError::Busy(back)) = hub.attach(attach) else { panic!("every shard is full") };
         back.refuse_busy();
         assert_eq!(read_all(refused), [0x88, 0x02, 0x03, 0xF5], "a close frame with 1013");
@@ -464,25 +478,31 @@ mod tests {
 
     /// A history reader that answers at once, on the caller's thread, as the store's
     /// does when its queue is full: and just before, the shards' queues fill up (a
-    /// reconnect storm at that moment).
+    /// reconnect storm at that moment). Or one that drops the request unanswered, as a
+    /// reader whose thread died would.
     #[derive(Debug, Default)]
-    struct BusyAtOnce {
+    struct AtOnce {
         queues: std::sync::OnceLock<Vec<SyncSender<Cmd>>>,
+        drops: bool,
+        calls: std::sync::atomic::AtomicUsize,
     }
 
-    impl engine::channels::History for BusyAtOnce {
+    impl engine::channels::History for AtOnce {
         fn read(&self, _: engine::model::Tier, _: u64, _: u64, reply: engine::channels::HistoryReply) {
+            self.calls.fetch_add(1, Ordering::Relaxed);
             for q in self.queues.get().into_iter().flatten() {
                 while q.try_send(filler()).is_ok() {}
             }
-            reply(Err(engine::channels::HistoryError::Busy));
+            if !self.drops {
+                reply(Err(engine::channels::HistoryError::Busy));
+            }
         }
     }
 
-    #[test]
-    fn a_history_reader_that_answers_at_once_while_the_queue_is_full_does_not_hang_the_shard() {
+    /// Subscribes with a snapshot the ring cannot fill, so that `reader` is asked;
+    /// returns once SUBSCRIBED comes.
+    fn snapshot_through(reader: Arc<AtOnce>) {
         use engine::pipeline::{IngestItem, Origin, SignalItem};
-        let reader = Arc::new(BusyAtOnce::default());
         let config = engine::config::EngineConfig { ring_capacity: 4, ..Default::default() };
         let options = engine::EngineOptions { history: Some(reader.clone()), ..Default::default() };
         let engine =
@@ -513,11 +533,22 @@ mod tests {
         let mut got = Vec::new();
         let mut buf = [0_u8; 16 * 1024];
         while !String::from_utf8_lossy(&got).contains("\"SUBSCRIBED\"") {
-            let n = client.read(&mut buf).expect("SUBSCRIBED comes although the reader answered at once");
+            let n = client.read(&mut buf).expect("SUBSCRIBED comes whatever the reader did");
             assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&got));
             got.extend_from_slice(&buf[..n]);
         }
+        assert_eq!(reader.calls.load(Ordering::Relaxed), 1, "the reader was asked");
         hub.stop();
         assert!(deaths.lock().unwrap().is_empty(), "{:?}", deaths.lock().unwrap());
+    }
+
+    #[test]
+    fn a_history_reader_that_answers_at_once_while_the_queue_is_full_does_not_hang_the_shard() {
+        snapshot_through(Arc::new(AtOnce::default()));
+    }
+
+    #[test]
+    fn a_history_request_the_reader_drops_unanswered_still_ends_the_wait() {
+        snapshot_through(Arc::new(AtOnce { drops: true, ..AtOnce::default() }));
     }
 }

@@ -4,7 +4,7 @@
 //! asks for, and drops the sockets the core gives up on.
 //!
 //! Each turn: wait for readiness (or the engine's bell, or the core's next timer); take
-//! commands (new connections, rights, history, drain); read the readable sockets; let
+//! history answers and commands (new connections, rights, drain); read the readable sockets; let
 //! the core queue new channel messages; then sweep the connections that have something
 //! to write, one `writev` each, asking the core for newer messages every
 //! [`PICKUP_EVERY`] sockets so that a long sweep never holds a message back for a pass.
@@ -301,8 +301,8 @@ impl Shard {
         let _ = self.poll.registry().deregister(s.io.socket());
     }
 
-    /// Starts the history reads the core asked for; each answer comes back as a
-    /// command to this shard.
+    /// Starts the history reads the core asked for; each answer comes back through
+    /// `replies`, also when a reader drops a request unanswered (its thread died).
     fn start_history_reads(&mut self) {
         while let Some(req) = self.core.poll_request() {
             let Some(history) = self.history.as_ref() else {
@@ -311,18 +311,42 @@ impl Shard {
                 self.core.history_done(req.done(Err(none)), Clock::now());
                 continue;
             };
-            let (me, waker) = (self.replies.0.clone(), Arc::clone(&self.waker));
-            history.read(
-                req.tier,
-                req.since + 1,
-                req.to,
-                Box::new(move |result| {
-                    // A shard that is gone has nobody to answer.
-                    if me.send(req.done(result)).is_ok() {
-                        let _ = waker.wake();
-                    }
-                }),
-            );
+            let (tier, from, to) = (req.tier, req.since + 1, req.to);
+            let answer =
+                Answer { req: Some(req), me: self.replies.0.clone(), waker: Arc::clone(&self.waker) };
+            history.read(tier, from, to, Box::new(move |result| answer.send(result)));
+        }
+    }
+}
+
+/// The way back for one history read. Dropped unanswered (the reader's thread died
+/// with the request), it answers `Incomplete`: the subscription waiting for it goes on
+/// unrecovered, and the connection's count of reads under way comes down.
+struct Answer {
+    req: Option<super::core::HistoryRequest>,
+    me: Sender<HistoryDone>,
+    waker: Arc<Waker>,
+}
+
+impl Answer {
+    fn send(mut self, result: Result<Vec<engine::channels::Message>, engine::channels::HistoryError>) {
+        if let Some(req) = self.req.take() {
+            // A shard that is gone has nobody to answer.
+            if self.me.send(req.done(result)).is_ok() {
+                let _ = self.waker.wake();
+            }
+        }
+    }
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        if let Some(req) = self.req.take() {
+            let why =
+                engine::channels::HistoryError::Incomplete("the history reader dropped the request".into());
+            if self.me.send(req.done(Err(why))).is_ok() {
+                let _ = self.waker.wake();
+            }
         }
     }
 }
