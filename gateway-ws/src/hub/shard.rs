@@ -330,23 +330,24 @@ struct Answer {
 
 impl Answer {
     fn send(mut self, result: Result<Vec<engine::channels::Message>, engine::channels::HistoryError>) {
-        if let Some(req) = self.req.take() {
-            // A shard that is gone has nobody to answer.
-            if self.me.send(req.done(result)).is_ok() {
-                let _ = self.waker.wake();
-            }
+        self.answer(result);
+    }
+
+    /// The first answer goes back; a shard that is gone has nobody to answer.
+    fn answer(&mut self, result: Result<Vec<engine::channels::Message>, engine::channels::HistoryError>) {
+        if let Some(req) = self.req.take()
+            && self.me.send(req.done(result)).is_ok()
+        {
+            let _ = self.waker.wake();
         }
     }
 }
 
 impl Drop for Answer {
     fn drop(&mut self) {
-        if let Some(req) = self.req.take() {
-            let why =
-                engine::channels::HistoryError::Incomplete("the history reader dropped the request".into());
-            if self.me.send(req.done(Err(why))).is_ok() {
-                let _ = self.waker.wake();
-            }
+        if self.req.is_some() {
+            let why = "the history reader dropped the request";
+            self.answer(Err(engine::channels::HistoryError::Incomplete(why.into())));
         }
     }
 }
